@@ -1,0 +1,1 @@
+//! Db (placeholder until the Db crate lands).
