@@ -23,6 +23,7 @@
 
 mod config;
 mod error;
+mod file;
 mod memory;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub use config::StoreConfig;
 pub use error::StoreError;
+pub use file::FileStore;
 pub use memory::MemoryStore;
 
 /// Result type of every store operation.
@@ -94,6 +96,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name of the backend, for logs: `memory`, `file`, `memcached`, `redis`.
     fn backend(&self) -> &'static str;
+
+    /// Checks that the backend answers (every server of it, for memcached); an
+    /// unreachable backend is [`StoreError::Backend`] within a few seconds.
+    ///
+    /// The default reads a key that is never written.
+    async fn ping(&self) -> Result<()> {
+        self.get("switchboard:ping").await.map(|_| ())
+    }
 }
 
 /// Serde helpers on top of any [`Store`]: values are stored as JSON.
@@ -104,12 +114,14 @@ pub trait StoreExt: Store {
     async fn get_json<T: DeserializeOwned + Send>(&self, key: &str) -> Result<Option<T>> {
         match self.get(key).await? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    key: key.to_owned(),
-                    reason: e.to_string(),
-                }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        key: key.to_owned(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -154,6 +166,7 @@ pub fn validate_key(key: &str) -> Result<()> {
 pub async fn open(config: &StoreConfig) -> Result<SharedStore> {
     match config {
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreConfig::File { path } => Ok(Arc::new(FileStore::open(path).await?)),
         other => Err(StoreError::Unsupported {
             backend: other.backend_name(),
             operation: "open (backend not built yet)",
