@@ -24,7 +24,9 @@
 mod config;
 mod error;
 mod file;
+mod memcached_store;
 mod memory;
+mod redis_store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +37,9 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use file::FileStore;
+pub use memcached_store::MemcachedStore;
 pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
 
 /// Result type of every store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -167,9 +171,7 @@ pub async fn open(config: &StoreConfig) -> Result<SharedStore> {
     match config {
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreConfig::File { path } => Ok(Arc::new(FileStore::open(path).await?)),
-        other => Err(StoreError::Unsupported {
-            backend: other.backend_name(),
-            operation: "open (backend not built yet)",
-        }),
+        StoreConfig::Memcached { servers } => Ok(Arc::new(MemcachedStore::open(servers)?)),
+        StoreConfig::Redis { url } => Ok(Arc::new(RedisStore::open(url)?)),
     }
 }
