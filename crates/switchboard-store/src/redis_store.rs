@@ -51,6 +51,15 @@ local function write(k, v, ttl_ms)
 end
 "#;
 
+/// Reads `[v, n]` of a key: nil when absent, an error when the key is not a hash.
+const LUA_READ: &str = r#"
+local t = redis.call('TYPE', KEYS[1])
+t = t.ok or t
+if t == 'none' then return false end
+if t ~= 'hash' then return redis.error_reply('SBCORRUPT the key holds a Redis ' .. t) end
+return redis.call('HMGET', KEYS[1], 'v', 'n')
+"#;
+
 /// A store on one Redis server.
 pub struct RedisStore {
     client: redis::Client,
@@ -60,6 +69,7 @@ pub struct RedisStore {
 }
 
 struct Scripts {
+    read: Script,
     set: Script,
     add: Script,
     cas: Script,
@@ -70,6 +80,7 @@ impl Scripts {
     fn new() -> Self {
         let with_write = |body: &str| Script::new(&format!("{LUA_WRITE}\n{body}"));
         Scripts {
+            read: Script::new(LUA_READ),
             set: with_write("write(KEYS[1], ARGV[1], ARGV[2]) return 1"),
             add: with_write(
                 "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -176,29 +187,26 @@ impl RedisStore {
 
     /// Reads `(value, version)` of a key.
     async fn read(&self, key: &str, op: &'static str) -> Result<Option<(Vec<u8>, u64)>> {
-        let fields: Vec<Option<Vec<u8>>> = self
+        let fields: Option<Vec<Option<Vec<u8>>>> = self
             .run(key, op, |mut c| async move {
-                redis::cmd("HMGET")
-                    .arg(key)
-                    .arg("v")
-                    .arg("n")
-                    .query_async(&mut c)
-                    .await
+                self.scripts.read.key(key).invoke_async(&mut c).await
             })
             .await?;
         decode(key, fields)
     }
 }
 
-/// Turns an `HMGET key v n` reply into `(value, version)`.
-fn decode(key: &str, fields: Vec<Option<Vec<u8>>>) -> Result<Option<(Vec<u8>, u64)>> {
+/// Turns a [`LUA_READ`] reply into `(value, version)`.
+fn decode(key: &str, fields: Option<Vec<Option<Vec<u8>>>>) -> Result<Option<(Vec<u8>, u64)>> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         key: key.to_owned(),
         reason: reason.to_owned(),
     };
+    let Some(fields) = fields else {
+        return Ok(None);
+    };
     let mut fields = fields.into_iter();
     match (fields.next().flatten(), fields.next().flatten()) {
-        (None, None) => Ok(None),
         (Some(value), Some(version)) => {
             let version = std::str::from_utf8(&version)
                 .ok()
@@ -364,13 +372,13 @@ impl Store for RedisStore {
                 .run(prefix, "scan_prefix", |mut c| async move {
                     let mut pipe = redis::pipe();
                     for key in chunk {
-                        pipe.cmd("HMGET").arg(key).arg("v").arg("n");
+                        pipe.cmd("EVAL").arg(LUA_READ).arg(1).arg(key);
                     }
                     pipe.query_async(&mut c).await
                 })
                 .await?;
             for (key, reply) in chunk.iter().zip(replies) {
-                let fields: Vec<Option<Vec<u8>>> =
+                let fields: Option<Vec<Option<Vec<u8>>>> =
                     redis::from_redis_value(&reply).map_err(|e| self.error(key, e))?;
                 // A key that expired or was deleted since SCAN is simply absent.
                 if let Some((value, _)) = decode(key, fields)? {
