@@ -1,0 +1,533 @@
+//! SQL text handling: dialects, identifier quoting and `:name` parameters.
+//!
+//! Everything here is pure string work, done before a statement is sent, so
+//! that a bad identifier or a missing parameter never reaches the database.
+
+use crate::{DbError, Value};
+
+/// The SQL dialect of an instance: decides identifier quoting and a few
+/// lexical rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// MySQL and MariaDB: identifiers in backticks; `\` escapes inside string
+    /// literals; `#` starts a comment.
+    MySql,
+    /// SQLite: identifiers in double quotes.
+    Sqlite,
+}
+
+impl Dialect {
+    fn quote(self) -> char {
+        match self {
+            Dialect::MySql => '`',
+            Dialect::Sqlite => '"',
+        }
+    }
+}
+
+/// Longest identifier MySQL accepts; we apply it to SQLite too.
+const MAX_IDENT_LEN: usize = 64;
+
+/// Quote one identifier part (no dots) for the dialect.
+///
+/// Only letters, digits, `_` and `$` are accepted: those can never end the
+/// quoted name early, in either dialect, whatever the server's SQL mode.
+/// Anything else is rejected rather than escaped.
+pub(crate) fn quote_ident(dialect: Dialect, part: &str) -> Result<String, DbError> {
+    let reject = |reason: &str| {
+        Err(DbError::InvalidIdentifier {
+            ident: part.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if part.is_empty() {
+        return reject("empty name");
+    }
+    if part.chars().count() > MAX_IDENT_LEN {
+        return reject("longer than 64 characters");
+    }
+    if let Some(c) = part
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || *c == '_' || *c == '$'))
+    {
+        return reject(&format!(
+            "character {c:?} is not allowed (letters, digits, `_` and `$` only)"
+        ));
+    }
+    let q = dialect.quote();
+    Ok(format!("{q}{part}{q}"))
+}
+
+/// Quote `name`, `table.name` or `schema.table.name`; with `allow_star`, the
+/// last part may be `*` (`*`, `t.*`).
+pub(crate) fn quote_path(dialect: Dialect, path: &str, allow_star: bool) -> Result<String, DbError> {
+    let path = path.trim();
+    if allow_star && path == "*" {
+        return Ok("*".into());
+    }
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.len() > 3 {
+        return Err(DbError::InvalidIdentifier {
+            ident: path.into(),
+            reason: "too many dots".into(),
+        });
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if allow_star && *part == "*" && i == parts.len() - 1 && i > 0 {
+            out.push("*".to_string());
+        } else {
+            out.push(quote_ident(dialect, part)?);
+        }
+    }
+    Ok(out.join("."))
+}
+
+/// Quote `name`, `name alias` or `name AS alias` (tables in `FROM`/`JOIN`,
+/// and select-list columns when `allow_star`).
+pub(crate) fn quote_aliased(dialect: Dialect, item: &str, allow_star: bool) -> Result<String, DbError> {
+    let words: Vec<&str> = item.split_whitespace().collect();
+    let (name, alias) = match words.as_slice() {
+        [name] => (*name, None),
+        [name, alias] => (*name, Some(*alias)),
+        [name, kw, alias] if kw.eq_ignore_ascii_case("as") => (*name, Some(*alias)),
+        _ => {
+            return Err(DbError::InvalidIdentifier {
+                ident: item.into(),
+                reason: "expected `name`, `name alias` or `name AS alias`".into(),
+            })
+        }
+    };
+    let name = quote_path(dialect, name, allow_star)?;
+    match alias {
+        None => Ok(name),
+        Some(_) if name.ends_with('*') => Err(DbError::InvalidIdentifier {
+            ident: item.into(),
+            reason: "`*` cannot have an alias".into(),
+        }),
+        Some(a) => Ok(format!("{name} AS {}", quote_ident(dialect, a)?)),
+    }
+}
+
+/// Quote an `ORDER BY` item: `col`, `t.col`, optionally followed by `ASC` or
+/// `DESC`.
+pub(crate) fn quote_order(dialect: Dialect, item: &str, default_desc: bool) -> Result<String, DbError> {
+    let words: Vec<&str> = item.split_whitespace().collect();
+    let (name, dir) = match words.as_slice() {
+        [name] => (*name, if default_desc { Some("DESC") } else { None }),
+        [name, d] if d.eq_ignore_ascii_case("asc") => (*name, Some("ASC")),
+        [name, d] if d.eq_ignore_ascii_case("desc") => (*name, Some("DESC")),
+        _ => {
+            return Err(DbError::InvalidIdentifier {
+                ident: item.into(),
+                reason: "expected `column`, `column ASC` or `column DESC`".into(),
+            })
+        }
+    };
+    let name = quote_path(dialect, name, false)?;
+    Ok(match dir {
+        Some(d) => format!("{name} {d}"),
+        None => name,
+    })
+}
+
+/// A join condition of the simple form `a.x = b.y [AND c.z = d.w ...]` gets
+/// its identifiers quoted (as the brief shows); anything else is kept as a raw
+/// expression, like a `WHERE` clause.
+pub(crate) fn join_condition(dialect: Dialect, on: &str) -> String {
+    // Longer operators first, so `<=` is not taken for `<`.
+    const OPS: [&str; 7] = ["<>", "!=", "<=", ">=", "=", "<", ">"];
+    let quote_simple = |cond: &str| -> Option<String> {
+        for op in OPS {
+            if let Some((l, r)) = cond.split_once(op) {
+                let l = quote_path(dialect, l, false).ok()?;
+                let r = quote_path(dialect, r, false).ok()?;
+                return Some(format!("{l} {op} {r}"));
+            }
+        }
+        None
+    };
+    let parts = split_keyword_and(on);
+    let quoted: Option<Vec<String>> = parts.iter().map(|p| quote_simple(p)).collect();
+    match quoted {
+        Some(q) if !q.is_empty() => q.join(" AND "),
+        _ => on.trim().to_string(),
+    }
+}
+
+/// Split on the whole word `AND` (case-insensitive).
+fn split_keyword_and(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let lower = s.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let mut i = 0;
+    while i + 3 <= bytes.len() {
+        let before_ok = i == 0 || bytes[i - 1].is_ascii_whitespace();
+        let after_ok = i + 3 == bytes.len() || bytes[i + 3].is_ascii_whitespace();
+        if &bytes[i..i + 3] == b"and" && before_ok && after_ok {
+            parts.push(&s[start..i]);
+            start = i + 3;
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// SQL with `:name` placeholders rewritten to the driver's positional `?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Positional {
+    /// The SQL with `?` placeholders.
+    pub sql: String,
+    /// The parameter name for each `?`, in order (a name used twice appears
+    /// twice).
+    pub names: Vec<String>,
+}
+
+fn is_name_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_'
+}
+
+fn is_name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Rewrite `:name` placeholders to `?`.
+///
+/// Skipped (never parameters): string literals `'...'`, `"..."`, quoted
+/// identifiers `` `...` `` (and `[...]` on SQLite), `-- ...`, `# ...`
+/// (MySQL) and `/* ... */` comments, and `::` (a cast in some dialects).
+/// Rejected: positional `?` (use names), `:1`-style numbered parameters, and
+/// on SQLite its other parameter forms `@name` / `$name`, because SQLite would
+/// silently bind those to NULL.
+pub(crate) fn to_positional(dialect: Dialect, sql: &str) -> Result<Positional, DbError> {
+    let err = |message: String| DbError::InvalidSql {
+        sql: sql.to_string(),
+        message,
+    };
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut names = Vec::new();
+    // `copied` marks how much of `sql` has been copied to `out`; everything
+    // is copied verbatim except the `:name` placeholders.
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                let backslash = dialect == Dialect::MySql && q != b'`';
+                i = skip_quoted(b, i, q, backslash)
+                    .ok_or_else(|| err(format!("unterminated {} quote", q as char)))?;
+            }
+            b'[' if dialect == Dialect::Sqlite => {
+                i = match b[i + 1..].iter().position(|&c| c == b']') {
+                    Some(p) => i + 1 + p + 1,
+                    None => return Err(err("unterminated [ quote".into())),
+                };
+            }
+            b'-' if b.get(i + 1) == Some(&b'-')
+                && (dialect == Dialect::Sqlite
+                    || !matches!(b.get(i + 2), Some(c) if !c.is_ascii_whitespace())) =>
+            {
+                i = skip_line(b, i);
+            }
+            b'#' if dialect == Dialect::MySql => i = skip_line(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = match find(b, i + 2, b"*/") {
+                    Some(p) => p + 2,
+                    None => return Err(err("unterminated /* comment".into())),
+                };
+            }
+            b':' if b.get(i + 1) == Some(&b':') => i += 2,
+            b':' if b.get(i + 1).is_some_and(|&c| is_name_start(c)) => {
+                let start = i + 1;
+                let mut end = start;
+                while end < b.len() && is_name_char(b[end]) {
+                    end += 1;
+                }
+                if b.get(end).is_some_and(|&c| c >= 0x80) {
+                    return Err(err("parameter names must be ASCII".into()));
+                }
+                out.push_str(&sql[copied..i]);
+                out.push('?');
+                names.push(sql[start..end].to_string());
+                copied = end;
+                i = end;
+            }
+            b':' if b.get(i + 1).is_some_and(|&c| c.is_ascii_digit() || c >= 0x80) => {
+                return Err(err(
+                    "parameter names must start with an ASCII letter or `_`".into(),
+                ));
+            }
+            b'?' => {
+                return Err(err(
+                    "positional `?` placeholders are not supported; use :name".into(),
+                ))
+            }
+            b'@' | b'$'
+                if dialect == Dialect::Sqlite
+                    && (i == 0 || !is_name_char(b[i - 1]))
+                    && b.get(i + 1).is_some_and(|&c| is_name_start(c)) =>
+            {
+                return Err(err(format!(
+                    "`{}name` is a parameter in SQLite; use :name",
+                    b[i] as char
+                )));
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[copied..]);
+    Ok(Positional { sql: out, names })
+}
+
+/// Index just past the closing quote, or None when unterminated. A doubled
+/// quote is an escaped quote; with `backslash`, `\` escapes the next byte.
+fn skip_quoted(b: &[u8], open: usize, q: u8, backslash: bool) -> Option<usize> {
+    let mut i = open + 1;
+    while i < b.len() {
+        if backslash && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
+fn skip_line(b: &[u8], from: usize) -> usize {
+    match b[from..].iter().position(|&c| c == b'\n') {
+        Some(p) => from + p + 1,
+        None => b.len(),
+    }
+}
+
+fn find(b: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    b.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| from + p)
+}
+
+/// True when the statement is a plain read (its first keyword is `SELECT`),
+/// so that running it twice is harmless. Used to decide whether a query may
+/// be retried after a lost connection.
+pub(crate) fn is_read(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            c if c.is_ascii_whitespace() || c == b'(' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => i = skip_line(b, i),
+            b'#' => i = skip_line(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => match find(b, i + 2, b"*/") {
+                Some(p) => i = p + 2,
+                None => return false,
+            },
+            _ => break,
+        }
+    }
+    let rest = &sql[i..];
+    rest.len() >= 6
+        && rest[..6].eq_ignore_ascii_case("select")
+        && !matches!(rest.as_bytes().get(6), Some(&c) if is_name_char(c))
+}
+
+/// Bound parameters: `name → value`, in bind order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Params {
+    entries: Vec<(String, Value)>,
+}
+
+impl Params {
+    /// Add a binding; a name may be given with or without its leading `:`.
+    pub(crate) fn bind(&mut self, name: &str, value: Value) -> Result<(), DbError> {
+        let name = name.strip_prefix(':').unwrap_or(name);
+        if self.entries.iter().any(|(n, _)| n == name) {
+            return Err(DbError::DuplicateParam { name: name.into() });
+        }
+        self.entries.push((name.to_string(), value));
+        Ok(())
+    }
+
+    /// Values in placeholder order, after checking that every placeholder is
+    /// bound and every binding is used.
+    pub(crate) fn resolve(&self, written_sql: &str, names: &[String]) -> Result<Vec<Value>, DbError> {
+        let mut missing: Vec<String> = Vec::new();
+        let mut args = Vec::with_capacity(names.len());
+        for name in names {
+            match self.entries.iter().find(|(n, _)| n == name) {
+                Some((_, v)) => args.push(v.clone()),
+                None => {
+                    if !missing.contains(name) {
+                        missing.push(name.clone());
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(DbError::UnboundParams {
+                sql: written_sql.to_string(),
+                names: missing,
+            });
+        }
+        let unused: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(n, _)| !names.contains(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !unused.is_empty() {
+            return Err(DbError::UnusedParams {
+                sql: written_sql.to_string(),
+                names: unused,
+            });
+        }
+        Ok(args)
+    }
+}
+
+/// A statement ready to send: SQL with `?` placeholders and the values in
+/// placeholder order.
+///
+/// Get one from any builder's `statement()` to see exactly what would be
+/// sent:
+///
+/// ```
+/// use switchboard_db::{Dialect, Instance};
+/// # fn main() -> Result<(), switchboard_db::DbError> {
+/// let db = Instance::sqlite_memory("doc")?;
+/// let st = db.select("id,name").from("users").where_("id = :id").bind("id", 7).statement()?;
+/// assert_eq!(st.sql(), r#"SELECT "id", "name" FROM "users" WHERE id = ?"#);
+/// assert_eq!(st.params(), &[7.into()]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Value>,
+    /// Whether it may be retried once after a lost connection.
+    pub(crate) read: bool,
+}
+
+impl Statement {
+    /// Build from SQL with `:name` placeholders and its bindings.
+    pub(crate) fn prepare(dialect: Dialect, sql: &str, params: &Params, read: bool) -> Result<Self, DbError> {
+        let p = to_positional(dialect, sql)?;
+        let params = params.resolve(sql, &p.names)?;
+        Ok(Statement {
+            sql: p.sql,
+            params,
+            read,
+        })
+    }
+
+    /// The SQL as sent, with `?` placeholders.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The values bound to the placeholders, in order.
+    pub fn params(&self) -> &[Value] {
+        &self.params
+    }
+
+    /// True when the statement is a read, retried once if the connection is
+    /// lost while it runs.
+    pub fn is_read(&self) -> bool {
+        self.read
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(d: Dialect, sql: &str) -> (String, Vec<String>) {
+        let p = to_positional(d, sql).expect("parse");
+        (p.sql, p.names)
+    }
+
+    #[test]
+    fn placeholders_become_positional() {
+        let (sql, names) = pos(Dialect::MySql, "a = :a AND b = :b_2 OR c = :a");
+        assert_eq!(sql, "a = ? AND b = ? OR c = ?");
+        assert_eq!(names, ["a", "b_2", "a"]);
+    }
+
+    #[test]
+    fn quoted_and_commented_colons_are_not_parameters() {
+        for d in [Dialect::MySql, Dialect::Sqlite] {
+            let (sql, names) = pos(d, "SELECT ':x', \"a:b\", `c:d` /* :e */ FROM t WHERE x::int = :y");
+            assert_eq!(sql, "SELECT ':x', \"a:b\", `c:d` /* :e */ FROM t WHERE x::int = ?");
+            assert_eq!(names, ["y"]);
+            let (_, names) = pos(d, "SELECT 1 -- :z\n, :w");
+            assert_eq!(names, ["w"]);
+            let (_, names) = pos(d, "SELECT 'it''s :not' , :yes");
+            assert_eq!(names, ["yes"]);
+        }
+        // MySQL: backslash escapes and # comments.
+        let (_, names) = pos(Dialect::MySql, r"SELECT 'a\' :no' # :no2
+            , :yes");
+        assert_eq!(names, ["yes"]);
+        // SQLite: backslash is an ordinary character.
+        let (_, names) = pos(Dialect::Sqlite, r"SELECT 'a\', :yes");
+        assert_eq!(names, ["yes"]);
+    }
+
+    #[test]
+    fn rejects_what_would_be_silently_null() {
+        for d in [Dialect::MySql, Dialect::Sqlite] {
+            assert!(to_positional(d, "SELECT ?").is_err());
+            assert!(to_positional(d, "SELECT :1").is_err());
+            assert!(to_positional(d, "SELECT 'open").is_err());
+        }
+        assert!(to_positional(Dialect::Sqlite, "SELECT @x").is_err());
+        assert!(to_positional(Dialect::Sqlite, "SELECT $x").is_err());
+        assert!(to_positional(Dialect::MySql, "SELECT @x").is_ok());
+        assert!(to_positional(Dialect::MySql, "SELECT 1 := 2").is_ok());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(quote_path(Dialect::MySql, "t.c", false).unwrap(), "`t`.`c`");
+        assert_eq!(quote_path(Dialect::Sqlite, "t.*", true).unwrap(), "\"t\".*");
+        assert_eq!(quote_aliased(Dialect::MySql, "Persons AS p", false).unwrap(), "`Persons` AS `p`");
+        for bad in ["", "a`b", "a\"b", "a b;", "x--", "a.b.c.d", "*x", "t.*"] {
+            assert!(quote_path(Dialect::MySql, bad, false).is_err(), "{bad}");
+        }
+        assert_eq!(quote_order(Dialect::Sqlite, "did desc", false).unwrap(), "\"did\" DESC");
+    }
+
+    #[test]
+    fn join_conditions() {
+        assert_eq!(
+            join_condition(Dialect::MySql, "table1.uid = table2.uid"),
+            "`table1`.`uid` = `table2`.`uid`"
+        );
+        assert_eq!(
+            join_condition(Dialect::Sqlite, "a.x=b.x and a.y <= b.y"),
+            "\"a\".\"x\" = \"b\".\"x\" AND \"a\".\"y\" <= \"b\".\"y\""
+        );
+        assert_eq!(join_condition(Dialect::MySql, "a.x = b.x + 1"), "a.x = b.x + 1");
+    }
+
+    #[test]
+    fn reads() {
+        assert!(is_read("SELECT 1"));
+        assert!(is_read("  /* c */ (select 1)"));
+        assert!(!is_read("UPDATE t SET a = 1"));
+        assert!(!is_read("selector"));
+        assert!(!is_read("INSERT INTO t SELECT 1"));
+    }
+}

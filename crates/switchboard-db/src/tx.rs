@@ -1,0 +1,165 @@
+//! Transactions.
+//!
+//! A [`Tx`] owns one pooled connection with an open transaction. It is an
+//! owned, cloneable handle (so the closure given to
+//! [`Instance::transaction`] can move it into an `async` block); statements
+//! from clones run one at a time on the same connection.
+
+use std::sync::Arc;
+
+use sqlx::mysql::MySql;
+use sqlx::sqlite::Sqlite;
+use tokio::sync::Mutex;
+
+use crate::builder::{Delete, Insert, Raw, Select, Target, Update};
+use crate::exec::{self, Backend, Mode, Output};
+use crate::instance::with_timeout;
+use crate::{DbError, Dialect, Instance, IntoColumns, Statement};
+
+/// An open transaction: the same builders as [`Instance`], run on the
+/// transaction's connection.
+///
+/// Finish it with [`commit`](Self::commit) or [`rollback`](Self::rollback);
+/// dropped without either, it is rolled back. After it is finished, every
+/// use fails with [`DbError::TxFinished`].
+#[derive(Clone)]
+pub struct Tx {
+    inner: Arc<TxInner>,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("instance", &self.inner.instance.name())
+            .finish()
+    }
+}
+
+struct TxInner {
+    instance: Instance,
+    /// `None` once committed or rolled back.
+    conn: Mutex<Option<TxConn>>,
+}
+
+pub(crate) enum TxConn {
+    MySql(sqlx::Transaction<'static, MySql>),
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+impl Tx {
+    pub(crate) async fn begin(instance: &Instance) -> Result<Tx, DbError> {
+        let conn = instance.begin_raw().await?;
+        Ok(Tx {
+            inner: Arc::new(TxInner {
+                instance: instance.clone(),
+                conn: Mutex::new(Some(conn)),
+            }),
+        })
+    }
+
+    /// The instance this transaction runs on.
+    pub fn instance(&self) -> &Instance {
+        &self.inner.instance
+    }
+
+    /// The SQL dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.inner.instance.dialect()
+    }
+
+    fn target(&self) -> Target {
+        Target::Tx(self.clone())
+    }
+
+    /// `SELECT` in this transaction (see [`Instance::select`]).
+    pub fn select(&self, columns: impl IntoColumns) -> Select {
+        Select::new(self.target()).columns(columns)
+    }
+
+    /// `SELECT` of a raw expression in this transaction.
+    pub fn select_expr(&self, expr: &str) -> Select {
+        Select::new(self.target()).expr(expr)
+    }
+
+    /// `INSERT` in this transaction.
+    pub fn insert(&self, table: &str) -> Insert {
+        Insert::new(self.target(), table)
+    }
+
+    /// `UPDATE` in this transaction.
+    pub fn update(&self, table: &str) -> Update {
+        Update::new(self.target(), table)
+    }
+
+    /// `DELETE` in this transaction.
+    pub fn delete(&self, table: &str) -> Delete {
+        Delete::new(self.target(), table)
+    }
+
+    /// Raw SQL with `:name` parameters in this transaction.
+    pub fn sql(&self, sql: &str) -> Raw {
+        Raw::new(self.target(), sql)
+    }
+
+    /// Commit. Fails with [`DbError::TxFinished`] if already finished.
+    pub async fn commit(&self) -> Result<(), DbError> {
+        let conn = self.inner.conn.lock().await.take();
+        let name = self.inner.instance.name();
+        match conn {
+            Some(TxConn::MySql(t)) => t.commit().await.map_err(|e| exec::map_err::<MySql>(name, "COMMIT", e)),
+            Some(TxConn::Sqlite(t)) => t.commit().await.map_err(|e| exec::map_err::<Sqlite>(name, "COMMIT", e)),
+            None => Err(DbError::TxFinished),
+        }
+    }
+
+    /// Roll back. Fails with [`DbError::TxFinished`] if already finished.
+    pub async fn rollback(&self) -> Result<(), DbError> {
+        let conn = self.inner.conn.lock().await.take();
+        let name = self.inner.instance.name();
+        match conn {
+            Some(TxConn::MySql(t)) => t.rollback().await.map_err(|e| exec::map_err::<MySql>(name, "ROLLBACK", e)),
+            Some(TxConn::Sqlite(t)) => t.rollback().await.map_err(|e| exec::map_err::<Sqlite>(name, "ROLLBACK", e)),
+            None => Err(DbError::TxFinished),
+        }
+    }
+
+    /// Run a statement on the transaction's connection. Never retried: a
+    /// lost connection means the transaction is gone.
+    pub(crate) async fn run(&self, st: &Statement, mode: Mode) -> Result<Output, DbError> {
+        let mut guard = self.inner.conn.lock().await;
+        let timeout = self.inner.instance.query_timeout();
+        let name = self.inner.instance.name();
+        let result = match guard.as_mut() {
+            None => return Err(DbError::TxFinished),
+            Some(TxConn::MySql(t)) => run_on::<MySql>(name, &mut **t, st, mode, timeout).await,
+            Some(TxConn::Sqlite(t)) => run_on::<Sqlite>(name, &mut **t, st, mode, timeout).await,
+        };
+        if matches!(&result, Err(e) if e.is_connection_lost() || matches!(e, DbError::Timeout { .. })) {
+            // The transaction cannot go on: drop it (which rolls back, or
+            // closes the dead connection) so later statements fail clearly.
+            *guard = None;
+        }
+        result
+    }
+}
+
+async fn run_on<D: Backend>(
+    name: &str,
+    conn: &mut D::Connection,
+    st: &Statement,
+    mode: Mode,
+    timeout: Option<std::time::Duration>,
+) -> Result<Output, DbError>
+where
+    for<'c> &'c mut D::Connection: sqlx::Executor<'c, Database = D>,
+    for<'q> <D as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, D>,
+{
+    match with_timeout(timeout, exec::run::<D>(conn, st, mode)).await {
+        Some(r) => r.map_err(|e| exec::map_err::<D>(name, &st.sql, e)),
+        None => Err(DbError::Timeout {
+            instance: name.to_string(),
+            sql: st.sql.clone(),
+            after: timeout.unwrap_or_default(),
+        }),
+    }
+}

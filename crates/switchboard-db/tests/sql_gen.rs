@@ -1,0 +1,371 @@
+//! The exact SQL every builder form generates, in both dialects, and the
+//! errors raised before anything is sent. No database is contacted: an
+//! instance connects only when a statement runs.
+
+use switchboard_db::{params, DbError, Instance, InstanceConfig, Value};
+
+fn mysql() -> Instance {
+    Instance::new("m", InstanceConfig::default()).expect("config")
+}
+
+fn sqlite() -> Instance {
+    Instance::sqlite_memory("s").expect("config")
+}
+
+/// Both dialects: `(instance, quote)`; expected strings are written with
+/// backticks and converted for SQLite.
+fn both() -> [(Instance, char); 2] {
+    [(mysql(), '`'), (sqlite(), '"')]
+}
+
+fn q(s: &str, quote: char) -> String {
+    s.replace('`', &quote.to_string())
+}
+
+#[test]
+fn select_from_where_bind() {
+    for (db, qc) in both() {
+        let st = db
+            .select("ID,Sex")
+            .from("Persons")
+            .where_("sex= :sex")
+            .bind_values(params! { "sex" => "M" })
+            .statement()
+            .unwrap();
+        assert_eq!(st.sql(), q("SELECT `ID`, `Sex` FROM `Persons` WHERE sex= ?", qc));
+        assert_eq!(st.params(), &[Value::from("M")]);
+        assert!(st.is_read());
+    }
+}
+
+#[test]
+fn the_briefs_complex_select() {
+    for (db, qc) in both() {
+        let st = db
+            .select("*")
+            .from("table1")
+            .inner_join("table2", "table1.uid = table2.uid")
+            .where_("age > :age")
+            .group_by(["aid"])
+            .having(r#"foo="foo""#)
+            .order_by(["did"])
+            .limit(10)
+            .offset(20)
+            .bind_values(params! { "age" => 13 })
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            q(
+                "SELECT * FROM `table1` INNER JOIN `table2` ON `table1`.`uid` = `table2`.`uid` \
+                 WHERE age > ? GROUP BY `aid` HAVING foo=\"foo\" ORDER BY `did` LIMIT 10 OFFSET 20",
+                qc
+            )
+        );
+        assert_eq!(st.params(), &[Value::Int(13)]);
+    }
+}
+
+#[test]
+fn select_list_forms() {
+    for (db, qc) in both() {
+        let sql = |s: switchboard_db::Select| s.statement().unwrap().sql().to_string();
+        assert_eq!(sql(db.select("p.*").from("Persons p")), q("SELECT `p`.* FROM `Persons` AS `p`", qc));
+        assert_eq!(
+            sql(db.select(["p.Name AS n", "Age a"]).from("Persons AS p")),
+            q("SELECT `p`.`Name` AS `n`, `Age` AS `a` FROM `Persons` AS `p`", qc)
+        );
+        assert_eq!(
+            sql(db.select("Sex").distinct().from("Persons")),
+            q("SELECT DISTINCT `Sex` FROM `Persons`", qc)
+        );
+        assert_eq!(
+            sql(db.select("Sex").expr("COUNT(*) AS n").from("Persons").group_by("Sex")),
+            q("SELECT `Sex`, COUNT(*) AS n FROM `Persons` GROUP BY `Sex`", qc)
+        );
+        assert_eq!(sql(db.select_expr("1 + 1")), "SELECT 1 + 1");
+        assert_eq!(sql(db.select(vec!["a".to_string()]).from("db.t")), q("SELECT `a` FROM `db`.`t`", qc));
+    }
+}
+
+#[test]
+fn joins() {
+    for (db, qc) in both() {
+        let st = db
+            .select("a.id, b.name")
+            .from("a")
+            .left_join("b", "a.bid = b.id")
+            .right_join("c AS cc", "cc.aid = a.id AND cc.kind <> a.kind")
+            .inner_join("d", "d.aid = a.id + :off")
+            .bind("off", 1)
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            q(
+                "SELECT `a`.`id`, `b`.`name` FROM `a` LEFT JOIN `b` ON `a`.`bid` = `b`.`id` \
+                 RIGHT JOIN `c` AS `cc` ON `cc`.`aid` = `a`.`id` AND `cc`.`kind` <> `a`.`kind` \
+                 INNER JOIN `d` ON d.aid = a.id + ?",
+                qc
+            )
+        );
+    }
+}
+
+#[test]
+fn where_and_or_having_variants() {
+    for (db, qc) in both() {
+        let st = db
+            .select("id")
+            .from("t")
+            .where_("a = :a")
+            .and_where("b = :b OR b IS NULL")
+            .or_where("c = :c")
+            .group_by("g1, g2")
+            .having("COUNT(*) > :n")
+            .and_having("MAX(x) < 5")
+            .or_having("MIN(x) = 0")
+            .bind("a", 1)
+            .bind(":b", 2)
+            .bind("c", 3)
+            .bind("n", 4)
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            q(
+                "SELECT `id` FROM `t` WHERE (a = ?) AND (b = ? OR b IS NULL) OR (c = ?) \
+                 GROUP BY `g1`, `g2` HAVING (COUNT(*) > ?) AND (MAX(x) < 5) OR (MIN(x) = 0)",
+                qc
+            )
+        );
+        assert_eq!(st.params(), &[1.into(), 2.into(), 3.into(), 4.into()]);
+    }
+}
+
+#[test]
+fn order_limit_offset() {
+    for (db, qc) in both() {
+        let sql = |s: switchboard_db::Select| s.statement().unwrap().sql().to_string();
+        assert_eq!(
+            sql(db.select("id").from("t").order_by("a, b DESC").order_by_desc(["c", "d asc"])),
+            q("SELECT `id` FROM `t` ORDER BY `a`, `b` DESC, `c` DESC, `d` ASC", qc)
+        );
+        assert_eq!(sql(db.select("id").from("t").limit(5)), q("SELECT `id` FROM `t` LIMIT 5", qc));
+    }
+    assert_eq!(
+        mysql().select("id").from("t").offset(7).statement().unwrap().sql(),
+        "SELECT `id` FROM `t` LIMIT 18446744073709551615 OFFSET 7"
+    );
+    assert_eq!(
+        sqlite().select("id").from("t").offset(7).statement().unwrap().sql(),
+        "SELECT \"id\" FROM \"t\" LIMIT -1 OFFSET 7"
+    );
+}
+
+#[test]
+fn insert_forms() {
+    for (db, qc) in both() {
+        let st = db
+            .insert("Persons")
+            .values(params! { "Firstname" => "abc", "Lastname" => "efg", "Sex" => "M", "Age" => 13 })
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            q("INSERT INTO `Persons` (`Firstname`, `Lastname`, `Sex`, `Age`) VALUES (?, ?, ?, ?)", qc)
+        );
+        assert_eq!(st.params(), &["abc".into(), "efg".into(), "M".into(), 13.into()]);
+        assert!(!st.is_read());
+
+        let st = db
+            .insert("Persons")
+            .cols("Firstname, Age")
+            .set("Sex", "F")
+            .set_expr("Created", "CURRENT_TIMESTAMP")
+            .bind("Age", 30)
+            .bind("Firstname", "x")
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            q(
+                "INSERT INTO `Persons` (`Firstname`, `Age`, `Sex`, `Created`) VALUES (?, ?, ?, CURRENT_TIMESTAMP)",
+                qc
+            )
+        );
+        assert_eq!(st.params(), &["x".into(), 30.into(), "F".into()]);
+    }
+}
+
+#[test]
+fn update_forms() {
+    for (db, qc) in both() {
+        let st = db.update("Persons").cols(["sex"]).where_("ID=1").bind("sex", "F").statement().unwrap();
+        assert_eq!(st.sql(), q("UPDATE `Persons` SET `sex` = ? WHERE ID=1", qc));
+        let st = db
+            .update("Persons")
+            .set("Name", "z")
+            .set_expr("Age", "Age + :inc")
+            .where_("ID = :id")
+            .or_where("Name IS NULL")
+            .bind("inc", 1)
+            .bind("id", 5)
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            q("UPDATE `Persons` SET `Name` = ?, `Age` = Age + ? WHERE (ID = ?) OR (Name IS NULL)", qc)
+        );
+        assert_eq!(st.params(), &["z".into(), 1.into(), 5.into()]);
+        let st = db.update("Persons").set("Age", 0).all_rows().statement().unwrap();
+        assert_eq!(st.sql(), q("UPDATE `Persons` SET `Age` = ?", qc));
+    }
+}
+
+#[test]
+fn delete_forms() {
+    for (db, qc) in both() {
+        let sql = db.delete("Persons").where_("ID=9").statement().unwrap();
+        assert_eq!(sql.sql(), q("DELETE FROM `Persons` WHERE ID=9", qc));
+        let sql = db.delete("Persons").where_("a = :a").and_where("b = 2").bind("a", 1).statement().unwrap();
+        assert_eq!(sql.sql(), q("DELETE FROM `Persons` WHERE (a = ?) AND (b = 2)", qc));
+        assert_eq!(db.delete("Persons").all_rows().statement().unwrap().sql(), q("DELETE FROM `Persons`", qc));
+    }
+}
+
+#[test]
+fn update_and_delete_need_where_or_opt_in() {
+    for (db, _) in both() {
+        let e = db.delete("Persons").statement().unwrap_err();
+        assert!(matches!(e, DbError::MissingWhere { statement: "DELETE", .. }), "{e}");
+        let e = db.update("Persons").set("a", 1).statement().unwrap_err();
+        assert!(matches!(e, DbError::MissingWhere { statement: "UPDATE", .. }), "{e}");
+        let e = db.update("Persons").where_("1=1").statement().unwrap_err();
+        assert!(matches!(e, DbError::NoColumns { .. }), "{e}");
+        let e = db.insert("Persons").statement().unwrap_err();
+        assert!(matches!(e, DbError::NoColumns { .. }), "{e}");
+    }
+}
+
+#[test]
+fn raw_sql_parameters() {
+    for (db, _) in both() {
+        let st = db
+            .sql("SELECT ':skip', '::', x::text FROM t WHERE a = :a AND b = :a AND c = :c -- :d")
+            .bind("a", 1)
+            .bind("c", "x")
+            .statement()
+            .unwrap();
+        assert_eq!(st.sql(), "SELECT ':skip', '::', x::text FROM t WHERE a = ? AND b = ? AND c = ? -- :d");
+        assert_eq!(st.params(), &[1.into(), 1.into(), "x".into()]);
+        assert!(st.is_read());
+        assert!(!db.sql("DELETE FROM t").statement().unwrap().is_read());
+    }
+}
+
+#[test]
+fn missing_extra_and_duplicate_binds_are_errors() {
+    for (db, _) in both() {
+        let e = db.select("a").from("t").where_("a = :a AND b = :b").bind("a", 1).statement().unwrap_err();
+        match e {
+            DbError::UnboundParams { names, .. } => assert_eq!(names, ["b"]),
+            other => panic!("{other}"),
+        }
+        let e = db.select("a").from("t").where_("a = :a").bind("a", 1).bind("typo", 2).statement().unwrap_err();
+        match e {
+            DbError::UnusedParams { names, .. } => assert_eq!(names, ["typo"]),
+            other => panic!("{other}"),
+        }
+        let e = db.sql("SELECT :a").bind("a", 1).bind("a", 2).statement().unwrap_err();
+        assert!(matches!(e, DbError::DuplicateParam { .. }), "{e}");
+        // A `:name` inside a string literal is not a parameter, so binding it is "unused".
+        let e = db.sql("SELECT ':a'").bind("a", 1).statement().unwrap_err();
+        assert!(matches!(e, DbError::UnusedParams { .. }), "{e}");
+        let e = db.sql("SELECT ?").statement().unwrap_err();
+        assert!(matches!(e, DbError::InvalidSql { .. }), "{e}");
+    }
+}
+
+#[test]
+fn unquotable_identifiers_are_rejected() {
+    for (db, _) in both() {
+        let bad = ["t`; DROP TABLE x; --", "t\"x", "a b c d", "", "x;y", "t.*.x", "(SELECT 1)"];
+        for b in bad {
+            let e = db.select("a").from(b).statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "from {b:?}: {e}");
+            let e = db.select(b).from("t").statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "select {b:?}: {e}");
+            let e = db.select("a").from("t").inner_join(b, "1=1").statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "join {b:?}: {e}");
+            let e = db.insert("t").set(b, 1).statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "insert col {b:?}: {e}");
+            let e = db.insert(b).set("a", 1).statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "insert table {b:?}: {e}");
+            let e = db.update(b).set("a", 1).all_rows().statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "update {b:?}: {e}");
+            let e = db.delete(b).all_rows().statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "delete {b:?}: {e}");
+            let e = db.select("a").from("t").order_by(b).statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "order {b:?}: {e}");
+            let e = db.select("a").from("t").group_by(b).statement().unwrap_err();
+            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "group {b:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn unknown_instance_is_a_clear_error() {
+    let db = switchboard_db::Db::new(
+        switchboard_db::DbConfig::default()
+            .with("db1", InstanceConfig::default())
+            .with("db2", InstanceConfig::sqlite(":memory:")),
+    )
+    .unwrap();
+    let e = db.instance("db3").unwrap_err();
+    assert_eq!(e.to_string(), "unknown database instance `db3` (configured: db1, db2)");
+    assert_eq!(db.instance("db2").unwrap().name(), "db2");
+}
+
+#[test]
+fn config_from_toml_with_defaults_and_unknown_fields() {
+    #[derive(serde::Deserialize)]
+    struct App {
+        db: switchboard_db::DbConfig,
+    }
+    let app: App = toml::from_str(
+        r#"
+        [db.instances.db1]
+        host = "10.0.0.5"
+        port = 3307
+        user = "chat"
+        password = "secret"
+        dbname = "chat"
+        charset = "utf8mb4"
+        pool_size = 4
+        connect_timeout = 2
+        query_timeout = 0.5
+
+        [db.instances.local]
+        driver = "sqlite"
+        path = "data/chat.sqlite3"
+        "#,
+    )
+    .unwrap();
+    let db1 = &app.db.instances["db1"];
+    assert_eq!((db1.host.as_str(), db1.port, db1.pool_size), ("10.0.0.5", 3307, 4));
+    assert_eq!(db1.database.as_deref(), Some("chat"));
+    assert_eq!(db1.query_timeout, 0.5);
+    assert!(!format!("{db1:?}").contains("secret"), "Debug must not show the password");
+    let local = &app.db.instances["local"];
+    assert_eq!(local.idle_timeout, 600.0);
+    assert_eq!(local.pool_size, 10);
+
+    let e = toml::from_str::<App>("[db.instances.x]\nhots = \"typo\"\n");
+    assert!(e.is_err(), "unknown fields are refused");
+    let bad = switchboard_db::Db::new(switchboard_db::DbConfig::default().with(
+        "x",
+        InstanceConfig { driver: switchboard_db::Driver::Sqlite, ..Default::default() },
+    ));
+    assert!(matches!(bad, Err(DbError::Config { .. })));
+}
