@@ -1,1 +1,99 @@
-//! Switchboard.
+//! # Switchboard
+//!
+//! A framework and runtime for services that hold many long-lived connections (chat,
+//! game back ends, enterprise messaging, device links), in the gateway/worker model:
+//!
+//! - **gateways** hold client connections (text lines, length-prefixed frames) and never
+//!   run business code;
+//! - stateless **workers** run the application's [`Events`] and push to clients by
+//!   client id, uid, group or to everybody through the [`Gateway`] API, which also works
+//!   outside workers (a web back end pushing to users);
+//! - a **supervisor** starts, watches and stops them; the **store** (file, memcached,
+//!   Redis) is how they find each other.
+//!
+//! An application is one binary: it implements [`Events`] and hands it to [`App`].
+//!
+//! ```no_run
+//! use switchboard::{async_trait, App, Context, Events, HandlerResult};
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl Events for Echo {
+//!     async fn on_message(&self, ctx: &mut Context, msg: bytes::Bytes) -> HandlerResult {
+//!         ctx.reply(msg).await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     App::new("echo", || Echo).run()
+//! }
+//! ```
+//!
+//! See `docs/guide.md` for a tour and `docs/architecture.md` for the design.
+
+pub mod auth;
+pub mod cli;
+mod client_id;
+pub mod config;
+pub mod discovery;
+pub mod gateway;
+pub mod process;
+pub mod protocol;
+pub mod stats;
+pub mod supervisor;
+pub mod worker;
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use cli::App;
+pub use client_id::{ClientId, ParseClientIdError};
+pub use config::Config;
+pub use switchboard_store as store;
+pub use worker::api::{ApiError, Gateway};
+pub use worker::{Context, Events, HandlerResult};
+
+/// A client's session: a small JSON object kept on the gateway and shipped with every
+/// event of that client.
+pub type Session = serde_json::Map<String, serde_json::Value>;
+
+/// Errors of the runtime (starting processes, binding sockets, reaching the store).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] switchboard_store::StoreError),
+    /// A Gateway API call failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// An I/O operation failed; `context` says which.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Anything else, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// An I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Opens the deployment's store (a relative file path is resolved against `data_dir`).
+pub async fn open_store(config: &Config) -> Result<switchboard_store::SharedStore, Error> {
+    Ok(switchboard_store::open(&config.resolved_store()).await?)
+}

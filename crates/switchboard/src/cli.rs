@@ -1,0 +1,567 @@
+//! The command line of a Switchboard application binary:
+//! `start [-d] [--only gateway|worker] | stop | restart | reload | status | connections |
+//! config print | config check`, plus the hidden `gateway` / `worker` roles the
+//! supervisor starts.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat};
+use crate::supervisor::{self, Only};
+use crate::worker::Events;
+use crate::{stats, Error, Gateway};
+
+/// Builds the application's `Events` for each worker process.
+type EventsFactory = Arc<dyn Fn() -> Arc<dyn Events> + Send + Sync>;
+
+/// An application: its name, its default configuration and its business code.
+///
+/// ```no_run
+/// use switchboard::{App, Events};
+/// struct Nothing;
+/// impl Events for Nothing {}
+/// fn main() -> std::process::ExitCode {
+///     App::new("demo", || Nothing)
+///         .default_config("name = \"demo\"\n")
+///         .run()
+/// }
+/// ```
+pub struct App {
+    name: &'static str,
+    default_config: &'static str,
+    events: EventsFactory,
+}
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A Switchboard application: gateways, workers and their supervisor"
+)]
+struct Cli {
+    /// Configuration file (TOML); without it the application's embedded default is used.
+    #[arg(long, short, global = true, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `data_dir` of the configuration.
+    #[arg(long, global = true, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the supervisor with every gateway and worker of this machine.
+    Start {
+        /// Detach and run in the background (log to `<data_dir>/run/switchboard.log`).
+        #[arg(short, long)]
+        daemon: bool,
+        /// Run only gateways or only workers here (multi-machine deployments).
+        #[arg(long, value_enum)]
+        only: Option<Only>,
+    },
+    /// Stop a running supervisor and its children (waits until they are gone).
+    Stop,
+    /// Stop, then start in the background.
+    Restart {
+        /// Run only gateways or only workers here.
+        #[arg(long, value_enum)]
+        only: Option<Only>,
+    },
+    /// Replace the workers with the binary now on disk; clients stay connected.
+    Reload,
+    /// Show every process: role, pid, uptime, clients, events/s, memory, restarts.
+    Status,
+    /// List connected clients: client_id, address, uid, groups, idle time.
+    Connections {
+        /// Only clients bound to this uid.
+        #[arg(long)]
+        uid: Option<String>,
+        /// Only members of this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Print or check configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Run one gateway process (started by the supervisor, or alone).
+    #[command(hide = true)]
+    Gateway {
+        /// Index of this gateway on this machine.
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+    },
+    /// Run one worker process (started by the supervisor, or alone).
+    #[command(hide = true)]
+    Worker {
+        /// Index of this worker on this machine.
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the effective configuration (the embedded default, or the file given).
+    Print,
+    /// Check a configuration file; exits non-zero with the offending key and line.
+    Check {
+        /// The file (default: --config).
+        file: Option<PathBuf>,
+    },
+}
+
+impl App {
+    /// An application named `name` whose workers run the `Events` that `events` builds.
+    pub fn new<E: Events, F: Fn() -> E + Send + Sync + 'static>(
+        name: &'static str,
+        events: F,
+    ) -> Self {
+        Self {
+            name,
+            default_config: "",
+            events: Arc::new(move || Arc::new(events()) as Arc<dyn Events>),
+        }
+    }
+
+    /// The configuration used when no file is given (TOML text, usually
+    /// `include_str!`-ed from the application's default file).
+    pub fn default_config(mut self, toml: &'static str) -> Self {
+        self.default_config = toml;
+        self
+    }
+
+    /// Parses the command line and runs it; returns the process exit code.
+    pub fn run(self) -> ExitCode {
+        let cli = Cli::parse();
+        match self.dispatch(cli) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn load_config(&self, cli: &Cli) -> Result<Config, Error> {
+        let mut config = match &cli.config {
+            Some(path) => Config::load(path)?,
+            None => {
+                let mut c = Config::from_toml(self.default_config, None)?;
+                if self.default_config.trim().is_empty() {
+                    c.name = self.name.to_string();
+                }
+                c
+            }
+        };
+        if let Some(dir) = &cli.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+
+    fn dispatch(self, cli: Cli) -> Result<ExitCode, Error> {
+        let config = self.load_config(&cli)?;
+        match cli.command {
+            Command::Config {
+                action: ConfigAction::Print,
+            } => {
+                print!("{}", config.to_toml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Config {
+                action: ConfigAction::Check { file },
+            } => {
+                let path = file.or(cli.config).ok_or_else(|| {
+                    Error::Other("config check needs a file (argument or --config)".into())
+                })?;
+                let checked = Config::load(&path)?;
+                check_ports_free(&checked)?;
+                println!("{}: ok", path.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Start { daemon: true, only } => self.start_daemon(
+                &config,
+                cli.config.as_deref(),
+                cli.data_dir.as_deref(),
+                only,
+            ),
+            Command::Start {
+                daemon: false,
+                only,
+            } => {
+                init_logging(&config, "supervisor");
+                let path = write_effective_config(&config)?;
+                runtime(1, "supervisor")?.block_on(supervisor::run(config, path, only))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Stop => {
+                let wait = config
+                    .supervisor
+                    .stop_timeout
+                    .max(config.worker.drain_timeout)
+                    + Duration::from_secs(5);
+                let pid = supervisor::signal_running(&config, libc::SIGTERM, Some(wait))?;
+                println!("stopped (supervisor pid {pid})");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Restart { only } => {
+                if supervisor::running_pid(&config).is_some() {
+                    let wait = config
+                        .supervisor
+                        .stop_timeout
+                        .max(config.worker.drain_timeout)
+                        + Duration::from_secs(5);
+                    let pid = supervisor::signal_running(&config, libc::SIGTERM, Some(wait))?;
+                    println!("stopped (supervisor pid {pid})");
+                }
+                self.start_daemon(
+                    &config,
+                    cli.config.as_deref(),
+                    cli.data_dir.as_deref(),
+                    only,
+                )
+            }
+            Command::Reload => {
+                let pid = supervisor::signal_running(&config, libc::SIGUSR1, None)?;
+                println!(
+                    "reload requested (supervisor pid {pid}); workers are replaced one at a time"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Status => {
+                print_status(&config)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Connections { uid, group } => {
+                init_logging_quiet();
+                runtime(1, "cli")?.block_on(print_connections(config, uid, group))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Gateway { index } => {
+                init_logging(&config, "gateway");
+                let rt = runtime(0, &format!("gateway-{index}"))?;
+                rt.block_on(async move {
+                    let shutdown = shutdown_on_signals()?;
+                    crate::gateway::run(config, index, shutdown).await
+                })?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Worker { index } => {
+                init_logging(&config, "worker");
+                let events = (self.events)();
+                let rt = runtime(0, &format!("worker-{index}"))?;
+                rt.block_on(async move {
+                    let shutdown = shutdown_on_signals()?;
+                    crate::worker::run(config, events, shutdown).await
+                })?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+
+    /// `start -d`: re-runs this binary's `start` detached (new session, output to the
+    /// log file) and waits until its pid file appears.
+    fn start_daemon(
+        &self,
+        config: &Config,
+        config_path: Option<&Path>,
+        data_dir: Option<&Path>,
+        only: Option<Only>,
+    ) -> Result<ExitCode, Error> {
+        use std::os::unix::process::CommandExt;
+        if let Some(pid) = supervisor::running_pid(config) {
+            return Err(Error::Other(format!(
+                "already running (supervisor pid {pid})"
+            )));
+        }
+        let run_dir = config.run_dir();
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
+        let log_path = run_dir.join("switchboard.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::io(format!("cannot open log file {}", log_path.display()), e))?;
+        let log2 = log.try_clone().map_err(|e| Error::io("log file", e))?;
+        let exe =
+            std::env::current_exe().map_err(|e| Error::io("cannot find this executable", e))?;
+        let mut cmd = std::process::Command::new(exe);
+        if let Some(p) = config_path {
+            cmd.arg("--config").arg(p);
+        }
+        if let Some(d) = data_dir {
+            cmd.arg("--data-dir").arg(d);
+        }
+        cmd.arg("start");
+        if let Some(only) = only {
+            cmd.arg("--only").arg(match only {
+                Only::Gateway => "gateway",
+                Only::Worker => "worker",
+            });
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io("cannot start the daemon", e))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = supervisor::running_pid(config) {
+                println!(
+                    "started in the background (supervisor pid {pid}); log: {}",
+                    log_path.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Error::Other(format!(
+                    "the daemon exited at once ({status}); see {}",
+                    log_path.display()
+                )));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "the daemon did not write its pid file within 10 s; see {}",
+                    log_path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime, Error> {
+    let mut b = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    b.enable_all().thread_name(name.to_string());
+    b.build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))
+}
+
+fn shutdown_on_signals() -> Result<CancellationToken, Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("signal handler", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("signal handler", e))?;
+    let mut quit = signal(SignalKind::quit()).map_err(|e| Error::io("signal handler", e))?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = quit.recv() => {}
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+fn init_logging(config: &Config, role: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_thread_names(true)
+        .with_target(false);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+    tracing::debug!(role, pid = std::process::id(), "logging started");
+}
+
+fn init_logging_quiet() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("error"))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Writes the configuration children start with, with `data_dir` made absolute so that
+/// a reload works from any working directory.
+fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
+    let mut config = config.clone();
+    if config.data_dir.is_relative() {
+        let cwd = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
+        config.data_dir = cwd.join(&config.data_dir);
+    }
+    let run_dir = config.run_dir();
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
+    let path = run_dir.join("effective.toml");
+    std::fs::write(&path, config.to_toml())
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    Ok(path)
+}
+
+/// `config check`: the client ports must be free (or held by this very deployment).
+fn check_ports_free(config: &Config) -> Result<(), Error> {
+    if supervisor::running_pid(config).is_some() {
+        return Ok(());
+    }
+    for (i, l) in config.gateway.listeners.iter().enumerate() {
+        if l.listen.port() == 0 {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(l.listen) {
+            return Err(Error::Other(format!(
+                "invalid config: gateway.listeners[{i}].listen: cannot bind {}: {e}",
+                l.listen
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GiB", n / (1024.0 * 1024.0 * 1024.0))
+    } else if n >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", n / (1024.0 * 1024.0))
+    } else {
+        format!("{:.0} KiB", n / 1024.0)
+    }
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn print_status(config: &Config) -> Result<(), Error> {
+    let pid = supervisor::running_pid(config).ok_or_else(|| {
+        Error::Other(format!(
+            "not running (no live supervisor in {})",
+            supervisor::pid_file(config).display()
+        ))
+    })?;
+    let now = stats::unix_now();
+    let state = supervisor::read_state(config);
+    let all = stats::read_all(&config.run_dir());
+    let up = state
+        .as_ref()
+        .map(|s| human_age(now.saturating_sub(s.started)))
+        .unwrap_or_else(|| "?".into());
+    println!("{} — supervisor pid {pid}, up {up}", config.name);
+    println!(
+        "{:<8} {:>3} {:>8} {:>7} {:>8} {:>10} {:>10} {:>8}  STATE",
+        "ROLE", "#", "PID", "UPTIME", "CLIENTS", "EVENTS/S", "MEMORY", "RESTARTS"
+    );
+    let children = state.map(|s| s.children).unwrap_or_default();
+    for c in &children {
+        let role = match c.role {
+            supervisor::ChildRole::Gateway => "gateway",
+            supervisor::ChildRole::Worker => "worker",
+        };
+        let st = all.iter().find(|s| s.pid == c.pid && c.pid != 0);
+        let clients = match (c.role, st) {
+            (supervisor::ChildRole::Gateway, Some(s)) => s.clients.to_string(),
+            (supervisor::ChildRole::Worker, Some(s)) => format!("gw:{}", s.clients),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<8} {:>3} {:>8} {:>7} {:>8} {:>10} {:>10} {:>8}  {}{}",
+            role,
+            c.index,
+            if c.pid == 0 {
+                "-".into()
+            } else {
+                c.pid.to_string()
+            },
+            if c.pid == 0 {
+                "-".into()
+            } else {
+                human_age(now.saturating_sub(c.started))
+            },
+            clients,
+            st.map(|s| format!("{:.1}", s.events_per_sec))
+                .unwrap_or_else(|| "-".into()),
+            st.map(|s| human_bytes(s.rss_bytes))
+                .unwrap_or_else(|| "-".into()),
+            c.restarts,
+            c.state,
+            c.last_exit
+                .as_ref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default(),
+        );
+    }
+    let total: u64 = all
+        .iter()
+        .filter(|s| s.role == "gateway")
+        .map(|s| s.clients)
+        .sum();
+    println!("clients connected: {total}");
+    Ok(())
+}
+
+async fn print_connections(
+    config: Config,
+    uid: Option<String>,
+    group: Option<String>,
+) -> Result<(), Error> {
+    let gateway = Gateway::connect(&config).await?;
+    let gateways = crate::discovery::list(gateway.store().as_ref(), &config.name)
+        .await?
+        .len();
+    if !gateway
+        .wait_for_gateways(gateways, Duration::from_secs(5))
+        .await
+    {
+        eprintln!("warning: not every gateway answered; the list may be incomplete");
+    }
+    let rows = gateway.clients().await?;
+    println!(
+        "{:<20} {:<22} {:<16} {:>8}  GROUPS",
+        "CLIENT_ID", "ADDRESS", "UID", "IDLE"
+    );
+    let mut shown = 0;
+    for r in rows {
+        if uid.as_ref().is_some_and(|u| r.uid.as_ref() != Some(u))
+            || group.as_ref().is_some_and(|g| !r.groups.contains(g))
+        {
+            continue;
+        }
+        shown += 1;
+        println!(
+            "{:<20} {:<22} {:<16} {:>8}  {}",
+            r.client.to_string(),
+            r.addr,
+            r.uid.as_deref().unwrap_or("-"),
+            human_age(r.idle_ms / 1000),
+            r.groups.join(",")
+        );
+    }
+    println!("{shown} client(s)");
+    gateway.close().await;
+    Ok(())
+}

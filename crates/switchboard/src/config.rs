@@ -1,0 +1,484 @@
+//! The configuration file (TOML): every setting of a deployment, with defaults.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`), so a typo is an error naming the key
+//! and its line instead of a silently ignored setting. `docs/configuration.md` documents
+//! every key; an application embeds its default file and prints it with `config print`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_store::StoreConfig;
+
+use crate::protocol::ClientProtocol;
+
+/// A whole deployment's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Deployment name: prefixes every store key, so several deployments can share one
+    /// store. Processes of one deployment must agree on it.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Shared secret that workers and API clients prove they know to a gateway.
+    /// Every process of a deployment must have the same one.
+    #[serde(default = "default_secret")]
+    pub secret: String,
+    /// Directory for the file store, pid file, stats and logs; created if missing.
+    /// Relative paths elsewhere in this file are relative to it.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Where discovery and shared state live.
+    #[serde(default = "default_store")]
+    pub store: StoreConfig,
+    /// Gateway processes.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// Worker processes.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The supervisor (the `start` command).
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+}
+
+fn default_name() -> String {
+    "switchboard".into()
+}
+fn default_secret() -> String {
+    "change-me".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_store() -> StoreConfig {
+    StoreConfig::File {
+        path: PathBuf::from("store.sqlite"),
+    }
+}
+
+/// Gateway settings (`[gateway]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Gateway processes on this machine; they share every client listener's port
+    /// (SO_REUSEPORT), so more processes hold more clients than one process's open-file
+    /// limit allows.
+    pub count: usize,
+    /// Address the internal listener (for workers) binds to. Port 0 picks a free port
+    /// per process; a fixed port `p` gives process `i` the port `p + i`.
+    pub internal_listen: SocketAddr,
+    /// Address workers are told to connect to; defaults to `internal_listen`'s IP (or
+    /// 127.0.0.1 when that is unspecified). Set it to the machine's LAN address when
+    /// workers run elsewhere.
+    pub internal_advertise: Option<IpAddr>,
+    /// Client listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Heartbeat towards clients.
+    pub heartbeat: HeartbeatConfig,
+    /// Bytes that may wait to be written to one client; a client that does not read
+    /// and passes this is disconnected as a slow consumer.
+    pub outbound_limit: usize,
+    /// Bytes of events one client may have waiting for a worker; past it the gateway
+    /// stops reading from that client (TCP back-pressure) until the queue drains.
+    pub client_queue_limit: usize,
+    /// Bytes of events all clients together may have waiting or in flight; past it new
+    /// events are rejected (the client is told, the rejection logged and counted).
+    pub queue_limit: usize,
+    /// How long an event may wait for a worker (none connected) before it is rejected.
+    #[serde(with = "humantime_serde")]
+    pub hold_timeout: Duration,
+    /// Largest internal frame accepted from a worker, in bytes.
+    pub max_internal_frame: usize,
+    /// Most clients one gateway process holds; further connections are refused.
+    pub max_clients: usize,
+    /// How often the gateway refreshes its discovery entry in the store.
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            internal_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            internal_advertise: None,
+            listeners: vec![ListenerConfig::default()],
+            heartbeat: HeartbeatConfig::default(),
+            outbound_limit: 4 << 20,
+            client_queue_limit: 1 << 20,
+            queue_limit: 256 << 20,
+            hold_timeout: Duration::from_secs(30),
+            max_internal_frame: 16 << 20,
+            max_clients: 19_000,
+            publish_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The internal address process `index` listens on.
+    pub fn internal_listen_for(&self, index: usize) -> SocketAddr {
+        let mut addr = self.internal_listen;
+        if addr.port() != 0 {
+            addr.set_port(addr.port().saturating_add(index as u16));
+        }
+        addr
+    }
+
+    /// The IP workers should connect to, given where the internal listener bound.
+    pub fn advertise_ip(&self) -> IpAddr {
+        match self.internal_advertise {
+            Some(ip) => ip,
+            None if self.internal_listen.ip().is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            None => self.internal_listen.ip(),
+        }
+    }
+}
+
+/// One client listener (`[[gateway.listeners]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name for logs and stats.
+    #[serde(default = "default_listener_name")]
+    pub name: String,
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Wire protocol.
+    #[serde(default = "default_protocol")]
+    pub protocol: ClientProtocol,
+    /// Largest message (line or frame payload) accepted, in bytes; defaults to 64 KiB
+    /// for `text` and 1 MiB for `frame`. A longer one gets an error and the client is
+    /// closed.
+    pub max_message: Option<usize>,
+}
+
+fn default_listener_name() -> String {
+    "main".into()
+}
+fn default_protocol() -> ClientProtocol {
+    ClientProtocol::Text
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            name: default_listener_name(),
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8480),
+            protocol: ClientProtocol::Text,
+            max_message: None,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// The effective message limit.
+    pub fn max_message(&self) -> usize {
+        self.max_message.unwrap_or(match self.protocol {
+            ClientProtocol::Text => 64 << 10,
+            ClientProtocol::Frame => 1 << 20,
+        })
+    }
+}
+
+/// Heartbeat towards clients (`[gateway.heartbeat]`), as GatewayWorker has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// How often the gateway checks clients (and sends `ping`, if set).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Message sent to every client each interval; none when absent.
+    pub ping: Option<String>,
+    /// Close a client that sent nothing for this many intervals; 0 never closes.
+    pub idle_intervals: u32,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(25),
+            ping: None,
+            idle_intervals: 0,
+        }
+    }
+}
+
+/// Worker settings (`[worker]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Worker processes on this machine.
+    pub count: usize,
+    /// How long a query waits for every gateway's answer.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// How often the worker reads the gateway list from the store.
+    #[serde(with = "humantime_serde")]
+    pub discovery_interval: Duration,
+    /// How long a draining worker waits for its events to finish before it exits.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            count: 2,
+            query_timeout: Duration::from_secs(3),
+            discovery_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Log output (`[log]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter in `tracing` syntax (`info`, `switchboard=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Supervisor settings (`[supervisor]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// How long `stop` waits for children to exit before killing them.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
+    /// First delay before restarting a child that died; doubles up to 30 s while the
+    /// child keeps dying within a minute of its start.
+    #[serde(with = "humantime_serde")]
+    pub restart_delay: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            stop_timeout: Duration::from_secs(10),
+            restart_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrong type (the message names key and line).
+    #[error("invalid config{}: {message}", origin.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, if any.
+        origin: Option<PathBuf>,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: Option<&Path>) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, Some(path))
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "name",
+                "must be non-empty ASCII letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if self.secret.is_empty() {
+            return Err(invalid("secret", "must not be empty"));
+        }
+        if self.gateway.listeners.is_empty() && self.gateway.count > 0 {
+            return Err(invalid(
+                "gateway.listeners",
+                "at least one listener is needed",
+            ));
+        }
+        for (i, l) in self.gateway.listeners.iter().enumerate() {
+            if l.max_message() == 0 {
+                return Err(invalid(
+                    &format!("gateway.listeners[{i}].max_message"),
+                    "must be at least 1",
+                ));
+            }
+            if self.gateway.count > 1 && l.listen.port() == 0 {
+                return Err(invalid(
+                    &format!("gateway.listeners[{i}].listen"),
+                    "port 0 cannot be shared by several gateway processes; name a port",
+                ));
+            }
+        }
+        if self.gateway.heartbeat.interval.is_zero() {
+            return Err(invalid(
+                "gateway.heartbeat.interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.gateway.max_internal_frame < 1024 {
+            return Err(invalid(
+                "gateway.max_internal_frame",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if self.worker.query_timeout.is_zero() {
+            return Err(invalid("worker.query_timeout", "must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    /// `path` resolved against `data_dir` when relative.
+    pub fn data_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.data_dir.join(path)
+        }
+    }
+
+    /// The store configuration with a relative file path resolved against `data_dir`.
+    pub fn resolved_store(&self) -> StoreConfig {
+        match &self.store {
+            StoreConfig::File { path } => StoreConfig::File {
+                path: self.data_path(path),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Directory of run-time files (pid file, per-process stats).
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // An empty document gives every default.
+        toml::from_str("").unwrap_or_else(|_| unreachable!("the empty config is valid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::from_toml("", None).unwrap();
+        assert_eq!(c.gateway.count, 1);
+        assert_eq!(c.worker.count, 2);
+        assert_eq!(c.gateway.listeners[0].listen.port(), 8480);
+        assert_eq!(c.gateway.listeners[0].max_message(), 65536);
+    }
+
+    #[test]
+    fn printed_config_parses_back() {
+        let c = Config::default();
+        assert_eq!(Config::from_toml(&c.to_toml(), None).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Config::from_toml("name = \"x\"\n[gateway]\ncuont = 2\n", None).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("cuont"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_address() {
+        let msg = Config::from_toml("[worker]\ncount = \"two\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("count") && msg.contains("line 2"), "{msg}");
+        let msg = Config::from_toml("[[gateway.listeners]]\nlisten = \"nowhere:99999\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("listen"), "{msg}");
+    }
+
+    #[test]
+    fn shared_port_zero_is_refused() {
+        let msg = Config::from_toml(
+            "[gateway]\ncount = 2\n[[gateway.listeners]]\nlisten = \"127.0.0.1:0\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("gateway.listeners[0].listen"), "{msg}");
+    }
+}

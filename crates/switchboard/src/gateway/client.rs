@@ -1,0 +1,171 @@
+//! One client connection: a reader that decodes messages and feeds them to the routing
+//! state, and a writer that drains the client's byte-bounded outbound queue.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Outbound, Outgoing, Rejected};
+use super::Shared;
+use crate::config::ListenerConfig;
+
+/// Largest read from a client socket at once.
+const READ_CHUNK: usize = 16 << 10;
+/// Largest batch the writer gathers before one write.
+const WRITE_BATCH: usize = 64 << 10;
+/// How long a closing connection may take to flush its last messages.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted client until it disconnects or is closed.
+pub async fn serve(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+) {
+    let _ = socket.set_nodelay(true);
+    let protocol = listener.protocol;
+    let limit = listener.max_message();
+    let (out, rx, pending, kill) = Outbound::new(shared.config.outbound_limit);
+    let (id, drained) =
+        shared
+            .lock()
+            .add_client(peer.to_string(), protocol, out.clone(), &shared.counters);
+    tracing::debug!(client = %id, %peer, listener = %listener.name, "client connected");
+
+    let (rd, wr) = socket.into_split();
+    let writer_done = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(wr, rx, pending, writer_done.clone()));
+
+    // Read until EOF, error, kill (slow consumer) or the writer closing (kick).
+    let mut buf = BytesMut::new();
+    let mut reason = "client closed the connection";
+    'read: loop {
+        tokio::select! {
+            _ = kill.cancelled() => { reason = "slow consumer"; break; }
+            _ = writer_done.cancelled() => { reason = "closed by the server"; break; }
+            ready = rd.readable() => {
+                if ready.is_err() { reason = "socket error"; break; }
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match rd.try_read_buf(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => {
+                reason = "read error";
+                break;
+            }
+        }
+        let mut got_message = false;
+        loop {
+            match protocol.decode(&mut buf, limit) {
+                Ok(Some(msg)) => {
+                    got_message = true;
+                    let result = shared
+                        .lock()
+                        .client_message(id.connection, msg, &shared.counters);
+                    match result {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            // Back-pressure: stop reading until this client's queue drains.
+                            while !shared.lock().client_can_read(id.connection) {
+                                tokio::select! {
+                                    _ = drained.notified() => {}
+                                    _ = kill.cancelled() => { reason = "slow consumer"; break 'read; }
+                                    _ = writer_done.cancelled() => { reason = "closed by the server"; break 'read; }
+                                }
+                            }
+                        }
+                        Err(Rejected::QueueFull) => {
+                            tracing::warn!(client = %id, %peer, "gateway event queue full; message rejected");
+                            let _ = out.push(protocol.encode_to_bytes(
+                                b"error: server busy; your message was rejected, try again later",
+                            ));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.is_fatal() => {
+                    tracing::warn!(client = %id, %peer, listener = %listener.name, error = %e, "closing client: protocol violation");
+                    let _ = out.push(protocol.error_message(&e));
+                    out.close();
+                    reason = "protocol violation";
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, writer_done.cancelled()).await;
+                    break 'read;
+                }
+                Err(e) => {
+                    tracing::info!(client = %id, %peer, error = %e, "skipping a bad message");
+                    let _ = out.push(protocol.error_message(&e));
+                }
+            }
+        }
+        if !got_message {
+            shared.lock().touch(id.connection);
+        }
+        if buf.is_empty() {
+            // Idle clients hold no read buffer: this is most of a gateway's memory.
+            buf = BytesMut::new();
+        }
+    }
+
+    shared.lock().client_closed(id.connection, &shared.counters);
+    tracing::debug!(client = %id, %peer, reason, "client disconnected");
+    // The state has dropped its sender; ours goes now, so the writer ends after
+    // flushing what is queued (or at once, for a client cut off for not reading).
+    drop(out);
+    if kill.is_cancelled() {
+        writer.abort();
+    } else if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
+        tracing::debug!(client = %id, "gave up flushing to a closed client");
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    pending: Arc<AtomicUsize>,
+    done: CancellationToken,
+) {
+    let _done = done.drop_guard();
+    let mut buf = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        let mut close = false;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Data(b) => {
+                    pending.fetch_sub(b.len(), Ordering::AcqRel);
+                    buf.extend_from_slice(&b);
+                }
+                Outgoing::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            if buf.len() >= WRITE_BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf = BytesMut::new();
+        }
+        if close {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}

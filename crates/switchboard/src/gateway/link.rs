@@ -1,0 +1,171 @@
+//! One connection on the internal listener: the handshake, then events out and
+//! acknowledgements, commands and queries in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+use super::state::reply_frame;
+use super::Shared;
+use crate::auth;
+use crate::protocol::internal::{self, Frame, InternalCodec, PROTOCOL_VERSION};
+
+/// How long a peer has to answer the challenge.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one internal connection until it closes.
+pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let _ = socket.set_nodelay(true);
+    let codec = InternalCodec {
+        max_frame: shared.config.max_internal_frame,
+    };
+    let mut framed = Framed::new(socket, codec);
+    let nonce = auth::nonce();
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        gateway: shared.number,
+        nonce,
+    };
+    if framed.send(hello).await.is_err() {
+        return;
+    }
+    let (role, name) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
+        Ok(Some(Ok(Frame::Auth {
+            version,
+            role,
+            name,
+            mac,
+        }))) => {
+            if version != PROTOCOL_VERSION {
+                refuse(&mut framed, peer, &format!("protocol version {version} is not supported (this gateway speaks {PROTOCOL_VERSION})")).await;
+                return;
+            }
+            if !auth::verify(&shared.secret, &nonce, role, &name, &mac) {
+                refuse(&mut framed, peer, "wrong secret").await;
+                return;
+            }
+            (role, name)
+        }
+        Ok(Some(Ok(other))) => {
+            refuse(
+                &mut framed,
+                peer,
+                &format!("expected auth, got {}", frame_kind(&other)),
+            )
+            .await;
+            return;
+        }
+        Ok(Some(Err(e))) => {
+            refuse(&mut framed, peer, &format!("bad handshake frame: {e}")).await;
+            return;
+        }
+        Ok(None) => {
+            tracing::warn!(%peer, "internal connection closed during the handshake");
+            return;
+        }
+        Err(_) => {
+            refuse(&mut framed, peer, "no auth within 5 s").await;
+            return;
+        }
+    };
+    if framed.send(Frame::Welcome).await.is_err() {
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let link = shared
+        .lock()
+        .add_link(name.clone(), role, tx.clone(), &shared.counters);
+    tracing::info!(%peer, %name, ?role, "peer authenticated");
+
+    let (sink, mut stream) = framed.split();
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let mut reason = String::from("closed by peer");
+    while let Some(frame) = stream.next().await {
+        match frame {
+            Ok(Frame::Ack { seq, client }) => {
+                shared.lock().ack(link, seq, client, &shared.counters)
+            }
+            Ok(Frame::Command(cmd)) => shared.lock().command(cmd, &shared.counters),
+            Ok(Frame::Query { id, query }) => {
+                let reply = shared.lock().query(query);
+                let _ = tx.send(reply_frame(id, reply));
+            }
+            Ok(Frame::Draining) => {
+                shared.lock().link_draining(link, &shared.counters);
+                tracing::info!(%peer, %name, "worker is draining; no new events go to it");
+                let _ = tx.send(internal::encode_to_bytes(&Frame::DrainAck));
+            }
+            Ok(Frame::Ping) => {
+                let _ = tx.send(internal::encode_to_bytes(&Frame::Pong));
+            }
+            Ok(Frame::Pong) => {}
+            Ok(other) => {
+                reason = format!("unexpected {} frame", frame_kind(&other));
+                break;
+            }
+            Err(e) => {
+                reason = format!("protocol error: {e}");
+                break;
+            }
+        }
+    }
+    let redispatched = shared.lock().link_closed(link, &shared.counters);
+    tracing::info!(%peer, %name, %reason, redispatched, "peer disconnected");
+    writer.abort();
+}
+
+async fn refuse(framed: &mut Framed<TcpStream, InternalCodec>, peer: SocketAddr, reason: &str) {
+    tracing::warn!(%peer, reason, "refused internal connection");
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        framed.send(Frame::Refused {
+            reason: reason.to_owned(),
+        }),
+    )
+    .await;
+}
+
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<Framed<TcpStream, InternalCodec>, Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    while let Some(first) = rx.recv().await {
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        // Gather what else is ready into the same write.
+        while let Ok(more) = rx.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A frame's name for logs.
+pub fn frame_kind(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "hello",
+        Frame::Auth { .. } => "auth",
+        Frame::Welcome => "welcome",
+        Frame::Refused { .. } => "refused",
+        Frame::Event(_) => "event",
+        Frame::Ack { .. } => "ack",
+        Frame::Draining => "draining",
+        Frame::DrainAck => "drain-ack",
+        Frame::Command(_) => "command",
+        Frame::Query { .. } => "query",
+        Frame::Reply { .. } => "reply",
+        Frame::Ping => "ping",
+        Frame::Pong => "pong",
+    }
+}

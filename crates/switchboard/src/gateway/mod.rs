@@ -1,0 +1,363 @@
+//! The gateway process: owns client connections, runs no business code.
+//!
+//! It binds every client listener (with SO_REUSEPORT, so several gateway processes share
+//! a port) and one internal listener for workers, publishes its internal address in the
+//! store, and moves events and commands between clients and workers through [`state`].
+
+mod client;
+mod link;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, GatewayConfig, ListenerConfig};
+use crate::discovery::{self, GatewayEntry};
+use crate::stats::{self, ProcessStats};
+use crate::Error;
+use state::{Counters, State};
+
+pub use link::frame_kind;
+
+/// What every task of a gateway shares.
+pub struct Shared {
+    state: Mutex<State>,
+    counters: Counters,
+    config: GatewayConfig,
+    secret: String,
+    number: u32,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // State mutations are small and complete; a panic elsewhere cannot leave them
+        // half done, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Binds a TCP listener with SO_REUSEADDR and (optionally) SO_REUSEPORT.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Runs gateway process number `index` (0-based on this machine) until `shutdown`.
+pub async fn run(config: Config, index: usize, shutdown: CancellationToken) -> Result<(), Error> {
+    let gw = config.gateway.clone();
+    let store = crate::open_store(&config).await?;
+    let number = retry_store("take a gateway number", &shutdown, || {
+        discovery::new_gateway_number(store.as_ref(), &config.name)
+    })
+    .await?;
+
+    let internal_addr = gw.internal_listen_for(index);
+    let internal = bind(internal_addr, false).map_err(|e| {
+        Error::io(
+            format!("cannot bind the internal listener on {internal_addr}"),
+            e,
+        )
+    })?;
+    let internal_local = internal
+        .local_addr()
+        .map_err(|e| Error::io("internal listener address", e))?;
+    let mut client_listeners = Vec::new();
+    for l in &gw.listeners {
+        let listener = bind(l.listen, true).map_err(|e| {
+            Error::io(
+                format!("cannot listen on {} (listener {:?})", l.listen, l.name),
+                e,
+            )
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("listener address", e))?;
+        client_listeners.push((listener, local, Arc::new(l.clone())));
+    }
+    let entry = GatewayEntry {
+        number,
+        internal: SocketAddr::new(gw.advertise_ip(), internal_local.port()),
+        listeners: client_listeners.iter().map(|(_, a, _)| *a).collect(),
+        pid: std::process::id(),
+    };
+    tracing::info!(number, internal = %entry.internal, listeners = ?entry.listeners, "gateway started");
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::new(number, gw.queue_limit, gw.client_queue_limit)),
+        counters: Counters::default(),
+        config: gw.clone(),
+        secret: config.secret.clone(),
+        number,
+    });
+    let tasks = TaskTracker::new();
+    let stop = shutdown.child_token();
+
+    tasks.spawn(accept_internal(shared.clone(), internal, stop.clone()));
+    for (listener, _, cfg) in client_listeners {
+        tasks.spawn(accept_clients(shared.clone(), listener, cfg, stop.clone()));
+    }
+    tasks.spawn(heartbeat(shared.clone(), stop.clone()));
+    tasks.spawn(expire_held(shared.clone(), stop.clone()));
+    tasks.spawn(publish(
+        store.clone(),
+        config.name.clone(),
+        entry.clone(),
+        gw.publish_interval,
+        stop.clone(),
+    ));
+    tasks.spawn(write_stats(
+        shared.clone(),
+        config.run_dir(),
+        entry.clone(),
+        stop.clone(),
+    ));
+    tasks.close();
+
+    shutdown.cancelled().await;
+    tracing::info!(number, "gateway stopping");
+    stop.cancel();
+    if let Err(e) = discovery::unpublish(store.as_ref(), &config.name, number).await {
+        tracing::warn!(error = %e, "could not remove this gateway from the store; its entry will expire");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    stats::remove(&config.run_dir(), "gateway", std::process::id());
+    Ok(())
+}
+
+/// Retries a store operation with backoff until it works or `shutdown`.
+async fn retry_store<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut op: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, switchboard_store::StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "store: cannot {what}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(e.into()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn accept_internal(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+    accept_loop(listener, stop, "internal", move |socket, peer| {
+        tokio::spawn(link::serve(shared.clone(), socket, peer));
+    })
+    .await
+}
+
+async fn accept_clients(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    cfg: Arc<ListenerConfig>,
+    stop: CancellationToken,
+) {
+    let max = shared.config.max_clients;
+    let mut last_refusal_log = Instant::now() - Duration::from_secs(60);
+    accept_loop(listener, stop, "client", move |socket, peer| {
+        if shared.lock().connected() >= max {
+            if last_refusal_log.elapsed() > Duration::from_secs(5) {
+                tracing::warn!(%peer, max_clients = max, "refusing client: gateway is full");
+                last_refusal_log = Instant::now();
+            }
+            drop(socket);
+            return;
+        }
+        tokio::spawn(client::serve(shared.clone(), socket, peer, cfg.clone()));
+    })
+    .await
+}
+
+/// Accepts until `stop`; on errors (such as running out of file descriptors) backs off
+/// instead of spinning.
+async fn accept_loop(
+    listener: TcpListener,
+    stop: CancellationToken,
+    what: &str,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr),
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            res = listener.accept() => match res {
+                Ok((socket, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    on_accept(socket, peer);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "{what} accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let hb = shared.config.heartbeat.clone();
+    let mut tick = tokio::time::interval(hb.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(ping) = &hb.ping {
+            let outs = shared.lock().outbounds();
+            for (out, protocol) in outs {
+                let _ = out.push(protocol.encode_to_bytes(ping.as_bytes()));
+            }
+        }
+        if hb.idle_intervals > 0 {
+            let Some(cutoff) = Instant::now().checked_sub(hb.interval * hb.idle_intervals) else {
+                continue;
+            };
+            let idle = shared.lock().idle_since(cutoff);
+            for (client, addr, out) in idle {
+                tracing::info!(%client, %addr, intervals = hb.idle_intervals, "heartbeat: no data from client; closing");
+                out.close();
+            }
+        }
+    }
+}
+
+async fn expire_held(shared: Arc<Shared>, stop: CancellationToken) {
+    let timeout = shared.config.hold_timeout;
+    let mut tick = tokio::time::interval(
+        Duration::from_millis(500).min(timeout.max(Duration::from_millis(10))),
+    );
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let log = shared.lock().expire_held(timeout, &shared.counters);
+        for line in log {
+            tracing::warn!("{line}");
+        }
+    }
+}
+
+async fn publish(
+    store: switchboard_store::SharedStore,
+    ns: String,
+    entry: GatewayEntry,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let ttl = (every * 5).max(Duration::from_secs(5));
+    let mut failing = false;
+    loop {
+        match discovery::publish(store.as_ref(), &ns, &entry, ttl).await {
+            Ok(()) if failing => {
+                tracing::info!("store reachable again; gateway entry republished");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot publish this gateway in the store; clients stay connected, retrying");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn write_stats(
+    shared: Arc<Shared>,
+    run_dir: std::path::PathBuf,
+    entry: GatewayEntry,
+    stop: CancellationToken,
+) {
+    let started = stats::unix_now();
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        let events = shared.counters.events.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (events - last.1) as f64 / (now - last.0).as_secs_f64().max(0.001);
+        last = (now, events);
+        let (clients, workers) = {
+            let s = shared.lock();
+            (s.connected() as u64, s.worker_links() as u64)
+        };
+        let mut detail = serde_json::Map::new();
+        detail.insert("number".into(), entry.number.into());
+        detail.insert("internal".into(), entry.internal.to_string().into());
+        detail.insert(
+            "listeners".into(),
+            entry
+                .listeners
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        detail.insert("workers".into(), workers.into());
+        detail.insert(
+            "redispatched".into(),
+            shared.counters.redispatched.load(Ordering::Relaxed).into(),
+        );
+        detail.insert(
+            "rejected".into(),
+            shared.counters.rejected.load(Ordering::Relaxed).into(),
+        );
+        detail.insert(
+            "slow_consumers".into(),
+            shared
+                .counters
+                .slow_consumers
+                .load(Ordering::Relaxed)
+                .into(),
+        );
+        let s = ProcessStats {
+            role: "gateway".into(),
+            pid: std::process::id(),
+            started,
+            clients,
+            events,
+            events_per_sec: rate,
+            rss_bytes: stats::rss_bytes(),
+            detail,
+        };
+        if let Err(e) = stats::write(&run_dir, &s) {
+            tracing::debug!(error = %e, "cannot write stats file");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

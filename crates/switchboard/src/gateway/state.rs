@@ -1,0 +1,1128 @@
+//! The gateway's routing state: clients, uid and group indexes, worker links, and the
+//! event pipeline between them. Pure bookkeeping behind one `std::sync::Mutex`, held
+//! briefly and never across an `.await`; the I/O tasks call in and out through channels.
+//!
+//! ## The event pipeline
+//! Each client has a FIFO `queue` of events not yet sent and at most one event
+//! `inflight` at a worker. The next event is sent only when the worker acknowledges the
+//! previous one, which gives three guarantees cheaply:
+//! - one client's events are handled in order, one at a time (whatever the worker does
+//!   concurrently for other clients);
+//! - each event carries the session as it is when the event is sent, so a handler sees
+//!   the session changes made by the handler of the previous event;
+//! - when a worker dies, at most one event per client is lost in it, and that one is put
+//!   back at the front of the client's queue and sent to another worker (at-least-once).
+//!
+//! A client sticks to the worker its first event went to, until that worker drains or
+//! disconnects. With no worker connected, events wait in the queues, bounded in bytes
+//! (`queue_limit`) and age (`hold_timeout`); past either bound they are rejected: the
+//! client is told, the rejection logged and counted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::internal::{
+    self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
+};
+use crate::protocol::ClientProtocol;
+use crate::ClientId;
+
+/// What a client's writer task receives.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Bytes already in the client's wire format.
+    Data(Bytes),
+    /// Write everything before this, then close the connection.
+    Close,
+}
+
+/// The sending side of a client's outbound queue, bounded in bytes.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Bytes queued and not yet written; the writer subtracts what it writes.
+    pending: Arc<AtomicUsize>,
+    limit: usize,
+    /// Cancelled to cut the client off (slow consumer, kick).
+    kill: CancellationToken,
+}
+
+impl Outbound {
+    /// A new queue with its receiving end, byte counter and kill switch.
+    pub fn new(
+        limit: usize,
+    ) -> (
+        Self,
+        mpsc::UnboundedReceiver<Outgoing>,
+        Arc<AtomicUsize>,
+        CancellationToken,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let kill = CancellationToken::new();
+        (
+            Self {
+                tx,
+                pending: pending.clone(),
+                limit,
+                kill: kill.clone(),
+            },
+            rx,
+            pending,
+            kill,
+        )
+    }
+
+    /// Queues bytes. When the client is not reading fast enough to stay under the
+    /// limit, it is cut off instead ([`Push::CutOff`], reported once).
+    pub fn push(&self, data: Bytes) -> Push {
+        if self.kill.is_cancelled() {
+            return Push::Gone;
+        }
+        let len = data.len();
+        let pending = self.pending.fetch_add(len, Ordering::AcqRel) + len;
+        if pending > self.limit {
+            self.pending.fetch_sub(len, Ordering::AcqRel);
+            self.kill.cancel();
+            return Push::CutOff;
+        }
+        if self.tx.send(Outgoing::Data(data)).is_err() {
+            self.pending.fetch_sub(len, Ordering::AcqRel);
+            return Push::Gone;
+        }
+        Push::Queued
+    }
+
+    /// Asks the writer to close after what is queued.
+    pub fn close(&self) {
+        let _ = self.tx.send(Outgoing::Close);
+    }
+
+    /// Whether the client has been cut off.
+    pub fn is_killed(&self) -> bool {
+        self.kill.is_cancelled()
+    }
+}
+
+/// What became of a [`Outbound::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued for writing.
+    Queued,
+    /// Over the limit: the client has just been cut off as a slow consumer.
+    CutOff,
+    /// The client is already gone or cut off.
+    Gone,
+}
+
+/// An event waiting in a client's queue.
+#[derive(Debug, Clone)]
+struct Pending {
+    kind: EventKind,
+    body: Bytes,
+    /// When the client produced it (for `hold_timeout`).
+    at: Instant,
+}
+
+/// The event a client has at a worker.
+#[derive(Debug)]
+struct InFlight {
+    link: u64,
+    seq: u64,
+    event: Pending,
+}
+
+/// One connected (or closing) client.
+struct Client {
+    addr: String,
+    protocol: ClientProtocol,
+    /// `None` once the connection is gone (the close event may still be pending).
+    out: Option<Outbound>,
+    session: Map<String, Value>,
+    /// `session` as JSON, cached because every event carries it.
+    session_json: Bytes,
+    uid: Option<String>,
+    groups: BTreeSet<String>,
+    last_seen: Instant,
+    /// Worker link this client sticks to.
+    worker: Option<u64>,
+    inflight: Option<InFlight>,
+    queue: VecDeque<Pending>,
+    queue_bytes: usize,
+    /// Woken when `queue_bytes` drops, to resume reading from a back-pressured client.
+    drained: Arc<Notify>,
+}
+
+/// One authenticated peer on the internal listener.
+struct Link {
+    name: String,
+    role: Role,
+    tx: mpsc::UnboundedSender<Bytes>,
+    draining: bool,
+    inflight: usize,
+}
+
+/// Counters published in stats.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events sent to workers (re-sends included).
+    pub events: AtomicU64,
+    /// Events re-sent after a worker died.
+    pub redispatched: AtomicU64,
+    /// Events rejected (no worker in time, queue full).
+    pub rejected: AtomicU64,
+    /// Clients cut off for not reading.
+    pub slow_consumers: AtomicU64,
+}
+
+/// Everything the gateway knows, behind the mutex of [`Shared`].
+pub struct State {
+    number: u32,
+    clients: HashMap<u64, Client>,
+    uids: HashMap<String, HashSet<u64>>,
+    groups: HashMap<String, HashSet<u64>>,
+    links: BTreeMap<u64, Link>,
+    next_link: u64,
+    /// Round-robin cursor over links for a client's first event.
+    cursor: u64,
+    next_seq: u64,
+    next_conn: u64,
+    /// Bytes of events queued or in flight, all clients together.
+    queued_bytes: usize,
+    queue_limit: usize,
+    client_queue_limit: usize,
+    /// Count of clients with a live connection.
+    connected: usize,
+}
+
+/// Why an event was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// The gateway-wide queue bound is reached.
+    QueueFull,
+}
+
+impl State {
+    /// Empty state for gateway `number`.
+    pub fn new(number: u32, queue_limit: usize, client_queue_limit: usize) -> Self {
+        Self {
+            number,
+            clients: HashMap::new(),
+            uids: HashMap::new(),
+            groups: HashMap::new(),
+            links: BTreeMap::new(),
+            next_link: 1,
+            cursor: 0,
+            next_seq: 1,
+            next_conn: 1,
+            queued_bytes: 0,
+            queue_limit,
+            client_queue_limit,
+            connected: 0,
+        }
+    }
+
+    /// This gateway's number.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Clients with a live connection.
+    pub fn connected(&self) -> usize {
+        self.connected
+    }
+
+    /// Registers a new client and queues its connect event.
+    pub fn add_client(
+        &mut self,
+        addr: String,
+        protocol: ClientProtocol,
+        out: Outbound,
+        counters: &Counters,
+    ) -> (ClientId, Arc<Notify>) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let drained = Arc::new(Notify::new());
+        self.clients.insert(
+            conn,
+            Client {
+                addr,
+                protocol,
+                out: Some(out),
+                session: Map::new(),
+                session_json: Bytes::from_static(b"{}"),
+                uid: None,
+                groups: BTreeSet::new(),
+                last_seen: Instant::now(),
+                worker: None,
+                inflight: None,
+                queue: VecDeque::new(),
+                queue_bytes: 0,
+                drained: drained.clone(),
+            },
+        );
+        self.connected += 1;
+        // A connect event has no body: it never hits the byte bounds.
+        self.enqueue(conn, EventKind::Connect, Bytes::new(), counters);
+        (ClientId::new(self.number, conn), drained)
+    }
+
+    /// Queues a message event. Returns whether the client's queue is over its bound (the
+    /// caller then waits on the client's `drained` notify before reading more).
+    pub fn client_message(
+        &mut self,
+        conn: u64,
+        body: Bytes,
+        counters: &Counters,
+    ) -> Result<bool, Rejected> {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return Ok(false);
+        };
+        client.last_seen = Instant::now();
+        if self.queued_bytes + body.len() > self.queue_limit {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Rejected::QueueFull);
+        }
+        self.enqueue(conn, EventKind::Message, body, counters);
+        Ok(self
+            .clients
+            .get(&conn)
+            .is_some_and(|c| c.queue_bytes > self.client_queue_limit))
+    }
+
+    /// Whether the client's queue is back under its bound.
+    pub fn client_can_read(&self, conn: u64) -> bool {
+        self.clients
+            .get(&conn)
+            .is_none_or(|c| c.queue_bytes <= self.client_queue_limit)
+    }
+
+    /// The connection is gone: unindex the client and queue its close event. The entry
+    /// itself stays until the close event is handled.
+    pub fn client_closed(&mut self, conn: u64, counters: &Counters) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.out.take().is_none() {
+            return; // already closed
+        }
+        self.connected -= 1;
+        if let Some(uid) = client.uid.take() {
+            remove_from_index(&mut self.uids, &uid, conn);
+        }
+        for g in std::mem::take(&mut client.groups) {
+            remove_from_index(&mut self.groups, &g, conn);
+        }
+        self.enqueue(conn, EventKind::Close, Bytes::new(), counters);
+    }
+
+    /// Marks activity from a client (heartbeat bookkeeping).
+    pub fn touch(&mut self, conn: u64) {
+        if let Some(c) = self.clients.get_mut(&conn) {
+            c.last_seen = Instant::now();
+        }
+    }
+
+    fn enqueue(&mut self, conn: u64, kind: EventKind, body: Bytes, counters: &Counters) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        client.queue_bytes += body.len();
+        self.queued_bytes += body.len();
+        client.queue.push_back(Pending {
+            kind,
+            body,
+            at: Instant::now(),
+        });
+        self.pump(conn, counters);
+    }
+
+    /// Sends the client's next event if none is in flight and a worker is available.
+    fn pump(&mut self, conn: u64, counters: &Counters) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.inflight.is_some() || client.queue.is_empty() {
+            return;
+        }
+        let sticky = client
+            .worker
+            .filter(|l| self.links.get(l).is_some_and(|l| !l.draining));
+        let link_id = match sticky {
+            Some(l) => l,
+            None => match choose_link(&self.links, &mut self.cursor) {
+                Some(l) => l,
+                None => return, // no worker: the event waits (bounded by hold_timeout)
+            },
+        };
+        let Some(event) = client.queue.pop_front() else {
+            return;
+        };
+        client.queue_bytes -= event.body.len();
+        client.worker = Some(link_id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let frame = internal::encode_to_bytes(&Frame::Event(Event {
+            seq,
+            kind: event.kind,
+            client: ClientId::new(self.number, conn),
+            addr: client.addr.clone(),
+            session: client.session_json.clone(),
+            body: event.body.clone(),
+        }));
+        client.inflight = Some(InFlight {
+            link: link_id,
+            seq,
+            event,
+        });
+        if let Some(link) = self.links.get_mut(&link_id) {
+            link.inflight += 1;
+            // A failed send means the link task is ending; `link_closed` will requeue.
+            let _ = link.tx.send(frame);
+        }
+        counters.events.fetch_add(1, Ordering::Relaxed);
+        client.drained.notify_one();
+    }
+
+    /// A worker finished an event.
+    pub fn ack(&mut self, link_id: u64, seq: u64, client: ClientId, counters: &Counters) {
+        if client.gateway != self.number {
+            return;
+        }
+        let conn = client.connection;
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        match &c.inflight {
+            Some(f) if f.link == link_id && f.seq == seq => {}
+            _ => return, // stale (already re-dispatched elsewhere)
+        }
+        if let Some(f) = c.inflight.take() {
+            self.queued_bytes -= f.event.body.len();
+        }
+        if let Some(link) = self.links.get_mut(&link_id) {
+            link.inflight = link.inflight.saturating_sub(1);
+        }
+        if c.out.is_none() && c.queue.is_empty() {
+            // The close event was the last one: the client is gone for good.
+            self.clients.remove(&conn);
+            return;
+        }
+        self.pump(conn, counters);
+    }
+
+    /// Registers an authenticated link; returns its id.
+    pub fn add_link(
+        &mut self,
+        name: String,
+        role: Role,
+        tx: mpsc::UnboundedSender<Bytes>,
+        counters: &Counters,
+    ) -> u64 {
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.insert(
+            id,
+            Link {
+                name,
+                role,
+                tx,
+                draining: false,
+                inflight: 0,
+            },
+        );
+        if role == Role::Worker {
+            // Clients that waited for a worker can go now.
+            let waiting: Vec<u64> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.inflight.is_none() && !c.queue.is_empty())
+                .map(|(k, _)| *k)
+                .collect();
+            for conn in waiting {
+                self.pump(conn, counters);
+            }
+        }
+        id
+    }
+
+    /// A link is gone: every event in flight there goes back to the front of its
+    /// client's queue and on to another worker.
+    pub fn link_closed(&mut self, link_id: u64, counters: &Counters) -> usize {
+        let Some(link) = self.links.remove(&link_id) else {
+            return 0;
+        };
+        let mut requeued = Vec::new();
+        for (conn, c) in self.clients.iter_mut() {
+            if c.worker == Some(link_id) {
+                c.worker = None;
+            }
+            if c.inflight.as_ref().is_some_and(|f| f.link == link_id) {
+                if let Some(f) = c.inflight.take() {
+                    c.queue_bytes += f.event.body.len();
+                    c.queue.push_front(f.event);
+                    requeued.push(*conn);
+                }
+            }
+        }
+        let n = requeued.len();
+        if n > 0 {
+            tracing::warn!(link = %link.name, events = n, "worker link lost with events in flight; re-dispatching them");
+            counters.redispatched.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        for conn in requeued {
+            self.pump(conn, counters);
+        }
+        n
+    }
+
+    /// A worker asked for no new events.
+    pub fn link_draining(&mut self, link_id: u64, counters: &Counters) {
+        let Some(link) = self.links.get_mut(&link_id) else {
+            return;
+        };
+        link.draining = true;
+        let mut unstick = Vec::new();
+        for (conn, c) in self.clients.iter_mut() {
+            if c.worker == Some(link_id) && c.inflight.is_none() {
+                c.worker = None;
+                unstick.push(*conn);
+            }
+        }
+        for conn in unstick {
+            self.pump(conn, counters);
+        }
+    }
+
+    /// The link's outgoing channel (for replies).
+    pub fn link_tx(&self, link_id: u64) -> Option<mpsc::UnboundedSender<Bytes>> {
+        self.links.get(&link_id).map(|l| l.tx.clone())
+    }
+
+    /// Number of worker links (not draining).
+    pub fn worker_links(&self) -> usize {
+        self.links
+            .values()
+            .filter(|l| l.role == Role::Worker && !l.draining)
+            .count()
+    }
+
+    /// Rejects events that waited longer than `timeout` for a worker. Returns messages
+    /// to log.
+    pub fn expire_held(&mut self, timeout: Duration, counters: &Counters) -> Vec<String> {
+        let now = Instant::now();
+        let mut log = Vec::new();
+        let mut remove = Vec::new();
+        for (conn, c) in self.clients.iter_mut() {
+            if c.inflight.is_some() || c.queue.front().is_none_or(|e| now - e.at < timeout) {
+                continue;
+            }
+            let dropped = c.queue.len();
+            let had_connect = c.queue.iter().any(|e| e.kind == EventKind::Connect);
+            self.queued_bytes -= c.queue_bytes;
+            c.queue.clear();
+            c.queue_bytes = 0;
+            c.drained.notify_one();
+            counters
+                .rejected
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            log.push(format!(
+                "rejected {dropped} event(s) of client {} ({}) after waiting {:?} for a worker",
+                ClientId::new(self.number, *conn),
+                c.addr,
+                timeout
+            ));
+            match &c.out {
+                Some(out) => {
+                    let msg = "error: no worker is available; your message was not processed, try again later";
+                    let _ = out.push(c.protocol.encode_to_bytes(msg.as_bytes()));
+                    if had_connect {
+                        // The application never saw this client connect: start over.
+                        out.close();
+                    }
+                }
+                None => remove.push(*conn),
+            }
+        }
+        for conn in remove {
+            self.clients.remove(&conn);
+        }
+        log
+    }
+
+    // ---- commands -------------------------------------------------------------------
+
+    fn out_of(&self, id: ClientId) -> Option<(&Outbound, ClientProtocol)> {
+        if id.gateway != self.number {
+            return None;
+        }
+        let c = self.clients.get(&id.connection)?;
+        Some((c.out.as_ref()?, c.protocol))
+    }
+
+    /// Executes a command from a worker or API client.
+    pub fn command(&mut self, cmd: Command, counters: &Counters) {
+        match cmd {
+            Command::SendToClient { client, data } => {
+                if let Some((out, p)) = self.out_of(client) {
+                    push_or_cut(out, p.encode_to_bytes(&data), client, counters);
+                }
+            }
+            Command::SendToAll {
+                data,
+                only,
+                exclude,
+            } => {
+                let exclude: HashSet<u64> = self.own(&exclude).collect();
+                let mut cache = EncodeCache::new(&data);
+                match only {
+                    Some(list) => {
+                        let conns: Vec<u64> = self.own(&list).collect();
+                        for conn in conns {
+                            if !exclude.contains(&conn) {
+                                self.send_conn(conn, &mut cache, counters);
+                            }
+                        }
+                    }
+                    None => {
+                        let conns: Vec<u64> = self
+                            .clients
+                            .iter()
+                            .filter(|(k, c)| c.out.is_some() && !exclude.contains(k))
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for conn in conns {
+                            self.send_conn(conn, &mut cache, counters);
+                        }
+                    }
+                }
+            }
+            Command::SendToUid { uids, data } => {
+                let mut cache = EncodeCache::new(&data);
+                let conns: BTreeSet<u64> = uids
+                    .iter()
+                    .filter_map(|u| self.uids.get(u))
+                    .flatten()
+                    .copied()
+                    .collect();
+                for conn in conns {
+                    self.send_conn(conn, &mut cache, counters);
+                }
+            }
+            Command::SendToGroup {
+                groups,
+                data,
+                exclude,
+            } => {
+                let exclude: HashSet<u64> = self.own(&exclude).collect();
+                let mut cache = EncodeCache::new(&data);
+                let conns: BTreeSet<u64> = groups
+                    .iter()
+                    .filter_map(|g| self.groups.get(g))
+                    .flatten()
+                    .copied()
+                    .filter(|c| !exclude.contains(c))
+                    .collect();
+                for conn in conns {
+                    self.send_conn(conn, &mut cache, counters);
+                }
+            }
+            Command::BindUid { client, uid } => {
+                let Some(conn) = self.live_conn(client) else {
+                    return;
+                };
+                if let Some(old) = self
+                    .clients
+                    .get_mut(&conn)
+                    .and_then(|c| c.uid.replace(uid.clone()))
+                {
+                    remove_from_index(&mut self.uids, &old, conn);
+                }
+                self.uids.entry(uid).or_default().insert(conn);
+            }
+            Command::UnbindUid { client, uid } => {
+                let Some(conn) = self.live_conn(client) else {
+                    return;
+                };
+                if let Some(c) = self.clients.get_mut(&conn) {
+                    if c.uid.as_deref() == Some(uid.as_str()) {
+                        c.uid = None;
+                        remove_from_index(&mut self.uids, &uid, conn);
+                    }
+                }
+            }
+            Command::JoinGroup { client, group } => {
+                let Some(conn) = self.live_conn(client) else {
+                    return;
+                };
+                if let Some(c) = self.clients.get_mut(&conn) {
+                    c.groups.insert(group.clone());
+                    self.groups.entry(group).or_default().insert(conn);
+                }
+            }
+            Command::LeaveGroup { client, group } => {
+                let Some(conn) = self.live_conn(client) else {
+                    return;
+                };
+                if let Some(c) = self.clients.get_mut(&conn) {
+                    c.groups.remove(&group);
+                    remove_from_index(&mut self.groups, &group, conn);
+                }
+            }
+            Command::Ungroup { group } => {
+                if let Some(members) = self.groups.remove(&group) {
+                    for conn in members {
+                        if let Some(c) = self.clients.get_mut(&conn) {
+                            c.groups.remove(&group);
+                        }
+                    }
+                }
+            }
+            Command::SetSession { client, session } => {
+                self.change_session(client, &session, |s, new| *s = new);
+            }
+            Command::UpdateSession { client, session } => {
+                self.change_session(client, &session, |s, new| {
+                    for (k, v) in new {
+                        if v.is_null() {
+                            s.remove(&k);
+                        } else {
+                            s.insert(k, v);
+                        }
+                    }
+                });
+            }
+            Command::CloseClient { client, last } => {
+                if let Some((out, p)) = self.out_of(client) {
+                    if let Some(last) = last {
+                        push_or_cut(out, p.encode_to_bytes(&last), client, counters);
+                    }
+                    out.close();
+                }
+            }
+        }
+    }
+
+    fn change_session(
+        &mut self,
+        client: ClientId,
+        json: &[u8],
+        apply: impl FnOnce(&mut Map<String, Value>, Map<String, Value>),
+    ) {
+        let Some(conn) = self.live_conn(client) else {
+            return;
+        };
+        let new: Map<String, Value> = match serde_json::from_slice(json) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%client, error = %e, "session update is not a JSON object; ignored");
+                return;
+            }
+        };
+        if let Some(c) = self.clients.get_mut(&conn) {
+            apply(&mut c.session, new);
+            c.session_json =
+                Bytes::from(serde_json::to_vec(&c.session).unwrap_or_else(|_| b"{}".to_vec()));
+        }
+    }
+
+    /// Connection numbers of ids that belong to this gateway.
+    fn own<'a>(&self, ids: &'a [ClientId]) -> impl Iterator<Item = u64> + 'a {
+        let number = self.number;
+        ids.iter()
+            .filter(move |c| c.gateway == number)
+            .map(|c| c.connection)
+    }
+
+    fn live_conn(&self, id: ClientId) -> Option<u64> {
+        self.out_of(id).map(|_| id.connection)
+    }
+
+    fn send_conn(&self, conn: u64, cache: &mut EncodeCache<'_>, counters: &Counters) {
+        if let Some(c) = self.clients.get(&conn) {
+            if let Some(out) = &c.out {
+                push_or_cut(
+                    out,
+                    cache.get(c.protocol),
+                    ClientId::new(self.number, conn),
+                    counters,
+                );
+            }
+        }
+    }
+
+    // ---- queries --------------------------------------------------------------------
+
+    /// Answers a query about this gateway's clients.
+    pub fn query(&self, q: Query) -> Reply {
+        let id = |conn: u64| ClientId::new(self.number, conn);
+        let members = |index: &HashMap<String, HashSet<u64>>, key: &str| -> Vec<ClientId> {
+            let mut v: Vec<ClientId> = index
+                .get(key)
+                .into_iter()
+                .flatten()
+                .map(|c| id(*c))
+                .collect();
+            v.sort();
+            v
+        };
+        match q {
+            Query::IsOnline(c) => Reply::Bool(self.out_of(c).is_some()),
+            Query::ClientIdsByUid(uid) => Reply::ClientIds(members(&self.uids, &uid)),
+            Query::UidByClientId(c) => Reply::OptString(
+                self.live_conn(c)
+                    .and_then(|conn| self.clients.get(&conn))
+                    .and_then(|c| c.uid.clone()),
+            ),
+            Query::ClientIdsByGroup(g) => Reply::ClientIds(members(&self.groups, &g)),
+            Query::ClientCountByGroup(g) => {
+                Reply::Count(self.groups.get(&g).map_or(0, |s| s.len() as u64))
+            }
+            Query::AllClientCount => Reply::Count(self.connected as u64),
+            Query::AllClientIds => {
+                let mut v: Vec<ClientId> = self.live().map(|(k, _)| id(k)).collect();
+                v.sort();
+                Reply::ClientIds(v)
+            }
+            Query::AllUids => {
+                let mut v: Vec<String> = self.uids.keys().cloned().collect();
+                v.sort();
+                Reply::Strings(v)
+            }
+            Query::AllGroups => {
+                let mut v: Vec<String> = self.groups.keys().cloned().collect();
+                v.sort();
+                Reply::Strings(v)
+            }
+            Query::Sessions(group) => {
+                let mut v: Vec<(ClientId, Bytes)> = match group {
+                    None => self
+                        .live()
+                        .map(|(k, c)| (id(k), c.session_json.clone()))
+                        .collect(),
+                    Some(g) => self
+                        .groups
+                        .get(&g)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| {
+                            self.clients
+                                .get(k)
+                                .map(|c| (id(*k), c.session_json.clone()))
+                        })
+                        .collect(),
+                };
+                v.sort_by_key(|(k, _)| *k);
+                Reply::Sessions(v)
+            }
+            Query::GetSession(c) => Reply::OptBytes(
+                self.live_conn(c)
+                    .and_then(|conn| self.clients.get(&conn))
+                    .map(|c| c.session_json.clone()),
+            ),
+            Query::Clients => {
+                let now = Instant::now();
+                let mut v: Vec<ClientInfo> = self
+                    .live()
+                    .map(|(k, c)| ClientInfo {
+                        client: id(k),
+                        addr: c.addr.clone(),
+                        uid: c.uid.clone(),
+                        groups: c.groups.iter().cloned().collect(),
+                        idle_ms: (now - c.last_seen).as_millis() as u64,
+                    })
+                    .collect();
+                v.sort_by_key(|i| i.client);
+                Reply::Clients(v)
+            }
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = (u64, &Client)> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| c.out.is_some())
+            .map(|(k, c)| (*k, c))
+    }
+
+    /// Outbound queues of every live client (for heartbeat pings).
+    pub fn outbounds(&self) -> Vec<(Outbound, ClientProtocol)> {
+        self.live()
+            .filter_map(|(_, c)| c.out.clone().map(|o| (o, c.protocol)))
+            .collect()
+    }
+
+    /// Clients silent since before `cutoff`.
+    pub fn idle_since(&self, cutoff: Instant) -> Vec<(ClientId, String, Outbound)> {
+        self.live()
+            .filter(|(_, c)| c.last_seen < cutoff)
+            .filter_map(|(k, c)| {
+                c.out
+                    .clone()
+                    .map(|o| (ClientId::new(self.number, k), c.addr.clone(), o))
+            })
+            .collect()
+    }
+}
+
+fn push_or_cut(out: &Outbound, data: Bytes, client: ClientId, counters: &Counters) {
+    if out.push(data) == Push::CutOff {
+        counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%client, limit = out.limit, "slow consumer: outbound queue over its limit; disconnecting");
+    }
+}
+
+fn remove_from_index(index: &mut HashMap<String, HashSet<u64>>, key: &str, conn: u64) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(&conn);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+fn choose_link(links: &BTreeMap<u64, Link>, cursor: &mut u64) -> Option<u64> {
+    let usable = |l: &Link| l.role == Role::Worker && !l.draining;
+    let next = links
+        .range(*cursor + 1..)
+        .chain(links.range(..=*cursor))
+        .find(|(_, l)| usable(l))
+        .map(|(id, _)| *id)?;
+    *cursor = next;
+    Some(next)
+}
+
+/// Encodes a broadcast message once per protocol.
+struct EncodeCache<'a> {
+    data: &'a [u8],
+    text: Option<Bytes>,
+    frame: Option<Bytes>,
+}
+
+impl<'a> EncodeCache<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self {
+            data,
+            text: None,
+            frame: None,
+        }
+    }
+    fn get(&mut self, p: ClientProtocol) -> Bytes {
+        let slot = match p {
+            ClientProtocol::Text => &mut self.text,
+            ClientProtocol::Frame => &mut self.frame,
+        };
+        slot.get_or_insert_with(|| p.encode_to_bytes(self.data))
+            .clone()
+    }
+}
+
+/// Encodes a reply frame.
+pub fn reply_frame(id: u64, reply: Reply) -> Bytes {
+    let mut buf = BytesMut::new();
+    internal::encode(&Frame::Reply { id, reply }, &mut buf);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_event(b: &Bytes) -> Event {
+        let mut buf = BytesMut::from(&b[..]);
+        match internal::decode(&mut buf, 1 << 20) {
+            Ok(Some(Frame::Event(e))) => e,
+            other => panic!("not an event: {other:?}"),
+        }
+    }
+
+    struct Fixture {
+        state: State,
+        counters: Counters,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                state: State::new(7, 1 << 20, 1 << 16),
+                counters: Counters::default(),
+            }
+        }
+        fn client(&mut self) -> (ClientId, mpsc::UnboundedReceiver<Outgoing>) {
+            let (out, rx, _, _) = Outbound::new(1 << 16);
+            let (id, _) = self.state.add_client(
+                "1.2.3.4:5".into(),
+                ClientProtocol::Text,
+                out,
+                &self.counters,
+            );
+            (id, rx)
+        }
+        fn worker(&mut self) -> (u64, mpsc::UnboundedReceiver<Bytes>) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (
+                self.state
+                    .add_link("w".into(), Role::Worker, tx, &self.counters),
+                rx,
+            )
+        }
+    }
+
+    #[test]
+    fn one_event_in_flight_per_client_and_order_kept() {
+        let mut f = Fixture::new();
+        let (w, mut wrx) = f.worker();
+        let (id, _rx) = f.client();
+        f.state
+            .client_message(id.connection, "a".into(), &f.counters)
+            .unwrap();
+        f.state
+            .client_message(id.connection, "b".into(), &f.counters)
+            .unwrap();
+        let connect = decode_event(&wrx.try_recv().unwrap());
+        assert_eq!(connect.kind, EventKind::Connect);
+        assert!(wrx.try_recv().is_err(), "next event waits for the ack");
+        f.state.ack(w, connect.seq, id, &f.counters);
+        let a = decode_event(&wrx.try_recv().unwrap());
+        assert_eq!(a.body, "a");
+        f.state.ack(w, a.seq, id, &f.counters);
+        assert_eq!(decode_event(&wrx.try_recv().unwrap()).body, "b");
+    }
+
+    #[test]
+    fn events_wait_for_a_worker_and_are_redispatched_when_one_dies() {
+        let mut f = Fixture::new();
+        let (id, _rx) = f.client();
+        f.state
+            .client_message(id.connection, "hello".into(), &f.counters)
+            .unwrap();
+        let (w1, mut rx1) = f.worker();
+        let (_w2, mut rx2) = f.worker();
+        let connect = decode_event(&rx1.try_recv().unwrap());
+        f.state.ack(w1, connect.seq, id, &f.counters);
+        let hello = decode_event(&rx1.try_recv().unwrap());
+        assert_eq!(hello.body, "hello");
+        // w1 dies before acknowledging: the event moves to w2.
+        assert_eq!(f.state.link_closed(w1, &f.counters), 1);
+        let again = decode_event(&rx2.try_recv().unwrap());
+        assert_eq!(
+            (again.kind, again.body),
+            (EventKind::Message, Bytes::from("hello"))
+        );
+        // A late ack from the dead link is ignored.
+        f.state.ack(w1, hello.seq, id, &f.counters);
+    }
+
+    #[test]
+    fn draining_worker_gets_no_new_events() {
+        let mut f = Fixture::new();
+        let (w1, mut rx1) = f.worker();
+        let (id, _rx) = f.client();
+        let c = decode_event(&rx1.try_recv().unwrap());
+        let (_w2, mut rx2) = f.worker();
+        f.state.link_draining(w1, &f.counters);
+        f.state
+            .client_message(id.connection, "x".into(), &f.counters)
+            .unwrap();
+        assert!(
+            rx2.try_recv().is_err(),
+            "still waiting for the in-flight ack"
+        );
+        f.state.ack(w1, c.seq, id, &f.counters);
+        assert!(rx1.try_recv().is_err());
+        assert_eq!(decode_event(&rx2.try_recv().unwrap()).body, "x");
+    }
+
+    #[test]
+    fn uid_group_and_queries() {
+        let mut f = Fixture::new();
+        let (a, mut arx) = f.client();
+        let (b, mut brx) = f.client();
+        f.state.command(
+            Command::BindUid {
+                client: a,
+                uid: "u1".into(),
+            },
+            &f.counters,
+        );
+        f.state.command(
+            Command::JoinGroup {
+                client: a,
+                group: "g".into(),
+            },
+            &f.counters,
+        );
+        f.state.command(
+            Command::JoinGroup {
+                client: b,
+                group: "g".into(),
+            },
+            &f.counters,
+        );
+        f.state.command(
+            Command::SendToGroup {
+                groups: vec!["g".into()],
+                data: "hi".into(),
+                exclude: vec![b],
+            },
+            &f.counters,
+        );
+        assert!(matches!(arx.try_recv(), Ok(Outgoing::Data(d)) if d == "hi\n"));
+        assert!(brx.try_recv().is_err());
+        assert_eq!(
+            f.state.query(Query::ClientIdsByUid("u1".into())),
+            Reply::ClientIds(vec![a])
+        );
+        assert_eq!(
+            f.state.query(Query::ClientCountByGroup("g".into())),
+            Reply::Count(2)
+        );
+        f.state.client_closed(a.connection, &f.counters);
+        assert_eq!(
+            f.state.query(Query::ClientCountByGroup("g".into())),
+            Reply::Count(1)
+        );
+        assert_eq!(f.state.query(Query::AllUids), Reply::Strings(vec![]));
+        assert_eq!(f.state.query(Query::IsOnline(a)), Reply::Bool(false));
+    }
+
+    #[test]
+    fn slow_consumer_is_cut_off() {
+        let mut f = Fixture::new();
+        let (out, _rx, _, kill) = Outbound::new(10);
+        let (id, _) = f
+            .state
+            .add_client("x".into(), ClientProtocol::Text, out, &f.counters);
+        f.state.command(
+            Command::SendToClient {
+                client: id,
+                data: "12345678901".into(),
+            },
+            &f.counters,
+        );
+        assert!(kill.is_cancelled());
+        assert_eq!(f.counters.slow_consumers.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn held_events_expire_with_an_error_to_the_client() {
+        let mut f = Fixture::new();
+        let (id, mut rx) = f.client();
+        f.state
+            .client_message(id.connection, "x".into(), &f.counters)
+            .unwrap();
+        let log = f.state.expire_held(Duration::ZERO, &f.counters);
+        assert_eq!(log.len(), 1);
+        assert_eq!(f.counters.rejected.load(Ordering::Relaxed), 2);
+        assert!(
+            matches!(rx.try_recv(), Ok(Outgoing::Data(d)) if d.starts_with(b"error: no worker"))
+        );
+    }
+}

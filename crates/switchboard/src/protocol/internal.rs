@@ -1,0 +1,1271 @@
+//! The internal protocol between gateways and workers: a pure codec, no I/O.
+//!
+//! Every frame is `u32 length (big-endian)` + `u8 type` + body, where `length` counts the
+//! type byte and the body. Bodies are built from a handful of primitives (big-endian
+//! integers, `u32`-length-prefixed byte strings, `u32`-count-prefixed lists). The full
+//! byte layout is in `docs/protocol.md`; [`PROTOCOL_VERSION`] is exchanged in the
+//! handshake and a peer with another version is refused.
+//!
+//! Decoding never panics: a truncated body, an unknown type, bad UTF-8, trailing bytes or
+//! a frame over the size bound is a [`ProtocolError`]. "Not enough bytes yet" is not an
+//! error: [`decode`] returns `Ok(None)`.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::ClientId;
+
+/// Version of this protocol, sent in [`Frame::Hello`] and [`Frame::Auth`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes in a frame header (the length field).
+const HEADER: usize = 4;
+
+/// Length of the handshake nonce and of the HMAC-SHA256 answer.
+pub const NONCE_LEN: usize = 32;
+
+/// What is wrong with bytes that claim to be an internal frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The length field announces more than the configured bound.
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Announced size.
+        size: usize,
+        /// Configured bound.
+        max: usize,
+    },
+    /// The length field is zero (no type byte).
+    #[error("empty frame")]
+    Empty,
+    /// Unknown frame type byte.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    /// A body ended before a field was complete.
+    #[error("truncated {0} frame")]
+    Truncated(&'static str),
+    /// A body had bytes left after its last field.
+    #[error("{0} frame has {1} trailing bytes")]
+    Trailing(&'static str, usize),
+    /// A field held a value outside its range (bad enum tag, bad UTF-8).
+    #[error("invalid {field} in {frame} frame")]
+    Invalid {
+        /// The frame kind.
+        frame: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+}
+
+/// Which side of a connection a peer of the gateway plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A worker: receives events, sends commands.
+    Worker,
+    /// A Gateway API client outside any worker (a web back end): commands only, never
+    /// given events.
+    Api,
+}
+
+/// What happened to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A client connected.
+    Connect,
+    /// A client sent a message.
+    Message,
+    /// A client disconnected.
+    Close,
+}
+
+/// One event, as a gateway ships it to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Gateway-assigned sequence number on this link; the worker acknowledges it.
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// Which client.
+    pub client: ClientId,
+    /// The client's remote address (`ip:port`).
+    pub addr: String,
+    /// The client's session as a JSON object (`{}` when empty).
+    pub session: Bytes,
+    /// The message (empty for connect and close).
+    pub body: Bytes,
+}
+
+/// What a worker asks a gateway to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Send to one client.
+    SendToClient {
+        /// Recipient.
+        client: ClientId,
+        /// Message.
+        data: Bytes,
+    },
+    /// Send to every client of this gateway, or only to `only` when given; never to
+    /// `exclude`.
+    SendToAll {
+        /// Message.
+        data: Bytes,
+        /// When present, the recipients (those held by this gateway).
+        only: Option<Vec<ClientId>>,
+        /// Clients to skip.
+        exclude: Vec<ClientId>,
+    },
+    /// Send to every client bound to any of these uids.
+    SendToUid {
+        /// The uids.
+        uids: Vec<String>,
+        /// Message.
+        data: Bytes,
+    },
+    /// Send to every member of any of these groups, except `exclude`.
+    SendToGroup {
+        /// The groups.
+        groups: Vec<String>,
+        /// Message.
+        data: Bytes,
+        /// Clients to skip.
+        exclude: Vec<ClientId>,
+    },
+    /// Bind a client to a uid (replacing any previous uid of that client).
+    BindUid {
+        /// The client.
+        client: ClientId,
+        /// The uid.
+        uid: String,
+    },
+    /// Unbind a client from a uid.
+    UnbindUid {
+        /// The client.
+        client: ClientId,
+        /// The uid.
+        uid: String,
+    },
+    /// Add a client to a group.
+    JoinGroup {
+        /// The client.
+        client: ClientId,
+        /// The group.
+        group: String,
+    },
+    /// Remove a client from a group.
+    LeaveGroup {
+        /// The client.
+        client: ClientId,
+        /// The group.
+        group: String,
+    },
+    /// Dissolve a group (members stay connected).
+    Ungroup {
+        /// The group.
+        group: String,
+    },
+    /// Replace a client's session (a JSON object).
+    SetSession {
+        /// The client.
+        client: ClientId,
+        /// The new session, a JSON object.
+        session: Bytes,
+    },
+    /// Merge keys into a client's session (a JSON object; `null` values remove keys).
+    UpdateSession {
+        /// The client.
+        client: ClientId,
+        /// The keys to merge, a JSON object.
+        session: Bytes,
+    },
+    /// Close a client, after sending `last` if given.
+    CloseClient {
+        /// The client.
+        client: ClientId,
+        /// A last message, sent before the connection closes.
+        last: Option<Bytes>,
+    },
+}
+
+/// A question a worker asks a gateway; answered by a [`Reply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// Is this client connected? → [`Reply::Bool`]
+    IsOnline(ClientId),
+    /// Clients bound to a uid → [`Reply::ClientIds`]
+    ClientIdsByUid(String),
+    /// The uid of a client → [`Reply::OptString`]
+    UidByClientId(ClientId),
+    /// Members of a group → [`Reply::ClientIds`]
+    ClientIdsByGroup(String),
+    /// Number of members of a group → [`Reply::Count`]
+    ClientCountByGroup(String),
+    /// Number of clients → [`Reply::Count`]
+    AllClientCount,
+    /// Every client → [`Reply::ClientIds`]
+    AllClientIds,
+    /// Every bound uid → [`Reply::Strings`]
+    AllUids,
+    /// Every group with members → [`Reply::Strings`]
+    AllGroups,
+    /// Sessions of every client, or of a group's members → [`Reply::Sessions`]
+    Sessions(Option<String>),
+    /// One client's session → [`Reply::OptBytes`]
+    GetSession(ClientId),
+    /// One row per client (for `connections`) → [`Reply::Clients`]
+    Clients,
+}
+
+/// One client as listed by [`Query::Clients`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client.
+    pub client: ClientId,
+    /// Remote address.
+    pub addr: String,
+    /// Bound uid, if any.
+    pub uid: Option<String>,
+    /// Groups the client is in.
+    pub groups: Vec<String>,
+    /// Milliseconds since the client last sent anything.
+    pub idle_ms: u64,
+}
+
+/// A gateway's answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Yes or no.
+    Bool(bool),
+    /// A count.
+    Count(u64),
+    /// A list of clients.
+    ClientIds(Vec<ClientId>),
+    /// A list of strings.
+    Strings(Vec<String>),
+    /// Maybe a string.
+    OptString(Option<String>),
+    /// Maybe bytes.
+    OptBytes(Option<Bytes>),
+    /// Clients with their sessions (JSON objects).
+    Sessions(Vec<(ClientId, Bytes)>),
+    /// Client rows.
+    Clients(Vec<ClientInfo>),
+    /// The gateway could not answer.
+    Error(String),
+}
+
+/// One internal frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Gateway → peer, first frame on a connection: who I am and the challenge.
+    Hello {
+        /// Protocol version.
+        version: u16,
+        /// The gateway's number (the first part of its client ids).
+        gateway: u32,
+        /// Random challenge; the peer answers with HMAC-SHA256(secret, nonce ‖ role ‖ name).
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Peer → gateway: the answer to the challenge.
+    Auth {
+        /// Protocol version.
+        version: u16,
+        /// Worker or API client.
+        role: Role,
+        /// Free-form name for logs (`worker-1234`).
+        name: String,
+        /// HMAC-SHA256 over nonce, role byte and name, keyed by the shared secret.
+        mac: [u8; NONCE_LEN],
+    },
+    /// Gateway → peer: authenticated.
+    Welcome,
+    /// Gateway → peer: refused; the gateway closes the connection after this frame.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Gateway → worker: an event to handle.
+    Event(Event),
+    /// Worker → gateway: an event has been handled.
+    Ack {
+        /// The event's sequence number.
+        seq: u64,
+        /// The event's client (lets the gateway find it without an index).
+        client: ClientId,
+    },
+    /// Worker → gateway: send me no new events; I will exit once done.
+    Draining,
+    /// Gateway → worker: no new events will follow on this link.
+    DrainAck,
+    /// Peer → gateway: do something.
+    Command(Command),
+    /// Peer → gateway: a question.
+    Query {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// The question.
+        query: Query,
+    },
+    /// Gateway → peer: the answer to a query.
+    Reply {
+        /// Request id from the query.
+        id: u64,
+        /// The answer.
+        reply: Reply,
+    },
+    /// Liveness probe (either direction); answered by `Pong`.
+    Ping,
+    /// Answer to `Ping`.
+    Pong,
+}
+
+// Frame type bytes. Commands are 0x20.., so a command's type byte names the command.
+mod ty {
+    pub const HELLO: u8 = 0x01;
+    pub const AUTH: u8 = 0x02;
+    pub const WELCOME: u8 = 0x03;
+    pub const REFUSED: u8 = 0x04;
+    pub const EVENT: u8 = 0x10;
+    pub const ACK: u8 = 0x11;
+    pub const DRAINING: u8 = 0x12;
+    pub const DRAIN_ACK: u8 = 0x13;
+    pub const SEND_TO_CLIENT: u8 = 0x20;
+    pub const SEND_TO_ALL: u8 = 0x21;
+    pub const SEND_TO_UID: u8 = 0x22;
+    pub const SEND_TO_GROUP: u8 = 0x23;
+    pub const BIND_UID: u8 = 0x24;
+    pub const UNBIND_UID: u8 = 0x25;
+    pub const JOIN_GROUP: u8 = 0x26;
+    pub const LEAVE_GROUP: u8 = 0x27;
+    pub const UNGROUP: u8 = 0x28;
+    pub const SET_SESSION: u8 = 0x29;
+    pub const UPDATE_SESSION: u8 = 0x2a;
+    pub const CLOSE_CLIENT: u8 = 0x2b;
+    pub const QUERY: u8 = 0x40;
+    pub const REPLY: u8 = 0x41;
+    pub const PING: u8 = 0x50;
+    pub const PONG: u8 = 0x51;
+}
+
+/// Appends the encoding of `frame` to `dst`.
+pub fn encode(frame: &Frame, dst: &mut BytesMut) {
+    let start = dst.len();
+    dst.put_u32(0); // patched below
+    let mut w = Writer(dst);
+    match frame {
+        Frame::Hello {
+            version,
+            gateway,
+            nonce,
+        } => {
+            w.u8(ty::HELLO);
+            w.u16(*version);
+            w.u32(*gateway);
+            w.raw(nonce);
+        }
+        Frame::Auth {
+            version,
+            role,
+            name,
+            mac,
+        } => {
+            w.u8(ty::AUTH);
+            w.u16(*version);
+            w.u8(role_byte(*role));
+            w.str(name);
+            w.raw(mac);
+        }
+        Frame::Welcome => w.u8(ty::WELCOME),
+        Frame::Refused { reason } => {
+            w.u8(ty::REFUSED);
+            w.str(reason);
+        }
+        Frame::Event(e) => {
+            w.u8(ty::EVENT);
+            w.u64(e.seq);
+            w.u8(match e.kind {
+                EventKind::Connect => 1,
+                EventKind::Message => 2,
+                EventKind::Close => 3,
+            });
+            w.client(e.client);
+            w.str(&e.addr);
+            w.bytes(&e.session);
+            w.bytes(&e.body);
+        }
+        Frame::Ack { seq, client } => {
+            w.u8(ty::ACK);
+            w.u64(*seq);
+            w.client(*client);
+        }
+        Frame::Draining => w.u8(ty::DRAINING),
+        Frame::DrainAck => w.u8(ty::DRAIN_ACK),
+        Frame::Command(c) => encode_command(c, &mut w),
+        Frame::Query { id, query } => {
+            w.u8(ty::QUERY);
+            w.u64(*id);
+            encode_query(query, &mut w);
+        }
+        Frame::Reply { id, reply } => {
+            w.u8(ty::REPLY);
+            w.u64(*id);
+            encode_reply(reply, &mut w);
+        }
+        Frame::Ping => w.u8(ty::PING),
+        Frame::Pong => w.u8(ty::PONG),
+    }
+    let len = (dst.len() - start - HEADER) as u32;
+    dst[start..start + HEADER].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Encodes one frame into fresh bytes.
+pub fn encode_to_bytes(frame: &Frame) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode(frame, &mut buf);
+    buf.freeze()
+}
+
+fn encode_command(c: &Command, w: &mut Writer<'_>) {
+    match c {
+        Command::SendToClient { client, data } => {
+            w.u8(ty::SEND_TO_CLIENT);
+            w.client(*client);
+            w.bytes(data);
+        }
+        Command::SendToAll {
+            data,
+            only,
+            exclude,
+        } => {
+            w.u8(ty::SEND_TO_ALL);
+            w.bytes(data);
+            match only {
+                None => w.u8(0),
+                Some(list) => {
+                    w.u8(1);
+                    w.clients(list);
+                }
+            }
+            w.clients(exclude);
+        }
+        Command::SendToUid { uids, data } => {
+            w.u8(ty::SEND_TO_UID);
+            w.strs(uids);
+            w.bytes(data);
+        }
+        Command::SendToGroup {
+            groups,
+            data,
+            exclude,
+        } => {
+            w.u8(ty::SEND_TO_GROUP);
+            w.strs(groups);
+            w.bytes(data);
+            w.clients(exclude);
+        }
+        Command::BindUid { client, uid } => {
+            w.u8(ty::BIND_UID);
+            w.client(*client);
+            w.str(uid);
+        }
+        Command::UnbindUid { client, uid } => {
+            w.u8(ty::UNBIND_UID);
+            w.client(*client);
+            w.str(uid);
+        }
+        Command::JoinGroup { client, group } => {
+            w.u8(ty::JOIN_GROUP);
+            w.client(*client);
+            w.str(group);
+        }
+        Command::LeaveGroup { client, group } => {
+            w.u8(ty::LEAVE_GROUP);
+            w.client(*client);
+            w.str(group);
+        }
+        Command::Ungroup { group } => {
+            w.u8(ty::UNGROUP);
+            w.str(group);
+        }
+        Command::SetSession { client, session } => {
+            w.u8(ty::SET_SESSION);
+            w.client(*client);
+            w.bytes(session);
+        }
+        Command::UpdateSession { client, session } => {
+            w.u8(ty::UPDATE_SESSION);
+            w.client(*client);
+            w.bytes(session);
+        }
+        Command::CloseClient { client, last } => {
+            w.u8(ty::CLOSE_CLIENT);
+            w.client(*client);
+            w.opt_bytes(last.as_ref());
+        }
+    }
+}
+
+fn encode_query(q: &Query, w: &mut Writer<'_>) {
+    match q {
+        Query::IsOnline(c) => {
+            w.u8(1);
+            w.client(*c);
+        }
+        Query::ClientIdsByUid(s) => {
+            w.u8(2);
+            w.str(s);
+        }
+        Query::UidByClientId(c) => {
+            w.u8(3);
+            w.client(*c);
+        }
+        Query::ClientIdsByGroup(s) => {
+            w.u8(4);
+            w.str(s);
+        }
+        Query::ClientCountByGroup(s) => {
+            w.u8(5);
+            w.str(s);
+        }
+        Query::AllClientCount => w.u8(6),
+        Query::AllClientIds => w.u8(7),
+        Query::AllUids => w.u8(8),
+        Query::AllGroups => w.u8(9),
+        Query::Sessions(group) => {
+            w.u8(10);
+            w.opt_str(group.as_deref());
+        }
+        Query::GetSession(c) => {
+            w.u8(11);
+            w.client(*c);
+        }
+        Query::Clients => w.u8(12),
+    }
+}
+
+fn encode_reply(r: &Reply, w: &mut Writer<'_>) {
+    match r {
+        Reply::Bool(b) => {
+            w.u8(1);
+            w.u8(u8::from(*b));
+        }
+        Reply::Count(n) => {
+            w.u8(2);
+            w.u64(*n);
+        }
+        Reply::ClientIds(list) => {
+            w.u8(3);
+            w.clients(list);
+        }
+        Reply::Strings(list) => {
+            w.u8(4);
+            w.strs(list);
+        }
+        Reply::OptString(s) => {
+            w.u8(5);
+            w.opt_str(s.as_deref());
+        }
+        Reply::OptBytes(b) => {
+            w.u8(6);
+            w.opt_bytes(b.as_ref());
+        }
+        Reply::Sessions(list) => {
+            w.u8(7);
+            w.u32(list.len() as u32);
+            for (c, s) in list {
+                w.client(*c);
+                w.bytes(s);
+            }
+        }
+        Reply::Clients(list) => {
+            w.u8(8);
+            w.u32(list.len() as u32);
+            for info in list {
+                w.client(info.client);
+                w.str(&info.addr);
+                w.opt_str(info.uid.as_deref());
+                w.strs(&info.groups);
+                w.u64(info.idle_ms);
+            }
+        }
+        Reply::Error(msg) => {
+            w.u8(9);
+            w.str(msg);
+        }
+    }
+}
+
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Worker => 1,
+        Role::Api => 2,
+    }
+}
+
+/// Decodes one frame from the front of `src`, consuming its bytes.
+///
+/// Returns `Ok(None)` when `src` does not hold a whole frame yet (nothing is consumed),
+/// and an error when the announced length exceeds `max_frame` or the body is malformed.
+pub fn decode(src: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, ProtocolError> {
+    if src.len() < HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+    if len == 0 {
+        return Err(ProtocolError::Empty);
+    }
+    if len > max_frame {
+        return Err(ProtocolError::TooLarge {
+            size: len,
+            max: max_frame,
+        });
+    }
+    if src.len() < HEADER + len {
+        src.reserve(HEADER + len - src.len());
+        return Ok(None);
+    }
+    src.advance(HEADER);
+    let body = src.split_to(len).freeze();
+    parse(body).map(Some)
+}
+
+/// Parses one frame body (type byte + fields) that is known to be complete.
+fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
+    let mut r = Reader {
+        buf: body,
+        frame: "frame",
+    };
+    let t = r.u8()?;
+    r.frame = frame_name(t).ok_or(ProtocolError::UnknownType(t))?;
+    let frame = match t {
+        ty::HELLO => Frame::Hello {
+            version: r.u16()?,
+            gateway: r.u32()?,
+            nonce: r.array()?,
+        },
+        ty::AUTH => Frame::Auth {
+            version: r.u16()?,
+            role: match r.u8()? {
+                1 => Role::Worker,
+                2 => Role::Api,
+                _ => return Err(r.invalid("role")),
+            },
+            name: r.str()?,
+            mac: r.array()?,
+        },
+        ty::WELCOME => Frame::Welcome,
+        ty::REFUSED => Frame::Refused { reason: r.str()? },
+        ty::EVENT => Frame::Event(Event {
+            seq: r.u64()?,
+            kind: match r.u8()? {
+                1 => EventKind::Connect,
+                2 => EventKind::Message,
+                3 => EventKind::Close,
+                _ => return Err(r.invalid("event kind")),
+            },
+            client: r.client()?,
+            addr: r.str()?,
+            session: r.bytes()?,
+            body: r.bytes()?,
+        }),
+        ty::ACK => Frame::Ack {
+            seq: r.u64()?,
+            client: r.client()?,
+        },
+        ty::DRAINING => Frame::Draining,
+        ty::DRAIN_ACK => Frame::DrainAck,
+        ty::SEND_TO_CLIENT => Frame::Command(Command::SendToClient {
+            client: r.client()?,
+            data: r.bytes()?,
+        }),
+        ty::SEND_TO_ALL => Frame::Command(Command::SendToAll {
+            data: r.bytes()?,
+            only: match r.u8()? {
+                0 => None,
+                1 => Some(r.clients()?),
+                _ => return Err(r.invalid("only flag")),
+            },
+            exclude: r.clients()?,
+        }),
+        ty::SEND_TO_UID => Frame::Command(Command::SendToUid {
+            uids: r.strs()?,
+            data: r.bytes()?,
+        }),
+        ty::SEND_TO_GROUP => Frame::Command(Command::SendToGroup {
+            groups: r.strs()?,
+            data: r.bytes()?,
+            exclude: r.clients()?,
+        }),
+        ty::BIND_UID => Frame::Command(Command::BindUid {
+            client: r.client()?,
+            uid: r.str()?,
+        }),
+        ty::UNBIND_UID => Frame::Command(Command::UnbindUid {
+            client: r.client()?,
+            uid: r.str()?,
+        }),
+        ty::JOIN_GROUP => Frame::Command(Command::JoinGroup {
+            client: r.client()?,
+            group: r.str()?,
+        }),
+        ty::LEAVE_GROUP => Frame::Command(Command::LeaveGroup {
+            client: r.client()?,
+            group: r.str()?,
+        }),
+        ty::UNGROUP => Frame::Command(Command::Ungroup { group: r.str()? }),
+        ty::SET_SESSION => Frame::Command(Command::SetSession {
+            client: r.client()?,
+            session: r.bytes()?,
+        }),
+        ty::UPDATE_SESSION => Frame::Command(Command::UpdateSession {
+            client: r.client()?,
+            session: r.bytes()?,
+        }),
+        ty::CLOSE_CLIENT => Frame::Command(Command::CloseClient {
+            client: r.client()?,
+            last: r.opt_bytes()?,
+        }),
+        ty::QUERY => Frame::Query {
+            id: r.u64()?,
+            query: parse_query(&mut r)?,
+        },
+        ty::REPLY => Frame::Reply {
+            id: r.u64()?,
+            reply: parse_reply(&mut r)?,
+        },
+        ty::PING => Frame::Ping,
+        ty::PONG => Frame::Pong,
+        other => return Err(ProtocolError::UnknownType(other)),
+    };
+    if r.buf.has_remaining() {
+        return Err(ProtocolError::Trailing(r.frame, r.buf.remaining()));
+    }
+    Ok(frame)
+}
+
+fn parse_query(r: &mut Reader) -> Result<Query, ProtocolError> {
+    Ok(match r.u8()? {
+        1 => Query::IsOnline(r.client()?),
+        2 => Query::ClientIdsByUid(r.str()?),
+        3 => Query::UidByClientId(r.client()?),
+        4 => Query::ClientIdsByGroup(r.str()?),
+        5 => Query::ClientCountByGroup(r.str()?),
+        6 => Query::AllClientCount,
+        7 => Query::AllClientIds,
+        8 => Query::AllUids,
+        9 => Query::AllGroups,
+        10 => Query::Sessions(r.opt_str()?),
+        11 => Query::GetSession(r.client()?),
+        12 => Query::Clients,
+        _ => return Err(r.invalid("query kind")),
+    })
+}
+
+fn parse_reply(r: &mut Reader) -> Result<Reply, ProtocolError> {
+    Ok(match r.u8()? {
+        1 => Reply::Bool(match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(r.invalid("bool")),
+        }),
+        2 => Reply::Count(r.u64()?),
+        3 => Reply::ClientIds(r.clients()?),
+        4 => Reply::Strings(r.strs()?),
+        5 => Reply::OptString(r.opt_str()?),
+        6 => Reply::OptBytes(r.opt_bytes()?),
+        7 => {
+            let n = r.count(12 + 4)?;
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push((r.client()?, r.bytes()?));
+            }
+            Reply::Sessions(list)
+        }
+        8 => {
+            let n = r.count(12 + 4 + 1 + 4 + 8)?;
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push(ClientInfo {
+                    client: r.client()?,
+                    addr: r.str()?,
+                    uid: r.opt_str()?,
+                    groups: r.strs()?,
+                    idle_ms: r.u64()?,
+                });
+            }
+            Reply::Clients(list)
+        }
+        9 => Reply::Error(r.str()?),
+        _ => return Err(r.invalid("reply kind")),
+    })
+}
+
+fn frame_name(t: u8) -> Option<&'static str> {
+    Some(match t {
+        ty::HELLO => "hello",
+        ty::AUTH => "auth",
+        ty::WELCOME => "welcome",
+        ty::REFUSED => "refused",
+        ty::EVENT => "event",
+        ty::ACK => "ack",
+        ty::DRAINING => "draining",
+        ty::DRAIN_ACK => "drain-ack",
+        ty::SEND_TO_CLIENT => "send_to_client",
+        ty::SEND_TO_ALL => "send_to_all",
+        ty::SEND_TO_UID => "send_to_uid",
+        ty::SEND_TO_GROUP => "send_to_group",
+        ty::BIND_UID => "bind_uid",
+        ty::UNBIND_UID => "unbind_uid",
+        ty::JOIN_GROUP => "join_group",
+        ty::LEAVE_GROUP => "leave_group",
+        ty::UNGROUP => "ungroup",
+        ty::SET_SESSION => "set_session",
+        ty::UPDATE_SESSION => "update_session",
+        ty::CLOSE_CLIENT => "close_client",
+        ty::QUERY => "query",
+        ty::REPLY => "reply",
+        ty::PING => "ping",
+        ty::PONG => "pong",
+        _ => return None,
+    })
+}
+
+/// Field writer over a `BytesMut`.
+struct Writer<'a>(&'a mut BytesMut);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.put_u8(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.put_u16(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.put_u32(v);
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.put_u64(v);
+    }
+    fn raw(&mut self, v: &[u8]) {
+        self.0.put_slice(v);
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.raw(v);
+    }
+    fn str(&mut self, v: &str) {
+        self.bytes(v.as_bytes());
+    }
+    fn opt_bytes(&mut self, v: Option<&Bytes>) {
+        match v {
+            None => self.u8(0),
+            Some(b) => {
+                self.u8(1);
+                self.bytes(b);
+            }
+        }
+    }
+    fn opt_str(&mut self, v: Option<&str>) {
+        match v {
+            None => self.u8(0),
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+        }
+    }
+    fn strs(&mut self, v: &[String]) {
+        self.u32(v.len() as u32);
+        for s in v {
+            self.str(s);
+        }
+    }
+    fn client(&mut self, c: ClientId) {
+        self.u32(c.gateway);
+        self.u64(c.connection);
+    }
+    fn clients(&mut self, v: &[ClientId]) {
+        self.u32(v.len() as u32);
+        for c in v {
+            self.client(*c);
+        }
+    }
+}
+
+/// Field reader over one complete frame body; every read checks the length first.
+struct Reader {
+    buf: Bytes,
+    /// Frame kind, for error messages.
+    frame: &'static str,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), ProtocolError> {
+        if self.buf.remaining() < n {
+            Err(ProtocolError::Truncated(self.frame))
+        } else {
+            Ok(())
+        }
+    }
+    fn invalid(&self, field: &'static str) -> ProtocolError {
+        ProtocolError::Invalid {
+            frame: self.frame,
+            field,
+        }
+    }
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        self.need(2)?;
+        Ok(self.buf.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        self.need(8)?;
+        Ok(self.buf.get_u64())
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
+        self.need(N)?;
+        let mut out = [0u8; N];
+        self.buf.copy_to_slice(&mut out);
+        Ok(out)
+    }
+    /// Reads a list count and checks that the body can hold that many items of at least
+    /// `min_item` bytes each, so a hostile count cannot make us allocate.
+    fn count(&mut self, min_item: usize) -> Result<usize, ProtocolError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item) > self.buf.remaining() {
+            return Err(ProtocolError::Truncated(self.frame));
+        }
+        Ok(n)
+    }
+    fn bytes(&mut self) -> Result<Bytes, ProtocolError> {
+        let n = self.u32()? as usize;
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+    fn str(&mut self) -> Result<String, ProtocolError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.invalid("UTF-8 string"))
+    }
+    fn opt_bytes(&mut self) -> Result<Option<Bytes>, ProtocolError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.bytes()?)),
+            _ => Err(self.invalid("option flag")),
+        }
+    }
+    fn opt_str(&mut self) -> Result<Option<String>, ProtocolError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str()?)),
+            _ => Err(self.invalid("option flag")),
+        }
+    }
+    fn strs(&mut self) -> Result<Vec<String>, ProtocolError> {
+        let n = self.count(4)?;
+        (0..n).map(|_| self.str()).collect()
+    }
+    fn client(&mut self) -> Result<ClientId, ProtocolError> {
+        Ok(ClientId::new(self.u32()?, self.u64()?))
+    }
+    fn clients(&mut self) -> Result<Vec<ClientId>, ProtocolError> {
+        let n = self.count(12)?;
+        (0..n).map(|_| self.client()).collect()
+    }
+}
+
+/// [`tokio_util::codec`] adapter over [`encode`] / [`decode`].
+#[derive(Debug, Clone)]
+pub struct InternalCodec {
+    /// Largest frame accepted, in bytes (type byte + body).
+    pub max_frame: usize,
+}
+
+/// I/O or protocol failure on an internal link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The peer sent a bad frame.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+impl tokio_util::codec::Decoder for InternalCodec {
+    type Item = Frame;
+    type Error = LinkError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, LinkError> {
+        Ok(decode(src, self.max_frame)?)
+    }
+}
+
+impl tokio_util::codec::Encoder<Frame> for InternalCodec {
+    type Error = LinkError;
+
+    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), LinkError> {
+        encode(&item, dst);
+        Ok(())
+    }
+}
+
+impl tokio_util::codec::Encoder<Bytes> for InternalCodec {
+    type Error = LinkError;
+
+    /// Pre-encoded frames (from [`encode_to_bytes`]) are written as they are.
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), LinkError> {
+        dst.extend_from_slice(&item);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn any_client() -> impl Strategy<Value = ClientId> {
+        (any::<u32>(), any::<u64>()).prop_map(|(g, c)| ClientId::new(g, c))
+    }
+    fn any_bytes() -> impl Strategy<Value = Bytes> {
+        vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+    }
+    fn any_str() -> impl Strategy<Value = String> {
+        ".{0,16}"
+    }
+
+    fn any_command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            (any_client(), any_bytes())
+                .prop_map(|(client, data)| Command::SendToClient { client, data }),
+            (
+                any_bytes(),
+                proptest::option::of(vec(any_client(), 0..4)),
+                vec(any_client(), 0..4)
+            )
+                .prop_map(|(data, only, exclude)| Command::SendToAll {
+                    data,
+                    only,
+                    exclude
+                }),
+            (vec(any_str(), 0..4), any_bytes())
+                .prop_map(|(uids, data)| Command::SendToUid { uids, data }),
+            (vec(any_str(), 0..4), any_bytes(), vec(any_client(), 0..4)).prop_map(
+                |(groups, data, exclude)| Command::SendToGroup {
+                    groups,
+                    data,
+                    exclude
+                }
+            ),
+            (any_client(), any_str()).prop_map(|(client, uid)| Command::BindUid { client, uid }),
+            (any_client(), any_str()).prop_map(|(client, uid)| Command::UnbindUid { client, uid }),
+            (any_client(), any_str())
+                .prop_map(|(client, group)| Command::JoinGroup { client, group }),
+            (any_client(), any_str())
+                .prop_map(|(client, group)| Command::LeaveGroup { client, group }),
+            any_str().prop_map(|group| Command::Ungroup { group }),
+            (any_client(), any_bytes())
+                .prop_map(|(client, session)| Command::SetSession { client, session }),
+            (any_client(), any_bytes())
+                .prop_map(|(client, session)| Command::UpdateSession { client, session }),
+            (any_client(), proptest::option::of(any_bytes()))
+                .prop_map(|(client, last)| Command::CloseClient { client, last }),
+        ]
+    }
+
+    fn any_query() -> impl Strategy<Value = Query> {
+        prop_oneof![
+            any_client().prop_map(Query::IsOnline),
+            any_str().prop_map(Query::ClientIdsByUid),
+            any_client().prop_map(Query::UidByClientId),
+            any_str().prop_map(Query::ClientIdsByGroup),
+            any_str().prop_map(Query::ClientCountByGroup),
+            Just(Query::AllClientCount),
+            Just(Query::AllClientIds),
+            Just(Query::AllUids),
+            Just(Query::AllGroups),
+            proptest::option::of(any_str()).prop_map(Query::Sessions),
+            any_client().prop_map(Query::GetSession),
+            Just(Query::Clients),
+        ]
+    }
+
+    fn any_reply() -> impl Strategy<Value = Reply> {
+        prop_oneof![
+            any::<bool>().prop_map(Reply::Bool),
+            any::<u64>().prop_map(Reply::Count),
+            vec(any_client(), 0..4).prop_map(Reply::ClientIds),
+            vec(any_str(), 0..4).prop_map(Reply::Strings),
+            proptest::option::of(any_str()).prop_map(Reply::OptString),
+            proptest::option::of(any_bytes()).prop_map(Reply::OptBytes),
+            vec((any_client(), any_bytes()), 0..4).prop_map(Reply::Sessions),
+            vec(
+                (
+                    any_client(),
+                    any_str(),
+                    proptest::option::of(any_str()),
+                    vec(any_str(), 0..3),
+                    any::<u64>()
+                )
+                    .prop_map(|(client, addr, uid, groups, idle_ms)| ClientInfo {
+                        client,
+                        addr,
+                        uid,
+                        groups,
+                        idle_ms
+                    }),
+                0..3
+            )
+            .prop_map(Reply::Clients),
+            any_str().prop_map(Reply::Error),
+        ]
+    }
+
+    fn any_frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (any::<u16>(), any::<u32>(), any::<[u8; 32]>()).prop_map(
+                |(version, gateway, nonce)| Frame::Hello {
+                    version,
+                    gateway,
+                    nonce
+                }
+            ),
+            (any::<u16>(), any::<bool>(), any_str(), any::<[u8; 32]>()).prop_map(
+                |(version, w, name, mac)| Frame::Auth {
+                    version,
+                    role: if w { Role::Worker } else { Role::Api },
+                    name,
+                    mac
+                }
+            ),
+            Just(Frame::Welcome),
+            any_str().prop_map(|reason| Frame::Refused { reason }),
+            (
+                any::<u64>(),
+                0u8..3,
+                any_client(),
+                any_str(),
+                any_bytes(),
+                any_bytes()
+            )
+                .prop_map(|(seq, k, client, addr, session, body)| Frame::Event(
+                    Event {
+                        seq,
+                        kind: [EventKind::Connect, EventKind::Message, EventKind::Close]
+                            [k as usize],
+                        client,
+                        addr,
+                        session,
+                        body
+                    }
+                )),
+            (any::<u64>(), any_client()).prop_map(|(seq, client)| Frame::Ack { seq, client }),
+            Just(Frame::Draining),
+            Just(Frame::DrainAck),
+            any_command().prop_map(Frame::Command),
+            (any::<u64>(), any_query()).prop_map(|(id, query)| Frame::Query { id, query }),
+            (any::<u64>(), any_reply()).prop_map(|(id, reply)| Frame::Reply { id, reply }),
+            Just(Frame::Ping),
+            Just(Frame::Pong),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn round_trip(frame in any_frame()) {
+            let mut buf = BytesMut::new();
+            encode(&frame, &mut buf);
+            let decoded = decode(&mut buf, MAX).unwrap();
+            prop_assert_eq!(decoded, Some(frame));
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn every_truncation_is_incomplete_not_an_error(frame in any_frame()) {
+            let whole = encode_to_bytes(&frame);
+            for cut in 0..whole.len() {
+                let mut buf = BytesMut::from(&whole[..cut]);
+                prop_assert_eq!(decode(&mut buf, MAX), Ok(None));
+                prop_assert_eq!(buf.len(), cut, "nothing consumed while incomplete");
+            }
+        }
+
+        #[test]
+        fn a_short_length_field_is_an_error_never_a_panic(frame in any_frame(), shrink in 1usize..8) {
+            let whole = encode_to_bytes(&frame);
+            let len = whole.len() - HEADER;
+            if shrink < len {
+                let mut bytes = whole.to_vec();
+                bytes[..4].copy_from_slice(&((len - shrink) as u32).to_be_bytes());
+                bytes.truncate(whole.len() - shrink);
+                let mut buf = BytesMut::from(&bytes[..]);
+                // Either a clean error, or (rarely) another valid frame: never a panic.
+                let _ = decode(&mut buf, MAX);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in vec(any::<u8>(), 0..256)) {
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Some(_)) = decode(&mut buf, 1024) {}
+        }
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_buffering() {
+        let mut buf = BytesMut::from(&[0x00, 0x10, 0x00, 0x01][..]);
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Err(ProtocolError::TooLarge {
+                size: 0x100001,
+                max: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn empty_and_unknown_frames_are_errors() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert_eq!(decode(&mut buf, MAX), Err(ProtocolError::Empty));
+        let mut buf = BytesMut::from(&[0, 0, 0, 1, 0xee][..]);
+        assert_eq!(decode(&mut buf, MAX), Err(ProtocolError::UnknownType(0xee)));
+        let mut buf = BytesMut::from(&[0, 0, 0, 2, ty::PING, 0][..]);
+        assert_eq!(
+            decode(&mut buf, MAX),
+            Err(ProtocolError::Trailing("ping", 1))
+        );
+    }
+
+    #[test]
+    fn hostile_list_count_does_not_allocate() {
+        // send_to_uid with a count of 2^32-1 strings but no bytes behind it.
+        let mut buf = BytesMut::from(&[0, 0, 0, 5, ty::SEND_TO_UID, 0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            decode(&mut buf, MAX),
+            Err(ProtocolError::Truncated("send_to_uid"))
+        );
+    }
+
+    #[test]
+    fn exact_bytes_of_an_ack() {
+        let bytes = encode_to_bytes(&Frame::Ack {
+            seq: 5,
+            client: ClientId::new(1, 2),
+        });
+        assert_eq!(
+            &bytes[..],
+            &[0, 0, 0, 21, 0x11, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+        );
+    }
+}

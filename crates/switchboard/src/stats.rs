@@ -1,0 +1,107 @@
+//! Per-process statistics files, read by the `status` command.
+//!
+//! Every gateway and worker rewrites `<data_dir>/run/stats/<role>-<pid>.json` once a
+//! second (write to a temporary file, then rename, so a reader never sees half a file).
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// One process's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStats {
+    /// `gateway` or `worker`.
+    pub role: String,
+    /// Process id.
+    pub pid: u32,
+    /// Unix time the process started.
+    pub started: u64,
+    /// Clients connected (gateways) or gateways connected (workers).
+    pub clients: u64,
+    /// Events handled (workers) or dispatched (gateways) since start.
+    pub events: u64,
+    /// Events per second over the last second.
+    pub events_per_sec: f64,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+    /// Role-specific details (gateway number, addresses, counters).
+    #[serde(default)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Directory of stats files.
+pub fn dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("stats")
+}
+
+/// Writes one process's stats atomically.
+pub fn write(run_dir: &Path, stats: &ProcessStats) -> std::io::Result<()> {
+    let dir = dir(run_dir);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}-{}.json", stats.role, stats.pid));
+    let tmp = dir.join(format!(".{}-{}.tmp", stats.role, stats.pid));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(stats).unwrap_or_default())?;
+    std::fs::rename(tmp, path)
+}
+
+/// Removes a process's stats file (clean exit).
+pub fn remove(run_dir: &Path, role: &str, pid: u32) {
+    let _ = std::fs::remove_file(dir(run_dir).join(format!("{role}-{pid}.json")));
+}
+
+/// Reads every stats file whose process is still alive.
+pub fn read_all(run_dir: &Path) -> Vec<ProcessStats> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir(run_dir)) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        match serde_json::from_slice::<ProcessStats>(&bytes) {
+            Ok(s) if crate::process::alive(s.pid) => out.push(s),
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "skipping unreadable stats file")
+            }
+        }
+    }
+    out.sort_by(|a, b| a.role.cmp(&b.role).then(a.pid.cmp(&b.pid)));
+    out
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Resident memory of this process in bytes (Linux `/proc/self/statm`; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    rss_of("self")
+}
+
+/// Resident memory of a process in bytes.
+pub fn rss_of(pid: &str) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/statm")) else {
+        return 0;
+    };
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}

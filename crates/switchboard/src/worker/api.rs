@@ -1,0 +1,930 @@
+//! The Gateway API: what business code (or any other program) calls to push to clients
+//! and ask about them.
+//!
+//! A [`Gateway`] keeps one authenticated connection to every gateway it discovers in
+//! the store. Commands about one client go to the gateway named in its client id;
+//! fan-out commands go to every gateway; queries ask every gateway concerned and gather
+//! the answers, with a timeout: a gateway that does not answer is an error naming it,
+//! never a hang.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Map, Value};
+use switchboard_store::SharedStore;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::discovery::{self, GatewayEntry};
+use crate::protocol::internal::{
+    self, ClientInfo, Command, Event, Frame, InternalCodec, Query, Reply, Role, PROTOCOL_VERSION,
+};
+use crate::{auth, ClientId, Session};
+
+/// Frames a link may have waiting to be written before senders wait (back-pressure).
+const LINK_QUEUE: usize = 65_536;
+
+/// What can go wrong in a Gateway API call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No connection to the gateway that holds this client (it is gone, or not yet
+    /// discovered).
+    #[error("gateway {gateway} (of client {client}) is not connected")]
+    GatewayUnavailable {
+        /// Gateway number.
+        gateway: u32,
+        /// The client asked about.
+        client: ClientId,
+    },
+    /// A gateway did not answer a query in time.
+    #[error("gateway {gateway} at {addr} did not answer within {timeout:?}")]
+    Timeout {
+        /// Gateway number.
+        gateway: u32,
+        /// Its internal address.
+        addr: SocketAddr,
+        /// The configured query timeout.
+        timeout: Duration,
+    },
+    /// The connection to a gateway was lost while waiting.
+    #[error("connection to gateway {gateway} at {addr} was lost")]
+    Disconnected {
+        /// Gateway number.
+        gateway: u32,
+        /// Its internal address.
+        addr: SocketAddr,
+    },
+    /// A gateway answered something this version does not expect.
+    #[error("gateway {gateway} answered {detail}")]
+    BadReply {
+        /// Gateway number.
+        gateway: u32,
+        /// What came back.
+        detail: String,
+    },
+    /// A session value that is not a JSON object.
+    #[error("invalid session: {0}")]
+    Session(String),
+}
+
+/// Messages to a link's writer.
+enum LinkOut {
+    Frame(Bytes),
+    /// Flush everything before, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A live, authenticated connection to one gateway.
+#[derive(Clone)]
+struct LinkHandle {
+    number: u32,
+    addr: SocketAddr,
+    tx: mpsc::Sender<LinkOut>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    drained: Arc<Notify>,
+}
+
+impl LinkHandle {
+    async fn send(&self, frame: &Frame) -> Result<(), ApiError> {
+        self.tx
+            .send(LinkOut::Frame(internal::encode_to_bytes(frame)))
+            .await
+            .map_err(|_| ApiError::Disconnected {
+                gateway: self.number,
+                addr: self.addr,
+            })
+    }
+}
+
+/// Receives the events a worker's links deliver.
+pub(crate) type EventSink = Arc<dyn Fn(Event, Acker) + Send + Sync>;
+
+/// Acknowledges one event on the link it came from.
+pub(crate) struct Acker {
+    tx: mpsc::Sender<LinkOut>,
+    gateway: u32,
+}
+
+impl Acker {
+    pub(crate) async fn ack(self, seq: u64, client: ClientId) {
+        let frame = internal::encode_to_bytes(&Frame::Ack { seq, client });
+        // If the link is gone the gateway has already re-dispatched the event.
+        if self.tx.send(LinkOut::Frame(frame)).await.is_err() {
+            tracing::debug!(
+                gateway = self.gateway,
+                seq,
+                "link gone before the ack; the gateway re-dispatches"
+            );
+        }
+    }
+}
+
+/// Settings of a [`Gateway`] handle.
+#[derive(Clone)]
+pub struct GatewayOptions {
+    /// Deployment name (store key prefix).
+    pub namespace: String,
+    /// Shared secret.
+    pub secret: String,
+    /// Name shown in gateway logs.
+    pub name: String,
+    /// Query timeout.
+    pub query_timeout: Duration,
+    /// How often the gateway list is re-read.
+    pub discovery_interval: Duration,
+    /// Largest internal frame accepted.
+    pub max_frame: usize,
+}
+
+struct Inner {
+    links: RwLock<HashMap<u32, LinkHandle>>,
+    next_id: AtomicU64,
+    options: GatewayOptions,
+    store: SharedStore,
+    role: Role,
+    /// Set once, before discovery starts, so no event can arrive without a sink.
+    sink: std::sync::OnceLock<EventSink>,
+    stop: CancellationToken,
+    /// Woken whenever the set of links changes.
+    changed: Notify,
+}
+
+/// Handle to every gateway of a deployment: the Gateway API.
+///
+/// Cheap to clone; every clone shares the same connections.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use switchboard::{Config, Gateway};
+/// // From a web back end: discover the gateways through the deployment's store and push.
+/// let config = Config::load("chat.toml".as_ref())?;
+/// let gateway = Gateway::connect(&config).await?;
+/// gateway.wait_for_gateways(1, std::time::Duration::from_secs(5)).await;
+/// gateway.send_to_uid(&["alice"], "you have mail").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl Gateway {
+    /// Connects as an API client (no events) to the gateways of `config`'s deployment.
+    pub async fn connect(config: &crate::Config) -> Result<Self, crate::Error> {
+        let store = crate::open_store(config).await?;
+        Ok(Self::start(
+            GatewayOptions {
+                namespace: config.name.clone(),
+                secret: config.secret.clone(),
+                name: format!("api-{}", std::process::id()),
+                query_timeout: config.worker.query_timeout,
+                discovery_interval: config.worker.discovery_interval,
+                max_frame: config.gateway.max_internal_frame,
+            },
+            store,
+            Role::Api,
+            |_| None,
+        ))
+    }
+
+    pub(crate) fn start(
+        options: GatewayOptions,
+        store: SharedStore,
+        role: Role,
+        make_sink: impl FnOnce(&Gateway) -> Option<EventSink>,
+    ) -> Self {
+        let gateway = Gateway {
+            inner: Arc::new(Inner {
+                links: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                options,
+                store,
+                role,
+                sink: std::sync::OnceLock::new(),
+                stop: CancellationToken::new(),
+                changed: Notify::new(),
+            }),
+        };
+        if let Some(sink) = make_sink(&gateway) {
+            let _ = gateway.inner.sink.set(sink);
+        }
+        tokio::spawn(discover(gateway.clone()));
+        gateway
+    }
+
+    /// The store this deployment uses (for application data too).
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// Numbers of the gateways currently connected.
+    pub fn gateways(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.read_links().keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Waits until at least `n` gateways are connected, or `timeout`; returns whether
+    /// they are.
+    pub async fn wait_for_gateways(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.inner.changed.notified();
+            if self.read_links().len() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.read_links().len() >= n;
+            }
+        }
+    }
+
+    /// Stops discovery and closes every link after flushing what was sent.
+    pub async fn close(&self) {
+        self.flush().await;
+        self.inner.stop.cancel();
+    }
+
+    fn read_links(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u32, LinkHandle>> {
+        self.inner.links.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn all_links(&self) -> Vec<LinkHandle> {
+        self.read_links().values().cloned().collect()
+    }
+
+    fn link_of(&self, client: ClientId) -> Result<LinkHandle, ApiError> {
+        self.read_links()
+            .get(&client.gateway)
+            .cloned()
+            .ok_or(ApiError::GatewayUnavailable {
+                gateway: client.gateway,
+                client,
+            })
+    }
+
+    async fn to_client(&self, client: ClientId, cmd: Command) -> Result<(), ApiError> {
+        self.link_of(client)?.send(&Frame::Command(cmd)).await
+    }
+
+    async fn to_all(&self, cmd: Command) -> Result<(), ApiError> {
+        let frame = Frame::Command(cmd);
+        for link in self.all_links() {
+            // A gateway lost mid-broadcast has no clients left to reach.
+            let _ = link.send(&frame).await;
+        }
+        Ok(())
+    }
+
+    // ---- sending ---------------------------------------------------------------------
+
+    /// Sends a message to one client.
+    pub async fn send_to_client(
+        &self,
+        client: ClientId,
+        data: impl Into<Bytes>,
+    ) -> Result<(), ApiError> {
+        self.to_client(
+            client,
+            Command::SendToClient {
+                client,
+                data: data.into(),
+            },
+        )
+        .await
+    }
+
+    /// Sends a message to every client.
+    pub async fn send_to_all(&self, data: impl Into<Bytes>) -> Result<(), ApiError> {
+        self.to_all(Command::SendToAll {
+            data: data.into(),
+            only: None,
+            exclude: vec![],
+        })
+        .await
+    }
+
+    /// Sends a message to every client, or only to `only` when given, never to `exclude`.
+    pub async fn send_to_all_filtered(
+        &self,
+        data: impl Into<Bytes>,
+        only: Option<&[ClientId]>,
+        exclude: &[ClientId],
+    ) -> Result<(), ApiError> {
+        let data = data.into();
+        match only {
+            None => {
+                self.to_all(Command::SendToAll {
+                    data,
+                    only: None,
+                    exclude: exclude.to_vec(),
+                })
+                .await
+            }
+            Some(list) => {
+                // Each gateway gets only its own clients.
+                let mut by_gateway: HashMap<u32, Vec<ClientId>> = HashMap::new();
+                for c in list {
+                    by_gateway.entry(c.gateway).or_default().push(*c);
+                }
+                let links = self.read_links().clone();
+                for (gw, ids) in by_gateway {
+                    if let Some(link) = links.get(&gw) {
+                        let exclude: Vec<ClientId> = exclude
+                            .iter()
+                            .filter(|c| c.gateway == gw)
+                            .copied()
+                            .collect();
+                        let _ = link
+                            .send(&Frame::Command(Command::SendToAll {
+                                data: data.clone(),
+                                only: Some(ids),
+                                exclude,
+                            }))
+                            .await;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends a message to every client bound to any of `uids`.
+    pub async fn send_to_uid<S: AsRef<str>>(
+        &self,
+        uids: &[S],
+        data: impl Into<Bytes>,
+    ) -> Result<(), ApiError> {
+        self.to_all(Command::SendToUid {
+            uids: uids.iter().map(|u| u.as_ref().to_owned()).collect(),
+            data: data.into(),
+        })
+        .await
+    }
+
+    /// Sends a message to every member of any of `groups`, except `exclude`.
+    pub async fn send_to_group<S: AsRef<str>>(
+        &self,
+        groups: &[S],
+        data: impl Into<Bytes>,
+        exclude: &[ClientId],
+    ) -> Result<(), ApiError> {
+        self.to_all(Command::SendToGroup {
+            groups: groups.iter().map(|g| g.as_ref().to_owned()).collect(),
+            data: data.into(),
+            exclude: exclude.to_vec(),
+        })
+        .await
+    }
+
+    // ---- uid, groups, sessions, closing ----------------------------------------------
+
+    /// Binds a client to a uid (a client has at most one uid; a uid many clients).
+    pub async fn bind_uid(&self, client: ClientId, uid: &str) -> Result<(), ApiError> {
+        self.to_client(
+            client,
+            Command::BindUid {
+                client,
+                uid: uid.into(),
+            },
+        )
+        .await
+    }
+
+    /// Unbinds a client from a uid.
+    pub async fn unbind_uid(&self, client: ClientId, uid: &str) -> Result<(), ApiError> {
+        self.to_client(
+            client,
+            Command::UnbindUid {
+                client,
+                uid: uid.into(),
+            },
+        )
+        .await
+    }
+
+    /// Adds a client to a group.
+    pub async fn join_group(&self, client: ClientId, group: &str) -> Result<(), ApiError> {
+        self.to_client(
+            client,
+            Command::JoinGroup {
+                client,
+                group: group.into(),
+            },
+        )
+        .await
+    }
+
+    /// Removes a client from a group.
+    pub async fn leave_group(&self, client: ClientId, group: &str) -> Result<(), ApiError> {
+        self.to_client(
+            client,
+            Command::LeaveGroup {
+                client,
+                group: group.into(),
+            },
+        )
+        .await
+    }
+
+    /// Dissolves a group on every gateway; its members stay connected.
+    pub async fn ungroup(&self, group: &str) -> Result<(), ApiError> {
+        self.to_all(Command::Ungroup {
+            group: group.into(),
+        })
+        .await
+    }
+
+    /// Replaces a client's session.
+    pub async fn set_session(&self, client: ClientId, session: &Session) -> Result<(), ApiError> {
+        let session =
+            Bytes::from(serde_json::to_vec(session).map_err(|e| ApiError::Session(e.to_string()))?);
+        self.to_client(client, Command::SetSession { client, session })
+            .await
+    }
+
+    /// Merges keys into a client's session; `null` values remove keys.
+    pub async fn update_session(
+        &self,
+        client: ClientId,
+        changes: &Session,
+    ) -> Result<(), ApiError> {
+        let session =
+            Bytes::from(serde_json::to_vec(changes).map_err(|e| ApiError::Session(e.to_string()))?);
+        self.to_client(client, Command::UpdateSession { client, session })
+            .await
+    }
+
+    /// A client's session; `None` when the client is not connected.
+    pub async fn get_session(&self, client: ClientId) -> Result<Option<Session>, ApiError> {
+        let link = match self.link_of(client) {
+            Ok(l) => l,
+            Err(_) => return Ok(None),
+        };
+        match self.ask(&link, Query::GetSession(client)).await? {
+            Reply::OptBytes(None) => Ok(None),
+            Reply::OptBytes(Some(b)) => Ok(Some(parse_session(link.number, &b)?)),
+            other => Err(bad_reply(link.number, &other)),
+        }
+    }
+
+    /// Closes a client, after sending `last` if given.
+    pub async fn close_client(
+        &self,
+        client: ClientId,
+        last: Option<Bytes>,
+    ) -> Result<(), ApiError> {
+        self.to_client(client, Command::CloseClient { client, last })
+            .await
+    }
+
+    // ---- queries ---------------------------------------------------------------------
+
+    /// Whether a client is connected.
+    pub async fn is_online(&self, client: ClientId) -> Result<bool, ApiError> {
+        let Ok(link) = self.link_of(client) else {
+            return Ok(false);
+        };
+        match self.ask(&link, Query::IsOnline(client)).await? {
+            Reply::Bool(b) => Ok(b),
+            other => Err(bad_reply(link.number, &other)),
+        }
+    }
+
+    /// Whether any client is bound to `uid`.
+    pub async fn is_uid_online(&self, uid: &str) -> Result<bool, ApiError> {
+        Ok(!self.client_ids_by_uid(uid).await?.is_empty())
+    }
+
+    /// Clients bound to `uid`, on every gateway.
+    pub async fn client_ids_by_uid(&self, uid: &str) -> Result<Vec<ClientId>, ApiError> {
+        self.gather_ids(Query::ClientIdsByUid(uid.into())).await
+    }
+
+    /// The uid a client is bound to.
+    pub async fn uid_by_client_id(&self, client: ClientId) -> Result<Option<String>, ApiError> {
+        let Ok(link) = self.link_of(client) else {
+            return Ok(None);
+        };
+        match self.ask(&link, Query::UidByClientId(client)).await? {
+            Reply::OptString(s) => Ok(s),
+            other => Err(bad_reply(link.number, &other)),
+        }
+    }
+
+    /// Members of a group, on every gateway.
+    pub async fn client_ids_by_group(&self, group: &str) -> Result<Vec<ClientId>, ApiError> {
+        self.gather_ids(Query::ClientIdsByGroup(group.into())).await
+    }
+
+    /// Number of members of a group.
+    pub async fn client_count_by_group(&self, group: &str) -> Result<u64, ApiError> {
+        self.gather_count(Query::ClientCountByGroup(group.into()))
+            .await
+    }
+
+    /// Number of connected clients, all gateways together.
+    pub async fn all_client_count(&self) -> Result<u64, ApiError> {
+        self.gather_count(Query::AllClientCount).await
+    }
+
+    /// Every connected client.
+    pub async fn all_client_ids(&self) -> Result<Vec<ClientId>, ApiError> {
+        self.gather_ids(Query::AllClientIds).await
+    }
+
+    /// Every uid bound to at least one client.
+    pub async fn all_uids(&self) -> Result<Vec<String>, ApiError> {
+        self.gather_strings(Query::AllUids).await
+    }
+
+    /// Every group with at least one member.
+    pub async fn all_groups(&self) -> Result<Vec<String>, ApiError> {
+        self.gather_strings(Query::AllGroups).await
+    }
+
+    /// Sessions of every client, or of a group's members.
+    pub async fn sessions(
+        &self,
+        group: Option<&str>,
+    ) -> Result<Vec<(ClientId, Session)>, ApiError> {
+        let mut out = Vec::new();
+        for (number, reply) in self
+            .gather(Query::Sessions(group.map(str::to_owned)))
+            .await?
+        {
+            match reply {
+                Reply::Sessions(list) => {
+                    for (c, b) in list {
+                        out.push((c, parse_session(number, &b)?));
+                    }
+                }
+                other => return Err(bad_reply(number, &other)),
+            }
+        }
+        out.sort_by_key(|(c, _)| *c);
+        Ok(out)
+    }
+
+    /// One row per client, every gateway (the `connections` command).
+    pub async fn clients(&self) -> Result<Vec<ClientInfo>, ApiError> {
+        let mut out = Vec::new();
+        for (number, reply) in self.gather(Query::Clients).await? {
+            match reply {
+                Reply::Clients(list) => out.extend(list),
+                other => return Err(bad_reply(number, &other)),
+            }
+        }
+        out.sort_by_key(|i| i.client);
+        Ok(out)
+    }
+
+    async fn gather_ids(&self, q: Query) -> Result<Vec<ClientId>, ApiError> {
+        let mut out = BTreeSet::new();
+        for (number, reply) in self.gather(q).await? {
+            match reply {
+                Reply::ClientIds(ids) => out.extend(ids),
+                other => return Err(bad_reply(number, &other)),
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    async fn gather_strings(&self, q: Query) -> Result<Vec<String>, ApiError> {
+        let mut out = BTreeSet::new();
+        for (number, reply) in self.gather(q).await? {
+            match reply {
+                Reply::Strings(s) => out.extend(s),
+                other => return Err(bad_reply(number, &other)),
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    async fn gather_count(&self, q: Query) -> Result<u64, ApiError> {
+        let mut total = 0;
+        for (number, reply) in self.gather(q).await? {
+            match reply {
+                Reply::Count(n) => total += n,
+                other => return Err(bad_reply(number, &other)),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Asks every connected gateway at once and waits for all answers.
+    async fn gather(&self, q: Query) -> Result<Vec<(u32, Reply)>, ApiError> {
+        let links = self.all_links();
+        let answers = futures::future::join_all(links.iter().map(|l| self.ask(l, q.clone()))).await;
+        links
+            .iter()
+            .zip(answers)
+            .map(|(l, a)| a.map(|r| (l.number, r)))
+            .collect()
+    }
+
+    async fn ask(&self, link: &LinkHandle, query: Query) -> Result<Reply, ApiError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&link.pending).insert(id, tx);
+        let timeout = self.inner.options.query_timeout;
+        let result = async {
+            link.send(&Frame::Query { id, query }).await?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Reply::Error(e))) => Err(ApiError::BadReply {
+                    gateway: link.number,
+                    detail: format!("an error: {e}"),
+                }),
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(ApiError::Disconnected {
+                    gateway: link.number,
+                    addr: link.addr,
+                }),
+                Err(_) => Err(ApiError::Timeout {
+                    gateway: link.number,
+                    addr: link.addr,
+                    timeout,
+                }),
+            }
+        }
+        .await;
+        lock(&link.pending).remove(&id);
+        result
+    }
+
+    // ---- worker life cycle -----------------------------------------------------------
+
+    /// Tells every gateway to send no new events, and waits (up to `timeout`) until each
+    /// has confirmed.
+    pub(crate) async fn drain(&self, timeout: Duration) {
+        let links = self.all_links();
+        let waits = links.iter().map(|l| async move {
+            let confirmed = l.drained.notified();
+            if l.send(&Frame::Draining).await.is_ok() {
+                let _ = tokio::time::timeout(timeout, confirmed).await;
+            }
+        });
+        futures::future::join_all(waits).await;
+    }
+
+    /// Waits until everything sent so far is written to the sockets.
+    pub(crate) async fn flush(&self) {
+        let waits = self.all_links().into_iter().map(|l| async move {
+            let (tx, rx) = oneshot::channel();
+            if l.tx.send(LinkOut::Flush(tx)).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+            }
+        });
+        futures::future::join_all(waits).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn parse_session(gateway: u32, bytes: &[u8]) -> Result<Session, ApiError> {
+    serde_json::from_slice::<Map<String, Value>>(bytes).map_err(|e| ApiError::BadReply {
+        gateway,
+        detail: format!("a session that is not a JSON object: {e}"),
+    })
+}
+
+fn bad_reply(gateway: u32, reply: &Reply) -> ApiError {
+    ApiError::BadReply {
+        gateway,
+        detail: format!("an unexpected reply: {reply:?}"),
+    }
+}
+
+/// Keeps one link per discovered gateway.
+async fn discover(gateway: Gateway) {
+    let inner = &gateway.inner;
+    let mut managed: HashMap<u32, (SocketAddr, CancellationToken)> = HashMap::new();
+    let mut failing = false;
+    loop {
+        match discovery::list(inner.store.as_ref(), &inner.options.namespace).await {
+            Ok(entries) => {
+                if failing {
+                    tracing::info!("store reachable again");
+                    failing = false;
+                }
+                let seen: HashMap<u32, GatewayEntry> =
+                    entries.into_iter().map(|e| (e.number, e)).collect();
+                managed.retain(|number, (addr, token)| {
+                    let keep = seen.get(number).is_some_and(|e| e.internal == *addr);
+                    if !keep {
+                        tracing::info!(gateway = *number, %addr, "gateway left the store; dropping its link");
+                        token.cancel();
+                    }
+                    keep
+                });
+                for (number, entry) in seen {
+                    if managed.contains_key(&number) {
+                        continue;
+                    }
+                    let token = inner.stop.child_token();
+                    managed.insert(number, (entry.internal, token.clone()));
+                    tokio::spawn(maintain_link(gateway.clone(), entry, token));
+                }
+            }
+            Err(e) => {
+                // Keep the links we have: the store being down must not cut anyone off.
+                if !failing {
+                    tracing::warn!(error = %e, "cannot read the gateway list from the store; keeping known gateways");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(inner.options.discovery_interval) => {}
+        }
+    }
+}
+
+/// Connects to one gateway and reconnects (with backoff) until `stop`.
+async fn maintain_link(gateway: Gateway, entry: GatewayEntry, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = run_link(&gateway, &entry, &stop) => r,
+        };
+        match attempt {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(gateway = entry.number, addr = %entry.internal, error = %e, retry_in = ?backoff, "gateway link failed")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One connection's life: handshake, then read until it ends.
+async fn run_link(
+    gateway: &Gateway,
+    entry: &GatewayEntry,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let inner = &gateway.inner;
+    let socket = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(entry.internal))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = socket.set_nodelay(true);
+    let mut framed = Framed::new(
+        socket,
+        InternalCodec {
+            max_frame: inner.options.max_frame,
+        },
+    );
+    let nonce = match tokio::time::timeout(Duration::from_secs(5), framed.next()).await {
+        Ok(Some(Ok(Frame::Hello {
+            version,
+            nonce,
+            gateway: number,
+        }))) => {
+            if version != PROTOCOL_VERSION {
+                return Err(format!(
+                    "gateway speaks protocol version {version}, this worker {PROTOCOL_VERSION}"
+                ));
+            }
+            if number != entry.number {
+                return Err(format!(
+                    "expected gateway {}, found gateway {number} (stale store entry)",
+                    entry.number
+                ));
+            }
+            nonce
+        }
+        other => return Err(format!("no hello from gateway: {other:?}")),
+    };
+    let name = inner.options.name.clone();
+    let mac = auth::answer(&inner.options.secret, &nonce, inner.role, &name);
+    framed
+        .send(Frame::Auth {
+            version: PROTOCOL_VERSION,
+            role: inner.role,
+            name,
+            mac,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), framed.next()).await {
+        Ok(Some(Ok(Frame::Welcome))) => {}
+        Ok(Some(Ok(Frame::Refused { reason }))) => {
+            return Err(format!("refused by gateway: {reason}"))
+        }
+        other => return Err(format!("no welcome from gateway: {other:?}")),
+    }
+
+    let (tx, mut rx) = mpsc::channel::<LinkOut>(LINK_QUEUE);
+    let handle = LinkHandle {
+        number: entry.number,
+        addr: entry.internal,
+        tx: tx.clone(),
+        pending: Arc::new(Mutex::new(HashMap::new())),
+        drained: Arc::new(Notify::new()),
+    };
+    inner
+        .links
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(entry.number, handle.clone());
+    inner.changed.notify_waiters();
+    tracing::info!(gateway = entry.number, addr = %entry.internal, "connected to gateway");
+
+    let (mut sink, mut stream) = framed.split::<Bytes>();
+    let writer = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match item {
+                    LinkOut::Frame(b) => {
+                        if sink.feed(b).await.is_err() {
+                            return;
+                        }
+                    }
+                    LinkOut::Flush(done) => {
+                        if sink.flush().await.is_err() {
+                            return;
+                        }
+                        let _ = done.send(());
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let result = loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            f = stream.next() => f,
+        };
+        match frame {
+            None => break Err("gateway closed the connection".to_string()),
+            Some(Err(e)) => break Err(format!("protocol error: {e}")),
+            Some(Ok(Frame::Event(event))) => match inner.sink.get() {
+                Some(sink) => sink(
+                    event,
+                    Acker {
+                        tx: tx.clone(),
+                        gateway: entry.number,
+                    },
+                ),
+                None => break Err("gateway sent an event to an API client".to_string()),
+            },
+            Some(Ok(Frame::Reply { id, reply })) => {
+                if let Some(waiter) = lock(&handle.pending).remove(&id) {
+                    let _ = waiter.send(reply);
+                }
+            }
+            Some(Ok(Frame::DrainAck)) => handle.drained.notify_one(),
+            Some(Ok(Frame::Ping)) => {
+                let _ = tx
+                    .send(LinkOut::Frame(internal::encode_to_bytes(&Frame::Pong)))
+                    .await;
+            }
+            Some(Ok(Frame::Pong)) => {}
+            Some(Ok(other)) => {
+                break Err(format!(
+                    "unexpected {} frame from gateway",
+                    crate::gateway::frame_kind(&other)
+                ))
+            }
+        }
+    };
+    {
+        let mut links = inner.links.write().unwrap_or_else(|p| p.into_inner());
+        if links
+            .get(&entry.number)
+            .is_some_and(|l| l.tx.same_channel(&tx))
+        {
+            links.remove(&entry.number);
+        }
+    }
+    inner.changed.notify_waiters();
+    // Waiting queries fail now rather than at their timeout.
+    lock(&handle.pending).clear();
+    writer.abort();
+    if result.is_ok() {
+        tracing::info!(gateway = entry.number, "link closed");
+    }
+    result
+}

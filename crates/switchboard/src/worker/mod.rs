@@ -1,0 +1,188 @@
+//! The worker process: runs the application's [`Events`] for the events gateways send,
+//! isolated from panics, and drains cleanly on shutdown.
+
+pub mod api;
+pub mod events;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use serde_json::Map;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::protocol::internal::{Event, EventKind, Role};
+use crate::stats::{self, ProcessStats};
+use crate::Error;
+use api::{Acker, EventSink, Gateway, GatewayOptions};
+pub use events::{Context, Events, HandlerResult};
+
+/// Worker counters.
+#[derive(Default)]
+struct Counters {
+    events: AtomicU64,
+    failed: AtomicU64,
+    panicked: AtomicU64,
+}
+
+/// Runs one worker process until `shutdown`, then drains: gateways are told to send no
+/// more events, events already received are finished and acknowledged, then it returns.
+pub async fn run(
+    config: Config,
+    events: Arc<dyn Events>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let store = crate::open_store(&config).await?;
+    let counters = Arc::new(Counters::default());
+    let tracker = TaskTracker::new();
+    let options = GatewayOptions {
+        namespace: config.name.clone(),
+        secret: config.secret.clone(),
+        name: format!("worker-{}", std::process::id()),
+        query_timeout: config.worker.query_timeout,
+        discovery_interval: config.worker.discovery_interval,
+        max_frame: config.gateway.max_internal_frame,
+    };
+    let gateway = Gateway::start(options, store, Role::Worker, |gateway| {
+        let gateway = gateway.clone();
+        let events = events.clone();
+        let counters = counters.clone();
+        let tracker = tracker.clone();
+        let sink: EventSink = Arc::new(move |event: Event, acker: Acker| {
+            let (gateway, events, counters) = (gateway.clone(), events.clone(), counters.clone());
+            tracker.spawn(async move {
+                let (seq, client) = (event.seq, event.client);
+                handle(events.as_ref(), gateway, event, &counters).await;
+                acker.ack(seq, client).await;
+            });
+        });
+        Some(sink)
+    });
+    tracing::info!("worker started");
+
+    // on_worker_start runs once gateways are reachable (or after a short wait).
+    gateway.wait_for_gateways(1, Duration::from_secs(2)).await;
+    if let Err(e) = events.on_worker_start(&gateway).await {
+        tracing::error!(error = %e, "on_worker_start failed");
+    }
+
+    let stats_stop = CancellationToken::new();
+    let stats_task = tokio::spawn(write_stats(
+        gateway.clone(),
+        counters.clone(),
+        config.run_dir(),
+        stats_stop.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    let started = Instant::now();
+    tracing::info!("worker draining");
+    gateway.drain(Duration::from_secs(5)).await;
+    tracker.close();
+    if tokio::time::timeout(config.worker.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            unfinished = tracker.len(),
+            "drain timeout: exiting with events unfinished (gateways re-dispatch them)"
+        );
+    }
+    gateway.close().await;
+    stats_stop.cancel();
+    let _ = stats_task.await;
+    stats::remove(&config.run_dir(), "worker", std::process::id());
+    tracing::info!(took = ?started.elapsed(), handled = counters.events.load(Ordering::Relaxed), "worker drained and stopped");
+    Ok(())
+}
+
+/// Runs the handler for one event, catching errors and panics.
+async fn handle(events: &dyn Events, gateway: Gateway, event: Event, counters: &Counters) {
+    let session = match serde_json::from_slice(&event.session) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(client = %event.client, error = %e, "event carried a session that is not a JSON object; using an empty one");
+            Map::new()
+        }
+    };
+    let mut ctx = Context::new(event.client, event.addr, session, gateway.clone());
+    let kind = event.kind;
+    let fut = async {
+        match kind {
+            EventKind::Connect => events.on_connect(&mut ctx).await,
+            EventKind::Message => events.on_message(&mut ctx, event.body).await,
+            EventKind::Close => events.on_close(&mut ctx).await,
+        }
+    };
+    let outcome = std::panic::AssertUnwindSafe(fut).catch_unwind().await;
+    counters.events.fetch_add(1, Ordering::Relaxed);
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client = %event.client, event = ?kind, error = %e, "handler failed");
+        }
+        Err(panic) => {
+            counters.panicked.fetch_add(1, Ordering::Relaxed);
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            tracing::error!(client = %event.client, event = ?kind, panic = %msg, "handler panicked; this event failed, the worker goes on");
+        }
+    }
+    if kind != EventKind::Close {
+        if let Some(session) = ctx.take_changed_session() {
+            if let Err(e) = gateway.set_session(event.client, &session).await {
+                tracing::warn!(client = %event.client, error = %e, "could not save the session");
+            }
+        }
+    }
+}
+
+async fn write_stats(
+    gateway: Gateway,
+    counters: Arc<Counters>,
+    run_dir: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    let started = stats::unix_now();
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        let events = counters.events.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (events - last.1) as f64 / (now - last.0).as_secs_f64().max(0.001);
+        last = (now, events);
+        let mut detail = serde_json::Map::new();
+        detail.insert("gateways".into(), gateway.gateways().into());
+        detail.insert(
+            "failed".into(),
+            counters.failed.load(Ordering::Relaxed).into(),
+        );
+        detail.insert(
+            "panicked".into(),
+            counters.panicked.load(Ordering::Relaxed).into(),
+        );
+        let s = ProcessStats {
+            role: "worker".into(),
+            pid: std::process::id(),
+            started,
+            clients: gateway.gateways().len() as u64,
+            events,
+            events_per_sec: rate,
+            rss_bytes: stats::rss_bytes(),
+            detail,
+        };
+        if let Err(e) = stats::write(&run_dir, &s) {
+            tracing::debug!(error = %e, "cannot write stats file");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
