@@ -1,17 +1,4 @@
-//! The `file` backend: one SQLite file shared by every process on the machine.
-//!
-//! - The file is an SQLite database in WAL mode, marked as a Switchboard store by its
-//!   `application_id`; a foreign SQLite database or a file that is not SQLite at all is
-//!   refused with an error naming the path, and never modified.
-//! - Every operation is one short transaction; read-modify-write operations take the
-//!   write lock up front (`BEGIN IMMEDIATE`), so concurrent processes serialize instead
-//!   of losing updates. A busy database is waited for up to [`BUSY_TIMEOUT`].
-//! - SQLite's write-ahead log makes a commit atomic: a process killed mid-write leaves
-//!   either the old or the new value, never a corrupt file.
-//! - Expiry is stored as unix milliseconds; expired rows are invisible to reads and are
-//!   purged lazily (overwritten) and periodically (every [`PURGE_INTERVAL`]).
-//! - SQLite is blocking, so every operation runs on tokio's blocking pool with a
-//!   connection from a small pool.
+//! The `file` backend: one SQLite file shared by every process on the machine. See [`FileStore`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -48,7 +35,20 @@ const SCHEMA: &str = "
     INSERT INTO meta (name, value) VALUES ('version', 0);
 ";
 
-/// A store in one local SQLite file, safe to share between processes.
+/// The `file` backend: one SQLite file shared by every process on the machine.
+///
+/// - The file is an SQLite database in WAL mode, marked as a Switchboard store by its
+///   `application_id`; a foreign SQLite database or a file that is not SQLite at all is
+///   refused with an error naming the path, and never modified.
+/// - Every operation is one short transaction; read-modify-write operations take the
+///   write lock up front (`BEGIN IMMEDIATE`), so concurrent processes serialize instead
+///   of losing updates. A busy database is waited for up to 5 s (`BUSY_TIMEOUT`).
+/// - SQLite's write-ahead log makes a commit atomic: a process killed mid-write leaves
+///   either the old or the new value, never a corrupt file.
+/// - Expiry is stored as unix milliseconds; expired rows are invisible to reads and are
+///   purged lazily (overwritten) and periodically (every minute).
+/// - SQLite is blocking, so every operation runs on tokio's blocking pool with a
+///   connection from a small pool.
 pub struct FileStore {
     pool: Arc<Pool>,
 }
@@ -82,7 +82,7 @@ impl FileStore {
         &self.pool.path
     }
 
-    /// Deletes every expired row now (also done every [`PURGE_INTERVAL`]); returns how
+    /// Deletes every expired row now (also done every minute); returns how
     /// many were deleted.
     pub async fn purge_expired(&self) -> Result<usize> {
         self.run("purge", purge).await
@@ -294,7 +294,7 @@ fn backend_error(path: &Path, reason: String) -> StoreError {
     }
 }
 
-/// Deletes expired rows every [`PURGE_INTERVAL`] while the store is alive.
+/// Deletes expired rows every `PURGE_INTERVAL` while the store is alive.
 fn spawn_purger(pool: Weak<Pool>) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;

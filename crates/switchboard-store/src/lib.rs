@@ -26,6 +26,7 @@ mod error;
 mod file;
 mod memcached_store;
 mod memory;
+mod namespace;
 mod redis_store;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub use error::StoreError;
 pub use file::FileStore;
 pub use memcached_store::MemcachedStore;
 pub use memory::MemoryStore;
+pub use namespace::Namespaced;
 pub use redis_store::RedisStore;
 
 /// Result type of every store operation.

@@ -1,18 +1,4 @@
-//! The `memcached` backend: one or more servers, keys spread by consistent hashing.
-//!
-//! - Client: `async-memcached` (Shopify), the ASCII protocol for set/add/delete/incr
-//!   and the meta protocol (`mg`/`ms`, memcached ≥ 1.6) for CAS tokens.
-//! - A small pool of connections per server ([`POOL_SIZE`]); a connection that fails
-//!   or times out is dropped and a new one is made by the next operation, so the store
-//!   recovers by itself when a server comes back.
-//! - Keys go to servers through a ketama-style [`Ring`].
-//! - TTLs are whole seconds, rounded **up**, plus one second: memcached's clock ticks
-//!   once a second, so an item with TTL *n* lives between *n − 1* and *n* seconds; the
-//!   extra second makes it live at least as long as asked (at most 2 s longer). TTLs
-//!   over 30 days are sent as absolute unix times, as memcached requires.
-//! - `scan_prefix` is [`StoreError::Unsupported`]: memcached cannot list keys.
-//! - Every operation is bounded by [`OP_TIMEOUT`]; a server that is down gives
-//!   [`StoreError::Backend`] naming it.
+//! The `memcached` backend: one or more servers, keys spread by consistent hashing. See [`MemcachedStore`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -83,7 +69,21 @@ struct Server {
     next: AtomicUsize,
 }
 
-/// A store on one or more memcached servers.
+/// The `memcached` backend: one or more servers, keys spread by consistent hashing.
+///
+/// - Client: `async-memcached` (Shopify), the ASCII protocol for set/add/delete/incr
+///   and the meta protocol (`mg`/`ms`, memcached ≥ 1.6) for CAS tokens.
+/// - A small pool of connections per server (4); a connection that fails
+///   or times out is dropped and a new one is made by the next operation, so the store
+///   recovers by itself when a server comes back.
+/// - Keys go to servers through a ketama-style ring (160 points per server, MD5).
+/// - TTLs are whole seconds, rounded **up**, plus one second: memcached's clock ticks
+///   once a second, so an item with TTL *n* lives between *n − 1* and *n* seconds; the
+///   extra second makes it live at least as long as asked (at most 2 s longer). TTLs
+///   over 30 days are sent as absolute unix times, as memcached requires.
+/// - `scan_prefix` is [`StoreError::Unsupported`]: memcached cannot list keys.
+/// - Every operation is bounded by 3 s; a server that is down gives
+///   [`StoreError::Backend`] naming it.
 pub struct MemcachedStore {
     servers: Vec<Server>,
     ring: Ring,

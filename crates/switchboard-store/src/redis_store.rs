@@ -1,19 +1,4 @@
-//! The `redis` backend: one Redis server through the `redis` crate's
-//! [`ConnectionManager`], which reconnects by itself after the server comes back.
-//!
-//! Layout: every key is a Redis hash `{v: value, n: version}`; a TTL is the key's own
-//! Redis expiry (`PEXPIRE`). The version is the CAS token. Writes go through small Lua
-//! scripts so that "read the version, compare, write" is atomic on the server; each
-//! write sets the version to `max(old + 1, server time in µs)`, so a version is never
-//! reused even when a key is deleted and created again (the server clock would have to
-//! go backwards by more than the key's lifetime).
-//!
-//! `increment` is `HINCRBY` on the value field, so Redis counters are signed 64-bit:
-//! deltas or totals above `i64::MAX` fail with [`StoreError::Backend`] / `Unsupported`.
-//! `scan_prefix` uses `SCAN MATCH` with the prefix's glob characters escaped.
-//!
-//! The connection is made on first use, not in [`RedisStore::open`], so a gateway can
-//! start before its Redis does; every operation is bounded by [`OP_TIMEOUT`].
+//! The `redis` backend: one Redis server through the `redis` crate's See [`RedisStore`].
 
 use std::time::Duration;
 
@@ -60,7 +45,22 @@ if t ~= 'hash' then return redis.error_reply('SBCORRUPT the key holds a Redis ' 
 return redis.call('HMGET', KEYS[1], 'v', 'n')
 "#;
 
-/// A store on one Redis server.
+/// The `redis` backend: one Redis server through the `redis` crate's
+/// [`ConnectionManager`], which reconnects by itself after the server comes back.
+///
+/// Layout: every key is a Redis hash `{v: value, n: version}`; a TTL is the key's own
+/// Redis expiry (`PEXPIRE`). The version is the CAS token. Writes go through small Lua
+/// scripts so that "read the version, compare, write" is atomic on the server; each
+/// write sets the version to `max(old + 1, server time in µs)`, so a version is never
+/// reused even when a key is deleted and created again (the server clock would have to
+/// go backwards by more than the key's lifetime).
+///
+/// `increment` is `HINCRBY` on the value field, so Redis counters are signed 64-bit:
+/// deltas or totals above `i64::MAX` fail with [`StoreError::Backend`] / `Unsupported`.
+/// `scan_prefix` uses `SCAN MATCH` with the prefix's glob characters escaped.
+///
+/// The connection is made on first use, not in [`RedisStore::open`], so a gateway can
+/// start before its Redis does; every operation is bounded by 3 s.
 pub struct RedisStore {
     client: redis::Client,
     url: String,

@@ -301,9 +301,14 @@ mod cases {
                 .map(|_| ()));
         }
         // 250 bytes is the longest key allowed, and non-ASCII is fine.
-        let max = format!("{}{}", f.prefix, "m".repeat(250 - f.prefix.len()));
+        let max = format!("{}{}", f.prefix, "m".repeat(f.max_key - f.prefix.len()));
         s.set(&max, b"v", None).await.unwrap();
         assert_eq!(s.get(&max).await.unwrap().as_deref(), Some(&b"v"[..]));
+        let too_long = format!("{max}m");
+        assert!(matches!(
+            s.set(&too_long, b"v", None).await,
+            Err(StoreError::InvalidKey { .. })
+        ));
         let unicode = f.key("ключ/鍵");
         s.set(&unicode, b"u", None).await.unwrap();
         assert_eq!(s.get(&unicode).await.unwrap().as_deref(), Some(&b"u"[..]));
@@ -454,5 +459,6 @@ macro_rules! contract {
 
 contract!(memory, || async { common::memory() });
 contract!(file, common::file);
+contract!(namespaced_file, common::namespaced_file);
 contract!(memcached, common::memcached);
 contract!(redis, common::redis);

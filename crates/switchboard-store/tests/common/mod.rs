@@ -15,6 +15,8 @@ pub struct Fixture {
     pub store: SharedStore,
     /// A key prefix unique to this test run.
     pub prefix: String,
+    /// The longest key the store accepts (less than 250 under a namespace).
+    pub max_key: usize,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -45,6 +47,7 @@ pub fn memory() -> Option<Fixture> {
     Some(Fixture {
         store: Arc::new(switchboard_store::MemoryStore::new()),
         prefix: unique_prefix(),
+        max_key: 250,
         _dir: None,
     })
 }
@@ -58,8 +61,18 @@ pub async fn file() -> Option<Fixture> {
     Some(Fixture {
         store,
         prefix: unique_prefix(),
+        max_key: 250,
         _dir: Some(dir),
     })
+}
+
+/// A file store seen through a namespace.
+pub async fn namespaced_file() -> Option<Fixture> {
+    let mut f = file().await?;
+    let ns = "app:";
+    f.store = Arc::new(switchboard_store::Namespaced::new(f.store, ns).expect("namespace"));
+    f.max_key = 250 - ns.len();
+    Some(f)
 }
 
 /// The memcached servers of the test environment, if any.
@@ -92,6 +105,7 @@ pub async fn memcached() -> Option<Fixture> {
     Some(Fixture {
         store,
         prefix: unique_prefix(),
+        max_key: 250,
         _dir: None,
     })
 }
@@ -115,6 +129,7 @@ pub async fn redis() -> Option<Fixture> {
     Some(Fixture {
         store,
         prefix: unique_prefix(),
+        max_key: 250,
         _dir: None,
     })
 }
