@@ -14,13 +14,17 @@ use std::time::{Duration, Instant};
 use common::Fixture;
 use switchboard_store::{CasToken, StoreError, StoreExt};
 
-/// How long to wait for a 1 s TTL to have run out: memcached's TTLs are whole
+/// The TTL of keys that must expire during a test: long enough that a loaded CI
+/// machine still reads them back before they expire.
+const SHORT_TTL: Duration = Duration::from_secs(2);
+
+/// How long to wait for [`SHORT_TTL`] to have run out: memcached's TTLs are whole
 /// seconds plus one (never early), so it needs a second more.
-fn after_one_second_ttl(f: &Fixture) -> Duration {
+fn after_short_ttl(f: &Fixture) -> Duration {
     if f.store.backend() == "memcached" {
-        Duration::from_millis(3300)
+        Duration::from_millis(4300)
     } else {
-        Duration::from_millis(2200)
+        Duration::from_millis(3200)
     }
 }
 
@@ -92,28 +96,21 @@ mod cases {
         let cleared = f.key("ttl-cleared");
         let added = f.key("ttl-add");
         let sub_second = f.key("ttl-sub-second");
-        s.set(&short, b"x", Some(Duration::from_secs(1)))
-            .await
-            .unwrap();
+        s.set(&short, b"x", Some(SHORT_TTL)).await.unwrap();
         s.set(&long, b"y", Some(Duration::from_secs(60)))
             .await
             .unwrap();
-        s.set(&cleared, b"z", Some(Duration::from_secs(1)))
-            .await
-            .unwrap();
+        s.set(&cleared, b"z", Some(SHORT_TTL)).await.unwrap();
         s.set(&cleared, b"z", None).await.unwrap();
-        assert!(s
-            .add(&added, b"a", Some(Duration::from_secs(1)))
-            .await
-            .unwrap());
+        assert!(s.add(&added, b"a", Some(SHORT_TTL)).await.unwrap());
         s.set(&sub_second, b"s", Some(Duration::from_millis(300)))
             .await
             .unwrap();
         assert_eq!(s.get(&short).await.unwrap().as_deref(), Some(&b"x"[..]));
         assert!(s.gets(&added).await.unwrap().is_some());
 
-        tokio::time::sleep(after_one_second_ttl(f)).await;
-        assert_eq!(s.get(&short).await.unwrap(), None, "1 s TTL expired");
+        tokio::time::sleep(after_short_ttl(f)).await;
+        assert_eq!(s.get(&short).await.unwrap(), None, "short TTL expired");
         assert_eq!(s.gets(&short).await.unwrap(), None);
         assert_eq!(s.get(&sub_second).await.unwrap(), None, "sub-second TTL");
         assert_eq!(s.get(&long).await.unwrap().as_deref(), Some(&b"y"[..]));
@@ -173,10 +170,10 @@ mod cases {
         // A swap may set a TTL.
         let (_, t6) = s.gets(&k).await.unwrap().unwrap();
         assert!(s
-            .compare_and_swap(&k, t6, b"brief", Some(Duration::from_secs(1)))
+            .compare_and_swap(&k, t6, b"brief", Some(SHORT_TTL))
             .await
             .unwrap());
-        tokio::time::sleep(after_one_second_ttl(f)).await;
+        tokio::time::sleep(after_short_ttl(f)).await;
         assert_eq!(s.get(&k).await.unwrap(), None);
     }
 
@@ -224,9 +221,9 @@ mod cases {
     pub async fn increment_keeps_ttl(f: &Fixture) {
         let s = &f.store;
         let k = f.key("incr-ttl");
-        s.set(&k, b"1", Some(Duration::from_secs(1))).await.unwrap();
+        s.set(&k, b"1", Some(SHORT_TTL)).await.unwrap();
         assert_eq!(s.increment(&k, 1).await.unwrap(), 2);
-        tokio::time::sleep(after_one_second_ttl(f)).await;
+        tokio::time::sleep(after_short_ttl(f)).await;
         assert_eq!(s.get(&k).await.unwrap(), None);
     }
 
@@ -359,7 +356,7 @@ mod cases {
         s.set(&f.key("scan0"), b"not under the prefix", None)
             .await
             .unwrap();
-        s.set(&format!("{base}gone"), b"x", Some(Duration::from_secs(1)))
+        s.set(&format!("{base}gone"), b"x", Some(SHORT_TTL))
             .await
             .unwrap();
         // Glob and LIKE characters in a prefix are literal.
@@ -376,7 +373,7 @@ mod cases {
             );
             return;
         }
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(after_short_ttl(f)).await;
         let found = s.scan_prefix(&base).await.unwrap();
         let expected: Vec<(String, Vec<u8>)> = [("a", "1"), ("b", "2"), ("c/d", "3")]
             .into_iter()
