@@ -9,9 +9,9 @@
 use serde::de::DeserializeOwned;
 
 use crate::exec::{Executed, Mode, Output};
+use crate::instance::Instance;
 use crate::sql::{self, Dialect, Params, Statement};
 use crate::{DbError, Row, Tx, Value};
-use crate::instance::Instance;
 
 /// Where a builder's statement runs: the instance's pool, or a transaction.
 #[derive(Clone, Debug)]
@@ -164,7 +164,9 @@ enum BuildError {
 impl From<BuildError> for DbError {
     fn from(e: BuildError) -> Self {
         match e {
-            BuildError::Identifier { ident, reason } => DbError::InvalidIdentifier { ident, reason },
+            BuildError::Identifier { ident, reason } => {
+                DbError::InvalidIdentifier { ident, reason }
+            }
             BuildError::Duplicate { name } => DbError::DuplicateParam { name },
         }
     }
@@ -332,7 +334,11 @@ macro_rules! fetch_terminals {
 
         /// The first column of every row, deserialized into `T`.
         pub async fn column_as<T: DeserializeOwned>(self) -> Result<Vec<T>, DbError> {
-            self.column().await?.into_iter().map(Value::decode).collect()
+            self.column()
+                .await?
+                .into_iter()
+                .map(Value::decode)
+                .collect()
         }
 
         /// The first value deserialized into `T`, or `None` when there is no
@@ -682,13 +688,22 @@ macro_rules! assignment_methods {
         /// Columns whose values are bound by name: `cols(["sex"])` writes
         /// `` `sex` = :sex ``, to be filled with `.bind("sex", ..)`.
         pub fn cols(mut self, columns: impl IntoColumns) -> Self {
-            add_param_columns(&mut self.common, &mut self.assignments, columns.into_columns());
+            add_param_columns(
+                &mut self.common,
+                &mut self.assignments,
+                columns.into_columns(),
+            );
             self
         }
 
         /// One column and its value (bound as `:column`).
         pub fn set(mut self, column: &str, value: impl Into<Value>) -> Self {
-            add_set(&mut self.common, &mut self.assignments, column, value.into());
+            add_set(
+                &mut self.common,
+                &mut self.assignments,
+                column,
+                value.into(),
+            );
             self
         }
 
@@ -699,7 +714,12 @@ macro_rules! assignment_methods {
             V: Into<Value>,
         {
             for (k, v) in values {
-                add_set(&mut self.common, &mut self.assignments, k.as_ref(), v.into());
+                add_set(
+                    &mut self.common,
+                    &mut self.assignments,
+                    k.as_ref(),
+                    v.into(),
+                );
             }
             self
         }

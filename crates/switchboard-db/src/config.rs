@@ -194,7 +194,10 @@ impl fmt::Debug for InstanceConfig {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("user", &self.user)
-            .field("password", &if self.password.is_empty() { "" } else { "***" })
+            .field(
+                "password",
+                &if self.password.is_empty() { "" } else { "***" },
+            )
             .field("database", &self.database)
             .field("charset", &self.charset)
             .field("path", &self.path)
@@ -300,7 +303,12 @@ impl InstanceConfig {
                 return bad(&format!("`{field}` must be a number of seconds >= 0"));
             }
         }
-        if self.charset.is_empty() || !self.charset.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if self.charset.is_empty()
+            || !self
+                .charset
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             return bad("`charset` must be a character set name such as utf8mb4");
         }
         Ok(())

@@ -357,7 +357,10 @@ mod tests {
 
     #[test]
     fn mysql_binary_dates() {
-        assert_eq!(mysql_datetime(&[4, 0xE8, 0x07, 3, 9]).unwrap(), "2024-03-09");
+        assert_eq!(
+            mysql_datetime(&[4, 0xE8, 0x07, 3, 9]).unwrap(),
+            "2024-03-09"
+        );
         assert_eq!(
             mysql_datetime(&[7, 0xE8, 0x07, 3, 9, 13, 5, 59]).unwrap(),
             "2024-03-09 13:05:59"
@@ -367,7 +370,10 @@ mod tests {
             "2024-03-09 13:05:59.123456"
         );
         assert_eq!(mysql_datetime(b"2024-03-09").unwrap(), "2024-03-09");
-        assert_eq!(mysql_time(&[8, 1, 1, 0, 0, 0, 2, 3, 4]).unwrap(), "-26:03:04");
+        assert_eq!(
+            mysql_time(&[8, 1, 1, 0, 0, 0, 2, 3, 4]).unwrap(),
+            "-26:03:04"
+        );
         assert!(mysql_datetime(&[]).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -119,6 +119,23 @@ struct InstanceInner {
     /// use, so that a server restart costs one failed statement, not one per
     /// pooled connection.
     recheck: Arc<AtomicUsize>,
+    /// Connections found dead while running a statement.
+    lost: AtomicU64,
+    /// Reads run a second time after a lost connection.
+    retried: AtomicU64,
+}
+
+/// Counters of an instance's connection trouble, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceStats {
+    /// Connections found dead while a statement ran on them.
+    pub connections_lost: u64,
+    /// Reads retried on a new connection after that.
+    pub reads_retried: u64,
+    /// Connections open now (in use or idle).
+    pub open_connections: u32,
+    /// Idle connections now.
+    pub idle_connections: usize,
 }
 
 enum Pool {
@@ -142,6 +159,8 @@ impl Instance {
                 dialect,
                 pool: OnceLock::new(),
                 recheck: Arc::new(AtomicUsize::new(0)),
+                lost: AtomicU64::new(0),
+                retried: AtomicU64::new(0),
             }),
         })
     }
@@ -255,6 +274,21 @@ impl Instance {
         }
     }
 
+    /// Connection counters (see [`InstanceStats`]).
+    pub fn stats(&self) -> InstanceStats {
+        let (open, idle) = match self.inner.pool.get() {
+            Some(Pool::MySql(p)) => (p.size(), p.num_idle()),
+            Some(Pool::Sqlite(p)) => (p.size(), p.num_idle()),
+            None => (0, 0),
+        };
+        InstanceStats {
+            connections_lost: self.inner.lost.load(Ordering::Relaxed),
+            reads_retried: self.inner.retried.load(Ordering::Relaxed),
+            open_connections: open,
+            idle_connections: idle,
+        }
+    }
+
     /// Check that the database answers (opens a connection if needed).
     pub async fn ping(&self) -> Result<(), DbError> {
         match self.pool() {
@@ -298,6 +332,7 @@ impl Instance {
     {
         match self.run_once(pool, st, mode).await {
             Err(e) if e.is_connection_lost() => {
+                self.inner.lost.fetch_add(1, Ordering::Relaxed);
                 self.suspect_idle(pool);
                 if !st.read {
                     tracing::warn!(instance = %self.name(), sql = %st.sql, error = %e,
@@ -306,6 +341,7 @@ impl Instance {
                 }
                 tracing::warn!(instance = %self.name(), sql = %st.sql, error = %e,
                     "connection lost during a read; retrying once");
+                self.inner.retried.fetch_add(1, Ordering::Relaxed);
                 self.run_once(pool, st, mode).await
             }
             other => other,
@@ -379,19 +415,27 @@ impl Instance {
                     .host(&c.host)
                     .port(c.port)
                     .username(&c.user)
-                    .password(&c.password)
                     .charset(&c.charset)
                     .ssl_mode(MySqlSslMode::Disabled)
                     // Keep the server's meaning of `||` (logical OR).
                     .pipes_as_concat(false);
+                // An empty password means "none", not an empty one.
+                if !c.password.is_empty() {
+                    opts = opts.password(&c.password);
+                }
                 if let Some(db) = &c.database {
                     opts = opts.database(db);
                 }
-                let pool = self.pool_options(MySqlPoolOptions::new()).connect_lazy_with(opts);
+                let pool = self
+                    .pool_options(MySqlPoolOptions::new())
+                    .connect_lazy_with(opts);
                 Pool::MySql(pool)
             }
             Driver::Sqlite => {
-                let path = c.path.as_deref().unwrap_or(std::path::Path::new(":memory:"));
+                let path = c
+                    .path
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(":memory:"));
                 let memory = path.as_os_str() == ":memory:";
                 let opts = if memory {
                     // A named, shared-cache in-memory database, so every

@@ -56,7 +56,7 @@ pub use builder::{Delete, Insert, IntoColumns, Raw, Select, Update};
 pub use config::{DbConfig, Driver, InstanceConfig};
 pub use error::DbError;
 pub use exec::Executed;
-pub use instance::{Db, Instance};
+pub use instance::{Db, Instance, InstanceStats};
 pub use sql::{Dialect, Statement};
 pub use tx::Tx;
 pub use value::{Row, Value};

@@ -60,7 +60,11 @@ pub(crate) fn quote_ident(dialect: Dialect, part: &str) -> Result<String, DbErro
 
 /// Quote `name`, `table.name` or `schema.table.name`; with `allow_star`, the
 /// last part may be `*` (`*`, `t.*`).
-pub(crate) fn quote_path(dialect: Dialect, path: &str, allow_star: bool) -> Result<String, DbError> {
+pub(crate) fn quote_path(
+    dialect: Dialect,
+    path: &str,
+    allow_star: bool,
+) -> Result<String, DbError> {
     let path = path.trim();
     if allow_star && path == "*" {
         return Ok("*".into());
@@ -85,7 +89,11 @@ pub(crate) fn quote_path(dialect: Dialect, path: &str, allow_star: bool) -> Resu
 
 /// Quote `name`, `name alias` or `name AS alias` (tables in `FROM`/`JOIN`,
 /// and select-list columns when `allow_star`).
-pub(crate) fn quote_aliased(dialect: Dialect, item: &str, allow_star: bool) -> Result<String, DbError> {
+pub(crate) fn quote_aliased(
+    dialect: Dialect,
+    item: &str,
+    allow_star: bool,
+) -> Result<String, DbError> {
     let words: Vec<&str> = item.split_whitespace().collect();
     let (name, alias) = match words.as_slice() {
         [name] => (*name, None),
@@ -111,7 +119,11 @@ pub(crate) fn quote_aliased(dialect: Dialect, item: &str, allow_star: bool) -> R
 
 /// Quote an `ORDER BY` item: `col`, `t.col`, optionally followed by `ASC` or
 /// `DESC`.
-pub(crate) fn quote_order(dialect: Dialect, item: &str, default_desc: bool) -> Result<String, DbError> {
+pub(crate) fn quote_order(
+    dialect: Dialect,
+    item: &str,
+    default_desc: bool,
+) -> Result<String, DbError> {
     let words: Vec<&str> = item.split_whitespace().collect();
     let (name, dir) = match words.as_slice() {
         [name] => (*name, if default_desc { Some("DESC") } else { None }),
@@ -257,7 +269,10 @@ pub(crate) fn to_positional(dialect: Dialect, sql: &str) -> Result<Positional, D
                 copied = end;
                 i = end;
             }
-            b':' if b.get(i + 1).is_some_and(|&c| c.is_ascii_digit() || c >= 0x80) => {
+            b':' if b
+                .get(i + 1)
+                .is_some_and(|&c| c.is_ascii_digit() || c >= 0x80) =>
+            {
                 return Err(err(
                     "parameter names must start with an ASCII letter or `_`".into(),
                 ));
@@ -362,7 +377,11 @@ impl Params {
 
     /// Values in placeholder order, after checking that every placeholder is
     /// bound and every binding is used.
-    pub(crate) fn resolve(&self, written_sql: &str, names: &[String]) -> Result<Vec<Value>, DbError> {
+    pub(crate) fn resolve(
+        &self,
+        written_sql: &str,
+        names: &[String],
+    ) -> Result<Vec<Value>, DbError> {
         let mut missing: Vec<String> = Vec::new();
         let mut args = Vec::with_capacity(names.len());
         for name in names {
@@ -422,7 +441,12 @@ pub struct Statement {
 
 impl Statement {
     /// Build from SQL with `:name` placeholders and its bindings.
-    pub(crate) fn prepare(dialect: Dialect, sql: &str, params: &Params, read: bool) -> Result<Self, DbError> {
+    pub(crate) fn prepare(
+        dialect: Dialect,
+        sql: &str,
+        params: &Params,
+        read: bool,
+    ) -> Result<Self, DbError> {
         let p = to_positional(dialect, sql)?;
         let params = params.resolve(sql, &p.names)?;
         Ok(Statement {
@@ -468,8 +492,14 @@ mod tests {
     #[test]
     fn quoted_and_commented_colons_are_not_parameters() {
         for d in [Dialect::MySql, Dialect::Sqlite] {
-            let (sql, names) = pos(d, "SELECT ':x', \"a:b\", `c:d` /* :e */ FROM t WHERE x::int = :y");
-            assert_eq!(sql, "SELECT ':x', \"a:b\", `c:d` /* :e */ FROM t WHERE x::int = ?");
+            let (sql, names) = pos(
+                d,
+                "SELECT ':x', \"a:b\", `c:d` /* :e */ FROM t WHERE x::int = :y",
+            );
+            assert_eq!(
+                sql,
+                "SELECT ':x', \"a:b\", `c:d` /* :e */ FROM t WHERE x::int = ?"
+            );
             assert_eq!(names, ["y"]);
             let (_, names) = pos(d, "SELECT 1 -- :z\n, :w");
             assert_eq!(names, ["w"]);
@@ -477,8 +507,11 @@ mod tests {
             assert_eq!(names, ["yes"]);
         }
         // MySQL: backslash escapes and # comments.
-        let (_, names) = pos(Dialect::MySql, r"SELECT 'a\' :no' # :no2
-            , :yes");
+        let (_, names) = pos(
+            Dialect::MySql,
+            r"SELECT 'a\' :no' # :no2
+            , :yes",
+        );
         assert_eq!(names, ["yes"]);
         // SQLite: backslash is an ordinary character.
         let (_, names) = pos(Dialect::Sqlite, r"SELECT 'a\', :yes");
@@ -502,11 +535,17 @@ mod tests {
     fn identifiers() {
         assert_eq!(quote_path(Dialect::MySql, "t.c", false).unwrap(), "`t`.`c`");
         assert_eq!(quote_path(Dialect::Sqlite, "t.*", true).unwrap(), "\"t\".*");
-        assert_eq!(quote_aliased(Dialect::MySql, "Persons AS p", false).unwrap(), "`Persons` AS `p`");
+        assert_eq!(
+            quote_aliased(Dialect::MySql, "Persons AS p", false).unwrap(),
+            "`Persons` AS `p`"
+        );
         for bad in ["", "a`b", "a\"b", "a b;", "x--", "a.b.c.d", "*x", "t.*"] {
             assert!(quote_path(Dialect::MySql, bad, false).is_err(), "{bad}");
         }
-        assert_eq!(quote_order(Dialect::Sqlite, "did desc", false).unwrap(), "\"did\" DESC");
+        assert_eq!(
+            quote_order(Dialect::Sqlite, "did desc", false).unwrap(),
+            "\"did\" DESC"
+        );
     }
 
     #[test]
@@ -519,7 +558,10 @@ mod tests {
             join_condition(Dialect::Sqlite, "a.x=b.x and a.y <= b.y"),
             "\"a\".\"x\" = \"b\".\"x\" AND \"a\".\"y\" <= \"b\".\"y\""
         );
-        assert_eq!(join_condition(Dialect::MySql, "a.x = b.x + 1"), "a.x = b.x + 1");
+        assert_eq!(
+            join_condition(Dialect::MySql, "a.x = b.x + 1"),
+            "a.x = b.x + 1"
+        );
     }
 
     #[test]

@@ -106,8 +106,14 @@ impl Tx {
         let conn = self.inner.conn.lock().await.take();
         let name = self.inner.instance.name();
         match conn {
-            Some(TxConn::MySql(t)) => t.commit().await.map_err(|e| exec::map_err::<MySql>(name, "COMMIT", e)),
-            Some(TxConn::Sqlite(t)) => t.commit().await.map_err(|e| exec::map_err::<Sqlite>(name, "COMMIT", e)),
+            Some(TxConn::MySql(t)) => t
+                .commit()
+                .await
+                .map_err(|e| exec::map_err::<MySql>(name, "COMMIT", e)),
+            Some(TxConn::Sqlite(t)) => t
+                .commit()
+                .await
+                .map_err(|e| exec::map_err::<Sqlite>(name, "COMMIT", e)),
             None => Err(DbError::TxFinished),
         }
     }
@@ -117,8 +123,14 @@ impl Tx {
         let conn = self.inner.conn.lock().await.take();
         let name = self.inner.instance.name();
         match conn {
-            Some(TxConn::MySql(t)) => t.rollback().await.map_err(|e| exec::map_err::<MySql>(name, "ROLLBACK", e)),
-            Some(TxConn::Sqlite(t)) => t.rollback().await.map_err(|e| exec::map_err::<Sqlite>(name, "ROLLBACK", e)),
+            Some(TxConn::MySql(t)) => t
+                .rollback()
+                .await
+                .map_err(|e| exec::map_err::<MySql>(name, "ROLLBACK", e)),
+            Some(TxConn::Sqlite(t)) => t
+                .rollback()
+                .await
+                .map_err(|e| exec::map_err::<Sqlite>(name, "ROLLBACK", e)),
             None => Err(DbError::TxFinished),
         }
     }
@@ -134,7 +146,8 @@ impl Tx {
             Some(TxConn::MySql(t)) => run_on::<MySql>(name, &mut **t, st, mode, timeout).await,
             Some(TxConn::Sqlite(t)) => run_on::<Sqlite>(name, &mut **t, st, mode, timeout).await,
         };
-        if matches!(&result, Err(e) if e.is_connection_lost() || matches!(e, DbError::Timeout { .. })) {
+        if matches!(&result, Err(e) if e.is_connection_lost() || matches!(e, DbError::Timeout { .. }))
+        {
             // The transaction cannot go on: drop it (which rolls back, or
             // closes the dead connection) so later statements fail clearly.
             *guard = None;

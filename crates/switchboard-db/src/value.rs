@@ -311,6 +311,38 @@ impl<'de> de::Deserializer<'de> for Value {
         self.deserialize_f64(visitor)
     }
 
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_integer(visitor)
+    }
+
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_integer(visitor)
+    }
+
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_integer(visitor)
+    }
+
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_integer(visitor)
+    }
+
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_integer(visitor)
+    }
+
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_integer(visitor)
+    }
+
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_integer(visitor)
+    }
+
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_integer(visitor)
+    }
+
     /// `Vec<u8>` asks for a sequence, not bytes.
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match self {
@@ -340,17 +372,39 @@ impl<'de> de::Deserializer<'de> for Value {
     ) -> Result<V::Value, DeError> {
         match self {
             Value::Text(s) => visitor.visit_enum(s.into_deserializer()),
-            other => Err(de::Error::invalid_type(other.unexpected(), &"an enum as text")),
+            other => Err(de::Error::invalid_type(
+                other.unexpected(),
+                &"an enum as text",
+            )),
         }
     }
 
     serde::forward_to_deserialize_any! {
-        i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 char str string bytes byte_buf
+        i128 u128 char str string bytes byte_buf
         unit_struct tuple tuple_struct map struct identifier ignored_any
     }
 }
 
 impl Value {
+    /// MySQL's `SUM()` and other `DECIMAL` results arrive as exact text
+    /// (`"300"`); let a whole number in text fill an integer field.
+    fn deserialize_integer<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        use de::Deserializer as _;
+        match self {
+            Value::Text(s) => {
+                let t = s.trim();
+                if let Ok(i) = t.parse::<i64>() {
+                    visitor.visit_i64(i)
+                } else if let Ok(u) = t.parse::<u64>() {
+                    visitor.visit_u64(u)
+                } else {
+                    Value::Text(s).deserialize_any(visitor)
+                }
+            }
+            other => other.deserialize_any(visitor),
+        }
+    }
+
     fn unexpected(&self) -> de::Unexpected<'_> {
         match self {
             Value::Null => de::Unexpected::Unit,

@@ -16,7 +16,10 @@ fn table_opts(db: &Instance) -> &'static str {
 }
 
 async fn create_persons(db: &Instance, t: &str) {
-    db.sql(&format!("DROP TABLE IF EXISTS {t}")).execute().await.unwrap();
+    db.sql(&format!("DROP TABLE IF EXISTS {t}"))
+        .execute()
+        .await
+        .unwrap();
     db.sql(&format!(
         "CREATE TABLE {t} (ID {pk}, Firstname VARCHAR(64) NOT NULL, Lastname VARCHAR(64), \
          Sex CHAR(1) NOT NULL, Age INT NOT NULL){opts}",
@@ -29,7 +32,10 @@ async fn create_persons(db: &Instance, t: &str) {
 }
 
 async fn drop_table(db: &Instance, t: &str) {
-    db.sql(&format!("DROP TABLE IF EXISTS {t}")).execute().await.unwrap();
+    db.sql(&format!("DROP TABLE IF EXISTS {t}"))
+        .execute()
+        .await
+        .unwrap();
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -51,7 +57,12 @@ async fn terminals(db: &Instance) {
     create_persons(db, &t).await;
 
     // insert(..).cols(..) returns the generated id.
-    let people = [("Ann", Some("Lee"), "F", 31), ("Bob", None, "M", 13), ("Cid", Some("Ng"), "M", 47), ("Dee", Some("Oh"), "F", 22)];
+    let people = [
+        ("Ann", Some("Lee"), "F", 31),
+        ("Bob", None, "M", 13),
+        ("Cid", Some("Ng"), "M", 47),
+        ("Dee", Some("Oh"), "F", 22),
+    ];
     for (i, (f, l, s, a)) in people.iter().enumerate() {
         let id = db
             .insert(&t)
@@ -63,64 +74,228 @@ async fn terminals(db: &Instance) {
     }
 
     // query(): all rows, typed values.
-    let rows = db.select("ID,Firstname,Lastname").from(&t).order_by("ID").query().await.unwrap();
+    let rows = db
+        .select("ID,Firstname,Lastname")
+        .from(&t)
+        .order_by("ID")
+        .query()
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0].columns(), ["ID", "Firstname", "Lastname"]);
-    assert_eq!(rows[1].values(), [Value::Int(2), Value::Text("Bob".into()), Value::Null]);
+    assert_eq!(
+        rows[1].values(),
+        [Value::Int(2), Value::Text("Bob".into()), Value::Null]
+    );
 
     // The brief's read: select('ID,Sex')->from('Persons')->where('sex= :sex')->bindValues(['sex'=>'M']).
-    let rows = db.select("ID,Sex").from(&t).where_("sex= :sex").bind_values(params! { "sex" => "M" }).order_by("ID").query().await.unwrap();
+    let rows = db
+        .select("ID,Sex")
+        .from(&t)
+        .where_("sex= :sex")
+        .bind_values(params! { "sex" => "M" })
+        .order_by("ID")
+        .query()
+        .await
+        .unwrap();
     let ids: Vec<i64> = rows.iter().map(|r| r.get_as("ID").unwrap()).collect();
     assert_eq!(ids, [2, 3]);
 
     // row(): first row or None.
-    let row = db.select("Firstname,Age").from(&t).where_("ID = :id").bind("id", 3).row().await.unwrap().unwrap();
+    let row = db
+        .select("Firstname,Age")
+        .from(&t)
+        .where_("ID = :id")
+        .bind("id", 3)
+        .row()
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.get("Firstname"), Some(&Value::Text("Cid".into())));
     assert_eq!(row.get_as::<i32>("Age").unwrap(), 47);
-    assert!(db.select("ID").from(&t).where_("ID = :id").bind("id", 99).row().await.unwrap().is_none());
+    assert!(db
+        .select("ID")
+        .from(&t)
+        .where_("ID = :id")
+        .bind("id", 99)
+        .row()
+        .await
+        .unwrap()
+        .is_none());
 
     // column(): first column of every row.
-    let names = db.select("Firstname").from(&t).where_("Sex = :s").bind("s", "F").order_by_desc("Age").column().await.unwrap();
+    let names = db
+        .select("Firstname")
+        .from(&t)
+        .where_("Sex = :s")
+        .bind("s", "F")
+        .order_by_desc("Age")
+        .column()
+        .await
+        .unwrap();
     assert_eq!(names, [Value::from("Ann"), Value::from("Dee")]);
 
     // single(): one value.
     let n = db.select_expr("COUNT(*)").from(&t).single().await.unwrap();
     assert_eq!(n.and_then(|v| v.as_i64()), Some(4));
-    assert_eq!(db.select("Lastname").from(&t).where_("ID = 2").single().await.unwrap(), Some(Value::Null));
-    assert_eq!(db.select("Lastname").from(&t).where_("ID = 99").single().await.unwrap(), None);
+    assert_eq!(
+        db.select("Lastname")
+            .from(&t)
+            .where_("ID = 2")
+            .single()
+            .await
+            .unwrap(),
+        Some(Value::Null)
+    );
+    assert_eq!(
+        db.select("Lastname")
+            .from(&t)
+            .where_("ID = 99")
+            .single()
+            .await
+            .unwrap(),
+        None
+    );
 
     // Typed forms.
-    let all: Vec<Person> = db.select("*").from(&t).order_by("ID").query_as().await.unwrap();
-    assert_eq!(all[1], Person { id: 2, first: "Bob".into(), last: None, sex: "M".into(), age: 13 });
-    let p: Option<Person> = db.select("*").from(&t).where_("Firstname = :f").bind("f", "Dee").row_as().await.unwrap();
+    let all: Vec<Person> = db
+        .select("*")
+        .from(&t)
+        .order_by("ID")
+        .query_as()
+        .await
+        .unwrap();
+    assert_eq!(
+        all[1],
+        Person {
+            id: 2,
+            first: "Bob".into(),
+            last: None,
+            sex: "M".into(),
+            age: 13
+        }
+    );
+    let p: Option<Person> = db
+        .select("*")
+        .from(&t)
+        .where_("Firstname = :f")
+        .bind("f", "Dee")
+        .row_as()
+        .await
+        .unwrap();
     assert_eq!(p.map(|p| p.age), Some(22));
-    let ages: Vec<u32> = db.select("Age").from(&t).order_by("Age").column_as().await.unwrap();
+    let ages: Vec<u32> = db
+        .select("Age")
+        .from(&t)
+        .order_by("Age")
+        .column_as()
+        .await
+        .unwrap();
     assert_eq!(ages, [13, 22, 31, 47]);
-    let oldest: Option<String> = db.select("Firstname").from(&t).order_by_desc("Age").limit(1).single_as().await.unwrap();
+    let oldest: Option<String> = db
+        .select("Firstname")
+        .from(&t)
+        .order_by_desc("Age")
+        .limit(1)
+        .single_as()
+        .await
+        .unwrap();
     assert_eq!(oldest.as_deref(), Some("Cid"));
-    let tuples: Vec<(i64, String)> = db.select("ID,Firstname").from(&t).order_by("ID").limit(2).offset(1).query_as().await.unwrap();
+    let tuples: Vec<(i64, String)> = db
+        .select("ID,Firstname")
+        .from(&t)
+        .order_by("ID")
+        .limit(2)
+        .offset(1)
+        .query_as()
+        .await
+        .unwrap();
     assert_eq!(tuples, [(2, "Bob".to_string()), (3, "Cid".to_string())]);
 
     // The same four terminals on raw SQL with :name parameters.
     let sql = format!("SELECT ID, Firstname FROM {t} WHERE Age > :age ORDER BY ID");
     assert_eq!(db.sql(&sql).bind("age", 25).query().await.unwrap().len(), 2);
-    assert_eq!(db.sql(&sql).bind("age", 25).row().await.unwrap().and_then(|r| r.get("ID").cloned()), Some(Value::Int(1)));
-    assert_eq!(db.sql(&sql).bind("age", 25).column().await.unwrap(), [Value::Int(1), Value::Int(3)]);
-    assert_eq!(db.sql(&sql).bind("age", 40).single().await.unwrap(), Some(Value::Int(3)));
+    assert_eq!(
+        db.sql(&sql)
+            .bind("age", 25)
+            .row()
+            .await
+            .unwrap()
+            .and_then(|r| r.get("ID").cloned()),
+        Some(Value::Int(1))
+    );
+    assert_eq!(
+        db.sql(&sql).bind("age", 25).column().await.unwrap(),
+        [Value::Int(1), Value::Int(3)]
+    );
+    assert_eq!(
+        db.sql(&sql).bind("age", 40).single().await.unwrap(),
+        Some(Value::Int(3))
+    );
     let raw: Vec<(i64, String)> = db.sql(&sql).bind("age", 0).query_as().await.unwrap();
     assert_eq!(raw.len(), 4);
 
     // update: affected rows; the brief's update('Persons')->cols(['sex'])->where('ID=1')->bindValue('sex','F').
-    assert_eq!(db.update(&t).cols(["Sex"]).where_("ID=1").bind("Sex", "F").query().await.unwrap(), 1);
-    assert_eq!(db.update(&t).set_expr("Age", "Age + :n").where_("Sex = :s").bind("n", 1).bind("s", "M").query().await.unwrap(), 2);
-    assert_eq!(db.select("Age").from(&t).where_("ID = 2").single_as::<i64>().await.unwrap(), Some(14));
-    assert_eq!(db.update(&t).set("Age", 0).where_("ID = 99").query().await.unwrap(), 0);
+    assert_eq!(
+        db.update(&t)
+            .cols(["Sex"])
+            .where_("ID=1")
+            .bind("Sex", "F")
+            .query()
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        db.update(&t)
+            .set_expr("Age", "Age + :n")
+            .where_("Sex = :s")
+            .bind("n", 1)
+            .bind("s", "M")
+            .query()
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        db.select("Age")
+            .from(&t)
+            .where_("ID = 2")
+            .single_as::<i64>()
+            .await
+            .unwrap(),
+        Some(14)
+    );
+    assert_eq!(
+        db.update(&t)
+            .set("Age", 0)
+            .where_("ID = 99")
+            .query()
+            .await
+            .unwrap(),
+        0
+    );
 
     // delete: affected rows.
     assert_eq!(db.delete(&t).where_("ID=9").query().await.unwrap(), 0);
-    assert_eq!(db.delete(&t).where_("Sex = :s").bind("s", "F").query().await.unwrap(), 2);
+    assert_eq!(
+        db.delete(&t)
+            .where_("Sex = :s")
+            .bind("s", "F")
+            .query()
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(db.delete(&t).all_rows().query().await.unwrap(), 2);
-    assert_eq!(db.select_expr("COUNT(*)").from(&t).single_as::<i64>().await.unwrap(), Some(0));
+    assert_eq!(
+        db.select_expr("COUNT(*)")
+            .from(&t)
+            .single_as::<i64>()
+            .await
+            .unwrap(),
+        Some(0)
+    );
 
     drop_table(db, &t).await;
 }
@@ -132,11 +307,34 @@ async fn joins_group_having(db: &Instance) {
     for t in [&t1, &t2] {
         drop_table(db, t).await;
     }
-    db.sql(&format!("CREATE TABLE {t1} (uid INT, age INT, aid INT, did INT)")).execute().await.unwrap();
-    db.sql(&format!("CREATE TABLE {t2} (uid INT, foo VARCHAR(8))")).execute().await.unwrap();
-    for (uid, age, aid, did) in [(1, 20, 1, 3), (2, 30, 1, 2), (3, 40, 2, 1), (4, 10, 3, 4), (5, 50, 2, 5)] {
-        db.insert(&t1).values(params! { "uid" => uid, "age" => age, "aid" => aid, "did" => did }).query().await.unwrap();
-        db.insert(&t2).set("uid", uid).set("foo", if uid == 3 { "bar" } else { "foo" }).query().await.unwrap();
+    db.sql(&format!(
+        "CREATE TABLE {t1} (uid INT, age INT, aid INT, did INT)"
+    ))
+    .execute()
+    .await
+    .unwrap();
+    db.sql(&format!("CREATE TABLE {t2} (uid INT, foo VARCHAR(8))"))
+        .execute()
+        .await
+        .unwrap();
+    for (uid, age, aid, did) in [
+        (1, 20, 1, 3),
+        (2, 30, 1, 2),
+        (3, 40, 2, 1),
+        (4, 10, 3, 4),
+        (5, 50, 2, 5),
+    ] {
+        db.insert(&t1)
+            .values(params! { "uid" => uid, "age" => age, "aid" => aid, "did" => did })
+            .query()
+            .await
+            .unwrap();
+        db.insert(&t2)
+            .set("uid", uid)
+            .set("foo", if uid == 3 { "bar" } else { "foo" })
+            .query()
+            .await
+            .unwrap();
     }
     let rows = db
         .select("aid")
@@ -168,7 +366,15 @@ async fn joins_group_having(db: &Instance) {
     assert_eq!(left.len(), 5);
     assert_eq!(left[2], (3, Some("bar".into())));
     assert_eq!(left[0], (1, None));
-    let paged: Vec<i64> = db.select("uid").from(&t1).order_by_desc("age").limit(2).offset(1).column_as().await.unwrap();
+    let paged: Vec<i64> = db
+        .select("uid")
+        .from(&t1)
+        .order_by_desc("age")
+        .limit(2)
+        .offset(1)
+        .column_as()
+        .await
+        .unwrap();
     assert_eq!(paged, [3, 2]);
     for t in [&t1, &t2] {
         drop_table(db, t).await;
@@ -180,7 +386,13 @@ async fn joins_group_having(db: &Instance) {
 async fn injection(db: &Instance) {
     let t = common::table("inj");
     drop_table(db, &t).await;
-    db.sql(&format!("CREATE TABLE {t} (id INT PRIMARY KEY, s TEXT, b BLOB){}", table_opts(db))).execute().await.unwrap();
+    db.sql(&format!(
+        "CREATE TABLE {t} (id INT PRIMARY KEY, s TEXT, b BLOB){}",
+        table_opts(db)
+    ))
+    .execute()
+    .await
+    .unwrap();
     let nasty = [
         "'; DROP TABLE persons; --",
         "\" OR \"1\"=\"1",
@@ -199,12 +411,32 @@ async fn injection(db: &Instance) {
     for (i, s) in nasty.iter().enumerate() {
         let i = i as i64;
         // insert values
-        db.insert(&t).set("id", i).set("s", *s).set("b", s.as_bytes()).query().await.unwrap();
+        db.insert(&t)
+            .set("id", i)
+            .set("s", *s)
+            .set("b", s.as_bytes())
+            .query()
+            .await
+            .unwrap();
         // where value
-        let back: Option<String> = db.select("s").from(&t).where_("s = :s").bind("s", *s).single_as().await.unwrap();
+        let back: Option<String> = db
+            .select("s")
+            .from(&t)
+            .where_("s = :s")
+            .bind("s", *s)
+            .single_as()
+            .await
+            .unwrap();
         assert_eq!(back.as_deref(), Some(*s), "where round trip of {s:?}");
         // update set value and where value
-        let n = db.update(&t).set("s", format!("{s}{s}")).where_("s = :old").bind("old", *s).query().await.unwrap();
+        let n = db
+            .update(&t)
+            .set("s", format!("{s}{s}"))
+            .where_("s = :old")
+            .bind("old", *s)
+            .query()
+            .await
+            .unwrap();
         assert_eq!(n, 1, "update of {s:?}");
         // having value + join condition value
         let joined = db
@@ -224,13 +456,33 @@ async fn injection(db: &Instance) {
         // raw SQL value, and a value in the select list
         let echoed: Option<String> = db.sql("SELECT :v").bind("v", *s).single_as().await.unwrap();
         assert_eq!(echoed.as_deref(), Some(*s));
-        let blob: Option<Vec<u8>> = db.select("b").from(&t).where_("id = :id").bind("id", i).single_as().await.unwrap();
+        let blob: Option<Vec<u8>> = db
+            .select("b")
+            .from(&t)
+            .where_("id = :id")
+            .bind("id", i)
+            .single_as()
+            .await
+            .unwrap();
         assert_eq!(blob.as_deref(), Some(s.as_bytes()));
     }
     // delete value
-    let n = db.delete(&t).where_("s = :s").bind("s", format!("{0}{0}", nasty[0])).query().await.unwrap();
+    let n = db
+        .delete(&t)
+        .where_("s = :s")
+        .bind("s", format!("{0}{0}", nasty[0]))
+        .query()
+        .await
+        .unwrap();
     assert_eq!(n, 1);
-    assert_eq!(db.select_expr("COUNT(*)").from(&t).single_as::<i64>().await.unwrap(), Some(nasty.len() as i64 - 1));
+    assert_eq!(
+        db.select_expr("COUNT(*)")
+            .from(&t)
+            .single_as::<i64>()
+            .await
+            .unwrap(),
+        Some(nasty.len() as i64 - 1)
+    );
     drop_table(db, &t).await;
 }
 
@@ -239,40 +491,84 @@ async fn injection(db: &Instance) {
 async fn binds_checked_before_sending(db: &Instance) {
     let t = common::table("binds");
     drop_table(db, &t).await;
-    db.sql(&format!("CREATE TABLE {t} (a INT, b INT)")).execute().await.unwrap();
+    db.sql(&format!("CREATE TABLE {t} (a INT, b INT)"))
+        .execute()
+        .await
+        .unwrap();
     let sql = format!("INSERT INTO {t} (a, b) VALUES (:a, :b)");
     let e = db.sql(&sql).bind("a", 1).execute().await.unwrap_err();
-    assert!(matches!(&e, DbError::UnboundParams { names, .. } if names == &["b"]), "{e}");
-    let e = db.sql(&sql).bind("a", 1).bind("b", 2).bind("c", 3).execute().await.unwrap_err();
-    assert!(matches!(&e, DbError::UnusedParams { names, .. } if names == &["c"]), "{e}");
-    let e = db.insert(&t).cols("a,b").bind("a", 1).query().await.unwrap_err();
+    assert!(
+        matches!(&e, DbError::UnboundParams { names, .. } if names == &["b"]),
+        "{e}"
+    );
+    let e = db
+        .sql(&sql)
+        .bind("a", 1)
+        .bind("b", 2)
+        .bind("c", 3)
+        .execute()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, DbError::UnusedParams { names, .. } if names == &["c"]),
+        "{e}"
+    );
+    let e = db
+        .insert(&t)
+        .cols("a,b")
+        .bind("a", 1)
+        .query()
+        .await
+        .unwrap_err();
     assert!(matches!(e, DbError::UnboundParams { .. }), "{e}");
     let e = db.delete(&t).query().await.unwrap_err();
     assert!(matches!(e, DbError::MissingWhere { .. }), "{e}");
-    assert_eq!(db.select_expr("COUNT(*)").from(&t).single_as::<i64>().await.unwrap(), Some(0));
+    assert_eq!(
+        db.select_expr("COUNT(*)")
+            .from(&t)
+            .single_as::<i64>()
+            .await
+            .unwrap(),
+        Some(0)
+    );
     drop_table(db, &t).await;
 }
 
 /// Errors carry the SQL (placeholders, never values) and the database's code.
 async fn database_errors(db: &Instance) {
     let t = common::table("missing");
-    let e = db.select("a").from(&t).where_("a = :a").bind("a", "secret-value").query().await.unwrap_err();
+    let e = db
+        .select("a")
+        .from(&t)
+        .where_("a = :a")
+        .bind("a", "secret-value")
+        .query()
+        .await
+        .unwrap_err();
     match &e {
-        DbError::Database { sql, code, message, .. } => {
+        DbError::Database {
+            sql, code, message, ..
+        } => {
             assert!(sql.contains(&t) && sql.contains('?'), "{sql}");
             assert!(!e.to_string().contains("secret-value"), "{e}");
             match db.dialect() {
                 Dialect::MySql => assert_eq!(code, "1146"),
                 Dialect::Sqlite => assert_eq!(code, "1"),
             }
-            assert!(message.contains(&t) || message.contains("no such table"), "{message}");
+            assert!(
+                message.contains(&t) || message.contains("no such table"),
+                "{message}"
+            );
         }
         other => panic!("expected a database error, got {other}"),
     }
 
     let t = common::table("uniq");
     drop_table(db, &t).await;
-    db.sql(&format!("CREATE TABLE {t} (k VARCHAR(16) PRIMARY KEY)")).execute().await.unwrap();
+    db.sql(&format!("CREATE TABLE {t} (k VARCHAR(16) PRIMARY KEY)"))
+        .execute()
+        .await
+        .unwrap();
     db.insert(&t).set("k", "x").query().await.unwrap();
     let e = db.insert(&t).set("k", "x").query().await.unwrap_err();
     let expected = match db.dialect() {
@@ -306,7 +602,11 @@ async fn value_types(db: &Instance) {
         .set("flag", true)
         .set("n", None::<i64>);
     if db.dialect() == Dialect::MySql {
-        ins = ins.set("d", "12.34").set("dt", "2024-03-09 13:05:59.123456").set("day", "2024-03-09").set("tm", "-26:03:04");
+        ins = ins
+            .set("d", "12.34")
+            .set("dt", "2024-03-09 13:05:59.123456")
+            .set("day", "2024-03-09")
+            .set("tm", "-26:03:04");
     }
     ins.query().await.unwrap();
     let row: Row = db.select("*").from(&t).row().await.unwrap().unwrap();
@@ -323,7 +623,10 @@ async fn value_types(db: &Instance) {
             assert_eq!(row.get("flag"), Some(&Value::Bool(true)));
             assert_eq!(row.get("d"), Some(&Value::Text("12.34".into())));
             assert_eq!(row.get_as::<f64>("d").unwrap(), 12.34);
-            assert_eq!(row.get("dt"), Some(&Value::Text("2024-03-09 13:05:59.123456".into())));
+            assert_eq!(
+                row.get("dt"),
+                Some(&Value::Text("2024-03-09 13:05:59.123456".into()))
+            );
             assert_eq!(row.get("day"), Some(&Value::Text("2024-03-09".into())));
             assert_eq!(row.get("tm"), Some(&Value::Text("-26:03:04".into())));
         }
@@ -334,7 +637,12 @@ async fn value_types(db: &Instance) {
     }
     // A u64 beyond i64 round-trips on MySQL.
     if db.dialect() == Dialect::MySql {
-        let big = db.sql("SELECT CAST(:v AS UNSIGNED)").bind("v", u64::MAX).single().await.unwrap();
+        let big = db
+            .sql("SELECT CAST(:v AS UNSIGNED)")
+            .bind("v", u64::MAX)
+            .single()
+            .await
+            .unwrap();
         assert_eq!(big, Some(Value::UInt(u64::MAX)));
     }
     drop_table(db, &t).await;
@@ -363,4 +671,11 @@ macro_rules! on_both {
     };
 }
 
-on_both!(terminals, joins_group_having, injection, binds_checked_before_sending, database_errors, value_types);
+on_both!(
+    terminals,
+    joins_group_having,
+    injection,
+    binds_checked_before_sending,
+    database_errors,
+    value_types
+);

@@ -32,7 +32,10 @@ fn select_from_where_bind() {
             .bind_values(params! { "sex" => "M" })
             .statement()
             .unwrap();
-        assert_eq!(st.sql(), q("SELECT `ID`, `Sex` FROM `Persons` WHERE sex= ?", qc));
+        assert_eq!(
+            st.sql(),
+            q("SELECT `ID`, `Sex` FROM `Persons` WHERE sex= ?", qc)
+        );
         assert_eq!(st.params(), &[Value::from("M")]);
         assert!(st.is_read());
     }
@@ -70,21 +73,37 @@ fn the_briefs_complex_select() {
 fn select_list_forms() {
     for (db, qc) in both() {
         let sql = |s: switchboard_db::Select| s.statement().unwrap().sql().to_string();
-        assert_eq!(sql(db.select("p.*").from("Persons p")), q("SELECT `p`.* FROM `Persons` AS `p`", qc));
+        assert_eq!(
+            sql(db.select("p.*").from("Persons p")),
+            q("SELECT `p`.* FROM `Persons` AS `p`", qc)
+        );
         assert_eq!(
             sql(db.select(["p.Name AS n", "Age a"]).from("Persons AS p")),
-            q("SELECT `p`.`Name` AS `n`, `Age` AS `a` FROM `Persons` AS `p`", qc)
+            q(
+                "SELECT `p`.`Name` AS `n`, `Age` AS `a` FROM `Persons` AS `p`",
+                qc
+            )
         );
         assert_eq!(
             sql(db.select("Sex").distinct().from("Persons")),
             q("SELECT DISTINCT `Sex` FROM `Persons`", qc)
         );
         assert_eq!(
-            sql(db.select("Sex").expr("COUNT(*) AS n").from("Persons").group_by("Sex")),
-            q("SELECT `Sex`, COUNT(*) AS n FROM `Persons` GROUP BY `Sex`", qc)
+            sql(db
+                .select("Sex")
+                .expr("COUNT(*) AS n")
+                .from("Persons")
+                .group_by("Sex")),
+            q(
+                "SELECT `Sex`, COUNT(*) AS n FROM `Persons` GROUP BY `Sex`",
+                qc
+            )
         );
         assert_eq!(sql(db.select_expr("1 + 1")), "SELECT 1 + 1");
-        assert_eq!(sql(db.select(vec!["a".to_string()]).from("db.t")), q("SELECT `a` FROM `db`.`t`", qc));
+        assert_eq!(
+            sql(db.select(vec!["a".to_string()]).from("db.t")),
+            q("SELECT `a` FROM `db`.`t`", qc)
+        );
     }
 }
 
@@ -148,17 +167,39 @@ fn order_limit_offset() {
     for (db, qc) in both() {
         let sql = |s: switchboard_db::Select| s.statement().unwrap().sql().to_string();
         assert_eq!(
-            sql(db.select("id").from("t").order_by("a, b DESC").order_by_desc(["c", "d asc"])),
-            q("SELECT `id` FROM `t` ORDER BY `a`, `b` DESC, `c` DESC, `d` ASC", qc)
+            sql(db
+                .select("id")
+                .from("t")
+                .order_by("a, b DESC")
+                .order_by_desc(["c", "d asc"])),
+            q(
+                "SELECT `id` FROM `t` ORDER BY `a`, `b` DESC, `c` DESC, `d` ASC",
+                qc
+            )
         );
-        assert_eq!(sql(db.select("id").from("t").limit(5)), q("SELECT `id` FROM `t` LIMIT 5", qc));
+        assert_eq!(
+            sql(db.select("id").from("t").limit(5)),
+            q("SELECT `id` FROM `t` LIMIT 5", qc)
+        );
     }
     assert_eq!(
-        mysql().select("id").from("t").offset(7).statement().unwrap().sql(),
+        mysql()
+            .select("id")
+            .from("t")
+            .offset(7)
+            .statement()
+            .unwrap()
+            .sql(),
         "SELECT `id` FROM `t` LIMIT 18446744073709551615 OFFSET 7"
     );
     assert_eq!(
-        sqlite().select("id").from("t").offset(7).statement().unwrap().sql(),
+        sqlite()
+            .select("id")
+            .from("t")
+            .offset(7)
+            .statement()
+            .unwrap()
+            .sql(),
         "SELECT \"id\" FROM \"t\" LIMIT -1 OFFSET 7"
     );
 }
@@ -168,14 +209,22 @@ fn insert_forms() {
     for (db, qc) in both() {
         let st = db
             .insert("Persons")
-            .values(params! { "Firstname" => "abc", "Lastname" => "efg", "Sex" => "M", "Age" => 13 })
+            .values(
+                params! { "Firstname" => "abc", "Lastname" => "efg", "Sex" => "M", "Age" => 13 },
+            )
             .statement()
             .unwrap();
         assert_eq!(
             st.sql(),
-            q("INSERT INTO `Persons` (`Firstname`, `Lastname`, `Sex`, `Age`) VALUES (?, ?, ?, ?)", qc)
+            q(
+                "INSERT INTO `Persons` (`Firstname`, `Lastname`, `Sex`, `Age`) VALUES (?, ?, ?, ?)",
+                qc
+            )
         );
-        assert_eq!(st.params(), &["abc".into(), "efg".into(), "M".into(), 13.into()]);
+        assert_eq!(
+            st.params(),
+            &["abc".into(), "efg".into(), "M".into(), 13.into()]
+        );
         assert!(!st.is_read());
 
         let st = db
@@ -201,7 +250,13 @@ fn insert_forms() {
 #[test]
 fn update_forms() {
     for (db, qc) in both() {
-        let st = db.update("Persons").cols(["sex"]).where_("ID=1").bind("sex", "F").statement().unwrap();
+        let st = db
+            .update("Persons")
+            .cols(["sex"])
+            .where_("ID=1")
+            .bind("sex", "F")
+            .statement()
+            .unwrap();
         assert_eq!(st.sql(), q("UPDATE `Persons` SET `sex` = ? WHERE ID=1", qc));
         let st = db
             .update("Persons")
@@ -215,10 +270,18 @@ fn update_forms() {
             .unwrap();
         assert_eq!(
             st.sql(),
-            q("UPDATE `Persons` SET `Name` = ?, `Age` = Age + ? WHERE (ID = ?) OR (Name IS NULL)", qc)
+            q(
+                "UPDATE `Persons` SET `Name` = ?, `Age` = Age + ? WHERE (ID = ?) OR (Name IS NULL)",
+                qc
+            )
         );
         assert_eq!(st.params(), &["z".into(), 1.into(), 5.into()]);
-        let st = db.update("Persons").set("Age", 0).all_rows().statement().unwrap();
+        let st = db
+            .update("Persons")
+            .set("Age", 0)
+            .all_rows()
+            .statement()
+            .unwrap();
         assert_eq!(st.sql(), q("UPDATE `Persons` SET `Age` = ?", qc));
     }
 }
@@ -228,9 +291,21 @@ fn delete_forms() {
     for (db, qc) in both() {
         let sql = db.delete("Persons").where_("ID=9").statement().unwrap();
         assert_eq!(sql.sql(), q("DELETE FROM `Persons` WHERE ID=9", qc));
-        let sql = db.delete("Persons").where_("a = :a").and_where("b = 2").bind("a", 1).statement().unwrap();
-        assert_eq!(sql.sql(), q("DELETE FROM `Persons` WHERE (a = ?) AND (b = 2)", qc));
-        assert_eq!(db.delete("Persons").all_rows().statement().unwrap().sql(), q("DELETE FROM `Persons`", qc));
+        let sql = db
+            .delete("Persons")
+            .where_("a = :a")
+            .and_where("b = 2")
+            .bind("a", 1)
+            .statement()
+            .unwrap();
+        assert_eq!(
+            sql.sql(),
+            q("DELETE FROM `Persons` WHERE (a = ?) AND (b = 2)", qc)
+        );
+        assert_eq!(
+            db.delete("Persons").all_rows().statement().unwrap().sql(),
+            q("DELETE FROM `Persons`", qc)
+        );
     }
 }
 
@@ -238,9 +313,27 @@ fn delete_forms() {
 fn update_and_delete_need_where_or_opt_in() {
     for (db, _) in both() {
         let e = db.delete("Persons").statement().unwrap_err();
-        assert!(matches!(e, DbError::MissingWhere { statement: "DELETE", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DbError::MissingWhere {
+                    statement: "DELETE",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = db.update("Persons").set("a", 1).statement().unwrap_err();
-        assert!(matches!(e, DbError::MissingWhere { statement: "UPDATE", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DbError::MissingWhere {
+                    statement: "UPDATE",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = db.update("Persons").where_("1=1").statement().unwrap_err();
         assert!(matches!(e, DbError::NoColumns { .. }), "{e}");
         let e = db.insert("Persons").statement().unwrap_err();
@@ -257,7 +350,10 @@ fn raw_sql_parameters() {
             .bind("c", "x")
             .statement()
             .unwrap();
-        assert_eq!(st.sql(), "SELECT ':skip', '::', x::text FROM t WHERE a = ? AND b = ? AND c = ? -- :d");
+        assert_eq!(
+            st.sql(),
+            "SELECT ':skip', '::', x::text FROM t WHERE a = ? AND b = ? AND c = ? -- :d"
+        );
         assert_eq!(st.params(), &[1.into(), 1.into(), "x".into()]);
         assert!(st.is_read());
         assert!(!db.sql("DELETE FROM t").statement().unwrap().is_read());
@@ -267,17 +363,35 @@ fn raw_sql_parameters() {
 #[test]
 fn missing_extra_and_duplicate_binds_are_errors() {
     for (db, _) in both() {
-        let e = db.select("a").from("t").where_("a = :a AND b = :b").bind("a", 1).statement().unwrap_err();
+        let e = db
+            .select("a")
+            .from("t")
+            .where_("a = :a AND b = :b")
+            .bind("a", 1)
+            .statement()
+            .unwrap_err();
         match e {
             DbError::UnboundParams { names, .. } => assert_eq!(names, ["b"]),
             other => panic!("{other}"),
         }
-        let e = db.select("a").from("t").where_("a = :a").bind("a", 1).bind("typo", 2).statement().unwrap_err();
+        let e = db
+            .select("a")
+            .from("t")
+            .where_("a = :a")
+            .bind("a", 1)
+            .bind("typo", 2)
+            .statement()
+            .unwrap_err();
         match e {
             DbError::UnusedParams { names, .. } => assert_eq!(names, ["typo"]),
             other => panic!("{other}"),
         }
-        let e = db.sql("SELECT :a").bind("a", 1).bind("a", 2).statement().unwrap_err();
+        let e = db
+            .sql("SELECT :a")
+            .bind("a", 1)
+            .bind("a", 2)
+            .statement()
+            .unwrap_err();
         assert!(matches!(e, DbError::DuplicateParam { .. }), "{e}");
         // A `:name` inside a string literal is not a parameter, so binding it is "unused".
         let e = db.sql("SELECT ':a'").bind("a", 1).statement().unwrap_err();
@@ -290,26 +404,76 @@ fn missing_extra_and_duplicate_binds_are_errors() {
 #[test]
 fn unquotable_identifiers_are_rejected() {
     for (db, _) in both() {
-        let bad = ["t`; DROP TABLE x; --", "t\"x", "a b c d", "", "x;y", "t.*.x", "(SELECT 1)"];
+        let bad = [
+            "t`; DROP TABLE x; --",
+            "t\"x",
+            "a b c d",
+            "",
+            "x;y",
+            "t.*.x",
+            "(SELECT 1)",
+        ];
         for b in bad {
             let e = db.select("a").from(b).statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "from {b:?}: {e}");
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "from {b:?}: {e}"
+            );
             let e = db.select(b).from("t").statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "select {b:?}: {e}");
-            let e = db.select("a").from("t").inner_join(b, "1=1").statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "join {b:?}: {e}");
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "select {b:?}: {e}"
+            );
+            let e = db
+                .select("a")
+                .from("t")
+                .inner_join(b, "1=1")
+                .statement()
+                .unwrap_err();
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "join {b:?}: {e}"
+            );
             let e = db.insert("t").set(b, 1).statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "insert col {b:?}: {e}");
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "insert col {b:?}: {e}"
+            );
             let e = db.insert(b).set("a", 1).statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "insert table {b:?}: {e}");
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "insert table {b:?}: {e}"
+            );
             let e = db.update(b).set("a", 1).all_rows().statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "update {b:?}: {e}");
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "update {b:?}: {e}"
+            );
             let e = db.delete(b).all_rows().statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "delete {b:?}: {e}");
-            let e = db.select("a").from("t").order_by(b).statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "order {b:?}: {e}");
-            let e = db.select("a").from("t").group_by(b).statement().unwrap_err();
-            assert!(matches!(e, DbError::InvalidIdentifier { .. }), "group {b:?}: {e}");
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "delete {b:?}: {e}"
+            );
+            let e = db
+                .select("a")
+                .from("t")
+                .order_by(b)
+                .statement()
+                .unwrap_err();
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "order {b:?}: {e}"
+            );
+            let e = db
+                .select("a")
+                .from("t")
+                .group_by(b)
+                .statement()
+                .unwrap_err();
+            assert!(
+                matches!(e, DbError::InvalidIdentifier { .. }),
+                "group {b:?}: {e}"
+            );
         }
     }
 }
@@ -323,7 +487,10 @@ fn unknown_instance_is_a_clear_error() {
     )
     .unwrap();
     let e = db.instance("db3").unwrap_err();
-    assert_eq!(e.to_string(), "unknown database instance `db3` (configured: db1, db2)");
+    assert_eq!(
+        e.to_string(),
+        "unknown database instance `db3` (configured: db1, db2)"
+    );
     assert_eq!(db.instance("db2").unwrap().name(), "db2");
 }
 
@@ -353,10 +520,16 @@ fn config_from_toml_with_defaults_and_unknown_fields() {
     )
     .unwrap();
     let db1 = &app.db.instances["db1"];
-    assert_eq!((db1.host.as_str(), db1.port, db1.pool_size), ("10.0.0.5", 3307, 4));
+    assert_eq!(
+        (db1.host.as_str(), db1.port, db1.pool_size),
+        ("10.0.0.5", 3307, 4)
+    );
     assert_eq!(db1.database.as_deref(), Some("chat"));
     assert_eq!(db1.query_timeout, 0.5);
-    assert!(!format!("{db1:?}").contains("secret"), "Debug must not show the password");
+    assert!(
+        !format!("{db1:?}").contains("secret"),
+        "Debug must not show the password"
+    );
     let local = &app.db.instances["local"];
     assert_eq!(local.idle_timeout, 600.0);
     assert_eq!(local.pool_size, 10);
@@ -365,7 +538,10 @@ fn config_from_toml_with_defaults_and_unknown_fields() {
     assert!(e.is_err(), "unknown fields are refused");
     let bad = switchboard_db::Db::new(switchboard_db::DbConfig::default().with(
         "x",
-        InstanceConfig { driver: switchboard_db::Driver::Sqlite, ..Default::default() },
+        InstanceConfig {
+            driver: switchboard_db::Driver::Sqlite,
+            ..Default::default()
+        },
     ));
     assert!(matches!(bad, Err(DbError::Config { .. })));
 }

@@ -15,7 +15,8 @@ pub fn mysql_url() -> String {
 
 /// The test MariaDB config with a given pool size.
 pub fn mysql_config(pool_size: u32) -> InstanceConfig {
-    let mut c = InstanceConfig::mysql_url(&mysql_url()).expect("SWITCHBOARD_TEST_MYSQL_URL is a mysql:// URL");
+    let mut c = InstanceConfig::mysql_url(&mysql_url())
+        .expect("SWITCHBOARD_TEST_MYSQL_URL is a mysql:// URL");
     c.pool_size = pool_size;
     c.connect_timeout = 3.0;
     c
@@ -28,6 +29,15 @@ pub async fn mysql(pool_size: u32) -> Option<Instance> {
     let inst = Instance::new("test-mysql", mysql_config(pool_size)).expect("valid config");
     match inst.ping().await {
         Ok(()) => Some(inst),
+        // The server answered but refused us: a setup error, never a skip.
+        Err(
+            e @ switchboard_db::DbError::Connect {
+                source: sqlx::Error::Database(_),
+                ..
+            },
+        ) => {
+            panic!("MariaDB at {} refused the connection: {e}", mysql_url())
+        }
         Err(e) => {
             let url = mysql_url();
             if std::env::var_os("CI").is_some() {
@@ -43,15 +53,22 @@ pub async fn mysql(pool_size: u32) -> Option<Instance> {
 /// returned guard).
 pub fn sqlite() -> (Instance, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let inst = Instance::new("test-sqlite", InstanceConfig::sqlite(dir.path().join("test.sqlite3")))
-        .expect("valid config");
+    let inst = Instance::new(
+        "test-sqlite",
+        InstanceConfig::sqlite(dir.path().join("test.sqlite3")),
+    )
+    .expect("valid config");
     (inst, dir)
 }
 
 /// A table name no other test (or concurrent test run) uses.
 pub fn table(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("sbdb_{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "sbdb_{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Both backends with the same table-creating SQL, for tests that run the
