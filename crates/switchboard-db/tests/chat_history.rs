@@ -1,0 +1,110 @@
+//! The chat demo's history module (`apps/chat/src/history.rs`, compiled here
+//! as-is) on a real SQLite file and on MariaDB: kept across reopening the
+//! file, last lines oldest first, any text stored as data.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../../../apps/chat/src/history.rs"]
+mod history;
+
+use history::{ChatHistory, HistoryLine};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn sqlite_history_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // A parent directory that does not exist yet is created.
+    let path = dir.path().join("data").join("chat-history.sqlite3");
+    let before = now();
+    {
+        let db = ChatHistory::default_instance(&path).unwrap();
+        let h = ChatHistory::open(db.clone()).await.unwrap();
+        h.append("ann", "0001", "hello").await.unwrap();
+        h.append("bob", "0002", "hi ann").await.unwrap();
+        h.append("ann", "0001", "'; DROP TABLE chat_history; --")
+            .await
+            .unwrap();
+        db.close().await; // the process "exits"
+    }
+    let after = now();
+    assert!(path.exists());
+
+    // A new process opens the same file: the table exists, the lines are there.
+    let db = ChatHistory::default_instance(&path).unwrap();
+    let h = ChatHistory::open(db).await.unwrap();
+    let lines = h.last(20).await.unwrap();
+    let plain: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| (l.name.as_str(), l.client_id.as_str(), l.text.as_str()))
+        .collect();
+    assert_eq!(
+        plain,
+        [
+            ("ann", "0001", "hello"),
+            ("bob", "0002", "hi ann"),
+            ("ann", "0001", "'; DROP TABLE chat_history; --")
+        ]
+    );
+    for HistoryLine { at, .. } in &lines {
+        assert!(
+            (before..=after).contains(at),
+            "{at} not in {before}..={after}"
+        );
+    }
+    h.append("cid", "0003", "back again").await.unwrap();
+    assert_eq!(h.last(1).await.unwrap()[0].text, "back again");
+}
+
+async fn last_n_oldest_first(h: &ChatHistory) {
+    for i in 0..25 {
+        h.append(&format!("user{i}"), "c1", &format!("line {i} 😀"))
+            .await
+            .unwrap();
+    }
+    let lines = h.last(20).await.unwrap();
+    assert_eq!(lines.len(), 20);
+    assert_eq!(lines.first().map(|l| l.text.as_str()), Some("line 5 😀"));
+    assert_eq!(lines.last().map(|l| l.text.as_str()), Some("line 24 😀"));
+    assert!(lines.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(h.last(0).await.unwrap(), []);
+    assert_eq!(h.last(100).await.unwrap().len(), 25);
+}
+
+#[tokio::test]
+async fn sqlite_last_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ChatHistory::default_instance(dir.path().join("h.sqlite3")).unwrap();
+    last_n_oldest_first(&ChatHistory::open(db).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn mysql_history() {
+    let Some(db) = common::mysql(2).await else {
+        return;
+    };
+    let table = common::table("chat_history");
+    let h = ChatHistory::open_table(db.clone(), &table).await.unwrap();
+    last_n_oldest_first(&h).await;
+    // Reopening finds the existing table and its lines.
+    let again = ChatHistory::open_table(db.clone(), &table).await.unwrap();
+    assert_eq!(again.last(30).await.unwrap().len(), 25);
+    db.sql(&format!("DROP TABLE {table}"))
+        .execute()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_table_names_are_refused() {
+    let db = switchboard_db::Instance::sqlite_memory("h").unwrap();
+    assert!(ChatHistory::open_table(db, "x; DROP TABLE y")
+        .await
+        .is_err());
+}
