@@ -1,1 +1,131 @@
-fn main() {}
+//! The brief's chat demo on Switchboard: `telnet 127.0.0.1 8480`.
+//!
+//! The first line a client types is its name; after that a line goes to everybody, and
+//! `client_id:words` goes to that one client only. All of the business logic is the
+//! [`Chat`] events below; the gateways, workers and supervisor are Switchboard's.
+
+use std::process::ExitCode;
+
+use switchboard::{async_trait, App, Bytes, ClientId, Context, Events, HandlerResult};
+
+/// The chat's business code.
+struct Chat;
+
+/// What the server says when it needs a name.
+const ASK_NAME: &str = "type in your name:";
+
+/// The name stored in a client's session, once it has one.
+fn name_of(ctx: &Context) -> Option<String> {
+    ctx.session()
+        .get("name")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
+
+/// A usable name: not empty, no control characters.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(char::is_control)
+}
+
+/// Splits `ID:words` when the text before the first colon is shaped like a client id;
+/// anything else (`time: 10`) is an ordinary line.
+fn private_target(line: &str) -> Option<(ClientId, &str)> {
+    let (head, words) = line.split_once(':')?;
+    ClientId::looks_like(head)
+        .then(|| head.parse().ok())
+        .flatten()
+        .map(|id| (id, words))
+}
+
+#[async_trait]
+impl Events for Chat {
+    async fn on_connect(&self, ctx: &mut Context) -> HandlerResult {
+        ctx.reply(ASK_NAME).await?;
+        Ok(())
+    }
+
+    async fn on_message(&self, ctx: &mut Context, message: Bytes) -> HandlerResult {
+        let line = String::from_utf8_lossy(&message).into_owned();
+        let me = ctx.client_id();
+        let Some(name) = name_of(ctx) else {
+            let name = line.trim();
+            if !valid_name(name) {
+                ctx.reply("a name must not be empty or contain control characters")
+                    .await?;
+                ctx.reply(ASK_NAME).await?;
+                return Ok(());
+            }
+            ctx.session_mut().insert("name".into(), name.into());
+            ctx.reply(format!(
+                "Hello {name}[{me}]! Your client_id is {me}.\n\
+                 Type client_id:words to say words to that client only; type words to say them to everybody."
+            ))
+            .await?;
+            ctx.gateway()
+                .send_to_all(format!("{name}[{me}] come"))
+                .await?;
+            return Ok(());
+        };
+
+        match private_target(&line) {
+            Some((to, words)) => {
+                if ctx.gateway().is_online(to).await? {
+                    ctx.gateway()
+                        .send_to_client(to, format!("{name}[{me}] said to You :{words}"))
+                        .await?;
+                    ctx.reply(format!("{name}[{me}] said to [{to}] :{words}"))
+                        .await?;
+                } else {
+                    ctx.reply(format!("[{to}] is not online; nothing was sent"))
+                        .await?;
+                }
+            }
+            None => {
+                ctx.gateway()
+                    .send_to_all(format!("{name}[{me}] said :{line}"))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_close(&self, ctx: &mut Context) -> HandlerResult {
+        if let Some(name) = name_of(ctx) {
+            let me = ctx.client_id();
+            ctx.gateway()
+                .send_to_all(format!("{name}[{me}] logout"))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    App::new("chat", || Chat)
+        .default_config(include_str!("../chat.toml"))
+        .run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_lines_need_a_client_id_before_the_colon() {
+        let id = ClientId::new(1, 2);
+        assert_eq!(
+            private_target(&format!("{id}:hi there")),
+            Some((id, "hi there"))
+        );
+        assert_eq!(private_target("time: 10"), None);
+        assert_eq!(private_target("no colon"), None);
+        assert_eq!(private_target(&format!("{id}")), None);
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("alice"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a\u{7}b"));
+    }
+}
