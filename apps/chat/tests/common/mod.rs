@@ -57,6 +57,10 @@ pub struct Options {
     pub heartbeat: String,
     /// Listener keys appended to the telnet listener.
     pub listener_extra: String,
+    /// `gateway.hold_timeout`.
+    pub hold_timeout: String,
+    /// `supervisor.restart_delay`.
+    pub restart_delay: String,
 }
 
 impl Default for Options {
@@ -68,6 +72,8 @@ impl Default for Options {
             gateway_extra: String::new(),
             heartbeat: "interval = \"25s\"\nidle_intervals = 0\n".into(),
             listener_extra: String::new(),
+            hold_timeout: "30s".into(),
+            restart_delay: "200ms".into(),
         }
     }
 }
@@ -89,7 +95,7 @@ path = "store.sqlite"
 
 [gateway]
 count = {gateways}
-hold_timeout = "30s"
+hold_timeout = "{hold_timeout}"
 {gateway_extra}
 
 [[gateway.listeners]]
@@ -108,7 +114,7 @@ drain_timeout = "10s"
 
 [supervisor]
 stop_timeout = "10s"
-restart_delay = "200ms"
+restart_delay = "{restart_delay}"
 
 {extra}
 "#,
@@ -119,6 +125,8 @@ restart_delay = "200ms"
             heartbeat = opts.heartbeat,
             workers = opts.workers,
             extra = opts.extra,
+            hold_timeout = opts.hold_timeout,
+            restart_delay = opts.restart_delay,
         );
         let config_path = dir.path().join("chat.toml");
         std::fs::write(&config_path, &text).unwrap();

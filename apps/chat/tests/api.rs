@@ -1,0 +1,218 @@
+//! Every Gateway API call, from an API client outside the workers, against a deployment
+//! with 2 gateway processes sharing one port (SO_REUSEPORT).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Client, Deployment, Options};
+use switchboard::{ApiError, ClientId, Gateway, Session};
+
+/// Connects clients until each of the 2 gateways holds at least 2; learns each one's id
+/// by sending it its own id.
+async fn clients_on_both_gateways(d: &Deployment, api: &Gateway) -> Vec<(ClientId, Client)> {
+    let mut pending = Vec::new();
+    for _ in 0..40 {
+        let mut c = Client::connect(d.addr).await;
+        c.expect_next("type in your name:").await;
+        pending.push(c);
+        let ids = api.all_client_ids().await.unwrap();
+        let mut per: HashMap<u32, usize> = HashMap::new();
+        for id in &ids {
+            *per.entry(id.gateway).or_default() += 1;
+        }
+        if per.len() == 2 && per.values().all(|n| *n >= 2) {
+            break;
+        }
+    }
+    let ids = api.all_client_ids().await.unwrap();
+    assert_eq!(ids.len(), pending.len());
+    for id in &ids {
+        api.send_to_client(*id, format!("you are {id}"))
+            .await
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    for mut c in pending {
+        let l = c.line().await;
+        let id: ClientId = l.strip_prefix("you are ").unwrap().parse().unwrap();
+        c.id = Some(id);
+        c.name = id.to_string();
+        out.push((id, c));
+    }
+    out
+}
+
+async fn nothing_more(c: &mut Client) {
+    if let Some(l) = c.try_line(Duration::from_millis(300)).await {
+        panic!("{}: unexpected line {l:?}", c.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_call_across_two_gateways() {
+    let d = Deployment::start(Options {
+        gateways: 2,
+        ..Options::default()
+    });
+    let api = Gateway::connect(&d.config).await.unwrap();
+    assert!(api.wait_for_gateways(2, Duration::from_secs(10)).await);
+    let mut clients = clients_on_both_gateways(&d, &api).await;
+    let n = clients.len() as u64;
+    assert_eq!(api.all_client_count().await.unwrap(), n);
+    let gw_a = clients[0].0.gateway;
+    let a_idx = 0;
+    let b_idx = clients
+        .iter()
+        .position(|(id, _)| id.gateway != gw_a)
+        .unwrap();
+    let c_idx = clients
+        .iter()
+        .position(|(id, _)| id.gateway == gw_a && *id != clients[0].0)
+        .unwrap();
+    let (a, b, c) = (clients[a_idx].0, clients[b_idx].0, clients[c_idx].0);
+
+    // send_to_all reaches everyone on both gateways.
+    api.send_to_all("to all").await.unwrap();
+    for (_, cl) in clients.iter_mut() {
+        cl.expect_next("to all").await;
+    }
+    // Filtered: only a and b, excluding b.
+    api.send_to_all_filtered("filtered", Some(&[a, b]), &[b])
+        .await
+        .unwrap();
+    clients[a_idx].1.expect_next("filtered").await;
+    nothing_more(&mut clients[b_idx].1).await;
+    nothing_more(&mut clients[c_idx].1).await;
+
+    // uid: one uid bound on both gateways.
+    api.bind_uid(a, "u1").await.unwrap();
+    api.bind_uid(b, "u1").await.unwrap();
+    api.bind_uid(c, "u2").await.unwrap();
+    assert_eq!(
+        api.client_ids_by_uid("u1").await.unwrap(),
+        sorted(vec![a, b])
+    );
+    assert!(api.is_uid_online("u1").await.unwrap());
+    assert!(!api.is_uid_online("nobody").await.unwrap());
+    assert_eq!(
+        api.uid_by_client_id(a).await.unwrap().as_deref(),
+        Some("u1")
+    );
+    assert_eq!(
+        api.all_uids().await.unwrap(),
+        vec!["u1".to_string(), "u2".to_string()]
+    );
+    api.send_to_uid(&["u1"], "to u1").await.unwrap();
+    clients[a_idx].1.expect_next("to u1").await;
+    clients[b_idx].1.expect_next("to u1").await;
+    nothing_more(&mut clients[c_idx].1).await;
+    api.send_to_uid(&["u1", "u2"], "to u1+u2").await.unwrap();
+    for i in [a_idx, b_idx, c_idx] {
+        clients[i].1.expect_next("to u1+u2").await;
+    }
+    api.unbind_uid(a, "u1").await.unwrap();
+    assert_eq!(api.client_ids_by_uid("u1").await.unwrap(), vec![b]);
+    assert_eq!(api.uid_by_client_id(a).await.unwrap(), None);
+
+    // groups, spread over both gateways.
+    api.join_group(a, "room").await.unwrap();
+    api.join_group(b, "room").await.unwrap();
+    api.join_group(c, "room").await.unwrap();
+    api.join_group(c, "other").await.unwrap();
+    assert_eq!(api.client_count_by_group("room").await.unwrap(), 3);
+    assert_eq!(
+        api.client_ids_by_group("room").await.unwrap(),
+        sorted(vec![a, b, c])
+    );
+    assert_eq!(
+        api.all_groups().await.unwrap(),
+        vec!["other".to_string(), "room".to_string()]
+    );
+    api.send_to_group(&["room"], "to room", &[c]).await.unwrap();
+    clients[a_idx].1.expect_next("to room").await;
+    clients[b_idx].1.expect_next("to room").await;
+    nothing_more(&mut clients[c_idx].1).await;
+    api.leave_group(a, "room").await.unwrap();
+    assert_eq!(api.client_count_by_group("room").await.unwrap(), 2);
+    api.ungroup("room").await.unwrap();
+    assert_eq!(api.client_count_by_group("room").await.unwrap(), 0);
+    assert_eq!(api.all_groups().await.unwrap(), vec!["other".to_string()]);
+
+    // sessions.
+    let mut s = Session::new();
+    s.insert("k".into(), 1.into());
+    api.set_session(b, &s).await.unwrap();
+    assert_eq!(api.get_session(b).await.unwrap(), Some(s.clone()));
+    let mut change = Session::new();
+    change.insert("j".into(), "x".into());
+    change.insert("k".into(), serde_json::Value::Null);
+    api.update_session(b, &change).await.unwrap();
+    let got = api.get_session(b).await.unwrap().unwrap();
+    assert_eq!(got.get("j"), Some(&serde_json::Value::from("x")));
+    assert!(!got.contains_key("k"));
+    let all = api.sessions(None).await.unwrap();
+    assert_eq!(all.len() as u64, n);
+    assert!(all.iter().any(|(id, s)| *id == b && s.get("j").is_some()));
+    let other = api.sessions(Some("other")).await.unwrap();
+    assert_eq!(other.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![c]);
+
+    // connections rows.
+    let rows = api.clients().await.unwrap();
+    assert_eq!(rows.len() as u64, n);
+    assert!(rows.iter().any(|r| r.client == c
+        && r.groups == vec!["other".to_string()]
+        && r.uid.as_deref() == Some("u2")));
+
+    // close_client with a last message.
+    assert!(api.is_online(a).await.unwrap());
+    api.close_client(a, Some("bye".into())).await.unwrap();
+    clients[a_idx].1.expect_next("bye").await;
+    assert!(clients[a_idx].1.closed_within(Duration::from_secs(5)).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while api.is_online(a).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed client still online"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.all_client_count().await.unwrap(), n - 1);
+    // An id on a gateway that does not exist: offline, and a clear error for sends.
+    let ghost = ClientId::new(a.gateway.wrapping_add(1000), 1);
+    assert!(!api.is_online(ghost).await.unwrap());
+    assert!(matches!(
+        api.send_to_client(ghost, "x").await,
+        Err(ApiError::GatewayUnavailable { .. })
+    ));
+
+    // A gateway that does not answer makes a query fail with its name, not hang.
+    let stats = switchboard::stats::read_all(&d.config.run_dir());
+    let frozen = stats
+        .iter()
+        .find(|s| {
+            s.role == "gateway"
+                && s.detail.get("number").and_then(|v| v.as_u64()) == Some(b.gateway as u64)
+        })
+        .unwrap()
+        .pid;
+    unsafe { libc::kill(frozen as i32, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let err = api.all_client_count().await.unwrap_err();
+    unsafe { libc::kill(frozen as i32, libc::SIGCONT) };
+    assert!(started.elapsed() < Duration::from_secs(10));
+    match err {
+        ApiError::Timeout { gateway, .. } => assert_eq!(gateway, b.gateway),
+        other => panic!(
+            "expected a timeout naming gateway {}, got {other:?}",
+            b.gateway
+        ),
+    }
+    api.close().await;
+}
+
+fn sorted(mut v: Vec<ClientId>) -> Vec<ClientId> {
+    v.sort();
+    v
+}
