@@ -4,12 +4,57 @@
 //! `client_id:words` goes to that one client only. All of the business logic is the
 //! [`Chat`] events below; the gateways, workers and supervisor are Switchboard's.
 
+// Also compiled into crates/switchboard-db/tests/chat_history.rs, which uses the rest.
+#[allow(dead_code)]
+mod history;
+
 use std::process::ExitCode;
 
-use switchboard::{async_trait, App, Bytes, ClientId, Context, Events, HandlerResult};
+use history::{ChatHistory, HistoryLine};
+use switchboard::{async_trait, App, Bytes, ClientId, Context, Events, Gateway, HandlerResult};
+use tokio::sync::OnceCell;
 
 /// The chat's business code.
-struct Chat;
+#[derive(Default)]
+struct Chat {
+    /// Public lines, kept through the Db module (`[db.instances.history]`); opened when
+    /// the worker starts. Without it the chat works, and `/history` says why not.
+    history: OnceCell<ChatHistory>,
+}
+
+/// How many lines `/history` prints.
+const HISTORY_LINES: u32 = 20;
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time.
+fn format_time(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn history_line(l: &HistoryLine) -> String {
+    format!(
+        "[{}] {}[{}] said :{}",
+        format_time(l.at),
+        l.name,
+        l.client_id,
+        l.text
+    )
+}
 
 /// What the server says when it needs a name.
 const ASK_NAME: &str = "type in your name:";
@@ -39,6 +84,13 @@ fn private_target(line: &str) -> Option<(ClientId, &str)> {
 
 #[async_trait]
 impl Events for Chat {
+    async fn on_worker_start(&self, gateway: &Gateway) -> HandlerResult {
+        let instance = gateway.db().instance("history")?;
+        let history = ChatHistory::open(instance).await?;
+        let _ = self.history.set(history);
+        Ok(())
+    }
+
     async fn on_connect(&self, ctx: &mut Context) -> HandlerResult {
         ctx.reply(ASK_NAME).await?;
         Ok(())
@@ -67,6 +119,22 @@ impl Events for Chat {
             return Ok(());
         };
 
+        if line.trim() == "/history" {
+            let Some(history) = self.history.get() else {
+                ctx.reply("history is not available (see the worker log)")
+                    .await?;
+                return Ok(());
+            };
+            let lines = history.last(HISTORY_LINES).await?;
+            if lines.is_empty() {
+                ctx.reply("no history yet").await?;
+            }
+            for l in &lines {
+                ctx.reply(history_line(l)).await?;
+            }
+            return Ok(());
+        }
+
         match private_target(&line) {
             Some((to, words)) => {
                 if ctx.gateway().is_online(to).await? {
@@ -84,6 +152,9 @@ impl Events for Chat {
                 ctx.gateway()
                     .send_to_all(format!("{name}[{me}] said :{line}"))
                     .await?;
+                if let Some(history) = self.history.get() {
+                    history.append(&name, &me.to_string(), &line).await?;
+                }
             }
         }
         Ok(())
@@ -101,7 +172,7 @@ impl Events for Chat {
 }
 
 fn main() -> ExitCode {
-    App::new("chat", || Chat)
+    App::new("chat", Chat::default)
         .default_config(include_str!("../chat.toml"))
         .run()
 }
@@ -120,6 +191,13 @@ mod tests {
         assert_eq!(private_target("time: 10"), None);
         assert_eq!(private_target("no colon"), None);
         assert_eq!(private_target(&format!("{id}")), None);
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_795_000_000), "2026-11-18 11:06:40");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00");
     }
 
     #[test]

@@ -207,3 +207,34 @@ async fn invalid_utf8_is_refused_line_by_line() {
     c.expect_next(&format!("u[{}] said :fine", c.id.unwrap()))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_shows_the_last_twenty_public_lines_even_after_a_restart() {
+    let mut d = Deployment::start(Options::default());
+    let mut a = Client::connect(d.addr).await;
+    let id = a.login("alice").await;
+    a.send("/history").await;
+    a.expect_next("no history yet").await;
+    for n in 0..25 {
+        a.send(&format!("line {n}")).await;
+        a.expect_next(&format!("alice[{id}] said :line {n}")).await;
+    }
+    let mut b = Client::connect(d.addr).await;
+    let idb = b.login("bob").await;
+    b.send(&format!("{id}:private words")).await;
+    b.expect_next(&format!("bob[{idb}] said to [{id}] :private words"))
+        .await;
+    drop((a, b));
+
+    d.restart(1, 2);
+    let mut c = Client::connect(d.addr).await;
+    c.login("carol").await;
+    c.send("/history").await;
+    for n in 5..25 {
+        let l = c.line().await;
+        assert!(l.ends_with(&format!("] alice[{id}] said :line {n}")), "{l}");
+        assert!(l.starts_with("[20"), "a timestamp first: {l}");
+    }
+    // Private lines are not history; nothing else follows.
+    assert_eq!(c.try_line(Duration::from_millis(300)).await, None);
+}

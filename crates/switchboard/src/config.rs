@@ -44,6 +44,21 @@ pub struct Config {
     /// The supervisor (the `start` command).
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    /// Named database instances for business code (`[db.instances.NAME]`, see
+    /// docs/db.md). Kept as TOML here and checked at load time; [`Config::db_config`]
+    /// gives the typed form.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub db: toml::Table,
+}
+
+/// Only the `[db]` table, typed: parsed from the same text to check it with line numbers.
+#[derive(Deserialize)]
+struct DbSection {
+    #[serde(default)]
+    #[allow(dead_code)]
+    db: switchboard_db::DbConfig,
+    #[serde(flatten)]
+    _rest: toml::Table,
 }
 
 fn default_name() -> String {
@@ -324,8 +339,29 @@ impl Config {
             origin: origin.map(Path::to_path_buf),
             message: e.to_string(),
         })?;
+        toml::from_str::<DbSection>(text).map_err(|e| ConfigError::Parse {
+            origin: origin.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The `[db]` section, typed, with relative SQLite paths resolved against
+    /// `data_dir`.
+    pub fn db_config(&self) -> Result<switchboard_db::DbConfig, ConfigError> {
+        let mut db: switchboard_db::DbConfig = toml::Value::Table(self.db.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                key: "db".into(),
+                message: e.to_string(),
+            })?;
+        for inst in db.instances.values_mut() {
+            if let Some(path) = &inst.path {
+                inst.path = Some(self.data_path(path));
+            }
+        }
+        Ok(db)
     }
 
     /// Reads and parses a file.
@@ -393,6 +429,11 @@ impl Config {
                 "gateway.max_internal_frame",
                 "must be at least 1024 bytes",
             ));
+        }
+        let db = self.db_config()?;
+        for (name, inst) in &db.instances {
+            inst.validate(name)
+                .map_err(|e| invalid(&format!("db.instances.{name}"), &e.to_string()))?;
         }
         if self.worker.query_timeout.is_zero() {
             return Err(invalid("worker.query_timeout", "must be greater than zero"));
@@ -469,6 +510,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("listen"), "{msg}");
+    }
+
+    #[test]
+    fn db_section_is_checked_with_line_numbers() {
+        let ok = Config::from_toml(
+            "[db.instances.h]\ndriver = \"sqlite\"\npath = \"h.sqlite\"\n",
+            None,
+        )
+        .unwrap();
+        let db = ok.db_config().unwrap();
+        assert_eq!(
+            db.instances["h"].path.as_deref(),
+            Some(Path::new("data/h.sqlite"))
+        );
+        let msg = Config::from_toml(
+            "[db.instances.h]\ndriver = \"sqlite\"\npaht = \"x\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("paht") && msg.contains("line 3"), "{msg}");
     }
 
     #[test]

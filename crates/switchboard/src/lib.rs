@@ -50,6 +50,7 @@ pub use bytes::Bytes;
 pub use cli::App;
 pub use client_id::{ClientId, ParseClientIdError};
 pub use config::Config;
+pub use switchboard_db as db;
 pub use switchboard_store as store;
 pub use worker::api::{ApiError, Gateway};
 pub use worker::{Context, Events, HandlerResult};
@@ -67,6 +68,9 @@ pub enum Error {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] switchboard_store::StoreError),
+    /// The Db module refused its configuration.
+    #[error("db: {0}")]
+    Db(#[from] switchboard_db::DbError),
     /// A Gateway API call failed.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -96,4 +100,9 @@ impl Error {
 /// Opens the deployment's store (a relative file path is resolved against `data_dir`).
 pub async fn open_store(config: &Config) -> Result<switchboard_store::SharedStore, Error> {
     Ok(switchboard_store::open(&config.resolved_store()).await?)
+}
+
+/// Sets up the deployment's named database instances (connections are made lazily).
+pub fn open_db(config: &Config) -> Result<switchboard_db::Db, Error> {
+    Ok(switchboard_db::Db::new(config.db_config()?)?)
 }

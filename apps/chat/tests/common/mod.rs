@@ -116,6 +116,10 @@ drain_timeout = "10s"
 stop_timeout = "10s"
 restart_delay = "{restart_delay}"
 
+[db.instances.history]
+driver = "sqlite"
+path = "history.sqlite"
+
 {extra}
 "#,
             data = dir.path().join("data").display(),
@@ -253,6 +257,13 @@ restart_delay = "{restart_delay}"
             }
             let _ = child.wait();
         }
+    }
+
+    /// Stops and starts the supervisor again on the same data directory.
+    pub fn restart(&mut self, gateways: usize, workers: usize) {
+        self.stop();
+        self.spawn_supervisor();
+        self.wait_ready(gateways, workers);
     }
 
     /// The data directory.

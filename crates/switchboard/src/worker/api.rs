@@ -148,6 +148,7 @@ struct Inner {
     next_id: AtomicU64,
     options: GatewayOptions,
     store: SharedStore,
+    db: switchboard_db::Db,
     role: Role,
     /// Set once, before discovery starts, so no event can arrive without a sink.
     sink: std::sync::OnceLock<EventSink>,
@@ -179,6 +180,7 @@ impl Gateway {
     /// Connects as an API client (no events) to the gateways of `config`'s deployment.
     pub async fn connect(config: &crate::Config) -> Result<Self, crate::Error> {
         let store = crate::open_store(config).await?;
+        let db = crate::open_db(config)?;
         Ok(Self::start(
             GatewayOptions {
                 namespace: config.name.clone(),
@@ -189,6 +191,7 @@ impl Gateway {
                 max_frame: config.gateway.max_internal_frame,
             },
             store,
+            db,
             Role::Api,
             |_| None,
         ))
@@ -197,6 +200,7 @@ impl Gateway {
     pub(crate) fn start(
         options: GatewayOptions,
         store: SharedStore,
+        db: switchboard_db::Db,
         role: Role,
         make_sink: impl FnOnce(&Gateway) -> Option<EventSink>,
     ) -> Self {
@@ -206,6 +210,7 @@ impl Gateway {
                 next_id: AtomicU64::new(1),
                 options,
                 store,
+                db,
                 role,
                 sink: std::sync::OnceLock::new(),
                 stop: CancellationToken::new(),
@@ -222,6 +227,11 @@ impl Gateway {
     /// The store this deployment uses (for application data too).
     pub fn store(&self) -> &SharedStore {
         &self.inner.store
+    }
+
+    /// The deployment's named database instances (`[db.instances.NAME]`).
+    pub fn db(&self) -> &switchboard_db::Db {
+        &self.inner.db
     }
 
     /// Numbers of the gateways currently connected.

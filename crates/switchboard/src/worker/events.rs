@@ -113,6 +113,11 @@ impl Context {
         self.gateway.store()
     }
 
+    /// A named database instance from the configuration (`[db.instances.NAME]`).
+    pub fn db(&self, name: &str) -> Result<switchboard_db::Instance, switchboard_db::DbError> {
+        self.gateway.db().instance(name)
+    }
+
     /// Sends a message to the client of this event.
     pub async fn reply(&self, data: impl Into<Bytes>) -> Result<(), ApiError> {
         self.gateway.send_to_client(self.client_id, data).await

@@ -36,6 +36,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let store = crate::open_store(&config).await?;
+    let db = crate::open_db(&config)?;
     let counters = Arc::new(Counters::default());
     let tracker = TaskTracker::new();
     let options = GatewayOptions {
@@ -46,7 +47,7 @@ pub async fn run(
         discovery_interval: config.worker.discovery_interval,
         max_frame: config.gateway.max_internal_frame,
     };
-    let gateway = Gateway::start(options, store, Role::Worker, |gateway| {
+    let gateway = Gateway::start(options, store, db, Role::Worker, |gateway| {
         let gateway = gateway.clone();
         let events = events.clone();
         let counters = counters.clone();
