@@ -56,6 +56,9 @@ pub struct FileStore {
 struct Pool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Serializes this process's write transactions: SQLite would serialize them anyway,
+    /// but through its busy handler, which sleeps for milliseconds at a time.
+    write_lock: Mutex<()>,
 }
 
 impl FileStore {
@@ -67,6 +70,7 @@ impl FileStore {
         let pool = Arc::new(Pool {
             path: path.clone(),
             idle: Mutex::new(Vec::new()),
+            write_lock: Mutex::new(()),
         });
         let p = Arc::clone(&pool);
         let conn = tokio::task::spawn_blocking(move || p.initialize())
@@ -145,10 +149,11 @@ impl Pool {
         let pool = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
-            let behavior = if is_read_only(op) {
-                TransactionBehavior::Deferred
+            let (behavior, _guard) = if is_read_only(op) {
+                (TransactionBehavior::Deferred, None)
             } else {
-                TransactionBehavior::Immediate
+                let guard = pool.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                (TransactionBehavior::Immediate, Some(guard))
             };
             let result = conn
                 .transaction_with_behavior(behavior)

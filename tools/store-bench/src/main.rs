@@ -131,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
             let p50 = median(samples.iter().map(|s| s.p50.as_secs_f64()).collect());
             let p99 = median(samples.iter().map(|s| s.p99.as_secs_f64()).collect());
             println!(
-                "| {backend} | {op} | {ops:.0} | {:.0} | {:.0} |",
+                "| {backend} | {op} | {ops:.0} | {:.1} | {:.1} |",
                 p50 * 1e6,
                 p99 * 1e6
             );
