@@ -255,17 +255,17 @@ fn mysql_datetime(b: &[u8]) -> Result<String, String> {
             .map(str::to_string)
             .map_err(|e| e.to_string());
     }
-    let at = |i: usize| rest.get(i).copied().unwrap_or(0);
-    let year = u16::from_le_bytes([at(0), at(1)]);
-    let mut s = format!("{year:04}-{:02}-{:02}", at(2), at(3));
+    // Length 0 is MySQL's "zero" date.
     if len == 0 {
         return Ok("0000-00-00 00:00:00".into());
     }
-    if len > 4 {
-        s.push_str(&format!(" {:02}:{:02}:{:02}", at(4), at(5), at(6)));
-    } else {
+    let at = |i: usize| rest.get(i).copied().unwrap_or(0);
+    let year = u16::from_le_bytes([at(0), at(1)]);
+    let mut s = format!("{year:04}-{:02}-{:02}", at(2), at(3));
+    if len <= 4 {
         return Ok(s);
     }
+    s.push_str(&format!(" {:02}:{:02}:{:02}", at(4), at(5), at(6)));
     if len > 7 {
         let micros = u32::from_le_bytes([at(7), at(8), at(9), at(10)]);
         s.push_str(&format!(".{micros:06}"));

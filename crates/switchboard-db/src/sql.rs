@@ -352,10 +352,11 @@ pub(crate) fn is_read(sql: &str) -> bool {
             _ => break,
         }
     }
-    let rest = &sql[i..];
+    // Compare bytes: slicing the str could split a multi-byte character.
+    let rest = &b[i..];
     rest.len() >= 6
-        && rest[..6].eq_ignore_ascii_case("select")
-        && !matches!(rest.as_bytes().get(6), Some(&c) if is_name_char(c))
+        && rest[..6].eq_ignore_ascii_case(b"select")
+        && !matches!(rest.get(6), Some(&c) if is_name_char(c))
 }
 
 /// Bound parameters: `name → value`, in bind order.
@@ -564,6 +565,34 @@ mod tests {
         );
     }
 
+    /// Arbitrary text (quotes, colons, comments, multi-byte characters in any
+    /// order) never panics the lexer, and whatever it accepts has exactly
+    /// one `?` per name outside the skipped regions.
+    #[test]
+    fn lexer_never_panics() {
+        let pieces = [
+            "'", "\"", "`", "[", "]", ":", "::", ":a", ":_b1", "?", "@x", "$y", "--", "-- ", "#",
+            "/*", "*/", "\\", "\n", " ", "x", "é", "😀", "SELECT", "=", "1",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            let mut sql = String::new();
+            for _ in 0..(seed % 12) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                sql.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            for d in [Dialect::MySql, Dialect::Sqlite] {
+                if let Ok(p) = to_positional(d, &sql) {
+                    let marks = p.sql.matches('?').count() - sql.matches('?').count();
+                    assert_eq!(marks, p.names.len(), "{sql:?} -> {p:?}");
+                }
+                let _ = is_read(&sql);
+            }
+        }
+    }
+
     #[test]
     fn reads() {
         assert!(is_read("SELECT 1"));
@@ -571,5 +600,7 @@ mod tests {
         assert!(!is_read("UPDATE t SET a = 1"));
         assert!(!is_read("selector"));
         assert!(!is_read("INSERT INTO t SELECT 1"));
+        assert!(!is_read("selec😀"));
+        assert!(!is_read("😀😀😀"));
     }
 }

@@ -139,7 +139,7 @@ async fn round_builder(db: &Instance, iters: u32) -> Result<Cost> {
 async fn round_raw<DB>(pool: &sqlx::Pool<DB>, sql: &str, iters: u32) -> Result<Cost>
 where
     DB: sqlx::Database,
-    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB>,
     i32: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
@@ -150,9 +150,11 @@ where
     let start = Instant::now();
     for i in 0..iters {
         let id = i64::from(i) % ROWS;
+        // Acquire explicitly, as the builder does: the fastest raw usage.
+        let mut conn = pool.acquire().await?;
         let row = sqlx::query::<DB>(sql)
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?
             .context("row missing")?;
         let got: (i64, String, i32) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
@@ -162,8 +164,16 @@ where
 }
 
 struct Overhead {
+    /// Medians over rounds.
     builder: Cost,
     raw: Cost,
+    /// Fastest round of each: the least disturbed by other processes.
+    builder_min: Cost,
+    raw_min: Cost,
+    /// Median over rounds of builder/raw - 1, each round's pair measured
+    /// interleaved, so this is the most noise-resistant figure.
+    paired_wall: f64,
+    paired_cpu: f64,
 }
 
 async fn overhead<DB>(
@@ -174,7 +184,7 @@ async fn overhead<DB>(
 ) -> Result<Overhead>
 where
     DB: sqlx::Database,
-    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB>,
     i32: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
@@ -232,9 +242,25 @@ where
         wall: median(v.iter().map(|c| c.wall).collect()),
         cpu: median(v.iter().map(|c| c.cpu).collect()),
     };
+    let min = |v: &[Cost]| Cost {
+        wall: v.iter().map(|c| c.wall).fold(f64::INFINITY, f64::min),
+        cpu: v.iter().map(|c| c.cpu).fold(f64::INFINITY, f64::min),
+    };
+    let paired = |f: fn(&Cost) -> f64| {
+        median(
+            b.iter()
+                .zip(&r)
+                .map(|(x, y)| (f(x) / f(y) - 1.0) * 100.0)
+                .collect(),
+        )
+    };
     Ok(Overhead {
         builder: med(&b),
         raw: med(&r),
+        builder_min: min(&b),
+        raw_min: min(&r),
+        paired_wall: paired(|c| c.wall),
+        paired_cpu: paired(|c| c.cpu),
     })
 }
 
@@ -309,10 +335,13 @@ fn main() -> Result<()> {
 async fn overhead_benchmarks(args: &Args) -> Result<()> {
     println!("# switchboard-db benchmarks");
     println!(
-        "iters/round {}, rounds {}, medians reported; machine: {} cores",
+        "iters/round {}, rounds {}, medians reported; machine: {} cores; load average at start: {}",
         args.iters,
         args.runs,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     println!();
 
@@ -342,18 +371,21 @@ async fn overhead_benchmarks(args: &Args) -> Result<()> {
     sdb.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!("| backend | builder wall µs/query | raw sqlx wall µs/query | wall overhead | builder CPU µs/query | raw sqlx CPU µs/query | CPU overhead |");
+    println!("| backend | builder wall µs/q median (min) | raw sqlx wall µs/q median (min) | wall overhead, paired median | builder CPU µs/q median (min) | raw sqlx CPU µs/q median (min) | CPU overhead, paired median |");
     println!("|---|---|---|---|---|---|---|");
     let row = |name: &str, o: &Overhead| {
-        let pct = |a: f64, b: f64| (a - b) / b * 100.0;
         println!(
-            "| {name} | {:.1} | {:.1} | {:+.1}% | {:.1} | {:.1} | {:+.1}% |",
+            "| {name} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:+.1}% | {:.1} ({:.1}) | {:.1} ({:.1}) | {:+.1}% |",
             o.builder.wall,
+            o.builder_min.wall,
             o.raw.wall,
-            pct(o.builder.wall, o.raw.wall),
+            o.raw_min.wall,
+            o.paired_wall,
             o.builder.cpu,
+            o.builder_min.cpu,
             o.raw.cpu,
-            pct(o.builder.cpu, o.raw.cpu),
+            o.raw_min.cpu,
+            o.paired_cpu,
         )
     };
     row("SQLite file (pool 1)", &s);
