@@ -293,3 +293,36 @@ async fn reopen_keeps_data_and_cas_tokens_grow() {
     assert!(t2.0 > t1.0);
     assert!(!store.compare_and_swap("k", t1, b"w", None).await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_by_another_process_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locked.sqlite");
+    let store = FileStore::open(&path).await.unwrap();
+    store.set("k", b"before", None).await.unwrap();
+    // Another "process" takes the write lock and sits on it.
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    let result = store.set("k", b"blocked", None).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(result, Err(StoreError::Backend { .. })),
+        "{result:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    // Readers are not blocked by a writer (WAL).
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"before"[..])
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    store.set("k", b"after", None).await.unwrap();
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"after"[..])
+    );
+}
