@@ -6,6 +6,9 @@
 //! - `memcached`: one or more servers, consistent hashing across them;
 //! - `redis`: one server.
 //!
+//! [`Namespaced`] gives a view of any store under a key prefix (application data).
+//! `docs/store.md` describes each backend's design and its limits.
+//!
 //! Every backend implements the same async [`Store`] trait, and one contract test suite
 //! runs against all of them.
 //!
@@ -169,6 +172,11 @@ pub fn validate_key(key: &str) -> Result<()> {
 }
 
 /// Opens the backend named by `config`.
+///
+/// The file store is opened (and created) here, so a bad path or a foreign file fails
+/// now. The network backends only check their configuration and connect on first use:
+/// a process may start before its memcached or Redis, whose absence then shows as
+/// [`StoreError::Backend`] from each operation (or [`Store::ping`]) until it is back.
 pub async fn open(config: &StoreConfig) -> Result<SharedStore> {
     match config {
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
