@@ -4,7 +4,7 @@
 //! supervisor starts.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,10 @@ struct Cli {
     /// Overrides `data_dir` of the configuration.
     #[arg(long, global = true, env = "SWITCHBOARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Overrides one configuration key (`worker.count=4`); may be repeated. Environment
+    /// variables `SWITCHBOARD__SECTION__KEY=value` do the same; flags win.
+    #[arg(long = "set", short = 's', global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,7 +62,8 @@ struct Cli {
 enum Command {
     /// Start the supervisor with every gateway and worker of this machine.
     Start {
-        /// Detach and run in the background (log to `<data_dir>/run/switchboard.log`).
+        /// Detach and run in the background (log to `log.file`, by default
+        /// `<data_dir>/run/switchboard.log`).
         #[arg(short, long)]
         daemon: bool,
         /// Run only gateways or only workers here (multi-machine deployments).
@@ -151,10 +156,27 @@ impl App {
     }
 
     fn load_config(&self, cli: &Cli) -> Result<Config, Error> {
+        let mut overrides = Config::env_overrides();
+        for kv in &cli.set {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                Error::Other(format!(
+                    "--set {kv:?}: expected KEY=VALUE, such as worker.count=4"
+                ))
+            })?;
+            overrides.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
         let mut config = match &cli.config {
-            Some(path) => Config::load(path)?,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    crate::config::ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Config::from_toml_with(&text, Some(path), &overrides)?
+            }
             None => {
-                let mut c = Config::from_toml(self.default_config, None)?;
+                let mut c = Config::from_toml_with(self.default_config, None, &overrides)?;
                 if self.default_config.trim().is_empty() {
                     c.name = self.name.to_string();
                 }
@@ -187,16 +209,19 @@ impl App {
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Start { daemon: true, only } => self.start_daemon(
-                &config,
-                cli.config.as_deref(),
-                cli.data_dir.as_deref(),
-                only,
-            ),
+            Command::Start { daemon: true, only } => self.start_daemon(&config, &cli, only),
             Command::Start {
                 daemon: false,
                 only,
             } => {
+                if let Some(pid) = supervisor::running_pid(&config) {
+                    return Err(Error::Other(format!(
+                        "already running (supervisor pid {pid}); use `stop` first"
+                    )));
+                }
+                if only != Some(Only::Worker) {
+                    check_ports_free(&config)?;
+                }
                 init_logging(&config, "supervisor");
                 let path = write_effective_config(&config)?;
                 runtime(1, "supervisor")?.block_on(supervisor::run(config, path, only))?;
@@ -222,12 +247,7 @@ impl App {
                     let pid = supervisor::signal_running(&config, libc::SIGTERM, Some(wait))?;
                     println!("stopped (supervisor pid {pid})");
                 }
-                self.start_daemon(
-                    &config,
-                    cli.config.as_deref(),
-                    cli.data_dir.as_deref(),
-                    only,
-                )
+                self.start_daemon(&config, &cli, only)
             }
             Command::Reload => {
                 let pid = supervisor::signal_running(&config, libc::SIGUSR1, None)?;
@@ -272,8 +292,7 @@ impl App {
     fn start_daemon(
         &self,
         config: &Config,
-        config_path: Option<&Path>,
-        data_dir: Option<&Path>,
+        cli: &Cli,
         only: Option<Only>,
     ) -> Result<ExitCode, Error> {
         use std::os::unix::process::CommandExt;
@@ -282,10 +301,14 @@ impl App {
                 "already running (supervisor pid {pid})"
             )));
         }
-        let run_dir = config.run_dir();
-        std::fs::create_dir_all(&run_dir)
-            .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
-        let log_path = run_dir.join("switchboard.log");
+        if only != Some(Only::Worker) {
+            check_ports_free(config)?;
+        }
+        let log_path = config.log_file();
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -295,11 +318,14 @@ impl App {
         let exe =
             std::env::current_exe().map_err(|e| Error::io("cannot find this executable", e))?;
         let mut cmd = std::process::Command::new(exe);
-        if let Some(p) = config_path {
+        if let Some(p) = &cli.config {
             cmd.arg("--config").arg(p);
         }
-        if let Some(d) = data_dir {
+        if let Some(d) = &cli.data_dir {
             cmd.arg("--data-dir").arg(d);
+        }
+        for kv in &cli.set {
+            cmd.arg("--set").arg(kv);
         }
         cmd.arg("start");
         if let Some(only) = only {

@@ -260,6 +260,9 @@ pub struct LogConfig {
     pub level: String,
     /// `text` (human-readable) or `json` (one object per line).
     pub format: LogFormat,
+    /// Where a daemon (`start -d`) and its children write their log; relative to
+    /// `data_dir`. In the foreground, logs go to standard error.
+    pub file: PathBuf,
 }
 
 impl Default for LogConfig {
@@ -267,6 +270,7 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Text,
+            file: PathBuf::from("run/switchboard.log"),
         }
     }
 }
@@ -292,6 +296,9 @@ pub struct SupervisorConfig {
     /// child keeps dying within a minute of its start.
     #[serde(with = "humantime_serde")]
     pub restart_delay: Duration,
+    /// The supervisor's pid file; relative to `data_dir`. `stop`, `reload` and `status`
+    /// find the running supervisor through it.
+    pub pid_file: PathBuf,
 }
 
 impl Default for SupervisorConfig {
@@ -299,6 +306,7 @@ impl Default for SupervisorConfig {
         Self {
             stop_timeout: Duration::from_secs(10),
             restart_delay: Duration::from_millis(500),
+            pid_file: PathBuf::from("run/supervisor.pid"),
         }
     }
 }
@@ -332,7 +340,144 @@ pub enum ConfigError {
     },
 }
 
+/// Prefix of environment variables that override configuration keys:
+/// `SWITCHBOARD__WORKER__COUNT=4` sets `worker.count`, and
+/// `SWITCHBOARD__GATEWAY__LISTENERS__0__LISTEN=0.0.0.0:8480` the first listener's address.
+pub const ENV_PREFIX: &str = "SWITCHBOARD__";
+
+/// Sets `key` (dotted path; array elements by index) to `value` in a TOML document.
+///
+/// `value` is read as a TOML value when it is one (`4`, `true`, `"x"`, `[1, 2]`) and as a
+/// string otherwise (`127.0.0.1:8480`, `25s`).
+///
+/// ```
+/// let mut doc: toml::Table = toml::from_str("[worker]\ncount = 2\n").unwrap();
+/// switchboard::config::apply_override(&mut doc, "worker.count", "4").unwrap();
+/// switchboard::config::apply_override(&mut doc, "gateway.count", "3").unwrap();
+/// assert_eq!(doc["worker"]["count"].as_integer(), Some(4));
+/// assert_eq!(doc["gateway"]["count"].as_integer(), Some(3));
+/// ```
+pub fn apply_override(doc: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+    let bad = |message: String| ConfigError::Invalid {
+        key: key.to_owned(),
+        message,
+    };
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad(
+            "an override key is a dotted path such as worker.count".into()
+        ));
+    }
+    let mut node = doc;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if last {
+            node.insert((*part).to_owned(), parsed);
+            return Ok(());
+        }
+        let next = parts[i + 1];
+        let entry = node
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                let idx: usize = next.parse().map_err(|_| {
+                    bad(format!(
+                        "{part} is a list; index it with a number, not {next:?}"
+                    ))
+                })?;
+                if idx == items.len() {
+                    items.push(toml::Value::Table(toml::Table::new()));
+                }
+                let len = items.len();
+                let item = items
+                    .get_mut(idx)
+                    .ok_or_else(|| bad(format!("{part} has {len} entries; no index {idx}")))?;
+                if i + 2 == parts.len() {
+                    *item = parsed;
+                    return Ok(());
+                }
+                // Skip the index part: continue inside the element.
+                match item {
+                    toml::Value::Table(t) => {
+                        return apply_override(t, &parts[i + 2..].join("."), value).map_err(|e| {
+                            match e {
+                                ConfigError::Invalid { message, .. } => bad(message),
+                                other => other,
+                            }
+                        })
+                    }
+                    _ => return Err(bad(format!("{part}.{idx} is not a table"))),
+                }
+            }
+            _ => return Err(bad(format!("{part} is not a table"))),
+        };
+    }
+    Ok(())
+}
+
 impl Config {
+    /// Parses TOML text, applies overrides (`key=value` pairs, in order), and checks the
+    /// result; `origin` names the file in errors.
+    pub fn from_toml_with(
+        text: &str,
+        origin: Option<&Path>,
+        overrides: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        if overrides.is_empty() {
+            return Self::from_toml(text, origin);
+        }
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
+        for (k, v) in overrides {
+            apply_override(&mut doc, k, v)?;
+        }
+        let text = toml::to_string(&doc).map_err(|e| ConfigError::Invalid {
+            key: "overrides".into(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, None).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Invalid {
+                key: "overrides".into(),
+                message: format!(
+                    "after applying {}: {message}",
+                    overrides
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+            other => other,
+        })
+    }
+
+    /// Overrides from the environment (`SWITCHBOARD__SECTION__KEY=value`), sorted by key.
+    pub fn env_overrides() -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = std::env::vars()
+            .filter_map(|(k, val)| {
+                k.strip_prefix(ENV_PREFIX).map(|rest| {
+                    (
+                        rest.split("__")
+                            .map(str::to_lowercase)
+                            .collect::<Vec<_>>()
+                            .join("."),
+                        val,
+                    )
+                })
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Parses TOML text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: Option<&Path>) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -460,6 +605,16 @@ impl Config {
         }
     }
 
+    /// The supervisor's pid file.
+    pub fn pid_file(&self) -> PathBuf {
+        self.data_path(&self.supervisor.pid_file)
+    }
+
+    /// The daemon's log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.data_path(&self.log.file)
+    }
+
     /// Directory of run-time files (pid file, per-process stats).
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
@@ -531,6 +686,36 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(msg.contains("paht") && msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_and_list_entries() {
+        let base = "[worker]\ncount = 2\n[[gateway.listeners]]\nlisten = \"127.0.0.1:8480\"\n";
+        let o = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let c = Config::from_toml_with(
+            base,
+            None,
+            &[
+                o("worker.count", "5"),
+                o("gateway.listeners.0.listen", "127.0.0.1:9000"),
+                o("gateway.heartbeat.interval", "3s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.worker.count, 5);
+        assert_eq!(c.gateway.listeners[0].listen.port(), 9000);
+        assert_eq!(c.gateway.heartbeat.interval, Duration::from_secs(3));
+        let err = Config::from_toml_with(base, None, &[o("worker.cuont", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cuont") && err.contains("worker.cuont=5"),
+            "{err}"
+        );
+        let err = Config::from_toml_with(base, None, &[o("gateway.listeners.7.listen", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no index 7"), "{err}");
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub struct SupervisorState {
 
 /// Path of the pid file.
 pub fn pid_file(config: &Config) -> PathBuf {
-    config.run_dir().join("supervisor.pid")
+    config.pid_file()
 }
 
 /// Path of the state file.

@@ -43,6 +43,7 @@ pub struct Deployment {
     pub addr: SocketAddr,
     supervisor: Option<Child>,
     pub log_path: PathBuf,
+    pub binary: PathBuf,
 }
 
 /// Settings a test may change; the rest is the chat's default.
@@ -61,6 +62,8 @@ pub struct Options {
     pub hold_timeout: String,
     /// `supervisor.restart_delay`.
     pub restart_delay: String,
+    /// The binary to run (default: the one cargo built).
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -74,6 +77,7 @@ impl Default for Options {
             listener_extra: String::new(),
             hold_timeout: "30s".into(),
             restart_delay: "200ms".into(),
+            binary: None,
         }
     }
 }
@@ -82,6 +86,15 @@ impl Deployment {
     /// Writes a config and starts `chat start`, waiting until every gateway has every
     /// worker connected.
     pub fn start(opts: Options) -> Self {
+        let (gateways, workers) = (opts.gateways, opts.workers);
+        let mut d = Self::prepare(opts);
+        d.spawn_supervisor();
+        d.wait_ready(gateways, workers);
+        d
+    }
+
+    /// Writes the config (and the directory) without starting anything.
+    pub fn prepare(opts: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let text = format!(
@@ -136,17 +149,15 @@ path = "history.sqlite"
         std::fs::write(&config_path, &text).unwrap();
         let config = Config::load(&config_path).unwrap();
         let log_path = dir.path().join("supervisor.log");
-        let mut d = Deployment {
+        Deployment {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             config_path,
             config,
             supervisor: None,
             log_path,
+            binary: opts.binary.unwrap_or_else(|| PathBuf::from(chat_bin())),
             dir,
-        };
-        d.spawn_supervisor();
-        d.wait_ready(opts.gateways, opts.workers);
-        d
+        }
     }
 
     fn spawn_supervisor(&mut self) {
@@ -155,7 +166,7 @@ path = "history.sqlite"
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut cmd = Command::new(chat_bin());
+        let mut cmd = Command::new(&self.binary);
         cmd.arg("--config")
             .arg(&self.config_path)
             .arg("start")
@@ -197,9 +208,13 @@ path = "history.sqlite"
         }
     }
 
-    /// The supervisor's pid.
+    /// The supervisor's pid (started in the foreground, or a daemon through the pid file).
     pub fn supervisor_pid(&self) -> u32 {
-        self.supervisor.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.supervisor
+            .as_ref()
+            .map(|c| c.id())
+            .or_else(|| supervisor::running_pid(&self.config))
+            .unwrap_or(0)
     }
 
     /// Pids of the running children of a role (`gateway` / `worker`).
@@ -235,7 +250,7 @@ path = "history.sqlite"
 
     /// Runs the chat binary with this deployment's config and `args`.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(chat_bin())
+        Command::new(&self.binary)
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
@@ -256,6 +271,14 @@ path = "history.sqlite"
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.wait();
+        }
+        // A daemon this test started through `start -d`.
+        if let Some(pid) = supervisor::running_pid(&self.config) {
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while switchboard::process::alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 

@@ -1,0 +1,540 @@
+//! The operator's side, end to end: start -d / stop / restart / reload / status /
+//! connections, signals, crash recovery, pid files, configuration errors.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{Client, Deployment, Options, WAIT};
+use switchboard::{process, supervisor, Gateway};
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn daemon_start_status_double_start_stop() {
+    let d = Deployment::prepare(Options::default());
+    let out = d.cli(&["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("started in the background (supervisor pid"),
+        "{}",
+        text(&out)
+    );
+    let pid = d.supervisor_pid();
+    assert!(process::alive(pid));
+    d.wait_ready(1, 2);
+
+    // status: a row per process, each with its pid and state.
+    let out = d.cli(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = text(&out);
+    for role in ["gateway", "worker"] {
+        for child in d.pids(role) {
+            assert!(
+                status.contains(&child.to_string()),
+                "{role} {child} missing:\n{status}"
+            );
+        }
+    }
+    assert_eq!(status.matches("running").count(), 3, "{status}");
+    assert!(
+        status.contains("MEMORY") && status.contains("RESTARTS") && status.contains("EVENTS/S"),
+        "{status}"
+    );
+
+    // A second start, in either mode, says so and fails.
+    for args in [&["start", "-d"][..], &["start"][..]] {
+        let out = d.cli(args);
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains(&format!("already running (supervisor pid {pid})")),
+            "{}",
+            text(&out)
+        );
+    }
+
+    // stop: everything gone, pid file removed, the log file kept.
+    let children: Vec<u32> = d
+        .pids("gateway")
+        .into_iter()
+        .chain(d.pids("worker"))
+        .collect();
+    let out = d.cli(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!process::alive(pid));
+    for c in children {
+        assert!(!process::alive(c), "child {c} still alive");
+    }
+    assert!(!supervisor::pid_file(&d.config).exists());
+    let log = std::fs::read_to_string(d.config.log_file()).unwrap();
+    assert!(log.contains("supervisor stopped"), "{log}");
+    // Now stop and status report "not running".
+    let out = d.cli(&["stop"]);
+    assert!(
+        !out.status.success() && text(&out).contains("not running"),
+        "{}",
+        text(&out)
+    );
+    let out = d.cli(&["status"]);
+    assert!(
+        !out.status.success() && text(&out).contains("not running"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
+    let d = Deployment::prepare(Options::default());
+    assert!(d.cli(&["start", "-d"]).status.success());
+    d.wait_ready(1, 2);
+    let pid = d.supervisor_pid();
+    let children: Vec<u32> = d
+        .pids("gateway")
+        .into_iter()
+        .chain(d.pids("worker"))
+        .collect();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // The children follow their supervisor (parent-death signal) instead of lingering.
+    wait_until("children to exit", || {
+        children.iter().all(|c| !process::alive(*c))
+    });
+    assert!(
+        supervisor::pid_file(&d.config).exists(),
+        "the pid file is stale now"
+    );
+    let out = d.cli(&["status"]);
+    assert!(
+        !out.status.success() && text(&out).contains("not running"),
+        "{}",
+        text(&out)
+    );
+    let out = d.cli(&["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_ready(1, 2);
+    assert_ne!(d.supervisor_pid(), pid);
+}
+
+#[test]
+fn restart_replaces_every_process() {
+    let d = Deployment::prepare(Options::default());
+    assert!(d.cli(&["start", "-d"]).status.success());
+    d.wait_ready(1, 2);
+    let before = (d.supervisor_pid(), d.pids("gateway"), d.pids("worker"));
+    let out = d.cli(&["restart"]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_ready(1, 2);
+    let after = (d.supervisor_pid(), d.pids("gateway"), d.pids("worker"));
+    assert_ne!(before.0, after.0);
+    assert!(before.1.iter().all(|p| !after.1.contains(p)));
+    assert!(before.2.iter().all(|p| !after.2.contains(p)));
+}
+
+#[test]
+fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
+    let d = Deployment::prepare(Options::default());
+    let good = std::fs::read_to_string(&d.config_path).unwrap();
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "unknown key",
+            good.replace("[worker]\n", "[worker]\nconut = 3\n"),
+            &["unknown field `conut`", "line"],
+        ),
+        (
+            "wrong type",
+            good.replace("count = 2", "count = \"two\""),
+            &["count", "line"],
+        ),
+        (
+            "bad address",
+            good.replace(
+                &format!("listen = \"{}\"", d.addr),
+                "listen = \"localhost:99999\"",
+            ),
+            &["listen", "line"],
+        ),
+        (
+            "bad duration",
+            good.replace(
+                "discovery_interval = \"200ms\"",
+                "discovery_interval = \"soon\"",
+            ),
+            &["discovery_interval", "line"],
+        ),
+        (
+            "bad db instance",
+            format!("{good}\n[db.instances.x]\ndriver = \"sqlite\"\n"),
+            &["db.instances.x"],
+        ),
+    ];
+    for (what, body, needles) in cases {
+        let path = d.dir.path().join("bad.toml");
+        std::fs::write(&path, &body).unwrap();
+        for args in [vec!["config", "check"], vec!["start"]] {
+            let out = std::process::Command::new(&d.binary)
+                .arg("--config")
+                .arg(&path)
+                .args(&args)
+                .output()
+                .unwrap();
+            let t = text(&out);
+            assert!(!out.status.success(), "{what}: {args:?} succeeded:\n{t}");
+            for n in needles {
+                assert!(
+                    t.contains(n),
+                    "{what}: {args:?} does not mention {n:?}:\n{t}"
+                );
+            }
+        }
+        assert!(
+            !supervisor::pid_file(&d.config).exists(),
+            "{what}: something started"
+        );
+    }
+    // A port in use: refused before anything starts.
+    let busy = std::net::TcpListener::bind(d.addr).unwrap();
+    for args in [
+        &["config", "check"][..],
+        &["start"][..],
+        &["start", "-d"][..],
+    ] {
+        let out = d.cli(args);
+        let t = text(&out);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded with the port taken:\n{t}"
+        );
+        assert!(
+            t.contains("gateway.listeners[0].listen") && t.contains("cannot bind"),
+            "{t}"
+        );
+    }
+    assert!(!supervisor::pid_file(&d.config).exists());
+    drop(busy);
+    let out = d.cli(&["config", "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn flags_and_environment_override_the_file() {
+    let d = Deployment::prepare(Options::default());
+    let out = d.cli(&[
+        "--set",
+        "worker.count=5",
+        "--set",
+        "gateway.heartbeat.interval=3s",
+        "config",
+        "print",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("count = 5"), "{t}");
+    assert!(t.contains("interval = \"3s\""), "{t}");
+    let out = std::process::Command::new(&d.binary)
+        .arg("--config")
+        .arg(&d.config_path)
+        .args(["config", "print"])
+        .env("SWITCHBOARD__GATEWAY__COUNT", "3")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(t.contains("[gateway]\ncount = 3"), "{t}");
+    let out = d.cli(&["--set", "worker.nope=1", "config", "print"]);
+    assert!(
+        !out.status.success() && text(&out).contains("worker.nope=1"),
+        "{}",
+        text(&out)
+    );
+    let out = d.cli(&["--set", "justakey", "config", "print"]);
+    assert!(
+        !out.status.success() && text(&out).contains("expected KEY=VALUE"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_child_that_keeps_dying_shows_as_crash_loop() {
+    // The gateway's internal port is taken, so every gateway start fails at once.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blocker.local_addr().unwrap().port();
+    let d = Deployment::prepare(Options {
+        gateway_extra: format!("internal_listen = \"127.0.0.1:{port}\"\n"),
+        restart_delay: "50ms".into(),
+        ..Options::default()
+    });
+    assert!(d.cli(&["start", "-d"]).status.success());
+    wait_until("crash-loop in status", || {
+        text(&d.cli(&["status"])).contains("crash-loop")
+    });
+    let status = text(&d.cli(&["status"]));
+    assert!(status.contains("last: exit code 1"), "{status}");
+    let log = std::fs::read_to_string(d.config.log_file()).unwrap();
+    assert!(log.contains("cannot bind the internal listener"), "{log}");
+    assert!(log.contains("child died; restarting"), "{log}");
+    drop(blocker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_lists_clients_with_uid_groups_and_filters() {
+    let d = Deployment::start(Options::default());
+    let mut a = Client::connect(d.addr).await;
+    let ida = a.login("alice").await;
+    let mut b = Client::connect(d.addr).await;
+    let idb = b.login("bob").await;
+    let api = Gateway::connect(&d.config).await.unwrap();
+    assert!(api.wait_for_gateways(1, WAIT).await);
+    api.bind_uid(ida, "alice-uid").await.unwrap();
+    api.join_group(ida, "room1").await.unwrap();
+    api.join_group(idb, "room2").await.unwrap();
+    let _ = api.all_client_count().await.unwrap(); // commands before it are applied
+    let out = d.cli(&["connections"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains(&ida.to_string()) && t.contains(&idb.to_string()),
+        "{t}"
+    );
+    assert!(
+        t.contains("alice-uid") && t.contains("room1") && t.contains("room2"),
+        "{t}"
+    );
+    assert!(t.contains("2 client(s)"), "{t}");
+    let out = d.cli(&["connections", "--uid", "alice-uid"]);
+    let t = text(&out);
+    assert!(
+        t.contains(&ida.to_string()) && !t.contains(&idb.to_string()) && t.contains("1 client(s)"),
+        "{t}"
+    );
+    let out = d.cli(&["connections", "--group", "room2"]);
+    let t = text(&out);
+    assert!(
+        t.contains(&idb.to_string()) && !t.contains(&ida.to_string()),
+        "{t}"
+    );
+    api.close().await;
+}
+
+/// Pairs of clients send numbered private messages at a steady rate while `disturb`
+/// runs; returns (sent, received, out-of-order, duplicates) and asserts nobody was
+/// disconnected.
+async fn private_traffic_during(
+    d: &Deployment,
+    pairs: usize,
+    per_sec_each: u64,
+    run_for: Duration,
+    disturb: impl FnOnce() + Send + 'static,
+) -> (u64, u64, u64, u64) {
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in 0..pairs {
+        let mut s = Client::connect(d.addr).await;
+        s.login(&format!("s{i}")).await;
+        let mut r = Client::connect(d.addr).await;
+        let rid = r.login(&format!("r{i}")).await;
+        senders.push((s, rid));
+        receivers.push(r);
+    }
+    let stop_at = tokio::time::Instant::now() + run_for;
+    let mut send_tasks = Vec::new();
+    for (mut s, rid) in senders {
+        send_tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec_each));
+            while tokio::time::Instant::now() < stop_at {
+                tick.tick().await;
+                s.send(&format!("{rid}:seq {n}")).await;
+                n += 1;
+            }
+            // Drain this sender's echoes so none of them fills a buffer; a closed
+            // connection would panic here.
+            let mut echoes = 0;
+            while echoes < n {
+                if s.line().await.contains(" said to [") {
+                    echoes += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut recv_tasks = Vec::new();
+    for mut r in receivers {
+        recv_tasks.push(tokio::spawn(async move {
+            let mut last: Option<u64> = None;
+            let (mut got, mut disorder, mut dups) = (0u64, 0u64, 0u64);
+            let mut seen = std::collections::HashSet::new();
+            // Read until the sender stops and 2 s pass without a line.
+            loop {
+                let wait = if tokio::time::Instant::now() < stop_at {
+                    WAIT
+                } else {
+                    Duration::from_secs(2)
+                };
+                let Some(l) = r.try_line(wait).await else {
+                    break;
+                };
+                if let Some((_, n)) = l.split_once(" said to You :seq ") {
+                    let n: u64 = n.parse().unwrap();
+                    if !seen.insert(n) {
+                        dups += 1;
+                        continue;
+                    }
+                    got += 1;
+                    if last.is_some_and(|l| n < l) {
+                        disorder += 1;
+                    }
+                    last = Some(n);
+                }
+            }
+            assert!(
+                !r.closed_within(Duration::from_millis(10)).await,
+                "receiver was disconnected"
+            );
+            (got, disorder, dups)
+        }));
+    }
+    tokio::time::sleep(run_for / 3).await;
+    tokio::task::spawn_blocking(disturb).await.unwrap();
+    let mut sent = 0;
+    for t in send_tasks {
+        sent += t.await.unwrap();
+    }
+    let (mut got, mut disorder, mut dups) = (0, 0, 0);
+    for t in recv_tasks {
+        let (g, o, d) = t.await.unwrap();
+        got += g;
+        disorder += o;
+        dups += d;
+    }
+    (sent, got, disorder, dups)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_nothing_disconnects_nobody_and_keeps_order() {
+    // Run from a copy of the binary, so the test can replace "the binary on disk".
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("chat");
+    std::fs::copy(common::chat_bin(), &bin).unwrap();
+    let d = Deployment::start(Options {
+        binary: Some(bin.clone()),
+        ..Options::default()
+    });
+    let gateway_before = d.pids("gateway");
+    let workers_before = d.pids("worker");
+    // The new build: a fresh file at the same path (the old one is unlinked).
+    let staged = tmp.path().join("chat.new");
+    std::fs::copy(common::chat_bin(), &staged).unwrap();
+    std::fs::rename(&staged, &bin).unwrap();
+
+    let sup = d.supervisor_pid();
+    let cfg = d.config_path.clone();
+    let binary = bin.clone();
+    let (sent, got, disorder, dups) =
+        private_traffic_during(&d, 10, 100, Duration::from_secs(6), move || {
+            let out = std::process::Command::new(&binary)
+                .arg("--config")
+                .arg(&cfg)
+                .arg("reload")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+            assert!(process::alive(sup));
+        })
+        .await;
+    d.wait_log("reload: done");
+    assert_eq!((got, disorder, dups), (sent, 0, 0), "sent {sent}");
+    assert!(sent > 4000, "the load ran: {sent}");
+
+    // Workers were replaced by processes of the new file; the gateway was not touched.
+    assert_eq!(d.pids("gateway"), gateway_before);
+    let workers_after = d.pids("worker");
+    assert!(
+        workers_after.iter().all(|p| !workers_before.contains(p)),
+        "{workers_before:?} -> {workers_after:?}"
+    );
+    for p in &workers_after {
+        let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap();
+        assert!(
+            !exe.to_string_lossy().ends_with("(deleted)"),
+            "worker {p} runs {exe:?}"
+        );
+    }
+    let gexe = std::fs::read_link(format!("/proc/{}/exe", gateway_before[0])).unwrap();
+    assert!(
+        gexe.to_string_lossy().ends_with("(deleted)"),
+        "the gateway still runs the old file: {gexe:?}"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("worker is draining; no new events go to it"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_worker_under_private_load_loses_nothing() {
+    let d = Deployment::start(Options::default());
+    let victim = d.pids("worker")[0];
+    let (sent, got, _disorder, _dups) =
+        private_traffic_during(&d, 10, 100, Duration::from_secs(4), move || {
+            unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        })
+        .await;
+    // At-least-once: nothing lost (a re-dispatched event may arrive twice, counted apart).
+    assert_eq!(got, sent);
+    assert!(d.log().contains("child died; restarting"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_usr1_reloads_and_quit_stops_gracefully() {
+    let mut d = Deployment::start(Options::default());
+    let before = d.pids("worker");
+    let sup = d.supervisor_pid();
+    unsafe { libc::kill(sup as i32, libc::SIGUSR1) };
+    d.wait_log("reload: done");
+    d.wait_ready(1, 2);
+    let after = d.pids("worker");
+    assert!(after.iter().all(|p| !before.contains(p)));
+    let mut a = Client::connect(d.addr).await;
+    a.login("after-reload").await;
+    let children: Vec<u32> = d.pids("gateway").into_iter().chain(after).collect();
+    unsafe { libc::kill(sup as i32, libc::SIGQUIT) };
+    wait_until("supervisor to exit", || !process::alive(sup));
+    assert!(children.iter().all(|c| !process::alive(*c)));
+    let log = d.log();
+    assert!(log.contains("graceful=true"), "{log}");
+    d.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_clients_per_gateway() {
+    let d = Deployment::start(Options::default());
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(d.addr).await;
+        c.expect_next("type in your name:").await;
+        clients.push(c);
+    }
+    wait_until("status to show 3 clients", || {
+        text(&d.cli(&["status"])).contains("clients connected: 3")
+    });
+    drop(clients.pop());
+    wait_until("status to show 2 clients", || {
+        text(&d.cli(&["status"])).contains("clients connected: 2")
+    });
+}
