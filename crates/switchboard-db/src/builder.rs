@@ -56,43 +56,43 @@ impl Target {
 /// Column lists: `"a,b"` (split on commas), `["a", "b"]`, `&["a"][..]`,
 /// `vec!["a"]` or `Vec<String>`. Items in arrays and vectors are not split.
 pub trait IntoColumns {
-    /// The column names, trimmed.
-    fn into_columns(self) -> Vec<String>;
+    /// Call `f` with each column name, trimmed.
+    fn each_column(self, f: &mut dyn FnMut(&str));
 }
 
 impl IntoColumns for &str {
-    fn into_columns(self) -> Vec<String> {
-        self.split(',').map(|c| c.trim().to_string()).collect()
+    fn each_column(self, f: &mut dyn FnMut(&str)) {
+        self.split(',').for_each(|c| f(c.trim()));
     }
 }
 
 impl IntoColumns for &String {
-    fn into_columns(self) -> Vec<String> {
-        self.as_str().into_columns()
+    fn each_column(self, f: &mut dyn FnMut(&str)) {
+        self.as_str().each_column(f);
     }
 }
 
 impl<const N: usize> IntoColumns for [&str; N] {
-    fn into_columns(self) -> Vec<String> {
-        self.iter().map(|c| c.trim().to_string()).collect()
+    fn each_column(self, f: &mut dyn FnMut(&str)) {
+        self.iter().for_each(|c| f(c.trim()));
     }
 }
 
 impl IntoColumns for &[&str] {
-    fn into_columns(self) -> Vec<String> {
-        self.iter().map(|c| c.trim().to_string()).collect()
+    fn each_column(self, f: &mut dyn FnMut(&str)) {
+        self.iter().for_each(|c| f(c.trim()));
     }
 }
 
 impl IntoColumns for Vec<&str> {
-    fn into_columns(self) -> Vec<String> {
-        self.as_slice().into_columns()
+    fn each_column(self, f: &mut dyn FnMut(&str)) {
+        self.as_slice().each_column(f);
     }
 }
 
 impl IntoColumns for Vec<String> {
-    fn into_columns(self) -> Vec<String> {
-        self.into_iter().map(|c| c.trim().to_string()).collect()
+    fn each_column(self, f: &mut dyn FnMut(&str)) {
+        self.iter().for_each(|c| f(c.trim()));
     }
 }
 
@@ -411,12 +411,12 @@ impl Select {
     /// Add columns to the select list (quoted; `*`, `t.*` and
     /// `col [AS] alias` allowed).
     pub fn columns(mut self, columns: impl IntoColumns) -> Self {
-        for c in columns.into_columns() {
-            let d = self.common.dialect;
-            if let Some(q) = self.common.ok(sql::quote_aliased(d, &c, true)) {
+        let d = self.common.dialect;
+        columns.each_column(&mut |c| {
+            if let Some(q) = self.common.ok(sql::quote_aliased(d, c, true)) {
                 self.columns.push(q);
             }
-        }
+        });
         self
     }
 
@@ -473,12 +473,12 @@ impl Select {
 
     /// `GROUP BY` these columns (quoted).
     pub fn group_by(mut self, columns: impl IntoColumns) -> Self {
-        for c in columns.into_columns() {
-            let d = self.common.dialect;
-            if let Some(q) = self.common.ok(sql::quote_path(d, &c, false)) {
+        let d = self.common.dialect;
+        columns.each_column(&mut |c| {
+            if let Some(q) = self.common.ok(sql::quote_path(d, c, false)) {
                 self.group_by.push(q);
             }
-        }
+        });
         self
     }
 
@@ -500,12 +500,12 @@ impl Select {
     }
 
     fn order(mut self, columns: impl IntoColumns, desc: bool) -> Self {
-        for c in columns.into_columns() {
-            let d = self.common.dialect;
-            if let Some(q) = self.common.ok(sql::quote_order(d, &c, desc)) {
+        let d = self.common.dialect;
+        columns.each_column(&mut |c| {
+            if let Some(q) = self.common.ok(sql::quote_order(d, c, desc)) {
                 self.order_by.push(q);
             }
-        }
+        });
         self
     }
 
@@ -536,6 +536,15 @@ impl Select {
 
     /// The SQL with `:name` placeholders, before translation.
     fn written_sql(&self) -> String {
+        use std::fmt::Write as _;
+        fn list(s: &mut String, items: &[String]) {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(item);
+            }
+        }
         let mut s = String::with_capacity(128);
         s.push_str("SELECT ");
         if self.distinct {
@@ -544,7 +553,7 @@ impl Select {
         if self.columns.is_empty() {
             s.push('*');
         } else {
-            s.push_str(&self.columns.join(", "));
+            list(&mut s, &self.columns);
         }
         if let Some(from) = &self.from {
             s.push_str(" FROM ");
@@ -561,15 +570,18 @@ impl Select {
         self.wheres.render(" WHERE ", &mut s);
         if !self.group_by.is_empty() {
             s.push_str(" GROUP BY ");
-            s.push_str(&self.group_by.join(", "));
+            list(&mut s, &self.group_by);
         }
         self.having.render(" HAVING ", &mut s);
         if !self.order_by.is_empty() {
             s.push_str(" ORDER BY ");
-            s.push_str(&self.order_by.join(", "));
+            list(&mut s, &self.order_by);
         }
+        // Writing to a String cannot fail.
         match (self.limit, self.offset) {
-            (Some(l), _) => s.push_str(&format!(" LIMIT {l}")),
+            (Some(l), _) => {
+                let _ = write!(s, " LIMIT {l}");
+            }
             // Both dialects need a LIMIT before OFFSET.
             (None, Some(_)) => s.push_str(match self.common.dialect {
                 Dialect::MySql => " LIMIT 18446744073709551615",
@@ -578,7 +590,7 @@ impl Select {
             (None, None) => {}
         }
         if let Some(o) = self.offset {
-            s.push_str(&format!(" OFFSET {o}"));
+            let _ = write!(s, " OFFSET {o}");
         }
         s
     }
@@ -654,22 +666,20 @@ struct Assignment {
     value: String,
 }
 
-fn add_param_columns(common: &mut Common, out: &mut Vec<Assignment>, columns: Vec<String>) {
-    for c in columns {
-        let d = common.dialect;
-        let quoted = common.ok(sql::quote_ident(d, &c));
-        let param = common.ok(param_name(&c));
-        if let (Some(column), Some(p)) = (quoted, param) {
-            out.push(Assignment {
-                column,
-                value: format!(":{p}"),
-            });
-        }
+/// A column whose value is the parameter of the same name.
+fn add_param_column(common: &mut Common, out: &mut Vec<Assignment>, column: &str) {
+    let quoted = common.ok(sql::quote_ident(common.dialect, column));
+    let param = common.ok(param_name(column));
+    if let (Some(column), Some(p)) = (quoted, param) {
+        out.push(Assignment {
+            column,
+            value: format!(":{p}"),
+        });
     }
 }
 
 fn add_set(common: &mut Common, out: &mut Vec<Assignment>, column: &str, value: Value) {
-    add_param_columns(common, out, vec![column.to_string()]);
+    add_param_column(common, out, column);
     common.bind(column, value);
 }
 
@@ -688,11 +698,8 @@ macro_rules! assignment_methods {
         /// Columns whose values are bound by name: `cols(["sex"])` writes
         /// `` `sex` = :sex ``, to be filled with `.bind("sex", ..)`.
         pub fn cols(mut self, columns: impl IntoColumns) -> Self {
-            add_param_columns(
-                &mut self.common,
-                &mut self.assignments,
-                columns.into_columns(),
-            );
+            columns
+                .each_column(&mut |c| add_param_column(&mut self.common, &mut self.assignments, c));
             self
         }
 

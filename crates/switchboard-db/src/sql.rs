@@ -28,34 +28,84 @@ impl Dialect {
 /// Longest identifier MySQL accepts; we apply it to SQLite too.
 const MAX_IDENT_LEN: usize = 64;
 
-/// Quote one identifier part (no dots) for the dialect.
+/// Check one identifier part (no dots).
 ///
 /// Only letters, digits, `_` and `$` are accepted: those can never end the
 /// quoted name early, in either dialect, whatever the server's SQL mode.
 /// Anything else is rejected rather than escaped.
-pub(crate) fn quote_ident(dialect: Dialect, part: &str) -> Result<String, DbError> {
-    let reject = |reason: &str| {
+fn check_ident(part: &str) -> Result<(), DbError> {
+    let reject = |reason: String| {
         Err(DbError::InvalidIdentifier {
             ident: part.to_string(),
-            reason: reason.to_string(),
+            reason,
         })
     };
     if part.is_empty() {
-        return reject("empty name");
+        return reject("empty name".into());
     }
-    if part.chars().count() > MAX_IDENT_LEN {
-        return reject("longer than 64 characters");
+    let mut count = 0;
+    for c in part.chars() {
+        if !(c.is_alphanumeric() || c == '_' || c == '$') {
+            return reject(format!(
+                "character {c:?} is not allowed (letters, digits, `_` and `$` only)"
+            ));
+        }
+        count += 1;
     }
-    if let Some(c) = part
-        .chars()
-        .find(|c| !(c.is_alphanumeric() || *c == '_' || *c == '$'))
-    {
-        return reject(&format!(
-            "character {c:?} is not allowed (letters, digits, `_` and `$` only)"
-        ));
+    if count > MAX_IDENT_LEN {
+        return reject("longer than 64 characters".into());
     }
+    Ok(())
+}
+
+/// Append one quoted identifier part to `out`.
+fn push_ident(out: &mut String, dialect: Dialect, part: &str) -> Result<(), DbError> {
+    check_ident(part)?;
     let q = dialect.quote();
-    Ok(format!("{q}{part}{q}"))
+    out.push(q);
+    out.push_str(part);
+    out.push(q);
+    Ok(())
+}
+
+/// Quote one identifier part (no dots) for the dialect.
+pub(crate) fn quote_ident(dialect: Dialect, part: &str) -> Result<String, DbError> {
+    let mut out = String::with_capacity(part.len() + 2);
+    push_ident(&mut out, dialect, part)?;
+    Ok(out)
+}
+
+/// Append `name`, `table.name` or `schema.table.name`, quoted; with
+/// `allow_star`, the last part may be `*` (`*`, `t.*`).
+fn push_path(
+    out: &mut String,
+    dialect: Dialect,
+    path: &str,
+    allow_star: bool,
+) -> Result<(), DbError> {
+    let path = path.trim();
+    if allow_star && path == "*" {
+        out.push('*');
+        return Ok(());
+    }
+    let parts = path.split('.').count();
+    if parts > 3 {
+        return Err(DbError::InvalidIdentifier {
+            ident: path.into(),
+            reason: "too many dots".into(),
+        });
+    }
+    for (i, part) in path.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if allow_star && part == "*" && i == parts - 1 && i > 0 {
+            out.push('*');
+        } else {
+            push_ident(out, dialect, part)?;
+        }
+    }
+    Ok(())
 }
 
 /// Quote `name`, `table.name` or `schema.table.name`; with `allow_star`, the
@@ -65,26 +115,9 @@ pub(crate) fn quote_path(
     path: &str,
     allow_star: bool,
 ) -> Result<String, DbError> {
-    let path = path.trim();
-    if allow_star && path == "*" {
-        return Ok("*".into());
-    }
-    let parts: Vec<&str> = path.split('.').collect();
-    if parts.len() > 3 {
-        return Err(DbError::InvalidIdentifier {
-            ident: path.into(),
-            reason: "too many dots".into(),
-        });
-    }
-    let mut out = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        if allow_star && *part == "*" && i == parts.len() - 1 && i > 0 {
-            out.push("*".to_string());
-        } else {
-            out.push(quote_ident(dialect, part)?);
-        }
-    }
-    Ok(out.join("."))
+    let mut out = String::with_capacity(path.len() + 6);
+    push_path(&mut out, dialect, path, allow_star)?;
+    Ok(out)
 }
 
 /// Quote `name`, `name alias` or `name AS alias` (tables in `FROM`/`JOIN`,
@@ -94,11 +127,14 @@ pub(crate) fn quote_aliased(
     item: &str,
     allow_star: bool,
 ) -> Result<String, DbError> {
-    let words: Vec<&str> = item.split_whitespace().collect();
-    let (name, alias) = match words.as_slice() {
-        [name] => (*name, None),
-        [name, alias] => (*name, Some(*alias)),
-        [name, kw, alias] if kw.eq_ignore_ascii_case("as") => (*name, Some(*alias)),
+    let mut words = item.split_whitespace();
+    let shape = (words.next(), words.next(), words.next(), words.next());
+    let (name, alias) = match shape {
+        (Some(name), None, None, None) => (name, None),
+        (Some(name), Some(alias), None, None) => (name, Some(alias)),
+        (Some(name), Some(kw), Some(alias), None) if kw.eq_ignore_ascii_case("as") => {
+            (name, Some(alias))
+        }
         _ => {
             return Err(DbError::InvalidIdentifier {
                 ident: item.into(),
@@ -106,14 +142,19 @@ pub(crate) fn quote_aliased(
             })
         }
     };
-    let name = quote_path(dialect, name, allow_star)?;
+    let mut out = String::with_capacity(item.len() + 10);
+    push_path(&mut out, dialect, name, allow_star)?;
     match alias {
-        None => Ok(name),
-        Some(_) if name.ends_with('*') => Err(DbError::InvalidIdentifier {
+        None => Ok(out),
+        Some(_) if out.ends_with('*') => Err(DbError::InvalidIdentifier {
             ident: item.into(),
             reason: "`*` cannot have an alias".into(),
         }),
-        Some(a) => Ok(format!("{name} AS {}", quote_ident(dialect, a)?)),
+        Some(a) => {
+            out.push_str(" AS ");
+            push_ident(&mut out, dialect, a)?;
+            Ok(out)
+        }
     }
 }
 
@@ -191,12 +232,12 @@ fn split_keyword_and(s: &str) -> Vec<&str> {
 
 /// SQL with `:name` placeholders rewritten to the driver's positional `?`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Positional {
+pub(crate) struct Positional<'a> {
     /// The SQL with `?` placeholders.
     pub sql: String,
     /// The parameter name for each `?`, in order (a name used twice appears
-    /// twice).
-    pub names: Vec<String>,
+    /// twice), borrowed from the written SQL.
+    pub names: Vec<&'a str>,
 }
 
 fn is_name_start(b: u8) -> bool {
@@ -215,7 +256,7 @@ fn is_name_char(b: u8) -> bool {
 /// Rejected: positional `?` (use names), `:1`-style numbered parameters, and
 /// on SQLite its other parameter forms `@name` / `$name`, because SQLite would
 /// silently bind those to NULL.
-pub(crate) fn to_positional(dialect: Dialect, sql: &str) -> Result<Positional, DbError> {
+pub(crate) fn to_positional(dialect: Dialect, sql: &str) -> Result<Positional<'_>, DbError> {
     let err = |message: String| DbError::InvalidSql {
         sql: sql.to_string(),
         message,
@@ -265,7 +306,7 @@ pub(crate) fn to_positional(dialect: Dialect, sql: &str) -> Result<Positional, D
                 }
                 out.push_str(&sql[copied..i]);
                 out.push('?');
-                names.push(sql[start..end].to_string());
+                names.push(&sql[start..end]);
                 copied = end;
                 i = end;
             }
@@ -378,19 +419,15 @@ impl Params {
 
     /// Values in placeholder order, after checking that every placeholder is
     /// bound and every binding is used.
-    pub(crate) fn resolve(
-        &self,
-        written_sql: &str,
-        names: &[String],
-    ) -> Result<Vec<Value>, DbError> {
+    pub(crate) fn resolve(&self, written_sql: &str, names: &[&str]) -> Result<Vec<Value>, DbError> {
         let mut missing: Vec<String> = Vec::new();
         let mut args = Vec::with_capacity(names.len());
-        for name in names {
+        for &name in names {
             match self.entries.iter().find(|(n, _)| n == name) {
                 Some((_, v)) => args.push(v.clone()),
                 None => {
-                    if !missing.contains(name) {
-                        missing.push(name.clone());
+                    if !missing.iter().any(|m| m == name) {
+                        missing.push(name.to_string());
                     }
                 }
             }
@@ -404,7 +441,7 @@ impl Params {
         let unused: Vec<String> = self
             .entries
             .iter()
-            .filter(|(n, _)| !names.contains(n))
+            .filter(|(n, _)| !names.contains(&n.as_str()))
             .map(|(n, _)| n.clone())
             .collect();
         if !unused.is_empty() {
@@ -480,7 +517,7 @@ mod tests {
 
     fn pos(d: Dialect, sql: &str) -> (String, Vec<String>) {
         let p = to_positional(d, sql).expect("parse");
-        (p.sql, p.names)
+        (p.sql, p.names.iter().map(|n| n.to_string()).collect())
     }
 
     #[test]

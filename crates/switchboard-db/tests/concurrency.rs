@@ -66,6 +66,76 @@ async fn many_tasks(db: Instance) {
     db.sql(&format!("DROP TABLE {t}")).execute().await.unwrap();
 }
 
+/// Transactions from many tasks (their futures are `Send`, so they can be
+/// spawned): every increment lands exactly once.
+async fn concurrent_transactions(db: Instance) {
+    let t = common::table("ctx");
+    db.sql(&format!("DROP TABLE IF EXISTS {t}"))
+        .execute()
+        .await
+        .unwrap();
+    db.sql(&format!(
+        "CREATE TABLE {t} (id INT PRIMARY KEY, n INT NOT NULL)"
+    ))
+    .execute()
+    .await
+    .unwrap();
+    db.insert(&t)
+        .set("id", 1)
+        .set("n", 0)
+        .query()
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let db = db.clone();
+        let t = t.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                db.transaction(|tx| {
+                    let t = t.clone();
+                    async move {
+                        tx.update(&t)
+                            .set_expr("n", "n + 1")
+                            .where_("id = 1")
+                            .query()
+                            .await?;
+                        Ok::<_, switchboard_db::DbError>(())
+                    }
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task panicked");
+    }
+    let n = db
+        .select("n")
+        .from(&t)
+        .where_("id = 1")
+        .single_as::<i64>()
+        .await
+        .unwrap();
+    assert_eq!(n, Some(80));
+    db.sql(&format!("DROP TABLE {t}")).execute().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_concurrent_transactions() {
+    let Some(db) = common::mysql(4).await else {
+        return;
+    };
+    concurrent_transactions(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_transactions() {
+    let (db, _dir) = common::sqlite();
+    concurrent_transactions(db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_many_tasks() {
     let Some(db) = common::mysql(8).await else {
