@@ -1,1 +1,219 @@
-fn main() {}
+//! `bench`: load generator for the Switchboard chat demo (`apps/chat`).
+//!
+//! Scenarios: `connect` (idle clients: connect rate, gateway memory per client),
+//! `private` (pairs sending `ID:words` at a target rate: latency, loss) and `broadcast`
+//! (a few senders, every client receives every line: deliveries/s, latency, loss).
+//!
+//! Each run starts its own deployment (a temporary config, the release `chat` binary)
+//! unless `--addr` names a running one, spreads the clients over `--procs` child
+//! processes and `--sources` loopback source addresses, and prints one line per run and
+//! the median and spread of `--runs` runs. See docs/BENCHMARKS.md.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=target-bench cargo build --release -p chat -p bench
+//! target-bench/release/bench private --clients 200 --rate 20000 --seconds 10 --runs 3
+//! ```
+
+mod broadcast;
+mod client;
+mod connect;
+mod deploy;
+mod private;
+mod procinfo;
+mod procs;
+mod stats;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use deploy::{Deployment, Target};
+use procs::Share;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(about = "Load generator and benchmark scenarios for the Switchboard chat demo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Open idle clients (connected, not logged in) and hold them: connect rate and
+    /// gateway memory per client.
+    Connect {
+        #[command(flatten)]
+        params: connect::Params,
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Pairs of logged-in clients sending private lines to each other at a total rate:
+    /// delivery latency and loss.
+    Private {
+        #[command(flatten)]
+        params: private::Params,
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Logged-in clients all receiving the public lines of a few senders: deliveries per
+    /// second, latency and loss.
+    Broadcast {
+        #[command(flatten)]
+        params: broadcast::Params,
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// (internal) One load-generator child process.
+    #[command(hide = true)]
+    Child {
+        /// `{"share": ..., "job": ...}`.
+        spec: String,
+    },
+}
+
+/// How the load is generated and repeated.
+#[derive(Debug, Clone, Args)]
+pub struct Load {
+    /// Load-generator processes to spread the clients over (each holds at most about
+    /// 19,900 sockets on this machine).
+    #[arg(long, default_value_t = 2)]
+    pub procs: usize,
+    /// Loopback source addresses (127.0.1.1, 127.0.1.2, …) to spread the clients over;
+    /// each gives about 28,000 ephemeral ports. 0: one per 20,000 clients.
+    #[arg(long, default_value_t = 0)]
+    pub sources: usize,
+    /// Runs (each on a fresh deployment); the median and spread are reported.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Also print the figures of every run as one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Load {
+    /// Source addresses for `clients` clients.
+    pub fn sources_for(&self, clients: usize) -> usize {
+        if self.sources > 0 {
+            self.sources
+        } else {
+            clients.div_ceil(20_000).max(1)
+        }
+    }
+}
+
+/// A scenario with its parameters, as handed to a child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "scenario", rename_all = "lowercase")]
+pub enum Job {
+    Connect(connect::Params),
+    Private(private::Params),
+    Broadcast(broadcast::Params),
+}
+
+/// The figures of one run, by name, in report order.
+pub type Figures = Vec<(&'static str, f64)>;
+
+#[derive(Deserialize)]
+struct ChildSpec {
+    share: Share,
+    job: Job,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Connect {
+            params,
+            load,
+            target,
+        } => runtime.block_on(run(Job::Connect(params), &load, &target)),
+        Command::Private {
+            params,
+            load,
+            target,
+        } => runtime.block_on(run(Job::Private(params), &load, &target)),
+        Command::Broadcast {
+            params,
+            load,
+            target,
+        } => runtime.block_on(run(Job::Broadcast(params), &load, &target)),
+        Command::Child { spec } => {
+            let spec: ChildSpec = serde_json::from_str(&spec).context("child spec")?;
+            runtime.block_on(async move {
+                match spec.job {
+                    Job::Connect(p) => connect::child(p, spec.share).await,
+                    Job::Private(p) => private::child(p, spec.share).await,
+                    Job::Broadcast(p) => broadcast::child(p, spec.share).await,
+                }
+            })
+        }
+    }
+}
+
+/// Runs a scenario `load.runs` times and prints every run and the summary.
+async fn run(job: Job, load: &Load, target: &Target) -> anyhow::Result<()> {
+    anyhow::ensure!(load.procs >= 1, "--procs must be at least 1");
+    let mut runs: Vec<Figures> = Vec::new();
+    for n in 1..=load.runs.max(1) {
+        let deployment = Deployment::open(target)?;
+        let figures = match &job {
+            Job::Connect(p) => connect::parent(p, load, &deployment).await,
+            Job::Private(p) => private::parent(p, load, &deployment).await,
+            Job::Broadcast(p) => broadcast::parent(p, load, &deployment).await,
+        };
+        let figures = match figures {
+            Ok(f) => f,
+            Err(e) => {
+                let log = deployment.log();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!("deployment log (last lines, newest first):");
+                for l in tail {
+                    eprintln!("  {l}");
+                }
+                return Err(e);
+            }
+        };
+        drop(deployment);
+        let line: Vec<String> = figures
+            .iter()
+            .map(|(k, v)| format!("{k}={}", short(*v)))
+            .collect();
+        println!("run {n}: {}", line.join(" "));
+        if load.json {
+            let obj: serde_json::Map<String, serde_json::Value> = figures
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect();
+            println!("{}", serde_json::Value::Object(obj));
+        }
+        runs.push(figures);
+    }
+    println!("summary over {} run(s): median [min..max]", runs.len());
+    for (i, (name, _)) in runs[0].iter().enumerate() {
+        let values: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
+        let decimals = if values.iter().all(|v| v.fract() == 0.0) {
+            0
+        } else {
+            2
+        };
+        println!("  {name:<24} {}", stats::spread(&values, decimals));
+    }
+    Ok(())
+}
+
+/// A figure for a one-line report.
+fn short(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}

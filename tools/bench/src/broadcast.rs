@@ -1,0 +1,266 @@
+//! `broadcast`: K logged-in clients; S of them (the first S, in child 0) send public
+//! lines `b SEQ MICROS` at a total rate R for T seconds, and every client — senders
+//! included — must receive every line.
+//!
+//! A sender ends with `b end COUNT`, so a receiver knows when it has everything; one
+//! that has not within the grace period counts the rest as lost. Deliveries per second
+//! are all lines received by all clients over the time from `go` to the last delivery.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::client::{self, Lines};
+use crate::deploy::Deployment;
+use crate::private::login_all;
+use crate::procinfo::{self, CpuSample};
+use crate::procs::{self, Children, Share};
+use crate::stats::Histogram;
+use crate::{Figures, Job, Load};
+
+/// Parameters of `broadcast`.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct Params {
+    /// Logged-in clients, every one a receiver.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Clients that also send (all in the first load-generator process).
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Lines per second, over all senders.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds after sending stops within which every line must have arrived.
+    #[arg(long, default_value_t = 5.0)]
+    pub grace: f64,
+}
+
+/// Name prefix of the clients; sender `j` is `b{j}`.
+const PREFIX: &str = "b";
+/// Marker of a broadcast line of this benchmark.
+const PUBLIC: &[u8] = b" said :b ";
+
+/// What one child measured.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Outcome {
+    sent: u64,
+    /// Lines each of this child's clients received.
+    received: Vec<u64>,
+    /// Lines that arrived out of order (per sender).
+    reordered: u64,
+    /// Unix µs of the last delivery.
+    last_delivery_us: u64,
+    max_send_lag_us: u64,
+    latency: Histogram,
+}
+
+/// What one receiving client saw.
+#[derive(Default)]
+struct Received {
+    count: u64,
+    reordered: u64,
+    last_us: u64,
+    latency: Histogram,
+}
+
+/// Sends on a fixed schedule until `end`, then the end marker; returns (sent, lag µs)
+/// and the writing half (dropping it would half-close the connection, which the
+/// gateway takes for a departing client).
+async fn send(
+    mut writer: OwnedWriteHalf,
+    first_due: Instant,
+    interval: Duration,
+    end: Instant,
+) -> (u64, u64, OwnedWriteHalf) {
+    let (mut seq, mut max_lag) = (0u64, 0u64);
+    loop {
+        let due = first_due + interval.mul_f64(seq as f64);
+        if due >= end {
+            break;
+        }
+        tokio::time::sleep_until(due).await;
+        max_lag = max_lag.max(due.elapsed().as_micros() as u64);
+        let line = format!("b {seq} {}\n", client::now_micros());
+        if writer.write_all(line.as_bytes()).await.is_err() {
+            break;
+        }
+        seq += 1;
+    }
+    let _ = writer.write_all(format!("b end {seq}\n").as_bytes()).await;
+    (seq, max_lag, writer)
+}
+
+/// The sender number in a line `b{j}[ID] said :…`.
+fn sender_of(line: &[u8]) -> Option<usize> {
+    let rest = line.strip_prefix(PREFIX.as_bytes())?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// Receives until every sender's end marker and all its lines arrived, or `deadline`.
+async fn receive(mut lines: Lines, senders: usize, deadline: Instant) -> Received {
+    let mut out = Received::default();
+    // Per sender: next expected seq, and its total once the end marker came.
+    let mut next: HashMap<usize, u64> = HashMap::new();
+    let mut ends: HashMap<usize, u64> = HashMap::new();
+    loop {
+        if ends.len() == senders && out.count >= ends.values().sum::<u64>() {
+            break;
+        }
+        let line = match tokio::time::timeout_at(deadline, lines.next()).await {
+            Ok(Ok(Some(line))) => line,
+            _ => break,
+        };
+        let Some(rest) = client::after(line, PUBLIC) else {
+            continue;
+        };
+        let Some(sender) = sender_of(line) else {
+            continue;
+        };
+        if let Some(total) = rest.strip_prefix(b"end ") {
+            let total = std::str::from_utf8(total).ok().and_then(|t| t.parse().ok());
+            ends.insert(sender, total.unwrap_or(0));
+            continue;
+        }
+        let Some((seq, at)) = client::parse_seq_time(rest) else {
+            continue;
+        };
+        let now = client::now_micros();
+        out.count += 1;
+        out.last_us = now;
+        out.latency.record(now.saturating_sub(at));
+        let expect = next.entry(sender).or_insert(0);
+        if seq != *expect {
+            out.reordered += 1;
+        }
+        *expect = seq + 1;
+    }
+    out
+}
+
+/// Child side: logs in this share of the clients; after `go` the senders send and
+/// everybody receives.
+pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
+    let (first, count) = share.part(p.clients);
+    let sessions = login_all(&share, PREFIX, first, count).await?;
+    procs::report("ready", &serde_json::json!({ "clients": sessions.len() }))?;
+    procs::wait_go().await?;
+
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(p.seconds);
+    let deadline = end + Duration::from_secs_f64(p.grace);
+    let interval = Duration::from_secs_f64(p.senders as f64 / p.rate.max(1e-3));
+    let mut senders = JoinSet::new();
+    let mut receivers = JoinSet::new();
+    // Writing halves stay open until the result is out: a close is announced to all.
+    let mut held = Vec::new();
+    for (offset, session) in sessions.into_iter().enumerate() {
+        let index = first + offset;
+        if index < p.senders {
+            let phase = interval.mul_f64(index as f64 / p.senders as f64);
+            senders.spawn(send(session.writer, start + phase, interval, end));
+        } else {
+            held.push(session.writer);
+        }
+        receivers.spawn(receive(session.lines, p.senders, deadline));
+    }
+    let mut out = Outcome::default();
+    while let Some(joined) = senders.join_next().await {
+        let (sent, lag, writer) = joined?;
+        out.sent += sent;
+        out.max_send_lag_us = out.max_send_lag_us.max(lag);
+        held.push(writer);
+    }
+    let mut per_client = Vec::new();
+    while let Some(joined) = receivers.join_next().await {
+        let r = joined?;
+        per_client.push(r.count);
+        out.reordered += r.reordered;
+        out.last_delivery_us = out.last_delivery_us.max(r.last_us);
+        out.latency.merge(&r.latency);
+    }
+    out.received = per_client;
+    procs::report("result", &out)?;
+    drop(held);
+    Ok(())
+}
+
+/// Parent side: one run.
+pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<Figures> {
+    if p.senders == 0 || p.senders > p.clients {
+        bail!("--senders must be between 1 and --clients");
+    }
+    let procs = load.procs.min(p.clients);
+    if p.clients.div_ceil(procs) < p.senders {
+        bail!("all senders must fit in the first process: use fewer --senders or --procs");
+    }
+    let mut kids = Children::spawn(
+        &Job::Broadcast(p.clone()),
+        procs,
+        load.sources_for(p.clients),
+        d.addr,
+    )?;
+    let _: Vec<serde_json::Value> = kids.collect("ready", Duration::from_secs(60)).await?;
+    let cpu = CpuSample::start(&[
+        ("gateways", d.pids("gateway")),
+        ("workers", d.pids("worker")),
+        ("loadgen", kids.pids()),
+    ]);
+    let go_us = client::now_micros();
+    kids.go().await?;
+    tokio::time::sleep(Duration::from_secs_f64(p.seconds)).await;
+    let cpu = cpu.percent();
+    let wait = Duration::from_secs_f64(p.grace + 30.0);
+    let outcomes: Vec<Outcome> = kids.collect("result", wait).await?;
+    kids.wait().await;
+
+    let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
+    let received: Vec<u64> = outcomes.iter().flat_map(|o| o.received.clone()).collect();
+    let delivered: u64 = received.iter().sum();
+    let expected = sent * received.len() as u64;
+    let incomplete = received.iter().filter(|r| **r < sent).count();
+    let mut latency = Histogram::default();
+    for o in &outcomes {
+        latency.merge(&o.latency);
+    }
+    let last = outcomes
+        .iter()
+        .map(|o| o.last_delivery_us)
+        .max()
+        .unwrap_or(0);
+    let span = (last.saturating_sub(go_us) as f64 / 1e6).max(p.seconds);
+    let max_lag = outcomes
+        .iter()
+        .map(|o| o.max_send_lag_us)
+        .max()
+        .unwrap_or(0);
+    let reordered: u64 = outcomes.iter().map(|o| o.reordered).sum();
+    eprintln!("cpu during sending: {}", procinfo::format_cpu(&cpu));
+    let ms = |us: u64| us as f64 / 1e3;
+    Ok(vec![
+        ("sent", sent as f64),
+        ("receivers", received.len() as f64),
+        ("delivered", delivered as f64),
+        ("lost", expected.saturating_sub(delivered) as f64),
+        ("incomplete_clients", incomplete as f64),
+        ("reordered", reordered as f64),
+        ("deliveries_per_s", (delivered as f64 / span).round()),
+        ("p50_ms", ms(latency.quantile(0.5))),
+        ("p99_ms", ms(latency.quantile(0.99))),
+        ("max_ms", ms(latency.max())),
+        ("max_send_lag_ms", ms(max_lag)),
+        ("cpu_gateways_pct", cpu["gateways"].round()),
+        ("cpu_workers_pct", cpu["workers"].round()),
+        ("cpu_loadgen_pct", cpu["loadgen"].round()),
+    ])
+}

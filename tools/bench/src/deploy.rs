@@ -1,0 +1,314 @@
+//! The deployment under test: either one this tool starts (a temporary config, the
+//! release `chat` binary, stopped at the end by signalling only the supervisor it
+//! started) or an existing address.
+//!
+//! Readiness and process ids come from the files the supervisor and its children keep
+//! under `<data_dir>/run`: `supervisor.json` (children and pids) and `stats/*.json`
+//! (each gateway's worker links).
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+/// How long a started deployment may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the supervisor may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the load goes.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Use a running deployment at this address instead of starting one.
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Its data directory (for gateway and worker pids: memory and CPU figures).
+    #[arg(long, requires = "addr")]
+    pub data_dir: Option<PathBuf>,
+    /// The `chat` binary to start (default: `chat` beside this executable).
+    #[arg(long)]
+    pub chat: Option<PathBuf>,
+    /// Gateway processes of a started deployment.
+    #[arg(long, default_value_t = 1)]
+    pub gateways: usize,
+    /// Worker processes of a started deployment.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Most clients per gateway process (`gateway.max_clients`).
+    #[arg(long, default_value_t = 19_000)]
+    pub max_clients: usize,
+    /// Keep the chat history in SQLite (`[db.instances.history]`, as the demo ships);
+    /// without it every public line skips the database write.
+    #[arg(long)]
+    pub history: bool,
+    /// Client port of a started deployment (0: a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+/// One process the supervisor started.
+#[derive(Debug, Deserialize)]
+struct ChildState {
+    role: String,
+    pid: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct SupervisorState {
+    children: Vec<ChildState>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProcessStats {
+    role: String,
+    pid: u32,
+    #[serde(default)]
+    clients: u64,
+    #[serde(default)]
+    detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A deployment to benchmark.
+pub struct Deployment {
+    /// Client address.
+    pub addr: SocketAddr,
+    data_dir: Option<PathBuf>,
+    /// The temporary directory and supervisor of a deployment this tool started.
+    started: Option<(PathBuf, Child)>,
+}
+
+impl Deployment {
+    /// Starts a deployment as `target` says, or describes the existing one.
+    pub fn open(target: &Target) -> anyhow::Result<Self> {
+        if let Some(addr) = target.addr {
+            return Ok(Self {
+                addr,
+                data_dir: target.data_dir.clone(),
+                started: None,
+            });
+        }
+        let chat = match &target.chat {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("executable directory")?
+                .join("chat"),
+        };
+        if !chat.exists() {
+            bail!(
+                "no chat binary at {} (build it: cargo build --release -p chat, or pass --chat)",
+                chat.display()
+            );
+        }
+        let port = if target.port == 0 {
+            free_port()?
+        } else {
+            target.port
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-bench-{}-{}",
+            std::process::id(),
+            crate::client::now_micros()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("chat.toml");
+        std::fs::write(&config, config_text(target, &dir.join("data"), port))?;
+        let log = std::fs::File::create(dir.join("chat.log"))?;
+        let mut cmd = Command::new(&chat);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("start")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // If this tool dies, the supervisor (and through it every child) stops too.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", chat.display()))?;
+        let deployment = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            data_dir: Some(dir.join("data")),
+            started: Some((dir, child)),
+        };
+        deployment.wait_ready(target.gateways, target.workers)?;
+        Ok(deployment)
+    }
+
+    fn run_dir(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| d.join("run"))
+    }
+
+    /// Waits until `gateways` gateways each report `workers` worker links.
+    fn wait_ready(&self, gateways: usize, workers: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let ready = self
+                .stats()
+                .iter()
+                .filter(|s| s.role == "gateway")
+                .filter(|s| {
+                    s.detail.get("workers").and_then(|v| v.as_u64()) == Some(workers as u64)
+                })
+                .count();
+            if ready >= gateways && self.pids("gateway").len() == gateways {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "deployment not ready after {READY_TIMEOUT:?} ({ready} of {gateways} gateways); log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stats(&self) -> Vec<ProcessStats> {
+        let Some(dir) = self.run_dir().map(|d| d.join("stats")) else {
+            return vec![];
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return vec![];
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<ProcessStats>(&b).ok())
+            .filter(|s| crate::procinfo::rss_bytes(s.pid) > 0)
+            .collect()
+    }
+
+    /// Clients the gateways report (their stats files, refreshed once a second).
+    pub fn gateway_clients(&self) -> u64 {
+        self.stats()
+            .iter()
+            .filter(|s| s.role == "gateway")
+            .map(|s| s.clients)
+            .sum()
+    }
+
+    /// Pids of the running processes of a role (`gateway` / `worker`).
+    pub fn pids(&self, role: &str) -> Vec<u32> {
+        let Some(path) = self.run_dir().map(|d| d.join("supervisor.json")) else {
+            return vec![];
+        };
+        let Some(state) = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SupervisorState>(&b).ok())
+        else {
+            return vec![];
+        };
+        state
+            .children
+            .into_iter()
+            .filter(|c| c.role.eq_ignore_ascii_case(role) && c.pid != 0)
+            .map(|c| c.pid)
+            .collect()
+    }
+
+    /// Sum of the gateways' resident memory, in bytes.
+    pub fn gateway_rss(&self) -> u64 {
+        self.pids("gateway")
+            .into_iter()
+            .map(crate::procinfo::rss_bytes)
+            .sum()
+    }
+
+    /// What a started deployment logged.
+    pub fn log(&self) -> String {
+        self.started
+            .as_ref()
+            .and_then(|(dir, _)| std::fs::read_to_string(dir.join("chat.log")).ok())
+            .unwrap_or_default()
+    }
+
+    /// Stops a deployment this tool started (SIGTERM to its supervisor only).
+    pub fn stop(&mut self) {
+        let Some((dir, mut child)) = self.started.take() else {
+            return;
+        };
+        // SAFETY: kill on the pid of a child we spawned and have not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                eprintln!("bench: supervisor did not stop within {STOP_TIMEOUT:?}; killing it");
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn config_text(target: &Target, data: &Path, port: u16) -> String {
+    let history = if target.history {
+        "[db.instances.history]\ndriver = \"sqlite\"\npath = \"history.sqlite\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"# Written by tools/bench.
+name = "bench"
+secret = "bench-secret"
+data_dir = "{data}"
+
+[store]
+backend = "file"
+path = "store.sqlite"
+
+[gateway]
+count = {gateways}
+max_clients = {max_clients}
+
+[[gateway.listeners]]
+name = "telnet"
+listen = "127.0.0.1:{port}"
+protocol = "text"
+
+[gateway.heartbeat]
+interval = "25s"
+idle_intervals = 0
+
+[worker]
+count = {workers}
+discovery_interval = "200ms"
+
+[log]
+level = "warn"
+
+{history}"#,
+        data = data.display(),
+        gateways = target.gateways,
+        workers = target.workers,
+        max_clients = target.max_clients,
+    )
+}

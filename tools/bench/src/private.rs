@@ -1,0 +1,251 @@
+//! `private`: M logged-in clients in pairs, each sending `PEER_ID:p SEQ MICROS` to its
+//! partner, at a total rate R for T seconds.
+//!
+//! Sending is open-loop: every client has a fixed schedule (it does not wait for
+//! answers), so a slow server shows up as latency, not as a lower offered rate. The
+//! recipient measures latency from the timestamp in the line; a message not received
+//! within the grace period after sending stops is lost. Both clients of a pair live in
+//! the same load-generator process, so each child knows what its clients must receive.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::client::{self, Lines};
+use crate::deploy::Deployment;
+use crate::procinfo::{self, CpuSample};
+use crate::procs::{self, Children, Share};
+use crate::stats::Histogram;
+use crate::{Figures, Job, Load};
+
+/// Parameters of `private`.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct Params {
+    /// Logged-in clients (an even number: they send in pairs).
+    #[arg(long, default_value_t = 200)]
+    pub clients: usize,
+    /// Messages per second, over all clients.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds after sending stops within which every message must have arrived.
+    #[arg(long, default_value_t = 3.0)]
+    pub grace: f64,
+}
+
+/// What one child measured.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Outcome {
+    sent: u64,
+    received: u64,
+    not_online: u64,
+    /// Worst lateness of a send against its schedule (the generator keeping up).
+    max_send_lag_us: u64,
+    latency: Histogram,
+}
+
+/// Marker of a private line at its recipient.
+const RECEIVED: &[u8] = b" said to You :p ";
+/// What the chat answers when the recipient is unknown.
+const NOT_ONLINE: &[u8] = b"is not online";
+
+/// Logs in `count` clients with global indices from `first`, 64 at a time.
+pub async fn login_all(
+    share: &Share,
+    prefix: &str,
+    first: usize,
+    count: usize,
+) -> anyhow::Result<Vec<client::Session>> {
+    let permits = Arc::new(Semaphore::new(64));
+    let mut tasks = JoinSet::new();
+    for index in first..first + count {
+        let permit = permits.clone().acquire_owned().await?;
+        let share = *share;
+        let name = format!("{prefix}{index}");
+        tasks.spawn(async move {
+            let s = client::login(share.addr, client::source_ip(index, share.sources), &name).await;
+            drop(permit);
+            (index, s)
+        });
+    }
+    let mut sessions = Vec::with_capacity(count);
+    while let Some(joined) = tasks.join_next().await {
+        let (index, session) = joined?;
+        match session {
+            Ok(s) => sessions.push((index, s)),
+            Err(e) => bail!("login of client {index} failed: {e:#}"),
+        }
+    }
+    sessions.sort_by_key(|(i, _)| *i);
+    Ok(sessions.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Sends on a fixed schedule until `end`; returns (sent, worst lag in µs) and the
+/// writing half (dropping it would half-close the connection, which the gateway takes
+/// for a departing client).
+async fn send(
+    mut writer: OwnedWriteHalf,
+    to: String,
+    first_due: Instant,
+    interval: Duration,
+    end: Instant,
+) -> (u64, u64, OwnedWriteHalf) {
+    let (mut seq, mut max_lag) = (0u64, 0u64);
+    loop {
+        let due = first_due + interval.mul_f64(seq as f64);
+        if due >= end {
+            break;
+        }
+        tokio::time::sleep_until(due).await;
+        max_lag = max_lag.max(due.elapsed().as_micros() as u64);
+        let line = format!("{to}:p {seq} {}\n", client::now_micros());
+        if writer.write_all(line.as_bytes()).await.is_err() {
+            break;
+        }
+        seq += 1;
+    }
+    (seq, max_lag, writer)
+}
+
+/// Receives until `expected` (set by the partner's sender when it is done) is reached,
+/// or `deadline`.
+async fn receive(mut lines: Lines, expected: Arc<AtomicU64>, deadline: Instant) -> Outcome {
+    let mut out = Outcome::default();
+    let recheck = Duration::from_millis(50);
+    while out.received < expected.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let line = match tokio::time::timeout_at((now + recheck).min(deadline), lines.next()).await
+        {
+            Err(_) => continue,
+            Ok(Ok(Some(line))) => line,
+            Ok(_) => break,
+        };
+        if let Some(rest) = client::after(line, RECEIVED) {
+            if let Some((_, at)) = client::parse_seq_time(rest) {
+                out.received += 1;
+                out.latency.record(client::now_micros().saturating_sub(at));
+            }
+        } else if client::after(line, NOT_ONLINE).is_some() {
+            out.not_online += 1;
+        }
+    }
+    out
+}
+
+/// Child side: logs in this share of the pairs, sends and receives after `go`.
+pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
+    let (first_pair, pairs) = share.part(p.clients / 2);
+    let sessions = login_all(&share, "p", first_pair * 2, pairs * 2).await?;
+    procs::report("ready", &serde_json::json!({ "clients": sessions.len() }))?;
+    procs::wait_go().await?;
+
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(p.seconds);
+    let deadline = end + Duration::from_secs_f64(p.grace);
+    // Every client sends rate/clients messages a second, phases spread evenly.
+    let interval = Duration::from_secs_f64(p.clients as f64 / p.rate.max(1e-3));
+    let n = sessions.len().max(1);
+    let expected: Vec<Arc<AtomicU64>> = (0..sessions.len())
+        .map(|_| Arc::new(AtomicU64::new(u64::MAX)))
+        .collect();
+    let ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
+    let mut senders = JoinSet::new();
+    let mut receivers = JoinSet::new();
+    for (i, session) in sessions.into_iter().enumerate() {
+        let partner = i ^ 1;
+        let phase = interval.mul_f64(i as f64 / n as f64);
+        let (to, partner_expects) = (ids[partner].clone(), expected[partner].clone());
+        senders.spawn(async move {
+            let (sent, lag, writer) = send(session.writer, to, start + phase, interval, end).await;
+            partner_expects.store(sent, Ordering::Release);
+            (sent, lag, writer)
+        });
+        receivers.spawn(receive(session.lines, expected[i].clone(), deadline));
+    }
+    let mut total = Outcome::default();
+    // Writing halves stay open until the result is out.
+    let mut held = Vec::new();
+    while let Some(joined) = senders.join_next().await {
+        let (sent, lag, writer) = joined?;
+        total.sent += sent;
+        total.max_send_lag_us = total.max_send_lag_us.max(lag);
+        held.push(writer);
+    }
+    while let Some(joined) = receivers.join_next().await {
+        let o = joined?;
+        total.received += o.received;
+        total.not_online += o.not_online;
+        total.latency.merge(&o.latency);
+    }
+    procs::report("result", &total)?;
+    drop(held);
+    Ok(())
+}
+
+/// Parent side: one run.
+pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<Figures> {
+    if p.clients < 2 || !p.clients.is_multiple_of(2) {
+        bail!("--clients must be an even number of at least 2");
+    }
+    let procs = load.procs.min(p.clients / 2);
+    let mut kids = Children::spawn(
+        &Job::Private(p.clone()),
+        procs,
+        load.sources_for(p.clients),
+        d.addr,
+    )?;
+    let _: Vec<serde_json::Value> = kids.collect("ready", Duration::from_secs(60)).await?;
+    let cpu = CpuSample::start(&[
+        ("gateways", d.pids("gateway")),
+        ("workers", d.pids("worker")),
+        ("loadgen", kids.pids()),
+    ]);
+    kids.go().await?;
+    tokio::time::sleep(Duration::from_secs_f64(p.seconds)).await;
+    let cpu = cpu.percent();
+    let wait = Duration::from_secs_f64(p.grace + 30.0);
+    let outcomes: Vec<Outcome> = kids.collect("result", wait).await?;
+    kids.wait().await;
+    let mut total = Outcome::default();
+    for o in &outcomes {
+        total.sent += o.sent;
+        total.received += o.received;
+        total.not_online += o.not_online;
+        total.max_send_lag_us = total.max_send_lag_us.max(o.max_send_lag_us);
+        total.latency.merge(&o.latency);
+    }
+    eprintln!("cpu during sending: {}", procinfo::format_cpu(&cpu));
+    let ms = |us: u64| us as f64 / 1e3;
+    Ok(vec![
+        ("sent", total.sent as f64),
+        ("received", total.received as f64),
+        ("lost", total.sent.saturating_sub(total.received) as f64),
+        ("not_online", total.not_online as f64),
+        ("sent_per_s", (total.sent as f64 / p.seconds).round()),
+        (
+            "received_per_s",
+            (total.received as f64 / p.seconds).round(),
+        ),
+        ("p50_ms", ms(total.latency.quantile(0.5))),
+        ("p99_ms", ms(total.latency.quantile(0.99))),
+        ("max_ms", ms(total.latency.max())),
+        ("max_send_lag_ms", ms(total.max_send_lag_us)),
+        ("cpu_gateways_pct", cpu["gateways"].round()),
+        ("cpu_workers_pct", cpu["workers"].round()),
+        ("cpu_loadgen_pct", cpu["loadgen"].round()),
+    ])
+}
