@@ -1,0 +1,111 @@
+//! Smoke test of the load generator: every scenario for about two seconds with a few
+//! dozen clients, against a deployment the tool starts, with zero loss.
+//!
+//! It uses the `chat` binary cargo built beside this test (`target/<profile>/chat`); the
+//! workspace test command builds every binary first. It never builds anything itself.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `chat` binary of this profile: this test runs from `target/<profile>/deps/`.
+fn chat_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile> directory");
+    let chat = profile_dir.join("chat");
+    assert!(
+        chat.exists(),
+        "{} is missing: run the workspace tests (they build every binary) or `cargo build -p chat` first",
+        chat.display()
+    );
+    chat
+}
+
+/// Runs one scenario with `--json` and returns the figures of its single run.
+fn run(args: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .arg("--json")
+        .arg("--chat")
+        .arg(chat_bin())
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON figures in:\n{stdout}\nstderr:\n{stderr}"))
+}
+
+fn figure(figures: &serde_json::Map<String, serde_json::Value>, name: &str) -> f64 {
+    figures
+        .get(name)
+        .and_then(|v| v.as_f64())
+        .unwrap_or_else(|| panic!("no {name} in {figures:?}"))
+}
+
+#[test]
+fn connect_holds_every_client() {
+    let f = run(&[
+        "connect",
+        "--clients",
+        "60",
+        "--hold",
+        "1.5",
+        "--gateways",
+        "2",
+        "--sources",
+        "2",
+    ]);
+    assert_eq!(figure(&f, "clients"), 60.0, "{f:?}");
+    assert_eq!(figure(&f, "failed"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "alive_after_hold"), 60.0, "{f:?}");
+    assert!(figure(&f, "gateway_rss_mib") > 0.0, "{f:?}");
+}
+
+#[test]
+fn private_loses_nothing() {
+    let f = run(&[
+        "private",
+        "--clients",
+        "24",
+        "--rate",
+        "600",
+        "--seconds",
+        "2",
+        "--grace",
+        "5",
+    ]);
+    assert_eq!(figure(&f, "sent"), 1200.0, "{f:?}");
+    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "not_online"), 0.0, "{f:?}");
+}
+
+#[test]
+fn broadcast_reaches_everybody() {
+    let f = run(&[
+        "broadcast",
+        "--clients",
+        "30",
+        "--senders",
+        "2",
+        "--rate",
+        "50",
+        "--seconds",
+        "2",
+        "--grace",
+        "5",
+    ]);
+    assert_eq!(figure(&f, "sent"), 100.0, "{f:?}");
+    assert_eq!(figure(&f, "receivers"), 30.0, "{f:?}");
+    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
+}
