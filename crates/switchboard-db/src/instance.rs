@@ -274,6 +274,26 @@ impl Instance {
         }
     }
 
+    /// The underlying sqlx pool of a MySQL instance (`None` for SQLite): an
+    /// escape hatch for what the builder does not cover. Statements run on it
+    /// bypass this crate's checks and retry. Creates the pool if needed, so
+    /// call it inside a tokio runtime.
+    pub fn mysql_pool(&self) -> Option<sqlx::MySqlPool> {
+        match self.pool() {
+            Pool::MySql(p) => Some(p.clone()),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    /// The underlying sqlx pool of an SQLite instance (`None` for MySQL);
+    /// see [`mysql_pool`](Self::mysql_pool).
+    pub fn sqlite_pool(&self) -> Option<sqlx::SqlitePool> {
+        match self.pool() {
+            Pool::Sqlite(p) => Some(p.clone()),
+            Pool::MySql(_) => None,
+        }
+    }
+
     /// Connection counters (see [`InstanceStats`]).
     pub fn stats(&self) -> InstanceStats {
         let (open, idle) = match self.inner.pool.get() {

@@ -357,17 +357,11 @@ async fn overhead_benchmarks(args: &Args) -> Result<()> {
     cfg.pool_size = 1;
     let sdb = Instance::new("bench-sqlite", cfg)?;
     setup(&sdb).await?;
-    let raw_sqlite = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
-        )
-        .await?;
+    // Raw sqlx runs on the instance's own pool, so both sides use the same
+    // connection (and the same SQLite worker thread / server thread): other
+    // processes' load then hits both alike.
+    let raw_sqlite = sdb.sqlite_pool().context("sqlite pool")?;
     let s = overhead("sqlite", &sdb, &raw_sqlite, args).await?;
-    raw_sqlite.close().await;
     sdb.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -400,21 +394,8 @@ async fn overhead_benchmarks(args: &Args) -> Result<()> {
         .await
         .with_context(|| format!("no MariaDB at {}", args.url))?;
     setup(&mdb).await?;
-    let raw_mysql = sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect_with(
-            sqlx::mysql::MySqlConnectOptions::new()
-                .host(&cfg.host)
-                .port(cfg.port)
-                .username(&cfg.user)
-                .database(cfg.database.as_deref().unwrap_or("test"))
-                .ssl_mode(sqlx::mysql::MySqlSslMode::Disabled)
-                .pipes_as_concat(false),
-        )
-        .await?;
+    let raw_mysql = mdb.mysql_pool().context("mysql pool")?;
     let m = overhead("mysql", &mdb, &raw_mysql, args).await?;
-    raw_mysql.close().await;
     row("MariaDB (pool 1)", &m);
     println!();
     Ok(())
