@@ -79,12 +79,13 @@ struct Received {
 async fn send(
     mut writer: OwnedWriteHalf,
     first_due: Instant,
-    interval: Duration,
+    per_second: f64,
     end: Instant,
 ) -> (u64, u64, OwnedWriteHalf) {
     let (mut seq, mut max_lag) = (0u64, 0u64);
     loop {
-        let due = first_due + interval.mul_f64(seq as f64);
+        // A division, not seq × (1 / rate): 3000 / 300.0 is exactly 10 s.
+        let due = first_due + Duration::from_secs_f64(seq as f64 / per_second);
         if due >= end {
             break;
         }
@@ -159,7 +160,8 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(p.seconds);
     let deadline = end + Duration::from_secs_f64(p.grace);
-    let interval = Duration::from_secs_f64(p.senders as f64 / p.rate.max(1e-3));
+    let per_sender = p.rate.max(1e-3) / p.senders as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_sender);
     let mut senders = JoinSet::new();
     let mut receivers = JoinSet::new();
     // Writing halves stay open until the result is out: a close is announced to all.
@@ -168,7 +170,7 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         let index = first + offset;
         if index < p.senders {
             let phase = interval.mul_f64(index as f64 / p.senders as f64);
-            senders.spawn(send(session.writer, start + phase, interval, end));
+            senders.spawn(send(session.writer, start + phase, per_sender, end));
         } else {
             held.push(session.writer);
         }
@@ -262,5 +264,6 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("cpu_gateways_pct", cpu["gateways"].round()),
         ("cpu_workers_pct", cpu["workers"].round()),
         ("cpu_loadgen_pct", cpu["loadgen"].round()),
+        ("cpu_others_pct", cpu["others"].round()),
     ])
 }

@@ -98,12 +98,13 @@ async fn send(
     mut writer: OwnedWriteHalf,
     to: String,
     first_due: Instant,
-    interval: Duration,
+    per_second: f64,
     end: Instant,
 ) -> (u64, u64, OwnedWriteHalf) {
     let (mut seq, mut max_lag) = (0u64, 0u64);
     loop {
-        let due = first_due + interval.mul_f64(seq as f64);
+        // A division, not seq × (1 / rate): 3000 / 300.0 is exactly 10 s.
+        let due = first_due + Duration::from_secs_f64(seq as f64 / per_second);
         if due >= end {
             break;
         }
@@ -157,7 +158,8 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let end = start + Duration::from_secs_f64(p.seconds);
     let deadline = end + Duration::from_secs_f64(p.grace);
     // Every client sends rate/clients messages a second, phases spread evenly.
-    let interval = Duration::from_secs_f64(p.clients as f64 / p.rate.max(1e-3));
+    let per_client = p.rate.max(1e-3) / p.clients as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_client);
     let n = sessions.len().max(1);
     let expected: Vec<Arc<AtomicU64>> = (0..sessions.len())
         .map(|_| Arc::new(AtomicU64::new(u64::MAX)))
@@ -170,7 +172,8 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         let phase = interval.mul_f64(i as f64 / n as f64);
         let (to, partner_expects) = (ids[partner].clone(), expected[partner].clone());
         senders.spawn(async move {
-            let (sent, lag, writer) = send(session.writer, to, start + phase, interval, end).await;
+            let (sent, lag, writer) =
+                send(session.writer, to, start + phase, per_client, end).await;
             partner_expects.store(sent, Ordering::Release);
             (sent, lag, writer)
         });
@@ -247,5 +250,6 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("cpu_gateways_pct", cpu["gateways"].round()),
         ("cpu_workers_pct", cpu["workers"].round()),
         ("cpu_loadgen_pct", cpu["loadgen"].round()),
+        ("cpu_others_pct", cpu["others"].round()),
     ])
 }

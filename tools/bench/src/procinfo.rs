@@ -36,10 +36,30 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (user + system) as f64 / hz
 }
 
+/// Busy and total CPU time of the whole machine in seconds (first line of
+/// `/proc/stat`; idle and iowait count as not busy).
+fn machine_seconds() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ((total - idle) as f64 / hz, total as f64 / hz)
+}
+
 /// CPU time of groups of processes, between a start and a later reading.
 pub struct CpuSample {
     at: Instant,
     groups: BTreeMap<String, (Vec<u32>, f64)>,
+    machine: (f64, f64),
 }
 
 impl CpuSample {
@@ -55,19 +75,30 @@ impl CpuSample {
         Self {
             at: Instant::now(),
             groups,
+            machine: machine_seconds(),
         }
     }
 
-    /// CPU use of every group since `start`, in percent of one core.
+    /// CPU use of every group since `start`, in percent of one core, with `machine`
+    /// (every process of the machine) and `others` (the machine minus the groups: other
+    /// people's work on a shared machine).
     pub fn percent(&self) -> BTreeMap<String, f64> {
         let wall = self.at.elapsed().as_secs_f64().max(0.001);
-        self.groups
+        let mut out: BTreeMap<String, f64> = self
+            .groups
             .iter()
             .map(|(name, (pids, before))| {
                 let now: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
                 (name.clone(), 100.0 * (now - before).max(0.0) / wall)
             })
-            .collect()
+            .collect();
+        let (busy, total) = machine_seconds();
+        let cores = (total - self.machine.1) / wall;
+        let machine = 100.0 * (busy - self.machine.0) / wall;
+        let ours: f64 = out.values().sum();
+        out.insert("machine".into(), machine.min(100.0 * cores.round()));
+        out.insert("others".into(), (machine - ours).max(0.0));
+        out
     }
 }
 
