@@ -216,3 +216,27 @@ fn sorted(mut v: Vec<ClientId>) -> Vec<ClientId> {
     v.sort();
     v
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_store_is_kept_apart_from_discovery_keys() {
+    let d = Deployment::start(Options::default());
+    let api = Gateway::connect(&d.config).await.unwrap();
+    api.store()
+        .set("sb/chat-test/gateways", b"not a list", None)
+        .await
+        .unwrap();
+    let raw = switchboard::open_store(&d.config).await.unwrap();
+    assert_eq!(
+        raw.get("app/chat-test/sb/chat-test/gateways")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"not a list"[..])
+    );
+    // Discovery is untouched: a new client is still served.
+    let mut c = Client::connect(d.addr).await;
+    let id = c.login("carol").await;
+    c.send("ok").await;
+    c.expect_next(&format!("carol[{id}] said :ok")).await;
+    api.close().await;
+}

@@ -227,3 +227,135 @@ async fn events_held_past_the_hold_timeout_are_rejected_with_an_error() {
     a.expect_next(&format!("alice[{id}] said :after outage"))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_is_detected_by_pings_and_its_events_move_on() {
+    let d = Deployment::start(Options {
+        gateway_extra: "link_ping_interval = \"200ms\"\n".into(),
+        ..Options::default()
+    });
+    // Two clients: whichever worker they stick to, freezing one worker strands one of
+    // them unless the gateway notices.
+    let mut a = Client::connect(d.addr).await;
+    let ida = a.login("alice").await;
+    let mut b = Client::connect(d.addr).await;
+    let idb = b.login("bob").await;
+    let frozen = d.pids("worker")[0];
+    unsafe { libc::kill(frozen as i32, libc::SIGSTOP) };
+    a.send("one").await;
+    b.send("two").await;
+    // The gateway notices the silence (pings unanswered) while the worker is frozen.
+    let log = d.wait_log("3 ping intervals");
+    assert!(log.contains("peer disconnected"), "{log}");
+    // Both lines arrive, in either order (the live worker's may come first).
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut want: std::collections::HashSet<String> = [
+            format!("alice[{ida}] said :one"),
+            format!("bob[{idb}] said :two"),
+        ]
+        .into();
+        while !want.is_empty() {
+            let l = a.line().await;
+            want.remove(&l);
+        }
+    })
+    .await;
+    unsafe { libc::kill(frozen as i32, libc::SIGCONT) };
+    assert!(
+        got.is_ok(),
+        "events stranded at the frozen worker {frozen}:\n{}",
+        d.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_over_the_frame_limit_is_refused_without_breaking_the_link() {
+    let d = Deployment::start(Options {
+        gateway_extra: "max_internal_frame = 4096\n".into(),
+        ..Options::default()
+    });
+    let mut a = Client::connect(d.addr).await;
+    let id = a.login("alice").await;
+    let api = switchboard::Gateway::connect(&d.config).await.unwrap();
+    assert!(api.wait_for_gateways(1, common::WAIT).await);
+    let err = api.send_to_client(id, vec![b'x'; 5000]).await.unwrap_err();
+    assert!(
+        matches!(err, switchboard::ApiError::TooLarge { max: 4096, .. }),
+        "{err}"
+    );
+    api.send_to_client(id, "small").await.unwrap();
+    a.expect_next("small").await;
+    api.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_gateway_planted_in_the_store_is_not_trusted() {
+    let d = Deployment::start(Options::default());
+    // An impostor that does the handshake but cannot prove the secret.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_addr = listener.local_addr().unwrap();
+    let fake_number = 4242;
+    let impostor = tokio::spawn(async move {
+        let mut commands_seen = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let hello = internal::encode_to_bytes(&Frame::Hello {
+                version: internal::PROTOCOL_VERSION,
+                gateway: fake_number,
+                nonce: [7; 32],
+            });
+            let _ = s.write_all(&hello).await;
+            let mut buf = BytesMut::new();
+            loop {
+                match s.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                while let Ok(Some(f)) = internal::decode(&mut buf, 1 << 20) {
+                    match f {
+                        Frame::Auth { .. } => {
+                            let welcome =
+                                internal::encode_to_bytes(&Frame::Welcome { mac: [0; 32] });
+                            let _ = s.write_all(&welcome).await;
+                        }
+                        Frame::Command(_) | Frame::Query { .. } => commands_seen += 1,
+                        _ => {}
+                    }
+                }
+            }
+            if commands_seen > 0 {
+                return commands_seen;
+            }
+        }
+        commands_seen
+    });
+    let store = switchboard::open_store(&d.config).await.unwrap();
+    let entry = switchboard::discovery::GatewayEntry {
+        number: fake_number,
+        internal: fake_addr,
+        listeners: vec![],
+        pid: 1,
+    };
+    switchboard::discovery::publish(
+        store.as_ref(),
+        &d.config.name,
+        &entry,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    d.wait_log("did not prove it knows the secret");
+    // Broadcasts from the chat never reach the impostor.
+    let mut a = Client::connect(d.addr).await;
+    a.login("alice").await;
+    a.send("secret talk").await;
+    a.expect_next(&format!("alice[{}] said :secret talk", a.id.unwrap()))
+        .await;
+    let api = switchboard::Gateway::connect(&d.config).await.unwrap();
+    api.wait_for_gateways(1, Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!api.gateways().contains(&fake_number));
+    impostor.abort();
+    switchboard::discovery::unpublish(store.as_ref(), &d.config.name, fake_number)
+        .await
+        .unwrap();
+}

@@ -43,6 +43,37 @@ pub fn verify(
         .is_ok()
 }
 
+/// The gateway's answer to a peer's own challenge (role byte 0, then the gateway's
+/// number), so a peer knows it talks to a real gateway of its deployment and not to an
+/// address someone planted in the store.
+pub fn gateway_answer(secret: &str, peer_nonce: &[u8; NONCE_LEN], gateway: u32) -> [u8; NONCE_LEN] {
+    gateway_mac(secret, peer_nonce, gateway)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Checks a gateway's answer in constant time.
+pub fn verify_gateway(
+    secret: &str,
+    peer_nonce: &[u8; NONCE_LEN],
+    gateway: u32,
+    answer: &[u8; NONCE_LEN],
+) -> bool {
+    gateway_mac(secret, peer_nonce, gateway)
+        .verify_slice(answer)
+        .is_ok()
+}
+
+fn gateway_mac(secret: &str, nonce: &[u8; NONCE_LEN], gateway: u32) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(nonce);
+    mac.update(&[0]);
+    mac.update(&gateway.to_be_bytes());
+    mac
+}
+
 /// A fresh random nonce.
 pub fn nonce() -> [u8; NONCE_LEN] {
     rand::random()
@@ -60,5 +91,11 @@ mod tests {
         assert!(!verify("other", &n, Role::Worker, "w1", &a));
         assert!(!verify("s3cret", &n, Role::Api, "w1", &a));
         assert!(!verify("s3cret", &nonce(), Role::Worker, "w1", &a));
+        let g = gateway_answer("s3cret", &n, 7);
+        assert!(verify_gateway("s3cret", &n, 7, &g));
+        assert!(!verify_gateway("s3cret", &n, 8, &g));
+        assert!(!verify_gateway("other", &n, 7, &g));
+        // A gateway answer is never a valid peer answer (no reflection).
+        assert_ne!(&g[..], &answer("s3cret", &n, Role::Worker, "")[..]);
     }
 }

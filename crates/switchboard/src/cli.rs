@@ -224,7 +224,11 @@ impl App {
                 }
                 init_logging(&config, "supervisor");
                 let path = write_effective_config(&config)?;
-                runtime(1, "supervisor")?.block_on(supervisor::run(config, path, only))?;
+                let rt = runtime(1, "supervisor")?;
+                let handle = rt.spawn(supervisor::run(config, path, only));
+                rt.block_on(handle).unwrap_or_else(|e| {
+                    Err(Error::Other(format!("supervisor task failed: {e}")))
+                })?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Stop => {
@@ -267,22 +271,20 @@ impl App {
             }
             Command::Gateway { index } => {
                 init_logging(&config, "gateway");
-                let rt = runtime(0, &format!("gateway-{index}"))?;
-                rt.block_on(async move {
+                let name = format!("gateway-{index}");
+                run_role(&name, async move {
                     let shutdown = shutdown_on_signals()?;
                     crate::gateway::run(config, index, shutdown).await
-                })?;
-                Ok(ExitCode::SUCCESS)
+                })
             }
             Command::Worker { index } => {
                 init_logging(&config, "worker");
                 let events = (self.events)();
-                let rt = runtime(0, &format!("worker-{index}"))?;
-                rt.block_on(async move {
+                let name = format!("worker-{index}");
+                run_role(&name, async move {
                     let shutdown = shutdown_on_signals()?;
                     crate::worker::run(config, events, shutdown).await
-                })?;
-                Ok(ExitCode::SUCCESS)
+                })
             }
         }
     }
@@ -373,15 +375,36 @@ impl App {
     }
 }
 
+/// A runtime whose threads carry `name`, which every log line shows. `threads` 0 means
+/// one per core.
 fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime, Error> {
-    let mut b = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
     b.enable_all().thread_name(name.to_string());
     b.build()
         .map_err(|e| Error::io("cannot start the async runtime", e))
+}
+
+/// Runs a process role's main future on the runtime's named threads (not on `main`),
+/// so its log lines say which process wrote them; a fatal error is logged too.
+fn run_role<F>(name: &str, fut: F) -> Result<ExitCode, Error>
+where
+    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let rt = runtime(0, name)?;
+    let handle = rt.spawn(fut);
+    let result = rt
+        .block_on(handle)
+        .unwrap_or_else(|e| Err(Error::Other(format!("main task failed: {e}"))));
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!(error = %e, "{name} cannot run");
+            Err(Error::Other(format!("{name}: {e}")))
+        }
+    }
 }
 
 fn shutdown_on_signals() -> Result<CancellationToken, Error> {
@@ -556,7 +579,7 @@ async fn print_connections(
     group: Option<String>,
 ) -> Result<(), Error> {
     let gateway = Gateway::connect(&config).await?;
-    let gateways = crate::discovery::list(gateway.store().as_ref(), &config.name)
+    let gateways = crate::discovery::list(gateway.raw_store().as_ref(), &config.name)
         .await?
         .len();
     if !gateway

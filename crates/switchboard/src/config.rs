@@ -114,6 +114,11 @@ pub struct GatewayConfig {
     /// How often the gateway refreshes its discovery entry in the store.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
+    /// How often the gateway pings each worker link; a link silent for three intervals
+    /// is closed and its in-flight events go to another worker (a worker machine that
+    /// vanished without closing its connections).
+    #[serde(with = "humantime_serde")]
+    pub link_ping_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -131,6 +136,7 @@ impl Default for GatewayConfig {
             max_internal_frame: 16 << 20,
             max_clients: 19_000,
             publish_interval: Duration::from_secs(2),
+            link_ping_interval: Duration::from_secs(5),
         }
     }
 }
@@ -239,6 +245,10 @@ pub struct WorkerConfig {
     /// How long a draining worker waits for its events to finish before it exits.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// A gateway link that brings nothing (not even the gateway's pings) for this long
+    /// is considered dead and reconnected. Keep it above 3 × `gateway.link_ping_interval`.
+    #[serde(with = "humantime_serde")]
+    pub link_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -248,6 +258,7 @@ impl Default for WorkerConfig {
             query_timeout: Duration::from_secs(3),
             discovery_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(30),
+            link_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -568,6 +579,15 @@ impl Config {
                 "gateway.heartbeat.interval",
                 "must be greater than zero",
             ));
+        }
+        if self.gateway.link_ping_interval.is_zero() {
+            return Err(invalid(
+                "gateway.link_ping_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.worker.link_timeout.is_zero() {
+            return Err(invalid("worker.link_timeout", "must be greater than zero"));
         }
         if self.gateway.max_internal_frame < 1024 {
             return Err(invalid(

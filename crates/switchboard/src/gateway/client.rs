@@ -88,9 +88,10 @@ pub async fn serve(
                         }
                         Err(Rejected::QueueFull) => {
                             tracing::warn!(client = %id, %peer, "gateway event queue full; message rejected");
-                            let _ = out.push(protocol.encode_to_bytes(
-                                b"error: server busy; your message was rejected, try again later",
-                            ));
+                            let _ =
+                                out.push(protocol.notice(
+                                    "server busy; your message was rejected, try again later",
+                                ));
                         }
                     }
                 }

@@ -35,12 +35,15 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     if framed.send(hello).await.is_err() {
         return;
     }
-    let (role, name) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
+    let (role, name, peer_nonce) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
+        .await
+    {
         Ok(Some(Ok(Frame::Auth {
             version,
             role,
             name,
             mac,
+            nonce: peer_nonce,
         }))) => {
             if version != PROTOCOL_VERSION {
                 refuse(&mut framed, peer, &format!("protocol version {version} is not supported (this gateway speaks {PROTOCOL_VERSION})")).await;
@@ -50,7 +53,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                 refuse(&mut framed, peer, "wrong secret").await;
                 return;
             }
-            (role, name)
+            (role, name, peer_nonce)
         }
         Ok(Some(Ok(other))) => {
             refuse(
@@ -74,7 +77,10 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    if framed.send(Frame::Welcome).await.is_err() {
+    let welcome = Frame::Welcome {
+        mac: auth::gateway_answer(&shared.secret, &peer_nonce, shared.number),
+    };
+    if framed.send(welcome).await.is_err() {
         return;
     }
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
@@ -86,7 +92,28 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let (sink, mut stream) = framed.split();
     let writer = tokio::spawn(write_loop(sink, rx));
     let mut reason = String::from("closed by peer");
-    while let Some(frame) = stream.next().await {
+    // Liveness: ping every interval; a peer silent for three intervals is gone (its
+    // machine may have vanished without closing the connection).
+    let every = shared.config.link_ping_interval;
+    let mut ping = tokio::time::interval(every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        let frame = tokio::select! {
+            f = stream.next() => match f {
+                Some(f) => f,
+                None => break,
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > every * 3 {
+                    reason = format!("no frame for {:?} (3 ping intervals)", last_heard.elapsed());
+                    break;
+                }
+                let _ = tx.send(internal::encode_to_bytes(&Frame::Ping));
+                continue;
+            }
+        };
+        last_heard = tokio::time::Instant::now();
         match frame {
             Ok(Frame::Ack { seq, client }) => {
                 shared.lock().ack(link, seq, client, &shared.counters)
@@ -156,7 +183,7 @@ pub fn frame_kind(f: &Frame) -> &'static str {
     match f {
         Frame::Hello { .. } => "hello",
         Frame::Auth { .. } => "auth",
-        Frame::Welcome => "welcome",
+        Frame::Welcome { .. } => "welcome",
         Frame::Refused { .. } => "refused",
         Frame::Event(_) => "event",
         Frame::Ack { .. } => "ack",

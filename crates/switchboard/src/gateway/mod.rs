@@ -232,8 +232,13 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         if let Some(ping) = &hb.ping {
             let outs = shared.lock().outbounds();
-            for (out, protocol) in outs {
-                let _ = out.push(protocol.encode_to_bytes(ping.as_bytes()));
+            for (client, out, protocol) in outs {
+                state::push_or_cut(
+                    &out,
+                    protocol.encode_to_bytes(ping.as_bytes()),
+                    client,
+                    &shared.counters,
+                );
             }
         }
         if hb.idle_intervals > 0 {

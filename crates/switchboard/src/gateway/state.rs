@@ -541,8 +541,12 @@ impl State {
             ));
             match &c.out {
                 Some(out) => {
-                    let msg = "error: no worker is available; your message was not processed, try again later";
-                    let _ = out.push(c.protocol.encode_to_bytes(msg.as_bytes()));
+                    let notice = c.protocol.notice(
+                        "no worker is available; your message was not processed, try again later",
+                    );
+                    if out.push(notice) == Push::CutOff {
+                        counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    }
                     if had_connect {
                         // The application never saw this client connect: start over.
                         out.close();
@@ -853,9 +857,13 @@ impl State {
     }
 
     /// Outbound queues of every live client (for heartbeat pings).
-    pub fn outbounds(&self) -> Vec<(Outbound, ClientProtocol)> {
+    pub fn outbounds(&self) -> Vec<(ClientId, Outbound, ClientProtocol)> {
         self.live()
-            .filter_map(|(_, c)| c.out.clone().map(|o| (o, c.protocol)))
+            .filter_map(|(k, c)| {
+                c.out
+                    .clone()
+                    .map(|o| (ClientId::new(self.number, k), o, c.protocol))
+            })
             .collect()
     }
 
@@ -872,7 +880,8 @@ impl State {
     }
 }
 
-fn push_or_cut(out: &Outbound, data: Bytes, client: ClientId, counters: &Counters) {
+/// Queues data for a client; a client that is cut off for it is counted and logged.
+pub fn push_or_cut(out: &Outbound, data: Bytes, client: ClientId, counters: &Counters) {
     if out.push(data) == Push::CutOff {
         counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%client, limit = out.limit, "slow consumer: outbound queue over its limit; disconnecting");

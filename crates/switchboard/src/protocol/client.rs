@@ -88,11 +88,17 @@ impl ClientProtocol {
 
     /// The message a client gets when its input is refused: a text line or a JSON frame.
     pub fn error_message(self, err: &ClientCodecError) -> Bytes {
-        let text = match self {
-            ClientProtocol::Text => format!("error: {err}"),
-            ClientProtocol::Frame => serde_json::json!({ "error": err.to_string() }).to_string(),
+        self.notice(&err.to_string())
+    }
+
+    /// An error notice from the gateway itself, in the listener's format:
+    /// `error: <text>` as a line, or `{"error":"<text>"}` as a frame.
+    pub fn notice(self, text: &str) -> Bytes {
+        let body = match self {
+            ClientProtocol::Text => format!("error: {text}"),
+            ClientProtocol::Frame => serde_json::json!({ "error": text }).to_string(),
         };
-        self.encode_to_bytes(text.as_bytes())
+        self.encode_to_bytes(body.as_bytes())
     }
 }
 

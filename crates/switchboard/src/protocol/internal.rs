@@ -275,9 +275,14 @@ pub enum Frame {
         name: String,
         /// HMAC-SHA256 over nonce, role byte and name, keyed by the shared secret.
         mac: [u8; NONCE_LEN],
+        /// The peer's own challenge: the gateway proves it knows the secret too.
+        nonce: [u8; NONCE_LEN],
     },
     /// Gateway → peer: authenticated.
-    Welcome,
+    Welcome {
+        /// HMAC-SHA256 over the peer's nonce, a zero role byte and the gateway number.
+        mac: [u8; NONCE_LEN],
+    },
     /// Gateway → peer: refused; the gateway closes the connection after this frame.
     Refused {
         /// Why.
@@ -367,14 +372,19 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             role,
             name,
             mac,
+            nonce,
         } => {
             w.u8(ty::AUTH);
             w.u16(*version);
             w.u8(role_byte(*role));
             w.str(name);
             w.raw(mac);
+            w.raw(nonce);
         }
-        Frame::Welcome => w.u8(ty::WELCOME),
+        Frame::Welcome { mac } => {
+            w.u8(ty::WELCOME);
+            w.raw(mac);
+        }
         Frame::Refused { reason } => {
             w.u8(ty::REFUSED);
             w.str(reason);
@@ -651,8 +661,9 @@ fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
             },
             name: r.str()?,
             mac: r.array()?,
+            nonce: r.array()?,
         },
-        ty::WELCOME => Frame::Welcome,
+        ty::WELCOME => Frame::Welcome { mac: r.array()? },
         ty::REFUSED => Frame::Refused { reason: r.str()? },
         ty::EVENT => Frame::Event(Event {
             seq: r.u64()?,
@@ -1139,15 +1150,21 @@ mod tests {
                     nonce
                 }
             ),
-            (any::<u16>(), any::<bool>(), any_str(), any::<[u8; 32]>()).prop_map(
-                |(version, w, name, mac)| Frame::Auth {
+            (
+                any::<u16>(),
+                any::<bool>(),
+                any_str(),
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(version, w, name, mac, nonce)| Frame::Auth {
                     version,
                     role: if w { Role::Worker } else { Role::Api },
                     name,
-                    mac
-                }
-            ),
-            Just(Frame::Welcome),
+                    mac,
+                    nonce
+                }),
+            any::<[u8; 32]>().prop_map(|mac| Frame::Welcome { mac }),
             any_str().prop_map(|reason| Frame::Refused { reason }),
             (
                 any::<u64>(),

@@ -72,6 +72,14 @@ pub enum ApiError {
     /// A session value that is not a JSON object.
     #[error("invalid session: {0}")]
     Session(String),
+    /// A command larger than the gateways accept (`gateway.max_internal_frame`).
+    #[error("command of {size} bytes exceeds the internal frame limit of {max} bytes")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Messages to a link's writer.
@@ -86,6 +94,8 @@ enum LinkOut {
 struct LinkHandle {
     number: u32,
     addr: SocketAddr,
+    /// Largest frame the gateway accepts; a bigger one would make it drop the link.
+    max_frame: usize,
     tx: mpsc::Sender<LinkOut>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
     drained: Arc<Notify>,
@@ -93,8 +103,16 @@ struct LinkHandle {
 
 impl LinkHandle {
     async fn send(&self, frame: &Frame) -> Result<(), ApiError> {
+        let bytes = internal::encode_to_bytes(frame);
+        let size = bytes.len().saturating_sub(4);
+        if size > self.max_frame {
+            return Err(ApiError::TooLarge {
+                size,
+                max: self.max_frame,
+            });
+        }
         self.tx
-            .send(LinkOut::Frame(internal::encode_to_bytes(frame)))
+            .send(LinkOut::Frame(bytes))
             .await
             .map_err(|_| ApiError::Disconnected {
                 gateway: self.number,
@@ -139,15 +157,21 @@ pub struct GatewayOptions {
     pub query_timeout: Duration,
     /// How often the gateway list is re-read.
     pub discovery_interval: Duration,
-    /// Largest internal frame accepted.
+    /// Largest internal frame accepted (and sent).
     pub max_frame: usize,
+    /// A link silent for this long is reconnected.
+    pub link_timeout: Duration,
 }
 
 struct Inner {
     links: RwLock<HashMap<u32, LinkHandle>>,
     next_id: AtomicU64,
     options: GatewayOptions,
-    store: SharedStore,
+    /// The deployment's store, as discovery uses it.
+    discovery_store: SharedStore,
+    /// The same store seen under `app/{namespace}/`: the application's own keys can
+    /// never collide with (or overwrite) discovery keys.
+    app_store: SharedStore,
     db: switchboard_db::Db,
     role: Role,
     /// Set once, before discovery starts, so no event can arrive without a sink.
@@ -189,6 +213,7 @@ impl Gateway {
                 query_timeout: config.worker.query_timeout,
                 discovery_interval: config.worker.discovery_interval,
                 max_frame: config.gateway.max_internal_frame,
+                link_timeout: config.worker.link_timeout,
             },
             store,
             db,
@@ -204,12 +229,21 @@ impl Gateway {
         role: Role,
         make_sink: impl FnOnce(&Gateway) -> Option<EventSink>,
     ) -> Self {
+        let app_store: SharedStore = match switchboard_store::Namespaced::new(
+            store.clone(),
+            format!("app/{}/", options.namespace),
+        ) {
+            Ok(ns) => Arc::new(ns),
+            // The deployment name is validated to be key-safe; this cannot happen.
+            Err(_) => store.clone(),
+        };
         let gateway = Gateway {
             inner: Arc::new(Inner {
+                app_store,
                 links: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 options,
-                store,
+                discovery_store: store,
                 db,
                 role,
                 sink: std::sync::OnceLock::new(),
@@ -224,9 +258,15 @@ impl Gateway {
         gateway
     }
 
-    /// The store this deployment uses (for application data too).
+    /// The application's view of the deployment's store: keys live under
+    /// `app/{name}/`, apart from Switchboard's own (`sb/{name}/`).
     pub fn store(&self) -> &SharedStore {
-        &self.inner.store
+        &self.inner.app_store
+    }
+
+    /// The store as discovery uses it (no prefix).
+    pub(crate) fn raw_store(&self) -> &SharedStore {
+        &self.inner.discovery_store
     }
 
     /// The deployment's named database instances (`[db.instances.NAME]`).
@@ -720,7 +760,7 @@ async fn discover(gateway: Gateway) {
     let mut managed: HashMap<u32, (SocketAddr, CancellationToken)> = HashMap::new();
     let mut failing = false;
     loop {
-        match discovery::list(inner.store.as_ref(), &inner.options.namespace).await {
+        match discovery::list(inner.discovery_store.as_ref(), &inner.options.namespace).await {
             Ok(entries) => {
                 if failing {
                     tracing::info!("store reachable again");
@@ -823,17 +863,26 @@ async fn run_link(
     };
     let name = inner.options.name.clone();
     let mac = auth::answer(&inner.options.secret, &nonce, inner.role, &name);
+    let my_nonce = auth::nonce();
     framed
         .send(Frame::Auth {
             version: PROTOCOL_VERSION,
             role: inner.role,
             name,
             mac,
+            nonce: my_nonce,
         })
         .await
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(Duration::from_secs(5), framed.next()).await {
-        Ok(Some(Ok(Frame::Welcome))) => {}
+        Ok(Some(Ok(Frame::Welcome { mac }))) => {
+            if !auth::verify_gateway(&inner.options.secret, &my_nonce, entry.number, &mac) {
+                return Err(format!(
+                    "the peer at {} did not prove it knows the secret; not using it as a gateway",
+                    entry.internal
+                ));
+            }
+        }
         Ok(Some(Ok(Frame::Refused { reason }))) => {
             return Err(format!("refused by gateway: {reason}"))
         }
@@ -844,6 +893,7 @@ async fn run_link(
     let handle = LinkHandle {
         number: entry.number,
         addr: entry.internal,
+        max_frame: inner.options.max_frame,
         tx: tx.clone(),
         pending: Arc::new(Mutex::new(HashMap::new())),
         drained: Arc::new(Notify::new()),
@@ -882,10 +932,14 @@ async fn run_link(
         }
     });
 
+    let link_timeout = inner.options.link_timeout;
     let result = loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            f = stream.next() => f,
+            f = tokio::time::timeout(link_timeout, stream.next()) => match f {
+                Ok(f) => f,
+                Err(_) => break Err(format!("nothing from the gateway for {link_timeout:?}; reconnecting")),
+            },
         };
         match frame {
             None => break Err("gateway closed the connection".to_string()),

@@ -108,7 +108,7 @@ impl Context {
         &self.gateway
     }
 
-    /// The deployment's store, for application data.
+    /// The deployment's store, for application data (keys under `app/{name}/`).
     pub fn store(&self) -> &SharedStore {
         self.gateway.store()
     }

@@ -46,6 +46,7 @@ pub async fn run(
         query_timeout: config.worker.query_timeout,
         discovery_interval: config.worker.discovery_interval,
         max_frame: config.gateway.max_internal_frame,
+        link_timeout: config.worker.link_timeout,
     };
     let gateway = Gateway::start(options, store, db, Role::Worker, |gateway| {
         let gateway = gateway.clone();
