@@ -238,3 +238,135 @@ async fn history_shows_the_last_twenty_public_lines_even_after_a_restart() {
     // Private lines are not history; nothing else follows.
     assert_eq!(c.try_line(Duration::from_millis(300)).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_works_over_a_frame_listener_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fport = common::free_port();
+    let d = Deployment::start(Options {
+        extra: format!("[[gateway.listeners]]\nname = \"frames\"\nlisten = \"127.0.0.1:{fport}\"\nprotocol = \"frame\"\nmax_message = 4096\n"),
+        ..Options::default()
+    });
+    async fn read_frame(s: &mut tokio::net::TcpStream) -> String {
+        let mut len = [0u8; 4];
+        tokio::time::timeout(common::WAIT, s.read_exact(&mut len))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.unwrap();
+        String::from_utf8(body).unwrap()
+    }
+    fn frame(text: &str) -> Vec<u8> {
+        let mut v = (text.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(text.as_bytes());
+        v
+    }
+    let mut f = tokio::net::TcpStream::connect(("127.0.0.1", fport))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut f).await, "type in your name:");
+    f.write_all(&frame("framer")).await.unwrap();
+    let hello = read_frame(&mut f).await;
+    assert!(hello.starts_with("Hello framer["), "{hello}");
+    let id = hello
+        .split_once('[')
+        .unwrap()
+        .1
+        .split_once(']')
+        .unwrap()
+        .0
+        .to_string();
+    // The welcome is one message of two lines: one frame here, two lines on telnet.
+    assert!(hello.contains("\nType client_id:words"), "{hello}");
+    assert_eq!(read_frame(&mut f).await, format!("framer[{id}] come"));
+    // A telnet client and a frame client talk to each other.
+    let mut t = Client::connect(d.addr).await;
+    let tid = t.login("liner").await;
+    assert_eq!(read_frame(&mut f).await, format!("liner[{tid}] come"));
+    f.write_all(&frame("hello lines")).await.unwrap();
+    t.expect_next(&format!("framer[{id}] said :hello lines"))
+        .await;
+    t.send(&format!("{id}:hello frames")).await;
+    let mut got = read_frame(&mut f).await;
+    if got.contains("said :hello lines") {
+        got = read_frame(&mut f).await;
+    }
+    assert_eq!(got, format!("liner[{tid}] said to You :hello frames"));
+    // An oversized frame: one JSON error frame, then the connection closes.
+    f.write_all(&5000u32.to_be_bytes()).await.unwrap();
+    assert_eq!(
+        read_frame(&mut f).await,
+        r#"{"error":"frame of 5000 bytes exceeds the limit of 4096 bytes"}"#
+    );
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(common::WAIT, f.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "nothing after the error: {rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_are_never_reused_across_restarts() {
+    let mut d = Deployment::start(Options::default());
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        let mut clients = Vec::new();
+        for n in 0..2 {
+            let mut c = Client::connect(d.addr).await;
+            ids.push(c.login(&format!("r{round}n{n}")).await);
+            clients.push(c);
+        }
+        d.restart(1, 2);
+    }
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    // Every restart gives the gateway a new number.
+    let gateways: std::collections::HashSet<_> = ids.iter().map(|i| i.gateway).collect();
+    assert_eq!(gateways.len(), 3, "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_cut_off_as_a_slow_consumer() {
+    let d = Deployment::start(Options {
+        gateway_extra: "outbound_limit = 65536\n".into(),
+        ..Options::default()
+    });
+    let mut lazy = Client::connect(d.addr).await;
+    let lazy_id = lazy.login("lazy").await;
+    let mut talker = Client::connect(d.addr).await;
+    let tid = talker.login("talker").await;
+    // Broadcast far more than the socket buffers and the 64 KiB queue can hold, while
+    // `lazy` never reads; the talker keeps reading its own copies.
+    let line = "x".repeat(1000);
+    let mut cut = false;
+    for round in 0..200 {
+        for _ in 0..100 {
+            talker.send(&line).await;
+        }
+        for _ in 0..100 {
+            talker.expect(&format!("talker[{tid}] said :{line}")).await;
+        }
+        if d.log().contains("slow consumer") {
+            cut = true;
+            eprintln!("cut after {} lines", (round + 1) * 100);
+            break;
+        }
+    }
+    assert!(cut, "the lazy client was never cut off:\n{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains(&lazy_id.to_string()),
+        "the log names the client: {log}"
+    );
+    assert!(
+        lazy.closed_within(Duration::from_secs(10)).await,
+        "the lazy client is disconnected"
+    );
+    // The talker is fine.
+    talker.send("still here").await;
+    talker
+        .expect(&format!("talker[{tid}] said :still here"))
+        .await;
+}
