@@ -43,6 +43,8 @@
 //! The guide, with every builder form and the SQL it generates, is
 //! `docs/db.md`.
 
+#![warn(missing_docs)]
+
 mod builder;
 mod config;
 mod error;

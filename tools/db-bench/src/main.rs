@@ -45,6 +45,9 @@ struct Args {
     /// Pool size for the throughput benchmark.
     #[arg(long, default_value_t = 8)]
     pool: u32,
+    /// `query_timeout` of the benchmarked instances, seconds (0 = none).
+    #[arg(long, default_value_t = 30.0)]
+    query_timeout: f64,
     /// Skip MariaDB (SQLite and CPU benchmarks only).
     #[arg(long)]
     no_mysql: bool,
@@ -355,6 +358,7 @@ async fn overhead_benchmarks(args: &Args) -> Result<()> {
     let path = dir.join("bench.sqlite3");
     let mut cfg = InstanceConfig::sqlite(&path);
     cfg.pool_size = 1;
+    cfg.query_timeout = args.query_timeout;
     let sdb = Instance::new("bench-sqlite", cfg)?;
     setup(&sdb).await?;
     // Raw sqlx runs on the instance's own pool, so both sides use the same
@@ -389,6 +393,7 @@ async fn overhead_benchmarks(args: &Args) -> Result<()> {
     }
     let mut cfg = InstanceConfig::mysql_url(&args.url)?;
     cfg.pool_size = 1;
+    cfg.query_timeout = args.query_timeout;
     let mdb = Instance::new("bench-mysql", cfg.clone())?;
     mdb.ping()
         .await
