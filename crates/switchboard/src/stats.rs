@@ -105,3 +105,53 @@ pub fn rss_of(pid: &str) -> u64 {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64
 }
+
+/// What a process reports each second: clients (or gateways, for a worker), the event
+/// counter, and role-specific details.
+pub struct Sample {
+    /// Clients connected (gateways) or gateways connected (workers).
+    pub clients: u64,
+    /// Events since start.
+    pub events: u64,
+    /// Role-specific figures.
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Writes this process's stats file once a second until `stop`, computing the event
+/// rate from consecutive samples.
+pub async fn publish_loop(
+    run_dir: PathBuf,
+    role: &'static str,
+    stop: tokio_util::sync::CancellationToken,
+    mut sample: impl FnMut() -> Sample,
+) {
+    let started = unix_now();
+    let mut last = (std::time::Instant::now(), 0u64);
+    loop {
+        let Sample {
+            clients,
+            events,
+            detail,
+        } = sample();
+        let now = std::time::Instant::now();
+        let rate = events.saturating_sub(last.1) as f64 / (now - last.0).as_secs_f64().max(0.001);
+        last = (now, events);
+        let s = ProcessStats {
+            role: role.into(),
+            pid: std::process::id(),
+            started,
+            clients,
+            events,
+            events_per_sec: rate,
+            rss_bytes: rss_bytes(),
+            detail,
+        };
+        if let Err(e) = write(&run_dir, &s) {
+            tracing::debug!(error = %e, "cannot write stats file");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}

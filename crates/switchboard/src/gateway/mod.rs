@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, GatewayConfig, ListenerConfig};
 use crate::discovery::{self, GatewayEntry};
-use crate::stats::{self, ProcessStats};
+use crate::stats;
 use crate::Error;
 use state::{Counters, State};
 
@@ -307,62 +307,32 @@ async fn write_stats(
     entry: GatewayEntry,
     stop: CancellationToken,
 ) {
-    let started = stats::unix_now();
-    let mut last = (Instant::now(), 0u64);
-    loop {
-        let events = shared.counters.events.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let rate = (events - last.1) as f64 / (now - last.0).as_secs_f64().max(0.001);
-        last = (now, events);
+    stats::publish_loop(run_dir, "gateway", stop, move || {
         let (clients, workers) = {
             let s = shared.lock();
             (s.connected() as u64, s.worker_links() as u64)
         };
+        let c = &shared.counters;
         let mut detail = serde_json::Map::new();
         detail.insert("number".into(), entry.number.into());
         detail.insert("internal".into(), entry.internal.to_string().into());
-        detail.insert(
-            "listeners".into(),
-            entry
-                .listeners
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .into(),
-        );
+        let listeners: Vec<String> = entry.listeners.iter().map(|a| a.to_string()).collect();
+        detail.insert("listeners".into(), listeners.into());
         detail.insert("workers".into(), workers.into());
         detail.insert(
             "redispatched".into(),
-            shared.counters.redispatched.load(Ordering::Relaxed).into(),
+            c.redispatched.load(Ordering::Relaxed).into(),
         );
-        detail.insert(
-            "rejected".into(),
-            shared.counters.rejected.load(Ordering::Relaxed).into(),
-        );
+        detail.insert("rejected".into(), c.rejected.load(Ordering::Relaxed).into());
         detail.insert(
             "slow_consumers".into(),
-            shared
-                .counters
-                .slow_consumers
-                .load(Ordering::Relaxed)
-                .into(),
+            c.slow_consumers.load(Ordering::Relaxed).into(),
         );
-        let s = ProcessStats {
-            role: "gateway".into(),
-            pid: std::process::id(),
-            started,
+        stats::Sample {
             clients,
-            events,
-            events_per_sec: rate,
-            rss_bytes: stats::rss_bytes(),
+            events: c.events.load(Ordering::Relaxed),
             detail,
-        };
-        if let Err(e) = stats::write(&run_dir, &s) {
-            tracing::debug!(error = %e, "cannot write stats file");
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    })
+    .await
 }

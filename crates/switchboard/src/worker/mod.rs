@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::protocol::internal::{Event, EventKind, Role};
-use crate::stats::{self, ProcessStats};
+use crate::stats;
 use crate::Error;
 use api::{Acker, EventSink, Gateway, GatewayOptions};
 pub use events::{Context, Events, HandlerResult};
@@ -152,13 +152,7 @@ async fn write_stats(
     run_dir: std::path::PathBuf,
     stop: CancellationToken,
 ) {
-    let started = stats::unix_now();
-    let mut last = (Instant::now(), 0u64);
-    loop {
-        let events = counters.events.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let rate = (events - last.1) as f64 / (now - last.0).as_secs_f64().max(0.001);
-        last = (now, events);
+    stats::publish_loop(run_dir, "worker", stop, move || {
         let mut detail = serde_json::Map::new();
         detail.insert("gateways".into(), gateway.gateways().into());
         detail.insert(
@@ -169,22 +163,11 @@ async fn write_stats(
             "panicked".into(),
             counters.panicked.load(Ordering::Relaxed).into(),
         );
-        let s = ProcessStats {
-            role: "worker".into(),
-            pid: std::process::id(),
-            started,
+        stats::Sample {
             clients: gateway.gateways().len() as u64,
-            events,
-            events_per_sec: rate,
-            rss_bytes: stats::rss_bytes(),
+            events: counters.events.load(Ordering::Relaxed),
             detail,
-        };
-        if let Err(e) = stats::write(&run_dir, &s) {
-            tracing::debug!(error = %e, "cannot write stats file");
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    })
+    .await
 }
