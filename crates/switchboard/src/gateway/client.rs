@@ -2,7 +2,6 @@
 //! state, and a writer that drains the client's byte-bounded outbound queue.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +9,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Outbound, Outgoing, Rejected};
+use super::state::{Outbound, Rejected};
 use super::Shared;
 use crate::config::ListenerConfig;
 
@@ -34,7 +32,7 @@ pub async fn serve(
     let _ = socket.set_nodelay(true);
     let protocol = listener.protocol;
     let limit = listener.max_message();
-    let (out, rx, pending, kill) = Outbound::new(shared.config.outbound_limit);
+    let out = Outbound::new(shared.config.outbound_limit);
     let (id, drained) =
         shared
             .lock()
@@ -43,14 +41,14 @@ pub async fn serve(
 
     let (rd, wr) = socket.into_split();
     let writer_done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(wr, rx, pending, writer_done.clone()));
+    let writer = tokio::spawn(write_loop(wr, out.clone(), writer_done.clone()));
 
     // Read until EOF, error, kill (slow consumer) or the writer closing (kick).
     let mut buf = BytesMut::new();
     let mut reason = "client closed the connection";
     'read: loop {
         tokio::select! {
-            _ = kill.cancelled() => { reason = "slow consumer"; break; }
+            _ = out.killed() => { reason = "slow consumer"; break; }
             _ = writer_done.cancelled() => { reason = "closed by the server"; break; }
             ready = rd.readable() => {
                 if ready.is_err() { reason = "socket error"; break; }
@@ -60,7 +58,13 @@ pub async fn serve(
         match rd.try_read_buf(&mut buf) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // A spurious wake-up: give the buffer back if it holds nothing.
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
+                continue;
+            }
             Err(_) => {
                 reason = "read error";
                 break;
@@ -81,7 +85,7 @@ pub async fn serve(
                             while !shared.lock().client_can_read(id.connection) {
                                 tokio::select! {
                                     _ = drained.notified() => {}
-                                    _ = kill.cancelled() => { reason = "slow consumer"; break 'read; }
+                                    _ = out.killed() => { reason = "slow consumer"; break 'read; }
                                     _ = writer_done.cancelled() => { reason = "closed by the server"; break 'read; }
                                 }
                             }
@@ -121,47 +125,26 @@ pub async fn serve(
 
     shared.lock().client_closed(id.connection, &shared.counters);
     tracing::debug!(client = %id, %peer, reason, "client disconnected");
-    // The state has dropped its sender; ours goes now, so the writer ends after
-    // flushing what is queued (or at once, for a client cut off for not reading).
-    drop(out);
-    if kill.is_cancelled() {
+    // The writer flushes what is queued, then ends (at once for a client cut off for
+    // not reading).
+    out.close();
+    if out.is_killed() {
         writer.abort();
     } else if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
         tracing::debug!(client = %id, "gave up flushing to a closed client");
     }
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    pending: Arc<AtomicUsize>,
-    done: CancellationToken,
-) {
+async fn write_loop(mut wr: OwnedWriteHalf, out: Outbound, done: CancellationToken) {
     let _done = done.drop_guard();
     let mut buf = BytesMut::new();
-    while let Some(first) = rx.recv().await {
-        let mut close = false;
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Outgoing::Data(b) => {
-                    pending.fetch_sub(b.len(), Ordering::AcqRel);
-                    buf.extend_from_slice(&b);
-                }
-                Outgoing::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if buf.len() >= WRITE_BATCH {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
+    loop {
+        let close = out.next_batch(&mut buf, WRITE_BATCH).await;
         if !buf.is_empty() {
             if wr.write_all(&buf).await.is_err() {
                 return;
             }
+            // Idle clients hold no write buffer either.
             buf = BytesMut::new();
         }
         if close {

@@ -6,6 +6,7 @@
 
 mod client;
 mod link;
+mod outbound;
 pub mod state;
 
 use std::net::SocketAddr;

@@ -19,14 +19,13 @@
 //! client is told, the rejection logged and counted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::internal::{
     self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
@@ -34,93 +33,7 @@ use crate::protocol::internal::{
 use crate::protocol::ClientProtocol;
 use crate::ClientId;
 
-/// What a client's writer task receives.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Bytes already in the client's wire format.
-    Data(Bytes),
-    /// Write everything before this, then close the connection.
-    Close,
-}
-
-/// The sending side of a client's outbound queue, bounded in bytes.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    tx: mpsc::UnboundedSender<Outgoing>,
-    /// Bytes queued and not yet written; the writer subtracts what it writes.
-    pending: Arc<AtomicUsize>,
-    limit: usize,
-    /// Cancelled to cut the client off (slow consumer, kick).
-    kill: CancellationToken,
-}
-
-impl Outbound {
-    /// A new queue with its receiving end, byte counter and kill switch.
-    pub fn new(
-        limit: usize,
-    ) -> (
-        Self,
-        mpsc::UnboundedReceiver<Outgoing>,
-        Arc<AtomicUsize>,
-        CancellationToken,
-    ) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let kill = CancellationToken::new();
-        (
-            Self {
-                tx,
-                pending: pending.clone(),
-                limit,
-                kill: kill.clone(),
-            },
-            rx,
-            pending,
-            kill,
-        )
-    }
-
-    /// Queues bytes. When the client is not reading fast enough to stay under the
-    /// limit, it is cut off instead ([`Push::CutOff`], reported once).
-    pub fn push(&self, data: Bytes) -> Push {
-        if self.kill.is_cancelled() {
-            return Push::Gone;
-        }
-        let len = data.len();
-        let pending = self.pending.fetch_add(len, Ordering::AcqRel) + len;
-        if pending > self.limit {
-            self.pending.fetch_sub(len, Ordering::AcqRel);
-            self.kill.cancel();
-            return Push::CutOff;
-        }
-        if self.tx.send(Outgoing::Data(data)).is_err() {
-            self.pending.fetch_sub(len, Ordering::AcqRel);
-            return Push::Gone;
-        }
-        Push::Queued
-    }
-
-    /// Asks the writer to close after what is queued.
-    pub fn close(&self) {
-        let _ = self.tx.send(Outgoing::Close);
-    }
-
-    /// Whether the client has been cut off.
-    pub fn is_killed(&self) -> bool {
-        self.kill.is_cancelled()
-    }
-}
-
-/// What became of a [`Outbound::push`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Push {
-    /// Queued for writing.
-    Queued,
-    /// Over the limit: the client has just been cut off as a slow consumer.
-    CutOff,
-    /// The client is already gone or cut off.
-    Gone,
-}
+pub use super::outbound::{Outbound, Outgoing, Push};
 
 /// An event waiting in a client's queue.
 #[derive(Debug, Clone)]
@@ -366,6 +279,10 @@ impl State {
             return;
         };
         client.queue_bytes -= event.body.len();
+        if client.queue.is_empty() {
+            // Idle clients hold no queue buffer.
+            client.queue = VecDeque::new();
+        }
         client.worker = Some(link_id);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -884,7 +801,7 @@ impl State {
 pub fn push_or_cut(out: &Outbound, data: Bytes, client: ClientId, counters: &Counters) {
     if out.push(data) == Push::CutOff {
         counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%client, limit = out.limit, "slow consumer: outbound queue over its limit; disconnecting");
+        tracing::warn!(%client, limit = out.limit(), "slow consumer: outbound queue over its limit; disconnecting");
     }
 }
 
@@ -964,8 +881,9 @@ mod tests {
                 counters: Counters::default(),
             }
         }
-        fn client(&mut self) -> (ClientId, mpsc::UnboundedReceiver<Outgoing>) {
-            let (out, rx, _, _) = Outbound::new(1 << 16);
+        fn client(&mut self) -> (ClientId, Outbound) {
+            let out = Outbound::new(1 << 16);
+            let rx = out.clone();
             let (id, _) = self.state.add_client(
                 "1.2.3.4:5".into(),
                 ClientProtocol::Text,
@@ -1052,8 +970,8 @@ mod tests {
     #[test]
     fn uid_group_and_queries() {
         let mut f = Fixture::new();
-        let (a, mut arx) = f.client();
-        let (b, mut brx) = f.client();
+        let (a, arx) = f.client();
+        let (b, brx) = f.client();
         f.state.command(
             Command::BindUid {
                 client: a,
@@ -1083,8 +1001,8 @@ mod tests {
             },
             &f.counters,
         );
-        assert!(matches!(arx.try_recv(), Ok(Outgoing::Data(d)) if d == "hi\n"));
-        assert!(brx.try_recv().is_err());
+        assert!(matches!(arx.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
+        assert!(brx.try_pop().is_none());
         assert_eq!(
             f.state.query(Query::ClientIdsByUid("u1".into())),
             Reply::ClientIds(vec![a])
@@ -1105,7 +1023,8 @@ mod tests {
     #[test]
     fn slow_consumer_is_cut_off() {
         let mut f = Fixture::new();
-        let (out, _rx, _, kill) = Outbound::new(10);
+        let out = Outbound::new(10);
+        let kill = out.clone();
         let (id, _) = f
             .state
             .add_client("x".into(), ClientProtocol::Text, out, &f.counters);
@@ -1116,14 +1035,14 @@ mod tests {
             },
             &f.counters,
         );
-        assert!(kill.is_cancelled());
+        assert!(kill.is_killed());
         assert_eq!(f.counters.slow_consumers.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn held_events_expire_with_an_error_to_the_client() {
         let mut f = Fixture::new();
-        let (id, mut rx) = f.client();
+        let (id, rx) = f.client();
         f.state
             .client_message(id.connection, "x".into(), &f.counters)
             .unwrap();
@@ -1131,7 +1050,7 @@ mod tests {
         assert_eq!(log.len(), 1);
         assert_eq!(f.counters.rejected.load(Ordering::Relaxed), 2);
         assert!(
-            matches!(rx.try_recv(), Ok(Outgoing::Data(d)) if d.starts_with(b"error: no worker"))
+            matches!(rx.try_pop(), Some(Outgoing::Data(d)) if d.starts_with(b"error: no worker"))
         );
     }
 }

@@ -1,0 +1,196 @@
+//! A client's outbound queue: bounded in bytes, and free of allocations while empty.
+//!
+//! Most clients of a gateway are idle most of the time, so what an empty queue costs is
+//! what a gateway costs per client. A `VecDeque` behind a mutex with a `Notify` for the
+//! single writer holds nothing on the heap when empty (the writer releases the deque's
+//! buffer whenever it drains it), where a channel keeps its first block allocated.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What a client's writer takes from the queue.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Bytes already in the client's wire format.
+    Data(Bytes),
+    /// Write everything before this, then close the connection.
+    Close,
+}
+
+/// What became of an [`Outbound::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued for writing.
+    Queued,
+    /// Over the limit: the client has just been cut off as a slow consumer.
+    CutOff,
+    /// The client is already gone or cut off.
+    Gone,
+}
+
+struct Inner {
+    items: Mutex<VecDeque<Outgoing>>,
+    /// Bytes queued and not yet taken by the writer.
+    pending: AtomicUsize,
+    limit: usize,
+    /// Wakes the writer; `notify_one` keeps a permit, so no wake-up is ever lost.
+    notify: Notify,
+    /// Cancelled to cut the client off (slow consumer).
+    kill: CancellationToken,
+}
+
+/// Both ends of one client's queue (cheap to clone).
+#[derive(Clone)]
+pub struct Outbound {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("pending", &self.inner.pending.load(Ordering::Relaxed))
+            .field("limit", &self.inner.limit)
+            .finish()
+    }
+}
+
+impl Outbound {
+    /// An empty queue that accepts at most `limit` bytes waiting to be written.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                items: Mutex::new(VecDeque::new()),
+                pending: AtomicUsize::new(0),
+                limit,
+                notify: Notify::new(),
+                kill: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn items(&self) -> MutexGuard<'_, VecDeque<Outgoing>> {
+        // Pushes and pops are single deque operations: a poisoned lock is consistent.
+        self.inner.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues bytes. When the client is not reading fast enough to stay under the
+    /// limit, it is cut off instead ([`Push::CutOff`], reported once).
+    pub fn push(&self, data: Bytes) -> Push {
+        if self.inner.kill.is_cancelled() {
+            return Push::Gone;
+        }
+        let len = data.len();
+        let pending = self.inner.pending.fetch_add(len, Ordering::AcqRel) + len;
+        if pending > self.inner.limit {
+            self.inner.pending.fetch_sub(len, Ordering::AcqRel);
+            self.inner.kill.cancel();
+            return Push::CutOff;
+        }
+        self.items().push_back(Outgoing::Data(data));
+        self.inner.notify.notify_one();
+        Push::Queued
+    }
+
+    /// Asks the writer to close the connection after what is queued.
+    pub fn close(&self) {
+        self.items().push_back(Outgoing::Close);
+        self.inner.notify.notify_one();
+    }
+
+    /// Whether the client has been cut off.
+    pub fn is_killed(&self) -> bool {
+        self.inner.kill.is_cancelled()
+    }
+
+    /// Completes when the client is cut off.
+    pub async fn killed(&self) {
+        self.inner.kill.cancelled().await
+    }
+
+    /// The byte limit.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Writer side: waits for data, then moves up to about `max` bytes into `buf`.
+    /// Returns true when a close was asked for after those bytes.
+    pub async fn next_batch(&self, buf: &mut BytesMut, max: usize) -> bool {
+        loop {
+            {
+                let mut items = self.items();
+                let mut close = false;
+                while buf.len() < max {
+                    match items.pop_front() {
+                        Some(Outgoing::Data(b)) => {
+                            self.inner.pending.fetch_sub(b.len(), Ordering::AcqRel);
+                            buf.extend_from_slice(&b);
+                        }
+                        Some(Outgoing::Close) => {
+                            close = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if items.is_empty() && items.capacity() > 0 {
+                    *items = VecDeque::new();
+                }
+                if close || !buf.is_empty() {
+                    return close;
+                }
+            }
+            self.inner.notify.notified().await;
+        }
+    }
+
+    /// Takes the next item without waiting (tests).
+    #[cfg(test)]
+    pub fn try_pop(&self) -> Option<Outgoing> {
+        let item = self.items().pop_front();
+        if let Some(Outgoing::Data(b)) = &item {
+            self.inner.pending.fetch_sub(b.len(), Ordering::AcqRel);
+        }
+        item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_close_and_limit() {
+        let out = Outbound::new(10);
+        assert_eq!(out.push("abc".into()), Push::Queued);
+        assert_eq!(out.push("def".into()), Push::Queued);
+        out.close();
+        let mut buf = BytesMut::new();
+        assert!(out.next_batch(&mut buf, 1024).await);
+        assert_eq!(&buf[..], b"abcdef");
+        // Over the limit: cut off once, gone after.
+        assert_eq!(out.push("12345678901".into()), Push::CutOff);
+        assert!(out.is_killed());
+        assert_eq!(out.push("x".into()), Push::Gone);
+    }
+
+    #[tokio::test]
+    async fn the_writer_wakes_for_data_pushed_later() {
+        let out = Outbound::new(1 << 20);
+        let writer = out.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let close = writer.next_batch(&mut buf, 1024).await;
+            (close, buf)
+        });
+        tokio::task::yield_now().await;
+        out.push("late".into());
+        let (close, buf) = task.await.unwrap();
+        assert!(!close);
+        assert_eq!(&buf[..], b"late");
+    }
+}
