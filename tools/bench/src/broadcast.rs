@@ -19,7 +19,6 @@ use tokio::time::Instant;
 
 use crate::client::{self, Lines};
 use crate::deploy::Deployment;
-use crate::private::login_all;
 use crate::procinfo::{self, CpuSample};
 use crate::procs::{self, Children, Share};
 use crate::stats::Histogram;
@@ -153,7 +152,7 @@ async fn receive(mut lines: Lines, senders: usize, deadline: Instant) -> Receive
 /// everybody receives.
 pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let (first, count) = share.part(p.clients);
-    let sessions = login_all(&share, PREFIX, first, count).await?;
+    let sessions = client::login_all(&share, PREFIX, first, count).await?;
     procs::report("ready", &serde_json::json!({ "clients": sessions.len() }))?;
     procs::wait_go().await?;
 

@@ -7,10 +7,16 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::procs::Share;
 
 /// The prompt the chat sends on connect.
 pub const PROMPT: &str = "type in your name:";
@@ -146,6 +152,37 @@ pub async fn login(addr: SocketAddr, source: IpAddr, name: &str) -> anyhow::Resu
         }
     };
     Ok(Session { id, lines, writer })
+}
+
+/// Logs in `count` clients with global indices from `first`, 64 at a time.
+pub async fn login_all(
+    share: &Share,
+    prefix: &str,
+    first: usize,
+    count: usize,
+) -> anyhow::Result<Vec<Session>> {
+    let permits = Arc::new(Semaphore::new(64));
+    let mut tasks = JoinSet::new();
+    for index in first..first + count {
+        let permit = permits.clone().acquire_owned().await?;
+        let share = *share;
+        let name = format!("{prefix}{index}");
+        tasks.spawn(async move {
+            let s = login(share.addr, source_ip(index, share.sources), &name).await;
+            drop(permit);
+            (index, s)
+        });
+    }
+    let mut sessions = Vec::with_capacity(count);
+    while let Some(joined) = tasks.join_next().await {
+        let (index, session) = joined?;
+        match session {
+            Ok(s) => sessions.push((index, s)),
+            Err(e) => bail!("login of client {index} failed: {e:#}"),
+        }
+    }
+    sessions.sort_by_key(|(i, _)| *i);
+    Ok(sessions.into_iter().map(|(_, s)| s).collect())
 }
 
 /// The text after `marker` in `line`, if `line` contains it.

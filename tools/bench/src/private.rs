@@ -16,7 +16,6 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -59,37 +58,6 @@ struct Outcome {
 const RECEIVED: &[u8] = b" said to You :p ";
 /// What the chat answers when the recipient is unknown.
 const NOT_ONLINE: &[u8] = b"is not online";
-
-/// Logs in `count` clients with global indices from `first`, 64 at a time.
-pub async fn login_all(
-    share: &Share,
-    prefix: &str,
-    first: usize,
-    count: usize,
-) -> anyhow::Result<Vec<client::Session>> {
-    let permits = Arc::new(Semaphore::new(64));
-    let mut tasks = JoinSet::new();
-    for index in first..first + count {
-        let permit = permits.clone().acquire_owned().await?;
-        let share = *share;
-        let name = format!("{prefix}{index}");
-        tasks.spawn(async move {
-            let s = client::login(share.addr, client::source_ip(index, share.sources), &name).await;
-            drop(permit);
-            (index, s)
-        });
-    }
-    let mut sessions = Vec::with_capacity(count);
-    while let Some(joined) = tasks.join_next().await {
-        let (index, session) = joined?;
-        match session {
-            Ok(s) => sessions.push((index, s)),
-            Err(e) => bail!("login of client {index} failed: {e:#}"),
-        }
-    }
-    sessions.sort_by_key(|(i, _)| *i);
-    Ok(sessions.into_iter().map(|(_, s)| s).collect())
-}
 
 /// Sends on a fixed schedule until `end`; returns (sent, worst lag in µs) and the
 /// writing half (dropping it would half-close the connection, which the gateway takes
@@ -150,17 +118,18 @@ async fn receive(mut lines: Lines, expected: Arc<AtomicU64>, deadline: Instant) 
 /// Child side: logs in this share of the pairs, sends and receives after `go`.
 pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let (first_pair, pairs) = share.part(p.clients / 2);
-    let sessions = login_all(&share, "p", first_pair * 2, pairs * 2).await?;
+    let first = first_pair * 2;
+    let sessions = client::login_all(&share, "p", first, pairs * 2).await?;
     procs::report("ready", &serde_json::json!({ "clients": sessions.len() }))?;
     procs::wait_go().await?;
 
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(p.seconds);
     let deadline = end + Duration::from_secs_f64(p.grace);
-    // Every client sends rate/clients messages a second, phases spread evenly.
+    // Every client sends rate/clients messages a second, phases spread evenly over all
+    // clients of all children.
     let per_client = p.rate.max(1e-3) / p.clients as f64;
     let interval = Duration::from_secs_f64(1.0 / per_client);
-    let n = sessions.len().max(1);
     let expected: Vec<Arc<AtomicU64>> = (0..sessions.len())
         .map(|_| Arc::new(AtomicU64::new(u64::MAX)))
         .collect();
@@ -169,7 +138,7 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let mut receivers = JoinSet::new();
     for (i, session) in sessions.into_iter().enumerate() {
         let partner = i ^ 1;
-        let phase = interval.mul_f64(i as f64 / n as f64);
+        let phase = interval.mul_f64((first + i) as f64 / p.clients as f64);
         let (to, partner_expects) = (ids[partner].clone(), expected[partner].clone());
         senders.spawn(async move {
             let (sent, lag, writer) =
