@@ -9,7 +9,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use super::state::{Outbound, Rejected};
 use super::Shared;
@@ -40,8 +39,9 @@ pub async fn serve(
     tracing::debug!(client = %id, %peer, listener = %listener.name, "client connected");
 
     let (rd, wr) = socket.into_split();
-    let writer_done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(wr, out.clone(), writer_done.clone()));
+    let mut writer = tokio::spawn(write_loop(wr, out.clone()));
+    // Set once `writer` has completed (a JoinHandle must not be polled again after).
+    let mut writer_ended = false;
 
     // Read until EOF, error, kill (slow consumer) or the writer closing (kick).
     let mut buf = BytesMut::new();
@@ -49,7 +49,7 @@ pub async fn serve(
     'read: loop {
         tokio::select! {
             _ = out.killed() => { reason = "slow consumer"; break; }
-            _ = writer_done.cancelled() => { reason = "closed by the server"; break; }
+            _ = &mut writer => { writer_ended = true; reason = "closed by the server"; break; }
             ready = rd.readable() => {
                 if ready.is_err() { reason = "socket error"; break; }
             }
@@ -86,7 +86,7 @@ pub async fn serve(
                                 tokio::select! {
                                     _ = drained.notified() => {}
                                     _ = out.killed() => { reason = "slow consumer"; break 'read; }
-                                    _ = writer_done.cancelled() => { reason = "closed by the server"; break 'read; }
+                                    _ = &mut writer => { writer_ended = true; reason = "closed by the server"; break 'read; }
                                 }
                             }
                         }
@@ -105,7 +105,9 @@ pub async fn serve(
                     let _ = out.push(protocol.error_message(&e));
                     out.close();
                     reason = "protocol violation";
-                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, writer_done.cancelled()).await;
+                    writer_ended = tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
+                        .await
+                        .is_ok();
                     break 'read;
                 }
                 Err(e) => {
@@ -128,15 +130,22 @@ pub async fn serve(
     // The writer flushes what is queued, then ends (at once for a client cut off for
     // not reading).
     out.close();
+    if writer_ended {
+        return;
+    }
     if out.is_killed() {
         writer.abort();
-    } else if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
+    } else if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        // A peer that stopped reading must not keep a task (and its queue) alive.
         tracing::debug!(client = %id, "gave up flushing to a closed client");
+        writer.abort();
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, out: Outbound, done: CancellationToken) {
-    let _done = done.drop_guard();
+async fn write_loop(mut wr: OwnedWriteHalf, out: Outbound) {
     let mut buf = BytesMut::new();
     loop {
         let close = out.next_batch(&mut buf, WRITE_BATCH).await;
