@@ -538,3 +538,28 @@ async fn status_counts_clients_per_gateway() {
         text(&d.cli(&["status"])).contains("clients connected: 2")
     });
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_name_their_process() {
+    let d = Deployment::start(Options {
+        extra: "[log]\nformat = \"json\"\n".into(),
+        ..Options::default()
+    });
+    let log = d.wait_log("peer authenticated");
+    let mut threads = std::collections::HashSet::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+        if let Some(t) = v.get("threadName").and_then(|t| t.as_str()) {
+            threads.insert(t.to_string());
+        }
+    }
+    assert!(
+        threads.contains("gateway-0") && threads.contains("supervisor"),
+        "{threads:?}"
+    );
+}

@@ -171,3 +171,63 @@ async fn write_stats(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClientId;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    /// Business code with a bug: it panics on "boom" and fails on "err".
+    struct Buggy;
+
+    #[async_trait]
+    impl Events for Buggy {
+        async fn on_message(&self, ctx: &mut Context, msg: Bytes) -> HandlerResult {
+            match &msg[..] {
+                b"boom" => panic!("bug in business code"),
+                b"err" => Err("a handled failure".into()),
+                _ => {
+                    ctx.session_mut().insert("seen".into(), true.into());
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn event(body: &'static str) -> Event {
+        Event {
+            seq: 1,
+            kind: EventKind::Message,
+            client: ClientId::new(1, 1),
+            addr: "127.0.0.1:1".into(),
+            session: Bytes::from_static(b"{}"),
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_fails_one_event_and_the_worker_goes_on() {
+        let store: switchboard_store::SharedStore = Arc::new(switchboard_store::MemoryStore::new());
+        let options = GatewayOptions {
+            namespace: "t".into(),
+            secret: "s".into(),
+            name: "test".into(),
+            query_timeout: Duration::from_secs(1),
+            discovery_interval: Duration::from_secs(60),
+            max_frame: 1 << 20,
+            link_timeout: Duration::from_secs(20),
+        };
+        let db = switchboard_db::Db::new(Default::default()).unwrap();
+        let gateway = Gateway::start(options, store, db, Role::Worker, |_| None);
+        let counters = Counters::default();
+        handle(&Buggy, gateway.clone(), event("boom"), &counters).await;
+        handle(&Buggy, gateway.clone(), event("err"), &counters).await;
+        handle(&Buggy, gateway.clone(), event("fine"), &counters).await;
+        assert_eq!(counters.events.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.panicked.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
+        gateway.close().await;
+    }
+}
