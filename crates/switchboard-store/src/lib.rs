@@ -4,7 +4,7 @@
 //! - `memory`: one process only; for unit tests;
 //! - `file`: the embedded default, one local file shared safely by several processes;
 //! - `memcached`: one or more servers, consistent hashing across them;
-//! - `redis`: one server.
+//! - `redis`: one server, or a Redis Cluster (`scan_prefix` covers every master).
 //!
 //! [`Namespaced`] gives a view of any store under a key prefix (application data).
 //! `docs/store.md` describes each backend's design and its limits.
@@ -174,7 +174,8 @@ pub fn validate_key(key: &str) -> Result<()> {
 /// Opens the backend named by `config`.
 ///
 /// The file store is opened (and created) here, so a bad path or a foreign file fails
-/// now. The network backends only check their configuration and connect on first use:
+/// now. The network backends only check their configuration and connect on first use
+/// (a Redis Cluster too: its slot map is fetched by the first operation):
 /// a process may start before its memcached or Redis, whose absence then shows as
 /// [`StoreError::Backend`] from each operation (or [`Store::ping`]) until it is back.
 pub async fn open(config: &StoreConfig) -> Result<SharedStore> {
@@ -183,5 +184,6 @@ pub async fn open(config: &StoreConfig) -> Result<SharedStore> {
         StoreConfig::File { path } => Ok(Arc::new(FileStore::open(path).await?)),
         StoreConfig::Memcached { servers } => Ok(Arc::new(MemcachedStore::open(servers)?)),
         StoreConfig::Redis { url } => Ok(Arc::new(RedisStore::open(url)?)),
+        StoreConfig::RedisCluster { cluster } => Ok(Arc::new(RedisStore::open_cluster(cluster)?)),
     }
 }

@@ -1,10 +1,14 @@
-//! The `redis` backend: one Redis server through the `redis` crate's See [`RedisStore`].
+//! The `redis` backend: one Redis server or a Redis Cluster through the `redis` crate.
+//! See [`RedisStore`].
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
 use crate::{validate_key, CasToken, Result, Store, StoreError};
@@ -15,6 +19,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Keys fetched per `SCAN` call.
 const SCAN_COUNT: usize = 500;
+/// Keys read at once by `scan_prefix` on a cluster (one request per key, by slot).
+const CLUSTER_READS_IN_FLIGHT: usize = 64;
 
 /// Lua shared by the write scripts: the next version and the write itself.
 const LUA_WRITE: &str = r#"
@@ -61,11 +67,59 @@ return redis.call('HMGET', KEYS[1], 'v', 'n')
 ///
 /// The connection is made on first use, not in [`RedisStore::open`], so a gateway can
 /// start before its Redis does; every operation is bounded by 3 s.
+///
+/// **Redis Cluster** ([`RedisStore::open_cluster`]): the same layout and scripts through
+/// the `redis` crate's cluster client. Every script touches exactly one key, so each
+/// operation is routed to the master of that key's slot (and follows `MOVED`/`ASK`
+/// redirections); `ping` asks every master. `scan_prefix` runs `SCAN` on every master
+/// (found with `CLUSTER NODES`) and then reads each key from its slot's master.
 pub struct RedisStore {
-    client: redis::Client,
+    client: Client,
+    /// The URL, or the cluster's seed nodes joined by commas (for errors).
     url: String,
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<Conn>,
     scripts: Scripts,
+}
+
+/// One server or a cluster.
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// The shared connection of either kind; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 struct Scripts {
@@ -120,8 +174,43 @@ impl RedisStore {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Config(format!("bad redis URL {url:?}: {e}")))?;
         Ok(RedisStore {
-            client,
+            client: Client::Single(client),
             url: url.to_owned(),
+            conn: OnceCell::new(),
+            scripts: Scripts::new(),
+        })
+    }
+
+    /// Prepares a store for the Redis Cluster reached through `nodes` (seed nodes,
+    /// `redis://host:port` each; one reachable node is enough); connects on first use.
+    /// An empty list, a malformed URL or one naming a database other than 0 is
+    /// [`StoreError::Config`].
+    pub fn open_cluster(nodes: &[String]) -> Result<Self> {
+        if nodes.is_empty() {
+            return Err(StoreError::Config(
+                "a Redis Cluster needs at least one node URL".into(),
+            ));
+        }
+        for node in nodes {
+            let client = redis::Client::open(node.as_str())
+                .map_err(|e| StoreError::Config(format!("bad redis URL {node:?}: {e}")))?;
+            if client.get_connection_info().redis.db != 0 {
+                return Err(StoreError::Config(format!(
+                    "bad Redis Cluster node {node:?}: a cluster has only database 0"
+                )));
+            }
+        }
+        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(OP_TIMEOUT)
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(500)
+            .build()
+            .map_err(|e| StoreError::Config(format!("bad Redis Cluster nodes {nodes:?}: {e}")))?;
+        Ok(RedisStore {
+            client: Client::Cluster(client),
+            url: nodes.join(","),
             conn: OnceCell::new(),
             scripts: Scripts::new(),
         })
@@ -153,18 +242,26 @@ impl RedisStore {
     }
 
     /// The shared connection, made on first use (retried on the next call if it fails).
-    async fn connection(&self) -> Result<ConnectionManager> {
+    async fn connection(&self) -> Result<Conn> {
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_response_timeout(OP_TIMEOUT)
-                    .set_number_of_retries(1)
-                    .set_max_delay(1000);
-                ConnectionManager::new_with_config(self.client.clone(), config)
-                    .await
-                    .map_err(|e| self.backend_error(e))
+                match &self.client {
+                    Client::Single(client) => {
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(CONNECT_TIMEOUT)
+                            .set_response_timeout(OP_TIMEOUT)
+                            .set_number_of_retries(1)
+                            .set_max_delay(1000);
+                        ConnectionManager::new_with_config(client.clone(), config)
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Client::Cluster(client) => {
+                        client.get_async_connection().await.map(Conn::Cluster)
+                    }
+                }
+                .map_err(|e| self.backend_error(e))
             })
             .await?;
         Ok(conn.clone())
@@ -173,7 +270,7 @@ impl RedisStore {
     /// Runs one operation on `key` within [`OP_TIMEOUT`].
     async fn run<T, F, Fut>(&self, key: &str, op: &'static str, f: F) -> Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let work = async {
@@ -183,6 +280,110 @@ impl RedisStore {
         tokio::time::timeout(OP_TIMEOUT, work)
             .await
             .map_err(|_| self.backend_error(format!("{op} timed out after {OP_TIMEOUT:?}")))?
+    }
+
+    /// Runs `work` within [`OP_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(OP_TIMEOUT, work)
+            .await
+            .map_err(|_| self.backend_error(format!("{op} timed out after {OP_TIMEOUT:?}")))?
+    }
+
+    /// `scan_prefix` on a cluster: `SCAN` on every master, then each key read from the
+    /// master of its slot, [`CLUSTER_READS_IN_FLIGHT`] at a time. Sorted like the
+    /// single-server listing.
+    async fn scan_prefix_cluster(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let conn = self.connection().await?;
+        let Conn::Cluster(cluster) = conn else {
+            unreachable!("scan_prefix_cluster on a single server");
+        };
+        let pattern = glob_escape(prefix);
+        // Which masters hold slots: one slot of each, to route SCAN by slot (so the
+        // client's own slot map picks the connection).
+        let nodes: String = self
+            .bounded("scan_prefix", async {
+                let reply = cluster
+                    .clone()
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("NODES"),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                    )
+                    .await
+                    .map_err(|e| self.backend_error(e))?;
+                redis::from_owned_redis_value(reply).map_err(|e| self.backend_error(e))
+            })
+            .await?;
+        let masters = master_slots(&nodes);
+        if masters.is_empty() {
+            return Err(self.backend_error(format!(
+                "CLUSTER NODES lists no master with slots: {nodes:?}"
+            )));
+        }
+        let mut keys: Vec<String> = Vec::new();
+        for slot in masters {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = self
+                    .bounded("scan_prefix", async {
+                        let mut scan = redis::cmd("SCAN");
+                        scan.arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(SCAN_COUNT);
+                        let route = Route::new(slot, SlotAddr::Master);
+                        let reply = cluster
+                            .clone()
+                            .route_command(
+                                &scan,
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                            )
+                            .await
+                            .map_err(|e| self.backend_error(e))?;
+                        redis::from_owned_redis_value(reply).map_err(|e| self.backend_error(e))
+                    })
+                    .await?;
+                keys.extend(batch);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(CLUSTER_READS_IN_FLIGHT) {
+            let mut reads = tokio::task::JoinSet::new();
+            for (i, key) in chunk.iter().enumerate() {
+                let (mut conn, script, key) =
+                    (cluster.clone(), self.scripts.read.clone(), key.clone());
+                reads.spawn(async move {
+                    let reply: Result<Option<Vec<Option<Vec<u8>>>>, RedisError> =
+                        script.key(&key).invoke_async(&mut conn).await;
+                    (i, reply)
+                });
+            }
+            let mut replies = self
+                .bounded("scan_prefix", async {
+                    let mut replies = reads.join_all().await;
+                    replies.sort_by_key(|(i, _)| *i);
+                    Ok(replies)
+                })
+                .await?;
+            for ((_, reply), key) in replies.drain(..).zip(chunk) {
+                let fields = reply.map_err(|e| self.error(key, e))?;
+                // A key that expired or was deleted since SCAN is simply absent.
+                if let Some((value, _)) = decode(key, fields)? {
+                    out.push((key.clone(), value));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Reads `(value, version)` of a key.
@@ -216,6 +417,29 @@ fn decode(key: &str, fields: Option<Vec<Option<Vec<u8>>>>) -> Result<Option<(Vec
         }
         _ => Err(corrupt("a Redis hash without the fields v and n")),
     }
+}
+
+/// One slot owned by each master of a `CLUSTER NODES` reply (masters without slots are
+/// left out: they hold no keys).
+fn master_slots(nodes: &str) -> Vec<u16> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            // <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot>...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master") {
+                return None;
+            }
+            // Slots are `a-b` or `a`; `[a->-id]` / `[a-<-id]` mark migrations.
+            fields.iter().skip(8).find_map(|range| {
+                if range.starts_with('[') {
+                    return None;
+                }
+                range.split('-').next()?.parse::<u16>().ok()
+            })
+        })
+        .collect()
 }
 
 /// TTL in milliseconds for the scripts: 0 means none; anything shorter than 1 ms is 1.
@@ -339,6 +563,9 @@ impl Store for RedisStore {
     }
 
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        if let Client::Cluster(_) = self.client {
+            return self.scan_prefix_cluster(prefix).await;
+        }
         let pattern = glob_escape(prefix);
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
@@ -411,6 +638,19 @@ mod tests {
     fn glob_characters_are_escaped() {
         assert_eq!(glob_escape("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f*");
         assert_eq!(glob_escape(""), "*");
+    }
+
+    #[test]
+    fn masters_with_slots_are_found() {
+        let nodes = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7002@17002,host-b master - 0 1700000000000 2 connected 5461 5462-10922
+c3 127.0.0.1:7003@17003 master - 0 1700000000000 3 connected [10923-<-zz] 10923-16383
+d4 127.0.0.1:7004@17004 slave a1 0 1700000000000 1 connected
+e5 127.0.0.1:7005@17005 master - 0 1700000000000 5 connected
+";
+        assert_eq!(master_slots(nodes), vec![0, 5461, 10923]);
+        assert_eq!(master_slots(""), Vec::<u16>::new());
     }
 
     #[test]

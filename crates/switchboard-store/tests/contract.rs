@@ -3,7 +3,8 @@
 //! Each case is an `async fn(&Fixture)`; the `contract!` macro instantiates every case
 //! for one backend. Network backends read their addresses from the environment
 //! (`SWITCHBOARD_TEST_MEMCACHED`, `SWITCHBOARD_TEST_REDIS_URL`); a missing service fails
-//! under `CI` and is skipped loudly otherwise.
+//! under `CI` and is skipped loudly otherwise. `redis_cluster` starts its own 3-master
+//! Redis Cluster (`redis-server` and `redis-cli` must be installed, same rule).
 
 mod common;
 
@@ -459,3 +460,4 @@ contract!(file, common::file);
 contract!(namespaced_file, common::namespaced_file);
 contract!(memcached, common::memcached);
 contract!(redis, common::redis);
+contract!(redis_cluster, common::redis_cluster);

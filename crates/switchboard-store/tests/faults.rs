@@ -63,6 +63,26 @@ async fn redis_down_is_a_quick_error() {
     assert_backend_error_fast("scan_prefix", store.scan_prefix("p")).await;
 }
 
+#[tokio::test]
+async fn redis_cluster_down_is_a_quick_error() {
+    let nodes: Vec<String> = (0..2)
+        .map(|_| format!("redis://127.0.0.1:{}", common::closed_port()))
+        .collect();
+    let store = open(&StoreConfig::RedisCluster {
+        cluster: nodes.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.backend(), "redis");
+    assert_all_ops_fail_fast(&store).await;
+    assert_backend_error_fast("scan_prefix", store.scan_prefix("p")).await;
+    let err = store.get("k").await.unwrap_err();
+    assert!(
+        err.to_string().contains(&nodes[0]),
+        "names the nodes: {err}"
+    );
+}
+
 /// A server that accepts connections and never says a word.
 async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -109,12 +129,23 @@ async fn bad_configurations_are_config_errors() {
         StoreConfig::Redis {
             url: "not a url".into(),
         },
+        StoreConfig::RedisCluster { cluster: vec![] },
+        StoreConfig::RedisCluster {
+            cluster: vec!["redis://127.0.0.1:7001".into(), "not a url".into()],
+        },
+        StoreConfig::RedisCluster {
+            cluster: vec!["redis://127.0.0.1:7001/2".into()],
+        },
     ] {
         let err = open(&config).await.err().expect("must fail");
         assert!(matches!(err, StoreError::Config(_)), "{err:?}");
     }
     assert!(matches!(
         RedisStore::open("http://127.0.0.1:6379"),
+        Err(StoreError::Config(_))
+    ));
+    assert!(matches!(
+        RedisStore::open_cluster(&["http://127.0.0.1:7001".into()]),
         Err(StoreError::Config(_))
     ));
 }
