@@ -32,10 +32,9 @@ pub async fn serve(
     let protocol = listener.protocol;
     let limit = listener.max_message();
     let out = Outbound::new(shared.config.outbound_limit);
-    let (id, drained) =
-        shared
-            .lock()
-            .add_client(peer.to_string(), protocol, out.clone(), &shared.counters);
+    let id = shared
+        .lock()
+        .add_client(peer.to_string(), protocol, out.clone(), &shared.counters);
     tracing::debug!(client = %id, %peer, listener = %listener.name, "client connected");
 
     let (rd, wr) = socket.into_split();
@@ -84,7 +83,7 @@ pub async fn serve(
                             // Back-pressure: stop reading until this client's queue drains.
                             while !shared.lock().client_can_read(id.connection) {
                                 tokio::select! {
-                                    _ = drained.notified() => {}
+                                    _ = out.drained() => {}
                                     _ = out.killed() => { reason = "slow consumer"; break 'read; }
                                     _ = &mut writer => { writer_ended = true; reason = "closed by the server"; break 'read; }
                                 }

@@ -6,12 +6,11 @@
 //! buffer whenever it drains it), where a channel keeps its first block allocated.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// What a client's writer takes from the queue.
 #[derive(Debug)]
@@ -40,8 +39,12 @@ struct Inner {
     limit: usize,
     /// Wakes the writer; `notify_one` keeps a permit, so no wake-up is ever lost.
     notify: Notify,
-    /// Cancelled to cut the client off (slow consumer).
-    kill: CancellationToken,
+    /// Set to cut the client off (slow consumer); `kill_notify` wakes the reader.
+    killed: AtomicBool,
+    kill_notify: Notify,
+    /// Wakes a reader that stopped reading because the client's event queue was full.
+    /// Kept here (one allocation per client for all three) rather than in its own `Arc`.
+    drained: Notify,
 }
 
 /// Both ends of one client's queue (cheap to clone).
@@ -68,7 +71,9 @@ impl Outbound {
                 pending: AtomicUsize::new(0),
                 limit,
                 notify: Notify::new(),
-                kill: CancellationToken::new(),
+                killed: AtomicBool::new(false),
+                kill_notify: Notify::new(),
+                drained: Notify::new(),
             }),
         }
     }
@@ -81,14 +86,17 @@ impl Outbound {
     /// Queues bytes. When the client is not reading fast enough to stay under the
     /// limit, it is cut off instead ([`Push::CutOff`], reported once).
     pub fn push(&self, data: Bytes) -> Push {
-        if self.inner.kill.is_cancelled() {
+        if self.is_killed() {
             return Push::Gone;
         }
         let len = data.len();
         let pending = self.inner.pending.fetch_add(len, Ordering::AcqRel) + len;
         if pending > self.inner.limit {
             self.inner.pending.fetch_sub(len, Ordering::AcqRel);
-            self.inner.kill.cancel();
+            if self.inner.killed.swap(true, Ordering::AcqRel) {
+                return Push::Gone;
+            }
+            self.inner.kill_notify.notify_one();
             return Push::CutOff;
         }
         self.items().push_back(Outgoing::Data(data));
@@ -104,12 +112,25 @@ impl Outbound {
 
     /// Whether the client has been cut off.
     pub fn is_killed(&self) -> bool {
-        self.inner.kill.is_cancelled()
+        self.inner.killed.load(Ordering::Acquire)
     }
 
-    /// Completes when the client is cut off.
+    /// Completes when the client is cut off. One task (the client's reader) waits.
     pub async fn killed(&self) {
-        self.inner.kill.cancelled().await
+        while !self.is_killed() {
+            self.inner.kill_notify.notified().await;
+        }
+    }
+
+    /// Tells the reader that the client's event queue has room again.
+    pub fn notify_drained(&self) {
+        self.inner.drained.notify_one();
+    }
+
+    /// Completes after the next [`Outbound::notify_drained`] (or at once if one came
+    /// since the last wait).
+    pub async fn drained(&self) {
+        self.inner.drained.notified().await
     }
 
     /// The byte limit.

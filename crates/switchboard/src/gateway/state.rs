@@ -20,12 +20,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::protocol::internal::{
     self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
@@ -69,8 +69,6 @@ struct Client {
     inflight: Option<InFlight>,
     queue: VecDeque<Pending>,
     queue_bytes: usize,
-    /// Woken when `queue_bytes` drops, to resume reading from a back-pressured client.
-    drained: Arc<Notify>,
 }
 
 /// One authenticated peer on the internal listener.
@@ -159,10 +157,9 @@ impl State {
         protocol: ClientProtocol,
         out: Outbound,
         counters: &Counters,
-    ) -> (ClientId, Arc<Notify>) {
+    ) -> ClientId {
         let conn = self.next_conn;
         self.next_conn += 1;
-        let drained = Arc::new(Notify::new());
         self.clients.insert(
             conn,
             Client {
@@ -178,13 +175,12 @@ impl State {
                 inflight: None,
                 queue: VecDeque::new(),
                 queue_bytes: 0,
-                drained: drained.clone(),
             },
         );
         self.connected += 1;
         // A connect event has no body: it never hits the byte bounds.
         self.enqueue(conn, EventKind::Connect, Bytes::new(), counters);
-        (ClientId::new(self.number, conn), drained)
+        ClientId::new(self.number, conn)
     }
 
     /// Queues a message event. Returns whether the client's queue is over its bound (the
@@ -305,7 +301,10 @@ impl State {
             let _ = link.tx.send(frame);
         }
         counters.events.fetch_add(1, Ordering::Relaxed);
-        client.drained.notify_one();
+        if let Some(out) = &client.out {
+            // Room in the queue: a back-pressured reader may go on.
+            out.notify_drained();
+        }
     }
 
     /// A worker finished an event.
@@ -446,7 +445,9 @@ impl State {
             self.queued_bytes -= c.queue_bytes;
             c.queue.clear();
             c.queue_bytes = 0;
-            c.drained.notify_one();
+            if let Some(out) = &c.out {
+                out.notify_drained();
+            }
             counters
                 .rejected
                 .fetch_add(dropped as u64, Ordering::Relaxed);
@@ -884,7 +885,7 @@ mod tests {
         fn client(&mut self) -> (ClientId, Outbound) {
             let out = Outbound::new(1 << 16);
             let rx = out.clone();
-            let (id, _) = self.state.add_client(
+            let id = self.state.add_client(
                 "1.2.3.4:5".into(),
                 ClientProtocol::Text,
                 out,
@@ -1025,7 +1026,7 @@ mod tests {
         let mut f = Fixture::new();
         let out = Outbound::new(10);
         let kill = out.clone();
-        let (id, _) = f
+        let id = f
             .state
             .add_client("x".into(), ClientProtocol::Text, out, &f.counters);
         f.state.command(
