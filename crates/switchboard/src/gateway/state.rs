@@ -66,7 +66,9 @@ struct Client {
     last_seen: Instant,
     /// Worker link this client sticks to.
     worker: Option<u64>,
-    inflight: Option<InFlight>,
+    /// Boxed: only a client with an event at a worker needs it, and the inline form
+    /// would cost every idle client its size.
+    inflight: Option<Box<InFlight>>,
     queue: VecDeque<Pending>,
     queue_bytes: usize,
 }
@@ -290,11 +292,11 @@ impl State {
             session: client.session_json.clone(),
             body: event.body.clone(),
         }));
-        client.inflight = Some(InFlight {
+        client.inflight = Some(Box::new(InFlight {
             link: link_id,
             seq,
             event,
-        });
+        }));
         if let Some(link) = self.links.get_mut(&link_id) {
             link.inflight += 1;
             // A failed send means the link task is ending; `link_closed` will requeue.
