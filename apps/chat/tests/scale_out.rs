@@ -10,12 +10,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{chat_bin, free_port, Client, WAIT};
+use common::{chat_bin, free_port, spawn_chat, Client, WAIT};
 use switchboard::stats;
 
 /// One supervisor started with `--only`, standing for one machine.
@@ -58,20 +57,12 @@ restart_delay = "200ms"
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, text).unwrap();
         let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-        let mut cmd = Command::new(chat_bin());
-        cmd.arg("--config")
-            .arg(&config_path)
-            .args(["start", "--only", role])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
+        let child = spawn_chat(
+            chat_bin().as_ref(),
+            &config_path,
+            &["start", "--only", role],
+            log,
+        );
         Node {
             run_dir: data.join("run"),
             child: Some(child),

@@ -232,24 +232,12 @@ impl App {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Stop => {
-                let wait = config
-                    .supervisor
-                    .stop_timeout
-                    .max(config.worker.drain_timeout)
-                    + Duration::from_secs(5);
-                let pid = supervisor::signal_running(&config, libc::SIGTERM, Some(wait))?;
-                println!("stopped (supervisor pid {pid})");
+                stop_running(&config)?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Restart { only } => {
                 if supervisor::running_pid(&config).is_some() {
-                    let wait = config
-                        .supervisor
-                        .stop_timeout
-                        .max(config.worker.drain_timeout)
-                        + Duration::from_secs(5);
-                    let pid = supervisor::signal_running(&config, libc::SIGTERM, Some(wait))?;
-                    println!("stopped (supervisor pid {pid})");
+                    stop_running(&config)?;
                 }
                 self.start_daemon(&config, &cli, only)
             }
@@ -373,6 +361,19 @@ impl App {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Stops the running supervisor and waits until it is gone (its own stop timeout, plus
+/// the workers' drain time, plus a margin).
+fn stop_running(config: &Config) -> Result<(), Error> {
+    let wait = config
+        .supervisor
+        .stop_timeout
+        .max(config.worker.drain_timeout)
+        + Duration::from_secs(5);
+    let pid = supervisor::signal_running(config, libc::SIGTERM, Some(wait))?;
+    println!("stopped (supervisor pid {pid})");
+    Ok(())
 }
 
 /// A runtime whose threads carry `name`, which every log line shows. `threads` 0 means

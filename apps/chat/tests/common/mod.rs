@@ -35,6 +35,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `binary --config CONFIG ARGS...` with its output to `log`. If the test process
+/// dies, the child (a supervisor, and through it every process it started) goes too.
+pub fn spawn_chat(binary: &Path, config: &Path, args: &[&str], log: std::fs::File) -> Child {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start chat")
+}
+
 /// A deployment of the chat demo under test.
 pub struct Deployment {
     pub dir: tempfile::TempDir,
@@ -166,21 +185,7 @@ path = "history.sqlite"
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("--config")
-            .arg(&self.config_path)
-            .arg("start")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // If the test process dies, the supervisor (and through it every child) goes too.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        self.supervisor = Some(cmd.spawn().expect("start chat"));
+        self.supervisor = Some(spawn_chat(&self.binary, &self.config_path, &["start"], log));
     }
 
     /// Waits until `gateways` gateways each report `workers` worker links.
