@@ -48,6 +48,9 @@ pub async fn run(
         max_frame: config.gateway.max_internal_frame,
         link_timeout: config.worker.link_timeout,
     };
+    // Events that arrive before `on_worker_start` has finished wait for it, as
+    // GatewayWorker users expect (their onWorkerStart opens databases and the like).
+    let (started_tx, started_rx) = tokio::sync::watch::channel(false);
     let gateway = Gateway::start(options, store, db, Role::Worker, |gateway| {
         let gateway = gateway.clone();
         let events = events.clone();
@@ -55,7 +58,9 @@ pub async fn run(
         let tracker = tracker.clone();
         let sink: EventSink = Arc::new(move |event: Event, acker: Acker| {
             let (gateway, events, counters) = (gateway.clone(), events.clone(), counters.clone());
+            let mut started = started_rx.clone();
             tracker.spawn(async move {
+                let _ = started.wait_for(|s| *s).await;
                 let (seq, client) = (event.seq, event.client);
                 handle(events.as_ref(), gateway, event, &counters).await;
                 acker.ack(seq, client).await;
@@ -65,11 +70,18 @@ pub async fn run(
     });
     tracing::info!("worker started");
 
-    // on_worker_start runs once gateways are reachable (or after a short wait).
+    // on_worker_start runs once gateways are reachable (or after a short wait), so it
+    // can use the Gateway API; a failure or panic there is logged and the worker goes on.
     gateway.wait_for_gateways(1, Duration::from_secs(2)).await;
-    if let Err(e) = events.on_worker_start(&gateway).await {
-        tracing::error!(error = %e, "on_worker_start failed");
+    match std::panic::AssertUnwindSafe(events.on_worker_start(&gateway))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "on_worker_start failed"),
+        Err(_) => tracing::error!("on_worker_start panicked"),
     }
+    let _ = started_tx.send(true);
 
     let stats_stop = CancellationToken::new();
     let stats_task = tokio::spawn(write_stats(
