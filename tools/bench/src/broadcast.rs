@@ -73,29 +73,18 @@ struct Received {
 }
 
 /// Sends on a fixed schedule until `end`, then the end marker; returns (sent, lag µs)
-/// and the writing half (dropping it would half-close the connection, which the
-/// gateway takes for a departing client).
+/// and the writing half.
 async fn send(
-    mut writer: OwnedWriteHalf,
+    writer: OwnedWriteHalf,
     first_due: Instant,
     per_second: f64,
     end: Instant,
 ) -> (u64, u64, OwnedWriteHalf) {
-    let (mut seq, mut max_lag) = (0u64, 0u64);
-    loop {
-        // A division, not seq × (1 / rate): 3000 / 300.0 is exactly 10 s.
-        let due = first_due + Duration::from_secs_f64(seq as f64 / per_second);
-        if due >= end {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
-        max_lag = max_lag.max(due.elapsed().as_micros() as u64);
-        let line = format!("b {seq} {}\n", client::now_micros());
-        if writer.write_all(line.as_bytes()).await.is_err() {
-            break;
-        }
-        seq += 1;
-    }
+    let (seq, max_lag, mut writer) =
+        client::send_on_schedule(writer, first_due, per_second, end, |seq| {
+            format!("b {seq} {}\n", client::now_micros())
+        })
+        .await;
     let _ = writer.write_all(format!("b end {seq}\n").as_bytes()).await;
     (seq, max_lag, writer)
 }

@@ -199,6 +199,34 @@ pub fn parse_seq_time(text: &[u8]) -> Option<(u64, u64)> {
     Some((seq.parse().ok()?, at.trim().parse().ok()?))
 }
 
+/// Sends one line per `1 / per_second` seconds from `first_due` until `end`, on a fixed
+/// open-loop schedule; `line(seq)` makes each line (with its newline). Returns the lines
+/// sent, the worst lateness against the schedule in µs, and the writing half (dropping
+/// it would half-close the connection, which the gateway takes for a departing client).
+pub async fn send_on_schedule(
+    mut writer: OwnedWriteHalf,
+    first_due: tokio::time::Instant,
+    per_second: f64,
+    end: tokio::time::Instant,
+    line: impl Fn(u64) -> String,
+) -> (u64, u64, OwnedWriteHalf) {
+    let (mut seq, mut max_lag) = (0u64, 0u64);
+    loop {
+        // A division, not seq × (1 / rate): 3000 / 300.0 is exactly 10 s.
+        let due = first_due + Duration::from_secs_f64(seq as f64 / per_second);
+        if due >= end {
+            break;
+        }
+        tokio::time::sleep_until(due).await;
+        max_lag = max_lag.max(due.elapsed().as_micros() as u64);
+        if writer.write_all(line(seq).as_bytes()).await.is_err() {
+            break;
+        }
+        seq += 1;
+    }
+    (seq, max_lag, writer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,6 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -59,32 +58,19 @@ const RECEIVED: &[u8] = b" said to You :p ";
 /// What the chat answers when the recipient is unknown.
 const NOT_ONLINE: &[u8] = b"is not online";
 
-/// Sends on a fixed schedule until `end`; returns (sent, worst lag in µs) and the
-/// writing half (dropping it would half-close the connection, which the gateway takes
-/// for a departing client).
+/// Sends `to:p SEQ MICROS` lines on a fixed schedule until `end`; returns (sent, worst
+/// lag in µs) and the writing half.
 async fn send(
-    mut writer: OwnedWriteHalf,
+    writer: OwnedWriteHalf,
     to: String,
     first_due: Instant,
     per_second: f64,
     end: Instant,
 ) -> (u64, u64, OwnedWriteHalf) {
-    let (mut seq, mut max_lag) = (0u64, 0u64);
-    loop {
-        // A division, not seq × (1 / rate): 3000 / 300.0 is exactly 10 s.
-        let due = first_due + Duration::from_secs_f64(seq as f64 / per_second);
-        if due >= end {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
-        max_lag = max_lag.max(due.elapsed().as_micros() as u64);
-        let line = format!("{to}:p {seq} {}\n", client::now_micros());
-        if writer.write_all(line.as_bytes()).await.is_err() {
-            break;
-        }
-        seq += 1;
-    }
-    (seq, max_lag, writer)
+    client::send_on_schedule(writer, first_due, per_second, end, |seq| {
+        format!("{to}:p {seq} {}\n", client::now_micros())
+    })
+    .await
 }
 
 /// Receives until `expected` (set by the partner's sender when it is done) is reached,
