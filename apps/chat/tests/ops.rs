@@ -223,6 +223,15 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
             t.contains("gateway.listeners[0].listen") && t.contains("cannot bind"),
             "{t}"
         );
+        let line = good
+            .lines()
+            .position(|l| l.starts_with("listen ="))
+            .unwrap()
+            + 1;
+        assert!(
+            t.contains(&format!("line {line}")),
+            "the line is named: {t}"
+        );
     }
     assert!(!supervisor::pid_file(&d.config).exists());
     drop(busy);

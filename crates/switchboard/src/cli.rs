@@ -205,7 +205,7 @@ impl App {
                     Error::Other("config check needs a file (argument or --config)".into())
                 })?;
                 let checked = Config::load(&path)?;
-                check_ports_free(&checked)?;
+                check_ports_free(&checked, Some(&path))?;
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             }
@@ -220,7 +220,7 @@ impl App {
                     )));
                 }
                 if only != Some(Only::Worker) {
-                    check_ports_free(&config)?;
+                    check_ports_free(&config, cli.config.as_deref())?;
                 }
                 init_logging(&config, "supervisor");
                 let path = write_effective_config(&config)?;
@@ -292,7 +292,7 @@ impl App {
             )));
         }
         if only != Some(Only::Worker) {
-            check_ports_free(config)?;
+            check_ports_free(config, cli.config.as_deref())?;
         }
         let log_path = config.log_file();
         if let Some(dir) = log_path.parent() {
@@ -468,8 +468,9 @@ fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-/// `config check`: the client ports must be free (or held by this very deployment).
-fn check_ports_free(config: &Config) -> Result<(), Error> {
+/// The client ports must be free (or held by this very deployment). `file` is the
+/// configuration file, to name the line of a listener whose port is taken.
+fn check_ports_free(config: &Config, file: Option<&std::path::Path>) -> Result<(), Error> {
     if supervisor::running_pid(config).is_some() {
         return Ok(());
     }
@@ -478,8 +479,25 @@ fn check_ports_free(config: &Config) -> Result<(), Error> {
             continue;
         }
         if let Err(e) = std::net::TcpListener::bind(l.listen) {
+            let whence = match file {
+                Some(path) => {
+                    let line = std::fs::read_to_string(path).ok().and_then(|text| {
+                        let needle = format!("\"{}\"", l.listen);
+                        text.lines()
+                            .position(|line| {
+                                line.trim_start().starts_with("listen") && line.contains(&needle)
+                            })
+                            .map(|n| n + 1)
+                    });
+                    match line {
+                        Some(n) => format!(" file {}, line {n}", path.display()),
+                        None => format!(" file {} (set by an override)", path.display()),
+                    }
+                }
+                None => " (embedded default)".to_string(),
+            };
             return Err(Error::Other(format!(
-                "invalid config: gateway.listeners[{i}].listen: cannot bind {}: {e}",
+                "invalid config{whence}: gateway.listeners[{i}].listen: cannot bind {}: {e}",
                 l.listen
             )));
         }
