@@ -2,6 +2,7 @@
 //! data; values of every type; injection strings in every value position;
 //! database errors; binds checked before anything is sent.
 
+#[macro_use]
 mod common;
 
 use serde::Deserialize;
@@ -646,29 +647,6 @@ async fn value_types(db: &Instance) {
         assert_eq!(big, Some(Value::UInt(u64::MAX)));
     }
     drop_table(db, &t).await;
-}
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod mysql {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(db) = crate::common::mysql(4).await else { return };
-                    super::$name(&db).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let (db, _dir) = crate::common::sqlite();
-                    super::$name(&db).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both!(

@@ -1,6 +1,7 @@
 //! Transactions: commit on Ok, roll back on Err and on panic, on both
 //! backends; a finished transaction refuses further use.
 
+#[macro_use]
 mod common;
 
 use std::panic::AssertUnwindSafe;
@@ -183,29 +184,6 @@ async fn manual_begin_and_finished(db: &Instance) {
     }
     assert_eq!(balances(db, &t).await, [100, 0]);
     db.sql(&format!("DROP TABLE {t}")).execute().await.unwrap();
-}
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod mysql {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(db) = crate::common::mysql(4).await else { return };
-                    super::$name(&db).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let (db, _dir) = crate::common::sqlite();
-                    super::$name(&db).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both!(

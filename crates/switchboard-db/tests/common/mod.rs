@@ -85,3 +85,29 @@ pub fn int_pk(inst: &Instance) -> &'static str {
         switchboard_db::Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
     }
 }
+
+/// Runs each named `async fn(&Instance)` as two tests: on MariaDB (skipped loudly
+/// outside CI when it is unreachable) and on a fresh SQLite file.
+#[allow(unused_macros)]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod mysql {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = crate::common::mysql(4).await else { return };
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (db, _dir) = crate::common::sqlite();
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
