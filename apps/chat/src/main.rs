@@ -11,7 +11,7 @@ mod history;
 use std::process::ExitCode;
 
 use history::{ChatHistory, HistoryLine};
-use switchboard::{async_trait, App, Bytes, ClientId, Context, Events, Gateway, HandlerResult};
+use switchboard::{async_trait, App, ClientId, Context, Events, Gateway, HandlerResult, Message};
 use tokio::sync::OnceCell;
 
 /// The chat's business code.
@@ -96,8 +96,8 @@ impl Events for Chat {
         Ok(())
     }
 
-    async fn on_message(&self, ctx: &mut Context, message: Bytes) -> HandlerResult {
-        let line = String::from_utf8_lossy(&message).into_owned();
+    async fn on_message(&self, ctx: &mut Context, message: Message) -> HandlerResult {
+        let line = message.text()?;
         let me = ctx.client_id();
         let Some(name) = name_of(ctx) else {
             let name = line.trim();
@@ -135,12 +135,14 @@ impl Events for Chat {
             return Ok(());
         }
 
-        match private_target(&line) {
+        match private_target(line) {
             Some((to, words)) => {
-                if ctx.gateway().is_online(to).await? {
-                    ctx.gateway()
-                        .send_to_client(to, format!("{name}[{me}] said to You :{words}"))
-                        .await?;
+                // One round trip: delivered, or not online (no race between the two).
+                let sent = ctx
+                    .gateway()
+                    .send_to_client(to, format!("{name}[{me}] said to You :{words}"))
+                    .await?;
+                if sent {
                     ctx.reply(format!("{name}[{me}] said to [{to}] :{words}"))
                         .await?;
                 } else {
@@ -153,7 +155,7 @@ impl Events for Chat {
                     .send_to_all(format!("{name}[{me}] said :{line}"))
                     .await?;
                 if let Some(history) = self.history.get() {
-                    history.append(&name, &me.to_string(), &line).await?;
+                    history.append(&name, &me.to_string(), line).await?;
                 }
             }
         }
@@ -173,6 +175,8 @@ impl Events for Chat {
 
 fn main() -> ExitCode {
     App::new("chat", Chat::default)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("The brief's chat demo on Switchboard: telnet 127.0.0.1 8480")
         .default_config(include_str!("../chat.toml"))
         .run()
 }

@@ -29,9 +29,11 @@ async fn clients_on_both_gateways(d: &Deployment, api: &Gateway) -> Vec<(ClientI
     let ids = api.all_client_ids().await.unwrap();
     assert_eq!(ids.len(), pending.len());
     for id in &ids {
-        api.send_to_client(*id, format!("you are {id}"))
+        let reached = api
+            .send_to_client(*id, format!("you are {id}"))
             .await
             .unwrap();
+        assert!(reached, "send_to_client says it reached {id}");
     }
     let mut out = Vec::new();
     for mut c in pending {
@@ -104,14 +106,16 @@ async fn every_api_call_across_two_gateways() {
         api.all_uids().await.unwrap(),
         vec!["u1".to_string(), "u2".to_string()]
     );
-    api.send_to_uid(&["u1"], "to u1").await.unwrap();
+    // Targeted sends say how many clients they reached, both gateways together.
+    assert_eq!(api.send_to_uid(&["u1"], "to u1").await.unwrap(), 2);
     clients[a_idx].1.expect_next("to u1").await;
     clients[b_idx].1.expect_next("to u1").await;
     nothing_more(&mut clients[c_idx].1).await;
-    api.send_to_uid(&["u1", "u2"], "to u1+u2").await.unwrap();
+    assert_eq!(api.send_to_uid(&["u1", "u2"], "to u1+u2").await.unwrap(), 3);
     for i in [a_idx, b_idx, c_idx] {
         clients[i].1.expect_next("to u1+u2").await;
     }
+    assert_eq!(api.send_to_uid(&["nobody"], "x").await.unwrap(), 0);
     api.unbind_uid(a, "u1").await.unwrap();
     assert_eq!(api.client_ids_by_uid("u1").await.unwrap(), vec![b]);
     assert_eq!(api.uid_by_client_id(a).await.unwrap(), None);
@@ -130,10 +134,32 @@ async fn every_api_call_across_two_gateways() {
         api.all_groups().await.unwrap(),
         vec!["other".to_string(), "room".to_string()]
     );
+    assert_eq!(
+        api.uids_by_group("room").await.unwrap(),
+        vec!["u1".to_string(), "u2".to_string()],
+        "a (unbound), b (u1) and c (u2) are in the room"
+    );
     api.send_to_group(&["room"], "to room", &[c]).await.unwrap();
     clients[a_idx].1.expect_next("to room").await;
     clients[b_idx].1.expect_next("to room").await;
     nothing_more(&mut clients[c_idx].1).await;
+    // The counting forms of the fan-out sends.
+    assert_eq!(
+        api.send_to_group_counted(&["room"], "counted", &[a])
+            .await
+            .unwrap(),
+        2
+    );
+    clients[b_idx].1.expect_next("counted").await;
+    clients[c_idx].1.expect_next("counted").await;
+    nothing_more(&mut clients[a_idx].1).await;
+    assert_eq!(
+        api.send_to_all_counted("all counted").await.unwrap() as u64,
+        n
+    );
+    for (_, cl) in clients.iter_mut() {
+        cl.expect_next("all counted").await;
+    }
     api.leave_group(a, "room").await.unwrap();
     assert_eq!(api.client_count_by_group("room").await.unwrap(), 2);
     api.ungroup("room").await.unwrap();
@@ -179,11 +205,14 @@ async fn every_api_call_across_two_gateways() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(api.all_client_count().await.unwrap(), n - 1);
-    // An id on a gateway that does not exist: offline, and a clear error for sends.
+    // A client gone, and an id on a gateway that does not exist: offline, and a send
+    // to either reaches nobody; commands about them are errors or no-ops.
+    assert!(!api.send_to_client(a, "too late").await.unwrap());
     let ghost = ClientId::new(a.gateway.wrapping_add(1000), 1);
     assert!(!api.is_online(ghost).await.unwrap());
+    assert!(!api.send_to_client(ghost, "x").await.unwrap());
     assert!(matches!(
-        api.send_to_client(ghost, "x").await,
+        api.bind_uid(ghost, "x").await,
         Err(ApiError::GatewayUnavailable { .. })
     ));
 

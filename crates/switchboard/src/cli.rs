@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
@@ -20,7 +20,8 @@ use crate::{stats, Error, Gateway};
 /// Builds the application's `Events` for each worker process.
 type EventsFactory = Arc<dyn Fn() -> Arc<dyn Events> + Send + Sync>;
 
-/// An application: its name, its default configuration and its business code.
+/// An application: its name and version, its default configuration and its business
+/// code.
 ///
 /// ```no_run
 /// use switchboard::{App, Events};
@@ -28,21 +29,23 @@ type EventsFactory = Arc<dyn Fn() -> Arc<dyn Events> + Send + Sync>;
 /// impl Events for Nothing {}
 /// fn main() -> std::process::ExitCode {
 ///     App::new("demo", || Nothing)
+///         .version(env!("CARGO_PKG_VERSION"))
 ///         .default_config("name = \"demo\"\n")
 ///         .run()
 /// }
 /// ```
 pub struct App {
     name: &'static str,
+    version: Option<&'static str>,
+    about: Option<&'static str>,
     default_config: &'static str,
     events: EventsFactory,
 }
 
+/// This framework's version, shown beside the application's by `--version`.
+pub const FRAMEWORK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[derive(Parser)]
-#[command(
-    version,
-    about = "A Switchboard application: gateways, workers and their supervisor"
-)]
 struct Cli {
     /// Configuration file (TOML); without it the application's embedded default is used.
     #[arg(long, short, global = true, env = "SWITCHBOARD_CONFIG")]
@@ -131,9 +134,24 @@ impl App {
     ) -> Self {
         Self {
             name,
+            version: None,
+            about: None,
             default_config: "",
             events: Arc::new(move || Arc::new(events()) as Arc<dyn Events>),
         }
+    }
+
+    /// The application's version, shown by `--version` beside the framework's; pass
+    /// `env!("CARGO_PKG_VERSION")` to use the application crate's.
+    pub fn version(mut self, version: &'static str) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// One line about the application, shown at the top of `--help`.
+    pub fn about(mut self, about: &'static str) -> Self {
+        self.about = Some(about);
+        self
     }
 
     /// The configuration used when no file is given (TOML text, usually
@@ -143,9 +161,33 @@ impl App {
         self
     }
 
+    /// The command line, named and versioned after the application.
+    fn command(&self) -> clap::Command {
+        let version = match self.version {
+            Some(v) => format!("{v} (switchboard {FRAMEWORK_VERSION})"),
+            None => format!("(switchboard {FRAMEWORK_VERSION})"),
+        };
+        let about = match self.about {
+            Some(a) => a.to_string(),
+            None => format!(
+                "{}: a Switchboard application (gateways, workers and their supervisor)",
+                self.name
+            ),
+        };
+        Cli::command()
+            .name(self.name)
+            .bin_name(self.name)
+            .version(version)
+            .about(about)
+    }
+
     /// Parses the command line and runs it; returns the process exit code.
     pub fn run(self) -> ExitCode {
-        let cli = Cli::parse();
+        let matches = self.command().get_matches();
+        let cli = match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        };
         match self.dispatch(cli) {
             Ok(code) => code,
             Err(e) => {
@@ -294,7 +336,9 @@ impl App {
         if only != Some(Only::Worker) {
             check_ports_free(config, cli.config.as_deref())?;
         }
-        let log_path = config.log_file();
+        // Printed and used as an absolute path: the daemon does not keep our directory.
+        let log_path = std::path::absolute(config.log_file())
+            .map_err(|e| Error::io("cannot resolve the log file path", e))?;
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
@@ -505,6 +549,18 @@ fn check_ports_free(config: &Config, file: Option<&std::path::Path>) -> Result<(
     Ok(())
 }
 
+/// Where a store is, in a few words, for messages.
+fn store_description(store: &switchboard_store::StoreConfig) -> String {
+    use switchboard_store::StoreConfig;
+    match store {
+        StoreConfig::Memory => "an in-process memory store".into(),
+        StoreConfig::File { path } => format!("file store {}", path.display()),
+        StoreConfig::Memcached { servers } => format!("memcached {}", servers.join(",")),
+        StoreConfig::Redis { url } => format!("redis {url}"),
+        StoreConfig::RedisCluster { cluster } => format!("redis cluster {}", cluster.join(",")),
+    }
+}
+
 fn human_bytes(n: u64) -> String {
     let n = n as f64;
     if n >= 1024.0 * 1024.0 * 1024.0 {
@@ -601,6 +657,14 @@ async fn print_connections(
     let gateways = crate::discovery::list(gateway.raw_store().as_ref(), &config.name)
         .await?
         .len();
+    if gateways == 0 {
+        gateway.close().await;
+        return Err(Error::Other(format!(
+            "no gateway of deployment {:?} found in the store ({}); is it running, with this configuration?",
+            config.name,
+            store_description(&config.resolved_store()),
+        )));
+    }
     if !gateway
         .wait_for_gateways(gateways, Duration::from_secs(5))
         .await

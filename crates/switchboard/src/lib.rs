@@ -14,20 +14,22 @@
 //! An application is one binary: it implements [`Events`] and hands it to [`App`].
 //!
 //! ```no_run
-//! use switchboard::{async_trait, App, Context, Events, HandlerResult};
+//! use switchboard::{async_trait, App, Context, Events, HandlerResult, Message};
 //!
 //! struct Echo;
 //!
 //! #[async_trait]
 //! impl Events for Echo {
-//!     async fn on_message(&self, ctx: &mut Context, msg: bytes::Bytes) -> HandlerResult {
-//!         ctx.reply(msg).await?;
+//!     async fn on_message(&self, ctx: &mut Context, message: Message) -> HandlerResult {
+//!         ctx.reply(message).await?;
 //!         Ok(())
 //!     }
 //! }
 //!
 //! fn main() -> std::process::ExitCode {
-//!     App::new("echo", || Echo).run()
+//!     App::new("echo", || Echo)
+//!         .version(env!("CARGO_PKG_VERSION"))
+//!         .run()
 //! }
 //! ```
 //!
@@ -39,6 +41,7 @@ mod client_id;
 pub mod config;
 pub mod discovery;
 pub mod gateway;
+mod message;
 pub mod process;
 pub mod protocol;
 pub mod stats;
@@ -50,6 +53,8 @@ pub use bytes::Bytes;
 pub use cli::App;
 pub use client_id::{ClientId, ParseClientIdError};
 pub use config::Config;
+pub use message::{Message, NotText};
+pub use protocol::ClientProtocol;
 pub use switchboard_db as db;
 pub use switchboard_store as store;
 pub use worker::api::{ApiError, Gateway};

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::state::{Outbound, Rejected};
 use super::Shared;
 use crate::config::ListenerConfig;
+use crate::protocol::ClientProtocol;
 
 /// Largest read from a client socket at once.
 const READ_CHUNK: usize = 16 << 10;
@@ -27,14 +28,19 @@ pub async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
+    listener_name: Arc<str>,
 ) {
     let _ = socket.set_nodelay(true);
     let protocol = listener.protocol;
     let limit = listener.max_message();
     let out = Outbound::new(shared.config.outbound_limit);
-    let id = shared
-        .lock()
-        .add_client(peer.to_string(), protocol, out.clone(), &shared.counters);
+    let id = shared.lock().add_client(
+        peer.to_string(),
+        listener_name,
+        protocol,
+        out.clone(),
+        &shared.counters,
+    );
     tracing::debug!(client = %id, %peer, listener = %listener.name, "client connected");
 
     let (rd, wr) = socket.into_split();
@@ -74,9 +80,11 @@ pub async fn serve(
             match protocol.decode(&mut buf, limit) {
                 Ok(Some(msg)) => {
                     got_message = true;
-                    let result = shared
-                        .lock()
-                        .client_message(id.connection, msg, &shared.counters);
+                    let binary = protocol == ClientProtocol::Frame;
+                    let result =
+                        shared
+                            .lock()
+                            .client_message(id.connection, msg, binary, &shared.counters);
                     match result {
                         Ok(false) => {}
                         Ok(true) => {

@@ -118,9 +118,11 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             Ok(Frame::Ack { seq, client }) => {
                 shared.lock().ack(link, seq, client, &shared.counters)
             }
-            Ok(Frame::Command(cmd)) => shared.lock().command(cmd, &shared.counters),
+            Ok(Frame::Command(cmd)) => {
+                shared.lock().command(cmd, &shared.counters);
+            }
             Ok(Frame::Query { id, query }) => {
-                let reply = shared.lock().query(query);
+                let reply = shared.lock().query(query, &shared.counters);
                 let _ = tx.send(reply_frame(id, reply));
             }
             Ok(Frame::Draining) => {

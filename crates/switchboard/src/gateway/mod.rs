@@ -179,6 +179,8 @@ async fn accept_clients(
     stop: CancellationToken,
 ) {
     let max = shared.config.max_clients;
+    // One name for every client of this listener.
+    let name: Arc<str> = cfg.name.as_str().into();
     let mut last_refusal_log = Instant::now() - Duration::from_secs(60);
     accept_loop(listener, stop, "client", move |socket, peer| {
         if shared.lock().connected() >= max {
@@ -189,7 +191,13 @@ async fn accept_clients(
             drop(socket);
             return;
         }
-        tokio::spawn(client::serve(shared.clone(), socket, peer, cfg.clone()));
+        tokio::spawn(client::serve(
+            shared.clone(),
+            socket,
+            peer,
+            cfg.clone(),
+            name.clone(),
+        ));
     })
     .await
 }

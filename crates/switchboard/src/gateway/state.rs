@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,7 @@ use crate::protocol::internal::{
     self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
 };
 use crate::protocol::ClientProtocol;
-use crate::ClientId;
+use crate::{ClientId, Message};
 
 pub use super::outbound::{Outbound, Outgoing, Push};
 
@@ -40,6 +41,8 @@ pub use super::outbound::{Outbound, Outgoing, Push};
 struct Pending {
     kind: EventKind,
     body: Bytes,
+    /// Whether `body` is a binary message.
+    binary: bool,
     /// When the client produced it (for `hold_timeout`).
     at: Instant,
 }
@@ -55,6 +58,8 @@ struct InFlight {
 /// One connected (or closing) client.
 struct Client {
     addr: String,
+    /// Name of the listener it connected to (shared by all its clients).
+    listener: Arc<str>,
     protocol: ClientProtocol,
     /// `None` once the connection is gone (the close event may still be pending).
     out: Option<Outbound>,
@@ -156,6 +161,7 @@ impl State {
     pub fn add_client(
         &mut self,
         addr: String,
+        listener: Arc<str>,
         protocol: ClientProtocol,
         out: Outbound,
         counters: &Counters,
@@ -166,6 +172,7 @@ impl State {
             conn,
             Client {
                 addr,
+                listener,
                 protocol,
                 out: Some(out),
                 session: Map::new(),
@@ -181,7 +188,7 @@ impl State {
         );
         self.connected += 1;
         // A connect event has no body: it never hits the byte bounds.
-        self.enqueue(conn, EventKind::Connect, Bytes::new(), counters);
+        self.enqueue(conn, EventKind::Connect, Bytes::new(), false, counters);
         ClientId::new(self.number, conn)
     }
 
@@ -191,6 +198,7 @@ impl State {
         &mut self,
         conn: u64,
         body: Bytes,
+        binary: bool,
         counters: &Counters,
     ) -> Result<bool, Rejected> {
         let Some(client) = self.clients.get_mut(&conn) else {
@@ -201,7 +209,7 @@ impl State {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(Rejected::QueueFull);
         }
-        self.enqueue(conn, EventKind::Message, body, counters);
+        self.enqueue(conn, EventKind::Message, body, binary, counters);
         Ok(self
             .clients
             .get(&conn)
@@ -225,13 +233,15 @@ impl State {
             return; // already closed
         }
         self.connected -= 1;
-        if let Some(uid) = client.uid.take() {
-            remove_from_index(&mut self.uids, &uid, conn);
+        // Out of the indexes at once; the client keeps its uid and groups only so that
+        // its close event can tell the application what it had.
+        if let Some(uid) = &client.uid {
+            remove_from_index(&mut self.uids, uid, conn);
         }
-        for g in std::mem::take(&mut client.groups) {
-            remove_from_index(&mut self.groups, &g, conn);
+        for g in &client.groups {
+            remove_from_index(&mut self.groups, g, conn);
         }
-        self.enqueue(conn, EventKind::Close, Bytes::new(), counters);
+        self.enqueue(conn, EventKind::Close, Bytes::new(), false, counters);
     }
 
     /// Marks activity from a client (heartbeat bookkeeping).
@@ -241,7 +251,14 @@ impl State {
         }
     }
 
-    fn enqueue(&mut self, conn: u64, kind: EventKind, body: Bytes, counters: &Counters) {
+    fn enqueue(
+        &mut self,
+        conn: u64,
+        kind: EventKind,
+        body: Bytes,
+        binary: bool,
+        counters: &Counters,
+    ) {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
@@ -250,6 +267,7 @@ impl State {
         client.queue.push_back(Pending {
             kind,
             body,
+            binary,
             at: Instant::now(),
         });
         self.pump(conn, counters);
@@ -289,8 +307,13 @@ impl State {
             kind: event.kind,
             client: ClientId::new(self.number, conn),
             addr: client.addr.clone(),
+            listener: client.listener.to_string(),
+            protocol: client.protocol,
+            uid: client.uid.clone(),
+            groups: client.groups.iter().cloned().collect(),
             session: client.session_json.clone(),
             body: event.body.clone(),
+            binary: event.binary,
         }));
         client.inflight = Some(Box::new(InFlight {
             link: link_id,
@@ -491,54 +514,41 @@ impl State {
         Some((c.out.as_ref()?, c.protocol))
     }
 
-    /// Executes a command from a worker or API client.
-    pub fn command(&mut self, cmd: Command, counters: &Counters) {
+    /// Executes a command from a worker or API client. Returns how many clients a send
+    /// reached (its message was queued for them); 0 for the other commands.
+    pub fn command(&mut self, cmd: Command, counters: &Counters) -> usize {
         match cmd {
-            Command::SendToClient { client, data } => {
-                if let Some((out, p)) = self.out_of(client) {
-                    push_or_cut(out, p.encode_to_bytes(&data), client, counters);
+            Command::SendToClient { client, data } => match self.out_of(client) {
+                Some((out, p)) => {
+                    usize::from(push_or_cut(out, p.encode_to_bytes(&data), client, counters))
                 }
-            }
+                None => 0,
+            },
             Command::SendToAll {
                 data,
                 only,
                 exclude,
             } => {
                 let exclude: HashSet<u64> = self.own(&exclude).collect();
-                let mut cache = EncodeCache::new(&data);
-                match only {
-                    Some(list) => {
-                        let conns: Vec<u64> = self.own(&list).collect();
-                        for conn in conns {
-                            if !exclude.contains(&conn) {
-                                self.send_conn(conn, &mut cache, counters);
-                            }
-                        }
-                    }
-                    None => {
-                        let conns: Vec<u64> = self
-                            .clients
-                            .iter()
-                            .filter(|(k, c)| c.out.is_some() && !exclude.contains(k))
-                            .map(|(k, _)| *k)
-                            .collect();
-                        for conn in conns {
-                            self.send_conn(conn, &mut cache, counters);
-                        }
-                    }
-                }
+                let conns: Vec<u64> = match only {
+                    Some(list) => self.own(&list).filter(|c| !exclude.contains(c)).collect(),
+                    None => self
+                        .clients
+                        .iter()
+                        .filter(|(k, c)| c.out.is_some() && !exclude.contains(k))
+                        .map(|(k, _)| *k)
+                        .collect(),
+                };
+                self.send_conns(conns, &data, counters)
             }
             Command::SendToUid { uids, data } => {
-                let mut cache = EncodeCache::new(&data);
                 let conns: BTreeSet<u64> = uids
                     .iter()
                     .filter_map(|u| self.uids.get(u))
                     .flatten()
                     .copied()
                     .collect();
-                for conn in conns {
-                    self.send_conn(conn, &mut cache, counters);
-                }
+                self.send_conns(conns, &data, counters)
             }
             Command::SendToGroup {
                 groups,
@@ -546,7 +556,6 @@ impl State {
                 exclude,
             } => {
                 let exclude: HashSet<u64> = self.own(&exclude).collect();
-                let mut cache = EncodeCache::new(&data);
                 let conns: BTreeSet<u64> = groups
                     .iter()
                     .filter_map(|g| self.groups.get(g))
@@ -554,10 +563,18 @@ impl State {
                     .copied()
                     .filter(|c| !exclude.contains(c))
                     .collect();
-                for conn in conns {
-                    self.send_conn(conn, &mut cache, counters);
-                }
+                self.send_conns(conns, &data, counters)
             }
+            other => {
+                self.manage(other);
+                0
+            }
+        }
+    }
+
+    /// Executes a command that sends nothing: uids, groups, sessions, closing.
+    fn manage(&mut self, cmd: Command) {
+        match cmd {
             Command::BindUid { client, uid } => {
                 let Some(conn) = self.live_conn(client) else {
                     return;
@@ -626,11 +643,17 @@ impl State {
             Command::CloseClient { client, last } => {
                 if let Some((out, p)) = self.out_of(client) {
                     if let Some(last) = last {
-                        push_or_cut(out, p.encode_to_bytes(&last), client, counters);
+                        // Pushed without the slow-consumer bookkeeping: the client is
+                        // being closed either way.
+                        let _ = out.push(p.encode_to_bytes(&last));
                     }
                     out.close();
                 }
             }
+            Command::SendToClient { .. }
+            | Command::SendToAll { .. }
+            | Command::SendToUid { .. }
+            | Command::SendToGroup { .. } => {}
         }
     }
 
@@ -669,23 +692,35 @@ impl State {
         self.out_of(id).map(|_| id.connection)
     }
 
-    fn send_conn(&self, conn: u64, cache: &mut EncodeCache<'_>, counters: &Counters) {
-        if let Some(c) = self.clients.get(&conn) {
+    /// Sends one message to several clients, encoded once per protocol; returns how
+    /// many it reached.
+    fn send_conns(
+        &self,
+        conns: impl IntoIterator<Item = u64>,
+        data: &Message,
+        counters: &Counters,
+    ) -> usize {
+        let mut cache = EncodeCache::new(data);
+        let mut reached = 0;
+        for conn in conns {
+            let Some(c) = self.clients.get(&conn) else {
+                continue;
+            };
             if let Some(out) = &c.out {
-                push_or_cut(
-                    out,
-                    cache.get(c.protocol),
-                    ClientId::new(self.number, conn),
-                    counters,
-                );
+                let id = ClientId::new(self.number, conn);
+                reached += usize::from(push_or_cut(out, cache.get(c.protocol), id, counters));
             }
         }
+        reached
     }
 
     // ---- queries --------------------------------------------------------------------
 
     /// Answers a query about this gateway's clients.
-    pub fn query(&self, q: Query) -> Reply {
+    pub fn query(&mut self, q: Query, counters: &Counters) -> Reply {
+        if let Query::Counted(cmd) = q {
+            return Reply::Count(self.command(cmd, counters) as u64);
+        }
         let id = |conn: u64| ClientId::new(self.number, conn);
         let members = |index: &HashMap<String, HashSet<u64>>, key: &str| -> Vec<ClientId> {
             let mut v: Vec<ClientId> = index
@@ -766,6 +801,17 @@ impl State {
                 v.sort_by_key(|i| i.client);
                 Reply::Clients(v)
             }
+            Query::UidsByGroup(g) => {
+                let uids: BTreeSet<&String> = self
+                    .groups
+                    .get(&g)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.clients.get(k)?.uid.as_ref())
+                    .collect();
+                Reply::Strings(uids.into_iter().cloned().collect())
+            }
+            Query::Counted(_) => Reply::Error("a counted command out of place".into()),
         }
     }
 
@@ -801,10 +847,16 @@ impl State {
 }
 
 /// Queues data for a client; a client that is cut off for it is counted and logged.
-pub fn push_or_cut(out: &Outbound, data: Bytes, client: ClientId, counters: &Counters) {
-    if out.push(data) == Push::CutOff {
-        counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%client, limit = out.limit(), "slow consumer: outbound queue over its limit; disconnecting");
+/// Returns whether the data was queued.
+pub fn push_or_cut(out: &Outbound, data: Bytes, client: ClientId, counters: &Counters) -> bool {
+    match out.push(data) {
+        Push::Queued => true,
+        Push::CutOff => {
+            counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%client, limit = out.limit(), "slow consumer: outbound queue over its limit; disconnecting");
+            false
+        }
+        Push::Gone => false,
     }
 }
 
@@ -830,13 +882,13 @@ fn choose_link(links: &BTreeMap<u64, Link>, cursor: &mut u64) -> Option<u64> {
 
 /// Encodes a broadcast message once per protocol.
 struct EncodeCache<'a> {
-    data: &'a [u8],
+    data: &'a Message,
     text: Option<Bytes>,
     frame: Option<Bytes>,
 }
 
 impl<'a> EncodeCache<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    fn new(data: &'a Message) -> Self {
         Self {
             data,
             text: None,
@@ -877,6 +929,12 @@ mod tests {
         counters: Counters,
     }
 
+    impl State {
+        fn query_for_test(&mut self, q: Query) -> Reply {
+            self.query(q, &Counters::default())
+        }
+    }
+
     impl Fixture {
         fn new() -> Self {
             Self {
@@ -889,6 +947,7 @@ mod tests {
             let rx = out.clone();
             let id = self.state.add_client(
                 "1.2.3.4:5".into(),
+                "main".into(),
                 ClientProtocol::Text,
                 out,
                 &self.counters,
@@ -911,10 +970,10 @@ mod tests {
         let (w, mut wrx) = f.worker();
         let (id, _rx) = f.client();
         f.state
-            .client_message(id.connection, "a".into(), &f.counters)
+            .client_message(id.connection, "a".into(), false, &f.counters)
             .unwrap();
         f.state
-            .client_message(id.connection, "b".into(), &f.counters)
+            .client_message(id.connection, "b".into(), false, &f.counters)
             .unwrap();
         let connect = decode_event(&wrx.try_recv().unwrap());
         assert_eq!(connect.kind, EventKind::Connect);
@@ -931,7 +990,7 @@ mod tests {
         let mut f = Fixture::new();
         let (id, _rx) = f.client();
         f.state
-            .client_message(id.connection, "hello".into(), &f.counters)
+            .client_message(id.connection, "hello".into(), false, &f.counters)
             .unwrap();
         let (w1, mut rx1) = f.worker();
         let (_w2, mut rx2) = f.worker();
@@ -959,7 +1018,7 @@ mod tests {
         let (_w2, mut rx2) = f.worker();
         f.state.link_draining(w1, &f.counters);
         f.state
-            .client_message(id.connection, "x".into(), &f.counters)
+            .client_message(id.connection, "x".into(), false, &f.counters)
             .unwrap();
         assert!(
             rx2.try_recv().is_err(),
@@ -1007,20 +1066,28 @@ mod tests {
         assert!(matches!(arx.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
         assert!(brx.try_pop().is_none());
         assert_eq!(
-            f.state.query(Query::ClientIdsByUid("u1".into())),
+            f.state.query_for_test(Query::ClientIdsByUid("u1".into())),
             Reply::ClientIds(vec![a])
         );
         assert_eq!(
-            f.state.query(Query::ClientCountByGroup("g".into())),
+            f.state
+                .query_for_test(Query::ClientCountByGroup("g".into())),
             Reply::Count(2)
         );
         f.state.client_closed(a.connection, &f.counters);
         assert_eq!(
-            f.state.query(Query::ClientCountByGroup("g".into())),
+            f.state
+                .query_for_test(Query::ClientCountByGroup("g".into())),
             Reply::Count(1)
         );
-        assert_eq!(f.state.query(Query::AllUids), Reply::Strings(vec![]));
-        assert_eq!(f.state.query(Query::IsOnline(a)), Reply::Bool(false));
+        assert_eq!(
+            f.state.query_for_test(Query::AllUids),
+            Reply::Strings(vec![])
+        );
+        assert_eq!(
+            f.state.query_for_test(Query::IsOnline(a)),
+            Reply::Bool(false)
+        );
     }
 
     #[test]
@@ -1028,9 +1095,13 @@ mod tests {
         let mut f = Fixture::new();
         let out = Outbound::new(10);
         let kill = out.clone();
-        let id = f
-            .state
-            .add_client("x".into(), ClientProtocol::Text, out, &f.counters);
+        let id = f.state.add_client(
+            "x".into(),
+            "main".into(),
+            ClientProtocol::Text,
+            out,
+            &f.counters,
+        );
         f.state.command(
             Command::SendToClient {
                 client: id,
@@ -1047,7 +1118,7 @@ mod tests {
         let mut f = Fixture::new();
         let (id, rx) = f.client();
         f.state
-            .client_message(id.connection, "x".into(), &f.counters)
+            .client_message(id.connection, "x".into(), false, &f.counters)
             .unwrap();
         let log = f.state.expire_held(Duration::ZERO, &f.counters);
         assert_eq!(log.len(), 1);

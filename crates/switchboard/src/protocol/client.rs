@@ -51,6 +51,30 @@ impl ClientCodecError {
 }
 
 impl ClientProtocol {
+    /// Every protocol.
+    pub const ALL: [ClientProtocol; 2] = [ClientProtocol::Text, ClientProtocol::Frame];
+
+    /// The protocol's name, as in the configuration (`text`, `frame`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientProtocol::Text => "text",
+            ClientProtocol::Frame => "frame",
+        }
+    }
+
+    /// The byte that names this protocol in the internal protocol.
+    pub fn wire_byte(self) -> u8 {
+        match self {
+            ClientProtocol::Text => 1,
+            ClientProtocol::Frame => 2,
+        }
+    }
+
+    /// The protocol a [`wire_byte`](Self::wire_byte) names.
+    pub fn from_wire_byte(b: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.wire_byte() == b)
+    }
+
     /// Decodes one message from the front of `src`.
     pub fn decode(
         self,
@@ -139,6 +163,12 @@ fn decode_frame(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, Clien
     }
     src.advance(4);
     Ok(Some(src.split_to(size).freeze()))
+}
+
+impl std::fmt::Display for ClientProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,14 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::ClientId;
+use crate::protocol::ClientProtocol;
+use crate::{ClientId, Message};
 
 /// Version of this protocol, sent in [`Frame::Hello`] and [`Frame::Auth`].
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: events carry the listener, its protocol, the client's uid and groups and whether
+/// the message is binary; sends carry the text/binary mark; counted sends.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes in a frame header (the length field).
 const HEADER: usize = 4;
@@ -88,10 +92,20 @@ pub struct Event {
     pub client: ClientId,
     /// The client's remote address (`ip:port`).
     pub addr: String,
+    /// Name of the listener the client connected to.
+    pub listener: String,
+    /// That listener's protocol.
+    pub protocol: ClientProtocol,
+    /// The uid the client is bound to, if any.
+    pub uid: Option<String>,
+    /// The groups the client is in, sorted.
+    pub groups: Vec<String>,
     /// The client's session as a JSON object (`{}` when empty).
     pub session: Bytes,
     /// The message (empty for connect and close).
     pub body: Bytes,
+    /// Whether `body` is a binary message (else it is UTF-8 text).
+    pub binary: bool,
 }
 
 /// What a worker asks a gateway to do.
@@ -102,13 +116,13 @@ pub enum Command {
         /// Recipient.
         client: ClientId,
         /// Message.
-        data: Bytes,
+        data: Message,
     },
     /// Send to every client of this gateway, or only to `only` when given; never to
     /// `exclude`.
     SendToAll {
         /// Message.
-        data: Bytes,
+        data: Message,
         /// When present, the recipients (those held by this gateway).
         only: Option<Vec<ClientId>>,
         /// Clients to skip.
@@ -119,14 +133,14 @@ pub enum Command {
         /// The uids.
         uids: Vec<String>,
         /// Message.
-        data: Bytes,
+        data: Message,
     },
     /// Send to every member of any of these groups, except `exclude`.
     SendToGroup {
         /// The groups.
         groups: Vec<String>,
         /// Message.
-        data: Bytes,
+        data: Message,
         /// Clients to skip.
         exclude: Vec<ClientId>,
     },
@@ -182,7 +196,7 @@ pub enum Command {
         /// The client.
         client: ClientId,
         /// A last message, sent before the connection closes.
-        last: Option<Bytes>,
+        last: Option<Message>,
     },
 }
 
@@ -213,6 +227,10 @@ pub enum Query {
     GetSession(ClientId),
     /// One row per client (for `connections`) → [`Reply::Clients`]
     Clients,
+    /// Execute a send command and say how many clients it reached → [`Reply::Count`]
+    Counted(Command),
+    /// Uids bound to members of a group → [`Reply::Strings`]
+    UidsByGroup(String),
 }
 
 /// One client as listed by [`Query::Clients`].
@@ -399,8 +417,13 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             });
             w.client(e.client);
             w.str(&e.addr);
+            w.str(&e.listener);
+            w.u8(e.protocol.wire_byte());
+            w.opt_str(e.uid.as_deref());
+            w.strs(&e.groups);
             w.bytes(&e.session);
             w.bytes(&e.body);
+            w.u8(u8::from(e.binary));
         }
         Frame::Ack { seq, client } => {
             w.u8(ty::ACK);
@@ -439,7 +462,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
         Command::SendToClient { client, data } => {
             w.u8(ty::SEND_TO_CLIENT);
             w.client(*client);
-            w.bytes(data);
+            w.message(data);
         }
         Command::SendToAll {
             data,
@@ -447,7 +470,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
             exclude,
         } => {
             w.u8(ty::SEND_TO_ALL);
-            w.bytes(data);
+            w.message(data);
             match only {
                 None => w.u8(0),
                 Some(list) => {
@@ -460,7 +483,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
         Command::SendToUid { uids, data } => {
             w.u8(ty::SEND_TO_UID);
             w.strs(uids);
-            w.bytes(data);
+            w.message(data);
         }
         Command::SendToGroup {
             groups,
@@ -469,7 +492,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
         } => {
             w.u8(ty::SEND_TO_GROUP);
             w.strs(groups);
-            w.bytes(data);
+            w.message(data);
             w.clients(exclude);
         }
         Command::BindUid { client, uid } => {
@@ -509,7 +532,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
         Command::CloseClient { client, last } => {
             w.u8(ty::CLOSE_CLIENT);
             w.client(*client);
-            w.opt_bytes(last.as_ref());
+            w.opt_message(last.as_ref());
         }
     }
 }
@@ -549,6 +572,14 @@ fn encode_query(q: &Query, w: &mut Writer<'_>) {
             w.client(*c);
         }
         Query::Clients => w.u8(12),
+        Query::Counted(c) => {
+            w.u8(13);
+            encode_command(c, w);
+        }
+        Query::UidsByGroup(g) => {
+            w.u8(14);
+            w.str(g);
+        }
     }
 }
 
@@ -675,8 +706,13 @@ fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
             },
             client: r.client()?,
             addr: r.str()?,
+            listener: r.str()?,
+            protocol: ClientProtocol::from_wire_byte(r.u8()?).ok_or(r.invalid("protocol"))?,
+            uid: r.opt_str()?,
+            groups: r.strs()?,
             session: r.bytes()?,
             body: r.bytes()?,
+            binary: r.flag()?,
         }),
         ty::ACK => Frame::Ack {
             seq: r.u64()?,
@@ -684,57 +720,7 @@ fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
         },
         ty::DRAINING => Frame::Draining,
         ty::DRAIN_ACK => Frame::DrainAck,
-        ty::SEND_TO_CLIENT => Frame::Command(Command::SendToClient {
-            client: r.client()?,
-            data: r.bytes()?,
-        }),
-        ty::SEND_TO_ALL => Frame::Command(Command::SendToAll {
-            data: r.bytes()?,
-            only: match r.u8()? {
-                0 => None,
-                1 => Some(r.clients()?),
-                _ => return Err(r.invalid("only flag")),
-            },
-            exclude: r.clients()?,
-        }),
-        ty::SEND_TO_UID => Frame::Command(Command::SendToUid {
-            uids: r.strs()?,
-            data: r.bytes()?,
-        }),
-        ty::SEND_TO_GROUP => Frame::Command(Command::SendToGroup {
-            groups: r.strs()?,
-            data: r.bytes()?,
-            exclude: r.clients()?,
-        }),
-        ty::BIND_UID => Frame::Command(Command::BindUid {
-            client: r.client()?,
-            uid: r.str()?,
-        }),
-        ty::UNBIND_UID => Frame::Command(Command::UnbindUid {
-            client: r.client()?,
-            uid: r.str()?,
-        }),
-        ty::JOIN_GROUP => Frame::Command(Command::JoinGroup {
-            client: r.client()?,
-            group: r.str()?,
-        }),
-        ty::LEAVE_GROUP => Frame::Command(Command::LeaveGroup {
-            client: r.client()?,
-            group: r.str()?,
-        }),
-        ty::UNGROUP => Frame::Command(Command::Ungroup { group: r.str()? }),
-        ty::SET_SESSION => Frame::Command(Command::SetSession {
-            client: r.client()?,
-            session: r.bytes()?,
-        }),
-        ty::UPDATE_SESSION => Frame::Command(Command::UpdateSession {
-            client: r.client()?,
-            session: r.bytes()?,
-        }),
-        ty::CLOSE_CLIENT => Frame::Command(Command::CloseClient {
-            client: r.client()?,
-            last: r.opt_bytes()?,
-        }),
+        ty::SEND_TO_CLIENT..=ty::CLOSE_CLIENT => Frame::Command(parse_command(t, &mut r)?),
         ty::QUERY => Frame::Query {
             id: r.u64()?,
             query: parse_query(&mut r)?,
@@ -753,6 +739,64 @@ fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
     Ok(frame)
 }
 
+/// Parses the body of a command whose type byte `t` has been read.
+fn parse_command(t: u8, r: &mut Reader) -> Result<Command, ProtocolError> {
+    Ok(match t {
+        ty::SEND_TO_CLIENT => Command::SendToClient {
+            client: r.client()?,
+            data: r.message()?,
+        },
+        ty::SEND_TO_ALL => Command::SendToAll {
+            data: r.message()?,
+            only: match r.u8()? {
+                0 => None,
+                1 => Some(r.clients()?),
+                _ => return Err(r.invalid("only flag")),
+            },
+            exclude: r.clients()?,
+        },
+        ty::SEND_TO_UID => Command::SendToUid {
+            uids: r.strs()?,
+            data: r.message()?,
+        },
+        ty::SEND_TO_GROUP => Command::SendToGroup {
+            groups: r.strs()?,
+            data: r.message()?,
+            exclude: r.clients()?,
+        },
+        ty::BIND_UID => Command::BindUid {
+            client: r.client()?,
+            uid: r.str()?,
+        },
+        ty::UNBIND_UID => Command::UnbindUid {
+            client: r.client()?,
+            uid: r.str()?,
+        },
+        ty::JOIN_GROUP => Command::JoinGroup {
+            client: r.client()?,
+            group: r.str()?,
+        },
+        ty::LEAVE_GROUP => Command::LeaveGroup {
+            client: r.client()?,
+            group: r.str()?,
+        },
+        ty::UNGROUP => Command::Ungroup { group: r.str()? },
+        ty::SET_SESSION => Command::SetSession {
+            client: r.client()?,
+            session: r.bytes()?,
+        },
+        ty::UPDATE_SESSION => Command::UpdateSession {
+            client: r.client()?,
+            session: r.bytes()?,
+        },
+        ty::CLOSE_CLIENT => Command::CloseClient {
+            client: r.client()?,
+            last: r.opt_message()?,
+        },
+        _ => return Err(r.invalid("command type")),
+    })
+}
+
 fn parse_query(r: &mut Reader) -> Result<Query, ProtocolError> {
     Ok(match r.u8()? {
         1 => Query::IsOnline(r.client()?),
@@ -767,6 +811,11 @@ fn parse_query(r: &mut Reader) -> Result<Query, ProtocolError> {
         10 => Query::Sessions(r.opt_str()?),
         11 => Query::GetSession(r.client()?),
         12 => Query::Clients,
+        13 => {
+            let t = r.u8()?;
+            Query::Counted(parse_command(t, r)?)
+        }
+        14 => Query::UidsByGroup(r.str()?),
         _ => return Err(r.invalid("query kind")),
     })
 }
@@ -884,6 +933,19 @@ impl Writer<'_> {
             }
         }
     }
+    fn message(&mut self, m: &Message) {
+        self.bytes(m.as_bytes());
+        self.u8(u8::from(m.is_binary()));
+    }
+    fn opt_message(&mut self, v: Option<&Message>) {
+        match v {
+            None => self.u8(0),
+            Some(m) => {
+                self.u8(1);
+                self.message(m);
+            }
+        }
+    }
     fn strs(&mut self, v: &[String]) {
         self.u32(v.len() as u32);
         for s in v {
@@ -977,6 +1039,29 @@ impl Reader {
             _ => Err(self.invalid("option flag")),
         }
     }
+    fn flag(&mut self) -> Result<bool, ProtocolError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.invalid("flag")),
+        }
+    }
+    /// A message: bytes, then 0 (text, which must be UTF-8) or 1 (binary).
+    fn message(&mut self) -> Result<Message, ProtocolError> {
+        let data = self.bytes()?;
+        let binary = self.flag()?;
+        if !binary && std::str::from_utf8(&data).is_err() {
+            return Err(self.invalid("text message (not UTF-8)"));
+        }
+        Ok(Message::from_parts(data, binary))
+    }
+    fn opt_message(&mut self) -> Result<Option<Message>, ProtocolError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.message()?)),
+            _ => Err(self.invalid("option flag")),
+        }
+    }
     fn strs(&mut self) -> Result<Vec<String>, ProtocolError> {
         let n = self.count(4)?;
         (0..n).map(|_| self.str()).collect()
@@ -1053,13 +1138,22 @@ mod tests {
     fn any_str() -> impl Strategy<Value = String> {
         ".{0,16}"
     }
+    fn any_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            any_str().prop_map(Message::from),
+            any_bytes().prop_map(Message::binary),
+        ]
+    }
+    fn any_protocol() -> impl Strategy<Value = ClientProtocol> {
+        proptest::sample::select(ClientProtocol::ALL.to_vec())
+    }
 
     fn any_command() -> impl Strategy<Value = Command> {
         prop_oneof![
-            (any_client(), any_bytes())
+            (any_client(), any_message())
                 .prop_map(|(client, data)| Command::SendToClient { client, data }),
             (
-                any_bytes(),
+                any_message(),
                 proptest::option::of(vec(any_client(), 0..4)),
                 vec(any_client(), 0..4)
             )
@@ -1068,9 +1162,9 @@ mod tests {
                     only,
                     exclude
                 }),
-            (vec(any_str(), 0..4), any_bytes())
+            (vec(any_str(), 0..4), any_message())
                 .prop_map(|(uids, data)| Command::SendToUid { uids, data }),
-            (vec(any_str(), 0..4), any_bytes(), vec(any_client(), 0..4)).prop_map(
+            (vec(any_str(), 0..4), any_message(), vec(any_client(), 0..4)).prop_map(
                 |(groups, data, exclude)| Command::SendToGroup {
                     groups,
                     data,
@@ -1088,7 +1182,7 @@ mod tests {
                 .prop_map(|(client, session)| Command::SetSession { client, session }),
             (any_client(), any_bytes())
                 .prop_map(|(client, session)| Command::UpdateSession { client, session }),
-            (any_client(), proptest::option::of(any_bytes()))
+            (any_client(), proptest::option::of(any_message()))
                 .prop_map(|(client, last)| Command::CloseClient { client, last }),
         ]
     }
@@ -1107,6 +1201,8 @@ mod tests {
             proptest::option::of(any_str()).prop_map(Query::Sessions),
             any_client().prop_map(Query::GetSession),
             Just(Query::Clients),
+            any_command().prop_map(Query::Counted),
+            any_str().prop_map(Query::UidsByGroup),
         ]
     }
 
@@ -1167,24 +1263,32 @@ mod tests {
             any::<[u8; 32]>().prop_map(|mac| Frame::Welcome { mac }),
             any_str().prop_map(|reason| Frame::Refused { reason }),
             (
-                any::<u64>(),
-                0u8..3,
-                any_client(),
-                any_str(),
-                any_bytes(),
-                any_bytes()
+                (any::<u64>(), 0u8..3, any_client(), any_str()),
+                (any_str(), any_protocol()),
+                (proptest::option::of(any_str()), vec(any_str(), 0..3)),
+                (any_bytes(), any_bytes(), any::<bool>())
             )
-                .prop_map(|(seq, k, client, addr, session, body)| Frame::Event(
-                    Event {
+                .prop_map(
+                    |(
+                        (seq, k, client, addr),
+                        (listener, protocol),
+                        (uid, groups),
+                        (session, body, binary),
+                    )| Frame::Event(Event {
                         seq,
                         kind: [EventKind::Connect, EventKind::Message, EventKind::Close]
                             [k as usize],
                         client,
                         addr,
+                        listener,
+                        protocol,
+                        uid,
+                        groups,
                         session,
-                        body
-                    }
-                )),
+                        body,
+                        binary,
+                    })
+                ),
             (any::<u64>(), any_client()).prop_map(|(seq, client)| Frame::Ack { seq, client }),
             Just(Frame::Draining),
             Just(Frame::DrainAck),
@@ -1271,6 +1375,25 @@ mod tests {
         assert_eq!(
             decode(&mut buf, MAX),
             Err(ProtocolError::Truncated("send_to_uid"))
+        );
+    }
+
+    #[test]
+    fn a_text_message_that_is_not_utf8_is_refused() {
+        let mut bytes = encode_to_bytes(&Frame::Command(Command::SendToClient {
+            client: ClientId::new(1, 2),
+            data: Message::binary(vec![0xff]),
+        }))
+        .to_vec();
+        // Flip the trailing binary flag to "text".
+        *bytes.last_mut().unwrap() = 0;
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            decode(&mut buf, MAX),
+            Err(ProtocolError::Invalid {
+                frame: "send_to_client",
+                field: "text message (not UTF-8)"
+            })
         );
     }
 

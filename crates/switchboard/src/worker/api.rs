@@ -26,7 +26,7 @@ use crate::discovery::{self, GatewayEntry};
 use crate::protocol::internal::{
     self, ClientInfo, Command, Event, Frame, InternalCodec, Query, Reply, Role, PROTOCOL_VERSION,
 };
-use crate::{auth, ClientId, Session};
+use crate::{auth, ClientId, Message, Session};
 
 /// Frames a link may have waiting to be written before senders wait (back-pressure).
 const LINK_QUEUE: usize = 65_536;
@@ -334,12 +334,49 @@ impl Gateway {
     }
 
     // ---- sending ---------------------------------------------------------------------
+    //
+    // Targeted sends (`send_to_client`, `send_to_uid`) wait for the gateways to say how
+    // many clients they reached: one round trip, which also tells "offline" from
+    // "delivered" with no race between the two. Fan-out sends (`send_to_all`,
+    // `send_to_group`) are fire-and-forget, so a broadcast never waits for replies;
+    // their `_counted` forms wait and count.
 
-    /// Sends a message to one client.
+    /// Sends a message to one client; returns whether it reached the client (it was
+    /// connected and the message was queued for it). `false` also when the client's
+    /// gateway is not connected to this process, as for [`is_online`](Self::is_online).
+    ///
+    /// ```no_run
+    /// # use switchboard::{ClientId, Gateway};
+    /// # async fn demo(gateway: &Gateway, bob: ClientId) -> Result<(), switchboard::ApiError> {
+    /// if !gateway.send_to_client(bob, "psst").await? {
+    ///     println!("bob is not online");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn send_to_client(
         &self,
         client: ClientId,
-        data: impl Into<Bytes>,
+        data: impl Into<Message>,
+    ) -> Result<bool, ApiError> {
+        let Ok(link) = self.link_of(client) else {
+            return Ok(false);
+        };
+        let cmd = Command::SendToClient {
+            client,
+            data: data.into(),
+        };
+        match self.ask(&link, Query::Counted(cmd)).await? {
+            Reply::Count(n) => Ok(n > 0),
+            other => Err(bad_reply(link.number, &other)),
+        }
+    }
+
+    /// Sends a message to one client without waiting for an answer (what
+    /// [`Context::reply`](crate::Context::reply) does).
+    pub(crate) async fn push_to_client(
+        &self,
+        client: ClientId,
+        data: impl Into<Message>,
     ) -> Result<(), ApiError> {
         self.to_client(
             client,
@@ -351,8 +388,8 @@ impl Gateway {
         .await
     }
 
-    /// Sends a message to every client.
-    pub async fn send_to_all(&self, data: impl Into<Bytes>) -> Result<(), ApiError> {
+    /// Sends a message to every client, without waiting for an answer.
+    pub async fn send_to_all(&self, data: impl Into<Message>) -> Result<(), ApiError> {
         self.to_all(Command::SendToAll {
             data: data.into(),
             only: None,
@@ -361,10 +398,22 @@ impl Gateway {
         .await
     }
 
+    /// Like [`send_to_all`](Self::send_to_all), and waits until every gateway says how
+    /// many clients it reached; returns the total.
+    pub async fn send_to_all_counted(&self, data: impl Into<Message>) -> Result<usize, ApiError> {
+        self.gather_count(Query::Counted(Command::SendToAll {
+            data: data.into(),
+            only: None,
+            exclude: vec![],
+        }))
+        .await
+        .map(|n| n as usize)
+    }
+
     /// Sends a message to every client, or only to `only` when given, never to `exclude`.
     pub async fn send_to_all_filtered(
         &self,
-        data: impl Into<Bytes>,
+        data: impl Into<Message>,
         only: Option<&[ClientId]>,
         exclude: &[ClientId],
     ) -> Result<(), ApiError> {
@@ -406,32 +455,53 @@ impl Gateway {
         }
     }
 
-    /// Sends a message to every client bound to any of `uids`.
+    /// Sends a message to every client bound to any of `uids` (every device of a user);
+    /// returns how many clients it reached, all gateways together (0: none of them is
+    /// online).
+    ///
+    /// ```no_run
+    /// # use switchboard::Gateway;
+    /// # async fn demo(gateway: &Gateway) -> Result<(), switchboard::ApiError> {
+    /// let reached = gateway.send_to_uid(&["alice"], "you have mail").await?;
+    /// println!("alice has {reached} device(s) online");
+    /// # Ok(()) }
+    /// ```
     pub async fn send_to_uid<S: AsRef<str>>(
         &self,
         uids: &[S],
-        data: impl Into<Bytes>,
-    ) -> Result<(), ApiError> {
-        self.to_all(Command::SendToUid {
+        data: impl Into<Message>,
+    ) -> Result<usize, ApiError> {
+        self.gather_count(Query::Counted(Command::SendToUid {
             uids: uids.iter().map(|u| u.as_ref().to_owned()).collect(),
             data: data.into(),
-        })
+        }))
         .await
+        .map(|n| n as usize)
     }
 
-    /// Sends a message to every member of any of `groups`, except `exclude`.
+    /// Sends a message to every member of any of `groups`, except `exclude`, without
+    /// waiting for an answer.
     pub async fn send_to_group<S: AsRef<str>>(
         &self,
         groups: &[S],
-        data: impl Into<Bytes>,
+        data: impl Into<Message>,
         exclude: &[ClientId],
     ) -> Result<(), ApiError> {
-        self.to_all(Command::SendToGroup {
-            groups: groups.iter().map(|g| g.as_ref().to_owned()).collect(),
-            data: data.into(),
-            exclude: exclude.to_vec(),
-        })
-        .await
+        self.to_all(group_command(groups, data.into(), exclude))
+            .await
+    }
+
+    /// Like [`send_to_group`](Self::send_to_group), and waits until every gateway says
+    /// how many members it reached; returns the total.
+    pub async fn send_to_group_counted<S: AsRef<str>>(
+        &self,
+        groups: &[S],
+        data: impl Into<Message>,
+        exclude: &[ClientId],
+    ) -> Result<usize, ApiError> {
+        self.gather_count(Query::Counted(group_command(groups, data.into(), exclude)))
+            .await
+            .map(|n| n as usize)
     }
 
     // ---- uid, groups, sessions, closing ----------------------------------------------
@@ -529,7 +599,7 @@ impl Gateway {
     pub async fn close_client(
         &self,
         client: ClientId,
-        last: Option<Bytes>,
+        last: Option<Message>,
     ) -> Result<(), ApiError> {
         self.to_client(client, Command::CloseClient { client, last })
             .await
@@ -572,6 +642,11 @@ impl Gateway {
     /// Members of a group, on every gateway.
     pub async fn client_ids_by_group(&self, group: &str) -> Result<Vec<ClientId>, ApiError> {
         self.gather_ids(Query::ClientIdsByGroup(group.into())).await
+    }
+
+    /// Uids bound to members of a group, on every gateway (sorted, no duplicates).
+    pub async fn uids_by_group(&self, group: &str) -> Result<Vec<String>, ApiError> {
+        self.gather_strings(Query::UidsByGroup(group.into())).await
     }
 
     /// Number of members of a group.
@@ -733,6 +808,14 @@ impl Gateway {
             }
         });
         futures::future::join_all(waits).await;
+    }
+}
+
+fn group_command<S: AsRef<str>>(groups: &[S], data: Message, exclude: &[ClientId]) -> Command {
+    Command::SendToGroup {
+        groups: groups.iter().map(|g| g.as_ref().to_owned()).collect(),
+        data,
+        exclude: exclude.to_vec(),
     }
 }
 

@@ -1,11 +1,11 @@
 //! The application's side: the [`Events`] trait and the [`Context`] of one event.
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use switchboard_store::SharedStore;
 
 use super::api::{ApiError, Gateway};
-use crate::{ClientId, Session};
+use crate::protocol::ClientProtocol;
+use crate::{ClientId, Message, Session};
 
 /// What a handler returns: any error is logged with the client id and counted; it fails
 /// only this one event.
@@ -20,14 +20,15 @@ pub type HandlerResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 /// effects outside Switchboard should be idempotent (see docs/guide.md).
 ///
 /// ```
-/// use switchboard::{async_trait, Context, Events, HandlerResult};
+/// use switchboard::{async_trait, Context, Events, HandlerResult, Message};
 ///
 /// struct Echo;
 ///
 /// #[async_trait]
 /// impl Events for Echo {
-///     async fn on_message(&self, ctx: &mut Context, message: bytes::Bytes) -> HandlerResult {
-///         ctx.reply(message).await?;
+///     async fn on_message(&self, ctx: &mut Context, message: Message) -> HandlerResult {
+///         let line = message.text()?;
+///         ctx.reply(format!("you said: {line}")).await?;
 ///         Ok(())
 ///     }
 /// }
@@ -44,36 +45,53 @@ pub trait Events: Send + Sync + 'static {
         Ok(())
     }
 
-    /// A client sent a message (a line without its newline, or a frame's payload).
-    async fn on_message(&self, _ctx: &mut Context, _message: Bytes) -> HandlerResult {
+    /// A client sent a message: a line without its line ending (`text` listeners,
+    /// always text), or a frame's payload (`frame` listeners, binary).
+    async fn on_message(&self, _ctx: &mut Context, _message: Message) -> HandlerResult {
         Ok(())
     }
 
-    /// A client disconnected. Its uid and groups are already gone; its session is here.
+    /// A client disconnected. It is no longer bound to its uid nor in its groups, but
+    /// [`Context::uid`] and [`Context::groups`] still say what it had, and its session
+    /// is here.
     async fn on_close(&self, _ctx: &mut Context) -> HandlerResult {
         Ok(())
     }
 }
 
-/// The context of one event: which client, its session, and the Gateway API.
+/// The context of one event: which client (id, address, listener, uid, groups), its
+/// session, and the Gateway API.
 pub struct Context {
     client_id: ClientId,
     client_addr: String,
+    listener: String,
+    protocol: ClientProtocol,
+    uid: Option<String>,
+    groups: Vec<String>,
     session: Session,
     session_changed: bool,
     gateway: Gateway,
 }
 
+/// What a [`Context`] is made of, besides the session and the Gateway handle.
+pub(crate) struct ClientMeta {
+    pub client_id: ClientId,
+    pub client_addr: String,
+    pub listener: String,
+    pub protocol: ClientProtocol,
+    pub uid: Option<String>,
+    pub groups: Vec<String>,
+}
+
 impl Context {
-    pub(crate) fn new(
-        client_id: ClientId,
-        client_addr: String,
-        session: Session,
-        gateway: Gateway,
-    ) -> Self {
+    pub(crate) fn new(meta: ClientMeta, session: Session, gateway: Gateway) -> Self {
         Self {
-            client_id,
-            client_addr,
+            client_id: meta.client_id,
+            client_addr: meta.client_addr,
+            listener: meta.listener,
+            protocol: meta.protocol,
+            uid: meta.uid,
+            groups: meta.groups,
             session,
             session_changed: false,
             gateway,
@@ -88,6 +106,36 @@ impl Context {
     /// The client's remote address (`ip:port`).
     pub fn client_addr(&self) -> &str {
         &self.client_addr
+    }
+
+    /// Name of the listener the client connected to (`[[gateway.listeners]] name`).
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// That listener's protocol.
+    pub fn protocol(&self) -> ClientProtocol {
+        self.protocol
+    }
+
+    /// The uid the client is bound to, as it was when the event was sent, with the
+    /// changes this handler made through [`Context::bind_uid`] / [`Context::unbind_uid`].
+    pub fn uid(&self) -> Option<&str> {
+        self.uid.as_deref()
+    }
+
+    /// The groups the client is in, sorted, as they were when the event was sent, with
+    /// the changes this handler made through [`Context::join_group`] /
+    /// [`Context::leave_group`].
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+
+    /// Whether the client is in `group` (see [`Context::groups`]).
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups
+            .binary_search_by(|g| g.as_str().cmp(group))
+            .is_ok()
     }
 
     /// The client's session as it was when the event was sent (including the changes
@@ -118,9 +166,46 @@ impl Context {
         self.gateway.db().instance(name)
     }
 
-    /// Sends a message to the client of this event.
-    pub async fn reply(&self, data: impl Into<Bytes>) -> Result<(), ApiError> {
-        self.gateway.send_to_client(self.client_id, data).await
+    /// Sends a message to the client of this event (without waiting for an answer:
+    /// the client may already be gone).
+    pub async fn reply(&self, data: impl Into<Message>) -> Result<(), ApiError> {
+        self.gateway.push_to_client(self.client_id, data).await
+    }
+
+    /// Binds this client to `uid` ([`Gateway::bind_uid`]); [`Context::uid`] says so at
+    /// once.
+    pub async fn bind_uid(&mut self, uid: &str) -> Result<(), ApiError> {
+        self.gateway.bind_uid(self.client_id, uid).await?;
+        self.uid = Some(uid.to_owned());
+        Ok(())
+    }
+
+    /// Unbinds this client from `uid` ([`Gateway::unbind_uid`]).
+    pub async fn unbind_uid(&mut self, uid: &str) -> Result<(), ApiError> {
+        self.gateway.unbind_uid(self.client_id, uid).await?;
+        if self.uid.as_deref() == Some(uid) {
+            self.uid = None;
+        }
+        Ok(())
+    }
+
+    /// Adds this client to `group` ([`Gateway::join_group`]); [`Context::groups`] says
+    /// so at once.
+    pub async fn join_group(&mut self, group: &str) -> Result<(), ApiError> {
+        self.gateway.join_group(self.client_id, group).await?;
+        if let Err(at) = self.groups.binary_search_by(|g| g.as_str().cmp(group)) {
+            self.groups.insert(at, group.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Removes this client from `group` ([`Gateway::leave_group`]).
+    pub async fn leave_group(&mut self, group: &str) -> Result<(), ApiError> {
+        self.gateway.leave_group(self.client_id, group).await?;
+        if let Ok(at) = self.groups.binary_search_by(|g| g.as_str().cmp(group)) {
+            self.groups.remove(at);
+        }
+        Ok(())
     }
 
     pub(crate) fn take_changed_session(&mut self) -> Option<Session> {

@@ -16,8 +16,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::protocol::internal::{Event, EventKind, Role};
 use crate::stats;
-use crate::Error;
+use crate::{Error, Message};
 use api::{Acker, EventSink, Gateway, GatewayOptions};
+use events::ClientMeta;
 pub use events::{Context, Events, HandlerResult};
 
 /// Worker counters.
@@ -122,12 +123,21 @@ async fn handle(events: &dyn Events, gateway: Gateway, event: Event, counters: &
             Map::new()
         }
     };
-    let mut ctx = Context::new(event.client, event.addr, session, gateway.clone());
+    let meta = ClientMeta {
+        client_id: event.client,
+        client_addr: event.addr,
+        listener: event.listener,
+        protocol: event.protocol,
+        uid: event.uid,
+        groups: event.groups,
+    };
+    let mut ctx = Context::new(meta, session, gateway.clone());
     let kind = event.kind;
+    let message = Message::from_parts(event.body, event.binary);
     let fut = async {
         match kind {
             EventKind::Connect => events.on_connect(&mut ctx).await,
-            EventKind::Message => events.on_message(&mut ctx, event.body).await,
+            EventKind::Message => events.on_message(&mut ctx, message).await,
             EventKind::Close => events.on_close(&mut ctx).await,
         }
     };
@@ -187,6 +197,7 @@ async fn write_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ClientProtocol;
     use crate::ClientId;
     use async_trait::async_trait;
     use bytes::Bytes;
@@ -196,8 +207,8 @@ mod tests {
 
     #[async_trait]
     impl Events for Buggy {
-        async fn on_message(&self, ctx: &mut Context, msg: Bytes) -> HandlerResult {
-            match &msg[..] {
+        async fn on_message(&self, ctx: &mut Context, msg: Message) -> HandlerResult {
+            match msg.as_bytes() {
                 b"boom" => panic!("bug in business code"),
                 b"err" => Err("a handled failure".into()),
                 _ => {
@@ -214,8 +225,13 @@ mod tests {
             kind: EventKind::Message,
             client: ClientId::new(1, 1),
             addr: "127.0.0.1:1".into(),
+            listener: "main".into(),
+            protocol: ClientProtocol::Text,
+            uid: None,
+            groups: vec![],
             session: Bytes::from_static(b"{}"),
             body: Bytes::from_static(body.as_bytes()),
+            binary: false,
         }
     }
 
