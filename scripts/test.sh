@@ -16,6 +16,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
+    # nextest does not run doc-tests: every example of the rustdoc, the README and
+    # docs/ (crates/doc-examples) is compiled here.
+    echo "== doc-tests"
+    cargo test --workspace --doc --no-fail-fast
 else
     cargo test --workspace --no-fail-fast
 fi

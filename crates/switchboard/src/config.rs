@@ -361,12 +361,17 @@ pub const ENV_PREFIX: &str = "SWITCHBOARD__";
 /// `value` is read as a TOML value when it is one (`4`, `true`, `"x"`, `[1, 2]`) and as a
 /// string otherwise (`127.0.0.1:8480`, `25s`).
 ///
+/// Applications reach it through [`Config::from_toml_with`] (and the CLI's `--set`):
+///
 /// ```
-/// let mut doc: toml::Table = toml::from_str("[worker]\ncount = 2\n").unwrap();
-/// switchboard::config::apply_override(&mut doc, "worker.count", "4").unwrap();
-/// switchboard::config::apply_override(&mut doc, "gateway.count", "3").unwrap();
-/// assert_eq!(doc["worker"]["count"].as_integer(), Some(4));
-/// assert_eq!(doc["gateway"]["count"].as_integer(), Some(3));
+/// use switchboard::Config;
+/// let overrides = [
+///     ("worker.count".to_string(), "4".to_string()),
+///     ("gateway.listeners.0.listen".to_string(), "127.0.0.1:9000".to_string()),
+/// ];
+/// let config = Config::from_toml_with("[worker]\ncount = 2\n", None, &overrides).unwrap();
+/// assert_eq!(config.worker.count, 4);
+/// assert_eq!(config.gateway.listeners[0].listen.port(), 9000);
 /// ```
 pub fn apply_override(doc: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
     let bad = |message: String| ConfigError::Invalid {
@@ -391,9 +396,15 @@ pub fn apply_override(doc: &mut toml::Table, key: &str, value: &str) -> Result<(
             return Ok(());
         }
         let next = parts[i + 1];
-        let entry = node
-            .entry((*part).to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        // A missing parent becomes a list when the next part is an index
+        // (`gateway.listeners.0.listen` on a file with no listener), a table otherwise.
+        let entry = node.entry((*part).to_owned()).or_insert_with(|| {
+            if next.parse::<usize>().is_ok() {
+                toml::Value::Array(Vec::new())
+            } else {
+                toml::Value::Table(toml::Table::new())
+            }
+        });
         node = match entry {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
@@ -736,6 +747,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no index 7"), "{err}");
+    }
+
+    #[test]
+    fn an_indexed_override_creates_the_list_it_names() {
+        let o = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let c = Config::from_toml_with(
+            "name = \"x\"\n",
+            None,
+            &[o("gateway.listeners.0.listen", "127.0.0.1:9001")],
+        )
+        .unwrap();
+        assert_eq!(c.gateway.listeners.len(), 1);
+        assert_eq!(c.gateway.listeners[0].listen.port(), 9001);
+        assert_eq!(c.gateway.listeners[0].name, "main");
     }
 
     #[test]

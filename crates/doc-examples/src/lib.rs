@@ -1,0 +1,15 @@
+//! Every Rust example of the README and of `docs/`, compiled (and, where they do not
+//! start servers, run) as doc-tests of a crate that depends on `switchboard` and on
+//! nothing an application would not have: `cargo test --doc -p doc-examples`.
+//!
+//! The rustdoc examples of `switchboard` itself are doc-tests of that crate, which sees
+//! its own dependencies; `tests/rustdoc_uses_only_the_public_api.rs` checks that they
+//! name no crate an application lacks.
+
+#![doc = include_str!("../../../README.md")]
+
+#[doc = include_str!("../../../docs/guide.md")]
+pub mod guide {}
+
+#[doc = include_str!("../../../docs/architecture.md")]
+pub mod architecture {}
