@@ -7,6 +7,8 @@
 //! name no crate an application lacks.
 
 #![doc = include_str!("../../../README.md")]
+// The included pages are written for GitHub's markdown, not rustdoc's house style.
+#![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
 
 #[doc = include_str!("../../../docs/guide.md")]
 pub mod guide {}
