@@ -248,6 +248,7 @@ impl App {
                 })?;
                 let checked = Config::load(&path)?;
                 check_ports_free(&checked, Some(&path))?;
+                check_admin_free(&checked)?;
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             }
@@ -264,6 +265,7 @@ impl App {
                 if only != Some(Only::Worker) {
                     check_ports_free(&config, cli.config.as_deref())?;
                 }
+                check_admin_free(&config)?;
                 init_logging(&config, "supervisor");
                 let path = write_effective_config(&config)?;
                 let rt = runtime(1, "supervisor")?;
@@ -301,6 +303,8 @@ impl App {
             }
             Command::Gateway { index } => {
                 init_logging(&config, "gateway");
+                crate::metrics::set_enabled(config.metrics.enabled);
+                crate::metrics::gateway::set_listeners(&config.gateway.listeners);
                 let name = format!("gateway-{index}");
                 run_role(&name, async move {
                     let shutdown = shutdown_on_signals()?;
@@ -309,6 +313,7 @@ impl App {
             }
             Command::Worker { index } => {
                 init_logging(&config, "worker");
+                crate::metrics::set_enabled(config.metrics.enabled);
                 let events = (self.events)();
                 let name = format!("worker-{index}");
                 run_role(&name, async move {
@@ -336,6 +341,7 @@ impl App {
         if only != Some(Only::Worker) {
             check_ports_free(config, cli.config.as_deref())?;
         }
+        check_admin_free(config)?;
         // Printed and used as an absolute path: the daemon does not keep our directory.
         let log_path = std::path::absolute(config.log_file())
             .map_err(|e| Error::io("cannot resolve the log file path", e))?;
@@ -510,6 +516,24 @@ fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
     std::fs::write(&path, config.to_toml())
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     Ok(path)
+}
+
+/// The admin listener's port must be free (every `start`, `--only worker` too: each
+/// machine's supervisor serves it).
+fn check_admin_free(config: &Config) -> Result<(), Error> {
+    if supervisor::running_pid(config).is_some()
+        || !config.admin.enabled
+        || config.admin.listen.port() == 0
+    {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(config.admin.listen) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Other(format!(
+            "invalid config: admin.listen: cannot bind {}: {e} (another deployment's admin listener? set admin.listen)",
+            config.admin.listen
+        ))),
+    }
 }
 
 /// The client ports must be free (or held by this very deployment). `file` is the

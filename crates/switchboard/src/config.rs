@@ -44,6 +44,15 @@ pub struct Config {
     /// The supervisor (the `start` command).
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    /// Business-call statistics (StatisticClient): collection, retention, bounds.
+    #[serde(default)]
+    pub statistic: StatisticConfig,
+    /// The runtime's own metrics (Prometheus).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The machine's admin listener: dashboard, `/metrics`.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Named database instances for business code (`[db.instances.NAME]`, see
     /// docs/db.md). Kept as TOML here and checked at load time; [`Config::db_config`]
     /// gives the typed form.
@@ -318,6 +327,93 @@ impl Default for SupervisorConfig {
             stop_timeout: Duration::from_secs(10),
             restart_delay: Duration::from_millis(500),
             pid_file: PathBuf::from("run/supervisor.pid"),
+        }
+    }
+}
+
+/// Statistics of business calls (`[statistic]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatisticConfig {
+    /// Record `ctx.statistic(..)` reports; when false every guard does nothing.
+    pub enabled: bool,
+    /// How long per-minute figures and the failure log are kept (the original keeps
+    /// 15 days).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often each process hands its figures to the supervisor (spool files).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Most distinct (module, interface) pairs one process records; reports for new
+    /// pairs past it are dropped and counted.
+    pub max_interfaces: usize,
+    /// Most failure-log entries one process keeps between two flushes; more are
+    /// counted as failures but not logged.
+    pub max_failures: usize,
+    /// Most entries the failure log keeps on disk (older ones are deleted).
+    pub failure_log: usize,
+    /// Most spool files waiting for the supervisor; past it batches are dropped and
+    /// counted (a supervisor that is not running for a long time).
+    pub max_spool_files: usize,
+    /// This machine's name in the statistics; empty: the host name.
+    pub host: String,
+}
+
+impl Default for StatisticConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention: Duration::from_secs(15 * 86_400),
+            flush_interval: Duration::from_secs(1),
+            max_interfaces: 1000,
+            max_failures: 1000,
+            failure_log: 100_000,
+            max_spool_files: 10_000,
+            host: String::new(),
+        }
+    }
+}
+
+/// The runtime's metrics (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record the runtime's metrics; when false every recording call is a no-op and
+    /// `/metrics` shows only what the supervisor knows itself.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// The admin listener (`[admin]`), served by the supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin listener at all.
+    pub enabled: bool,
+    /// Address of the dashboard and `/metrics`. A loopback address (127.0.0.0/8,
+    /// ::1) needs no token; any other needs `token` or `token_file`. Port 0 picks a
+    /// free port (written to `run/admin.addr`).
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry (`Authorization: Bearer TOKEN`). When
+    /// set it is required on loopback too.
+    pub token: Option<String>,
+    /// A file whose first line is the token (relative to `data_dir`); instead of
+    /// `token`, to keep it out of the configuration file.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 55757),
+            token: None,
+            token_file: None,
         }
     }
 }
@@ -614,7 +710,79 @@ impl Config {
         if self.worker.query_timeout.is_zero() {
             return Err(invalid("worker.query_timeout", "must be greater than zero"));
         }
+        let st = &self.statistic;
+        if st.flush_interval.is_zero() {
+            return Err(invalid(
+                "statistic.flush_interval",
+                "must be greater than zero",
+            ));
+        }
+        if st.retention < Duration::from_secs(60) {
+            return Err(invalid("statistic.retention", "must be at least 1m"));
+        }
+        for (key, v) in [
+            ("statistic.max_interfaces", st.max_interfaces),
+            ("statistic.max_failures", st.max_failures),
+            ("statistic.failure_log", st.failure_log),
+            ("statistic.max_spool_files", st.max_spool_files),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        self.admin_token()?;
         Ok(())
+    }
+
+    /// The admin listener's token: `admin.token`, or the first line of
+    /// `admin.token_file`. An error when the listener is not on loopback and has no
+    /// token, or when the file cannot be read or is empty.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let a = &self.admin;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if a.token.is_some() && a.token_file.is_some() {
+            return Err(invalid(
+                "admin.token",
+                "set admin.token or admin.token_file, not both".into(),
+            ));
+        }
+        let token = match (&a.token, &a.token_file) {
+            (Some(t), _) => Some(t.trim().to_owned()),
+            (None, Some(f)) => {
+                let path = self.data_path(f);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text.lines().next().unwrap_or("").trim().to_owned())
+            }
+            (None, None) => None,
+        };
+        if let Some(t) = &token {
+            if t.is_empty() {
+                let key = if a.token.is_some() {
+                    "admin.token"
+                } else {
+                    "admin.token_file"
+                };
+                return Err(invalid(key, "the token is empty".into()));
+            }
+        }
+        if a.enabled && token.is_none() && !a.listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "the admin listener binds {}, which is not a loopback address; set admin.token or admin.token_file (or bind 127.0.0.1)",
+                    a.listen
+                ),
+            ));
+        }
+        Ok(token)
     }
 
     /// `path` resolved against `data_dir` when relative.
@@ -644,6 +812,11 @@ impl Config {
     /// The daemon's log file.
     pub fn log_file(&self) -> PathBuf {
         self.data_path(&self.log.file)
+    }
+
+    /// The supervisor's statistics database.
+    pub fn statistic_db(&self) -> PathBuf {
+        self.data_dir.join("statistics.sqlite")
     }
 
     /// Directory of run-time files (pid file, per-process stats).
@@ -761,6 +934,54 @@ mod tests {
         assert_eq!(c.gateway.listeners.len(), 1);
         assert_eq!(c.gateway.listeners[0].listen.port(), 9001);
         assert_eq!(c.gateway.listeners[0].name, "main");
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        let c = Config::from_toml("", None).unwrap();
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:55757");
+        assert_eq!(c.admin_token().unwrap(), None);
+        // The whole 127/8 and ::1 are loopback.
+        Config::from_toml("[admin]\nlisten = \"127.0.0.2:1\"\n", None).unwrap();
+        Config::from_toml("[admin]\nlisten = \"[::1]:1\"\n", None).unwrap();
+        let msg = Config::from_toml("[admin]\nlisten = \"0.0.0.0:55757\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("admin.token") && msg.contains("0.0.0.0:55757"),
+            "{msg}"
+        );
+        let c = Config::from_toml(
+            "[admin]\nlisten = \"0.0.0.0:1\"\ntoken = \"s3cret\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.admin_token().unwrap().as_deref(), Some("s3cret"));
+        let msg = Config::from_toml(
+            "[admin]\nlisten = \"0.0.0.0:1\"\ntoken_file = \"/nonexistent/token\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("admin.token_file") && msg.contains("/nonexistent/token"),
+            "{msg}"
+        );
+        let msg = Config::from_toml("[admin]\ntoken = \" \"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("admin.token: the token is empty"), "{msg}");
+    }
+
+    #[test]
+    fn statistic_defaults_follow_the_original() {
+        let c = Config::default();
+        assert_eq!(c.statistic.retention, Duration::from_secs(15 * 86_400));
+        assert!(c.statistic.enabled && c.metrics.enabled && c.admin.enabled);
+        let msg = Config::from_toml("[statistic]\nretention = \"1s\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("statistic.retention"), "{msg}");
     }
 
     #[test]

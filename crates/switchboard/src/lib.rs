@@ -35,6 +35,7 @@
 //!
 //! See `docs/guide.md` for a tour and `docs/architecture.md` for the design.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 mod client_id;
@@ -42,8 +43,10 @@ pub mod config;
 pub mod discovery;
 pub mod gateway;
 mod message;
+pub mod metrics;
 pub mod process;
 pub mod protocol;
+pub mod statistic;
 pub mod stats;
 pub mod supervisor;
 pub mod worker;
@@ -55,6 +58,7 @@ pub use client_id::{ClientId, ParseClientIdError};
 pub use config::Config;
 pub use message::{Message, NotText};
 pub use protocol::ClientProtocol;
+pub use statistic::Statistic;
 pub use switchboard_db as db;
 pub use switchboard_store as store;
 pub use worker::api::{ApiError, Gateway};
@@ -102,9 +106,15 @@ impl Error {
     }
 }
 
-/// Opens the deployment's store (a relative file path is resolved against `data_dir`).
+/// Opens the deployment's store (a relative file path is resolved against `data_dir`),
+/// with its calls timed for `/metrics` ([`metrics::store`]).
 pub async fn open_store(config: &Config) -> Result<switchboard_store::SharedStore, Error> {
-    Ok(switchboard_store::open(&config.resolved_store()).await?)
+    let store = switchboard_store::open(&config.resolved_store()).await?;
+    Ok(if config.metrics.enabled {
+        metrics::store::Instrumented::wrap(store)
+    } else {
+        store
+    })
 }
 
 /// Sets up the deployment's named database instances (connections are made lazily).

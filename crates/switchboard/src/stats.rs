@@ -119,6 +119,11 @@ pub struct Sample {
 
 /// Writes this process's stats file once a second until `stop`, computing the event
 /// rate from consecutive samples.
+///
+/// Beside it, the process's metric snapshot goes to `run/metrics/` (see
+/// [`crate::metrics`]): everything recorded through the metrics module, the
+/// statistics totals, and for a gateway the counters of its sample. A last snapshot is
+/// written when `stop` fires, so the supervisor retires final totals.
 pub async fn publish_loop(
     run_dir: PathBuf,
     role: &'static str,
@@ -128,11 +133,13 @@ pub async fn publish_loop(
     let started = unix_now();
     let mut last = (std::time::Instant::now(), 0u64);
     loop {
+        let sampled = sample();
+        write_metrics(&run_dir, role, started, &sampled);
         let Sample {
             clients,
             events,
             detail,
-        } = sample();
+        } = sampled;
         let now = std::time::Instant::now();
         let rate = events.saturating_sub(last.1) as f64 / (now - last.0).as_secs_f64().max(0.001);
         last = (now, events);
@@ -150,8 +157,38 @@ pub async fn publish_loop(
             tracing::debug!(error = %e, "cannot write stats file");
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                write_metrics(&run_dir, role, started, &sample());
+                return;
+            }
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
+    }
+}
+
+/// Writes this process's metric snapshot (nothing when metrics are off).
+fn write_metrics(run_dir: &Path, role: &str, started: u64, sample: &Sample) {
+    if !crate::metrics::enabled() {
+        return;
+    }
+    let mut series = crate::metrics::collect();
+    series.extend(crate::statistic::process_series());
+    match role {
+        "gateway" => crate::metrics::gateway::from_stats(sample, &mut series),
+        "worker" => series.push(crate::metrics::Series::gauge(
+            "switchboard_worker_gateways",
+            &[],
+            sample.clients as f64,
+        )),
+        _ => {}
+    }
+    let snap = crate::metrics::Snapshot {
+        role: role.into(),
+        pid: std::process::id(),
+        started,
+        series,
+    };
+    if let Err(e) = crate::metrics::write_snapshot(run_dir, &snap) {
+        tracing::debug!(error = %e, "cannot write metrics snapshot");
     }
 }

@@ -137,6 +137,21 @@ pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Re
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(|e| Error::io(format!("cannot write pid file {}", pid_path.display()), e))?;
     let _pid_guard = RemoveOnDrop(pid_path.clone());
+    // The admin listener and the statistics database come first: a taken admin port
+    // or an unusable database fails the start before any child runs. Spool files and
+    // metric snapshots left by the children of a previous supervisor are taken in by
+    // the first collection round.
+    let admin = crate::admin::Admin::open(&config)?;
+    let admin_listener = crate::admin::bind(&config)?;
+    let _addr_guard = RemoveOnDrop(crate::admin::address_file(&config));
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let collector = tokio::spawn(crate::admin::collect_loop(
+        admin.clone(),
+        admin_stop.clone(),
+    ));
+    if let Some(l) = admin_listener {
+        tokio::spawn(crate::admin::serve(l, admin.clone(), admin_stop.clone()));
+    }
     let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this executable", e))?;
     // A rebuilt binary replaces the file; /proc/self/exe then reads "... (deleted)".
     let exe = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
@@ -179,12 +194,19 @@ pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Re
 
     let graceful = loop {
         write_state(&config, started_unix, &slots);
+        admin.set_own(process_series(&slots));
         tokio::select! {
             _ = sigint.recv() => break false,
             _ = sigterm.recv() => break false,
             _ = sigquit.recv() => break true,
-            _ = sigusr1.recv() => reload(&config, &exe, &config_path, &mut slots, &exit_tx, &mut exit_rx).await,
-            _ = sigusr2.recv() => reload(&config, &exe, &config_path, &mut slots, &exit_tx, &mut exit_rx).await,
+            _ = sigusr1.recv() => {
+                reload(&config, &exe, &config_path, &mut slots, &exit_tx, &mut exit_rx).await;
+                admin.bump(crate::metrics::Series::counter("switchboard_worker_reloads", &[], 1));
+            }
+            _ = sigusr2.recv() => {
+                reload(&config, &exe, &config_path, &mut slots, &exit_tx, &mut exit_rx).await;
+                admin.bump(crate::metrics::Series::counter("switchboard_worker_reloads", &[], 1));
+            }
             Some(exit) = exit_rx.recv() => on_exit(&config, &mut slots, exit),
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -192,6 +214,11 @@ pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Re
                     if slots[i].restart_at.is_some_and(|t| t <= now) {
                         slots[i].restart_at = None;
                         slots[i].restarts += 1;
+                        admin.bump(crate::metrics::Series::counter(
+                            "switchboard_child_restarts",
+                            &[("role", slots[i].role.arg())],
+                            1,
+                        ));
                         if let Err(e) = spawn_child(&exe, &config_path, &mut slots, i, &exit_tx) {
                             tracing::error!(error = %e, "cannot restart child");
                             slots[i].restart_at = Some(now + Duration::from_secs(5));
@@ -202,9 +229,25 @@ pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Re
         }
     };
     stop_children(&config, &mut slots, &mut exit_rx, graceful).await;
+    admin_stop.cancel();
+    let _ = collector.await;
     let _ = std::fs::remove_file(state_file(&config));
     tracing::info!("supervisor stopped");
     Ok(())
+}
+
+/// `switchboard_processes{role}`: children running now.
+fn process_series(slots: &[Slot]) -> Vec<crate::metrics::Series> {
+    [ChildRole::Gateway, ChildRole::Worker]
+        .iter()
+        .map(|r| {
+            let n = slots
+                .iter()
+                .filter(|s| s.role == *r && s.child.is_some())
+                .count();
+            crate::metrics::Series::gauge("switchboard_processes", &[("role", r.arg())], n as f64)
+        })
+        .collect()
 }
 
 fn new_slot(role: ChildRole, index: usize) -> Slot {

@@ -161,6 +161,9 @@ pub struct GatewayOptions {
     pub max_frame: usize,
     /// A link silent for this long is reconnected.
     pub link_timeout: Duration,
+    /// Where `statistic(..)` guards report ([`crate::statistic`]); a disabled
+    /// collector makes them do nothing.
+    pub statistics: Arc<crate::statistic::Collector>,
 }
 
 struct Inner {
@@ -179,6 +182,9 @@ struct Inner {
     stop: CancellationToken,
     /// Woken whenever the set of links changes.
     changed: Notify,
+    /// The statistics flusher of an API client, awaited by `close` so that its last
+    /// reports reach the spool before the program exits.
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Handle to every gateway of a deployment: the Gateway API.
@@ -202,10 +208,17 @@ pub struct Gateway {
 
 impl Gateway {
     /// Connects as an API client (no events) to the gateways of `config`'s deployment.
+    ///
+    /// Its `statistic(..)` reports go to the spool of `config`'s data directory, where
+    /// the supervisor of this machine picks them up; [`close`](Self::close) flushes the
+    /// last ones.
     pub async fn connect(config: &crate::Config) -> Result<Self, crate::Error> {
+        crate::metrics::set_enabled(config.metrics.enabled);
         let store = crate::open_store(config).await?;
         let db = crate::open_db(config)?;
-        Ok(Self::start(
+        let stop = CancellationToken::new();
+        let (statistics, flusher) = crate::statistic::start(config, stop.clone());
+        let gateway = Self::start(
             GatewayOptions {
                 namespace: config.name.clone(),
                 secret: config.secret.clone(),
@@ -214,12 +227,21 @@ impl Gateway {
                 discovery_interval: config.worker.discovery_interval,
                 max_frame: config.gateway.max_internal_frame,
                 link_timeout: config.worker.link_timeout,
+                statistics,
             },
             store,
             db,
             Role::Api,
             |_| None,
-        ))
+        );
+        // The flusher stops (flushing once more) when the gateway handle closes.
+        let inner_stop = gateway.inner.stop.clone();
+        tokio::spawn(async move {
+            inner_stop.cancelled().await;
+            stop.cancel();
+        });
+        *lock(&gateway.inner.flusher) = flusher;
+        Ok(gateway)
     }
 
     pub(crate) fn start(
@@ -249,6 +271,7 @@ impl Gateway {
                 sink: std::sync::OnceLock::new(),
                 stop: CancellationToken::new(),
                 changed: Notify::new(),
+                flusher: Mutex::new(None),
             }),
         };
         if let Some(sink) = make_sink(&gateway) {
@@ -296,10 +319,36 @@ impl Gateway {
         }
     }
 
-    /// Stops discovery and closes every link after flushing what was sent.
+    /// Stops discovery and closes every link after flushing what was sent (and, for
+    /// an API client, the last statistics).
     pub async fn close(&self) {
         self.flush().await;
         self.inner.stop.cancel();
+        let flusher = lock(&self.inner.flusher).take();
+        if let Some(f) = flusher {
+            let _ = f.await;
+        }
+    }
+
+    /// A guard measuring one call of business code, reported to this machine's
+    /// statistics (the brief's `StatisticClient`): call
+    /// [`success`](crate::Statistic::success) or [`fail`](crate::Statistic::fail) on
+    /// it; dropped without either it reports a failure with code
+    /// [`UNREPORTED`](crate::statistic::UNREPORTED).
+    ///
+    /// ```no_run
+    /// # async fn demo(gateway: &switchboard::Gateway) {
+    /// let call = gateway.statistic("billing", "charge");
+    /// // ... the call ...
+    /// call.success();
+    /// # }
+    /// ```
+    pub fn statistic(
+        &self,
+        module: impl Into<std::borrow::Cow<'static, str>>,
+        interface: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> crate::Statistic {
+        self.inner.options.statistics.start(module, interface)
     }
 
     fn read_links(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u32, LinkHandle>> {
@@ -321,10 +370,12 @@ impl Gateway {
     }
 
     async fn to_client(&self, client: ClientId, cmd: Command) -> Result<(), ApiError> {
+        crate::metrics::worker::command(command_kind(&cmd));
         self.link_of(client)?.send(&Frame::Command(cmd)).await
     }
 
     async fn to_all(&self, cmd: Command) -> Result<(), ApiError> {
+        crate::metrics::worker::command(command_kind(&cmd));
         let frame = Frame::Command(cmd);
         for link in self.all_links() {
             // A gateway lost mid-broadcast has no clients left to reach.
@@ -746,8 +797,10 @@ impl Gateway {
 
     /// Asks every connected gateway at once and waits for all answers.
     async fn gather(&self, q: Query) -> Result<Vec<(u32, Reply)>, ApiError> {
+        crate::metrics::worker::command(query_kind(&q));
         let links = self.all_links();
-        let answers = futures::future::join_all(links.iter().map(|l| self.ask(l, q.clone()))).await;
+        let answers =
+            futures::future::join_all(links.iter().map(|l| self.ask_uncounted(l, q.clone()))).await;
         links
             .iter()
             .zip(answers)
@@ -756,6 +809,11 @@ impl Gateway {
     }
 
     async fn ask(&self, link: &LinkHandle, query: Query) -> Result<Reply, ApiError> {
+        crate::metrics::worker::command(query_kind(&query));
+        self.ask_uncounted(link, query).await
+    }
+
+    async fn ask_uncounted(&self, link: &LinkHandle, query: Query) -> Result<Reply, ApiError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&link.pending).insert(id, tx);
@@ -808,6 +866,34 @@ impl Gateway {
             }
         });
         futures::future::join_all(waits).await;
+    }
+}
+
+/// The metrics kind of a command (a wildcard keeps this compiling when the internal
+/// protocol grows commands; they count as `other` until named here).
+fn command_kind(cmd: &Command) -> crate::metrics::worker::CommandKind {
+    use crate::metrics::worker::CommandKind as K;
+    #[allow(unreachable_patterns)]
+    match cmd {
+        Command::SendToClient { .. } => K::SendToClient,
+        Command::SendToAll { .. } => K::SendToAll,
+        Command::SendToGroup { .. } => K::SendToGroup,
+        Command::SendToUid { .. } => K::SendToUid,
+        Command::BindUid { .. } | Command::UnbindUid { .. } => K::Uid,
+        Command::JoinGroup { .. } | Command::LeaveGroup { .. } | Command::Ungroup { .. } => {
+            K::Group
+        }
+        Command::SetSession { .. } | Command::UpdateSession { .. } => K::Session,
+        Command::CloseClient { .. } => K::Close,
+        _ => K::Other,
+    }
+}
+
+/// The metrics kind of a query: a counted send counts as its command.
+fn query_kind(q: &Query) -> crate::metrics::worker::CommandKind {
+    match q {
+        Query::Counted(cmd) => command_kind(cmd),
+        _ => crate::metrics::worker::CommandKind::Query,
     }
 }
 

@@ -166,6 +166,18 @@ impl Context {
         self.gateway.db().instance(name)
     }
 
+    /// A guard measuring one call of business code for the statistics (the brief's
+    /// `StatisticClient::tick` + `report`): report it with
+    /// [`success`](crate::Statistic::success) or [`fail`](crate::Statistic::fail), or
+    /// time an async block with [`time`](crate::Statistic::time).
+    pub fn statistic(
+        &self,
+        module: impl Into<std::borrow::Cow<'static, str>>,
+        interface: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> crate::Statistic {
+        self.gateway.statistic(module, interface)
+    }
+
     /// Sends a message to the client of this event (without waiting for an answer:
     /// the client may already be gone).
     pub async fn reply(&self, data: impl Into<Message>) -> Result<(), ApiError> {

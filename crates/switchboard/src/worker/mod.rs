@@ -39,6 +39,8 @@ pub async fn run(
     let store = crate::open_store(&config).await?;
     let db = crate::open_db(&config)?;
     let counters = Arc::new(Counters::default());
+    let statistics_stop = CancellationToken::new();
+    let (statistics, flusher) = crate::statistic::start(&config, statistics_stop.clone());
     let tracker = TaskTracker::new();
     let options = GatewayOptions {
         namespace: config.name.clone(),
@@ -48,6 +50,7 @@ pub async fn run(
         discovery_interval: config.worker.discovery_interval,
         max_frame: config.gateway.max_internal_frame,
         link_timeout: config.worker.link_timeout,
+        statistics,
     };
     // Events that arrive before `on_worker_start` has finished wait for it, as
     // GatewayWorker users expect (their onWorkerStart opens databases and the like).
@@ -107,6 +110,11 @@ pub async fn run(
         );
     }
     gateway.close().await;
+    // The last statistics reach the spool before the final metrics snapshot.
+    statistics_stop.cancel();
+    if let Some(f) = flusher {
+        let _ = f.await;
+    }
     stats_stop.cancel();
     let _ = stats_task.await;
     stats::remove(&config.run_dir(), "worker", std::process::id());
@@ -141,7 +149,18 @@ async fn handle(events: &dyn Events, gateway: Gateway, event: Event, counters: &
             EventKind::Close => events.on_close(&mut ctx).await,
         }
     };
+    let began = Instant::now();
     let outcome = std::panic::AssertUnwindSafe(fut).catch_unwind().await;
+    crate::metrics::worker::event_handled(
+        match kind {
+            EventKind::Connect => crate::metrics::worker::EventKind::Connect,
+            EventKind::Message => crate::metrics::worker::EventKind::Message,
+            EventKind::Close => crate::metrics::worker::EventKind::Close,
+        },
+        began.elapsed(),
+        matches!(outcome, Ok(Err(_))),
+        outcome.is_err(),
+    );
     counters.events.fetch_add(1, Ordering::Relaxed);
     match outcome {
         Ok(Ok(())) => {}
@@ -246,6 +265,7 @@ mod tests {
             discovery_interval: Duration::from_secs(60),
             max_frame: 1 << 20,
             link_timeout: Duration::from_secs(20),
+            statistics: Arc::new(crate::statistic::Collector::disabled()),
         };
         let db = switchboard_db::Db::new(Default::default()).unwrap();
         let gateway = Gateway::start(options, store, db, Role::Worker, |_| None);

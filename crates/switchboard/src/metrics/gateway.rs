@@ -1,0 +1,236 @@
+//! Gateway-side metrics: what a gateway process calls when clients come and go and
+//! bytes move. Each call is cheap (an atomic add; connection-level calls also look up
+//! the listener in a small map) and does nothing when metrics are off.
+//!
+//! | call | when | metric |
+//! |---|---|---|
+//! | [`client_connected`]`(listener, protocol)` | a client was accepted and registered | `switchboard_clients{listener,protocol}` +1, `switchboard_connections_accepted_total{listener,protocol}` +1 |
+//! | [`client_disconnected`]`(listener, protocol, reason)` | a registered client is gone, for `reason` | `switchboard_clients` −1, `switchboard_connections_total{listener,reason}` +1 |
+//! | [`client_refused`]`(listener, reason)` | a connection was closed at accept (e.g. `max_clients`) | `switchboard_connections_total{listener,reason}` +1 |
+//! | [`bytes_in`]`(n)` / [`bytes_out`]`(n)` | bytes read from / written to a client socket | `switchboard_received_bytes_total` / `switchboard_sent_bytes_total` |
+//! | [`outbound_queued`]`(n)` / [`outbound_written`]`(n)` | bytes put on / taken off a client's outbound queue (or dropped with it) | `switchboard_outbound_queue_bytes` |
+//! | [`events_held`]`(n)` | the number of events waiting for a worker changed (set, not add) | `switchboard_events_held` |
+//!
+//! The gateway's existing counters (`events`, `redispatched`, `rejected`,
+//! `slow_consumers`) and its link count are read from its stats file and need no call
+//! (see [`crate::stats::publish_loop`]). Until a gateway calls [`client_connected`],
+//! `switchboard_clients` falls back to the client count of its stats file.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{Counter, DynCounters, DynGauges, Gauge, Series};
+use crate::protocol::ClientProtocol;
+
+/// Why a client connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed it (EOF, reset).
+    ClientClosed,
+    /// Closed by the heartbeat: nothing from the client for `idle_intervals`.
+    Heartbeat,
+    /// Its outbound queue passed `gateway.outbound_limit`.
+    SlowConsumer,
+    /// A limit: `max_clients` at accept, or events rejected with the client cut.
+    Limit,
+    /// It broke its protocol (too long a message, a bad frame, not UTF-8).
+    ProtocolError,
+    /// The server closed it: `close_client`, a gateway stop.
+    ServerClose,
+}
+
+impl CloseReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::Heartbeat => "heartbeat",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Limit => "limit",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::ServerClose => "server_close",
+        }
+    }
+}
+
+fn protocol_name(p: ClientProtocol) -> String {
+    // The protocol's configuration spelling (`text`, `frame`, ...).
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{p:?}").to_lowercase())
+}
+
+static CLIENTS: DynGauges = DynGauges::new();
+static ACCEPTED: DynCounters = DynCounters::new();
+static ENDED: DynCounters = DynCounters::new();
+static BYTES_IN: Counter = Counter::new();
+static BYTES_OUT: Counter = Counter::new();
+static OUTBOUND: Gauge = Gauge::new();
+static HELD: Gauge = Gauge::new();
+/// Set once this process reports clients itself (the stats fallback then stops).
+static REPORTS_CLIENTS: AtomicBool = AtomicBool::new(false);
+/// Set once this process reports held events itself.
+static REPORTS_HELD: AtomicBool = AtomicBool::new(false);
+
+/// A client was accepted on `listener` (the listener's `name`).
+pub fn client_connected(listener: &str, protocol: ClientProtocol) {
+    REPORTS_CLIENTS.store(true, Ordering::Relaxed);
+    let p = protocol_name(protocol);
+    CLIENTS.add(&[listener, &p], 1);
+    ACCEPTED.add(&[listener, &p], 1);
+}
+
+/// A client accepted with [`client_connected`] is gone.
+pub fn client_disconnected(listener: &str, protocol: ClientProtocol, reason: CloseReason) {
+    let p = protocol_name(protocol);
+    CLIENTS.add(&[listener, &p], -1);
+    ENDED.add(&[listener, reason.as_str()], 1);
+}
+
+/// A connection was closed at accept, before it became a client.
+pub fn client_refused(listener: &str, reason: CloseReason) {
+    ENDED.add(&[listener, reason.as_str()], 1);
+}
+
+/// Bytes read from a client socket.
+#[inline]
+pub fn bytes_in(n: usize) {
+    BYTES_IN.add(n as u64)
+}
+
+/// Bytes written to a client socket.
+#[inline]
+pub fn bytes_out(n: usize) {
+    BYTES_OUT.add(n as u64)
+}
+
+/// Bytes put on a client's outbound queue.
+#[inline]
+pub fn outbound_queued(n: usize) {
+    OUTBOUND.add(n as i64)
+}
+
+/// Bytes taken off a client's outbound queue (written, or dropped with the client).
+#[inline]
+pub fn outbound_written(n: usize) {
+    OUTBOUND.add(-(n as i64))
+}
+
+/// Events waiting for a worker in this gateway now.
+pub fn events_held(n: u64) {
+    REPORTS_HELD.store(true, Ordering::Relaxed);
+    HELD.set(n as i64)
+}
+
+/// Whether this process calls [`client_connected`] itself.
+pub(crate) fn reports_clients() -> bool {
+    REPORTS_CLIENTS.load(Ordering::Relaxed)
+}
+
+pub(super) fn collect(out: &mut Vec<Series>) {
+    for (k, v) in CLIENTS.values() {
+        out.push(Series::gauge(
+            "switchboard_clients",
+            &[("listener", &k[0]), ("protocol", &k[1])],
+            v as f64,
+        ));
+    }
+    for (k, v) in ACCEPTED.values() {
+        out.push(Series::counter(
+            "switchboard_connections_accepted",
+            &[("listener", &k[0]), ("protocol", &k[1])],
+            v,
+        ));
+    }
+    for (k, v) in ENDED.values() {
+        out.push(Series::counter(
+            "switchboard_connections",
+            &[("listener", &k[0]), ("reason", &k[1])],
+            v,
+        ));
+    }
+    if BYTES_IN.get() > 0 || BYTES_OUT.get() > 0 {
+        out.push(Series::counter(
+            "switchboard_received_bytes",
+            &[],
+            BYTES_IN.get(),
+        ));
+        out.push(Series::counter(
+            "switchboard_sent_bytes",
+            &[],
+            BYTES_OUT.get(),
+        ));
+        out.push(Series::gauge(
+            "switchboard_outbound_queue_bytes",
+            &[],
+            OUTBOUND.get() as f64,
+        ));
+    }
+    if REPORTS_HELD.load(Ordering::Relaxed) {
+        out.push(Series::gauge(
+            "switchboard_events_held",
+            &[],
+            HELD.get() as f64,
+        ));
+    }
+}
+
+/// The listeners of this gateway process as configured (name, protocol), for the
+/// `switchboard_clients` fallback; set by the CLI before the gateway runs.
+static LISTENERS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Records this process's listeners (the CLI calls it for the gateway role).
+pub fn set_listeners(listeners: &[crate::config::ListenerConfig]) {
+    let _ = LISTENERS.set(
+        listeners
+            .iter()
+            .map(|l| (l.name.clone(), protocol_name(l.protocol)))
+            .collect(),
+    );
+}
+
+/// Series derived from a gateway's stats sample, for what the gateway does not report
+/// through this module: its counters, links and (until it calls [`client_connected`])
+/// its client count.
+pub(crate) fn from_stats(sample: &crate::stats::Sample, out: &mut Vec<Series>) {
+    let d = &sample.detail;
+    let get = |k: &str| d.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    out.push(Series::counter(
+        "switchboard_gateway_events_dispatched",
+        &[],
+        sample.events,
+    ));
+    out.push(Series::counter(
+        "switchboard_events_redispatched",
+        &[],
+        get("redispatched"),
+    ));
+    out.push(Series::counter(
+        "switchboard_events_rejected",
+        &[],
+        get("rejected"),
+    ));
+    out.push(Series::counter(
+        "switchboard_slow_consumers",
+        &[],
+        get("slow_consumers"),
+    ));
+    let number = get("number").to_string();
+    out.push(Series::gauge(
+        "switchboard_gateway_links",
+        &[("gateway", &number)],
+        get("workers") as f64,
+    ));
+    if !reports_clients() {
+        let listeners = LISTENERS.get().cloned().unwrap_or_default();
+        let (listener, protocol) = match listeners.as_slice() {
+            [(name, protocol)] => (name.clone(), protocol.clone()),
+            _ => ("all".to_string(), "all".to_string()),
+        };
+        out.push(Series::gauge(
+            "switchboard_clients",
+            &[("listener", &listener), ("protocol", &protocol)],
+            sample.clients as f64,
+        ));
+    }
+}

@@ -1,0 +1,206 @@
+//! Aggregation tests with a paused Tokio clock: counts, percentiles, minute
+//! boundaries, retention, a guard dropped unreported, overflow counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::db::{FailureFilter, Filter, StatDb};
+use super::*;
+
+/// 2026-12-01 00:00:00 UTC, a minute boundary.
+const T0: u64 = 1_795_996_800_000;
+
+fn collector(limits: Limits) -> Arc<Collector> {
+    Arc::new(Collector::new("host-a", Clock::at(T0), limits))
+}
+
+#[tokio::test(start_paused = true)]
+async fn guards_measure_their_time_and_fill_minute_buckets() {
+    let c = collector(Limits::default());
+    for _ in 0..99 {
+        let g = c.start("chat", "say");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        g.success();
+    }
+    let g = c.start("chat", "say");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    g.fail(500, "db down");
+    // Clock is now T0 + 1.09 s: still minute 0. Cross into the next minute.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    c.start("chat", "say").success();
+
+    let batch = c.take_batch();
+    assert_eq!(batch.minutes.len(), 2, "{batch:#?}");
+    let m0 = &batch.minutes[0];
+    assert_eq!(m0.minute, T0 / 60_000);
+    assert_eq!((m0.agg.ok, m0.agg.fail), (99, 1));
+    assert_eq!(m0.agg.ok_us, 99 * 10_000);
+    assert_eq!(m0.agg.fail_us, 100_000);
+    assert_eq!(m0.agg.codes.get(&0), Some(&99));
+    assert_eq!(m0.agg.codes.get(&500), Some(&1));
+    let p99 = m0.agg.hist.quantile_ms(0.99);
+    assert!((10.0..11.9).contains(&p99), "p99 {p99}");
+    assert!(m0.agg.hist.quantile_ms(1.0) >= 100.0);
+    assert_eq!(batch.minutes[1].minute, T0 / 60_000 + 1);
+    assert_eq!(batch.minutes[1].agg.ok, 1);
+    assert_eq!(batch.failures.len(), 1);
+    let f = &batch.failures[0];
+    assert_eq!(
+        (f.code, f.message.as_str(), f.module.as_str()),
+        (500, "db down", "chat")
+    );
+    assert_eq!(f.at_ms, T0 + 99 * 10 + 100);
+    // Everything went out: the next batch is empty, the totals stay.
+    assert!(c.take_batch().is_empty());
+    let calls: Vec<_> = c
+        .series()
+        .into_iter()
+        .filter(|s| s.name == "switchboard_statistic_calls")
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert!(calls
+        .iter()
+        .any(|s| s.labels[2].1 == "true" && s.value == metrics::Value::Counter { value: 100.0 }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guard_dropped_unreported_is_a_failure_with_its_own_code() {
+    let c = collector(Limits::default());
+    {
+        let _g = c.start("chat", "login");
+        tokio::time::advance(Duration::from_millis(5)).await;
+    }
+    let batch = c.take_batch();
+    assert_eq!(batch.minutes[0].agg.fail, 1);
+    assert_eq!(batch.failures[0].code, UNREPORTED);
+    assert!(batch.failures[0].message.contains("dropped"));
+    assert_eq!(batch.failures[0].took_us, 5_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_closure_form_reports_from_the_result() {
+    let c = collector(Limits::default());
+    let ok: Result<u32, String> = c
+        .start("m", "i")
+        .time(async {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            Ok(7)
+        })
+        .await;
+    assert_eq!(ok, Ok(7));
+    let err: Result<(), String> = c.start("m", "i").time(async { Err("nope".into()) }).await;
+    assert!(err.is_err());
+    let b = c.take_batch();
+    assert_eq!((b.minutes[0].agg.ok, b.minutes[0].agg.fail), (1, 1));
+    assert_eq!(b.minutes[0].agg.ok_us, 3_000);
+    assert_eq!(
+        (b.failures[0].code, b.failures[0].message.as_str()),
+        (ERROR, "nope")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn overflow_is_counted_not_fatal() {
+    let c = collector(Limits {
+        max_interfaces: 2,
+        max_failures: 3,
+    });
+    for i in 0..5 {
+        c.start("m", format!("i{i}")).success();
+    }
+    for _ in 0..5 {
+        c.start("m", "i0").fail(9, "x");
+    }
+    let b = c.take_batch();
+    assert_eq!(b.minutes.len(), 2, "only two interfaces are kept");
+    assert_eq!(b.failures.len(), 3);
+    assert_eq!(b.dropped.get("interfaces"), Some(&3));
+    assert_eq!(b.dropped.get("failure_log"), Some(&2));
+    // The failures beyond the log still count as failures.
+    assert_eq!(b.minutes.iter().map(|m| m.agg.fail).sum::<u64>(), 5);
+    // Dropped counts are sent once.
+    c.start("m", "i0").success();
+    assert!(c.take_batch().dropped.is_empty());
+    assert_eq!(c.dropped(), [3, 2, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_database_merges_batches_once_and_prunes_by_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StatDb::open(&dir.path().join("s.sqlite")).unwrap();
+    let c = collector(Limits::default());
+    for _ in 0..10 {
+        c.start("chat", "say").success();
+    }
+    c.start("chat", "say").fail(404, "not online");
+    let b1 = c.take_batch();
+    for _ in 0..5 {
+        c.start("chat", "say").success();
+    }
+    c.start("chat", "history").success();
+    let b2 = c.take_batch();
+    assert!(db.ingest("a.json", &b1, T0).unwrap());
+    assert!(!db.ingest("a.json", &b1, T0).unwrap(), "a file counts once");
+    assert!(db.ingest("b.json", &b2, T0).unwrap());
+
+    let m = T0 / 60_000;
+    let f = Filter {
+        from_minute: m - 2,
+        to_minute: m,
+        ..Filter::default()
+    };
+    let (points, total) = db.minutes(&f).unwrap();
+    assert_eq!(points.len(), 3, "empty minutes are listed too");
+    assert_eq!(points[2].summary.calls, 17);
+    assert_eq!(total.ok, 16);
+    assert_eq!(total.fail, 1);
+    assert_eq!(total.codes.get(&404), Some(&1));
+    let tree = db.tree(&f).unwrap();
+    assert_eq!(
+        tree.iter()
+            .map(|t| (t.interface.as_str(), t.summary.calls))
+            .collect::<Vec<_>>(),
+        [("history", 1), ("say", 16)]
+    );
+    let fails = db
+        .failures(&FailureFilter {
+            code: Some(404),
+            limit: 10,
+            ..FailureFilter::default()
+        })
+        .unwrap();
+    assert_eq!(fails.len(), 1);
+    assert_eq!(fails[0].host, "host-a");
+
+    // 15 days later (retention 15 days) the minute is still there one minute before
+    // its time is up, and gone after.
+    let retention = 15 * 86_400_000;
+    db.prune(T0 + retention, retention, 100).unwrap();
+    assert_eq!(db.minutes(&f).unwrap().1.calls, 17);
+    db.prune(T0 + retention + 60_000, retention, 100).unwrap();
+    assert_eq!(db.minutes(&f).unwrap().1.calls, 0);
+    assert!(db
+        .failures(&FailureFilter {
+            limit: 10,
+            ..FailureFilter::default()
+        })
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn the_spool_hands_batches_over_and_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let c = collector(Limits::default());
+    c.start("m", "i").success();
+    spool::flush(&c, &spool, 1);
+    assert_eq!(spool::list(&spool).len(), 1);
+    c.start("m", "i").success();
+    spool::flush(&c, &spool, 1); // full: dropped and counted
+    assert_eq!(spool::list(&spool).len(), 1);
+    assert_eq!(c.dropped()[2], 1);
+    let mut db = StatDb::open(&dir.path().join("s.sqlite")).unwrap();
+    assert_eq!(db.ingest_dir(&spool, T0), 1);
+    assert!(spool::list(&spool).is_empty());
+}
