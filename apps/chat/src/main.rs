@@ -100,8 +100,10 @@ impl Events for Chat {
         let line = message.text()?;
         let me = ctx.client_id();
         let Some(name) = name_of(ctx) else {
+            let call = ctx.statistic("chat", "login");
             let name = line.trim();
             if !valid_name(name) {
+                call.fail(400, "invalid name");
                 ctx.reply("a name must not be empty or contain control characters")
                     .await?;
                 ctx.reply(ASK_NAME).await?;
@@ -116,16 +118,19 @@ impl Events for Chat {
             ctx.gateway()
                 .send_to_all(format!("{name}[{me}] come"))
                 .await?;
+            call.success();
             return Ok(());
         };
 
         if line.trim() == "/history" {
+            let call = ctx.statistic("chat", "history");
             let Some(history) = self.history.get() else {
+                call.fail(503, "history is not available");
                 ctx.reply("history is not available (see the worker log)")
                     .await?;
                 return Ok(());
             };
-            let lines = history.last(HISTORY_LINES).await?;
+            let lines = call.time(history.last(HISTORY_LINES)).await?;
             if lines.is_empty() {
                 ctx.reply("no history yet").await?;
             }
@@ -137,26 +142,36 @@ impl Events for Chat {
 
         match private_target(line) {
             Some((to, words)) => {
+                let call = ctx.statistic("chat", "private");
                 // One round trip: delivered, or not online (no race between the two).
                 let sent = ctx
                     .gateway()
                     .send_to_client(to, format!("{name}[{me}] said to You :{words}"))
                     .await?;
                 if sent {
+                    call.success();
                     ctx.reply(format!("{name}[{me}] said to [{to}] :{words}"))
                         .await?;
                 } else {
+                    call.fail(404, format_args!("[{to}] is not online"));
                     ctx.reply(format!("[{to}] is not online; nothing was sent"))
                         .await?;
                 }
             }
             None => {
-                ctx.gateway()
-                    .send_to_all(format!("{name}[{me}] said :{line}"))
+                // Timed with the history write (the Db call) included; an error on
+                // either is reported with its message.
+                ctx.statistic("chat", "say")
+                    .time(async {
+                        ctx.gateway()
+                            .send_to_all(format!("{name}[{me}] said :{line}"))
+                            .await?;
+                        if let Some(history) = self.history.get() {
+                            history.append(&name, &me.to_string(), line).await?;
+                        }
+                        HandlerResult::Ok(())
+                    })
                     .await?;
-                if let Some(history) = self.history.get() {
-                    history.append(&name, &me.to_string(), line).await?;
-                }
             }
         }
         Ok(())

@@ -49,6 +49,9 @@ discovery_interval = "200ms"
 
 [supervisor]
 restart_delay = "200ms"
+
+[admin]
+listen = "127.0.0.1:0"
 "#,
             data = data.display(),
             gw_count = if role == "gateway" { count } else { 1 },

@@ -668,8 +668,52 @@ fn print_status(config: &Config) -> Result<(), Error> {
         .filter(|s| s.role == "gateway")
         .map(|s| s.clients)
         .sum();
-    println!("clients connected: {total}");
+    let mps: f64 = all
+        .iter()
+        .filter(|s| s.role == "gateway")
+        .map(|s| s.events_per_sec)
+        .sum();
+    println!("clients connected: {total}, messages/s: {mps:.1}");
+    if let Some(line) = statistics_headline(config) {
+        println!("{line}");
+    }
+    if let Some(addr) = crate::admin::running_address(config) {
+        println!("admin: http://{addr}/ (dashboard), http://{addr}/metrics (Prometheus)");
+    }
     Ok(())
+}
+
+/// `statistics: ... calls/min, ...% success, p99 ... ms` for the last full minute and
+/// the last hour, from the statistics database (read-only); `None` without one.
+fn statistics_headline(config: &Config) -> Option<String> {
+    use crate::statistic::db::{Filter, StatDb};
+    let path = config.statistic_db();
+    if !path.exists() {
+        return None;
+    }
+    let db = StatDb::open_read_only(&path).ok()?;
+    let now = stats::unix_now() / 60;
+    let range = |from: u64, to: u64| {
+        db.minutes(&Filter {
+            from_minute: from,
+            to_minute: to,
+            ..Filter::default()
+        })
+        .ok()
+        .map(|(_, total)| total)
+    };
+    let last = range(now - 1, now - 1)?;
+    let hour = range(now - 60, now)?;
+    let pct = |r: f64| format!("{:.1}%", r * 100.0);
+    Some(format!(
+        "statistics: {} calls/min, {} success, p99 {:.1} ms (last full minute); {} calls, {} success, p99 {:.1} ms (last hour)",
+        last.calls,
+        pct(last.success_rate),
+        last.p99_ms,
+        hour.calls,
+        pct(hour.success_rate),
+        hour.p99_ms
+    ))
 }
 
 async fn print_connections(

@@ -305,6 +305,10 @@ discovery_interval = "200ms"
 [log]
 level = "warn"
 
+# A free port: a bench never collides with a running demo's admin listener.
+[admin]
+listen = "127.0.0.1:0"
+
 {history}"#,
         data = data.display(),
         gateways = target.gateways,

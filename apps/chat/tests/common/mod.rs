@@ -83,6 +83,9 @@ pub struct Options {
     pub restart_delay: String,
     /// The binary to run (default: the one cargo built).
     pub binary: Option<PathBuf>,
+    /// `[admin]` body: by default a free port, so that tests never share
+    /// 127.0.0.1:55757 (the address is in `run/admin.addr`).
+    pub admin: String,
 }
 
 impl Default for Options {
@@ -97,6 +100,7 @@ impl Default for Options {
             hold_timeout: "30s".into(),
             restart_delay: "200ms".into(),
             binary: None,
+            admin: "listen = \"127.0.0.1:0\"\n".into(),
         }
     }
 }
@@ -152,6 +156,9 @@ restart_delay = "{restart_delay}"
 driver = "sqlite"
 path = "history.sqlite"
 
+[admin]
+{admin}
+
 {extra}
 "#,
             data = dir.path().join("data").display(),
@@ -163,6 +170,7 @@ path = "history.sqlite"
             extra = opts.extra,
             hold_timeout = opts.hold_timeout,
             restart_delay = opts.restart_delay,
+            admin = opts.admin,
         );
         let config_path = dir.path().join("chat.toml");
         std::fs::write(&config_path, &text).unwrap();
@@ -292,6 +300,21 @@ path = "history.sqlite"
         self.stop();
         self.spawn_supervisor();
         self.wait_ready(gateways, workers);
+    }
+
+    /// Where the admin listener of the running supervisor listens (`run/admin.addr`),
+    /// waiting for it to appear.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(a) = switchboard::admin::running_address(&self.config) {
+                return a;
+            }
+            if Instant::now() > deadline {
+                panic!("no admin listener address after {WAIT:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The data directory.

@@ -200,6 +200,13 @@ impl Collector for Families {
                 Value::Histogram { .. } => MetricType::Histogram,
             };
             let mut metric = encoder.encode_descriptor(name, super::help(name), None, kind)?;
+            if let [only] = list.as_slice() {
+                if only.labels.is_empty() {
+                    // No `{}` after the name.
+                    Const(&only.value).encode(metric)?;
+                    continue;
+                }
+            }
             for s in list {
                 let labels: Vec<(&str, &str)> = s
                     .labels
