@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
