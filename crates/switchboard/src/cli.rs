@@ -673,7 +673,9 @@ fn print_status(config: &Config) -> Result<(), Error> {
         .filter(|s| s.role == "gateway")
         .map(|s| s.events_per_sec)
         .sum();
-    println!("clients connected: {total}, messages/s: {mps:.1}");
+    // Scripts read this line (tools/bench/scenarios): keep it alone.
+    println!("clients connected: {total}");
+    println!("messages/s: {mps:.1}");
     if let Some(line) = statistics_headline(config) {
         println!("{line}");
     }
