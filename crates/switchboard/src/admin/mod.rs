@@ -241,9 +241,10 @@ pub async fn collect_loop(admin: Arc<Admin>, stop: CancellationToken) {
     let mut tick = 0u64;
     loop {
         let a = admin.clone();
-        let prune = tick % 60 == 0;
+        // Retention every 60th round (once a minute).
+        let prune = tick == 0;
         let _ = tokio::task::spawn_blocking(move || a.collect(prune)).await;
-        tick += 1;
+        tick = (tick + 1) % 60;
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
