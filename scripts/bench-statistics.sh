@@ -23,6 +23,19 @@ tick=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks of every gateway and worker of the deployment (pids from supervisor.json).
+children_ticks() {
+    python3 - "$1" <<'PY'
+import json, sys
+state = json.load(open(sys.argv[1]))
+total = 0
+for c in state["children"]:
+    if c["pid"]:
+        f = open(f"/proc/{c['pid']}/stat").read().rsplit(")", 1)[1].split()
+        total += int(f[11]) + int(f[12])
+print(total)
+PY
+}
 
 run_one() {
     local mode="$1" dir port admin flag pid t0 t1 start end
@@ -58,14 +71,17 @@ EOF
     pid="$(cat "$dir/data/run/supervisor.pid")"
     sleep 2
     t0="$(cpu_ticks "$pid")"
+    c0="$(children_ticks "$dir/data/run/supervisor.json")"
     start="$(date +%s.%N)"
     echo "== $mode ($(date +%H:%M:%S))"
     "$bin/bench" private --addr "127.0.0.1:$port" --data-dir "$dir/data" \
-        --clients 200 --rate "$rate" --seconds 10 --procs 2 --runs 1 2>/dev/null | tail -n 1
+        --clients 200 --rate "$rate" --seconds 10 --procs 2 --runs 1 2>/dev/null | grep -E "^run 1"
     t1="$(cpu_ticks "$pid")"
+    c1="$(children_ticks "$dir/data/run/supervisor.json")"
     end="$(date +%s.%N)"
-    awk -v a="$t0" -v b="$t1" -v s="$start" -v e="$end" -v hz="$tick" \
-        'BEGIN { printf "supervisor cpu: %.1f %% of a core over %.0f s\n", 100 * (b - a) / hz / (e - s), e - s }'
+    # Whole run (sending and the grace period after), so a backlog's work counts too.
+    awk -v a="$t0" -v b="$t1" -v c="$c0" -v d="$c1" -v s="$start" -v e="$end" -v hz="$tick" -v n="$((rate * 10))" \
+        'BEGIN { printf "cpu per message: gateway+workers %.1f us, supervisor %.2f us (%.1f %% of a core over %.0f s)\n", 1e6 * (d - c) / hz / n, 1e6 * (b - a) / hz / n, 100 * (b - a) / hz / (e - s), e - s }'
     "$bin/chat" --config "$dir/chat.toml" stop >/dev/null
     rm -rf "$dir"
 }

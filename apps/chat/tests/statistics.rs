@@ -427,6 +427,28 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     browser
         .screenshot(&screenshot_path("dashboard-failures.png"))
         .await;
+
+    // Live: the processes of the machine and the clients chart, fed by the stream.
+    c.execute(
+        "document.querySelector('nav button[data-tab=live]').click()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    browser
+        .wait_js(
+            "return document.querySelectorAll('#procs tr').length === 4;",
+            WAIT,
+            "the live view lists the gateway and both workers",
+        )
+        .await;
+    let js = INK.replace("arguments[0] || ID", "'c-clients'");
+    browser
+        .wait_js(&js, WAIT, "the live clients chart is drawn")
+        .await;
+    browser
+        .screenshot(&screenshot_path("dashboard-live.png"))
+        .await;
     browser.close().await;
     eprintln!("took {:?}", started.elapsed());
 }

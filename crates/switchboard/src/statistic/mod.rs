@@ -84,7 +84,12 @@ impl Clock {
 
     /// Unix time in milliseconds.
     pub fn now_ms(&self) -> u64 {
-        self.base_unix_ms + self.base.elapsed().as_millis() as u64
+        self.ms_at(tokio::time::Instant::now())
+    }
+
+    /// Unix time in milliseconds at `at` (saves a clock read when the caller has one).
+    pub fn ms_at(&self, at: tokio::time::Instant) -> u64 {
+        self.base_unix_ms + at.saturating_duration_since(self.base).as_millis() as u64
     }
 }
 
@@ -190,11 +195,39 @@ pub struct FailureRecord {
 #[derive(Default)]
 struct Series1 {
     /// Minutes not yet flushed (usually one; two across a minute boundary).
-    pending: Vec<(u64, MinuteAgg)>,
+    pending: Vec<Pending>,
     /// Since the process started, for `/metrics`.
     total_ok: u64,
     total_fail: u64,
     prom: metrics::Histogram,
+}
+
+/// One minute being collected: the aggregate, with its histogram dense (an index
+/// increment per report) until it is flushed.
+struct Pending {
+    minute: u64,
+    agg: MinuteAgg,
+    hist: Box<[u64; hist::BUCKETS as usize]>,
+}
+
+impl Pending {
+    fn new(minute: u64) -> Self {
+        Self {
+            minute,
+            agg: MinuteAgg::default(),
+            hist: Box::new([0; hist::BUCKETS as usize]),
+        }
+    }
+
+    fn into_agg(self) -> (u64, MinuteAgg) {
+        let mut agg = self.agg;
+        for (i, n) in self.hist.iter().enumerate() {
+            if *n > 0 {
+                *agg.hist.0.entry(i as u16).or_insert(0) += n;
+            }
+        }
+        (self.minute, agg)
+    }
 }
 
 #[derive(Default)]
@@ -317,10 +350,33 @@ impl Collector {
         code: i32,
         message: &str,
     ) {
+        self.record_at(
+            tokio::time::Instant::now(),
+            module,
+            interface,
+            took,
+            ok,
+            code,
+            message,
+        )
+    }
+
+    /// Records one call that ended at `at`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_at(
+        &self,
+        at: tokio::time::Instant,
+        module: &str,
+        interface: &str,
+        took: Duration,
+        ok: bool,
+        code: i32,
+        message: &str,
+    ) {
         if !self.enabled {
             return;
         }
-        let now = self.clock.now_ms();
+        let now = self.clock.ms_at(at);
         let minute = now / 60_000;
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -347,13 +403,15 @@ impl Collector {
         else {
             return;
         };
-        let agg = match series.pending.iter().position(|(m, _)| *m == minute) {
-            Some(i) => &mut series.pending[i].1,
+        let p = match series.pending.iter().rposition(|p| p.minute == minute) {
+            Some(i) => &mut series.pending[i],
             None => {
-                series.pending.push((minute, MinuteAgg::default()));
-                &mut series.pending.last_mut().expect("just pushed").1
+                series.pending.push(Pending::new(minute));
+                series.pending.last_mut().expect("just pushed")
             }
         };
+        p.hist[hist::bucket(us) as usize] += 1;
+        let agg = &mut p.agg;
         if ok {
             agg.ok += 1;
             agg.ok_us += us;
@@ -364,7 +422,6 @@ impl Collector {
             series.total_fail += 1;
         }
         *agg.codes.entry(code).or_insert(0) += 1;
-        agg.hist.add(us, 1);
         series.prom.observe(took);
         if !ok {
             if st.failures.len() < self.limits.max_failures {
@@ -394,7 +451,7 @@ impl Collector {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             for (module, ifaces) in st.modules.iter_mut() {
                 for (interface, s) in ifaces.iter_mut() {
-                    for (minute, agg) in s.pending.drain(..) {
+                    for (minute, agg) in s.pending.drain(..).map(Pending::into_agg) {
                         batch.minutes.push(MinuteRecord {
                             module: module.clone(),
                             interface: interface.clone(),
@@ -433,9 +490,13 @@ impl Collector {
                 .get_mut(&r.module)
                 .and_then(|m| m.get_mut(&r.interface))
             {
-                match s.pending.iter_mut().find(|(m, _)| *m == r.minute) {
-                    Some((_, agg)) => agg.merge(&r.agg),
-                    None => s.pending.push((r.minute, r.agg)),
+                match s.pending.iter_mut().find(|p| p.minute == r.minute) {
+                    Some(p) => p.agg.merge(&r.agg),
+                    None => s.pending.push(Pending {
+                        minute: r.minute,
+                        agg: r.agg,
+                        hist: Box::new([0; hist::BUCKETS as usize]),
+                    }),
                 }
             }
         }
@@ -592,10 +653,12 @@ impl Statistic {
         }
         self.done = true;
         if let Some(c) = &self.collector {
-            c.record(
+            let now = tokio::time::Instant::now();
+            c.record_at(
+                now,
                 &self.module,
                 &self.interface,
-                self.started.elapsed(),
+                now.saturating_duration_since(self.started),
                 ok,
                 code,
                 message,

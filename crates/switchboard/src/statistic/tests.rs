@@ -204,3 +204,44 @@ async fn the_spool_hands_batches_over_and_is_bounded() {
     assert_eq!(db.ingest_dir(&spool, T0), 1);
     assert!(spool::list(&spool).is_empty());
 }
+
+/// The hot-path cost of a report and of the worker's per-event metrics, printed in ns:
+/// `cargo test --release -p switchboard --lib cost_of_a_report -- --ignored --nocapture`
+/// (docs/BENCHMARKS.md compares it with the CPU a private message costs).
+#[test]
+#[ignore = "a measurement, run by hand in release mode"]
+fn cost_of_a_report() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Arc::new(Collector::new("h", Clock::new(), Limits::default()));
+        let n = 2_000_000u32;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            c.start("chat", "private").success();
+        }
+        let report = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let began = std::time::Instant::now();
+            crate::metrics::worker::event_handled(
+                crate::metrics::worker::EventKind::Message,
+                began.elapsed(),
+                false,
+                false,
+            );
+            crate::metrics::worker::command(crate::metrics::worker::CommandKind::SendToClient);
+        }
+        let event = t.elapsed() / n;
+        // Keep the figures honest: everything was recorded.
+        assert_eq!(
+            c.take_batch().minutes.iter().map(|m| m.agg.ok).sum::<u64>(),
+            u64::from(n)
+        );
+        println!(
+            "statistic report (guard + success): {report:?}; worker metrics per event: {event:?}"
+        );
+    });
+}
