@@ -1,5 +1,6 @@
 //! A deployment of an application under test: configuration, processes, log.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use switchboard::config::HeartbeatConfig;
 use switchboard::supervisor::{self, ChildRole};
 use switchboard::{stats, Config, Gateway};
 
-use crate::{free_ports, spawn, WAIT};
+use crate::{free_ports, spawn, Client, WAIT};
 
 /// The secret every deployment of the kit uses.
 const SECRET: &str = "test-secret";
@@ -440,6 +441,52 @@ impl Deployment {
             api.gateways()
         );
         api
+    }
+
+    /// Connects clients to the first listener until every gateway of the configuration
+    /// holds at least `per_gateway` of them, and returns them grouped by gateway (in
+    /// gateway number order), each with its [`id`](Client::id) learned through `api`
+    /// (see [`Client::identify`]). Fails the test if that takes more than a few hundred
+    /// connections.
+    ///
+    /// The gateways share the port (SO_REUSEPORT) and the kernel, not the test, picks
+    /// which one accepts a connection, so some gateways get more than `per_gateway`:
+    /// those clients are returned too (closing them would be events for the
+    /// application). Nothing is read from the clients: what the application sends on
+    /// connect is still to be read.
+    ///
+    /// ```no_run
+    /// # async fn demo(d: &switchboard_testkit::Deployment) {
+    /// let api = d.api().await;
+    /// let [on_a, on_b]: [Vec<_>; 2] = d
+    ///     .connect_on_every_gateway(&api, 2)
+    ///     .await
+    ///     .try_into()
+    ///     .expect("2 gateways");
+    /// assert_ne!(on_a[0].id.unwrap().gateway, on_b[0].id.unwrap().gateway);
+    /// # }
+    /// ```
+    pub async fn connect_on_every_gateway(
+        &self,
+        api: &Gateway,
+        per_gateway: usize,
+    ) -> Vec<Vec<Client>> {
+        let gateways = self.config.gateway.count;
+        let limit = 100 * gateways.max(1) * per_gateway.max(1);
+        let mut by_gateway: BTreeMap<u32, Vec<Client>> = BTreeMap::new();
+        for _ in 0..limit {
+            if by_gateway.len() == gateways && by_gateway.values().all(|c| c.len() >= per_gateway) {
+                return by_gateway.into_values().collect();
+            }
+            let mut client = Client::connect(self.addr()).await;
+            let id = client.identify(api).await;
+            by_gateway.entry(id.gateway).or_default().push(client);
+        }
+        let counts: Vec<(u32, usize)> = by_gateway.iter().map(|(g, c)| (*g, c.len())).collect();
+        panic!(
+            "after {limit} connections, (gateway, clients) are {counts:?}: \
+             not {per_gateway} on each of {gateways} gateways"
+        );
     }
 
     /// The supervisor's pid: the one this deployment started, or a daemon started with
