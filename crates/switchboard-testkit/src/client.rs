@@ -190,6 +190,16 @@ impl Client {
     }
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .field("local_addr", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why no line could be read.
 enum ReadEnd {
     Closed,

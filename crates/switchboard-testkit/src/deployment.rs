@@ -627,6 +627,17 @@ impl Deployment {
     }
 }
 
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("dir", &self.dir.path())
+            .field("binary", &self.binary)
+            .field("listeners", &self.listeners)
+            .field("supervisor_pid", &self.supervisor.as_ref().map(Child::id))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Deployment {
     fn drop(&mut self) {
         self.stop();
