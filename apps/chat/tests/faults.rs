@@ -329,6 +329,7 @@ async fn a_fake_gateway_planted_in_the_store_is_not_trusted() {
         internal: fake_addr,
         listeners: vec![],
         pid: 1,
+        tls: false,
     };
     switchboard::discovery::publish(
         store.as_ref(),

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, LogFormat};
 use crate::supervisor::{self, Only};
 use crate::worker::Events;
-use crate::{stats, Error, Gateway};
+use crate::{stats, Assets, Error, Gateway};
 
 /// Builds the application's `Events` for each worker process.
 type EventsFactory = Arc<dyn Fn() -> Arc<dyn Events> + Send + Sync>;
@@ -40,6 +40,7 @@ pub struct App {
     about: Option<&'static str>,
     default_config: &'static str,
     events: EventsFactory,
+    assets: Assets,
 }
 
 /// This framework's version, shown beside the application's by `--version`.
@@ -138,7 +139,25 @@ impl App {
             about: None,
             default_config: "",
             events: Arc::new(move || Arc::new(events()) as Arc<dyn Events>),
+            assets: Assets::default(),
         }
+    }
+
+    /// A file embedded in the binary, served at `path` by every `websocket` listener to
+    /// a `GET` without `Upgrade` (`/` is the page; the type comes from the extension).
+    ///
+    /// ```no_run
+    /// # use switchboard::{App, Events};
+    /// # struct Chat;
+    /// # impl Events for Chat {}
+    /// App::new("chat", || Chat)
+    ///     .asset("/", b"<!doctype html><script src=/chat.js></script>")
+    ///     .asset("/chat.js", b"new WebSocket(`ws://${location.host}/`)")
+    ///     .run();
+    /// ```
+    pub fn asset(mut self, path: &str, body: &'static [u8]) -> Self {
+        self.assets.add(path, body);
+        self
     }
 
     /// The application's version, shown by `--version` beside the framework's; pass
@@ -247,6 +266,7 @@ impl App {
                     Error::Other("config check needs a file (argument or --config)".into())
                 })?;
                 let checked = Config::load(&path)?;
+                crate::transport::tls::check_config(&checked)?;
                 check_ports_free(&checked, Some(&path))?;
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
@@ -261,6 +281,7 @@ impl App {
                         "already running (supervisor pid {pid}); use `stop` first"
                     )));
                 }
+                crate::transport::tls::check_config(&config)?;
                 if only != Some(Only::Worker) {
                     check_ports_free(&config, cli.config.as_deref())?;
                 }
@@ -304,7 +325,7 @@ impl App {
                 let name = format!("gateway-{index}");
                 run_role(&name, async move {
                     let shutdown = shutdown_on_signals()?;
-                    crate::gateway::run(config, index, shutdown).await
+                    crate::gateway::run(config, index, Arc::new(self.assets), shutdown).await
                 })
             }
             Command::Worker { index } => {

@@ -35,6 +35,7 @@
 //!
 //! See `docs/guide.md` for a tour and `docs/architecture.md` for the design.
 
+mod assets;
 pub mod auth;
 pub mod cli;
 mod client_id;
@@ -44,10 +45,13 @@ pub mod gateway;
 mod message;
 pub mod process;
 pub mod protocol;
+mod request;
 pub mod stats;
 pub mod supervisor;
+pub mod transport;
 pub mod worker;
 
+pub use assets::{Asset, Assets};
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use cli::App;
@@ -55,6 +59,7 @@ pub use client_id::{ClientId, ParseClientIdError};
 pub use config::Config;
 pub use message::{Message, NotText};
 pub use protocol::ClientProtocol;
+pub use request::{Refuse, WebSocketRequest};
 pub use switchboard_db as db;
 pub use switchboard_store as store;
 pub use worker::api::{ApiError, Gateway};
