@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,16 @@ fn daemon_start_status_double_start_stop() {
         text(&out).contains("started in the background (supervisor pid"),
         "{}",
         text(&out)
+    );
+    // The log path printed is absolute: the daemon does not keep our directory.
+    let log_path = text(&out)
+        .split("log: ")
+        .nth(1)
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default();
+    assert!(
+        Path::new(&log_path).is_absolute() && Path::new(&log_path).exists(),
+        "printed log path {log_path:?}"
     );
     let pid = d.supervisor_pid();
     assert!(process::alive(pid));
@@ -306,6 +317,20 @@ fn a_child_that_keeps_dying_shows_as_crash_loop() {
     assert!(log.contains("cannot bind the internal listener"), "{log}");
     assert!(log.contains("child died; restarting"), "{log}");
     drop(blocker);
+}
+
+#[test]
+fn connections_with_no_gateway_says_so_and_fails() {
+    let d = Deployment::prepare(chat());
+    let out = d.cli(&["connections"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("no gateway of deployment \"chat-test\" found in the store")
+            && t.contains("file store"),
+        "{t}"
+    );
+    assert!(!t.contains("0 client(s)"), "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
