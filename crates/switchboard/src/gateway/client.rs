@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::outbound::AfterBatch;
 use super::state::{Opening, Outbound, Rejected, Verdict};
-use super::{http, Listener, Shared};
+use super::{http, Handshaking, Listener, Shared};
 use crate::protocol::websocket::{self, HttpError, HttpRequest};
 use crate::protocol::{ClientCodec, ClientProtocol, Decoded};
 use crate::transport::{self, ClientStream, ReadHalf, WriteHalf};
@@ -29,6 +29,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves one accepted connection until it ends.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: Arc<Listener>) {
     transport::nodelay(&tcp);
+    // Counted against max_clients until registered (or gone).
+    let handshaking = Handshaking::new(&shared.handshaking);
     // The TLS handshake and the WebSocket upgrade together have `handshake_timeout`.
     let deadline = Instant::now() + listener.config.handshake_timeout;
     let stream = match &listener.tls {
@@ -70,6 +72,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
             &shared.counters,
         )
     };
+    drop(handshaking);
     tracing::debug!(client = %id, %peer, listener = %listener.meta.name, "client connected");
     run(&shared, id, peer, &listener, rd, wr, buf, out).await;
 }

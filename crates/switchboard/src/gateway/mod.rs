@@ -40,6 +40,26 @@ pub struct Shared {
     config: GatewayConfig,
     secret: String,
     number: u32,
+    /// Connections accepted but not registered yet (in their TLS handshake or HTTP
+    /// request): they count against `max_clients` too, so a flood of connections that
+    /// never finish their handshake cannot grow the process.
+    handshaking: std::sync::atomic::AtomicUsize,
+}
+
+/// Holds a place among the connections in handshake until dropped.
+struct Handshaking<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Handshaking<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -187,6 +207,7 @@ pub async fn run(
         config: gw.clone(),
         secret: config.secret.clone(),
         number,
+        handshaking: Default::default(),
     });
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
@@ -324,7 +345,8 @@ async fn accept_clients(
     let max = shared.config.max_clients;
     let mut last_refusal_log = Instant::now() - Duration::from_secs(60);
     accept_loop(socket, stop, "client", move |socket, peer| {
-        if shared.lock().connected() >= max {
+        let busy = shared.lock().connected() + shared.handshaking.load(Ordering::Relaxed);
+        if busy >= max {
             if last_refusal_log.elapsed() > Duration::from_secs(5) {
                 tracing::warn!(%peer, max_clients = max, "refusing client: gateway is full");
                 last_refusal_log = Instant::now();
