@@ -32,7 +32,8 @@ const MAX_IDENT_LEN: usize = 64;
 ///
 /// Only letters, digits, `_` and `$` are accepted: those can never end the
 /// quoted name early, in either dialect, whatever the server's SQL mode.
-/// Anything else is rejected rather than escaped.
+/// Anything else is rejected rather than escaped. A part made only of digits
+/// is rejected too: it is a number that would be sent as a column name.
 fn check_ident(part: &str) -> Result<(), DbError> {
     let reject = |reason: String| {
         Err(DbError::InvalidIdentifier {
@@ -42,6 +43,13 @@ fn check_ident(part: &str) -> Result<(), DbError> {
     };
     if part.is_empty() {
         return reject("empty name".into());
+    }
+    if part.bytes().all(|b| b.is_ascii_digit()) {
+        return reject(
+            "only digits: that is a number, not a name (write values in a condition or an \
+             `_expr` form)"
+                .into(),
+        );
     }
     let mut count = 0;
     for c in part.chars() {
@@ -184,50 +192,156 @@ pub(crate) fn quote_order(
     })
 }
 
-/// A join condition of the simple form `a.x = b.y [AND c.z = d.w ...]` gets
-/// its identifiers quoted (as the brief shows); anything else is kept as a raw
+/// A join condition of the simple form `a.x = b.y [AND c.z > 50 ...]` gets
+/// its names quoted (as the brief shows); anything else is kept as a raw
 /// expression, like a `WHERE` clause.
+///
+/// In the simple form each side of a comparison is a name (`col`, `t.col`,
+/// `s.t.col`: quoted) or a value kept as written: a number (`50`, `-2.5`,
+/// `.5`, `1e3`), a string literal (`'x'`, and `"x"` on MySQL, where double
+/// quotes make a string), or a `:name` parameter.
 pub(crate) fn join_condition(dialect: Dialect, on: &str) -> String {
-    // Longer operators first, so `<=` is not taken for `<`.
-    const OPS: [&str; 7] = ["<>", "!=", "<=", ">=", "=", "<", ">"];
-    let quote_simple = |cond: &str| -> Option<String> {
-        for op in OPS {
-            if let Some((l, r)) = cond.split_once(op) {
-                let l = quote_path(dialect, l, false).ok()?;
-                let r = quote_path(dialect, r, false).ok()?;
-                return Some(format!("{l} {op} {r}"));
-            }
-        }
-        None
-    };
-    let parts = split_keyword_and(on);
-    let quoted: Option<Vec<String>> = parts.iter().map(|p| quote_simple(p)).collect();
-    match quoted {
-        Some(q) if !q.is_empty() => q.join(" AND "),
-        _ => on.trim().to_string(),
+    match simple_condition(dialect, on) {
+        Some(quoted) => quoted,
+        None => on.trim().to_string(),
     }
 }
 
-/// Split on the whole word `AND` (case-insensitive).
-fn split_keyword_and(s: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let lower = s.to_ascii_lowercase();
-    let bytes = lower.as_bytes();
-    let mut i = 0;
-    while i + 3 <= bytes.len() {
-        let before_ok = i == 0 || bytes[i - 1].is_ascii_whitespace();
-        let after_ok = i + 3 == bytes.len() || bytes[i + 3].is_ascii_whitespace();
-        if &bytes[i..i + 3] == b"and" && before_ok && after_ok {
-            parts.push(&s[start..i]);
-            start = i + 3;
-            i += 3;
+/// Comparison operators of the simple form; longer ones first, so `<=` is not
+/// taken for `<`.
+const COMPARISONS: [&str; 7] = ["<>", "!=", "<=", ">=", "=", "<", ">"];
+
+/// `operand op operand [AND operand op operand ...]`, with names quoted, or
+/// `None` when `on` is anything else.
+fn simple_condition(dialect: Dialect, on: &str) -> Option<String> {
+    let mut cur = Cursor { s: on, i: 0 };
+    let mut out = String::with_capacity(on.len() + 16);
+    loop {
+        push_operand(&mut out, dialect, &mut cur)?;
+        cur.skip_space();
+        let op = COMPARISONS.iter().find(|op| cur.rest().starts_with(**op))?;
+        cur.i += op.len();
+        out.push(' ');
+        out.push_str(op);
+        out.push(' ');
+        push_operand(&mut out, dialect, &mut cur)?;
+        cur.skip_space();
+        if cur.rest().is_empty() {
+            return Some(out);
+        }
+        // The next word must be `AND`, followed by a space.
+        let rest = cur.rest().as_bytes();
+        if rest.len() > 3 && rest[..3].eq_ignore_ascii_case(b"and") && rest[3].is_ascii_whitespace()
+        {
+            cur.i += 3;
+            out.push_str(" AND ");
         } else {
-            i += 1;
+            return None;
         }
     }
-    parts.push(&s[start..]);
-    parts
+}
+
+/// A position in a condition being read.
+struct Cursor<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn rest(&self) -> &'a str {
+        self.s.get(self.i..).unwrap_or_default()
+    }
+
+    fn skip_space(&mut self) {
+        let rest = self.rest();
+        self.i += rest.len() - rest.trim_start().len();
+    }
+
+    /// Take bytes while `f` holds; returns what was taken.
+    fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
+        let rest = self.rest();
+        let n = rest.bytes().take_while(|&b| f(b)).count();
+        self.i += n;
+        rest.get(..n).unwrap_or_default()
+    }
+}
+
+/// Read one operand and append it: a name quoted, a value as written.
+fn push_operand(out: &mut String, dialect: Dialect, cur: &mut Cursor<'_>) -> Option<()> {
+    cur.skip_space();
+    let b = cur.rest().as_bytes();
+    let first = *b.first()?;
+    let start = cur.i;
+    match first {
+        b'\'' | b'"' if first == b'\'' || dialect == Dialect::MySql => {
+            let backslash = dialect == Dialect::MySql;
+            let end = skip_quoted(cur.s.as_bytes(), start, first, backslash)?;
+            cur.i = end;
+            out.push_str(cur.s.get(start..end)?);
+        }
+        b':' if b.get(1).is_some_and(|&c| is_name_start(c)) => {
+            cur.i += 1;
+            cur.take_while(is_name_char);
+            out.push_str(cur.s.get(start..cur.i)?);
+        }
+        b'0'..=b'9' | b'.' | b'-' | b'+' => {
+            let len = number_len(b)?;
+            cur.i += len;
+            // `50abc` is neither a number nor a name.
+            if cur.rest().chars().next().is_some_and(is_ident_char) {
+                return None;
+            }
+            out.push_str(cur.s.get(start..cur.i)?);
+        }
+        _ => {
+            let rest = cur.rest();
+            let len: usize = rest
+                .chars()
+                .take_while(|&c| is_ident_char(c) || c == '.')
+                .map(char::len_utf8)
+                .sum();
+            if len == 0 {
+                return None;
+            }
+            cur.i += len;
+            push_path(out, dialect, rest.get(..len)?, false).ok()?;
+        }
+    }
+    Some(())
+}
+
+/// A character allowed in an identifier part (see [`check_ident`]).
+fn is_ident_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
+}
+
+/// Length of the numeric literal at the start of `b`: an optional sign,
+/// digits with an optional fraction (or a fraction alone, `.5`), and an
+/// optional exponent. `None` when there is no digit.
+fn number_len(b: &[u8]) -> Option<usize> {
+    let digits = |from: usize| {
+        b.get(from..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    let mut i = usize::from(matches!(b.first(), Some(b'-' | b'+')));
+    let int = digits(i);
+    i += int;
+    let mut frac = 0;
+    if b.get(i) == Some(&b'.') {
+        frac = digits(i + 1);
+        i += 1 + frac;
+    }
+    if int == 0 && frac == 0 {
+        return None;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(b.get(i + 1), Some(b'-' | b'+')));
+        let exp = digits(i + 1 + sign);
+        if exp > 0 {
+            i += 1 + sign + exp;
+        }
+    }
+    Some(i)
 }
 
 /// SQL with `:name` placeholders rewritten to the driver's positional `?`.
@@ -600,6 +714,38 @@ mod tests {
             join_condition(Dialect::MySql, "a.x = b.x + 1"),
             "a.x = b.x + 1"
         );
+        assert_eq!(
+            join_condition(Dialect::MySql, "a.x > 50 AND a.y = 'q' AND a.z < -1.5e-3"),
+            "`a`.`x` > 50 AND `a`.`y` = 'q' AND `a`.`z` < -1.5e-3"
+        );
+        // Not the simple form: kept as written.
+        for raw in [
+            "a.x = b.x AND",
+            "a.x = 1e",
+            "a.x = -",
+            "a.x = .",
+            "a.x = 'open",
+        ] {
+            assert_eq!(join_condition(Dialect::Sqlite, raw), raw);
+        }
+    }
+
+    #[test]
+    fn numbers() {
+        for (text, len) in [
+            ("50", Some(2)),
+            ("-2.5)", Some(4)),
+            (".5", Some(2)),
+            ("1.", Some(2)),
+            ("1e3", Some(3)),
+            ("1E+3x", Some(4)),
+            ("1e", Some(1)),
+            ("+", None),
+            (".", None),
+            ("-.e", None),
+        ] {
+            assert_eq!(number_len(text.as_bytes()), len, "{text}");
+        }
     }
 
     /// Arbitrary text (quotes, colons, comments, multi-byte characters in any
@@ -626,6 +772,7 @@ mod tests {
                     assert_eq!(marks, p.names.len(), "{sql:?} -> {p:?}");
                 }
                 let _ = is_read(&sql);
+                let _ = join_condition(d, &sql);
             }
         }
     }

@@ -382,6 +382,64 @@ async fn joins_group_having(db: &Instance) {
     }
 }
 
+/// Numbers and string literals in a join condition are sent as values: the
+/// brief's `table2.did > 50` form filters, on both databases.
+async fn join_condition_literals(db: &Instance) {
+    let t1 = common::table("jl1");
+    let t2 = common::table("jl2");
+    for t in [&t1, &t2] {
+        drop_table(db, t).await;
+    }
+    db.sql(&format!("CREATE TABLE {t1} (uid INT)"))
+        .execute()
+        .await
+        .unwrap();
+    db.sql(&format!(
+        "CREATE TABLE {t2} (uid INT, did INT, w DOUBLE, kind VARCHAR(8))"
+    ))
+    .execute()
+    .await
+    .unwrap();
+    for (uid, did, w, kind) in [(1, 40, 0.5, "a"), (2, 60, 1.5, "b"), (3, 70, 2.5, "a")] {
+        db.insert(&t1).set("uid", uid).query().await.unwrap();
+        db.insert(&t2)
+            .values(params! { "uid" => uid, "did" => did, "w" => w, "kind" => kind })
+            .query()
+            .await
+            .unwrap();
+    }
+    let uids = |on: String| {
+        let (t1, t2) = (t1.clone(), t2.clone());
+        async move {
+            db.select(format!("{t1}.uid").as_str())
+                .from(&t1)
+                .inner_join(&t2, &on)
+                .order_by(format!("{t1}.uid").as_str())
+                .column_as::<i64>()
+                .await
+                .unwrap_or_else(|e| panic!("ON {on}: {e}"))
+        }
+    };
+    assert_eq!(
+        uids(format!("{t1}.uid = {t2}.uid AND {t2}.did > 50")).await,
+        [2, 3]
+    );
+    assert_eq!(
+        uids(format!("{t1}.uid = {t2}.uid AND {t2}.w <= 1.5")).await,
+        [1, 2]
+    );
+    assert_eq!(
+        uids(format!(
+            "{t1}.uid = {t2}.uid AND {t2}.kind = 'a' AND {t2}.did >= -1"
+        ))
+        .await,
+        [1, 3]
+    );
+    for t in [&t1, &t2] {
+        drop_table(db, t).await;
+    }
+}
+
 /// Strings that would break spliced SQL must round-trip as data, in every
 /// position a value can take.
 async fn injection(db: &Instance) {
@@ -652,6 +710,7 @@ async fn value_types(db: &Instance) {
 on_both!(
     terminals,
     joins_group_having,
+    join_condition_literals,
     injection,
     binds_checked_before_sending,
     database_errors,

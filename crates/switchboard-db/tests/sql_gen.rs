@@ -131,6 +131,110 @@ fn joins() {
     }
 }
 
+/// Numbers and string literals in a join condition are values, never quoted
+/// as names (the brief's `table2.did > 50` would otherwise be the column `50`).
+#[test]
+fn join_condition_literals_stay_values() {
+    for (db, qc) in both() {
+        let st = db
+            .select("*")
+            .from("table1")
+            .inner_join("table2", "table1.uid = table2.uid AND table2.did > 50")
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            q(
+                "SELECT * FROM `table1` INNER JOIN `table2` ON `table1`.`uid` = `table2`.`uid` \
+                 AND `table2`.`did` > 50",
+                qc
+            )
+        );
+        let on = |cond: &str| {
+            let st = db
+                .select("*")
+                .from("a")
+                .left_join("b", cond)
+                .bind_values((cond.contains(":k")).then_some(("k", 1)))
+                .statement()
+                .unwrap();
+            let sql = st.sql().to_string();
+            let (_, on) = sql.split_once(" ON ").unwrap();
+            on.to_string()
+        };
+        assert_eq!(on("b.x >= -2.5"), q("`b`.`x` >= -2.5", qc));
+        assert_eq!(on("b.x<>.5"), q("`b`.`x` <> .5", qc));
+        assert_eq!(
+            on("b.x = 1e3 and 7 < a.y"),
+            q("`b`.`x` = 1e3 AND 7 < `a`.`y`", qc)
+        );
+        assert_eq!(
+            on("b.s = 'x' AND a.id = b.id"),
+            q("`b`.`s` = 'x' AND `a`.`id` = `b`.`id`", qc)
+        );
+        // An operator or `AND` inside a string literal is part of the value.
+        assert_eq!(
+            on("b.s != 'p <> q and r'"),
+            q("`b`.`s` != 'p <> q and r'", qc)
+        );
+        assert_eq!(on("b.s = 'it''s'"), q("`b`.`s` = 'it''s'", qc));
+        // A parameter is a value too.
+        assert_eq!(
+            on("b.k = :k AND a.id = b.id"),
+            q("`b`.`k` = ? AND `a`.`id` = `b`.`id`", qc)
+        );
+        // Anything else is kept as written.
+        assert_eq!(on("b.x = a.x + 1"), "b.x = a.x + 1");
+        assert_eq!(on("b.x = 50abc"), "b.x = 50abc");
+        assert_eq!(on("b.x IS NULL"), "b.x IS NULL");
+    }
+    // `"x"` is a string on MySQL, a quoted name on SQLite (kept as written).
+    let on = |db: Instance| {
+        db.select("*")
+            .from("a")
+            .inner_join("b", r#"b.s = "x" AND a.id = b.id"#)
+            .statement()
+            .unwrap()
+            .sql()
+            .to_string()
+    };
+    assert!(
+        on(mysql()).ends_with(r#"ON `b`.`s` = "x" AND `a`.`id` = `b`.`id`"#),
+        "{}",
+        on(mysql())
+    );
+    assert!(
+        on(sqlite()).ends_with(r#"ON b.s = "x" AND a.id = b.id"#),
+        "{}",
+        on(sqlite())
+    );
+}
+
+/// A name made only of digits is a number, not a column: refused where a
+/// name is expected rather than sent as a quoted name the database rejects.
+#[test]
+fn digit_only_names_are_refused() {
+    for (db, _) in both() {
+        for e in [
+            db.select("50").from("t").statement().unwrap_err(),
+            db.select("a")
+                .from("t")
+                .order_by("1")
+                .statement()
+                .unwrap_err(),
+            db.select("a").from("t.2").statement().unwrap_err(),
+            db.insert("t").set("7", 1).statement().unwrap_err(),
+        ] {
+            match &e {
+                DbError::InvalidIdentifier { reason, .. } => {
+                    assert!(reason.contains("number"), "{e}")
+                }
+                other => panic!("expected InvalidIdentifier, got {other}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn where_and_or_having_variants() {
     for (db, qc) in both() {
