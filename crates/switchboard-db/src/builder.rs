@@ -411,9 +411,8 @@ impl Select {
     /// Add columns to the select list (quoted; `*`, `t.*` and
     /// `col [AS] alias` allowed).
     pub fn columns(mut self, columns: impl IntoColumns) -> Self {
-        let d = self.common.dialect;
         columns.each_column(&mut |c| {
-            if let Some(q) = self.common.ok(sql::quote_aliased(d, c, true)) {
+            if let Some(q) = self.common.ok(sql::quote_aliased(c, true)) {
                 self.columns.push(q);
             }
         });
@@ -435,14 +434,13 @@ impl Select {
 
     /// The table (`name`, `name alias` or `name AS alias`; quoted).
     pub fn from(mut self, table: &str) -> Self {
-        let d = self.common.dialect;
-        self.from = self.common.ok(sql::quote_aliased(d, table, false));
+        self.from = self.common.ok(sql::quote_aliased(table, false));
         self
     }
 
     fn join(mut self, kind: &'static str, table: &str, on: &str) -> Self {
         let d = self.common.dialect;
-        if let Some(table) = self.common.ok(sql::quote_aliased(d, table, false)) {
+        if let Some(table) = self.common.ok(sql::quote_aliased(table, false)) {
             self.joins.push(Join {
                 kind,
                 table,
@@ -475,9 +473,8 @@ impl Select {
 
     /// `GROUP BY` these columns (quoted).
     pub fn group_by(mut self, columns: impl IntoColumns) -> Self {
-        let d = self.common.dialect;
         columns.each_column(&mut |c| {
-            if let Some(q) = self.common.ok(sql::quote_path(d, c, false)) {
+            if let Some(q) = self.common.ok(sql::quote_path(c, false)) {
                 self.group_by.push(q);
             }
         });
@@ -502,9 +499,8 @@ impl Select {
     }
 
     fn order(mut self, columns: impl IntoColumns, desc: bool) -> Self {
-        let d = self.common.dialect;
         columns.each_column(&mut |c| {
-            if let Some(q) = self.common.ok(sql::quote_order(d, c, desc)) {
+            if let Some(q) = self.common.ok(sql::quote_order(c, desc)) {
                 self.order_by.push(q);
             }
         });
@@ -670,7 +666,7 @@ struct Assignment {
 
 /// A column whose value is the parameter of the same name.
 fn add_param_column(common: &mut Common, out: &mut Vec<Assignment>, column: &str) {
-    let quoted = common.ok(sql::quote_ident(common.dialect, column));
+    let quoted = common.ok(sql::quote_ident(column));
     let param = common.ok(param_name(column));
     if let (Some(column), Some(p)) = (quoted, param) {
         out.push(Assignment {
@@ -686,8 +682,7 @@ fn add_set(common: &mut Common, out: &mut Vec<Assignment>, column: &str, value: 
 }
 
 fn add_expr(common: &mut Common, out: &mut Vec<Assignment>, column: &str, expr: &str) {
-    let d = common.dialect;
-    if let Some(column) = common.ok(sql::quote_ident(d, column)) {
+    if let Some(column) = common.ok(sql::quote_ident(column)) {
         out.push(Assignment {
             column,
             value: expr.trim().to_string(),
@@ -752,7 +747,7 @@ macro_rules! assignment_methods {
 /// let st = db.insert("Persons")
 ///     .values(params! { "Firstname" => "abc", "Lastname" => "efg", "Sex" => "M", "Age" => 13 })
 ///     .statement()?;
-/// assert_eq!(st.sql(), r#"INSERT INTO "Persons" ("Firstname", "Lastname", "Sex", "Age") VALUES (?, ?, ?, ?)"#);
+/// assert_eq!(st.sql(), "INSERT INTO `Persons` (`Firstname`, `Lastname`, `Sex`, `Age`) VALUES (?, ?, ?, ?)");
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -778,7 +773,7 @@ impl Insert {
     /// The statement this builder would send.
     pub fn statement(&self) -> Result<Statement, DbError> {
         self.common.check()?;
-        let table = sql::quote_path(self.common.dialect, &self.table, false)?;
+        let table = sql::quote_path(&self.table, false)?;
         if self.assignments.is_empty() {
             return Err(DbError::NoColumns {
                 statement: "INSERT",
@@ -856,7 +851,7 @@ impl Update {
     /// The statement this builder would send.
     pub fn statement(&self) -> Result<Statement, DbError> {
         self.common.check()?;
-        let table = sql::quote_path(self.common.dialect, &self.table, false)?;
+        let table = sql::quote_path(&self.table, false)?;
         if self.assignments.is_empty() {
             return Err(DbError::NoColumns {
                 statement: "UPDATE",
@@ -930,7 +925,7 @@ impl Delete {
     /// The statement this builder would send.
     pub fn statement(&self) -> Result<Statement, DbError> {
         self.common.check()?;
-        let table = sql::quote_path(self.common.dialect, &self.table, false)?;
+        let table = sql::quote_path(&self.table, false)?;
         if self.wheres.is_empty() && !self.all_rows {
             return Err(DbError::MissingWhere {
                 statement: "DELETE",

@@ -5,25 +5,24 @@
 
 use crate::{DbError, Value};
 
-/// The SQL dialect of an instance: decides identifier quoting and a few
-/// lexical rules.
+/// The SQL dialect of an instance: decides a few lexical rules.
+///
+/// Identifiers are quoted with backticks in both dialects. SQLite accepts
+/// them too, and unlike its standard double quotes they are never read as a
+/// string literal: SQLite takes a double-quoted name that matches no column
+/// for a string, so a misspelt `"nmae"` would quietly return the text
+/// `nmae` for every row instead of failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
-    /// MySQL and MariaDB: identifiers in backticks; `\` escapes inside string
-    /// literals; `#` starts a comment.
+    /// MySQL and MariaDB: `\` escapes inside string literals, `#` starts a
+    /// comment, `"x"` is a string literal.
     MySql,
-    /// SQLite: identifiers in double quotes.
+    /// SQLite: `"x"` and `[x]` are identifiers.
     Sqlite,
 }
 
-impl Dialect {
-    fn quote(self) -> char {
-        match self {
-            Dialect::MySql => '`',
-            Dialect::Sqlite => '"',
-        }
-    }
-}
+/// The identifier quote of both dialects.
+const QUOTE: char = '`';
 
 /// Longest identifier MySQL accepts; we apply it to SQLite too.
 const MAX_IDENT_LEN: usize = 64;
@@ -67,30 +66,24 @@ fn check_ident(part: &str) -> Result<(), DbError> {
 }
 
 /// Append one quoted identifier part to `out`.
-fn push_ident(out: &mut String, dialect: Dialect, part: &str) -> Result<(), DbError> {
+fn push_ident(out: &mut String, part: &str) -> Result<(), DbError> {
     check_ident(part)?;
-    let q = dialect.quote();
-    out.push(q);
+    out.push(QUOTE);
     out.push_str(part);
-    out.push(q);
+    out.push(QUOTE);
     Ok(())
 }
 
-/// Quote one identifier part (no dots) for the dialect.
-pub(crate) fn quote_ident(dialect: Dialect, part: &str) -> Result<String, DbError> {
+/// Quote one identifier part (no dots).
+pub(crate) fn quote_ident(part: &str) -> Result<String, DbError> {
     let mut out = String::with_capacity(part.len() + 2);
-    push_ident(&mut out, dialect, part)?;
+    push_ident(&mut out, part)?;
     Ok(out)
 }
 
 /// Append `name`, `table.name` or `schema.table.name`, quoted; with
 /// `allow_star`, the last part may be `*` (`*`, `t.*`).
-fn push_path(
-    out: &mut String,
-    dialect: Dialect,
-    path: &str,
-    allow_star: bool,
-) -> Result<(), DbError> {
+fn push_path(out: &mut String, path: &str, allow_star: bool) -> Result<(), DbError> {
     let path = path.trim();
     if allow_star && path == "*" {
         out.push('*');
@@ -110,7 +103,7 @@ fn push_path(
         if allow_star && part == "*" && i == parts - 1 && i > 0 {
             out.push('*');
         } else {
-            push_ident(out, dialect, part)?;
+            push_ident(out, part)?;
         }
     }
     Ok(())
@@ -118,23 +111,15 @@ fn push_path(
 
 /// Quote `name`, `table.name` or `schema.table.name`; with `allow_star`, the
 /// last part may be `*` (`*`, `t.*`).
-pub(crate) fn quote_path(
-    dialect: Dialect,
-    path: &str,
-    allow_star: bool,
-) -> Result<String, DbError> {
+pub(crate) fn quote_path(path: &str, allow_star: bool) -> Result<String, DbError> {
     let mut out = String::with_capacity(path.len() + 6);
-    push_path(&mut out, dialect, path, allow_star)?;
+    push_path(&mut out, path, allow_star)?;
     Ok(out)
 }
 
 /// Quote `name`, `name alias` or `name AS alias` (tables in `FROM`/`JOIN`,
 /// and select-list columns when `allow_star`).
-pub(crate) fn quote_aliased(
-    dialect: Dialect,
-    item: &str,
-    allow_star: bool,
-) -> Result<String, DbError> {
+pub(crate) fn quote_aliased(item: &str, allow_star: bool) -> Result<String, DbError> {
     let mut words = item.split_whitespace();
     let shape = (words.next(), words.next(), words.next(), words.next());
     let (name, alias) = match shape {
@@ -151,7 +136,7 @@ pub(crate) fn quote_aliased(
         }
     };
     let mut out = String::with_capacity(item.len() + 10);
-    push_path(&mut out, dialect, name, allow_star)?;
+    push_path(&mut out, name, allow_star)?;
     match alias {
         None => Ok(out),
         Some(_) if out.ends_with('*') => Err(DbError::InvalidIdentifier {
@@ -160,7 +145,7 @@ pub(crate) fn quote_aliased(
         }),
         Some(a) => {
             out.push_str(" AS ");
-            push_ident(&mut out, dialect, a)?;
+            push_ident(&mut out, a)?;
             Ok(out)
         }
     }
@@ -168,11 +153,7 @@ pub(crate) fn quote_aliased(
 
 /// Quote an `ORDER BY` item: `col`, `t.col`, optionally followed by `ASC` or
 /// `DESC`.
-pub(crate) fn quote_order(
-    dialect: Dialect,
-    item: &str,
-    default_desc: bool,
-) -> Result<String, DbError> {
+pub(crate) fn quote_order(item: &str, default_desc: bool) -> Result<String, DbError> {
     let words: Vec<&str> = item.split_whitespace().collect();
     let (name, dir) = match words.as_slice() {
         [name] => (*name, if default_desc { Some("DESC") } else { None }),
@@ -185,7 +166,7 @@ pub(crate) fn quote_order(
             })
         }
     };
-    let name = quote_path(dialect, name, false)?;
+    let name = quote_path(name, false)?;
     Ok(match dir {
         Some(d) => format!("{name} {d}"),
         None => name,
@@ -304,7 +285,7 @@ fn push_operand(out: &mut String, dialect: Dialect, cur: &mut Cursor<'_>) -> Opt
                 return None;
             }
             cur.i += len;
-            push_path(out, dialect, rest.get(..len)?, false).ok()?;
+            push_path(out, rest.get(..len)?, false).ok()?;
         }
     }
     Some(())
@@ -579,7 +560,7 @@ impl Params {
 /// # fn main() -> Result<(), switchboard_db::DbError> {
 /// let db = Instance::sqlite_memory("doc")?;
 /// let st = db.select("id,name").from("users").where_("id = :id").bind("id", 7).statement()?;
-/// assert_eq!(st.sql(), r#"SELECT "id", "name" FROM "users" WHERE id = ?"#);
+/// assert_eq!(st.sql(), "SELECT `id`, `name` FROM `users` WHERE id = ?");
 /// assert_eq!(st.params(), &[7.into()]);
 /// # Ok(()) }
 /// ```
@@ -685,19 +666,16 @@ mod tests {
 
     #[test]
     fn identifiers() {
-        assert_eq!(quote_path(Dialect::MySql, "t.c", false).unwrap(), "`t`.`c`");
-        assert_eq!(quote_path(Dialect::Sqlite, "t.*", true).unwrap(), "\"t\".*");
+        assert_eq!(quote_path("t.c", false).unwrap(), "`t`.`c`");
+        assert_eq!(quote_path("t.*", true).unwrap(), "`t`.*");
         assert_eq!(
-            quote_aliased(Dialect::MySql, "Persons AS p", false).unwrap(),
+            quote_aliased("Persons AS p", false).unwrap(),
             "`Persons` AS `p`"
         );
         for bad in ["", "a`b", "a\"b", "a b;", "x--", "a.b.c.d", "*x", "t.*"] {
-            assert!(quote_path(Dialect::MySql, bad, false).is_err(), "{bad}");
+            assert!(quote_path(bad, false).is_err(), "{bad}");
         }
-        assert_eq!(
-            quote_order(Dialect::Sqlite, "did desc", false).unwrap(),
-            "\"did\" DESC"
-        );
+        assert_eq!(quote_order("did desc", false).unwrap(), "`did` DESC");
     }
 
     #[test]
@@ -708,7 +686,7 @@ mod tests {
         );
         assert_eq!(
             join_condition(Dialect::Sqlite, "a.x=b.x and a.y <= b.y"),
-            "\"a\".\"x\" = \"b\".\"x\" AND \"a\".\"y\" <= \"b\".\"y\""
+            "`a`.`x` = `b`.`x` AND `a`.`y` <= `b`.`y`"
         );
         assert_eq!(
             join_condition(Dialect::MySql, "a.x = b.x + 1"),

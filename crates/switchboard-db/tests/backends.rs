@@ -440,6 +440,46 @@ async fn join_condition_literals(db: &Instance) {
     }
 }
 
+/// A misspelt column is an error naming it, on both databases: SQLite must
+/// not read a quoted name it cannot find as a string.
+async fn misspelt_columns_are_errors(db: &Instance) {
+    let t = common::table("typo");
+    drop_table(db, &t).await;
+    db.sql(&format!("CREATE TABLE {t} (name VARCHAR(8), n INT)"))
+        .execute()
+        .await
+        .unwrap();
+    db.insert(&t)
+        .set("name", "a")
+        .set("n", 1)
+        .query()
+        .await
+        .unwrap();
+    let on = format!("{t}.nmae = b.name");
+    let attempts = [
+        ("select", db.select("nmae").from(&t)),
+        (
+            "select t.col",
+            db.select(format!("{t}.nmae").as_str()).from(&t),
+        ),
+        ("group_by", db.select("n").from(&t).group_by("nmae")),
+        ("order_by", db.select("n").from(&t).order_by("nmae DESC")),
+        (
+            "join",
+            db.select("n").from(&t).inner_join(&format!("{t} b"), &on),
+        ),
+    ];
+    for (what, select) in attempts {
+        match select.query().await {
+            Err(e @ DbError::Database { .. }) => {
+                assert!(e.to_string().contains("nmae"), "{what}: {e}")
+            }
+            other => panic!("{what}: expected a database error naming `nmae`, got {other:?}"),
+        }
+    }
+    drop_table(db, &t).await;
+}
+
 /// Strings that would break spliced SQL must round-trip as data, in every
 /// position a value can take.
 async fn injection(db: &Instance) {
@@ -711,6 +751,7 @@ on_both!(
     terminals,
     joins_group_having,
     join_condition_literals,
+    misspelt_columns_are_errors,
     injection,
     binds_checked_before_sending,
     database_errors,
