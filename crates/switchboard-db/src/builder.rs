@@ -292,19 +292,19 @@ macro_rules! fetch_terminals {
     () => {
         /// All rows.
         pub async fn query(self) -> Result<Vec<Row>, DbError> {
-            let (target, st) = self.into_parts()?;
+            let (target, st) = self.into_fetch_parts()?;
             target.rows(&st, Mode::All).await
         }
 
         /// The first row, or `None`.
         pub async fn row(self) -> Result<Option<Row>, DbError> {
-            let (target, st) = self.into_parts()?;
+            let (target, st) = self.into_fetch_parts()?;
             Ok(target.rows(&st, Mode::First).await?.into_iter().next())
         }
 
         /// The first column of every row.
         pub async fn column(self) -> Result<Vec<Value>, DbError> {
-            let (target, st) = self.into_parts()?;
+            let (target, st) = self.into_fetch_parts()?;
             let rows = target.rows(&st, Mode::All).await?;
             Ok(rows
                 .into_iter()
@@ -598,7 +598,7 @@ impl Select {
         self.common.statement(&self.written_sql(), true)
     }
 
-    fn into_parts(self) -> Result<(Target, Statement), DbError> {
+    fn into_fetch_parts(self) -> Result<(Target, Statement), DbError> {
         let st = self.statement()?;
         Ok((self.common.target, st))
     }
@@ -607,6 +607,16 @@ impl Select {
 }
 
 /// Raw SQL with `:name` parameters. Start with [`Instance::sql`].
+///
+/// Run statements that return rows with `query`, `row`, `column` or
+/// `single` (and their `_as` forms); run writes and DDL with
+/// [`execute`](Self::execute), which returns the affected rows and the
+/// insert id. A write without `RETURNING` (`INSERT`, `UPDATE`, `DELETE`,
+/// `REPLACE`) or DDL (`CREATE`, `DROP`, `ALTER`, `TRUNCATE`, `RENAME`) given
+/// to a row-fetching terminal is refused with [`DbError::NotAQuery`] before
+/// it is sent: those return `Vec<Row>`/`Option<..>`, which has no room for
+/// the affected count or insert id, and an empty result would hide what the
+/// write did.
 ///
 /// Statements whose first keyword is `SELECT` are retried once if the
 /// connection is lost; anything else never is.
@@ -644,6 +654,18 @@ impl Raw {
     fn into_parts(self) -> Result<(Target, Statement), DbError> {
         let st = self.statement()?;
         Ok((self.common.target, st))
+    }
+
+    /// For the row-fetching terminals: a statement that returns no rows is
+    /// refused ([`DbError::NotAQuery`]) before it is sent.
+    fn into_fetch_parts(self) -> Result<(Target, Statement), DbError> {
+        if let Some(keyword) = sql::rowless_keyword(self.common.dialect, &self.sql) {
+            return Err(DbError::NotAQuery {
+                keyword,
+                sql: self.sql,
+            });
+        }
+        self.into_parts()
     }
 
     fetch_terminals!();

@@ -99,6 +99,24 @@ pub enum DbError {
         table: String,
     },
 
+    /// A statement that returns no rows (a write without `RETURNING`, or
+    /// DDL) was run with a row-fetching terminal (`query`, `row`, `column`,
+    /// `single` or their `_as` forms) of [`Raw`](crate::Raw). Those could
+    /// only return nothing and hide what the write did, so the statement is
+    /// refused before it is sent; [`Raw::execute`](crate::Raw::execute)
+    /// returns the affected rows and the insert id.
+    #[error(
+        "`{keyword}` returns no rows, so fetching rows would hide what it did: \
+         run it with execute(), which returns the affected rows and the insert id \
+         (in `{sql}`)"
+    )]
+    NotAQuery {
+        /// The statement's keyword, upper case (`INSERT`, `UPDATE`, `CREATE`, ...).
+        keyword: String,
+        /// The SQL as written (with `:name` placeholders).
+        sql: String,
+    },
+
     /// The database rejected the statement.
     #[error("database error {code}{}: {message} (in `{sql}`)", .sqlstate.as_deref().map(|s| format!(" ({s})")).unwrap_or_default())]
     Database {
@@ -197,6 +215,7 @@ impl DbError {
     pub fn sql(&self) -> Option<&str> {
         match self {
             DbError::InvalidSql { sql, .. }
+            | DbError::NotAQuery { sql, .. }
             | DbError::UnboundParams { sql, .. }
             | DbError::UnusedParams { sql, .. }
             | DbError::Database { sql, .. }

@@ -215,7 +215,8 @@ impl Instance {
     }
 
     /// Raw SQL with `:name` parameters, run with the same terminals as a
-    /// select (`query`, `row`, `column`, `single`) or with `execute`.
+    /// select (`query`, `row`, `column`, `single`) when it returns rows, or
+    /// with `execute` for writes and DDL (see [`Raw`]).
     pub fn sql(&self, sql: &str) -> Raw {
         Raw::new(Target::Instance(self.clone()), sql)
     }

@@ -495,6 +495,93 @@ pub(crate) fn is_read(sql: &str) -> bool {
         && !matches!(rest.get(6), Some(&c) if is_name_char(c))
 }
 
+/// The words of `sql` outside string literals, quoted names, comments,
+/// parentheses and `:name` parameters, in order: the statement's own
+/// keywords (and the bare names between them).
+fn top_level_words(dialect: Dialect, sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut words = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                let backslash = dialect == Dialect::MySql && q != b'`';
+                match skip_quoted(b, i, q, backslash) {
+                    Some(end) => i = end,
+                    None => break,
+                }
+            }
+            b'[' if dialect == Dialect::Sqlite => match b[i..].iter().position(|&c| c == b']') {
+                Some(p) => i += p + 1,
+                None => break,
+            },
+            b'-' if b.get(i + 1) == Some(&b'-') => i = skip_line(b, i),
+            b'#' if dialect == Dialect::MySql => i = skip_line(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => match find(b, i + 2, b"*/") {
+                Some(p) => i = p + 2,
+                None => break,
+            },
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            c if is_name_char(c) || c >= 0x80 => {
+                let start = i;
+                while i < b.len() && (is_name_char(b[i]) || b[i] >= 0x80) {
+                    i += 1;
+                }
+                // A parameter's or a qualified name's word is not a keyword.
+                let after_sigil = start > 0 && matches!(b[start - 1], b':' | b'.' | b'@' | b'$');
+                if depth == 0 && !after_sigil {
+                    if let Some(w) = sql.get(start..i) {
+                        words.push(w);
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    words
+}
+
+/// Keywords that start a statement which returns no rows unless it has a
+/// `RETURNING` clause.
+const WRITES: [&str; 4] = ["INSERT", "UPDATE", "DELETE", "REPLACE"];
+
+/// Keywords that start a statement which never returns rows.
+const DDL: [&str; 5] = ["CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME"];
+
+/// When `sql` is a statement that returns no rows (a write without
+/// `RETURNING`, or DDL), its keyword in upper case; `None` for anything that
+/// may return rows (`SELECT`, `SHOW`, `PRAGMA`, `EXPLAIN`, `CALL`, a write
+/// with `RETURNING`, ...). A `WITH` clause is looked past, to the statement
+/// it prefixes.
+pub(crate) fn rowless_keyword(dialect: Dialect, sql: &str) -> Option<String> {
+    let words = top_level_words(dialect, sql);
+    let is = |w: &str, list: &[&str]| list.iter().any(|k| w.eq_ignore_ascii_case(k));
+    let first = *words.first()?;
+    let keyword = if first.eq_ignore_ascii_case("with") {
+        // The CTE bodies are in parentheses, so the first statement keyword
+        // at the top level is the statement itself.
+        *words
+            .iter()
+            .find(|w| is(w, &WRITES) || is(w, &["SELECT", "VALUES"]))?
+    } else {
+        first
+    };
+    let returning = words.iter().any(|w| w.eq_ignore_ascii_case("returning"));
+    if (is(keyword, &WRITES) && !returning) || is(keyword, &DDL) {
+        Some(keyword.to_ascii_uppercase())
+    } else {
+        None
+    }
+}
+
 /// Bound parameters: `name → value`, in bind order.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Params {
@@ -751,6 +838,37 @@ mod tests {
                 }
                 let _ = is_read(&sql);
                 let _ = join_condition(d, &sql);
+                let _ = rowless_keyword(d, &sql);
+            }
+        }
+    }
+
+    #[test]
+    fn rowless_statements() {
+        for d in [Dialect::MySql, Dialect::Sqlite] {
+            for (sql, kw) in [
+                ("INSERT INTO t (a) VALUES (:a)", Some("INSERT")),
+                ("  /* x */ update t set a = 1", Some("UPDATE")),
+                ("-- c\nDELETE FROM t WHERE a = 'returning'", Some("DELETE")),
+                ("REPLACE INTO t VALUES (1)", Some("REPLACE")),
+                ("create table t (returning int)", Some("CREATE")),
+                ("DROP TABLE t", Some("DROP")),
+                (
+                    "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+                    Some("INSERT"),
+                ),
+                ("INSERT INTO t (a) VALUES (1) RETURNING id", None),
+                ("DELETE FROM t RETURNING *", None),
+                ("WITH d AS (DELETE FROM t) SELECT 1", None),
+                ("SELECT 1", None),
+                ("(SELECT 1)", None),
+                ("SHOW TABLES", None),
+                ("PRAGMA table_info(t)", None),
+                ("EXPLAIN UPDATE t SET a = 1", None),
+                ("UPDATE t SET a = :returning", Some("UPDATE")),
+                ("", None),
+            ] {
+                assert_eq!(rowless_keyword(d, sql).as_deref(), kw, "{d:?}: {sql}");
             }
         }
     }

@@ -480,6 +480,99 @@ async fn misspelt_columns_are_errors(db: &Instance) {
     drop_table(db, &t).await;
 }
 
+/// `sql(write).query()` cannot say what the write did (no rows come back), so
+/// it is refused before anything is sent, naming `execute()`; a write with
+/// `RETURNING` does return rows, so it is a query.
+async fn raw_writes_need_execute(db: &Instance) {
+    let t = common::table("rawwrite");
+    drop_table(db, &t).await;
+    db.sql(&format!(
+        "CREATE TABLE {t} (id {pk}, name VARCHAR(8))",
+        pk = common::int_pk(db)
+    ))
+    .execute()
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {t} (name) VALUES (:n)");
+    let refused = |e: DbError, keyword: &str| {
+        assert!(
+            matches!(&e, DbError::NotAQuery { keyword: k, .. } if k == keyword),
+            "{keyword}: {e:?}"
+        );
+        assert!(e.to_string().contains("execute()"), "{e}");
+    };
+    refused(
+        db.sql(&insert).bind("n", "a").query().await.unwrap_err(),
+        "INSERT",
+    );
+    refused(
+        db.sql(&insert).bind("n", "a").row().await.unwrap_err(),
+        "INSERT",
+    );
+    refused(
+        db.sql(&insert).bind("n", "a").single().await.unwrap_err(),
+        "INSERT",
+    );
+    refused(
+        db.sql(&insert).bind("n", "a").column().await.unwrap_err(),
+        "INSERT",
+    );
+    refused(
+        db.sql(&format!("  /* c */ update {t} SET name = 'b'"))
+            .query_as::<(i64,)>()
+            .await
+            .unwrap_err(),
+        "UPDATE",
+    );
+    refused(
+        db.sql(&format!("DELETE FROM {t}"))
+            .query()
+            .await
+            .unwrap_err(),
+        "DELETE",
+    );
+    refused(
+        db.sql(&format!("CREATE TABLE {t}_x (a INT)"))
+            .query()
+            .await
+            .unwrap_err(),
+        "CREATE",
+    );
+    // Nothing was sent.
+    let count = || db.select_expr("COUNT(*)").from(&t).single_as::<i64>();
+    assert_eq!(count().await.unwrap(), Some(0));
+    // In a transaction too.
+    let tx = db.begin().await.unwrap();
+    refused(
+        tx.sql(&insert).bind("n", "a").query().await.unwrap_err(),
+        "INSERT",
+    );
+    tx.rollback().await.unwrap();
+
+    // execute() says what happened.
+    let done = db.sql(&insert).bind("n", "a").execute().await.unwrap();
+    assert_eq!((done.rows_affected, done.last_insert_id), (1, Some(1)));
+    // RETURNING makes a write a query.
+    let rows = db
+        .sql(&format!(
+            "INSERT INTO {t} (name) VALUES (:n) RETURNING id, name"
+        ))
+        .bind("n", "b")
+        .query_as::<(i64, String)>()
+        .await
+        .unwrap();
+    assert_eq!(rows, [(2, "b".to_string())]);
+    let gone = db
+        .sql(&format!("DELETE FROM {t} WHERE id = :id RETURNING name"))
+        .bind("id", 1)
+        .single_as::<String>()
+        .await
+        .unwrap();
+    assert_eq!(gone.as_deref(), Some("a"));
+    assert_eq!(count().await.unwrap(), Some(1));
+    drop_table(db, &t).await;
+}
+
 /// Strings that would break spliced SQL must round-trip as data, in every
 /// position a value can take.
 async fn injection(db: &Instance) {
@@ -752,6 +845,7 @@ on_both!(
     joins_group_having,
     join_condition_literals,
     misspelt_columns_are_errors,
+    raw_writes_need_execute,
     injection,
     binds_checked_before_sending,
     database_errors,
