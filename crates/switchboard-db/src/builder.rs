@@ -471,13 +471,25 @@ impl Select {
 
     where_methods!();
 
-    /// `GROUP BY` these columns (quoted).
+    /// `GROUP BY` these columns (quoted); for an expression use
+    /// [`group_by_expr`](Self::group_by_expr).
     pub fn group_by(mut self, columns: impl IntoColumns) -> Self {
         columns.each_column(&mut |c| {
             if let Some(q) = self.common.ok(sql::quote_path(c, false)) {
                 self.group_by.push(q);
             }
         });
+        self
+    }
+
+    /// Add one raw SQL expression to `GROUP BY`, after the items before it:
+    /// `group_by_expr("SUBSTR(name, 1, 1)")`.
+    ///
+    /// Raw SQL, like [`expr`](Self::expr): not split on commas, not quoted,
+    /// not checked, so it is the caller's responsibility. Never build it
+    /// from input; its `:name` parameters are bound as usual.
+    pub fn group_by_expr(mut self, expr: &str) -> Self {
+        self.group_by.push(expr.trim().to_string());
         self
     }
 
@@ -508,7 +520,8 @@ impl Select {
     }
 
     /// `ORDER BY` these columns, ascending unless an item says `DESC`
-    /// (`"did"`, `"did DESC"`, `["a", "b ASC"]`).
+    /// (`"did"`, `"did DESC"`, `["a", "b ASC"]`); for an expression use
+    /// [`order_by_expr`](Self::order_by_expr).
     pub fn order_by(self, columns: impl IntoColumns) -> Self {
         self.order(columns, false)
     }
@@ -516,6 +529,20 @@ impl Select {
     /// `ORDER BY` these columns, descending unless an item says `ASC`.
     pub fn order_by_desc(self, columns: impl IntoColumns) -> Self {
         self.order(columns, true)
+    }
+
+    /// Add one raw SQL expression to `ORDER BY`, after the items before it,
+    /// with its direction if any: `order_by_expr("COUNT(*) DESC")`,
+    /// `order_by_expr("RAND()")` (MySQL) / `order_by_expr("RANDOM()")`
+    /// (SQLite), `order_by_expr("ABS(age - :target)")`.
+    ///
+    /// Raw SQL, like [`expr`](Self::expr): not split on commas, not quoted,
+    /// not checked, so it is the caller's responsibility (including the
+    /// dialect's function names). Never build it from input; its `:name`
+    /// parameters are bound as usual.
+    pub fn order_by_expr(mut self, expr: &str) -> Self {
+        self.order_by.push(expr.trim().to_string());
+        self
     }
 
     /// `LIMIT n`.

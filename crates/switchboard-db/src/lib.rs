@@ -5,7 +5,8 @@
 //!   [`Db::instance`] hands out a cheap, pooled, shareable [`Instance`].
 //!   Pools are created on first use; connections as needed.
 //! - Builders: [`Instance::select`] (with joins, `where_`/`and_where`/
-//!   `or_where`, `group_by`, `having`, `order_by`, `limit`, `offset`),
+//!   `or_where`, `group_by`, `having`, `order_by`, `limit`, `offset`, and
+//!   the raw `expr`, `group_by_expr`, `order_by_expr`),
 //!   [`Instance::insert`], [`Instance::update`], [`Instance::delete`] and raw
 //!   SQL with `:name` parameters ([`Instance::sql`]). Terminals: `query`
 //!   (all rows), `row`, `column`, `single`, each also `_as::<T>()` for serde

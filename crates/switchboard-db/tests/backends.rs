@@ -573,6 +573,68 @@ async fn raw_writes_need_execute(db: &Instance) {
     drop_table(db, &t).await;
 }
 
+/// Expressions in GROUP BY and ORDER BY, run on real data.
+async fn group_and_order_by_expressions(db: &Instance) {
+    let t = common::table("gexpr");
+    drop_table(db, &t).await;
+    db.sql(&format!("CREATE TABLE {t} (name VARCHAR(16), age INT)"))
+        .execute()
+        .await
+        .unwrap();
+    for (name, age) in [
+        ("ann", 30),
+        ("amy", 41),
+        ("bob", 25),
+        ("abe", 19),
+        ("bea", 33),
+    ] {
+        db.insert(&t)
+            .set("name", name)
+            .set("age", age)
+            .query()
+            .await
+            .unwrap();
+    }
+    // Count by first letter, biggest group first.
+    let by_letter: Vec<(String, i64)> = db
+        .select_expr("SUBSTR(name, 1, 1) AS letter")
+        .expr("COUNT(*) AS n")
+        .from(&t)
+        .group_by_expr("SUBSTR(name, 1, 1)")
+        .order_by_expr("COUNT(*) DESC")
+        .query_as()
+        .await
+        .unwrap();
+    assert_eq!(by_letter, [("a".to_string(), 3), ("b".to_string(), 2)]);
+    // Nearest age to a bound value first.
+    let nearest: Vec<String> = db
+        .select("name")
+        .from(&t)
+        .order_by_expr("ABS(age - :target)")
+        .order_by("name")
+        .bind("target", 32)
+        .limit(2)
+        .column_as()
+        .await
+        .unwrap();
+    assert_eq!(nearest, ["bea", "ann"]);
+    // Random order: the dialect's own function, the caller's choice.
+    let random = match db.dialect() {
+        Dialect::MySql => "RAND()",
+        Dialect::Sqlite => "RANDOM()",
+    };
+    let mut shuffled: Vec<String> = db
+        .select("name")
+        .from(&t)
+        .order_by_expr(random)
+        .column_as()
+        .await
+        .unwrap();
+    shuffled.sort();
+    assert_eq!(shuffled, ["abe", "amy", "ann", "bea", "bob"]);
+    drop_table(db, &t).await;
+}
+
 /// Strings that would break spliced SQL must round-trip as data, in every
 /// position a value can take.
 async fn injection(db: &Instance) {
@@ -846,6 +908,7 @@ on_both!(
     join_condition_literals,
     misspelt_columns_are_errors,
     raw_writes_need_execute,
+    group_and_order_by_expressions,
     injection,
     binds_checked_before_sending,
     database_errors,

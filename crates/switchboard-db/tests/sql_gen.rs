@@ -295,6 +295,44 @@ fn order_limit_offset() {
     );
 }
 
+/// `group_by_expr` / `order_by_expr` take one raw expression each, in order
+/// with the quoted forms; their `:name` parameters are bound like any other.
+#[test]
+fn group_and_order_by_expressions() {
+    for db in both() {
+        let st = db
+            .select("a")
+            .expr("COUNT(*) AS n")
+            .from("t")
+            .where_("b > :b")
+            .group_by("a")
+            .group_by_expr("SUBSTR(name, 1, 1)")
+            .having("COUNT(*) > :n")
+            .order_by_expr("COUNT(*) DESC")
+            .order_by("a")
+            .order_by_expr("ABS(a - :target)")
+            .bind("target", 7)
+            .bind("n", 1)
+            .bind("b", 2)
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            "SELECT `a`, COUNT(*) AS n FROM `t` WHERE b > ? GROUP BY `a`, SUBSTR(name, 1, 1) \
+             HAVING COUNT(*) > ? ORDER BY COUNT(*) DESC, `a`, ABS(a - ?)"
+        );
+        assert_eq!(st.params(), &[2.into(), 1.into(), 7.into()]);
+        // An unbound parameter in an expression is caught like any other.
+        let e = db
+            .select("a")
+            .from("t")
+            .order_by_expr("ABS(a - :target)")
+            .statement()
+            .unwrap_err();
+        assert!(matches!(e, DbError::UnboundParams { .. }), "{e}");
+    }
+}
+
 #[test]
 fn insert_forms() {
     for db in both() {
