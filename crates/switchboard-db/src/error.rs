@@ -34,6 +34,22 @@ pub enum DbError {
         message: String,
     },
 
+    /// An instance's driver was left out of this binary (a cargo feature).
+    #[error(
+        "database instance `{instance}` uses driver \"{driver}\", which is not compiled \
+         into this binary; enable the switchboard feature \"{feature}\" (or the \
+         switchboard-db feature \"{feature}\")"
+    )]
+    DriverNotCompiled {
+        /// Instance name.
+        instance: String,
+        /// The driver, as written in `driver = ...`.
+        driver: &'static str,
+        /// The cargo feature that compiles it in (the same name in `switchboard`
+        /// and `switchboard-db`).
+        feature: &'static str,
+    },
+
     /// A table or column name that cannot be quoted safely for the dialect.
     #[error("invalid identifier {ident:?}: {reason}")]
     InvalidIdentifier {

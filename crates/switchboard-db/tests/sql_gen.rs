@@ -1,6 +1,8 @@
 //! The exact SQL every builder form generates, in both dialects, and the
 //! errors raised before anything is sent. No database is contacted: an
 //! instance connects only when a statement runs.
+// Builds statements for both dialects, so it needs both drivers (the default).
+#![cfg(all(feature = "mysql", feature = "sqlite"))]
 
 use switchboard_db::{params, DbError, Instance, InstanceConfig, Value};
 
