@@ -452,8 +452,8 @@ impl Select {
 
     /// `INNER JOIN table ON condition`. A condition of the form
     /// `a.x = b.y [AND b.z > 50 ...]` (comparisons joined by `AND`) has its
-    /// names quoted, while numbers, string literals (`'x'`; `"x"` on MySQL)
-    /// and `:name` parameters in it stay values; any other condition is raw
+    /// names quoted, while numbers, string literals (`'x'`; `"x"` on MySQL),
+    /// `NULL`/`TRUE`/`FALSE` and `:name` parameters in it stay values; any other condition is raw
     /// SQL (with `:name` parameters), like a `WHERE` clause.
     pub fn inner_join(self, table: &str, on: &str) -> Self {
         self.join("INNER JOIN", table, on)

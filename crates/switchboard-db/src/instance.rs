@@ -345,7 +345,7 @@ impl Instance {
     }
 
     /// The underlying sqlx pool of an SQLite instance (`None` for MySQL);
-    /// see [`mysql_pool`](Self::mysql_pool). Only with the `sqlite` feature.
+    /// an escape hatch like `mysql_pool`. Only with the `sqlite` feature.
     #[cfg(feature = "sqlite")]
     pub fn sqlite_pool(&self) -> Option<sqlx::SqlitePool> {
         match self.pool() {

@@ -180,7 +180,7 @@ pub(crate) fn quote_order(item: &str, default_desc: bool) -> Result<String, DbEr
 /// In the simple form each side of a comparison is a name (`col`, `t.col`,
 /// `s.t.col`: quoted) or a value kept as written: a number (`50`, `-2.5`,
 /// `.5`, `1e3`), a string literal (`'x'`, and `"x"` on MySQL, where double
-/// quotes make a string), or a `:name` parameter.
+/// quotes make a string), `NULL`, `TRUE`, `FALSE`, or a `:name` parameter.
 pub(crate) fn join_condition(dialect: Dialect, on: &str) -> String {
     match simple_condition(dialect, on) {
         Some(quoted) => quoted,
@@ -285,11 +285,19 @@ fn push_operand(out: &mut String, dialect: Dialect, cur: &mut Cursor<'_>) -> Opt
                 return None;
             }
             cur.i += len;
-            push_path(out, rest.get(..len)?, false).ok()?;
+            let word = rest.get(..len)?;
+            if LITERAL_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
+                out.push_str(word);
+            } else {
+                push_path(out, word, false).ok()?;
+            }
         }
     }
     Some(())
 }
+
+/// Bare words that are values, not names, in a join condition.
+const LITERAL_WORDS: [&str; 3] = ["NULL", "TRUE", "FALSE"];
 
 /// A character allowed in an identifier part (see [`check_ident`]).
 fn is_ident_char(c: char) -> bool {

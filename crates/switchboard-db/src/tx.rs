@@ -114,6 +114,7 @@ impl Tx {
             Some(TxConn::MySql(t)) => finish(name, t, true).await,
             #[cfg(feature = "sqlite")]
             Some(TxConn::Sqlite(t)) => finish(name, t, true).await,
+            // `None`: already finished (`_`, for builds without a driver).
             _ => Err(DbError::TxFinished),
         }
     }
@@ -127,6 +128,7 @@ impl Tx {
             Some(TxConn::MySql(t)) => finish(name, t, false).await,
             #[cfg(feature = "sqlite")]
             Some(TxConn::Sqlite(t)) => finish(name, t, false).await,
+            // `None`: already finished (`_`, for builds without a driver).
             _ => Err(DbError::TxFinished),
         }
     }
@@ -142,6 +144,7 @@ impl Tx {
             Some(TxConn::MySql(t)) => run_on::<MySql>(name, &mut **t, st, mode, timeout).await,
             #[cfg(feature = "sqlite")]
             Some(TxConn::Sqlite(t)) => run_on::<Sqlite>(name, &mut **t, st, mode, timeout).await,
+            // `None`: already finished (`_`, for builds without a driver).
             _ => return Err(DbError::TxFinished),
         };
         if matches!(&result, Err(e) if e.is_connection_lost() || matches!(e, DbError::Timeout { .. }))

@@ -173,6 +173,11 @@ fn join_condition_literals_stay_values() {
         // An operator or `AND` inside a string literal is part of the value.
         assert_eq!(on("b.s != 'p <> q and r'"), "`b`.`s` != 'p <> q and r'");
         assert_eq!(on("b.s = 'it''s'"), "`b`.`s` = 'it''s'");
+        // So are NULL, TRUE and FALSE.
+        assert_eq!(
+            on("b.x = TRUE AND b.y <> null"),
+            "`b`.`x` = TRUE AND `b`.`y` <> null"
+        );
         // A parameter is a value too.
         assert_eq!(
             on("b.k = :k AND a.id = b.id"),
