@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, against real services: it installs and starts
 # MariaDB, Redis and memcached when they are missing (scripts/services.sh), checks
-# formatting and lints, then runs the whole test suite.
+# formatting and lints, that switchboard builds with only the file store, then runs
+# the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,19 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== file-store-only build (cargo features)"
+# An application that uses only the file store must build without the network
+# store clients and the sqlx drivers (docs/guide.md, "Trimming the build").
+trimmed=(-p switchboard --no-default-features --features file-store)
+cargo check --quiet "${trimmed[@]}"
+tree="$(cargo tree "${trimmed[@]}" -e normal --prefix none)"
+for crate in redis async-memcached sqlx-mysql sqlx-sqlite; do
+    if grep -q "^$crate v" <<<"$tree"; then
+        echo "FAILED: $crate is in the file-store-only build of switchboard:" >&2
+        cargo tree "${trimmed[@]}" -e normal -i "$crate" >&2 || true
+        exit 1
+    fi
+done
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast

@@ -1,6 +1,8 @@
 //! The chat demo's history module (`apps/chat/src/history.rs`, compiled here
 //! as-is) on a real SQLite file and on MariaDB: kept across reopening the
 //! file, last lines oldest first, any text stored as data.
+// The chat history runs on SQLite and MariaDB: both drivers (the default).
+#![cfg(all(feature = "mysql", feature = "sqlite"))]
 
 mod common;
 
