@@ -266,6 +266,7 @@ impl App {
                     Error::Other("config check needs a file (argument or --config)".into())
                 })?;
                 let checked = Config::load(&path)?;
+                checked.check_compiled()?;
                 crate::transport::tls::check_config(&checked)?;
                 check_ports_free(&checked, Some(&path))?;
                 println!("{}: ok", path.display());
@@ -281,6 +282,7 @@ impl App {
                         "already running (supervisor pid {pid}); use `stop` first"
                     )));
                 }
+                config.check_compiled()?;
                 crate::transport::tls::check_config(&config)?;
                 if only != Some(Only::Worker) {
                     check_ports_free(&config, cli.config.as_deref())?;

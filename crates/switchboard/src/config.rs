@@ -759,6 +759,31 @@ impl Config {
         Ok(())
     }
 
+    /// Checks that this binary was built with the store backend and the database
+    /// drivers the configuration names (cargo features); the error names the key and
+    /// the feature to enable. Run by `config check` and `start`, before anything starts.
+    pub fn check_compiled(&self) -> Result<(), ConfigError> {
+        self.store
+            .check_compiled()
+            .map_err(|e| ConfigError::Invalid {
+                key: "store.backend".into(),
+                message: e.to_string(),
+            })?;
+        for (name, inst) in &self.db_config()?.instances {
+            if !inst.driver.is_compiled() {
+                return Err(ConfigError::Invalid {
+                    key: format!("db.instances.{name}.driver"),
+                    message: format!(
+                        "database driver \"{}\" is not compiled into this binary; enable the switchboard feature \"{}\"",
+                        inst.driver.name(),
+                        inst.driver.feature()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// `path` resolved against `data_dir` when relative.
     pub fn data_path(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
