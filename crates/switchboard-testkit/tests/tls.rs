@@ -381,21 +381,40 @@ async fn bad_certificates_are_refused_at_config_check_and_start_and_nothing_star
             stderr.contains("gateway.listeners[0].tls") && stderr.contains(says),
             "{what}: {stderr}"
         );
-        let (status, output) = run_bounded(&d, &["start"]);
-        assert!(!status.success(), "{what}: start succeeded:\n{output}");
-        assert!(
-            output.contains("gateway.listeners[0].tls") && output.contains(says),
-            "{what}: {output}"
-        );
-        assert!(!output.contains("supervisor started"), "{what}: {output}");
-        assert_eq!(
-            switchboard::supervisor::running_pid(d.config()),
-            None,
-            "{what}"
-        );
+        // In the foreground and as a daemon: the error is printed, naming the key.
+        for start in [&["start"][..], &["start", "-d"]] {
+            let (status, output) = run_bounded(&d, start);
+            assert!(!status.success(), "{what}: {start:?} succeeded:\n{output}");
+            assert!(
+                output.contains("gateway.listeners[0].tls") && output.contains(says),
+                "{what}: {start:?}: {output}"
+            );
+            assert!(!output.contains("supervisor started"), "{what}: {output}");
+            assert_eq!(
+                switchboard::supervisor::running_pid(d.config()),
+                None,
+                "{what}"
+            );
+        }
         assert!(
             TcpStream::connect(d.listener_addr("lines")).await.is_err(),
             "{what}: a listener is up"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_a_broken_certificate_on_disk_keeps_the_running_deployment() {
+    let certs = Certs::new();
+    let d = deployment(&certs);
+    let mut lines = Lines::connect(d.listener_addr("lines"), &certs.ca).await;
+    let pid = d.supervisor_pid();
+    std::fs::write(certs.cert(), "not a certificate\n").unwrap();
+    let (status, output) = run_bounded(&d, &["restart"]);
+    assert!(!status.success(), "restart succeeded:\n{output}");
+    assert!(output.contains("gateway.listeners[0].tls"), "{output}");
+    // Nothing was stopped: same supervisor, same connection, still served.
+    assert!(switchboard::process::alive(pid));
+    assert!(!d.log().contains("stopping"), "{}", d.log());
+    assert_eq!(lines.ask("still served").await, "still served");
 }
