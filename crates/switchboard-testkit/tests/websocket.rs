@@ -318,15 +318,33 @@ async fn the_hook_refuses_with_403_and_a_panicking_hook_with_500() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_slower_than_the_handshake_timeout_gets_503_and_its_late_verdict_is_ignored() {
-    let d =
-        Deployment::start(options().listener(websocket("ws").keys("handshake_timeout = \"1s\"")));
+    // One client at most: the upgrade waiting for its verdict holds the place.
+    let d = Deployment::start(
+        options()
+            .gateway_keys("max_clients = 1")
+            .listener(websocket("ws").keys("handshake_timeout = \"1s\"")),
+    );
     let api = d.api().await;
     let mut s = tcp(d.addr()).await;
     let local = s.local_addr().unwrap();
-    let refused = RawWs::upgrade(&mut s, "/slow", &[])
+    s.write_all(upgrade_request("/slow", &[]).as_bytes())
         .await
-        .err()
-        .expect("refused");
+        .unwrap();
+    wait_event(&d, "websocket_connect", local).await;
+    // While the hook runs, the client is nobody's to see or send to...
+    assert_eq!(api.all_client_count().await.unwrap(), 0);
+    assert!(api.clients().await.unwrap().is_empty());
+    // ...but it counts against max_clients: another connection is closed at once.
+    let mut other = tcp(d.addr()).await;
+    let mut got = Vec::new();
+    read_to_end(&mut other, &mut got).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    d.wait_log("refusing client: gateway is full");
+
+    let mut buf = Vec::new();
+    let mut refused = read_head(&mut s, &mut buf).await;
+    read_to_end(&mut s, &mut buf).await;
+    refused.body = buf;
     assert_eq!(refused.status, 503, "{refused:?}");
     // The hook ends later and accepts: that must not bring the client to life.
     wait_event(&d, "slow_done", local).await;
@@ -337,6 +355,7 @@ async fn a_hook_slower_than_the_handshake_timeout_gets_503_and_its_late_verdict_
         "{events:?}"
     );
     assert_eq!(api.all_client_count().await.unwrap(), 0);
+    // Its place is free again.
     let mut ws = RawWs::connect(d.addr(), "/").await;
     ws.send_text("next one").await;
     ws.expect_text("next one").await;
