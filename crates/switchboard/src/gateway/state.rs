@@ -902,7 +902,9 @@ impl State {
             Query::ClientCountByGroup(g) => {
                 Reply::Count(self.groups.get(&g).map_or(0, |s| s.len() as u64))
             }
-            Query::AllClientCount => Reply::Count(self.connected as u64),
+            // `connected` also holds the upgrades waiting for their verdict (they count
+            // against max_clients), which are no clients of the application yet.
+            Query::AllClientCount => Reply::Count((self.connected - self.upgrades.len()) as u64),
             Query::AllClientIds => {
                 let mut v: Vec<ClientId> = self.live().map(|(k, _)| id(k)).collect();
                 v.sort();
@@ -1300,6 +1302,14 @@ mod tests {
             Reply::Bool(false)
         );
         assert_eq!(
+            f.state.query_for_test(Query::AllClientCount),
+            Reply::Count(0)
+        );
+        assert_eq!(
+            f.state.query_for_test(Query::AllClientIds),
+            Reply::ClientIds(vec![])
+        );
+        assert_eq!(
             f.state.command(
                 Command::SendToAll {
                     data: "early".into(),
@@ -1329,6 +1339,10 @@ mod tests {
             &f.counters,
         );
         assert!(matches!(out.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
+        assert_eq!(
+            f.state.query_for_test(Query::AllClientCount),
+            Reply::Count(1)
+        );
     }
 
     #[test]
