@@ -159,6 +159,36 @@ async fn workers_and_api_clients_work_over_internal_tls() {
     assert_eq!(fresh.all_client_count().await.unwrap(), 1);
     c.send("after the reload").await;
     c.expect_next("after the reload").await;
+    // So does the `connections` command.
+    let out = d.cli(&["connections"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains(&c.local_addr().to_string()) && stdout.contains("1 client(s)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_name_verifies_a_gateway_certificate_without_an_ip() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("internal CA");
+    let (cert, key) = ca
+        .leaf_for("gateway", &["gateway.internal"])
+        .write(dir.path(), "gateway");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let d = Deployment::start(
+        options()
+            .gateway_keys(&format!("internal_tls = {}", pki::tls_table(&cert, &key)))
+            .section(&format!(
+                "[worker.internal_tls]\nca = {:?}\nserver_name = \"gateway.internal\"",
+                ca_path.display().to_string()
+            )),
+    );
+    let mut c = Client::connect(d.addr()).await;
+    c.send("by name").await;
+    c.expect_next("by name").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

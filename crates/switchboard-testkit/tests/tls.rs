@@ -116,6 +116,13 @@ async fn wss_and_tls_text_work_end_to_end() {
     let (mut ws, cert) = wss(d.listener_addr("wss"), &certs.ca).await;
     assert_eq!(cert, certs.first.der);
     echo(&mut ws, "über TLS").await;
+    // A message of the whole default limit (1 MiB), across many TLS records.
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    ws.send(WsMessage::binary(big.clone())).await.unwrap();
+    match tokio::time::timeout(WAIT, ws.next()).await {
+        Ok(Some(Ok(m))) => assert!(m == WsMessage::binary(big), "the 1 MiB message differs"),
+        other => panic!("no echo of 1 MiB: {other:?}"),
+    }
     ws.send(WsMessage::text("/whoami")).await.unwrap();
     let who = tokio::time::timeout(WAIT, ws.next())
         .await
@@ -132,6 +139,8 @@ async fn wss_and_tls_text_work_end_to_end() {
     let mut lines = Lines::connect(d.listener_addr("lines"), &certs.ca).await;
     assert_eq!(lines.cert(), certs.first.der);
     assert_eq!(lines.ask("hello").await, "hello");
+    let long = "x".repeat(65536);
+    assert!(lines.ask(&long).await == long, "a 64 KiB line");
     assert!(lines
         .ask("/whoami")
         .await

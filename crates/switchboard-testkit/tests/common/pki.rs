@@ -45,7 +45,13 @@ impl Ca {
 
     /// A leaf for `IP:127.0.0.1`, named `name`, signed by this CA.
     pub fn leaf(&self, name: &str) -> Leaf {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+        self.leaf_for(name, &["127.0.0.1"])
+    }
+
+    /// A leaf for these subject alternative names (IP addresses or DNS names).
+    pub fn leaf_for(&self, name: &str, sans: &[&str]) -> Leaf {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(sans).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign the leaf");
