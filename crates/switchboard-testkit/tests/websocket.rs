@@ -628,3 +628,17 @@ async fn malformed_upgrades_get_their_http_status_and_never_reach_the_app() {
     }
     assert!(!d.log().contains("fixture: "), "{}", d.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_hook_does_not_count_as_the_clients_silence() {
+    // Idle after 3 intervals (900 ms); the /slow hook takes 3 s, within the handshake
+    // timeout.
+    let d = Deployment::start(options().listener(websocket("ws").keys(
+        "handshake_timeout = \"10s\"\nheartbeat = { interval = \"300ms\", idle_intervals = 3 }",
+    )));
+    let mut ws = RawWs::connect(d.addr(), "/slow").await;
+    // Well within the idle limit after the upgrade, the client speaks, and is served.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ws.send_text("I was waiting for you").await;
+    ws.expect_text("I was waiting for you").await;
+}
