@@ -459,6 +459,8 @@ impl State {
             Verdict::Accepted => {
                 if let Some(c) = self.clients.get_mut(&conn) {
                     c.out = Some(out);
+                    // The time the application took is not the client's silence.
+                    c.last_seen = Instant::now();
                 }
                 let _ = tx.send(Verdict::Accepted);
                 self.enqueue(conn, EventKind::Connect, f.event.body, false, counters);
@@ -1321,8 +1323,13 @@ mod tests {
             0
         );
         assert_eq!(f.state.connected(), 1, "it counts against max_clients");
+        // The application takes its time...
+        std::thread::sleep(Duration::from_millis(2));
+        let asked = Instant::now();
         f.state
             .verdict(w, hs.seq, id, Verdict::Accepted, &f.counters);
+        // ...which the heartbeat does not hold against the client.
+        assert!(f.state.idle_since(0, asked).is_empty());
         assert_eq!(verdict.try_recv(), Ok(Verdict::Accepted));
         let connect = decode_event(&wrx.try_recv().unwrap());
         assert_eq!(connect.kind, EventKind::Connect);
