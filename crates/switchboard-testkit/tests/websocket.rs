@@ -322,7 +322,8 @@ async fn a_hook_slower_than_the_handshake_timeout_gets_503_and_its_late_verdict_
     let d = Deployment::start(
         options()
             .gateway_keys("max_clients = 1")
-            .listener(websocket("ws").keys("handshake_timeout = \"1s\"")),
+            // Shorter than the hook's 3 s, long enough for the checks while it runs.
+            .listener(websocket("ws").keys("handshake_timeout = \"2s\"")),
     );
     let api = d.api().await;
     let mut s = tcp(d.addr()).await;
@@ -483,7 +484,7 @@ async fn idle_intervals_close_a_silent_client_with_1000_and_pongs_count_as_activ
     let d = Deployment::start(
         options()
             .listener(websocket("ws").keys(
-                "heartbeat = { interval = \"200ms\", ping = \"frame\", idle_intervals = 2 }",
+                "heartbeat = { interval = \"300ms\", ping = \"frame\", idle_intervals = 3 }",
             )),
     );
     let mut silent = RawWs::connect(d.addr(), "/").await;
@@ -631,10 +632,10 @@ async fn malformed_upgrades_get_their_http_status_and_never_reach_the_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_hook_does_not_count_as_the_clients_silence() {
-    // Idle after 3 intervals (900 ms); the /slow hook takes 3 s, within the handshake
+    // Idle after 4 intervals (1.2 s); the /slow hook takes 3 s, within the handshake
     // timeout.
     let d = Deployment::start(options().listener(websocket("ws").keys(
-        "handshake_timeout = \"10s\"\nheartbeat = { interval = \"300ms\", idle_intervals = 3 }",
+        "handshake_timeout = \"10s\"\nheartbeat = { interval = \"300ms\", idle_intervals = 4 }",
     )));
     let mut ws = RawWs::connect(d.addr(), "/slow").await;
     // Well within the idle limit after the upgrade, the client speaks, and is served.
