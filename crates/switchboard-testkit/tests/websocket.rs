@@ -643,3 +643,22 @@ async fn a_slow_hook_does_not_count_as_the_clients_silence() {
     ws.send_text("I was waiting for you").await;
     ws.expect_text("I was waiting for you").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_worker_an_upgrade_gets_503_within_the_handshake_timeout() {
+    let d = Deployment::start(
+        options()
+            .workers(0)
+            .listener(websocket("ws").keys("handshake_timeout = \"1s\"")),
+    );
+    let refused = RawWs::upgrade(tcp(d.addr()).await, "/", &[])
+        .await
+        .err()
+        .expect("no worker to accept it");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    // Plain HTTP needs no worker.
+    let page = http(d.addr(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(page.status, 200);
+    let api = d.api().await;
+    assert_eq!(api.all_client_count().await.unwrap(), 0);
+}
