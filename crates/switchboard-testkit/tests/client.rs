@@ -1,6 +1,7 @@
 //! `Client` against real sockets: a local TCP server plays the gateway. (`Deployment`
 //! is exercised by the applications' own suites, `apps/chat/tests` and
-//! `apps/rooms/tests`, which run real binaries.)
+//! `apps/rooms/tests`, and by this crate's transport tests — `websocket.rs`, `json.rs`,
+//! `tls.rs`, `internal_tls.rs` — which run the fixture, `src/bin/fixture.rs`.)
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -301,6 +301,8 @@ impl App {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Restart { only } => {
+                // What the new deployment would refuse must not stop the running one.
+                crate::transport::tls::check_config(&config)?;
                 if supervisor::running_pid(&config).is_some() {
                     stop_running(&config)?;
                 }
@@ -356,6 +358,9 @@ impl App {
                 "already running (supervisor pid {pid})"
             )));
         }
+        // The same checks as a foreground start, printed here rather than in the log of
+        // a daemon that exits at once.
+        crate::transport::tls::check_config(config)?;
         if only != Some(Only::Worker) {
             check_ports_free(config, cli.config.as_deref())?;
         }

@@ -459,6 +459,8 @@ impl State {
             Verdict::Accepted => {
                 if let Some(c) = self.clients.get_mut(&conn) {
                     c.out = Some(out);
+                    // The time the application took is not the client's silence.
+                    c.last_seen = Instant::now();
                 }
                 let _ = tx.send(Verdict::Accepted);
                 self.enqueue(conn, EventKind::Connect, f.event.body, false, counters);
@@ -902,7 +904,9 @@ impl State {
             Query::ClientCountByGroup(g) => {
                 Reply::Count(self.groups.get(&g).map_or(0, |s| s.len() as u64))
             }
-            Query::AllClientCount => Reply::Count(self.connected as u64),
+            // `connected` also holds the upgrades waiting for their verdict (they count
+            // against max_clients), which are no clients of the application yet.
+            Query::AllClientCount => Reply::Count((self.connected - self.upgrades.len()) as u64),
             Query::AllClientIds => {
                 let mut v: Vec<ClientId> = self.live().map(|(k, _)| id(k)).collect();
                 v.sort();
@@ -1300,6 +1304,14 @@ mod tests {
             Reply::Bool(false)
         );
         assert_eq!(
+            f.state.query_for_test(Query::AllClientCount),
+            Reply::Count(0)
+        );
+        assert_eq!(
+            f.state.query_for_test(Query::AllClientIds),
+            Reply::ClientIds(vec![])
+        );
+        assert_eq!(
             f.state.command(
                 Command::SendToAll {
                     data: "early".into(),
@@ -1311,8 +1323,13 @@ mod tests {
             0
         );
         assert_eq!(f.state.connected(), 1, "it counts against max_clients");
+        // The application takes its time...
+        std::thread::sleep(Duration::from_millis(2));
+        let asked = Instant::now();
         f.state
             .verdict(w, hs.seq, id, Verdict::Accepted, &f.counters);
+        // ...which the heartbeat does not hold against the client.
+        assert!(f.state.idle_since(0, asked).is_empty());
         assert_eq!(verdict.try_recv(), Ok(Verdict::Accepted));
         let connect = decode_event(&wrx.try_recv().unwrap());
         assert_eq!(connect.kind, EventKind::Connect);
@@ -1329,6 +1346,10 @@ mod tests {
             &f.counters,
         );
         assert!(matches!(out.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
+        assert_eq!(
+            f.state.query_for_test(Query::AllClientCount),
+            Reply::Count(1)
+        );
     }
 
     #[test]
