@@ -412,6 +412,27 @@ async fn bad_certificates_are_refused_at_config_check_and_start_and_nothing_star
     }
 }
 
+/// A worker-only machine runs no listener: the gateways' certificate files are not its
+/// business, and a missing one does not stop `start --only worker`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_only_machine_needs_no_gateway_certificate() {
+    let certs = Certs::new();
+    let d = prepared(&certs.dir.path().join("missing.crt"), &certs.key());
+    let out = d.cli(&["start", "-d", "--only", "worker"]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("started in the background"), "{text}");
+    let stop = d.cli(&["stop"]);
+    assert!(stop.status.success(), "{stop:?}");
+    // The same file is still refused where gateways run.
+    let (status, output) = run_bounded(&d, &["start", "--only", "gateway"]);
+    assert!(
+        !status.success() && output.contains("gateway.listeners[0].tls"),
+        "{output}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_a_broken_certificate_on_disk_keeps_the_running_deployment() {
     let certs = Certs::new();

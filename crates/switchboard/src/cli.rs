@@ -266,9 +266,7 @@ impl App {
                     Error::Other("config check needs a file (argument or --config)".into())
                 })?;
                 let checked = Config::load(&path)?;
-                checked.check_compiled()?;
-                crate::transport::tls::check_config(&checked)?;
-                check_ports_free(&checked, Some(&path))?;
+                preflight(&checked, None, Some(&path))?;
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             }
@@ -282,11 +280,7 @@ impl App {
                         "already running (supervisor pid {pid}); use `stop` first"
                     )));
                 }
-                config.check_compiled()?;
-                crate::transport::tls::check_config(&config)?;
-                if only != Some(Only::Worker) {
-                    check_ports_free(&config, cli.config.as_deref())?;
-                }
+                preflight(&config, only, cli.config.as_deref())?;
                 init_logging(&config, "supervisor");
                 let path = write_effective_config(&config)?;
                 let rt = runtime(1, "supervisor")?;
@@ -302,7 +296,7 @@ impl App {
             }
             Command::Restart { only } => {
                 // What the new deployment would refuse must not stop the running one.
-                crate::transport::tls::check_config(&config)?;
+                preflight(&config, only, cli.config.as_deref())?;
                 if supervisor::running_pid(&config).is_some() {
                     stop_running(&config)?;
                 }
@@ -360,10 +354,7 @@ impl App {
         }
         // The same checks as a foreground start, printed here rather than in the log of
         // a daemon that exits at once.
-        crate::transport::tls::check_config(config)?;
-        if only != Some(Only::Worker) {
-            check_ports_free(config, cli.config.as_deref())?;
-        }
+        preflight(config, only, cli.config.as_deref())?;
         // Printed and used as an absolute path: the daemon does not keep our directory.
         let log_path = std::path::absolute(config.log_file())
             .map_err(|e| Error::io("cannot resolve the log file path", e))?;
@@ -538,6 +529,27 @@ fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
     std::fs::write(&path, config.to_toml())
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     Ok(path)
+}
+
+/// What must hold before anything starts (and what `config check` checks): the
+/// backends are compiled in, the certificates load, and the client ports are free.
+/// With `--only worker` the gateways' certificates and ports are not this machine's
+/// business; with `--only gateway`, the workers' CA is not.
+fn preflight(
+    config: &Config,
+    only: Option<Only>,
+    file: Option<&std::path::Path>,
+) -> Result<(), Error> {
+    config.check_compiled()?;
+    crate::transport::tls::check_config(
+        config,
+        only != Some(Only::Worker),
+        only != Some(Only::Gateway),
+    )?;
+    if only != Some(Only::Worker) {
+        check_ports_free(config, file)?;
+    }
+    Ok(())
 }
 
 /// The client ports must be free (or held by this very deployment). `file` is the

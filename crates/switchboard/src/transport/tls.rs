@@ -218,14 +218,28 @@ impl LinkTls {
     }
 }
 
-/// Checks every certificate and key a configuration names (listeners and the internal
-/// listener, and the CA of `[worker.internal_tls]`): the error names the key of the
-/// configuration and the file. Run by `config check` and `start`.
-pub fn check_config(config: &crate::Config) -> Result<(), crate::config::ConfigError> {
+/// Checks every certificate and key a configuration names — the listeners' and the
+/// internal listener's when `gateways` run here, the CA of `[worker.internal_tls]` when
+/// `workers` do: the error names the key of the configuration and the file. Run by
+/// `config check` and `start`.
+pub fn check_config(
+    config: &crate::Config,
+    gateways: bool,
+    workers: bool,
+) -> Result<(), crate::config::ConfigError> {
     let invalid = |key: String, e: TlsError| crate::config::ConfigError::Invalid {
         key,
         message: e.to_string(),
     };
+    if workers {
+        if let Some(client) = &config.worker.internal_tls {
+            LinkTls::new(&config.internal_tls_client(client))
+                .map_err(|e| invalid("worker.internal_tls".into(), e))?;
+        }
+    }
+    if !gateways {
+        return Ok(());
+    }
     for (i, l) in config.gateway.listeners.iter().enumerate() {
         if let Some(files) = &l.tls {
             load_certified_key(&config.tls_files(files))
@@ -235,10 +249,6 @@ pub fn check_config(config: &crate::Config) -> Result<(), crate::config::ConfigE
     if let Some(files) = &config.gateway.internal_tls {
         load_certified_key(&config.tls_files(files))
             .map_err(|e| invalid("gateway.internal_tls".into(), e))?;
-    }
-    if let Some(client) = &config.worker.internal_tls {
-        LinkTls::new(&config.internal_tls_client(client))
-            .map_err(|e| invalid("worker.internal_tls".into(), e))?;
     }
     Ok(())
 }
