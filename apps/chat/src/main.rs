@@ -64,13 +64,14 @@ fn format_time(unix: i64) -> String {
     )
 }
 
+/// A history line as telnet shows it; a browser's line breaks become spaces.
 fn history_line(l: &HistoryLine) -> String {
     format!(
         "[{}] {}[{}] said :{}",
         format_time(l.at),
         l.name,
         l.client_id,
-        l.text
+        protocol::one_line(&l.text)
     )
 }
 
