@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, against real services: it installs and starts
-# MariaDB, Redis and memcached when they are missing (scripts/services.sh), checks
+# MariaDB, Redis and memcached, and installs Chromium, when they are missing
+# (scripts/services.sh), checks
 # formatting and lints, then runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."

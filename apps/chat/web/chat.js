@@ -236,7 +236,8 @@
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
     ws = new WebSocket(scheme + location.host + '/');
     ws.onopen = () => {
-      setStatus('connecting', name ? 'logging in…' : 'connected');
+      if (name) setStatus('connecting', 'logging in…');
+      else setStatus('online', 'connected');
       if (name) login();
     };
     ws.onmessage = onMessage;
