@@ -211,7 +211,9 @@ async fn heartbeat_pings_every_interval_and_closes_a_page_that_never_answers() {
     let d = Deployment::start(
         chat()
             .listener(Listener::text("telnet"))
-            .listener(Listener::new("browser", "websocket").keys(&browser_heartbeat("300ms"))),
+            // 1 s: a pong may be late by up to an interval before the page counts as
+            // silent, and this test shares 2 cores with the 1,000 browsers.
+            .listener(Listener::new("browser", "websocket").keys(&browser_heartbeat("1s"))),
     );
     let addr = browser_addr(&d);
     let mut talker = Ws::connect(addr).await;
@@ -262,10 +264,10 @@ async fn heartbeat_pings_every_interval_and_closes_a_page_that_never_answers() {
         );
     };
     assert_eq!(logout["from_client_name"], "silent");
-    // The talker stays while it answers, for many times the idle limit.
+    // The talker stays while it answers, for more than twice the idle limit.
     let before = pings.load(std::sync::atomic::Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + WAIT;
-    while pings.load(std::sync::atomic::Ordering::SeqCst) < before + 8 {
+    while pings.load(std::sync::atomic::Ordering::SeqCst) < before + 5 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "pings stopped coming"
