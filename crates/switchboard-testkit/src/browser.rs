@@ -55,10 +55,14 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--hide-scrollbars",
 ];
 
-/// Chromium and chromedriver, or why they cannot be used.
+/// Chromium and chromedriver, or why they cannot be used: Debian's, or the files
+/// named by `SWITCHBOARD_TEST_CHROMIUM` and `SWITCHBOARD_TEST_CHROMEDRIVER`.
 pub fn find() -> Result<(PathBuf, PathBuf), String> {
-    let chromium = PathBuf::from(CHROMIUM);
-    let driver = PathBuf::from(CHROMEDRIVER);
+    let path = |var: &str, default: &str| {
+        std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
+    };
+    let chromium = path("SWITCHBOARD_TEST_CHROMIUM", CHROMIUM);
+    let driver = path("SWITCHBOARD_TEST_CHROMEDRIVER", CHROMEDRIVER);
     for (path, package) in [(&chromium, "chromium"), (&driver, "chromium-driver")] {
         if !path.exists() {
             return Err(format!(
@@ -106,7 +110,6 @@ impl Browser {
                 panic!("{test}: Chromium is required in CI: {why}");
             }
             eprintln!("SKIPPED: {test}: {why}");
-            println!("SKIPPED: {test}: {why}");
             return None;
         }
         Some(Self::start().await)
