@@ -9,8 +9,9 @@
 #   SWITCHBOARD_TEST_REDIS_URL   redis://127.0.0.1:6379
 #   SWITCHBOARD_TEST_MEMCACHED   127.0.0.1:P1,127.0.0.1:P2          (two instances)
 #
-# Meant for a fresh Debian machine as root: installs mariadb-server, redis-server and
-# memcached with apt-get when they are missing. Idempotent (a second call reuses what
+# Meant for a fresh Debian machine as root: installs mariadb-server, redis-server,
+# memcached, and chromium with chromium-driver (the browser tests' headless Chromium)
+# with apt-get when they are missing. Idempotent (a second call reuses what
 # the first started) and quiet on success; on failure it prints what went wrong and
 # returns non-zero. It only changes the caller's shell by exporting the variables.
 
@@ -128,6 +129,15 @@ _sb_memcached() {
     export SWITCHBOARD_TEST_MEMCACHED="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}"
 }
 
+# Headless Chromium and its WebDriver for the browser tests (nothing to start: each
+# test starts its own chromedriver; see crates/switchboard-testkit/src/browser.rs).
+_sb_chromium() {
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        _sb_apt_install chromium chromium-driver ||
+            { _sb_fail "cannot install chromium and chromium-driver"; return 1; }
+    fi
+}
+
 # Stops the memcached instances started by this script (by their pid files).
 _sb_stop_memcached() {
     local f pid pids=()
@@ -160,6 +170,7 @@ _sb_main() {
     _sb_mariadb || return 1
     _sb_redis || return 1
     _sb_memcached || return 1
+    _sb_chromium || return 1
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

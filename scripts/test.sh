@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, against real services: it installs and starts
-# MariaDB, Redis and memcached when they are missing (scripts/services.sh), checks
-# formatting and lints, that switchboard builds with only the file store, then runs
-# the whole test suite.
+# MariaDB, Redis and memcached, and installs Chromium, when they are missing
+# (scripts/services.sh), checks formatting and lints, that the rooms starter builds
+# with only the file store, then runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

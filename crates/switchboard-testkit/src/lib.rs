@@ -15,6 +15,8 @@
 //!   pids of the processes, and opens the Gateway API ([`Deployment::api`]).
 //! - [`Client`] is a client of a `text` listener: send lines, expect lines, with every
 //!   wait bounded by [`WAIT`] and failing with a message that names the client.
+//! - [`browser::Browser`] is a real headless Chromium page (through chromedriver), for
+//!   an application's web page: open, type, click, read, screenshot.
 //!
 //! Every process a test starts dies with it: the supervisor gets a parent-death signal
 //! (see [`spawn`]) and its children follow their supervisor. The kit signals only the
@@ -51,6 +53,7 @@
 
 #![warn(missing_docs)]
 
+pub mod browser;
 mod client;
 mod deployment;
 

@@ -4,8 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod ws;
+
 use switchboard::ClientId;
-use switchboard_testkit::{Client, Options};
+use switchboard_testkit::{Client, Listener, Options};
 
 /// Path of the binary under test.
 pub fn chat_bin() -> &'static str {
@@ -19,6 +21,21 @@ pub fn chat() -> Options {
     Options::new(chat_bin())
         .name("chat-test")
         .section("[db.instances.history]\ndriver = \"sqlite\"\npath = \"history.sqlite\"")
+}
+
+/// The browser listener's heartbeat as chat.toml has it, with another interval.
+pub fn browser_heartbeat(interval: &str) -> String {
+    format!(
+        r#"heartbeat = {{ interval = "{interval}", ping = "{{\"type\":\"ping\"}}", idle_intervals = 2 }}"#
+    )
+}
+
+/// The chat with its two listeners, as chat.toml has them: `telnet` (the first, so
+/// [`Deployment::addr`](switchboard_testkit::Deployment::addr) is telnet's) and `browser`.
+pub fn chat_with_browsers() -> Options {
+    chat()
+        .listener(Listener::text("telnet"))
+        .listener(Listener::new("browser", "websocket").keys(&browser_heartbeat("25s")))
 }
 
 /// The chat's login dialogue on a [`Client`].
