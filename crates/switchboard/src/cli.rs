@@ -713,8 +713,8 @@ async fn print_connections(
     }
     let rows = gateway.clients().await?;
     println!(
-        "{:<20} {:<22} {:<16} {:>8}  GROUPS",
-        "CLIENT_ID", "ADDRESS", "UID", "IDLE"
+        "{:<20} {:<22} {:<20} {:<16} {:>8}  GROUPS",
+        "CLIENT_ID", "ADDRESS", "LISTENER", "UID", "IDLE"
     );
     let mut shown = 0;
     for r in rows {
@@ -725,9 +725,10 @@ async fn print_connections(
         }
         shown += 1;
         println!(
-            "{:<20} {:<22} {:<16} {:>8}  {}",
+            "{:<20} {:<22} {:<20} {:<16} {:>8}  {}",
             r.client.to_string(),
             r.addr,
+            format!("{} ({})", r.listener, r.protocol),
             r.uid.as_deref().unwrap_or("-"),
             human_age(r.idle_ms / 1000),
             r.groups.join(",")

@@ -955,6 +955,8 @@ impl State {
                     .map(|(k, c)| ClientInfo {
                         client: id(k),
                         addr: c.addr.clone(),
+                        listener: c.listener.name.clone(),
+                        protocol: c.listener.protocol,
                         uid: c.uid.clone(),
                         groups: c.groups.iter().cloned().collect(),
                         idle_ms: (now - c.last_seen).as_millis() as u64,

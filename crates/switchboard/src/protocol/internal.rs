@@ -244,6 +244,10 @@ pub struct ClientInfo {
     pub client: ClientId,
     /// Remote address.
     pub addr: String,
+    /// Name of the listener it connected to.
+    pub listener: String,
+    /// That listener's protocol.
+    pub protocol: ClientProtocol,
     /// Bound uid, if any.
     pub uid: Option<String>,
     /// Groups the client is in.
@@ -653,6 +657,8 @@ fn encode_reply(r: &Reply, w: &mut Writer<'_>) {
             for info in list {
                 w.client(info.client);
                 w.str(&info.addr);
+                w.str(&info.listener);
+                w.u8(info.protocol.wire_byte());
                 w.opt_str(info.uid.as_deref());
                 w.strs(&info.groups);
                 w.u64(info.idle_ms);
@@ -878,12 +884,15 @@ fn parse_reply(r: &mut Reader) -> Result<Reply, ProtocolError> {
             Reply::Sessions(list)
         }
         8 => {
-            let n = r.count(12 + 4 + 1 + 4 + 8)?;
+            let n = r.count(12 + 4 + 4 + 1 + 1 + 4 + 8)?;
             let mut list = Vec::with_capacity(n);
             for _ in 0..n {
                 list.push(ClientInfo {
                     client: r.client()?,
                     addr: r.str()?,
+                    listener: r.str()?,
+                    protocol: ClientProtocol::from_wire_byte(r.u8()?)
+                        .ok_or(r.invalid("protocol"))?,
                     uid: r.opt_str()?,
                     groups: r.strs()?,
                     idle_ms: r.u64()?,
@@ -1255,19 +1264,24 @@ mod tests {
             vec((any_client(), any_bytes()), 0..4).prop_map(Reply::Sessions),
             vec(
                 (
-                    any_client(),
-                    any_str(),
+                    (any_client(), any_str(), any_str(), any_protocol()),
                     proptest::option::of(any_str()),
                     vec(any_str(), 0..3),
                     any::<u64>()
                 )
-                    .prop_map(|(client, addr, uid, groups, idle_ms)| ClientInfo {
-                        client,
-                        addr,
-                        uid,
-                        groups,
-                        idle_ms
-                    }),
+                    .prop_map(
+                        |((client, addr, listener, protocol), uid, groups, idle_ms)| {
+                            ClientInfo {
+                                client,
+                                addr,
+                                listener,
+                                protocol,
+                                uid,
+                                groups,
+                                idle_ms,
+                            }
+                        }
+                    ),
                 0..3
             )
             .prop_map(Reply::Clients),
