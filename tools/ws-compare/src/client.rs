@@ -138,11 +138,11 @@ impl Conn {
 }
 
 /// Header of a measured message: sequence number and send time.
-const STAMP: usize = 24;
+const STAMP: usize = 32;
 
-/// A text message of `size` bytes (at least 24) carrying `seq` and the send time.
+/// A text message of `size` bytes (at least 32) carrying `seq` and the send time.
 pub fn text_payload(seq: u64, micros: u64, size: usize) -> String {
-    let mut s = format!("{seq:08x}{micros:016x}");
+    let mut s = format!("{seq:016x}{micros:016x}");
     s.extend(std::iter::repeat_n('x', size.saturating_sub(STAMP)));
     s
 }
@@ -160,7 +160,7 @@ pub fn binary_payload(seq: u64, micros: u64, size: usize) -> Vec<u8> {
 pub fn stamp_of(msg: &Message, size: usize, binary: bool) -> Option<u64> {
     match msg {
         Message::Text(t) if !binary && t.len() == size.max(STAMP) => {
-            u64::from_str_radix(t.as_str().get(8..STAMP)?, 16).ok()
+            u64::from_str_radix(t.as_str().get(16..STAMP)?, 16).ok()
         }
         Message::Binary(b) if binary && b.len() == size.max(16) => {
             Some(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))
@@ -182,5 +182,7 @@ mod tests {
         assert_eq!(b.len(), 65536);
         assert_eq!(stamp_of(&Message::binary(b), 65536, true), Some(99));
         assert_eq!(stamp_of(&Message::text("short"), 64, false), None);
+        let big_seq = text_payload(199 << 32 | 5, 42, 64);
+        assert_eq!(stamp_of(&Message::text(big_seq), 64, false), Some(42));
     }
 }
