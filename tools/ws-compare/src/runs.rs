@@ -718,7 +718,7 @@ pub async fn load_set(
         for (c, candidate) in candidates.iter().enumerate() {
             let r = load_run(*candidate, o).await?;
             println!(
-                "run {run} {:<22} {:>8.0} msg/s lost {:>6} p50 {:>6.2} ms p99 {:>7.2} ms max {:>7.1} ms  server {:>5.2} µs/msg ({:>3.0} %) clients {:>3.0} % others {:>3.0} %  lag {:.1} ms",
+                "run {run} {:<22} {:>8.0} msg/s lost {:>6} p50 {:>6.2} ms p99 {:>7.2} ms max {:>7.1} ms  server {:>5.2} µs/msg ({:>3.0} %) clients {:>3.0} % others {:>3.0} % softirq {:>3.0} %  lag {:.1} ms",
                 r.candidate,
                 r.achieved_rate,
                 r.lost,
@@ -729,6 +729,7 @@ pub async fn load_set(
                 r.cpu.server_pct,
                 r.cpu.clients_pct,
                 r.cpu.others_pct,
+                r.cpu.softirq_pct,
                 r.max_send_lag_ms
             );
             if json {
@@ -746,14 +747,14 @@ pub async fn load_set(
         )
     });
     println!();
-    println!("| candidate | achieved msg/s | lost | p50 ms | p99 ms | server µs CPU/msg | vs first | server / clients / others CPU % |");
+    println!("| candidate | achieved msg/s | lost | p50 ms | p99 ms | server µs CPU/msg | vs first | server / clients / others / softirq CPU % |");
     println!("|---|---|---|---|---|---|---|---|");
     for runs in &all {
         let Some(first) = runs.first() else { continue };
         let f = |g: &dyn Fn(&LoadRun) -> f64| runs.iter().map(g).collect::<Vec<f64>>();
         let cpu = f(&|r| r.server_cpu_us_per_msg);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} / {:.0} |",
             first.candidate,
             fmt_spread(&f(&|r| r.achieved_rate), 0),
             fmt_spread(&f(&|r| r.lost as f64), 0),
@@ -764,6 +765,7 @@ pub async fn load_set(
             median(&f(&|r| r.cpu.server_pct)),
             median(&f(&|r| r.cpu.clients_pct)),
             median(&f(&|r| r.cpu.others_pct)),
+            median(&f(&|r| r.cpu.softirq_pct)),
         );
     }
     Ok(())

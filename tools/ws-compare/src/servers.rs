@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -202,13 +202,21 @@ async fn serve_tungstenite(socket: TcpStream, bufs: Option<usize>) -> anyhow::Re
     }
     let mut ws = tokio_tungstenite::accept_async_with_config(socket, Some(config)).await?;
     while let Some(msg) = ws.next().await {
-        match msg? {
-            m @ (Message::Text(_) | Message::Binary(_)) => ws.send(m).await?,
-            // tungstenite queued the pong; send it now rather than at the next read.
-            Message::Ping(_) => ws.flush().await?,
-            // The close reply was queued; the next read writes it and ends the stream.
-            _ => {}
+        let mut msg = msg?;
+        // Answer every message already received before one flush, as the gateway's
+        // writer batches (`feed` writes once past `write_buffer_size`).
+        loop {
+            // A pong or close reply is queued by tungstenite; the flush sends it.
+            if let m @ (Message::Text(_) | Message::Binary(_)) = msg {
+                ws.feed(m).await?;
+            }
+            // `poll_next` keeps its state in tungstenite: safe to poll once and drop.
+            match ws.next().now_or_never() {
+                Some(Some(next)) => msg = next?,
+                _ => break,
+            }
         }
+        ws.flush().await?;
     }
     Ok(())
 }
@@ -219,14 +227,20 @@ async fn serve_tokio_websockets(socket: TcpStream) -> anyhow::Result<()> {
         .accept(socket)
         .await?;
     while let Some(msg) = ws.next().await {
-        let msg = msg?;
-        if msg.is_text() || msg.is_binary() {
-            ws.send(msg).await?;
-        } else if msg.is_ping() {
-            // The pong is queued; flush it now.
-            ws.flush().await?;
+        let mut msg = msg?;
+        // Answer every message already received before one flush (`feed` queues;
+        // the stream writes vectored, and by itself past `flush_threshold`).
+        loop {
+            if msg.is_text() || msg.is_binary() {
+                ws.feed(msg).await?;
+            }
+            // Pongs and the close answer are queued by the stream; the flush sends them.
+            match ws.next().now_or_never() {
+                Some(Some(next)) => msg = next?,
+                _ => break,
+            }
         }
-        // A close is answered by the stream itself, which then ends.
+        ws.flush().await?;
     }
     Ok(())
 }
@@ -238,6 +252,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use fastwebsockets::{Frame, OpCode};
+    // One write per frame: `read_frame` is not cancel-safe (it consumes the header
+    // before the payload has arrived), so it cannot be polled just to see whether
+    // another frame is already there, and frames cannot be batched before a flush.
     loop {
         // Pings are answered and closes replied to inside `read_frame`.
         let frame = ws.read_frame().await?;
