@@ -1,7 +1,12 @@
-//! The server side of the WebSocket opening handshake (RFC 6455 §4.2): the upgrade
-//! request parsed with `httparse`, the accept key from
-//! `tungstenite::handshake::derive_accept_key`. Used by the sans-IO prototype and by
-//! fastwebsockets without hyper.
+//! The server side of the WebSocket opening handshake (RFC 6455 §4.2), over a
+//! readiness-based read that holds a buffer only while a request is arriving. Two
+//! parsers of the same bytes:
+//! - [`tungstenite_upgrade`]: tungstenite's own, sans-IO through its public API
+//!   (`handshake::machine::TryParse::try_parse` for `handshake::server::Request`,
+//!   `handshake::server::create_response`, `handshake::server::write_response`); used
+//!   by the sans-IO prototype;
+//! - [`parse_upgrade`]: `httparse` directly, the accept key from
+//!   `tungstenite::handshake::derive_accept_key`; used by fastwebsockets without hyper.
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
@@ -75,10 +80,32 @@ pub fn parse_upgrade(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, Refused> {
     Ok(Some((response.into_bytes(), consumed)))
 }
 
+/// [`parse_upgrade`] with tungstenite's handshake functions instead: they check the same
+/// (GET, HTTP/1.1, `Connection: Upgrade`, `Upgrade: websocket`, version 13, a key of 16
+/// base64 bytes) and build the response through the `http` crate.
+pub fn tungstenite_upgrade(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, Refused> {
+    use tungstenite::handshake::machine::TryParse;
+    use tungstenite::handshake::server::{create_response, write_response, Request};
+    let (consumed, request) = match Request::try_parse(buf) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) if buf.len() >= MAX_REQUEST => return Err(Refused::TooLarge),
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(Refused::Malformed),
+    };
+    let response = create_response(&request).map_err(|_| Refused::NotUpgrade)?;
+    let mut out = Vec::with_capacity(160);
+    write_response(&mut out, &response).map_err(|_| Refused::Malformed)?;
+    Ok(Some((out, consumed)))
+}
+
+/// A parser of upgrade requests: `Ok(None)` incomplete, else the response and the
+/// request's length.
+pub type Parser = fn(&[u8]) -> Result<Option<(Vec<u8>, usize)>, Refused>;
+
 /// Reads the upgrade request from `stream` (holding a buffer only while it arrives),
 /// answers it, and returns the bytes that followed the request (frames the client
 /// sent at once), usually none.
-pub async fn accept(stream: &mut TcpStream) -> anyhow::Result<BytesMut> {
+pub async fn accept(stream: &mut TcpStream, parse: Parser) -> anyhow::Result<BytesMut> {
     let mut buf = BytesMut::new();
     loop {
         stream.readable().await?;
@@ -93,7 +120,7 @@ pub async fn accept(stream: &mut TcpStream) -> anyhow::Result<BytesMut> {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e).context("read the upgrade request"),
         }
-        match parse_upgrade(&buf) {
+        match parse(&buf) {
             Ok(None) => {}
             Ok(Some((response, consumed))) => {
                 stream.write_all(&response).await?;
@@ -123,6 +150,20 @@ mod tests {
         let resp = String::from_utf8(resp).unwrap();
         assert!(resp.starts_with("HTTP/1.1 101 "));
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn tungstenite_parser_agrees() {
+        let (resp, n) = tungstenite_upgrade(REQ.as_bytes()).unwrap().unwrap();
+        assert_eq!(n, REQ.len());
+        let resp = String::from_utf8(resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 101 "), "{resp}");
+        assert!(resp.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{resp}");
+        assert_eq!(tungstenite_upgrade(&REQ.as_bytes()[..40]), Ok(None));
+        let no_version = REQ.replace("Sec-WebSocket-Version: 13\r\n", "");
+        assert!(tungstenite_upgrade(no_version.as_bytes()).is_err());
+        let bad_key = REQ.replace("dGhlIHNhbXBsZSBub25jZQ==", "not-a-key");
+        assert!(tungstenite_upgrade(bad_key.as_bytes()).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!   `FrameHeader::format` and `FrameHeader::len` for the reply header;
 //! - `tungstenite::protocol::frame::coding::{OpCode, Data, Control, CloseCode}`
 //!   (`CloseCode::is_allowed` for received close codes);
-//! - `tungstenite::handshake::derive_accept_key` (in `handshake.rs`).
+//! - for the upgrade (in `handshake.rs`): `tungstenite::handshake::machine::TryParse`
+//!   for `tungstenite::handshake::server::Request`, `create_response`,
+//!   `write_response` (or `derive_accept_key` with `httparse`).
 //!
 //! Not public in tungstenite 0.30, so done here: unmasking (`frame::mask::apply_mask`
 //! is private), the close payload parser (`Frame::into_close` is `pub(crate)`), the
@@ -51,7 +53,7 @@ impl CodecError {
     }
 }
 
-/// The decoding state of one connection: 80 bytes, no heap while idle.
+/// The decoding state of one connection: 72 bytes, no heap while idle.
 #[derive(Debug)]
 pub struct Decoder {
     /// Header of a frame whose payload has not fully arrived, with its length.
@@ -350,6 +352,15 @@ mod tests {
         let mut dec = Decoder::new(10);
         let mut buf = BytesMut::from(&client_frame(0x82, &[0; 11])[..]);
         assert_eq!(dec.decode(&mut buf), Err(CodecError::TooBig));
+    }
+
+    #[test]
+    fn decoder_is_small() {
+        assert!(
+            std::mem::size_of::<Decoder>() <= 72,
+            "{}",
+            std::mem::size_of::<Decoder>()
+        );
     }
 
     #[test]

@@ -276,7 +276,7 @@ fn fastwebsockets_config<S>(ws: &mut fastwebsockets::WebSocket<S>) {
 }
 
 async fn serve_fastwebsockets(mut socket: TcpStream) -> anyhow::Result<()> {
-    let rest = handshake::accept(&mut socket).await?;
+    let rest = handshake::accept(&mut socket, handshake::parse_upgrade).await?;
     if !rest.is_empty() {
         // `WebSocket::after_handshake` takes a stream, not bytes already read.
         bail!("frames sent before the handshake's answer");
@@ -311,7 +311,7 @@ async fn serve_fastwebsockets_hyper(socket: TcpStream) -> anyhow::Result<()> {
 /// The sans-IO prototype: the gateway's readiness loop (no buffer while idle) around the
 /// pure codec of `sansio.rs`.
 async fn serve_sans_io(mut socket: TcpStream) -> anyhow::Result<()> {
-    let mut rbuf = handshake::accept(&mut socket).await?;
+    let mut rbuf = handshake::accept(&mut socket, handshake::tungstenite_upgrade).await?;
     let mut decoder = Decoder::new(MAX_MESSAGE);
     loop {
         let mut out = BytesMut::new();
