@@ -9,11 +9,9 @@
 #   SWITCHBOARD_TEST_REDIS_URL   redis://127.0.0.1:6379
 #   SWITCHBOARD_TEST_MEMCACHED   127.0.0.1:P1,127.0.0.1:P2          (two instances)
 #
-# Also installs headless Chromium and its WebDriver (Debian's `chromium` and
-# `chromium-driver`) for the browser tests of the dashboard, when missing.
-#
-# Meant for a fresh Debian machine as root: installs mariadb-server, redis-server and
-# memcached with apt-get when they are missing. Idempotent (a second call reuses what
+# Meant for a fresh Debian machine as root: installs mariadb-server, redis-server,
+# memcached, and chromium with chromium-driver (the browser tests' headless Chromium)
+# with apt-get when they are missing. Idempotent (a second call reuses what
 # the first started) and quiet on success; on failure it prints what went wrong and
 # returns non-zero. It only changes the caller's shell by exporting the variables.
 
@@ -131,13 +129,13 @@ _sb_memcached() {
     export SWITCHBOARD_TEST_MEMCACHED="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}"
 }
 
-# Headless Chromium and chromedriver for the dashboard's browser tests
-# (apps/chat/tests/common/web.rs). Nothing is started: each test starts its own.
+# Headless Chromium and its WebDriver for the browser tests (nothing to start: each
+# test starts its own chromedriver; see crates/switchboard-testkit/src/browser.rs).
 _sb_chromium() {
-    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
-        return 0
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        _sb_apt_install chromium chromium-driver ||
+            { _sb_fail "cannot install chromium and chromium-driver"; return 1; }
     fi
-    _sb_apt_install chromium chromium-driver || { _sb_fail "cannot install chromium chromium-driver"; return 1; }
 }
 
 # Stops the memcached instances started by this script (by their pid files).

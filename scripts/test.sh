@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, against real services: it installs and starts
-# MariaDB, Redis and memcached when they are missing (scripts/services.sh), checks
-# formatting and lints, then runs the whole test suite.
+# MariaDB, Redis and memcached, and installs Chromium, when they are missing
+# (scripts/services.sh), checks formatting and lints, that the rooms starter builds
+# with only the file store, then runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,26 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== file-store-only build (cargo features)"
+# An application that uses only the file store — the rooms starter, whose manifest asks
+# for `file-store` alone — must build without the network store clients and the sqlx
+# drivers (docs/guide.md, "Trimming the build").
+trimmed=(-p rooms)
+tree="$(cargo tree "${trimmed[@]}" -e normal --prefix none)"
+for crate in redis async-memcached sqlx-mysql sqlx-sqlite; do
+    if grep -q "^$crate v" <<<"$tree"; then
+        echo "FAILED: $crate is in the file-store-only build of the rooms starter:" >&2
+        cargo tree "${trimmed[@]}" -e normal -i "$crate" >&2 || true
+        exit 1
+    fi
+done
+# Built alone, the starter refuses a configuration that needs a backend it lacks (the
+# test is ignored in the workspace-wide run, where cargo unifies features).
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run "${trimmed[@]}" --run-ignored only --no-fail-fast
+else
+    cargo test "${trimmed[@]}" --test rooms -- --ignored
+fi
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast

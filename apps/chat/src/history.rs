@@ -1,7 +1,8 @@
 //! Chat history, kept through the Db module (`switchboard-db`).
 //!
-//! Every chat line is appended to one table; `/history` in the telnet chat
-//! prints the last lines, and the browser chat shows them on join. The
+//! Every public chat line is appended to one table with its room; `/history`
+//! in the telnet chat prints room `1`'s last lines (the telnet users' room), and
+//! the browser chat shows a room's last lines on join. The
 //! default store is an SQLite file ([`ChatHistory::default_instance`]); any
 //! configured instance works, MySQL/MariaDB included, because the table is
 //! created in either dialect and every statement goes through the builder.
@@ -10,8 +11,8 @@
 //! # async fn demo() -> Result<(), switchboard_db::DbError> {
 //! let db = ChatHistory::default_instance("data/chat-history.sqlite3")?;
 //! let history = ChatHistory::open(db).await?;
-//! history.append("ann", "7f000001:0001", "hello").await?;
-//! for line in history.last(20).await? {
+//! history.append("1", "ann", "7f000001:0001", "hello").await?;
+//! for line in history.last("1", 20).await? {
 //!     println!("{} {}[{}]: {}", line.at, line.name, line.client_id, line.text);
 //! }
 //! # Ok(()) }
@@ -25,9 +26,15 @@ use switchboard_db::{DbError, Dialect, Instance, InstanceConfig};
 /// The table used by [`ChatHistory::open`].
 pub const DEFAULT_TABLE: &str = "chat_history";
 
+/// The room of lines written before the table had a `room` column: the telnet
+/// chat's, which was the only one then.
+pub const DEFAULT_ROOM: &str = "1";
+
 /// One line of chat history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryLine {
+    /// The room it was said in.
+    pub room: String,
     /// When it was said, in Unix seconds.
     pub at: i64,
     /// The sender's nickname at the time.
@@ -62,7 +69,9 @@ impl ChatHistory {
     }
 
     /// Open the history in `db`, creating its table (`chat_history`) if
-    /// missing. Works on SQLite and MySQL/MariaDB instances.
+    /// missing, and adding the `room` column (every older line is in room `1`)
+    /// to a table made before rooms existed. Works on SQLite and MySQL/MariaDB
+    /// instances.
     pub async fn open(db: Instance) -> Result<Self, DbError> {
         Self::open_table(db, DEFAULT_TABLE).await
     }
@@ -89,31 +98,62 @@ impl ChatHistory {
             Dialect::MySql => format!(
                 "CREATE TABLE IF NOT EXISTS `{table}` (\
                  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+                 room VARCHAR(64) NOT NULL DEFAULT '1', \
                  at BIGINT NOT NULL, name TEXT NOT NULL, client_id VARCHAR(64) NOT NULL, \
-                 text TEXT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                 text TEXT NOT NULL, INDEX room_id (room, id)) \
+                 ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
             ),
             Dialect::Sqlite => format!(
                 "CREATE TABLE IF NOT EXISTS \"{table}\" (\
                  id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                 room TEXT NOT NULL DEFAULT '1', \
                  at INTEGER NOT NULL, name TEXT NOT NULL, client_id TEXT NOT NULL, \
                  text TEXT NOT NULL)"
             ),
         };
         db.sql(&ddl).execute().await?;
+        // A table from before rooms: probe for the column, add it if missing.
+        let probe = format!(
+            "SELECT room FROM {} WHERE 1 = 0",
+            quoted(db.dialect(), table)
+        );
+        if db.sql(&probe).execute().await.is_err() {
+            let alter = match db.dialect() {
+                Dialect::MySql => format!(
+                    "ALTER TABLE `{table}` ADD COLUMN room VARCHAR(64) NOT NULL DEFAULT '1'"
+                ),
+                Dialect::Sqlite => {
+                    format!("ALTER TABLE \"{table}\" ADD COLUMN room TEXT NOT NULL DEFAULT '1'")
+                }
+            };
+            db.sql(&alter).execute().await?;
+        }
+        if db.dialect() == Dialect::Sqlite {
+            let index =
+                format!("CREATE INDEX IF NOT EXISTS \"{table}_room\" ON \"{table}\" (room, id)");
+            db.sql(&index).execute().await?;
+        }
         Ok(ChatHistory {
             db,
             table: table.to_string(),
         })
     }
 
-    /// Append one line, stamped with the current time.
-    pub async fn append(&self, name: &str, client_id: &str, text: &str) -> Result<(), DbError> {
+    /// Append one line said in `room`, stamped with the current time.
+    pub async fn append(
+        &self,
+        room: &str,
+        name: &str,
+        client_id: &str,
+        text: &str,
+    ) -> Result<(), DbError> {
         // A clock before 1970 is a broken machine, not a reason to lose the line.
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         self.db
             .insert(&self.table)
+            .set("room", room)
             .set("at", at)
             .set("name", name)
             .set("client_id", client_id)
@@ -123,12 +163,14 @@ impl ChatHistory {
         Ok(())
     }
 
-    /// The last `n` lines, oldest first.
-    pub async fn last(&self, n: u32) -> Result<Vec<HistoryLine>, DbError> {
+    /// The last `n` lines of `room`, oldest first.
+    pub async fn last(&self, room: &str, n: u32) -> Result<Vec<HistoryLine>, DbError> {
         let mut rows: Vec<(i64, String, String, String)> = self
             .db
             .select("at,name,client_id,text")
             .from(&self.table)
+            .where_("room = :room")
+            .bind("room", room)
             .order_by_desc("id")
             .limit(u64::from(n))
             .query_as()
@@ -137,6 +179,7 @@ impl ChatHistory {
         Ok(rows
             .into_iter()
             .map(|(at, name, client_id, text)| HistoryLine {
+                room: room.to_owned(),
                 at,
                 name,
                 client_id,
@@ -148,5 +191,13 @@ impl ChatHistory {
     /// The database instance the history lives in.
     pub fn instance(&self) -> &Instance {
         &self.db
+    }
+}
+
+/// `table` quoted as an identifier of `dialect` (it is checked to be plain already).
+fn quoted(dialect: Dialect, table: &str) -> String {
+    match dialect {
+        Dialect::MySql => format!("`{table}`"),
+        Dialect::Sqlite => format!("\"{table}\""),
     }
 }

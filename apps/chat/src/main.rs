@@ -1,17 +1,27 @@
-//! The brief's chat demo on Switchboard: `telnet 127.0.0.1 8480`.
+//! The brief's chat demo on Switchboard: `telnet 127.0.0.1 8480`, and the browser chat
+//! on `http://127.0.0.1:7272`.
 //!
-//! The first line a client types is its name; after that a line goes to everybody, and
-//! `client_id:words` goes to that one client only. All of the business logic is the
-//! [`Chat`] events below; the gateways, workers and supervisor are Switchboard's.
+//! Telnet: the first line a client types is its name; after that a line goes to
+//! everybody, and `client_id:words` goes to that one client only. Browsers speak
+//! workerman-chat's JSON protocol in rooms ([`browser`]); the telnet users are room
+//! `1`, and the two meet there. All of the business logic is the [`Chat`] events below
+//! and the `browser` module; the gateways, workers and supervisor are Switchboard's.
 
+mod browser;
 // Also compiled into crates/switchboard-db/tests/chat_history.rs, which uses the rest.
 #[allow(dead_code)]
 mod history;
 
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use browser::protocol::{self, To};
+use browser::{TELNET_GROUP, TELNET_ROOM};
 use history::{ChatHistory, HistoryLine};
-use switchboard::{async_trait, App, ClientId, Context, Events, Gateway, HandlerResult, Message};
+use switchboard::{
+    async_trait, App, ClientId, ClientProtocol, Context, Events, Gateway, HandlerResult, Message,
+    Session,
+};
 use tokio::sync::OnceCell;
 
 /// The chat's business code.
@@ -24,6 +34,14 @@ struct Chat {
 
 /// How many lines `/history` prints.
 const HISTORY_LINES: u32 = 20;
+
+/// The current time as messages carry it.
+fn now_time() -> String {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    format_time(unix)
+}
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time.
 fn format_time(unix: i64) -> String {
@@ -46,13 +64,14 @@ fn format_time(unix: i64) -> String {
     )
 }
 
+/// A history line as telnet shows it; a browser's line breaks become spaces.
 fn history_line(l: &HistoryLine) -> String {
     format!(
         "[{}] {}[{}] said :{}",
         format_time(l.at),
         l.name,
         l.client_id,
-        l.text
+        protocol::one_line(&l.text)
     )
 }
 
@@ -61,10 +80,12 @@ const ASK_NAME: &str = "type in your name:";
 
 /// The name stored in a client's session, once it has one.
 fn name_of(ctx: &Context) -> Option<String> {
-    ctx.session()
-        .get("name")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
+    browser::name_in(ctx.session()).map(str::to_owned)
+}
+
+/// Whether this event's client is a browser (it came through a `websocket` listener).
+fn from_browser(ctx: &Context) -> bool {
+    ctx.protocol() == ClientProtocol::WebSocket
 }
 
 /// A usable name: not empty, no control characters.
@@ -92,11 +113,18 @@ impl Events for Chat {
     }
 
     async fn on_connect(&self, ctx: &mut Context) -> HandlerResult {
+        if from_browser(ctx) {
+            browser::on_connect(ctx);
+            return Ok(());
+        }
         ctx.reply(ASK_NAME).await?;
         Ok(())
     }
 
     async fn on_message(&self, ctx: &mut Context, message: Message) -> HandlerResult {
+        if from_browser(ctx) {
+            return browser::on_message(self.history.get(), ctx, message).await;
+        }
         let line = message.text()?;
         let me = ctx.client_id();
         let Some(name) = name_of(ctx) else {
@@ -109,15 +137,21 @@ impl Events for Chat {
                 ctx.reply(ASK_NAME).await?;
                 return Ok(());
             }
-            ctx.session_mut().insert("name".into(), name.into());
+            // The name is on the gateway before the client is in room 1, so a
+            // browser that sees it as a member sees its name.
+            let mut changes = Session::new();
+            changes.insert(browser::NAME.into(), name.into());
+            ctx.gateway().update_session(me, &changes).await?;
+            ctx.session_mut().extend(changes);
             ctx.reply(format!(
                 "Hello {name}[{me}]! Your client_id is {me}.\n\
                  Type client_id:words to say words to that client only; type words to say them to everybody."
             ))
             .await?;
-            ctx.gateway()
-                .send_to_all(format!("{name}[{me}] come"))
-                .await?;
+            ctx.join_group(TELNET_GROUP).await?;
+            let json = protocol::login(me, name, &now_time());
+            let come = format!("{name}[{me}] come");
+            browser::tell_room(ctx.gateway(), TELNET_ROOM, json, come, &[]).await?;
             call.success();
             return Ok(());
         };
@@ -130,7 +164,7 @@ impl Events for Chat {
                     .await?;
                 return Ok(());
             };
-            let lines = call.time(history.last(HISTORY_LINES)).await?;
+            let lines = call.time(history.last(TELNET_ROOM, HISTORY_LINES)).await?;
             if lines.is_empty() {
                 ctx.reply("no history yet").await?;
             }
@@ -143,12 +177,9 @@ impl Events for Chat {
         match private_target(line) {
             Some((to, words)) => {
                 let call = ctx.statistic("chat", "private");
-                // One round trip: delivered, or not online (no race between the two).
-                let sent = ctx
-                    .gateway()
-                    .send_to_client(to, format!("{name}[{me}] said to You :{words}"))
-                    .await?;
-                if sent {
+                // In the recipient's format; the send says whether it was delivered.
+                let sent = browser::send_private(ctx.gateway(), me, &name, to, words).await?;
+                if sent.is_some() {
                     call.success();
                     ctx.reply(format!("{name}[{me}] said to [{to}] :{words}"))
                         .await?;
@@ -159,30 +190,36 @@ impl Events for Chat {
                 }
             }
             None => {
-                // Timed with the history write (the Db call) included; an error on
+                // Timed with the history write (the Db call) included; an error of
                 // either is reported with its message.
-                ctx.statistic("chat", "say")
-                    .time(async {
-                        ctx.gateway()
-                            .send_to_all(format!("{name}[{me}] said :{line}"))
+                let call = ctx.statistic("chat", "say");
+                call.time(async {
+                    let content = protocol::content_html(line);
+                    let json = protocol::say(me, &name, To::All, &content, &now_time());
+                    let said = format!("{name}[{me}] said :{line}");
+                    browser::tell_room(ctx.gateway(), TELNET_ROOM, json, said, &[]).await?;
+                    if let Some(history) = self.history.get() {
+                        history
+                            .append(TELNET_ROOM, &name, &me.to_string(), line)
                             .await?;
-                        if let Some(history) = self.history.get() {
-                            history.append(&name, &me.to_string(), line).await?;
-                        }
-                        HandlerResult::Ok(())
-                    })
-                    .await?;
+                    }
+                    HandlerResult::Ok(())
+                })
+                .await?;
             }
         }
         Ok(())
     }
 
     async fn on_close(&self, ctx: &mut Context) -> HandlerResult {
+        if from_browser(ctx) {
+            return browser::on_close(ctx).await;
+        }
         if let Some(name) = name_of(ctx) {
             let me = ctx.client_id();
-            ctx.gateway()
-                .send_to_all(format!("{name}[{me}] logout"))
-                .await?;
+            let json = protocol::logout(me, &name, &now_time());
+            let logout = format!("{name}[{me}] logout");
+            browser::tell_room(ctx.gateway(), TELNET_ROOM, json, logout, &[]).await?;
         }
         Ok(())
     }
@@ -191,8 +228,11 @@ impl Events for Chat {
 fn main() -> ExitCode {
     App::new("chat", Chat::default)
         .version(env!("CARGO_PKG_VERSION"))
-        .about("The brief's chat demo on Switchboard: telnet 127.0.0.1 8480")
+        .about("The brief's chat demo on Switchboard: telnet 127.0.0.1 8480, http://127.0.0.1:7272")
         .default_config(include_str!("../chat.toml"))
+        .asset("/", include_bytes!("../web/index.html"))
+        .asset("/chat.js", include_bytes!("../web/chat.js"))
+        .asset("/chat.css", include_bytes!("../web/chat.css"))
         .run()
 }
 

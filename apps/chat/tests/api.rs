@@ -6,15 +6,16 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Client, Deployment, Options};
+use common::{chat, ChatClient};
 use switchboard::{ApiError, ClientId, Gateway, Session};
+use switchboard_testkit::{Client, Deployment};
 
 /// Connects clients until each of the 2 gateways holds at least 2; learns each one's id
 /// by sending it its own id.
 async fn clients_on_both_gateways(d: &Deployment, api: &Gateway) -> Vec<(ClientId, Client)> {
     let mut pending = Vec::new();
     for _ in 0..40 {
-        let mut c = Client::connect(d.addr).await;
+        let mut c = Client::connect(d.addr()).await;
         c.expect_next("type in your name:").await;
         pending.push(c);
         let ids = api.all_client_ids().await.unwrap();
@@ -54,11 +55,8 @@ async fn nothing_more(c: &mut Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_call_across_two_gateways() {
-    let d = Deployment::start(Options {
-        gateways: 2,
-        ..Options::default()
-    });
-    let api = Gateway::connect(&d.config).await.unwrap();
+    let d = Deployment::start(chat().gateways(2));
+    let api = Gateway::connect(d.config()).await.unwrap();
     assert!(api.wait_for_gateways(2, Duration::from_secs(10)).await);
     let mut clients = clients_on_both_gateways(&d, &api).await;
     let n = clients.len() as u64;
@@ -217,7 +215,7 @@ async fn every_api_call_across_two_gateways() {
     ));
 
     // A gateway that does not answer makes a query fail with its name, not hang.
-    let stats = switchboard::stats::read_all(&d.config.run_dir());
+    let stats = switchboard::stats::read_all(&d.config().run_dir());
     let frozen = stats
         .iter()
         .find(|s| {
@@ -248,13 +246,13 @@ fn sorted(mut v: Vec<ClientId>) -> Vec<ClientId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_application_store_is_kept_apart_from_discovery_keys() {
-    let d = Deployment::start(Options::default());
-    let api = Gateway::connect(&d.config).await.unwrap();
+    let d = Deployment::start(chat());
+    let api = Gateway::connect(d.config()).await.unwrap();
     api.store()
         .set("sb/chat-test/gateways", b"not a list", None)
         .await
         .unwrap();
-    let raw = switchboard::open_store(&d.config).await.unwrap();
+    let raw = switchboard::open_store(d.config()).await.unwrap();
     assert_eq!(
         raw.get("app/chat-test/sb/chat-test/gateways")
             .await
@@ -263,7 +261,7 @@ async fn the_application_store_is_kept_apart_from_discovery_keys() {
         Some(&b"not a list"[..])
     );
     // Discovery is untouched: a new client is still served.
-    let mut c = Client::connect(d.addr).await;
+    let mut c = Client::connect(d.addr()).await;
     let id = c.login("carol").await;
     c.send("ok").await;
     c.expect_next(&format!("carol[{id}] said :ok")).await;

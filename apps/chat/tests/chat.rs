@@ -4,17 +4,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Deployment, Options};
+use common::{chat, ChatClient};
+use switchboard::config::HeartbeatConfig;
+use switchboard_testkit::{Client, Deployment, Listener, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_demo_message_with_three_clients() {
-    let d = Deployment::start(Options::default());
-    let mut a = Client::connect(d.addr).await;
+    let d = Deployment::start(chat());
+    let mut a = Client::connect(d.addr()).await;
     let ida = a.login("alice").await;
-    let mut b = Client::connect(d.addr).await;
+    let mut b = Client::connect(d.addr()).await;
     let idb = b.login("bob").await;
     a.expect_next(&format!("bob[{idb}] come")).await;
-    let mut c = Client::connect(d.addr).await;
+    let mut c = Client::connect(d.addr()).await;
     let idc = c.login("carol").await;
     a.expect_next(&format!("carol[{idc}] come")).await;
     b.expect_next(&format!("carol[{idc}] come")).await;
@@ -56,8 +58,8 @@ async fn every_demo_message_with_three_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_are_asked_for_again() {
-    let d = Deployment::start(Options::default());
-    let mut a = Client::connect(d.addr).await;
+    let d = Deployment::start(chat());
+    let mut a = Client::connect(d.addr()).await;
     a.expect_next("type in your name:").await;
     a.send("   ").await;
     a.expect_next("a name must not be empty or contain control characters")
@@ -76,10 +78,10 @@ async fn bad_names_are_asked_for_again() {
 async fn fifty_clients_chat_concurrently_and_no_line_is_lost() {
     const CLIENTS: usize = 50;
     const LINES: usize = 20;
-    let d = Deployment::start(Options::default());
+    let d = Deployment::start(chat());
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
-        let mut c = Client::connect(d.addr).await;
+        let mut c = Client::connect(d.addr()).await;
         c.login(&format!("user{i}")).await;
         clients.push(c);
     }
@@ -114,10 +116,10 @@ async fn fifty_clients_chat_concurrently_and_no_line_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_senders_lines_arrive_in_order() {
-    let d = Deployment::start(Options::default());
-    let mut a = Client::connect(d.addr).await;
+    let d = Deployment::start(chat());
+    let mut a = Client::connect(d.addr()).await;
     a.login("sender").await;
-    let mut b = Client::connect(d.addr).await;
+    let mut b = Client::connect(d.addr()).await;
     b.login("reader").await;
     for n in 0..300 {
         a.send(&format!("n{n}")).await;
@@ -135,13 +137,14 @@ async fn one_senders_lines_arrive_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_closes_a_silent_client_and_keeps_a_talking_one() {
-    let d = Deployment::start(Options {
-        heartbeat: "interval = \"300ms\"\nidle_intervals = 3\nping = \"ping\"\n".into(),
-        ..Options::default()
-    });
-    let mut silent = Client::connect(d.addr).await;
+    let d = Deployment::start(chat().heartbeat(HeartbeatConfig {
+        interval: Duration::from_millis(300),
+        ping: Some("ping".into()),
+        idle_intervals: 3,
+    }));
+    let mut silent = Client::connect(d.addr()).await;
     silent.expect_next("type in your name:").await;
-    let mut talker = Client::connect(d.addr).await;
+    let mut talker = Client::connect(d.addr()).await;
     talker.expect_next("type in your name:").await;
     // The talker answers every ping; the silent one never sends anything.
     let talk = tokio::spawn(async move {
@@ -170,13 +173,10 @@ async fn heartbeat_closes_a_silent_client_and_keeps_a_talking_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_over_long_line_gets_one_error_and_the_connection_closes() {
-    let d = Deployment::start(Options {
-        listener_extra: "max_message = 1024\n".into(),
-        ..Options::default()
-    });
-    let mut other = Client::connect(d.addr).await;
+    let d = Deployment::start(chat().listener(Listener::text("telnet").keys("max_message = 1024")));
+    let mut other = Client::connect(d.addr()).await;
     other.login("bystander").await;
-    let mut c = Client::connect(d.addr).await;
+    let mut c = Client::connect(d.addr()).await;
     c.expect_next("type in your name:").await;
     c.send_raw(&vec![b'x'; 5000]).await;
     c.expect_next("error: line longer than 1024 bytes").await;
@@ -198,8 +198,8 @@ async fn an_over_long_line_gets_one_error_and_the_connection_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_refused_line_by_line() {
-    let d = Deployment::start(Options::default());
-    let mut c = Client::connect(d.addr).await;
+    let d = Deployment::start(chat());
+    let mut c = Client::connect(d.addr()).await;
     c.login("u").await;
     c.send_raw(b"\xff\xfe\n").await;
     c.expect_next("error: line is not valid UTF-8").await;
@@ -210,8 +210,8 @@ async fn invalid_utf8_is_refused_line_by_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_shows_the_last_twenty_public_lines_even_after_a_restart() {
-    let mut d = Deployment::start(Options::default());
-    let mut a = Client::connect(d.addr).await;
+    let mut d = Deployment::start(chat());
+    let mut a = Client::connect(d.addr()).await;
     let id = a.login("alice").await;
     a.send("/history").await;
     a.expect_next("no history yet").await;
@@ -219,15 +219,15 @@ async fn history_shows_the_last_twenty_public_lines_even_after_a_restart() {
         a.send(&format!("line {n}")).await;
         a.expect_next(&format!("alice[{id}] said :line {n}")).await;
     }
-    let mut b = Client::connect(d.addr).await;
+    let mut b = Client::connect(d.addr()).await;
     let idb = b.login("bob").await;
     b.send(&format!("{id}:private words")).await;
     b.expect_next(&format!("bob[{idb}] said to [{id}] :private words"))
         .await;
     drop((a, b));
 
-    d.restart(1, 2);
-    let mut c = Client::connect(d.addr).await;
+    d.restart();
+    let mut c = Client::connect(d.addr()).await;
     c.login("carol").await;
     c.send("/history").await;
     for n in 5..25 {
@@ -242,14 +242,14 @@ async fn history_shows_the_last_twenty_public_lines_even_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chat_works_over_a_frame_listener_too() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fport = common::free_port();
-    let d = Deployment::start(Options {
-        extra: format!("[[gateway.listeners]]\nname = \"frames\"\nlisten = \"127.0.0.1:{fport}\"\nprotocol = \"frame\"\nmax_message = 4096\n"),
-        ..Options::default()
-    });
+    let d = Deployment::start(
+        chat()
+            .listener(Listener::text("telnet"))
+            .listener(Listener::frame("frames").keys("max_message = 4096")),
+    );
     async fn read_frame(s: &mut tokio::net::TcpStream) -> String {
         let mut len = [0u8; 4];
-        tokio::time::timeout(common::WAIT, s.read_exact(&mut len))
+        tokio::time::timeout(WAIT, s.read_exact(&mut len))
             .await
             .unwrap()
             .unwrap();
@@ -262,7 +262,7 @@ async fn the_chat_works_over_a_frame_listener_too() {
         v.extend_from_slice(text.as_bytes());
         v
     }
-    let mut f = tokio::net::TcpStream::connect(("127.0.0.1", fport))
+    let mut f = tokio::net::TcpStream::connect(d.listener_addr("frames"))
         .await
         .unwrap();
     assert_eq!(read_frame(&mut f).await, "type in your name:");
@@ -281,7 +281,7 @@ async fn the_chat_works_over_a_frame_listener_too() {
     assert!(hello.contains("\nType client_id:words"), "{hello}");
     assert_eq!(read_frame(&mut f).await, format!("framer[{id}] come"));
     // A telnet client and a frame client talk to each other.
-    let mut t = Client::connect(d.addr).await;
+    let mut t = Client::connect(d.addr()).await;
     let tid = t.login("liner").await;
     assert_eq!(read_frame(&mut f).await, format!("liner[{tid}] come"));
     f.write_all(&frame("hello lines")).await.unwrap();
@@ -300,7 +300,7 @@ async fn the_chat_works_over_a_frame_listener_too() {
         r#"{"error":"frame of 5000 bytes exceeds the limit of 4096 bytes"}"#
     );
     let mut rest = Vec::new();
-    let n = tokio::time::timeout(common::WAIT, f.read_to_end(&mut rest))
+    let n = tokio::time::timeout(WAIT, f.read_to_end(&mut rest))
         .await
         .unwrap()
         .unwrap();
@@ -309,16 +309,16 @@ async fn the_chat_works_over_a_frame_listener_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ids_are_never_reused_across_restarts() {
-    let mut d = Deployment::start(Options::default());
+    let mut d = Deployment::start(chat());
     let mut ids = Vec::new();
     for round in 0..3 {
         let mut clients = Vec::new();
         for n in 0..2 {
-            let mut c = Client::connect(d.addr).await;
+            let mut c = Client::connect(d.addr()).await;
             ids.push(c.login(&format!("r{round}n{n}")).await);
             clients.push(c);
         }
-        d.restart(1, 2);
+        d.restart();
     }
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "{ids:?}");
@@ -329,13 +329,10 @@ async fn client_ids_are_never_reused_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_cut_off_as_a_slow_consumer() {
-    let d = Deployment::start(Options {
-        gateway_extra: "outbound_limit = 65536\n".into(),
-        ..Options::default()
-    });
-    let mut lazy = Client::connect(d.addr).await;
+    let d = Deployment::start(chat().gateway_keys("outbound_limit = 65536"));
+    let mut lazy = Client::connect(d.addr()).await;
     let lazy_id = lazy.login("lazy").await;
-    let mut talker = Client::connect(d.addr).await;
+    let mut talker = Client::connect(d.addr()).await;
     let tid = talker.login("talker").await;
     // Broadcast far more than the socket buffers and the 64 KiB queue can hold, while
     // `lazy` never reads; the talker keeps reading its own copies.

@@ -7,13 +7,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{chat_bin, Client, Deployment, Options};
+use common::{chat, chat_bin, ChatClient};
 use switchboard::protocol::internal::{self, Frame};
 use switchboard::stats;
+use switchboard_testkit::{ChildRole, Client, Deployment, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn internal_addr(d: &Deployment) -> String {
-    stats::read_all(&d.config.run_dir())
+    stats::read_all(&d.config().run_dir())
         .into_iter()
         .find(|s| s.role == "gateway")
         .and_then(|s| {
@@ -27,13 +28,13 @@ fn internal_addr(d: &Deployment) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_with_the_wrong_secret_is_refused_and_logged() {
-    let d = Deployment::start(Options::default());
-    let wrong = std::fs::read_to_string(&d.config_path)
+    let d = Deployment::start(chat());
+    let wrong = std::fs::read_to_string(d.config_path())
         .unwrap()
         .replace("secret = \"test-secret\"", "secret = \"not-the-secret\"");
-    let wrong_path = d.dir.path().join("wrong.toml");
+    let wrong_path = d.dir().join("wrong.toml");
     std::fs::write(&wrong_path, wrong).unwrap();
-    let worker_log = d.dir.path().join("wrong-worker.log");
+    let worker_log = d.dir().join("wrong-worker.log");
     let mut intruder = Command::new(chat_bin())
         .arg("--config")
         .arg(&wrong_path)
@@ -49,7 +50,7 @@ async fn a_worker_with_the_wrong_secret_is_refused_and_logged() {
         "the peer address is logged: {log}"
     );
     // The intruder is told why.
-    let deadline = std::time::Instant::now() + common::WAIT;
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
         let wl = std::fs::read_to_string(&worker_log).unwrap_or_default();
         if wl.contains("refused by gateway: wrong secret") {
@@ -59,7 +60,7 @@ async fn a_worker_with_the_wrong_secret_is_refused_and_logged() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // No event ever reaches it: the chat keeps working through the real workers.
-    let mut a = Client::connect(d.addr).await;
+    let mut a = Client::connect(d.addr()).await;
     a.login("alice").await;
     a.send("hi").await;
     a.expect_next(&format!("alice[{}] said :hi", a.id.unwrap()))
@@ -70,7 +71,7 @@ async fn a_worker_with_the_wrong_secret_is_refused_and_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_skips_the_handshake_gets_nothing() {
-    let d = Deployment::start(Options::default());
+    let d = Deployment::start(chat());
     let mut s = tokio::net::TcpStream::connect(internal_addr(&d))
         .await
         .unwrap();
@@ -88,7 +89,7 @@ async fn a_peer_that_skips_the_handshake_gets_nothing() {
         only: None,
         exclude: vec![],
     }));
-    let mut a = Client::connect(d.addr).await;
+    let mut a = Client::connect(d.addr()).await;
     a.login("alice").await;
     s.write_all(&cmd).await.unwrap();
     let reply = loop {
@@ -116,10 +117,10 @@ async fn a_peer_that_skips_the_handshake_gets_nothing() {
 async fn sigkill_of_a_worker_under_traffic_loses_no_client_and_no_line() {
     const CLIENTS: usize = 10;
     const LINES: usize = 150;
-    let d = Deployment::start(Options::default());
+    let d = Deployment::start(chat());
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
-        let mut c = Client::connect(d.addr).await;
+        let mut c = Client::connect(d.addr()).await;
         c.login(&format!("u{i}")).await;
         clients.push(c);
     }
@@ -127,7 +128,7 @@ async fn sigkill_of_a_worker_under_traffic_loses_no_client_and_no_line() {
     for c in clients.iter_mut().take(CLIENTS - 1) {
         c.expect(&format!("u{}[{last}] come", CLIENTS - 1)).await;
     }
-    let victim = d.pids("worker")[0];
+    let victim = d.pids(ChildRole::Worker)[0];
     let mut handles = Vec::new();
     for (i, mut c) in clients.into_iter().enumerate() {
         handles.push(tokio::spawn(async move {
@@ -153,7 +154,7 @@ async fn sigkill_of_a_worker_under_traffic_loses_no_client_and_no_line() {
     // client's writer is gone with it, so drive the load from fresh logged-in senders.
     let mut senders = Vec::new();
     for i in 0..CLIENTS {
-        let mut s = Client::connect(d.addr).await;
+        let mut s = Client::connect(d.addr()).await;
         s.login(&format!("s{i}")).await;
         senders.push(s);
     }
@@ -179,7 +180,7 @@ async fn sigkill_of_a_worker_under_traffic_loses_no_client_and_no_line() {
     }
     // The supervisor restarted the worker, and later messages still flow.
     d.wait_log("child died; restarting");
-    d.wait_ready(1, 2);
+    d.wait_ready();
     let s = &mut senders[0];
     s.send("after the crash").await;
     s.expect(&format!("s0[{}] said :after the crash", s.id.unwrap()))
@@ -188,10 +189,10 @@ async fn sigkill_of_a_worker_under_traffic_loses_no_client_and_no_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_worker_dead_events_wait_and_are_then_delivered() {
-    let d = Deployment::start(Options::default());
-    let mut a = Client::connect(d.addr).await;
+    let d = Deployment::start(chat());
+    let mut a = Client::connect(d.addr()).await;
     let id = a.login("alice").await;
-    for pid in d.pids("worker") {
+    for pid in d.pids(ChildRole::Worker) {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
     // Sent while no worker exists; delivered once the supervisor has restarted them.
@@ -205,15 +206,15 @@ async fn with_every_worker_dead_events_wait_and_are_then_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_held_past_the_hold_timeout_are_rejected_with_an_error() {
-    let d = Deployment::start(Options {
-        workers: 1,
-        hold_timeout: "1s".into(),
-        restart_delay: "4s".into(),
-        ..Options::default()
-    });
-    let mut a = Client::connect(d.addr).await;
+    let d = Deployment::start(
+        chat()
+            .workers(1)
+            .hold_timeout(Duration::from_secs(1))
+            .restart_delay(Duration::from_secs(4)),
+    );
+    let mut a = Client::connect(d.addr()).await;
     let id = a.login("alice").await;
-    let w = d.pids("worker")[0];
+    let w = d.pids(ChildRole::Worker)[0];
     unsafe { libc::kill(w as i32, libc::SIGKILL) };
     d.wait_log("child died; restarting");
     a.send("during outage").await;
@@ -222,7 +223,7 @@ async fn events_held_past_the_hold_timeout_are_rejected_with_an_error() {
     let log = d.wait_log("rejected 1 event(s) of client");
     assert!(log.contains(&id.to_string()), "{log}");
     // The client stays connected, and once the worker is back, it is served again.
-    d.wait_ready(1, 1);
+    d.wait_ready();
     a.send("after outage").await;
     a.expect_next(&format!("alice[{id}] said :after outage"))
         .await;
@@ -230,17 +231,14 @@ async fn events_held_past_the_hold_timeout_are_rejected_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_is_detected_by_pings_and_its_events_move_on() {
-    let d = Deployment::start(Options {
-        gateway_extra: "link_ping_interval = \"200ms\"\n".into(),
-        ..Options::default()
-    });
+    let d = Deployment::start(chat().gateway_keys("link_ping_interval = \"200ms\""));
     // Two clients: whichever worker they stick to, freezing one worker strands one of
     // them unless the gateway notices.
-    let mut a = Client::connect(d.addr).await;
+    let mut a = Client::connect(d.addr()).await;
     let ida = a.login("alice").await;
-    let mut b = Client::connect(d.addr).await;
+    let mut b = Client::connect(d.addr()).await;
     let idb = b.login("bob").await;
-    let frozen = d.pids("worker")[0];
+    let frozen = d.pids(ChildRole::Worker)[0];
     unsafe { libc::kill(frozen as i32, libc::SIGSTOP) };
     a.send("one").await;
     b.send("two").await;
@@ -270,14 +268,11 @@ async fn a_frozen_worker_is_detected_by_pings_and_its_events_move_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_over_the_frame_limit_is_refused_without_breaking_the_link() {
-    let d = Deployment::start(Options {
-        gateway_extra: "max_internal_frame = 4096\n".into(),
-        ..Options::default()
-    });
-    let mut a = Client::connect(d.addr).await;
+    let d = Deployment::start(chat().gateway_keys("max_internal_frame = 4096"));
+    let mut a = Client::connect(d.addr()).await;
     let id = a.login("alice").await;
-    let api = switchboard::Gateway::connect(&d.config).await.unwrap();
-    assert!(api.wait_for_gateways(1, common::WAIT).await);
+    let api = switchboard::Gateway::connect(d.config()).await.unwrap();
+    assert!(api.wait_for_gateways(1, WAIT).await);
     let err = api.send_to_client(id, vec![b'x'; 5000]).await.unwrap_err();
     assert!(
         matches!(err, switchboard::ApiError::TooLarge { max: 4096, .. }),
@@ -290,7 +285,7 @@ async fn a_command_over_the_frame_limit_is_refused_without_breaking_the_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fake_gateway_planted_in_the_store_is_not_trusted() {
-    let d = Deployment::start(Options::default());
+    let d = Deployment::start(chat());
     // An impostor that does the handshake but cannot prove the secret.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let fake_addr = listener.local_addr().unwrap();
@@ -328,16 +323,17 @@ async fn a_fake_gateway_planted_in_the_store_is_not_trusted() {
         }
         commands_seen
     });
-    let store = switchboard::open_store(&d.config).await.unwrap();
+    let store = switchboard::open_store(d.config()).await.unwrap();
     let entry = switchboard::discovery::GatewayEntry {
         number: fake_number,
         internal: fake_addr,
         listeners: vec![],
         pid: 1,
+        tls: false,
     };
     switchboard::discovery::publish(
         store.as_ref(),
-        &d.config.name,
+        &d.config().name,
         &entry,
         Duration::from_secs(60),
     )
@@ -345,17 +341,17 @@ async fn a_fake_gateway_planted_in_the_store_is_not_trusted() {
     .unwrap();
     d.wait_log("did not prove it knows the secret");
     // Broadcasts from the chat never reach the impostor.
-    let mut a = Client::connect(d.addr).await;
+    let mut a = Client::connect(d.addr()).await;
     a.login("alice").await;
     a.send("secret talk").await;
     a.expect_next(&format!("alice[{}] said :secret talk", a.id.unwrap()))
         .await;
-    let api = switchboard::Gateway::connect(&d.config).await.unwrap();
+    let api = switchboard::Gateway::connect(d.config()).await.unwrap();
     api.wait_for_gateways(1, Duration::from_secs(2)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!api.gateways().contains(&fake_number));
     impostor.abort();
-    switchboard::discovery::unpublish(store.as_ref(), &d.config.name, fake_number)
+    switchboard::discovery::unpublish(store.as_ref(), &d.config().name, fake_number)
         .await
         .unwrap();
 }

@@ -3,11 +3,13 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Client, Deployment, Options, WAIT};
+use common::{chat, chat_bin, ChatClient};
 use switchboard::{process, supervisor, Gateway};
+use switchboard_testkit::{ChildRole, Client, Deployment, WAIT};
 
 fn text(o: &Output) -> String {
     format!(
@@ -27,7 +29,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn daemon_start_status_double_start_stop() {
-    let d = Deployment::prepare(Options::default());
+    let d = Deployment::prepare(chat());
     let out = d.cli(&["start", "-d"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -35,19 +37,29 @@ fn daemon_start_status_double_start_stop() {
         "{}",
         text(&out)
     );
+    // The log path printed is absolute: the daemon does not keep our directory.
+    let log_path = text(&out)
+        .split("log: ")
+        .nth(1)
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default();
+    assert!(
+        Path::new(&log_path).is_absolute() && Path::new(&log_path).exists(),
+        "printed log path {log_path:?}"
+    );
     let pid = d.supervisor_pid();
     assert!(process::alive(pid));
-    d.wait_ready(1, 2);
+    d.wait_ready();
 
     // status: a row per process, each with its pid and state.
     let out = d.cli(&["status"]);
     assert!(out.status.success(), "{}", text(&out));
     let status = text(&out);
-    for role in ["gateway", "worker"] {
+    for role in [ChildRole::Gateway, ChildRole::Worker] {
         for child in d.pids(role) {
             assert!(
                 status.contains(&child.to_string()),
-                "{role} {child} missing:\n{status}"
+                "{role:?} {child} missing:\n{status}"
             );
         }
     }
@@ -70,9 +82,9 @@ fn daemon_start_status_double_start_stop() {
 
     // stop: everything gone, pid file removed, the log file kept.
     let children: Vec<u32> = d
-        .pids("gateway")
+        .pids(ChildRole::Gateway)
         .into_iter()
-        .chain(d.pids("worker"))
+        .chain(d.pids(ChildRole::Worker))
         .collect();
     let out = d.cli(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -80,8 +92,8 @@ fn daemon_start_status_double_start_stop() {
     for c in children {
         assert!(!process::alive(c), "child {c} still alive");
     }
-    assert!(!supervisor::pid_file(&d.config).exists());
-    let log = std::fs::read_to_string(d.config.log_file()).unwrap();
+    assert!(!supervisor::pid_file(d.config()).exists());
+    let log = std::fs::read_to_string(d.config().log_file()).unwrap();
     assert!(log.contains("supervisor stopped"), "{log}");
     // Now stop and status report "not running".
     let out = d.cli(&["stop"]);
@@ -100,14 +112,14 @@ fn daemon_start_status_double_start_stop() {
 
 #[test]
 fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
-    let d = Deployment::prepare(Options::default());
+    let d = Deployment::prepare(chat());
     assert!(d.cli(&["start", "-d"]).status.success());
-    d.wait_ready(1, 2);
+    d.wait_ready();
     let pid = d.supervisor_pid();
     let children: Vec<u32> = d
-        .pids("gateway")
+        .pids(ChildRole::Gateway)
         .into_iter()
-        .chain(d.pids("worker"))
+        .chain(d.pids(ChildRole::Worker))
         .collect();
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     // The children follow their supervisor (parent-death signal) instead of lingering.
@@ -115,7 +127,7 @@ fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
         children.iter().all(|c| !process::alive(*c))
     });
     assert!(
-        supervisor::pid_file(&d.config).exists(),
+        supervisor::pid_file(d.config()).exists(),
         "the pid file is stale now"
     );
     let out = d.cli(&["status"]);
@@ -126,20 +138,28 @@ fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
     );
     let out = d.cli(&["start", "-d"]);
     assert!(out.status.success(), "{}", text(&out));
-    d.wait_ready(1, 2);
+    d.wait_ready();
     assert_ne!(d.supervisor_pid(), pid);
 }
 
 #[test]
 fn restart_replaces_every_process() {
-    let d = Deployment::prepare(Options::default());
+    let d = Deployment::prepare(chat());
     assert!(d.cli(&["start", "-d"]).status.success());
-    d.wait_ready(1, 2);
-    let before = (d.supervisor_pid(), d.pids("gateway"), d.pids("worker"));
+    d.wait_ready();
+    let before = (
+        d.supervisor_pid(),
+        d.pids(ChildRole::Gateway),
+        d.pids(ChildRole::Worker),
+    );
     let out = d.cli(&["restart"]);
     assert!(out.status.success(), "{}", text(&out));
-    d.wait_ready(1, 2);
-    let after = (d.supervisor_pid(), d.pids("gateway"), d.pids("worker"));
+    d.wait_ready();
+    let after = (
+        d.supervisor_pid(),
+        d.pids(ChildRole::Gateway),
+        d.pids(ChildRole::Worker),
+    );
     assert_ne!(before.0, after.0);
     assert!(before.1.iter().all(|p| !after.1.contains(p)));
     assert!(before.2.iter().all(|p| !after.2.contains(p)));
@@ -147,8 +167,8 @@ fn restart_replaces_every_process() {
 
 #[test]
 fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
-    let d = Deployment::prepare(Options::default());
-    let good = std::fs::read_to_string(&d.config_path).unwrap();
+    let d = Deployment::prepare(chat());
+    let good = std::fs::read_to_string(d.config_path()).unwrap();
     let cases: Vec<(&str, String, &[&str])> = vec![
         (
             "unknown key",
@@ -163,7 +183,7 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
         (
             "bad address",
             good.replace(
-                &format!("listen = \"{}\"", d.addr),
+                &format!("listen = \"{}\"", d.addr()),
                 "listen = \"localhost:99999\"",
             ),
             &["listen", "line"],
@@ -183,10 +203,10 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
         ),
     ];
     for (what, body, needles) in cases {
-        let path = d.dir.path().join("bad.toml");
+        let path = d.dir().join("bad.toml");
         std::fs::write(&path, &body).unwrap();
         for args in [vec!["config", "check"], vec!["start"]] {
-            let out = std::process::Command::new(&d.binary)
+            let out = std::process::Command::new(d.binary())
                 .arg("--config")
                 .arg(&path)
                 .args(&args)
@@ -202,12 +222,12 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
             }
         }
         assert!(
-            !supervisor::pid_file(&d.config).exists(),
+            !supervisor::pid_file(d.config()).exists(),
             "{what}: something started"
         );
     }
     // A port in use: refused before anything starts.
-    let busy = std::net::TcpListener::bind(d.addr).unwrap();
+    let busy = std::net::TcpListener::bind(d.addr()).unwrap();
     for args in [
         &["config", "check"][..],
         &["start"][..],
@@ -233,7 +253,7 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
             "the line is named: {t}"
         );
     }
-    assert!(!supervisor::pid_file(&d.config).exists());
+    assert!(!supervisor::pid_file(d.config()).exists());
     drop(busy);
     let out = d.cli(&["config", "check"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -241,7 +261,7 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
 
 #[test]
 fn flags_and_environment_override_the_file() {
-    let d = Deployment::prepare(Options::default());
+    let d = Deployment::prepare(chat());
     let out = d.cli(&[
         "--set",
         "worker.count=5",
@@ -254,9 +274,9 @@ fn flags_and_environment_override_the_file() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("count = 5"), "{t}");
     assert!(t.contains("interval = \"3s\""), "{t}");
-    let out = std::process::Command::new(&d.binary)
+    let out = std::process::Command::new(d.binary())
         .arg("--config")
-        .arg(&d.config_path)
+        .arg(d.config_path())
         .args(["config", "print"])
         .env("SWITCHBOARD__GATEWAY__COUNT", "3")
         .output()
@@ -282,31 +302,45 @@ fn a_child_that_keeps_dying_shows_as_crash_loop() {
     // The gateway's internal port is taken, so every gateway start fails at once.
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = blocker.local_addr().unwrap().port();
-    let d = Deployment::prepare(Options {
-        gateway_extra: format!("internal_listen = \"127.0.0.1:{port}\"\n"),
-        restart_delay: "50ms".into(),
-        ..Options::default()
-    });
+    let d = Deployment::prepare(
+        chat()
+            .gateway_keys(&format!("internal_listen = \"127.0.0.1:{port}\""))
+            .restart_delay(Duration::from_millis(50)),
+    );
     assert!(d.cli(&["start", "-d"]).status.success());
     wait_until("crash-loop in status", || {
         text(&d.cli(&["status"])).contains("crash-loop")
     });
     let status = text(&d.cli(&["status"]));
     assert!(status.contains("last: exit code 1"), "{status}");
-    let log = std::fs::read_to_string(d.config.log_file()).unwrap();
+    let log = std::fs::read_to_string(d.config().log_file()).unwrap();
     assert!(log.contains("cannot bind the internal listener"), "{log}");
     assert!(log.contains("child died; restarting"), "{log}");
     drop(blocker);
 }
 
+#[test]
+fn connections_with_no_gateway_says_so_and_fails() {
+    let d = Deployment::prepare(chat());
+    let out = d.cli(&["connections"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("no gateway of deployment \"chat-test\" found in the store")
+            && t.contains("file store"),
+        "{t}"
+    );
+    assert!(!t.contains("0 client(s)"), "{t}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_lists_clients_with_uid_groups_and_filters() {
-    let d = Deployment::start(Options::default());
-    let mut a = Client::connect(d.addr).await;
+    let d = Deployment::start(chat());
+    let mut a = Client::connect(d.addr()).await;
     let ida = a.login("alice").await;
-    let mut b = Client::connect(d.addr).await;
+    let mut b = Client::connect(d.addr()).await;
     let idb = b.login("bob").await;
-    let api = Gateway::connect(&d.config).await.unwrap();
+    let api = Gateway::connect(d.config()).await.unwrap();
     assert!(api.wait_for_gateways(1, WAIT).await);
     api.bind_uid(ida, "alice-uid").await.unwrap();
     api.join_group(ida, "room1").await.unwrap();
@@ -352,9 +386,9 @@ async fn private_traffic_during(
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for i in 0..pairs {
-        let mut s = Client::connect(d.addr).await;
+        let mut s = Client::connect(d.addr()).await;
         s.login(&format!("s{i}")).await;
-        let mut r = Client::connect(d.addr).await;
+        let mut r = Client::connect(d.addr()).await;
         let rid = r.login(&format!("r{i}")).await;
         senders.push((s, rid));
         receivers.push(r);
@@ -438,20 +472,17 @@ async fn reload_under_load_loses_nothing_disconnects_nobody_and_keeps_order() {
     // Run from a copy of the binary, so the test can replace "the binary on disk".
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("chat");
-    std::fs::copy(common::chat_bin(), &bin).unwrap();
-    let d = Deployment::start(Options {
-        binary: Some(bin.clone()),
-        ..Options::default()
-    });
-    let gateway_before = d.pids("gateway");
-    let workers_before = d.pids("worker");
+    std::fs::copy(chat_bin(), &bin).unwrap();
+    let d = Deployment::start(chat().binary(&bin));
+    let gateway_before = d.pids(ChildRole::Gateway);
+    let workers_before = d.pids(ChildRole::Worker);
     // The new build: a fresh file at the same path (the old one is unlinked).
     let staged = tmp.path().join("chat.new");
-    std::fs::copy(common::chat_bin(), &staged).unwrap();
+    std::fs::copy(chat_bin(), &staged).unwrap();
     std::fs::rename(&staged, &bin).unwrap();
 
     let sup = d.supervisor_pid();
-    let cfg = d.config_path.clone();
+    let cfg = d.config_path().to_path_buf();
     let binary = bin.clone();
     let (sent, got, disorder, dups) =
         private_traffic_during(&d, 10, 100, Duration::from_secs(6), move || {
@@ -470,8 +501,8 @@ async fn reload_under_load_loses_nothing_disconnects_nobody_and_keeps_order() {
     assert!(sent > 4000, "the load ran: {sent}");
 
     // Workers were replaced by processes of the new file; the gateway was not touched.
-    assert_eq!(d.pids("gateway"), gateway_before);
-    let workers_after = d.pids("worker");
+    assert_eq!(d.pids(ChildRole::Gateway), gateway_before);
+    let workers_after = d.pids(ChildRole::Worker);
     assert!(
         workers_after.iter().all(|p| !workers_before.contains(p)),
         "{workers_before:?} -> {workers_after:?}"
@@ -497,8 +528,8 @@ async fn reload_under_load_loses_nothing_disconnects_nobody_and_keeps_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_worker_under_private_load_loses_nothing() {
-    let d = Deployment::start(Options::default());
-    let victim = d.pids("worker")[0];
+    let d = Deployment::start(chat());
+    let victim = d.pids(ChildRole::Worker)[0];
     let (sent, got, _disorder, _dups) =
         private_traffic_during(&d, 10, 100, Duration::from_secs(4), move || {
             unsafe { libc::kill(victim as i32, libc::SIGKILL) };
@@ -511,17 +542,21 @@ async fn sigkill_of_a_worker_under_private_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_usr1_reloads_and_quit_stops_gracefully() {
-    let mut d = Deployment::start(Options::default());
-    let before = d.pids("worker");
+    let mut d = Deployment::start(chat());
+    let before = d.pids(ChildRole::Worker);
     let sup = d.supervisor_pid();
     unsafe { libc::kill(sup as i32, libc::SIGUSR1) };
     d.wait_log("reload: done");
-    d.wait_ready(1, 2);
-    let after = d.pids("worker");
+    d.wait_ready();
+    let after = d.pids(ChildRole::Worker);
     assert!(after.iter().all(|p| !before.contains(p)));
-    let mut a = Client::connect(d.addr).await;
+    let mut a = Client::connect(d.addr()).await;
     a.login("after-reload").await;
-    let children: Vec<u32> = d.pids("gateway").into_iter().chain(after).collect();
+    let children: Vec<u32> = d
+        .pids(ChildRole::Gateway)
+        .into_iter()
+        .chain(after)
+        .collect();
     unsafe { libc::kill(sup as i32, libc::SIGQUIT) };
     wait_until("supervisor to exit", || !process::alive(sup));
     assert!(children.iter().all(|c| !process::alive(*c)));
@@ -532,10 +567,10 @@ async fn signals_usr1_reloads_and_quit_stops_gracefully() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts_clients_per_gateway() {
-    let d = Deployment::start(Options::default());
+    let d = Deployment::start(chat());
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut c = Client::connect(d.addr).await;
+        let mut c = Client::connect(d.addr()).await;
         c.expect_next("type in your name:").await;
         clients.push(c);
     }
@@ -550,10 +585,7 @@ async fn status_counts_clients_per_gateway() {
 
 #[test]
 fn json_logs_are_one_object_per_line_and_name_their_process() {
-    let d = Deployment::start(Options {
-        extra: "[log]\nformat = \"json\"\n".into(),
-        ..Options::default()
-    });
+    let d = Deployment::start(chat().section("[log]\nformat = \"json\""));
     let log = d.wait_log("peer authenticated");
     let mut threads = std::collections::HashSet::new();
     for line in log.lines().filter(|l| !l.trim().is_empty()) {

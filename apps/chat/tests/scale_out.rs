@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{chat_bin, free_port, spawn_chat, Client, WAIT};
+use common::{chat_bin, ChatClient};
 use switchboard::stats;
+use switchboard_testkit::{free_port, spawn, Client, WAIT};
 
 /// One supervisor started with `--only`, standing for one machine.
 struct Node {
@@ -60,7 +61,7 @@ listen = "127.0.0.1:0"
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, text).unwrap();
         let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-        let child = spawn_chat(
+        let child = spawn(
             chat_bin().as_ref(),
             &config_path,
             &["start", "--only", role],

@@ -4,10 +4,91 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::web::{http_get, screenshot_path, Browser};
-use common::{Client, Deployment, Options, WAIT};
+use common::{chat, ChatClient};
+use switchboard_testkit::browser::Browser;
+use switchboard_testkit::{Client, Deployment, Listener, Options, WAIT};
+
+/// The chat with its telnet listener, as the statistics tests drive it.
+fn telnet() -> Options {
+    chat().listener(Listener::text("telnet"))
+}
+
+/// A GET and its answer.
+struct HttpReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` on `addr` (one plain HTTP/1.1 request, `Connection: close`), with a
+/// bearer token when given: exact status codes, no client library in between.
+fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> HttpReply {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    // The event stream never ends: a read timeout after its first event is the end.
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status from {addr}{path}: {text:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    HttpReply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
 
 /// Every sample of `name` whose labels include `labels`, summed.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -58,7 +139,7 @@ fn wait_metrics(
 async fn traffic(d: &Deployment, n: usize, lines: usize) -> Vec<Client> {
     let mut clients = Vec::new();
     for i in 0..n {
-        let mut c = Client::connect(d.addr).await;
+        let mut c = Client::connect(d.addr()).await;
         c.login(&format!("user{i}")).await;
         clients.push(c);
     }
@@ -79,7 +160,7 @@ async fn traffic(d: &Deployment, n: usize, lines: usize) -> Vec<Client> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
     let started = Instant::now();
-    let mut d = Deployment::start(Options::default());
+    let mut d = Deployment::start(telnet());
     let clients = traffic(&d, 3, 12).await;
 
     let say = [
@@ -187,7 +268,7 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
     // A supervisor restart (every child restarts) keeps every figure already reported.
     drop(clients);
     d.note("restarting the supervisor");
-    d.restart(1, 2);
+    d.restart();
     let page = wait_metrics(&d, None, "the say count after a restart", |p| {
         metric(p, "switchboard_processes", &[("role", "worker")]) == Some(2.0)
     });
@@ -227,17 +308,18 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
 fn an_admin_listener_off_loopback_needs_a_token() {
     let started = Instant::now();
     let token = "test-admin-token";
-    let opts = |port: u16| Options {
-        admin: format!("listen = \"0.0.0.0:{port}\"\ntoken = \"{token}\"\n"),
-        ..Options::default()
+    let opts = |port: u16| {
+        telnet().admin(&format!(
+            "listen = \"0.0.0.0:{port}\"\ntoken = \"{token}\"\n"
+        ))
     };
     // Without the token, `config check` and `start` refuse with the key named.
-    let d = Deployment::prepare(opts(common::free_port()));
-    let text = std::fs::read_to_string(&d.config_path).unwrap();
-    let bad = d.dir.path().join("no-token.toml");
+    let d = Deployment::prepare(opts(switchboard_testkit::free_port()));
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let bad = d.dir().join("no-token.toml");
     std::fs::write(&bad, text.replace(&format!("token = \"{token}\"\n"), "")).unwrap();
     for args in [vec!["config", "check"], vec!["start"]] {
-        let out = std::process::Command::new(&d.binary)
+        let out = std::process::Command::new(d.binary())
             .arg("--config")
             .arg(&bad)
             .args(&args)
@@ -254,9 +336,9 @@ fn an_admin_listener_off_loopback_needs_a_token() {
         );
     }
     // A token file does as well as the token itself.
-    let token_file = d.dir.path().join("admin.token");
+    let token_file = d.dir().join("admin.token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let with_file = d.dir.path().join("token-file.toml");
+    let with_file = d.dir().join("token-file.toml");
     std::fs::write(
         &with_file,
         text.replace(
@@ -265,7 +347,7 @@ fn an_admin_listener_off_loopback_needs_a_token() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(&d.binary)
+    let out = std::process::Command::new(d.binary())
         .arg("--config")
         .arg(&with_file)
         .args(["config", "check"])
@@ -279,7 +361,7 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     drop(d);
 
     // With it, the deployment starts; requests without it get 401.
-    let d = Deployment::start(opts(common::free_port()));
+    let d = Deployment::start(opts(switchboard_testkit::free_port()));
     let addr = d.admin_addr();
     assert!(addr.ip().is_unspecified(), "{addr}");
     let local: std::net::SocketAddr = format!("127.0.0.1:{}", addr.port()).parse().unwrap();
@@ -300,10 +382,21 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     eprintln!("took {:?}", started.elapsed());
 }
 
+/// A JavaScript expression: how many non-white pixels the canvas `id` has.
+fn ink(id: &str) -> String {
+    format!(
+        "(() => {{ const cv = document.getElementById('{id}'); const d = cv.getContext('2d')
+            .getImageData(0, 0, cv.width, cv.height).data; let n = 0;
+            for (let i = 0; i < d.length; i += 4)
+                if (d[i + 3] > 0 && (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200)) n++;
+            return n; }})()"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     let started = Instant::now();
-    let d = Deployment::start(Options::default());
+    let d = Deployment::start(telnet());
     let _clients = traffic(&d, 4, 30).await;
     let addr = d.admin_addr();
     wait_metrics(&d, None, "30 say calls", |p| {
@@ -313,142 +406,61 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
             &[("interface", "say"), ("success", "true")],
         ) == Some(30.0)
     });
-    let Some(browser) = Browser::start(1400, 1000).await else {
+    let Some(page) = Browser::start_or_skip("the_dashboard_shows_charts").await else {
         return;
     };
-    let c = &browser.client;
-    c.goto(&format!("http://{addr}/")).await.unwrap();
-    // The overview: figures in the KPI boxes and ink on every chart.
-    browser
-        .wait_js(
-            "const k = document.querySelector('#kpis .kpi b'); return k && k.textContent.replace(/,/g, '') === '35' ? k.textContent : null;",
-            WAIT,
-            "the overview shows 35 calls (4 logins, 30 lines, 1 private)",
-        )
-        .await;
-    const INK: &str = "const cv = document.getElementById(arguments[0] || ID); const g = cv.getContext('2d');
-        const d = g.getImageData(0, 0, cv.width, cv.height).data; let n = 0;
-        for (let i = 0; i < d.length; i += 4) { if (d[i + 3] > 0 && (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200)) n++; }
-        return n;";
+    page.set_size(1400, 1000).await;
+    page.goto(&format!("http://{addr}/")).await;
+    // The overview: the figures in the boxes, ink on every chart, the codes, the live
+    // header.
+    page.wait_until(
+        "document.querySelector('#kpis .kpi b') && document.querySelector('#kpis .kpi b').textContent === '35'",
+    )
+    .await; // 4 logins, 30 lines, 1 private line to nobody
     for id in ["c-calls", "c-rate", "c-time"] {
-        let js = INK.replace("arguments[0] || ID", &format!("'{id}'"));
-        let ink = browser
-            .wait_js(&js, WAIT, &format!("chart {id} is drawn"))
-            .await;
-        assert!(ink.as_u64().unwrap() > 500, "{id}: only {ink} dark pixels");
+        page.wait_until(&format!("{} > 500", ink(id))).await;
     }
-    browser
-        .wait_js(
-            "return document.getElementById('codes').textContent.includes('code 404');",
-            WAIT,
-            "the code distribution lists 404",
-        )
+    page.wait_until("document.getElementById('codes').textContent.includes('code 404')")
         .await;
-    browser
-        .wait_js(
-            "return document.getElementById('l-clients').textContent === '4';",
-            WAIT,
-            "the live header shows 4 clients",
-        )
+    page.wait_until("document.getElementById('l-clients').textContent === '4'")
         .await;
-    browser.screenshot(&screenshot_path("dashboard.png")).await;
+    page.screenshot("dashboard").await;
 
     // The module → interface tree and the per-minute table of `chat::say`.
-    c.execute(
-        "document.querySelector('nav button[data-tab=interfaces]').click()",
-        vec![],
+    page.click("nav button[data-tab=interfaces]").await;
+    page.wait_until("document.querySelector('.tree .if[data-i=say]') !== null")
+        .await;
+    page.click(".tree .if[data-i=say]").await;
+    page.wait_until(
+        "document.getElementById('if-title').textContent === 'chat::say' && document.querySelectorAll('#if-table tr').length >= 2",
     )
-    .await
-    .unwrap();
-    browser
-        .wait_js(
-            "return [...document.querySelectorAll('.tree .if')].map(e => e.dataset.i).join(',');",
-            WAIT,
-            "the tree lists interfaces",
-        )
-        .await;
-    c.execute(
-        "document.querySelector('.tree .if[data-i=say]').click()",
-        vec![],
-    )
-    .await
-    .unwrap();
-    browser
-        .wait_js(
-            "return document.getElementById('if-title').textContent === 'chat::say' && document.querySelectorAll('#if-table tr').length >= 2;",
-            WAIT,
-            "chat::say with its per-minute table",
-        )
-        .await;
-    browser
-        .screenshot(&screenshot_path("dashboard-interfaces.png"))
-        .await;
+    .await;
+    page.wait_until(&format!("{} > 500", ink("i-calls"))).await;
+    page.screenshot("dashboard-interfaces").await;
 
     // The failure log, filtered by code.
-    c.execute(
-        "document.querySelector('nav button[data-tab=failures]').click()",
-        vec![],
+    page.click("nav button[data-tab=failures]").await;
+    page.wait_until("document.getElementById('f-table').textContent.includes('is not online')")
+        .await;
+    page.fill("#f-code", "500").await;
+    page.click("#f-form button").await;
+    page.wait_until(
+        "document.getElementById('f-table').textContent.includes('no failure matches')",
     )
-    .await
-    .unwrap();
-    browser
-        .wait_js(
-            "return document.getElementById('f-table').textContent.includes('is not online');",
-            WAIT,
-            "the failure log shows the private line to nobody",
-        )
+    .await;
+    page.fill("#f-code", "404").await;
+    page.click("#f-form button").await;
+    page.wait_until("document.getElementById('f-table').textContent.includes('chat::private')")
         .await;
-    c.execute(
-        "document.getElementById('f-code').value = '500'; document.querySelector('#f-form button').click();",
-        vec![],
-    )
-    .await
-    .unwrap();
-    browser
-        .wait_js(
-            "return document.getElementById('f-table').textContent.includes('no failure matches');",
-            WAIT,
-            "filtering by another code empties the log",
-        )
-        .await;
-    c.execute(
-        "document.getElementById('f-code').value = '404'; document.querySelector('#f-form button').click();",
-        vec![],
-    )
-    .await
-    .unwrap();
-    browser
-        .wait_js(
-            "return document.getElementById('f-table').textContent.includes('chat::private');",
-            WAIT,
-            "filtering by 404 shows it again",
-        )
-        .await;
-    browser
-        .screenshot(&screenshot_path("dashboard-failures.png"))
-        .await;
+    page.screenshot("dashboard-failures").await;
 
     // Live: the processes of the machine and the clients chart, fed by the stream.
-    c.execute(
-        "document.querySelector('nav button[data-tab=live]').click()",
-        vec![],
-    )
-    .await
-    .unwrap();
-    browser
-        .wait_js(
-            "return document.querySelectorAll('#procs tr').length === 4;",
-            WAIT,
-            "the live view lists the gateway and both workers",
-        )
+    page.click("nav button[data-tab=live]").await;
+    page.wait_until("document.querySelectorAll('#procs tr').length === 4")
+        .await; // a header, the gateway and both workers
+    page.wait_until(&format!("{} > 500", ink("c-clients")))
         .await;
-    let js = INK.replace("arguments[0] || ID", "'c-clients'");
-    browser
-        .wait_js(&js, WAIT, "the live clients chart is drawn")
-        .await;
-    browser
-        .screenshot(&screenshot_path("dashboard-live.png"))
-        .await;
-    browser.close().await;
+    page.screenshot("dashboard-live").await;
+    page.close().await;
     eprintln!("took {:?}", started.elapsed());
 }

@@ -2,7 +2,8 @@
 //!
 //! `telnet 127.0.0.1 8490`, then:
 //! - `/login NAME` — who you are; log in with the same name from several devices;
-//! - `/join ROOM`, `/leave ROOM` — rooms you are in (as many as you like);
+//! - `/join ROOM`, `/leave ROOM` — rooms you are in (as many as you like; `/join`
+//!   answers with all of them);
 //! - `/who` — who is in each of your rooms, across every gateway;
 //! - `@NAME words` — to every device of that user;
 //! - any other line — to everybody in your rooms.
@@ -45,6 +46,13 @@ impl Events for Rooms {
                 ctx.join_group(rest).await?;
                 let text = format!("{me} joined {rest}");
                 ctx.gateway().send_to_group(&[rest], text, &[]).await?;
+                // `ctx.groups()` has the new room already, with the earlier ones.
+                let rooms = ctx.groups().join(", ");
+                ctx.reply(format!("your rooms: {rooms}")).await?;
+            }
+            "/join" => {
+                ctx.reply("a room name is 1 to 32 letters, digits, '-' or '_'")
+                    .await?;
             }
             "/leave" if ctx.in_group(rest) => {
                 ctx.leave_group(rest).await?;
@@ -52,7 +60,7 @@ impl Events for Rooms {
                 let text = format!("{me} left {rest}");
                 ctx.gateway().send_to_group(&[rest], text, &[]).await?;
             }
-            "/join" | "/leave" => {
+            "/leave" => {
                 ctx.reply(format!("no such room for you: {rest:?}")).await?;
             }
             "/who" => who(ctx).await?,

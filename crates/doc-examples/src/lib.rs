@@ -15,3 +15,6 @@ pub mod guide {}
 
 #[doc = include_str!("../../../docs/architecture.md")]
 pub mod architecture {}
+
+#[doc = include_str!("../../../docs/db.md")]
+pub mod db {}

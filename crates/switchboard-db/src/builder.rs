@@ -292,19 +292,19 @@ macro_rules! fetch_terminals {
     () => {
         /// All rows.
         pub async fn query(self) -> Result<Vec<Row>, DbError> {
-            let (target, st) = self.into_parts()?;
+            let (target, st) = self.into_fetch_parts()?;
             target.rows(&st, Mode::All).await
         }
 
         /// The first row, or `None`.
         pub async fn row(self) -> Result<Option<Row>, DbError> {
-            let (target, st) = self.into_parts()?;
+            let (target, st) = self.into_fetch_parts()?;
             Ok(target.rows(&st, Mode::First).await?.into_iter().next())
         }
 
         /// The first column of every row.
         pub async fn column(self) -> Result<Vec<Value>, DbError> {
-            let (target, st) = self.into_parts()?;
+            let (target, st) = self.into_fetch_parts()?;
             let rows = target.rows(&st, Mode::All).await?;
             Ok(rows
                 .into_iter()
@@ -411,9 +411,8 @@ impl Select {
     /// Add columns to the select list (quoted; `*`, `t.*` and
     /// `col [AS] alias` allowed).
     pub fn columns(mut self, columns: impl IntoColumns) -> Self {
-        let d = self.common.dialect;
         columns.each_column(&mut |c| {
-            if let Some(q) = self.common.ok(sql::quote_aliased(d, c, true)) {
+            if let Some(q) = self.common.ok(sql::quote_aliased(c, true)) {
                 self.columns.push(q);
             }
         });
@@ -435,14 +434,13 @@ impl Select {
 
     /// The table (`name`, `name alias` or `name AS alias`; quoted).
     pub fn from(mut self, table: &str) -> Self {
-        let d = self.common.dialect;
-        self.from = self.common.ok(sql::quote_aliased(d, table, false));
+        self.from = self.common.ok(sql::quote_aliased(table, false));
         self
     }
 
     fn join(mut self, kind: &'static str, table: &str, on: &str) -> Self {
         let d = self.common.dialect;
-        if let Some(table) = self.common.ok(sql::quote_aliased(d, table, false)) {
+        if let Some(table) = self.common.ok(sql::quote_aliased(table, false)) {
             self.joins.push(Join {
                 kind,
                 table,
@@ -453,8 +451,10 @@ impl Select {
     }
 
     /// `INNER JOIN table ON condition`. A condition of the form
-    /// `a.x = b.y [AND ...]` has its names quoted; any other condition is
-    /// raw SQL (with `:name` parameters), like a `WHERE` clause.
+    /// `a.x = b.y [AND b.z > 50 ...]` (comparisons joined by `AND`) has its
+    /// names quoted, while numbers, string literals (`'x'`; `"x"` on MySQL),
+    /// `NULL`/`TRUE`/`FALSE` and `:name` parameters in it stay values; any other condition is raw
+    /// SQL (with `:name` parameters), like a `WHERE` clause.
     pub fn inner_join(self, table: &str, on: &str) -> Self {
         self.join("INNER JOIN", table, on)
     }
@@ -471,14 +471,25 @@ impl Select {
 
     where_methods!();
 
-    /// `GROUP BY` these columns (quoted).
+    /// `GROUP BY` these columns (quoted); for an expression use
+    /// [`group_by_expr`](Self::group_by_expr).
     pub fn group_by(mut self, columns: impl IntoColumns) -> Self {
-        let d = self.common.dialect;
         columns.each_column(&mut |c| {
-            if let Some(q) = self.common.ok(sql::quote_path(d, c, false)) {
+            if let Some(q) = self.common.ok(sql::quote_path(c, false)) {
                 self.group_by.push(q);
             }
         });
+        self
+    }
+
+    /// Add one raw SQL expression to `GROUP BY`, after the items before it:
+    /// `group_by_expr("SUBSTR(name, 1, 1)")`.
+    ///
+    /// Raw SQL, like [`expr`](Self::expr): not split on commas, not quoted,
+    /// not checked, so it is the caller's responsibility. Never build it
+    /// from input; its `:name` parameters are bound as usual.
+    pub fn group_by_expr(mut self, expr: &str) -> Self {
+        self.group_by.push(expr.trim().to_string());
         self
     }
 
@@ -500,9 +511,8 @@ impl Select {
     }
 
     fn order(mut self, columns: impl IntoColumns, desc: bool) -> Self {
-        let d = self.common.dialect;
         columns.each_column(&mut |c| {
-            if let Some(q) = self.common.ok(sql::quote_order(d, c, desc)) {
+            if let Some(q) = self.common.ok(sql::quote_order(c, desc)) {
                 self.order_by.push(q);
             }
         });
@@ -510,7 +520,8 @@ impl Select {
     }
 
     /// `ORDER BY` these columns, ascending unless an item says `DESC`
-    /// (`"did"`, `"did DESC"`, `["a", "b ASC"]`).
+    /// (`"did"`, `"did DESC"`, `["a", "b ASC"]`); for an expression use
+    /// [`order_by_expr`](Self::order_by_expr).
     pub fn order_by(self, columns: impl IntoColumns) -> Self {
         self.order(columns, false)
     }
@@ -518,6 +529,20 @@ impl Select {
     /// `ORDER BY` these columns, descending unless an item says `ASC`.
     pub fn order_by_desc(self, columns: impl IntoColumns) -> Self {
         self.order(columns, true)
+    }
+
+    /// Add one raw SQL expression to `ORDER BY`, after the items before it,
+    /// with its direction if any: `order_by_expr("COUNT(*) DESC")`,
+    /// `order_by_expr("RAND()")` (MySQL) / `order_by_expr("RANDOM()")`
+    /// (SQLite), `order_by_expr("ABS(age - :target)")`.
+    ///
+    /// Raw SQL, like [`expr`](Self::expr): not split on commas, not quoted,
+    /// not checked, so it is the caller's responsibility (including the
+    /// dialect's function names). Never build it from input; its `:name`
+    /// parameters are bound as usual.
+    pub fn order_by_expr(mut self, expr: &str) -> Self {
+        self.order_by.push(expr.trim().to_string());
+        self
     }
 
     /// `LIMIT n`.
@@ -600,7 +625,7 @@ impl Select {
         self.common.statement(&self.written_sql(), true)
     }
 
-    fn into_parts(self) -> Result<(Target, Statement), DbError> {
+    fn into_fetch_parts(self) -> Result<(Target, Statement), DbError> {
         let st = self.statement()?;
         Ok((self.common.target, st))
     }
@@ -609,6 +634,16 @@ impl Select {
 }
 
 /// Raw SQL with `:name` parameters. Start with [`Instance::sql`].
+///
+/// Run statements that return rows with `query`, `row`, `column` or
+/// `single` (and their `_as` forms); run writes and DDL with
+/// [`execute`](Self::execute), which returns the affected rows and the
+/// insert id. A write without `RETURNING` (`INSERT`, `UPDATE`, `DELETE`,
+/// `REPLACE`) or DDL (`CREATE`, `DROP`, `ALTER`, `TRUNCATE`, `RENAME`) given
+/// to a row-fetching terminal is refused with [`DbError::NotAQuery`] before
+/// it is sent: those return `Vec<Row>`/`Option<..>`, which has no room for
+/// the affected count or insert id, and an empty result would hide what the
+/// write did.
 ///
 /// Statements whose first keyword is `SELECT` are retried once if the
 /// connection is lost; anything else never is.
@@ -648,6 +683,18 @@ impl Raw {
         Ok((self.common.target, st))
     }
 
+    /// For the row-fetching terminals: a statement that returns no rows is
+    /// refused ([`DbError::NotAQuery`]) before it is sent.
+    fn into_fetch_parts(self) -> Result<(Target, Statement), DbError> {
+        if let Some(keyword) = sql::rowless_keyword(self.common.dialect, &self.sql) {
+            return Err(DbError::NotAQuery {
+                keyword,
+                sql: self.sql,
+            });
+        }
+        self.into_parts()
+    }
+
     fetch_terminals!();
 
     /// Run a statement that returns no rows (DDL, writes): affected rows and
@@ -668,7 +715,7 @@ struct Assignment {
 
 /// A column whose value is the parameter of the same name.
 fn add_param_column(common: &mut Common, out: &mut Vec<Assignment>, column: &str) {
-    let quoted = common.ok(sql::quote_ident(common.dialect, column));
+    let quoted = common.ok(sql::quote_ident(column));
     let param = common.ok(param_name(column));
     if let (Some(column), Some(p)) = (quoted, param) {
         out.push(Assignment {
@@ -684,8 +731,7 @@ fn add_set(common: &mut Common, out: &mut Vec<Assignment>, column: &str, value: 
 }
 
 fn add_expr(common: &mut Common, out: &mut Vec<Assignment>, column: &str, expr: &str) {
-    let d = common.dialect;
-    if let Some(column) = common.ok(sql::quote_ident(d, column)) {
+    if let Some(column) = common.ok(sql::quote_ident(column)) {
         out.push(Assignment {
             column,
             value: expr.trim().to_string(),
@@ -750,7 +796,7 @@ macro_rules! assignment_methods {
 /// let st = db.insert("Persons")
 ///     .values(params! { "Firstname" => "abc", "Lastname" => "efg", "Sex" => "M", "Age" => 13 })
 ///     .statement()?;
-/// assert_eq!(st.sql(), r#"INSERT INTO "Persons" ("Firstname", "Lastname", "Sex", "Age") VALUES (?, ?, ?, ?)"#);
+/// assert_eq!(st.sql(), "INSERT INTO `Persons` (`Firstname`, `Lastname`, `Sex`, `Age`) VALUES (?, ?, ?, ?)");
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -776,7 +822,7 @@ impl Insert {
     /// The statement this builder would send.
     pub fn statement(&self) -> Result<Statement, DbError> {
         self.common.check()?;
-        let table = sql::quote_path(self.common.dialect, &self.table, false)?;
+        let table = sql::quote_path(&self.table, false)?;
         if self.assignments.is_empty() {
             return Err(DbError::NoColumns {
                 statement: "INSERT",
@@ -854,7 +900,7 @@ impl Update {
     /// The statement this builder would send.
     pub fn statement(&self) -> Result<Statement, DbError> {
         self.common.check()?;
-        let table = sql::quote_path(self.common.dialect, &self.table, false)?;
+        let table = sql::quote_path(&self.table, false)?;
         if self.assignments.is_empty() {
             return Err(DbError::NoColumns {
                 statement: "UPDATE",
@@ -928,7 +974,7 @@ impl Delete {
     /// The statement this builder would send.
     pub fn statement(&self) -> Result<Statement, DbError> {
         self.common.check()?;
-        let table = sql::quote_path(self.common.dialect, &self.table, false)?;
+        let table = sql::quote_path(&self.table, false)?;
         if self.wheres.is_empty() && !self.all_rows {
             return Err(DbError::MissingWhere {
                 statement: "DELETE",

@@ -69,6 +69,35 @@ pub enum Driver {
     Sqlite,
 }
 
+impl Driver {
+    /// The driver's name in configuration: `mysql` or `sqlite`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Mysql => "mysql",
+            Driver::Sqlite => "sqlite",
+        }
+    }
+
+    /// The cargo feature that compiles the driver in (the same name in
+    /// `switchboard` and `switchboard-db`).
+    pub fn feature(self) -> &'static str {
+        self.name()
+    }
+
+    /// Whether this binary was built with the driver.
+    ///
+    /// ```
+    /// use switchboard_db::Driver;
+    /// assert_eq!(Driver::Mysql.is_compiled(), cfg!(feature = "mysql"));
+    /// ```
+    pub fn is_compiled(self) -> bool {
+        match self {
+            Driver::Mysql => cfg!(feature = "mysql"),
+            Driver::Sqlite => cfg!(feature = "sqlite"),
+        }
+    }
+}
+
 /// One named instance. Every field has a default except `path` for SQLite.
 ///
 /// Durations are in seconds (fractions allowed); `0` means "no limit" for
@@ -330,6 +359,7 @@ impl InstanceConfig {
         non_zero(self.max_lifetime)
     }
 
+    #[cfg(feature = "sqlite")]
     pub(crate) fn busy_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.busy_timeout)
     }

@@ -34,6 +34,22 @@ pub enum DbError {
         message: String,
     },
 
+    /// An instance's driver was left out of this binary (a cargo feature).
+    #[error(
+        "database instance `{instance}` uses driver \"{driver}\", which is not compiled \
+         into this binary; enable the switchboard feature \"{feature}\" (or the \
+         switchboard-db feature \"{feature}\")"
+    )]
+    DriverNotCompiled {
+        /// Instance name.
+        instance: String,
+        /// The driver, as written in `driver = ...`.
+        driver: &'static str,
+        /// The cargo feature that compiles it in (the same name in `switchboard`
+        /// and `switchboard-db`).
+        feature: &'static str,
+    },
+
     /// A table or column name that cannot be quoted safely for the dialect.
     #[error("invalid identifier {ident:?}: {reason}")]
     InvalidIdentifier {
@@ -97,6 +113,24 @@ pub enum DbError {
         statement: &'static str,
         /// The table as given.
         table: String,
+    },
+
+    /// A statement that returns no rows (a write without `RETURNING`, or
+    /// DDL) was run with a row-fetching terminal (`query`, `row`, `column`,
+    /// `single` or their `_as` forms) of [`Raw`](crate::Raw). Those could
+    /// only return nothing and hide what the write did, so the statement is
+    /// refused before it is sent; [`Raw::execute`](crate::Raw::execute)
+    /// returns the affected rows and the insert id.
+    #[error(
+        "`{keyword}` returns no rows, so fetching rows would hide what it did: \
+         run it with execute(), which returns the affected rows and the insert id \
+         (in `{sql}`)"
+    )]
+    NotAQuery {
+        /// The statement's keyword, upper case (`INSERT`, `UPDATE`, `CREATE`, ...).
+        keyword: String,
+        /// The SQL as written (with `:name` placeholders).
+        sql: String,
     },
 
     /// The database rejected the statement.
@@ -197,6 +231,7 @@ impl DbError {
     pub fn sql(&self) -> Option<&str> {
         match self {
             DbError::InvalidSql { sql, .. }
+            | DbError::NotAQuery { sql, .. }
             | DbError::UnboundParams { sql, .. }
             | DbError::UnusedParams { sql, .. }
             | DbError::Database { sql, .. }

@@ -8,10 +8,14 @@
 use std::sync::Arc;
 
 use sqlx::error::DatabaseError;
+#[cfg(feature = "mysql")]
 use sqlx::mysql::{MySql, MySqlDatabaseError, MySqlRow, MySqlValueRef};
 use sqlx::query::Query;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::{Sqlite, SqliteRow, SqliteValueRef};
-use sqlx::{Column as _, Decode, Row as _, TypeInfo as _, ValueRef as _};
+use sqlx::{Column as _, Decode, Row as _};
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+use sqlx::{TypeInfo as _, ValueRef as _};
 
 use crate::{DbError, Row, Statement, Value};
 
@@ -171,12 +175,14 @@ fn text_or_bytes(b: &[u8]) -> Value {
     }
 }
 
+#[cfg(feature = "mysql")]
 /// MySQL error numbers that mean the connection is gone: 1053 server
 /// shutdown, 1927 connection killed (MariaDB), 2006 server has gone away,
 /// 2013 lost connection during query, 2055 lost connection (system error),
 /// 4031 disconnected by the server for inactivity (MySQL 8).
 const MYSQL_LOST: [u16; 6] = [1053, 1927, 2006, 2013, 2055, 4031];
 
+#[cfg(feature = "mysql")]
 impl Backend for MySql {
     fn bind_value<'q>(q: Q<'q, Self>, v: &'q Value) -> Q<'q, Self> {
         match v {
@@ -243,6 +249,7 @@ impl Backend for MySql {
     }
 }
 
+#[cfg(feature = "mysql")]
 /// Binary-protocol DATE/DATETIME/TIMESTAMP: a length byte, then year (2
 /// bytes LE), month, day, [hour, minute, second, [microseconds (4 bytes LE)]].
 /// Text-protocol values are already text.
@@ -273,6 +280,7 @@ fn mysql_datetime(b: &[u8]) -> Result<String, String> {
     Ok(s)
 }
 
+#[cfg(feature = "mysql")]
 /// Binary-protocol TIME: a length byte, then negative flag, days (4 bytes
 /// LE), hour, minute, second, [microseconds (4 bytes LE)].
 fn mysql_time(b: &[u8]) -> Result<String, String> {
@@ -299,6 +307,7 @@ fn mysql_time(b: &[u8]) -> Result<String, String> {
     Ok(s)
 }
 
+#[cfg(feature = "sqlite")]
 impl Backend for Sqlite {
     fn bind_value<'q>(q: Q<'q, Self>, v: &'q Value) -> Q<'q, Self> {
         match v {
@@ -351,7 +360,7 @@ impl Backend for Sqlite {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mysql"))]
 mod tests {
     use super::*;
 

@@ -7,14 +7,17 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+#[cfg(feature = "sqlite")]
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+#[cfg(feature = "mysql")]
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use sqlx::pool::PoolOptions;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::Connection as _;
 
@@ -112,6 +115,8 @@ struct InstanceInner {
     name: String,
     config: InstanceConfig,
     dialect: Dialect,
+    /// The configured driver, known to be compiled in.
+    driver: CompiledDriver,
     /// Created on first use, because creating a pool needs a running tokio
     /// runtime and `Db::new` should not.
     pool: OnceLock<Pool>,
@@ -138,16 +143,66 @@ pub struct InstanceStats {
     pub idle_connections: usize,
 }
 
+/// A driver this binary was built with (each is a cargo feature). An
+/// [`Instance`] exists only for one of these, so nothing past
+/// [`Instance::new`] has to handle a missing driver.
+#[derive(Debug, Clone, Copy)]
+enum CompiledDriver {
+    #[cfg(feature = "mysql")]
+    MySql,
+    #[cfg(feature = "sqlite")]
+    Sqlite,
+}
+
+impl CompiledDriver {
+    /// The configured driver, or [`DbError::DriverNotCompiled`] when it was
+    /// left out of this build.
+    fn of(instance: &str, driver: Driver) -> Result<Self, DbError> {
+        match driver {
+            #[cfg(feature = "mysql")]
+            Driver::Mysql => Ok(CompiledDriver::MySql),
+            #[cfg(feature = "sqlite")]
+            Driver::Sqlite => Ok(CompiledDriver::Sqlite),
+            // Only reached for a driver compiled out.
+            #[allow(unreachable_patterns)]
+            other => Err(DbError::DriverNotCompiled {
+                instance: instance.to_string(),
+                driver: other.name(),
+                feature: other.feature(),
+            }),
+        }
+    }
+}
+
+/// An instance's pool, one variant per compiled driver.
 enum Pool {
+    #[cfg(feature = "mysql")]
     MySql(sqlx::Pool<MySql>),
+    #[cfg(feature = "sqlite")]
     Sqlite(sqlx::Pool<Sqlite>),
+}
+
+/// Evaluate `$body` with `$p` bound to the sqlx pool inside `$pool` (a
+/// `&Pool`), whichever driver it is: the body is written once, generic over
+/// the database.
+macro_rules! with_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match *$pool {
+            #[cfg(feature = "mysql")]
+            Pool::MySql(ref $p) => $body,
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(ref $p) => $body,
+        }
+    };
 }
 
 impl Instance {
     /// Set up one instance from its configuration (validated; no connection
-    /// is made). `name` appears in errors.
+    /// is made). `name` appears in errors. A driver left out of this build
+    /// (see the crate's cargo features) is [`DbError::DriverNotCompiled`].
     pub fn new(name: &str, config: InstanceConfig) -> Result<Self, DbError> {
         config.validate(name)?;
+        let driver = CompiledDriver::of(name, config.driver)?;
         let dialect = match config.driver {
             Driver::Mysql => Dialect::MySql,
             Driver::Sqlite => Dialect::Sqlite,
@@ -157,6 +212,7 @@ impl Instance {
                 name: name.to_string(),
                 config,
                 dialect,
+                driver,
                 pool: OnceLock::new(),
                 recheck: Arc::new(AtomicUsize::new(0)),
                 lost: AtomicU64::new(0),
@@ -215,7 +271,8 @@ impl Instance {
     }
 
     /// Raw SQL with `:name` parameters, run with the same terminals as a
-    /// select (`query`, `row`, `column`, `single`) or with `execute`.
+    /// select (`query`, `row`, `column`, `single`) when it returns rows, or
+    /// with `execute` for writes and DDL (see [`Raw`]).
     pub fn sql(&self, sql: &str) -> Raw {
         Raw::new(Target::Instance(self.clone()), sql)
     }
@@ -277,19 +334,23 @@ impl Instance {
     /// The underlying sqlx pool of a MySQL instance (`None` for SQLite): an
     /// escape hatch for what the builder does not cover. Statements run on it
     /// bypass this crate's checks and retry. Creates the pool if needed, so
-    /// call it inside a tokio runtime.
+    /// call it inside a tokio runtime. Only with the `mysql` feature.
+    #[cfg(feature = "mysql")]
     pub fn mysql_pool(&self) -> Option<sqlx::MySqlPool> {
         match self.pool() {
             Pool::MySql(p) => Some(p.clone()),
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(_) => None,
         }
     }
 
     /// The underlying sqlx pool of an SQLite instance (`None` for MySQL);
-    /// see [`mysql_pool`](Self::mysql_pool).
+    /// an escape hatch like `mysql_pool`. Only with the `sqlite` feature.
+    #[cfg(feature = "sqlite")]
     pub fn sqlite_pool(&self) -> Option<sqlx::SqlitePool> {
         match self.pool() {
             Pool::Sqlite(p) => Some(p.clone()),
+            #[cfg(feature = "mysql")]
             Pool::MySql(_) => None,
         }
     }
@@ -297,8 +358,7 @@ impl Instance {
     /// Connection counters (see [`InstanceStats`]).
     pub fn stats(&self) -> InstanceStats {
         let (open, idle) = match self.inner.pool.get() {
-            Some(Pool::MySql(p)) => (p.size(), p.num_idle()),
-            Some(Pool::Sqlite(p)) => (p.size(), p.num_idle()),
+            Some(pool) => with_pool!(pool, p => (p.size(), p.num_idle())),
             None => (0, 0),
         };
         InstanceStats {
@@ -311,19 +371,14 @@ impl Instance {
 
     /// Check that the database answers (opens a connection if needed).
     pub async fn ping(&self) -> Result<(), DbError> {
-        match self.pool() {
-            Pool::MySql(p) => ping_pool(self.name(), p).await,
-            Pool::Sqlite(p) => ping_pool(self.name(), p).await,
-        }
+        with_pool!(self.pool(), p => ping_pool(self.name(), p).await)
     }
 
     /// Close the pool: wait for connections in use, close them all. Later
     /// statements on this instance fail with [`DbError::Connect`].
     pub async fn close(&self) {
-        match self.inner.pool.get() {
-            Some(Pool::MySql(p)) => p.close().await,
-            Some(Pool::Sqlite(p)) => p.close().await,
-            None => {}
+        if let Some(pool) = self.inner.pool.get() {
+            with_pool!(pool, p => p.close().await)
         }
     }
 
@@ -334,10 +389,7 @@ impl Instance {
     /// Run a statement on a pooled connection; a read whose connection is
     /// lost is retried once on another connection.
     pub(crate) async fn run(&self, st: &Statement, mode: Mode) -> Result<Output, DbError> {
-        match self.pool() {
-            Pool::MySql(p) => self.run_with_retry(p, st, mode).await,
-            Pool::Sqlite(p) => self.run_with_retry(p, st, mode).await,
-        }
+        with_pool!(self.pool(), p => self.run_with_retry(p, st, mode).await)
     }
 
     async fn run_with_retry<D: Backend>(
@@ -417,9 +469,11 @@ impl Instance {
             instance: self.name().to_string(),
             source,
         };
-        Ok(match self.pool() {
-            Pool::MySql(p) => crate::tx::TxConn::MySql(p.begin().await.map_err(err)?),
-            Pool::Sqlite(p) => crate::tx::TxConn::Sqlite(p.begin().await.map_err(err)?),
+        Ok(match *self.pool() {
+            #[cfg(feature = "mysql")]
+            Pool::MySql(ref p) => crate::tx::TxConn::MySql(p.begin().await.map_err(err)?),
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(ref p) => crate::tx::TxConn::Sqlite(p.begin().await.map_err(err)?),
         })
     }
 
@@ -429,8 +483,9 @@ impl Instance {
 
     fn build_pool(&self) -> Pool {
         let c = &self.inner.config;
-        match c.driver {
-            Driver::Mysql => {
+        match self.inner.driver {
+            #[cfg(feature = "mysql")]
+            CompiledDriver::MySql => {
                 let mut opts = MySqlConnectOptions::new()
                     .host(&c.host)
                     .port(c.port)
@@ -451,7 +506,8 @@ impl Instance {
                     .connect_lazy_with(opts);
                 Pool::MySql(pool)
             }
-            Driver::Sqlite => {
+            #[cfg(feature = "sqlite")]
+            CompiledDriver::Sqlite => {
                 let path = c
                     .path
                     .as_deref()

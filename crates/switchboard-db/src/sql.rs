@@ -5,25 +5,24 @@
 
 use crate::{DbError, Value};
 
-/// The SQL dialect of an instance: decides identifier quoting and a few
-/// lexical rules.
+/// The SQL dialect of an instance: decides a few lexical rules.
+///
+/// Identifiers are quoted with backticks in both dialects. SQLite accepts
+/// them too, and unlike its standard double quotes they are never read as a
+/// string literal: SQLite takes a double-quoted name that matches no column
+/// for a string, so a misspelt `"nmae"` would quietly return the text
+/// `nmae` for every row instead of failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
-    /// MySQL and MariaDB: identifiers in backticks; `\` escapes inside string
-    /// literals; `#` starts a comment.
+    /// MySQL and MariaDB: `\` escapes inside string literals, `#` starts a
+    /// comment, `"x"` is a string literal.
     MySql,
-    /// SQLite: identifiers in double quotes.
+    /// SQLite: `"x"` and `[x]` are identifiers.
     Sqlite,
 }
 
-impl Dialect {
-    fn quote(self) -> char {
-        match self {
-            Dialect::MySql => '`',
-            Dialect::Sqlite => '"',
-        }
-    }
-}
+/// The identifier quote of both dialects.
+const QUOTE: char = '`';
 
 /// Longest identifier MySQL accepts; we apply it to SQLite too.
 const MAX_IDENT_LEN: usize = 64;
@@ -32,7 +31,8 @@ const MAX_IDENT_LEN: usize = 64;
 ///
 /// Only letters, digits, `_` and `$` are accepted: those can never end the
 /// quoted name early, in either dialect, whatever the server's SQL mode.
-/// Anything else is rejected rather than escaped.
+/// Anything else is rejected rather than escaped. A part made only of digits
+/// is rejected too: it is a number that would be sent as a column name.
 fn check_ident(part: &str) -> Result<(), DbError> {
     let reject = |reason: String| {
         Err(DbError::InvalidIdentifier {
@@ -42,6 +42,13 @@ fn check_ident(part: &str) -> Result<(), DbError> {
     };
     if part.is_empty() {
         return reject("empty name".into());
+    }
+    if part.bytes().all(|b| b.is_ascii_digit()) {
+        return reject(
+            "only digits: that is a number, not a name (write values in a condition or an \
+             `_expr` form)"
+                .into(),
+        );
     }
     let mut count = 0;
     for c in part.chars() {
@@ -59,30 +66,24 @@ fn check_ident(part: &str) -> Result<(), DbError> {
 }
 
 /// Append one quoted identifier part to `out`.
-fn push_ident(out: &mut String, dialect: Dialect, part: &str) -> Result<(), DbError> {
+fn push_ident(out: &mut String, part: &str) -> Result<(), DbError> {
     check_ident(part)?;
-    let q = dialect.quote();
-    out.push(q);
+    out.push(QUOTE);
     out.push_str(part);
-    out.push(q);
+    out.push(QUOTE);
     Ok(())
 }
 
-/// Quote one identifier part (no dots) for the dialect.
-pub(crate) fn quote_ident(dialect: Dialect, part: &str) -> Result<String, DbError> {
+/// Quote one identifier part (no dots).
+pub(crate) fn quote_ident(part: &str) -> Result<String, DbError> {
     let mut out = String::with_capacity(part.len() + 2);
-    push_ident(&mut out, dialect, part)?;
+    push_ident(&mut out, part)?;
     Ok(out)
 }
 
 /// Append `name`, `table.name` or `schema.table.name`, quoted; with
 /// `allow_star`, the last part may be `*` (`*`, `t.*`).
-fn push_path(
-    out: &mut String,
-    dialect: Dialect,
-    path: &str,
-    allow_star: bool,
-) -> Result<(), DbError> {
+fn push_path(out: &mut String, path: &str, allow_star: bool) -> Result<(), DbError> {
     let path = path.trim();
     if allow_star && path == "*" {
         out.push('*');
@@ -102,7 +103,7 @@ fn push_path(
         if allow_star && part == "*" && i == parts - 1 && i > 0 {
             out.push('*');
         } else {
-            push_ident(out, dialect, part)?;
+            push_ident(out, part)?;
         }
     }
     Ok(())
@@ -110,23 +111,15 @@ fn push_path(
 
 /// Quote `name`, `table.name` or `schema.table.name`; with `allow_star`, the
 /// last part may be `*` (`*`, `t.*`).
-pub(crate) fn quote_path(
-    dialect: Dialect,
-    path: &str,
-    allow_star: bool,
-) -> Result<String, DbError> {
+pub(crate) fn quote_path(path: &str, allow_star: bool) -> Result<String, DbError> {
     let mut out = String::with_capacity(path.len() + 6);
-    push_path(&mut out, dialect, path, allow_star)?;
+    push_path(&mut out, path, allow_star)?;
     Ok(out)
 }
 
 /// Quote `name`, `name alias` or `name AS alias` (tables in `FROM`/`JOIN`,
 /// and select-list columns when `allow_star`).
-pub(crate) fn quote_aliased(
-    dialect: Dialect,
-    item: &str,
-    allow_star: bool,
-) -> Result<String, DbError> {
+pub(crate) fn quote_aliased(item: &str, allow_star: bool) -> Result<String, DbError> {
     let mut words = item.split_whitespace();
     let shape = (words.next(), words.next(), words.next(), words.next());
     let (name, alias) = match shape {
@@ -143,7 +136,7 @@ pub(crate) fn quote_aliased(
         }
     };
     let mut out = String::with_capacity(item.len() + 10);
-    push_path(&mut out, dialect, name, allow_star)?;
+    push_path(&mut out, name, allow_star)?;
     match alias {
         None => Ok(out),
         Some(_) if out.ends_with('*') => Err(DbError::InvalidIdentifier {
@@ -152,7 +145,7 @@ pub(crate) fn quote_aliased(
         }),
         Some(a) => {
             out.push_str(" AS ");
-            push_ident(&mut out, dialect, a)?;
+            push_ident(&mut out, a)?;
             Ok(out)
         }
     }
@@ -160,11 +153,7 @@ pub(crate) fn quote_aliased(
 
 /// Quote an `ORDER BY` item: `col`, `t.col`, optionally followed by `ASC` or
 /// `DESC`.
-pub(crate) fn quote_order(
-    dialect: Dialect,
-    item: &str,
-    default_desc: bool,
-) -> Result<String, DbError> {
+pub(crate) fn quote_order(item: &str, default_desc: bool) -> Result<String, DbError> {
     let words: Vec<&str> = item.split_whitespace().collect();
     let (name, dir) = match words.as_slice() {
         [name] => (*name, if default_desc { Some("DESC") } else { None }),
@@ -177,57 +166,171 @@ pub(crate) fn quote_order(
             })
         }
     };
-    let name = quote_path(dialect, name, false)?;
+    let name = quote_path(name, false)?;
     Ok(match dir {
         Some(d) => format!("{name} {d}"),
         None => name,
     })
 }
 
-/// A join condition of the simple form `a.x = b.y [AND c.z = d.w ...]` gets
-/// its identifiers quoted (as the brief shows); anything else is kept as a raw
+/// A join condition of the simple form `a.x = b.y [AND c.z > 50 ...]` gets
+/// its names quoted (as the brief shows); anything else is kept as a raw
 /// expression, like a `WHERE` clause.
+///
+/// In the simple form each side of a comparison is a name (`col`, `t.col`,
+/// `s.t.col`: quoted) or a value kept as written: a number (`50`, `-2.5`,
+/// `.5`, `1e3`), a string literal (`'x'`, and `"x"` on MySQL, where double
+/// quotes make a string), `NULL`, `TRUE`, `FALSE`, or a `:name` parameter.
 pub(crate) fn join_condition(dialect: Dialect, on: &str) -> String {
-    // Longer operators first, so `<=` is not taken for `<`.
-    const OPS: [&str; 7] = ["<>", "!=", "<=", ">=", "=", "<", ">"];
-    let quote_simple = |cond: &str| -> Option<String> {
-        for op in OPS {
-            if let Some((l, r)) = cond.split_once(op) {
-                let l = quote_path(dialect, l, false).ok()?;
-                let r = quote_path(dialect, r, false).ok()?;
-                return Some(format!("{l} {op} {r}"));
-            }
-        }
-        None
-    };
-    let parts = split_keyword_and(on);
-    let quoted: Option<Vec<String>> = parts.iter().map(|p| quote_simple(p)).collect();
-    match quoted {
-        Some(q) if !q.is_empty() => q.join(" AND "),
-        _ => on.trim().to_string(),
+    match simple_condition(dialect, on) {
+        Some(quoted) => quoted,
+        None => on.trim().to_string(),
     }
 }
 
-/// Split on the whole word `AND` (case-insensitive).
-fn split_keyword_and(s: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let lower = s.to_ascii_lowercase();
-    let bytes = lower.as_bytes();
-    let mut i = 0;
-    while i + 3 <= bytes.len() {
-        let before_ok = i == 0 || bytes[i - 1].is_ascii_whitespace();
-        let after_ok = i + 3 == bytes.len() || bytes[i + 3].is_ascii_whitespace();
-        if &bytes[i..i + 3] == b"and" && before_ok && after_ok {
-            parts.push(&s[start..i]);
-            start = i + 3;
-            i += 3;
+/// Comparison operators of the simple form; longer ones first, so `<=` is not
+/// taken for `<`.
+const COMPARISONS: [&str; 7] = ["<>", "!=", "<=", ">=", "=", "<", ">"];
+
+/// `operand op operand [AND operand op operand ...]`, with names quoted, or
+/// `None` when `on` is anything else.
+fn simple_condition(dialect: Dialect, on: &str) -> Option<String> {
+    let mut cur = Cursor { s: on, i: 0 };
+    let mut out = String::with_capacity(on.len() + 16);
+    loop {
+        push_operand(&mut out, dialect, &mut cur)?;
+        cur.skip_space();
+        let op = COMPARISONS.iter().find(|op| cur.rest().starts_with(**op))?;
+        cur.i += op.len();
+        out.push(' ');
+        out.push_str(op);
+        out.push(' ');
+        push_operand(&mut out, dialect, &mut cur)?;
+        cur.skip_space();
+        if cur.rest().is_empty() {
+            return Some(out);
+        }
+        // The next word must be `AND`, followed by a space.
+        let rest = cur.rest().as_bytes();
+        if rest.len() > 3 && rest[..3].eq_ignore_ascii_case(b"and") && rest[3].is_ascii_whitespace()
+        {
+            cur.i += 3;
+            out.push_str(" AND ");
         } else {
-            i += 1;
+            return None;
         }
     }
-    parts.push(&s[start..]);
-    parts
+}
+
+/// A position in a condition being read.
+struct Cursor<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn rest(&self) -> &'a str {
+        self.s.get(self.i..).unwrap_or_default()
+    }
+
+    fn skip_space(&mut self) {
+        let rest = self.rest();
+        self.i += rest.len() - rest.trim_start().len();
+    }
+
+    /// Take bytes while `f` holds; returns what was taken.
+    fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
+        let rest = self.rest();
+        let n = rest.bytes().take_while(|&b| f(b)).count();
+        self.i += n;
+        rest.get(..n).unwrap_or_default()
+    }
+}
+
+/// Read one operand and append it: a name quoted, a value as written.
+fn push_operand(out: &mut String, dialect: Dialect, cur: &mut Cursor<'_>) -> Option<()> {
+    cur.skip_space();
+    let b = cur.rest().as_bytes();
+    let first = *b.first()?;
+    let start = cur.i;
+    match first {
+        b'\'' | b'"' if first == b'\'' || dialect == Dialect::MySql => {
+            let backslash = dialect == Dialect::MySql;
+            let end = skip_quoted(cur.s.as_bytes(), start, first, backslash)?;
+            cur.i = end;
+            out.push_str(cur.s.get(start..end)?);
+        }
+        b':' if b.get(1).is_some_and(|&c| is_name_start(c)) => {
+            cur.i += 1;
+            cur.take_while(is_name_char);
+            out.push_str(cur.s.get(start..cur.i)?);
+        }
+        b'0'..=b'9' | b'.' | b'-' | b'+' => {
+            let len = number_len(b)?;
+            cur.i += len;
+            // `50abc` is neither a number nor a name.
+            if cur.rest().chars().next().is_some_and(is_ident_char) {
+                return None;
+            }
+            out.push_str(cur.s.get(start..cur.i)?);
+        }
+        _ => {
+            let rest = cur.rest();
+            let len: usize = rest
+                .chars()
+                .take_while(|&c| is_ident_char(c) || c == '.')
+                .map(char::len_utf8)
+                .sum();
+            if len == 0 {
+                return None;
+            }
+            cur.i += len;
+            let word = rest.get(..len)?;
+            if LITERAL_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
+                out.push_str(word);
+            } else {
+                push_path(out, word, false).ok()?;
+            }
+        }
+    }
+    Some(())
+}
+
+/// Bare words that are values, not names, in a join condition.
+const LITERAL_WORDS: [&str; 3] = ["NULL", "TRUE", "FALSE"];
+
+/// A character allowed in an identifier part (see [`check_ident`]).
+fn is_ident_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
+}
+
+/// Length of the numeric literal at the start of `b`: an optional sign,
+/// digits with an optional fraction (or a fraction alone, `.5`), and an
+/// optional exponent. `None` when there is no digit.
+fn number_len(b: &[u8]) -> Option<usize> {
+    let digits = |from: usize| {
+        b.get(from..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    let mut i = usize::from(matches!(b.first(), Some(b'-' | b'+')));
+    let int = digits(i);
+    i += int;
+    let mut frac = 0;
+    if b.get(i) == Some(&b'.') {
+        frac = digits(i + 1);
+        i += 1 + frac;
+    }
+    if int == 0 && frac == 0 {
+        return None;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(b.get(i + 1), Some(b'-' | b'+')));
+        let exp = digits(i + 1 + sign);
+        if exp > 0 {
+            i += 1 + sign + exp;
+        }
+    }
+    Some(i)
 }
 
 /// SQL with `:name` placeholders rewritten to the driver's positional `?`.
@@ -400,6 +503,93 @@ pub(crate) fn is_read(sql: &str) -> bool {
         && !matches!(rest.get(6), Some(&c) if is_name_char(c))
 }
 
+/// The words of `sql` outside string literals, quoted names, comments,
+/// parentheses and `:name` parameters, in order: the statement's own
+/// keywords (and the bare names between them).
+fn top_level_words(dialect: Dialect, sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut words = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                let backslash = dialect == Dialect::MySql && q != b'`';
+                match skip_quoted(b, i, q, backslash) {
+                    Some(end) => i = end,
+                    None => break,
+                }
+            }
+            b'[' if dialect == Dialect::Sqlite => match b[i..].iter().position(|&c| c == b']') {
+                Some(p) => i += p + 1,
+                None => break,
+            },
+            b'-' if b.get(i + 1) == Some(&b'-') => i = skip_line(b, i),
+            b'#' if dialect == Dialect::MySql => i = skip_line(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => match find(b, i + 2, b"*/") {
+                Some(p) => i = p + 2,
+                None => break,
+            },
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            c if is_name_char(c) || c >= 0x80 => {
+                let start = i;
+                while i < b.len() && (is_name_char(b[i]) || b[i] >= 0x80) {
+                    i += 1;
+                }
+                // A parameter's or a qualified name's word is not a keyword.
+                let after_sigil = start > 0 && matches!(b[start - 1], b':' | b'.' | b'@' | b'$');
+                if depth == 0 && !after_sigil {
+                    if let Some(w) = sql.get(start..i) {
+                        words.push(w);
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    words
+}
+
+/// Keywords that start a statement which returns no rows unless it has a
+/// `RETURNING` clause.
+const WRITES: [&str; 4] = ["INSERT", "UPDATE", "DELETE", "REPLACE"];
+
+/// Keywords that start a statement which never returns rows.
+const DDL: [&str; 5] = ["CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME"];
+
+/// When `sql` is a statement that returns no rows (a write without
+/// `RETURNING`, or DDL), its keyword in upper case; `None` for anything that
+/// may return rows (`SELECT`, `SHOW`, `PRAGMA`, `EXPLAIN`, `CALL`, a write
+/// with `RETURNING`, ...). A `WITH` clause is looked past, to the statement
+/// it prefixes.
+pub(crate) fn rowless_keyword(dialect: Dialect, sql: &str) -> Option<String> {
+    let words = top_level_words(dialect, sql);
+    let is = |w: &str, list: &[&str]| list.iter().any(|k| w.eq_ignore_ascii_case(k));
+    let first = *words.first()?;
+    let keyword = if first.eq_ignore_ascii_case("with") {
+        // The CTE bodies are in parentheses, so the first statement keyword
+        // at the top level is the statement itself.
+        *words
+            .iter()
+            .find(|w| is(w, &WRITES) || is(w, &["SELECT", "VALUES"]))?
+    } else {
+        first
+    };
+    let returning = words.iter().any(|w| w.eq_ignore_ascii_case("returning"));
+    if (is(keyword, &WRITES) && !returning) || is(keyword, &DDL) {
+        Some(keyword.to_ascii_uppercase())
+    } else {
+        None
+    }
+}
+
 /// Bound parameters: `name → value`, in bind order.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Params {
@@ -465,7 +655,7 @@ impl Params {
 /// # fn main() -> Result<(), switchboard_db::DbError> {
 /// let db = Instance::sqlite_memory("doc")?;
 /// let st = db.select("id,name").from("users").where_("id = :id").bind("id", 7).statement()?;
-/// assert_eq!(st.sql(), r#"SELECT "id", "name" FROM "users" WHERE id = ?"#);
+/// assert_eq!(st.sql(), "SELECT `id`, `name` FROM `users` WHERE id = ?");
 /// assert_eq!(st.params(), &[7.into()]);
 /// # Ok(()) }
 /// ```
@@ -571,19 +761,16 @@ mod tests {
 
     #[test]
     fn identifiers() {
-        assert_eq!(quote_path(Dialect::MySql, "t.c", false).unwrap(), "`t`.`c`");
-        assert_eq!(quote_path(Dialect::Sqlite, "t.*", true).unwrap(), "\"t\".*");
+        assert_eq!(quote_path("t.c", false).unwrap(), "`t`.`c`");
+        assert_eq!(quote_path("t.*", true).unwrap(), "`t`.*");
         assert_eq!(
-            quote_aliased(Dialect::MySql, "Persons AS p", false).unwrap(),
+            quote_aliased("Persons AS p", false).unwrap(),
             "`Persons` AS `p`"
         );
         for bad in ["", "a`b", "a\"b", "a b;", "x--", "a.b.c.d", "*x", "t.*"] {
-            assert!(quote_path(Dialect::MySql, bad, false).is_err(), "{bad}");
+            assert!(quote_path(bad, false).is_err(), "{bad}");
         }
-        assert_eq!(
-            quote_order(Dialect::Sqlite, "did desc", false).unwrap(),
-            "\"did\" DESC"
-        );
+        assert_eq!(quote_order("did desc", false).unwrap(), "`did` DESC");
     }
 
     #[test]
@@ -594,12 +781,44 @@ mod tests {
         );
         assert_eq!(
             join_condition(Dialect::Sqlite, "a.x=b.x and a.y <= b.y"),
-            "\"a\".\"x\" = \"b\".\"x\" AND \"a\".\"y\" <= \"b\".\"y\""
+            "`a`.`x` = `b`.`x` AND `a`.`y` <= `b`.`y`"
         );
         assert_eq!(
             join_condition(Dialect::MySql, "a.x = b.x + 1"),
             "a.x = b.x + 1"
         );
+        assert_eq!(
+            join_condition(Dialect::MySql, "a.x > 50 AND a.y = 'q' AND a.z < -1.5e-3"),
+            "`a`.`x` > 50 AND `a`.`y` = 'q' AND `a`.`z` < -1.5e-3"
+        );
+        // Not the simple form: kept as written.
+        for raw in [
+            "a.x = b.x AND",
+            "a.x = 1e",
+            "a.x = -",
+            "a.x = .",
+            "a.x = 'open",
+        ] {
+            assert_eq!(join_condition(Dialect::Sqlite, raw), raw);
+        }
+    }
+
+    #[test]
+    fn numbers() {
+        for (text, len) in [
+            ("50", Some(2)),
+            ("-2.5)", Some(4)),
+            (".5", Some(2)),
+            ("1.", Some(2)),
+            ("1e3", Some(3)),
+            ("1E+3x", Some(4)),
+            ("1e", Some(1)),
+            ("+", None),
+            (".", None),
+            ("-.e", None),
+        ] {
+            assert_eq!(number_len(text.as_bytes()), len, "{text}");
+        }
     }
 
     /// Arbitrary text (quotes, colons, comments, multi-byte characters in any
@@ -626,6 +845,38 @@ mod tests {
                     assert_eq!(marks, p.names.len(), "{sql:?} -> {p:?}");
                 }
                 let _ = is_read(&sql);
+                let _ = join_condition(d, &sql);
+                let _ = rowless_keyword(d, &sql);
+            }
+        }
+    }
+
+    #[test]
+    fn rowless_statements() {
+        for d in [Dialect::MySql, Dialect::Sqlite] {
+            for (sql, kw) in [
+                ("INSERT INTO t (a) VALUES (:a)", Some("INSERT")),
+                ("  /* x */ update t set a = 1", Some("UPDATE")),
+                ("-- c\nDELETE FROM t WHERE a = 'returning'", Some("DELETE")),
+                ("REPLACE INTO t VALUES (1)", Some("REPLACE")),
+                ("create table t (returning int)", Some("CREATE")),
+                ("DROP TABLE t", Some("DROP")),
+                (
+                    "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+                    Some("INSERT"),
+                ),
+                ("INSERT INTO t (a) VALUES (1) RETURNING id", None),
+                ("DELETE FROM t RETURNING *", None),
+                ("WITH d AS (DELETE FROM t) SELECT 1", None),
+                ("SELECT 1", None),
+                ("(SELECT 1)", None),
+                ("SHOW TABLES", None),
+                ("PRAGMA table_info(t)", None),
+                ("EXPLAIN UPDATE t SET a = 1", None),
+                ("UPDATE t SET a = :returning", Some("UPDATE")),
+                ("", None),
+            ] {
+                assert_eq!(rowless_keyword(d, sql).as_deref(), kw, "{d:?}: {sql}");
             }
         }
     }

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "mysql")]
 use sqlx::mysql::MySql;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::Sqlite;
 use tokio::sync::Mutex;
 
@@ -42,7 +44,9 @@ struct TxInner {
 }
 
 pub(crate) enum TxConn {
+    #[cfg(feature = "mysql")]
     MySql(sqlx::Transaction<'static, MySql>),
+    #[cfg(feature = "sqlite")]
     Sqlite(sqlx::Transaction<'static, Sqlite>),
 }
 
@@ -106,15 +110,12 @@ impl Tx {
         let conn = self.inner.conn.lock().await.take();
         let name = self.inner.instance.name();
         match conn {
-            Some(TxConn::MySql(t)) => t
-                .commit()
-                .await
-                .map_err(|e| exec::map_err::<MySql>(name, "COMMIT", e)),
-            Some(TxConn::Sqlite(t)) => t
-                .commit()
-                .await
-                .map_err(|e| exec::map_err::<Sqlite>(name, "COMMIT", e)),
-            None => Err(DbError::TxFinished),
+            #[cfg(feature = "mysql")]
+            Some(TxConn::MySql(t)) => finish(name, t, true).await,
+            #[cfg(feature = "sqlite")]
+            Some(TxConn::Sqlite(t)) => finish(name, t, true).await,
+            // `None`: already finished (`_`, for builds without a driver).
+            _ => Err(DbError::TxFinished),
         }
     }
 
@@ -123,15 +124,12 @@ impl Tx {
         let conn = self.inner.conn.lock().await.take();
         let name = self.inner.instance.name();
         match conn {
-            Some(TxConn::MySql(t)) => t
-                .rollback()
-                .await
-                .map_err(|e| exec::map_err::<MySql>(name, "ROLLBACK", e)),
-            Some(TxConn::Sqlite(t)) => t
-                .rollback()
-                .await
-                .map_err(|e| exec::map_err::<Sqlite>(name, "ROLLBACK", e)),
-            None => Err(DbError::TxFinished),
+            #[cfg(feature = "mysql")]
+            Some(TxConn::MySql(t)) => finish(name, t, false).await,
+            #[cfg(feature = "sqlite")]
+            Some(TxConn::Sqlite(t)) => finish(name, t, false).await,
+            // `None`: already finished (`_`, for builds without a driver).
+            _ => Err(DbError::TxFinished),
         }
     }
 
@@ -141,10 +139,13 @@ impl Tx {
         let mut guard = self.inner.conn.lock().await;
         let timeout = self.inner.instance.query_timeout();
         let name = self.inner.instance.name();
-        let result = match guard.as_mut() {
-            None => return Err(DbError::TxFinished),
+        let result: Result<Output, DbError> = match guard.as_mut() {
+            #[cfg(feature = "mysql")]
             Some(TxConn::MySql(t)) => run_on::<MySql>(name, &mut **t, st, mode, timeout).await,
+            #[cfg(feature = "sqlite")]
             Some(TxConn::Sqlite(t)) => run_on::<Sqlite>(name, &mut **t, st, mode, timeout).await,
+            // `None`: already finished (`_`, for builds without a driver).
+            _ => return Err(DbError::TxFinished),
         };
         if matches!(&result, Err(e) if e.is_connection_lost() || matches!(e, DbError::Timeout { .. }))
         {
@@ -154,6 +155,20 @@ impl Tx {
         }
         result
     }
+}
+
+/// Commit (`commit`) or roll back a transaction.
+async fn finish<D: Backend>(
+    name: &str,
+    t: sqlx::Transaction<'static, D>,
+    commit: bool,
+) -> Result<(), DbError> {
+    let (result, sql) = if commit {
+        (t.commit().await, "COMMIT")
+    } else {
+        (t.rollback().await, "ROLLBACK")
+    };
+    result.map_err(|e| exec::map_err::<D>(name, sql, e))
 }
 
 async fn run_on<D: Backend>(

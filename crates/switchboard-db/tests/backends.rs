@@ -1,6 +1,8 @@
 //! Every terminal, against real MariaDB and a real SQLite file, on known
 //! data; values of every type; injection strings in every value position;
 //! database errors; binds checked before anything is sent.
+// Each backend's tests are compiled with its driver's feature (both by default).
+#![cfg(any(feature = "mysql", feature = "sqlite"))]
 
 #[macro_use]
 mod common;
@@ -382,6 +384,259 @@ async fn joins_group_having(db: &Instance) {
     }
 }
 
+/// Numbers and string literals in a join condition are sent as values: the
+/// brief's `table2.did > 50` form filters, on both databases.
+async fn join_condition_literals(db: &Instance) {
+    let t1 = common::table("jl1");
+    let t2 = common::table("jl2");
+    for t in [&t1, &t2] {
+        drop_table(db, t).await;
+    }
+    db.sql(&format!("CREATE TABLE {t1} (uid INT)"))
+        .execute()
+        .await
+        .unwrap();
+    db.sql(&format!(
+        "CREATE TABLE {t2} (uid INT, did INT, w DOUBLE, kind VARCHAR(8))"
+    ))
+    .execute()
+    .await
+    .unwrap();
+    for (uid, did, w, kind) in [(1, 40, 0.5, "a"), (2, 60, 1.5, "b"), (3, 70, 2.5, "a")] {
+        db.insert(&t1).set("uid", uid).query().await.unwrap();
+        db.insert(&t2)
+            .values(params! { "uid" => uid, "did" => did, "w" => w, "kind" => kind })
+            .query()
+            .await
+            .unwrap();
+    }
+    let uids = |on: String| {
+        let (t1, t2) = (t1.clone(), t2.clone());
+        async move {
+            db.select(format!("{t1}.uid").as_str())
+                .from(&t1)
+                .inner_join(&t2, &on)
+                .order_by(format!("{t1}.uid").as_str())
+                .column_as::<i64>()
+                .await
+                .unwrap_or_else(|e| panic!("ON {on}: {e}"))
+        }
+    };
+    assert_eq!(
+        uids(format!("{t1}.uid = {t2}.uid AND {t2}.did > 50")).await,
+        [2, 3]
+    );
+    assert_eq!(
+        uids(format!("{t1}.uid = {t2}.uid AND {t2}.w <= 1.5")).await,
+        [1, 2]
+    );
+    assert_eq!(
+        uids(format!(
+            "{t1}.uid = {t2}.uid AND {t2}.kind = 'a' AND {t2}.did >= -1"
+        ))
+        .await,
+        [1, 3]
+    );
+    for t in [&t1, &t2] {
+        drop_table(db, t).await;
+    }
+}
+
+/// A misspelt column is an error naming it, on both databases: SQLite must
+/// not read a quoted name it cannot find as a string.
+async fn misspelt_columns_are_errors(db: &Instance) {
+    let t = common::table("typo");
+    drop_table(db, &t).await;
+    db.sql(&format!("CREATE TABLE {t} (name VARCHAR(8), n INT)"))
+        .execute()
+        .await
+        .unwrap();
+    db.insert(&t)
+        .set("name", "a")
+        .set("n", 1)
+        .query()
+        .await
+        .unwrap();
+    let on = format!("{t}.nmae = b.name");
+    let attempts = [
+        ("select", db.select("nmae").from(&t)),
+        (
+            "select t.col",
+            db.select(format!("{t}.nmae").as_str()).from(&t),
+        ),
+        ("group_by", db.select("n").from(&t).group_by("nmae")),
+        ("order_by", db.select("n").from(&t).order_by("nmae DESC")),
+        (
+            "join",
+            db.select("n").from(&t).inner_join(&format!("{t} b"), &on),
+        ),
+    ];
+    for (what, select) in attempts {
+        match select.query().await {
+            Err(e @ DbError::Database { .. }) => {
+                assert!(e.to_string().contains("nmae"), "{what}: {e}")
+            }
+            other => panic!("{what}: expected a database error naming `nmae`, got {other:?}"),
+        }
+    }
+    drop_table(db, &t).await;
+}
+
+/// `sql(write).query()` cannot say what the write did (no rows come back), so
+/// it is refused before anything is sent, naming `execute()`; a write with
+/// `RETURNING` does return rows, so it is a query.
+async fn raw_writes_need_execute(db: &Instance) {
+    let t = common::table("rawwrite");
+    drop_table(db, &t).await;
+    db.sql(&format!(
+        "CREATE TABLE {t} (id {pk}, name VARCHAR(8))",
+        pk = common::int_pk(db)
+    ))
+    .execute()
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {t} (name) VALUES (:n)");
+    let refused = |e: DbError, keyword: &str| {
+        assert!(
+            matches!(&e, DbError::NotAQuery { keyword: k, .. } if k == keyword),
+            "{keyword}: {e:?}"
+        );
+        assert!(e.to_string().contains("execute()"), "{e}");
+    };
+    refused(
+        db.sql(&insert).bind("n", "a").query().await.unwrap_err(),
+        "INSERT",
+    );
+    refused(
+        db.sql(&insert).bind("n", "a").row().await.unwrap_err(),
+        "INSERT",
+    );
+    refused(
+        db.sql(&insert).bind("n", "a").single().await.unwrap_err(),
+        "INSERT",
+    );
+    refused(
+        db.sql(&insert).bind("n", "a").column().await.unwrap_err(),
+        "INSERT",
+    );
+    refused(
+        db.sql(&format!("  /* c */ update {t} SET name = 'b'"))
+            .query_as::<(i64,)>()
+            .await
+            .unwrap_err(),
+        "UPDATE",
+    );
+    refused(
+        db.sql(&format!("DELETE FROM {t}"))
+            .query()
+            .await
+            .unwrap_err(),
+        "DELETE",
+    );
+    refused(
+        db.sql(&format!("CREATE TABLE {t}_x (a INT)"))
+            .query()
+            .await
+            .unwrap_err(),
+        "CREATE",
+    );
+    // Nothing was sent.
+    let count = || db.select_expr("COUNT(*)").from(&t).single_as::<i64>();
+    assert_eq!(count().await.unwrap(), Some(0));
+    // In a transaction too.
+    let tx = db.begin().await.unwrap();
+    refused(
+        tx.sql(&insert).bind("n", "a").query().await.unwrap_err(),
+        "INSERT",
+    );
+    tx.rollback().await.unwrap();
+
+    // execute() says what happened.
+    let done = db.sql(&insert).bind("n", "a").execute().await.unwrap();
+    assert_eq!((done.rows_affected, done.last_insert_id), (1, Some(1)));
+    // RETURNING makes a write a query.
+    let rows = db
+        .sql(&format!(
+            "INSERT INTO {t} (name) VALUES (:n) RETURNING id, name"
+        ))
+        .bind("n", "b")
+        .query_as::<(i64, String)>()
+        .await
+        .unwrap();
+    assert_eq!(rows, [(2, "b".to_string())]);
+    let gone = db
+        .sql(&format!("DELETE FROM {t} WHERE id = :id RETURNING name"))
+        .bind("id", 1)
+        .single_as::<String>()
+        .await
+        .unwrap();
+    assert_eq!(gone.as_deref(), Some("a"));
+    assert_eq!(count().await.unwrap(), Some(1));
+    drop_table(db, &t).await;
+}
+
+/// Expressions in GROUP BY and ORDER BY, run on real data.
+async fn group_and_order_by_expressions(db: &Instance) {
+    let t = common::table("gexpr");
+    drop_table(db, &t).await;
+    db.sql(&format!("CREATE TABLE {t} (name VARCHAR(16), age INT)"))
+        .execute()
+        .await
+        .unwrap();
+    for (name, age) in [
+        ("ann", 30),
+        ("amy", 41),
+        ("bob", 25),
+        ("abe", 19),
+        ("bea", 33),
+    ] {
+        db.insert(&t)
+            .set("name", name)
+            .set("age", age)
+            .query()
+            .await
+            .unwrap();
+    }
+    // Count by first letter, biggest group first.
+    let by_letter: Vec<(String, i64)> = db
+        .select_expr("SUBSTR(name, 1, 1) AS letter")
+        .expr("COUNT(*) AS n")
+        .from(&t)
+        .group_by_expr("SUBSTR(name, 1, 1)")
+        .order_by_expr("COUNT(*) DESC")
+        .query_as()
+        .await
+        .unwrap();
+    assert_eq!(by_letter, [("a".to_string(), 3), ("b".to_string(), 2)]);
+    // Nearest age to a bound value first.
+    let nearest: Vec<String> = db
+        .select("name")
+        .from(&t)
+        .order_by_expr("ABS(age - :target)")
+        .order_by("name")
+        .bind("target", 32)
+        .limit(2)
+        .column_as()
+        .await
+        .unwrap();
+    assert_eq!(nearest, ["bea", "ann"]);
+    // Random order: the dialect's own function, the caller's choice.
+    let random = match db.dialect() {
+        Dialect::MySql => "RAND()",
+        Dialect::Sqlite => "RANDOM()",
+    };
+    let mut shuffled: Vec<String> = db
+        .select("name")
+        .from(&t)
+        .order_by_expr(random)
+        .column_as()
+        .await
+        .unwrap();
+    shuffled.sort();
+    assert_eq!(shuffled, ["abe", "amy", "ann", "bea", "bob"]);
+    drop_table(db, &t).await;
+}
+
 /// Strings that would break spliced SQL must round-trip as data, in every
 /// position a value can take.
 async fn injection(db: &Instance) {
@@ -652,6 +907,10 @@ async fn value_types(db: &Instance) {
 on_both!(
     terminals,
     joins_group_having,
+    join_condition_literals,
+    misspelt_columns_are_errors,
+    raw_writes_need_execute,
+    group_and_order_by_expressions,
     injection,
     binds_checked_before_sending,
     database_errors,

@@ -1,6 +1,9 @@
 //! The chat demo's history module (`apps/chat/src/history.rs`, compiled here
 //! as-is) on a real SQLite file and on MariaDB: kept across reopening the
-//! file, last lines oldest first, any text stored as data.
+//! file, last lines oldest first, any text stored as data, rooms kept apart, a
+//! table from before rooms migrated.
+// The chat history runs on SQLite and MariaDB: both drivers (the default).
+#![cfg(all(feature = "mysql", feature = "sqlite"))]
 
 mod common;
 
@@ -26,9 +29,9 @@ async fn sqlite_history_survives_a_restart() {
     {
         let db = ChatHistory::default_instance(&path).unwrap();
         let h = ChatHistory::open(db.clone()).await.unwrap();
-        h.append("ann", "0001", "hello").await.unwrap();
-        h.append("bob", "0002", "hi ann").await.unwrap();
-        h.append("ann", "0001", "'; DROP TABLE chat_history; --")
+        h.append("1", "ann", "0001", "hello").await.unwrap();
+        h.append("1", "bob", "0002", "hi ann").await.unwrap();
+        h.append("1", "ann", "0001", "'; DROP TABLE chat_history; --")
             .await
             .unwrap();
         db.close().await; // the process "exits"
@@ -39,7 +42,7 @@ async fn sqlite_history_survives_a_restart() {
     // A new process opens the same file: the table exists, the lines are there.
     let db = ChatHistory::default_instance(&path).unwrap();
     let h = ChatHistory::open(db).await.unwrap();
-    let lines = h.last(20).await.unwrap();
+    let lines = h.last("1", 20).await.unwrap();
     let plain: Vec<(&str, &str, &str)> = lines
         .iter()
         .map(|l| (l.name.as_str(), l.client_id.as_str(), l.text.as_str()))
@@ -58,23 +61,23 @@ async fn sqlite_history_survives_a_restart() {
             "{at} not in {before}..={after}"
         );
     }
-    h.append("cid", "0003", "back again").await.unwrap();
-    assert_eq!(h.last(1).await.unwrap()[0].text, "back again");
+    h.append("1", "cid", "0003", "back again").await.unwrap();
+    assert_eq!(h.last("1", 1).await.unwrap()[0].text, "back again");
 }
 
 async fn last_n_oldest_first(h: &ChatHistory) {
     for i in 0..25 {
-        h.append(&format!("user{i}"), "c1", &format!("line {i} 😀"))
+        h.append("1", &format!("user{i}"), "c1", &format!("line {i} 😀"))
             .await
             .unwrap();
     }
-    let lines = h.last(20).await.unwrap();
+    let lines = h.last("1", 20).await.unwrap();
     assert_eq!(lines.len(), 20);
     assert_eq!(lines.first().map(|l| l.text.as_str()), Some("line 5 😀"));
     assert_eq!(lines.last().map(|l| l.text.as_str()), Some("line 24 😀"));
     assert!(lines.windows(2).all(|w| w[0].at <= w[1].at));
-    assert_eq!(h.last(0).await.unwrap(), []);
-    assert_eq!(h.last(100).await.unwrap().len(), 25);
+    assert_eq!(h.last("1", 0).await.unwrap(), []);
+    assert_eq!(h.last("1", 100).await.unwrap().len(), 25);
 }
 
 #[tokio::test]
@@ -94,11 +97,61 @@ async fn mysql_history() {
     last_n_oldest_first(&h).await;
     // Reopening finds the existing table and its lines.
     let again = ChatHistory::open_table(db.clone(), &table).await.unwrap();
-    assert_eq!(again.last(30).await.unwrap().len(), 25);
+    assert_eq!(again.last("1", 30).await.unwrap().len(), 25);
     db.sql(&format!("DROP TABLE {table}"))
         .execute()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn rooms_are_kept_apart() {
+    let db = switchboard_db::Instance::sqlite_memory("rooms").unwrap();
+    let h = ChatHistory::open(db).await.unwrap();
+    h.append("1", "ann", "c1", "in one").await.unwrap();
+    h.append("2", "bob", "c2", "in two").await.unwrap();
+    h.append("1", "ann", "c1", "one again").await.unwrap();
+    let one: Vec<String> = h
+        .last("1", 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(one, ["in one", "one again"]);
+    let two = h.last("2", 20).await.unwrap();
+    assert_eq!(
+        (two.len(), two[0].room.as_str(), two[0].name.as_str()),
+        (1, "2", "bob")
+    );
+    assert_eq!(h.last("3", 20).await.unwrap(), []);
+}
+
+#[tokio::test]
+async fn a_table_from_before_rooms_gets_the_room_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ChatHistory::default_instance(dir.path().join("old.sqlite3")).unwrap();
+    // The table as the chat created it before rooms, with one line in it.
+    db.sql(
+        "CREATE TABLE chat_history (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+         at INTEGER NOT NULL, name TEXT NOT NULL, client_id TEXT NOT NULL, text TEXT NOT NULL)",
+    )
+    .execute()
+    .await
+    .unwrap();
+    db.sql("INSERT INTO chat_history (at, name, client_id, text) VALUES (1, 'ann', 'c1', 'old')")
+        .execute()
+        .await
+        .unwrap();
+    let h = ChatHistory::open(db.clone()).await.unwrap();
+    h.append("2", "bob", "c2", "new").await.unwrap();
+    let one = h.last(history::DEFAULT_ROOM, 20).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!((one[0].text.as_str(), one[0].room.as_str()), ("old", "1"));
+    assert_eq!(h.last("2", 20).await.unwrap()[0].text, "new");
+    // Opening it again changes nothing.
+    let again = ChatHistory::open(db).await.unwrap();
+    assert_eq!(again.last("1", 20).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -1,4 +1,6 @@
 //! Many tasks sharing one instance (cloned handles, one pool) at once.
+// Each backend's tests are compiled with its driver's feature (both by default).
+#![cfg(any(feature = "mysql", feature = "sqlite"))]
 
 mod common;
 
@@ -122,6 +124,7 @@ async fn concurrent_transactions(db: Instance) {
     db.sql(&format!("DROP TABLE {t}")).execute().await.unwrap();
 }
 
+#[cfg(feature = "mysql")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_concurrent_transactions() {
     let Some(db) = common::mysql(4).await else {
@@ -130,12 +133,14 @@ async fn mysql_concurrent_transactions() {
     concurrent_transactions(db).await;
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_concurrent_transactions() {
     let (db, _dir) = common::sqlite();
     concurrent_transactions(db).await;
 }
 
+#[cfg(feature = "mysql")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_many_tasks() {
     let Some(db) = common::mysql(8).await else {
@@ -144,6 +149,7 @@ async fn mysql_many_tasks() {
     many_tasks(db).await;
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_many_tasks() {
     let (db, _dir) = common::sqlite();

@@ -1,6 +1,8 @@
 //! A pooled MariaDB connection killed under us (`KILL CONNECTION`): a read
 //! is retried once on a new connection and succeeds; a write reports the
 //! lost connection instead of being silently sent again.
+// MariaDB only.
+#![cfg(feature = "mysql")]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The exact SQL every builder form generates, in both dialects, and the
 //! errors raised before anything is sent. No database is contacted: an
 //! instance connects only when a statement runs.
+// Builds statements for both dialects, so it needs both drivers (the default).
+#![cfg(all(feature = "mysql", feature = "sqlite"))]
 
 use switchboard_db::{params, DbError, Instance, InstanceConfig, Value};
 
@@ -12,19 +14,36 @@ fn sqlite() -> Instance {
     Instance::sqlite_memory("s").expect("config")
 }
 
-/// Both dialects: `(instance, quote)`; expected strings are written with
-/// backticks and converted for SQLite.
-fn both() -> [(Instance, char); 2] {
-    [(mysql(), '`'), (sqlite(), '"')]
+/// Both dialects. They quote identifiers alike (backticks; see
+/// `sqlite_names_are_quoted_with_backticks`), so one expected string serves
+/// both.
+fn both() -> [Instance; 2] {
+    [mysql(), sqlite()]
 }
 
-fn q(s: &str, quote: char) -> String {
-    s.replace('`', &quote.to_string())
+/// SQLite names are quoted with backticks, never double quotes: SQLite
+/// reads a double-quoted name that matches no column as a string.
+#[test]
+fn sqlite_names_are_quoted_with_backticks() {
+    let st = sqlite()
+        .select("p.Name AS n")
+        .from("Persons p")
+        .inner_join("Sexes s", "s.id = p.sex")
+        .group_by("p.Name")
+        .order_by("n DESC")
+        .statement()
+        .unwrap();
+    assert_eq!(
+        st.sql(),
+        "SELECT `p`.`Name` AS `n` FROM `Persons` AS `p` INNER JOIN `Sexes` AS `s` \
+         ON `s`.`id` = `p`.`sex` GROUP BY `p`.`Name` ORDER BY `n` DESC"
+    );
+    assert!(!st.sql().contains('"'));
 }
 
 #[test]
 fn select_from_where_bind() {
-    for (db, qc) in both() {
+    for db in both() {
         let st = db
             .select("ID,Sex")
             .from("Persons")
@@ -32,10 +51,7 @@ fn select_from_where_bind() {
             .bind_values(params! { "sex" => "M" })
             .statement()
             .unwrap();
-        assert_eq!(
-            st.sql(),
-            q("SELECT `ID`, `Sex` FROM `Persons` WHERE sex= ?", qc)
-        );
+        assert_eq!(st.sql(), "SELECT `ID`, `Sex` FROM `Persons` WHERE sex= ?");
         assert_eq!(st.params(), &[Value::from("M")]);
         assert!(st.is_read());
     }
@@ -43,7 +59,7 @@ fn select_from_where_bind() {
 
 #[test]
 fn the_briefs_complex_select() {
-    for (db, qc) in both() {
+    for db in both() {
         let st = db
             .select("*")
             .from("table1")
@@ -59,11 +75,8 @@ fn the_briefs_complex_select() {
             .unwrap();
         assert_eq!(
             st.sql(),
-            q(
-                "SELECT * FROM `table1` INNER JOIN `table2` ON `table1`.`uid` = `table2`.`uid` \
-                 WHERE age > ? GROUP BY `aid` HAVING foo=\"foo\" ORDER BY `did` LIMIT 10 OFFSET 20",
-                qc
-            )
+            "SELECT * FROM `table1` INNER JOIN `table2` ON `table1`.`uid` = `table2`.`uid` \
+                 WHERE age > ? GROUP BY `aid` HAVING foo=\"foo\" ORDER BY `did` LIMIT 10 OFFSET 20"
         );
         assert_eq!(st.params(), &[Value::Int(13)]);
     }
@@ -71,22 +84,19 @@ fn the_briefs_complex_select() {
 
 #[test]
 fn select_list_forms() {
-    for (db, qc) in both() {
+    for db in both() {
         let sql = |s: switchboard_db::Select| s.statement().unwrap().sql().to_string();
         assert_eq!(
             sql(db.select("p.*").from("Persons p")),
-            q("SELECT `p`.* FROM `Persons` AS `p`", qc)
+            "SELECT `p`.* FROM `Persons` AS `p`"
         );
         assert_eq!(
             sql(db.select(["p.Name AS n", "Age a"]).from("Persons AS p")),
-            q(
-                "SELECT `p`.`Name` AS `n`, `Age` AS `a` FROM `Persons` AS `p`",
-                qc
-            )
+            "SELECT `p`.`Name` AS `n`, `Age` AS `a` FROM `Persons` AS `p`"
         );
         assert_eq!(
             sql(db.select("Sex").distinct().from("Persons")),
-            q("SELECT DISTINCT `Sex` FROM `Persons`", qc)
+            "SELECT DISTINCT `Sex` FROM `Persons`"
         );
         assert_eq!(
             sql(db
@@ -94,22 +104,19 @@ fn select_list_forms() {
                 .expr("COUNT(*) AS n")
                 .from("Persons")
                 .group_by("Sex")),
-            q(
-                "SELECT `Sex`, COUNT(*) AS n FROM `Persons` GROUP BY `Sex`",
-                qc
-            )
+            "SELECT `Sex`, COUNT(*) AS n FROM `Persons` GROUP BY `Sex`"
         );
         assert_eq!(sql(db.select_expr("1 + 1")), "SELECT 1 + 1");
         assert_eq!(
             sql(db.select(vec!["a".to_string()]).from("db.t")),
-            q("SELECT `a` FROM `db`.`t`", qc)
+            "SELECT `a` FROM `db`.`t`"
         );
     }
 }
 
 #[test]
 fn joins() {
-    for (db, qc) in both() {
+    for db in both() {
         let st = db
             .select("a.id, b.name")
             .from("a")
@@ -121,19 +128,116 @@ fn joins() {
             .unwrap();
         assert_eq!(
             st.sql(),
-            q(
-                "SELECT `a`.`id`, `b`.`name` FROM `a` LEFT JOIN `b` ON `a`.`bid` = `b`.`id` \
+            "SELECT `a`.`id`, `b`.`name` FROM `a` LEFT JOIN `b` ON `a`.`bid` = `b`.`id` \
                  RIGHT JOIN `c` AS `cc` ON `cc`.`aid` = `a`.`id` AND `cc`.`kind` <> `a`.`kind` \
-                 INNER JOIN `d` ON d.aid = a.id + ?",
-                qc
-            )
+                 INNER JOIN `d` ON d.aid = a.id + ?"
         );
+    }
+}
+
+/// Numbers and string literals in a join condition are values, never quoted
+/// as names (the brief's `table2.did > 50` would otherwise be the column `50`).
+#[test]
+fn join_condition_literals_stay_values() {
+    for db in both() {
+        let st = db
+            .select("*")
+            .from("table1")
+            .inner_join("table2", "table1.uid = table2.uid AND table2.did > 50")
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            "SELECT * FROM `table1` INNER JOIN `table2` ON `table1`.`uid` = `table2`.`uid` \
+                 AND `table2`.`did` > 50"
+        );
+        let on = |cond: &str| {
+            let st = db
+                .select("*")
+                .from("a")
+                .left_join("b", cond)
+                .bind_values((cond.contains(":k")).then_some(("k", 1)))
+                .statement()
+                .unwrap();
+            let sql = st.sql().to_string();
+            let (_, on) = sql.split_once(" ON ").unwrap();
+            on.to_string()
+        };
+        assert_eq!(on("b.x >= -2.5"), "`b`.`x` >= -2.5");
+        assert_eq!(on("b.x<>.5"), "`b`.`x` <> .5");
+        assert_eq!(on("b.x = 1e3 and 7 < a.y"), "`b`.`x` = 1e3 AND 7 < `a`.`y`");
+        assert_eq!(
+            on("b.s = 'x' AND a.id = b.id"),
+            "`b`.`s` = 'x' AND `a`.`id` = `b`.`id`"
+        );
+        // An operator or `AND` inside a string literal is part of the value.
+        assert_eq!(on("b.s != 'p <> q and r'"), "`b`.`s` != 'p <> q and r'");
+        assert_eq!(on("b.s = 'it''s'"), "`b`.`s` = 'it''s'");
+        // So are NULL, TRUE and FALSE.
+        assert_eq!(
+            on("b.x = TRUE AND b.y <> null"),
+            "`b`.`x` = TRUE AND `b`.`y` <> null"
+        );
+        // A parameter is a value too.
+        assert_eq!(
+            on("b.k = :k AND a.id = b.id"),
+            "`b`.`k` = ? AND `a`.`id` = `b`.`id`"
+        );
+        // Anything else is kept as written.
+        assert_eq!(on("b.x = a.x + 1"), "b.x = a.x + 1");
+        assert_eq!(on("b.x = 50abc"), "b.x = 50abc");
+        assert_eq!(on("b.x IS NULL"), "b.x IS NULL");
+    }
+    // `"x"` is a string on MySQL, a quoted name on SQLite (kept as written).
+    let on = |db: Instance| {
+        db.select("*")
+            .from("a")
+            .inner_join("b", r#"b.s = "x" AND a.id = b.id"#)
+            .statement()
+            .unwrap()
+            .sql()
+            .to_string()
+    };
+    assert!(
+        on(mysql()).ends_with(r#"ON `b`.`s` = "x" AND `a`.`id` = `b`.`id`"#),
+        "{}",
+        on(mysql())
+    );
+    assert!(
+        on(sqlite()).ends_with(r#"ON b.s = "x" AND a.id = b.id"#),
+        "{}",
+        on(sqlite())
+    );
+}
+
+/// A name made only of digits is a number, not a column: refused where a
+/// name is expected rather than sent as a quoted name the database rejects.
+#[test]
+fn digit_only_names_are_refused() {
+    for db in both() {
+        for e in [
+            db.select("50").from("t").statement().unwrap_err(),
+            db.select("a")
+                .from("t")
+                .order_by("1")
+                .statement()
+                .unwrap_err(),
+            db.select("a").from("t.2").statement().unwrap_err(),
+            db.insert("t").set("7", 1).statement().unwrap_err(),
+        ] {
+            match &e {
+                DbError::InvalidIdentifier { reason, .. } => {
+                    assert!(reason.contains("number"), "{e}")
+                }
+                other => panic!("expected InvalidIdentifier, got {other}"),
+            }
+        }
     }
 }
 
 #[test]
 fn where_and_or_having_variants() {
-    for (db, qc) in both() {
+    for db in both() {
         let st = db
             .select("id")
             .from("t")
@@ -152,11 +256,8 @@ fn where_and_or_having_variants() {
             .unwrap();
         assert_eq!(
             st.sql(),
-            q(
-                "SELECT `id` FROM `t` WHERE (a = ?) AND (b = ? OR b IS NULL) OR (c = ?) \
-                 GROUP BY `g1`, `g2` HAVING (COUNT(*) > ?) AND (MAX(x) < 5) OR (MIN(x) = 0)",
-                qc
-            )
+            "SELECT `id` FROM `t` WHERE (a = ?) AND (b = ? OR b IS NULL) OR (c = ?) \
+                 GROUP BY `g1`, `g2` HAVING (COUNT(*) > ?) AND (MAX(x) < 5) OR (MIN(x) = 0)"
         );
         assert_eq!(st.params(), &[1.into(), 2.into(), 3.into(), 4.into()]);
     }
@@ -164,7 +265,7 @@ fn where_and_or_having_variants() {
 
 #[test]
 fn order_limit_offset() {
-    for (db, qc) in both() {
+    for db in both() {
         let sql = |s: switchboard_db::Select| s.statement().unwrap().sql().to_string();
         assert_eq!(
             sql(db
@@ -172,14 +273,11 @@ fn order_limit_offset() {
                 .from("t")
                 .order_by("a, b DESC")
                 .order_by_desc(["c", "d asc"])),
-            q(
-                "SELECT `id` FROM `t` ORDER BY `a`, `b` DESC, `c` DESC, `d` ASC",
-                qc
-            )
+            "SELECT `id` FROM `t` ORDER BY `a`, `b` DESC, `c` DESC, `d` ASC"
         );
         assert_eq!(
             sql(db.select("id").from("t").limit(5)),
-            q("SELECT `id` FROM `t` LIMIT 5", qc)
+            "SELECT `id` FROM `t` LIMIT 5"
         );
     }
     assert_eq!(
@@ -200,13 +298,51 @@ fn order_limit_offset() {
             .statement()
             .unwrap()
             .sql(),
-        "SELECT \"id\" FROM \"t\" LIMIT -1 OFFSET 7"
+        "SELECT `id` FROM `t` LIMIT -1 OFFSET 7"
     );
+}
+
+/// `group_by_expr` / `order_by_expr` take one raw expression each, in order
+/// with the quoted forms; their `:name` parameters are bound like any other.
+#[test]
+fn group_and_order_by_expressions() {
+    for db in both() {
+        let st = db
+            .select("a")
+            .expr("COUNT(*) AS n")
+            .from("t")
+            .where_("b > :b")
+            .group_by("a")
+            .group_by_expr("SUBSTR(name, 1, 1)")
+            .having("COUNT(*) > :n")
+            .order_by_expr("COUNT(*) DESC")
+            .order_by("a")
+            .order_by_expr("ABS(a - :target)")
+            .bind("target", 7)
+            .bind("n", 1)
+            .bind("b", 2)
+            .statement()
+            .unwrap();
+        assert_eq!(
+            st.sql(),
+            "SELECT `a`, COUNT(*) AS n FROM `t` WHERE b > ? GROUP BY `a`, SUBSTR(name, 1, 1) \
+             HAVING COUNT(*) > ? ORDER BY COUNT(*) DESC, `a`, ABS(a - ?)"
+        );
+        assert_eq!(st.params(), &[2.into(), 1.into(), 7.into()]);
+        // An unbound parameter in an expression is caught like any other.
+        let e = db
+            .select("a")
+            .from("t")
+            .order_by_expr("ABS(a - :target)")
+            .statement()
+            .unwrap_err();
+        assert!(matches!(e, DbError::UnboundParams { .. }), "{e}");
+    }
 }
 
 #[test]
 fn insert_forms() {
-    for (db, qc) in both() {
+    for db in both() {
         let st = db
             .insert("Persons")
             .values(
@@ -216,10 +352,7 @@ fn insert_forms() {
             .unwrap();
         assert_eq!(
             st.sql(),
-            q(
-                "INSERT INTO `Persons` (`Firstname`, `Lastname`, `Sex`, `Age`) VALUES (?, ?, ?, ?)",
-                qc
-            )
+            "INSERT INTO `Persons` (`Firstname`, `Lastname`, `Sex`, `Age`) VALUES (?, ?, ?, ?)"
         );
         assert_eq!(
             st.params(),
@@ -238,10 +371,7 @@ fn insert_forms() {
             .unwrap();
         assert_eq!(
             st.sql(),
-            q(
-                "INSERT INTO `Persons` (`Firstname`, `Age`, `Sex`, `Created`) VALUES (?, ?, ?, CURRENT_TIMESTAMP)",
-                qc
-            )
+            "INSERT INTO `Persons` (`Firstname`, `Age`, `Sex`, `Created`) VALUES (?, ?, ?, CURRENT_TIMESTAMP)"
         );
         assert_eq!(st.params(), &["x".into(), 30.into(), "F".into()]);
     }
@@ -249,7 +379,7 @@ fn insert_forms() {
 
 #[test]
 fn update_forms() {
-    for (db, qc) in both() {
+    for db in both() {
         let st = db
             .update("Persons")
             .cols(["sex"])
@@ -257,7 +387,7 @@ fn update_forms() {
             .bind("sex", "F")
             .statement()
             .unwrap();
-        assert_eq!(st.sql(), q("UPDATE `Persons` SET `sex` = ? WHERE ID=1", qc));
+        assert_eq!(st.sql(), "UPDATE `Persons` SET `sex` = ? WHERE ID=1");
         let st = db
             .update("Persons")
             .set("Name", "z")
@@ -270,10 +400,7 @@ fn update_forms() {
             .unwrap();
         assert_eq!(
             st.sql(),
-            q(
-                "UPDATE `Persons` SET `Name` = ?, `Age` = Age + ? WHERE (ID = ?) OR (Name IS NULL)",
-                qc
-            )
+            "UPDATE `Persons` SET `Name` = ?, `Age` = Age + ? WHERE (ID = ?) OR (Name IS NULL)"
         );
         assert_eq!(st.params(), &["z".into(), 1.into(), 5.into()]);
         let st = db
@@ -282,15 +409,15 @@ fn update_forms() {
             .all_rows()
             .statement()
             .unwrap();
-        assert_eq!(st.sql(), q("UPDATE `Persons` SET `Age` = ?", qc));
+        assert_eq!(st.sql(), "UPDATE `Persons` SET `Age` = ?");
     }
 }
 
 #[test]
 fn delete_forms() {
-    for (db, qc) in both() {
+    for db in both() {
         let sql = db.delete("Persons").where_("ID=9").statement().unwrap();
-        assert_eq!(sql.sql(), q("DELETE FROM `Persons` WHERE ID=9", qc));
+        assert_eq!(sql.sql(), "DELETE FROM `Persons` WHERE ID=9");
         let sql = db
             .delete("Persons")
             .where_("a = :a")
@@ -298,20 +425,17 @@ fn delete_forms() {
             .bind("a", 1)
             .statement()
             .unwrap();
-        assert_eq!(
-            sql.sql(),
-            q("DELETE FROM `Persons` WHERE (a = ?) AND (b = 2)", qc)
-        );
+        assert_eq!(sql.sql(), "DELETE FROM `Persons` WHERE (a = ?) AND (b = 2)");
         assert_eq!(
             db.delete("Persons").all_rows().statement().unwrap().sql(),
-            q("DELETE FROM `Persons`", qc)
+            "DELETE FROM `Persons`"
         );
     }
 }
 
 #[test]
 fn update_and_delete_need_where_or_opt_in() {
-    for (db, _) in both() {
+    for db in both() {
         let e = db.delete("Persons").statement().unwrap_err();
         assert!(
             matches!(
@@ -343,7 +467,7 @@ fn update_and_delete_need_where_or_opt_in() {
 
 #[test]
 fn raw_sql_parameters() {
-    for (db, _) in both() {
+    for db in both() {
         let st = db
             .sql("SELECT ':skip', '::', x::text FROM t WHERE a = :a AND b = :a AND c = :c -- :d")
             .bind("a", 1)
@@ -362,7 +486,7 @@ fn raw_sql_parameters() {
 
 #[test]
 fn missing_extra_and_duplicate_binds_are_errors() {
-    for (db, _) in both() {
+    for db in both() {
         let e = db
             .select("a")
             .from("t")
@@ -403,7 +527,7 @@ fn missing_extra_and_duplicate_binds_are_errors() {
 
 #[test]
 fn unquotable_identifiers_are_rejected() {
-    for (db, _) in both() {
+    for db in both() {
         let bad = [
             "t`; DROP TABLE x; --",
             "t\"x",

@@ -1,5 +1,7 @@
 //! Transactions: commit on Ok, roll back on Err and on panic, on both
 //! backends; a finished transaction refuses further use.
+// Each backend's tests are compiled with its driver's feature (both by default).
+#![cfg(any(feature = "mysql", feature = "sqlite"))]
 
 #[macro_use]
 mod common;

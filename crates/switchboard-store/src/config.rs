@@ -121,6 +121,62 @@ impl StoreConfig {
     }
 }
 
+/// How a backend is compiled in: its `switchboard-store` cargo feature, the
+/// `switchboard` feature that forwards to it, and whether this build has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendFeature {
+    /// The `switchboard-store` feature (`file`, `redis`, `memcached`).
+    pub feature: &'static str,
+    /// The `switchboard` feature that enables it (`file-store`, `redis`, `memcached`).
+    pub switchboard_feature: &'static str,
+    /// Whether this binary was built with it.
+    pub compiled: bool,
+}
+
+impl StoreConfig {
+    /// The cargo feature that compiles this backend in; `None` for `memory`, which is
+    /// always there.
+    ///
+    /// ```
+    /// use switchboard_store::StoreConfig;
+    /// let redis = StoreConfig::Redis { url: "redis://127.0.0.1:6379".into() };
+    /// let f = redis.feature().unwrap();
+    /// assert_eq!((f.feature, f.switchboard_feature), ("redis", "redis"));
+    /// assert_eq!(f.compiled, cfg!(feature = "redis"));
+    /// assert!(StoreConfig::Memory.feature().is_none());
+    /// ```
+    pub fn feature(&self) -> Option<BackendFeature> {
+        let (feature, switchboard_feature, compiled) = match self {
+            StoreConfig::Memory => return None,
+            StoreConfig::File { .. } => ("file", "file-store", cfg!(feature = "file")),
+            StoreConfig::Memcached { .. } => {
+                ("memcached", "memcached", cfg!(feature = "memcached"))
+            }
+            StoreConfig::Redis { .. } | StoreConfig::RedisCluster { .. } => {
+                ("redis", "redis", cfg!(feature = "redis"))
+            }
+        };
+        Some(BackendFeature {
+            feature,
+            switchboard_feature,
+            compiled,
+        })
+    }
+
+    /// [`crate::StoreError::NotCompiled`] when this binary was built without the
+    /// backend; `Ok` otherwise.
+    pub fn check_compiled(&self) -> Result<(), crate::StoreError> {
+        match self.feature() {
+            Some(f) if !f.compiled => Err(crate::StoreError::NotCompiled {
+                backend: self.backend_name(),
+                feature: f.feature,
+                switchboard_feature: f.switchboard_feature,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig::File {

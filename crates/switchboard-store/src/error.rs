@@ -46,4 +46,18 @@ pub enum StoreError {
     /// The configuration is invalid.
     #[error("invalid store configuration: {0}")]
     Config(String),
+    /// The configuration names a backend that this binary was built without.
+    #[error(
+        "store backend \"{backend}\" is not compiled into this binary; enable the \
+         switchboard feature \"{switchboard_feature}\" (or the switchboard-store \
+         feature \"{feature}\")"
+    )]
+    NotCompiled {
+        /// The backend, as written in `[store] backend = ...`.
+        backend: &'static str,
+        /// The `switchboard-store` cargo feature that compiles it in.
+        feature: &'static str,
+        /// The `switchboard` cargo feature that forwards to it.
+        switchboard_feature: &'static str,
+    },
 }

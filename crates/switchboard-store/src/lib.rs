@@ -6,6 +6,10 @@
 //! - `memcached`: one or more servers, consistent hashing across them;
 //! - `redis`: one server, or a Redis Cluster (`scan_prefix` covers every master).
 //!
+//! Each backend but `memory` is a cargo feature, all on by default: `file` (rusqlite),
+//! `redis`, `memcached`. A configuration naming a backend left out still parses, and
+//! [`open`] answers [`StoreError::NotCompiled`] naming the feature to enable.
+//!
 //! [`Namespaced`] gives a view of any store under a key prefix (application data).
 //! `docs/store.md` describes each backend's design and its limits.
 //!
@@ -26,10 +30,13 @@
 
 mod config;
 mod error;
+#[cfg(feature = "file")]
 mod file;
+#[cfg(feature = "memcached")]
 mod memcached_store;
 mod memory;
 mod namespace;
+#[cfg(feature = "redis")]
 mod redis_store;
 
 use std::sync::Arc;
@@ -38,12 +45,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use config::StoreConfig;
+pub use config::{BackendFeature, StoreConfig};
 pub use error::StoreError;
+#[cfg(feature = "file")]
 pub use file::FileStore;
+#[cfg(feature = "memcached")]
 pub use memcached_store::MemcachedStore;
 pub use memory::MemoryStore;
 pub use namespace::Namespaced;
+#[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 
 /// Result type of every store operation.
@@ -178,12 +188,26 @@ pub fn validate_key(key: &str) -> Result<()> {
 /// (a Redis Cluster too: its slot map is fetched by the first operation):
 /// a process may start before its memcached or Redis, whose absence then shows as
 /// [`StoreError::Backend`] from each operation (or [`Store::ping`]) until it is back.
+///
+/// A backend this binary was built without (see the crate's cargo features) is
+/// [`StoreError::NotCompiled`], naming the feature to enable.
 pub async fn open(config: &StoreConfig) -> Result<SharedStore> {
+    config.check_compiled()?;
     match config {
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "file")]
         StoreConfig::File { path } => Ok(Arc::new(FileStore::open(path).await?)),
+        #[cfg(feature = "memcached")]
         StoreConfig::Memcached { servers } => Ok(Arc::new(MemcachedStore::open(servers)?)),
+        #[cfg(feature = "redis")]
         StoreConfig::Redis { url } => Ok(Arc::new(RedisStore::open(url)?)),
+        #[cfg(feature = "redis")]
         StoreConfig::RedisCluster { cluster } => Ok(Arc::new(RedisStore::open_cluster(cluster)?)),
+        // A backend compiled out, already refused by `check_compiled` above.
+        #[allow(unreachable_patterns)]
+        _ => Err(StoreError::Config(format!(
+            "store backend \"{}\" is not compiled into this binary",
+            config.backend_name()
+        ))),
     }
 }

@@ -455,9 +455,15 @@ macro_rules! contract {
     };
 }
 
+// Each backend but `memory` is a cargo feature (all on by default).
 contract!(memory, || async { common::memory() });
+#[cfg(feature = "file")]
 contract!(file, common::file);
+#[cfg(feature = "file")]
 contract!(namespaced_file, common::namespaced_file);
+#[cfg(feature = "memcached")]
 contract!(memcached, common::memcached);
+#[cfg(feature = "redis")]
 contract!(redis, common::redis);
+#[cfg(feature = "redis")]
 contract!(redis_cluster, common::redis_cluster);

@@ -1,5 +1,7 @@
 //! Faults of the network backends: servers that are down, that never answer, that go
 //! away and come back while the store stays open, and foreign values.
+// Both network backends are cargo features (on by default); these tests need both.
+#![cfg(all(feature = "memcached", feature = "redis"))]
 
 mod common;
 

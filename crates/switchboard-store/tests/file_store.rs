@@ -3,6 +3,8 @@
 //!
 //! The multi-process tests re-run this test binary as a child with
 //! `SWITCHBOARD_STORE_CHILD` set; the child runs only the `child` entry below.
+// The file backend is a cargo feature; with it left out there is nothing to test.
+#![cfg(feature = "file")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

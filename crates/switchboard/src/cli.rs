@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, LogFormat};
 use crate::supervisor::{self, Only};
 use crate::worker::Events;
-use crate::{stats, Error, Gateway};
+use crate::{stats, Assets, Error, Gateway};
 
 /// Builds the application's `Events` for each worker process.
 type EventsFactory = Arc<dyn Fn() -> Arc<dyn Events> + Send + Sync>;
@@ -40,6 +40,7 @@ pub struct App {
     about: Option<&'static str>,
     default_config: &'static str,
     events: EventsFactory,
+    assets: Assets,
 }
 
 /// This framework's version, shown beside the application's by `--version`.
@@ -138,7 +139,25 @@ impl App {
             about: None,
             default_config: "",
             events: Arc::new(move || Arc::new(events()) as Arc<dyn Events>),
+            assets: Assets::default(),
         }
+    }
+
+    /// A file embedded in the binary, served at `path` by every `websocket` listener to
+    /// a `GET` without `Upgrade` (`/` is the page; the type comes from the extension).
+    ///
+    /// ```no_run
+    /// # use switchboard::{App, Events};
+    /// # struct Chat;
+    /// # impl Events for Chat {}
+    /// App::new("chat", || Chat)
+    ///     .asset("/", b"<!doctype html><script src=/chat.js></script>")
+    ///     .asset("/chat.js", b"new WebSocket(`ws://${location.host}/`)")
+    ///     .run();
+    /// ```
+    pub fn asset(mut self, path: &str, body: &'static [u8]) -> Self {
+        self.assets.add(path, body);
+        self
     }
 
     /// The application's version, shown by `--version` beside the framework's; pass
@@ -247,8 +266,7 @@ impl App {
                     Error::Other("config check needs a file (argument or --config)".into())
                 })?;
                 let checked = Config::load(&path)?;
-                check_ports_free(&checked, Some(&path))?;
-                check_admin_free(&checked)?;
+                preflight(&checked, None, Some(&path))?;
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             }
@@ -262,10 +280,7 @@ impl App {
                         "already running (supervisor pid {pid}); use `stop` first"
                     )));
                 }
-                if only != Some(Only::Worker) {
-                    check_ports_free(&config, cli.config.as_deref())?;
-                }
-                check_admin_free(&config)?;
+                preflight(&config, only, cli.config.as_deref())?;
                 init_logging(&config, "supervisor");
                 let path = write_effective_config(&config)?;
                 let rt = runtime(1, "supervisor")?;
@@ -280,6 +295,8 @@ impl App {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Restart { only } => {
+                // What the new deployment would refuse must not stop the running one.
+                preflight(&config, only, cli.config.as_deref())?;
                 if supervisor::running_pid(&config).is_some() {
                     stop_running(&config)?;
                 }
@@ -308,7 +325,7 @@ impl App {
                 let name = format!("gateway-{index}");
                 run_role(&name, async move {
                     let shutdown = shutdown_on_signals()?;
-                    crate::gateway::run(config, index, shutdown).await
+                    crate::gateway::run(config, index, Arc::new(self.assets), shutdown).await
                 })
             }
             Command::Worker { index } => {
@@ -338,10 +355,9 @@ impl App {
                 "already running (supervisor pid {pid})"
             )));
         }
-        if only != Some(Only::Worker) {
-            check_ports_free(config, cli.config.as_deref())?;
-        }
-        check_admin_free(config)?;
+        // The same checks as a foreground start, printed here rather than in the log of
+        // a daemon that exits at once.
+        preflight(config, only, cli.config.as_deref())?;
         // Printed and used as an absolute path: the daemon does not keep our directory.
         let log_path = std::path::absolute(config.log_file())
             .map_err(|e| Error::io("cannot resolve the log file path", e))?;
@@ -534,6 +550,28 @@ fn check_admin_free(config: &Config) -> Result<(), Error> {
             config.admin.listen
         ))),
     }
+}
+
+/// What must hold before anything starts (and what `config check` checks): the
+/// backends are compiled in, the certificates load, the client ports and the admin
+/// listener's port are free.
+/// With `--only worker` the gateways' certificates and ports are not this machine's
+/// business; with `--only gateway`, the workers' CA is not.
+fn preflight(
+    config: &Config,
+    only: Option<Only>,
+    file: Option<&std::path::Path>,
+) -> Result<(), Error> {
+    config.check_compiled()?;
+    crate::transport::tls::check_config(
+        config,
+        only != Some(Only::Worker),
+        only != Some(Only::Gateway),
+    )?;
+    if only != Some(Only::Worker) {
+        check_ports_free(config, file)?;
+    }
+    check_admin_free(config)
 }
 
 /// The client ports must be free (or held by this very deployment). `file` is the
@@ -743,8 +781,8 @@ async fn print_connections(
     }
     let rows = gateway.clients().await?;
     println!(
-        "{:<20} {:<22} {:<16} {:>8}  GROUPS",
-        "CLIENT_ID", "ADDRESS", "UID", "IDLE"
+        "{:<20} {:<22} {:<20} {:<16} {:>8}  GROUPS",
+        "CLIENT_ID", "ADDRESS", "LISTENER", "UID", "IDLE"
     );
     let mut shown = 0;
     for r in rows {
@@ -755,9 +793,10 @@ async fn print_connections(
         }
         shown += 1;
         println!(
-            "{:<20} {:<22} {:<16} {:>8}  {}",
+            "{:<20} {:<22} {:<20} {:<16} {:>8}  {}",
             r.client.to_string(),
             r.addr,
+            format!("{} ({})", r.listener, r.protocol),
             r.uid.as_deref().unwrap_or("-"),
             human_age(r.idle_ms / 1000),
             r.groups.join(",")

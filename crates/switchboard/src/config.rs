@@ -128,6 +128,10 @@ pub struct GatewayConfig {
     /// vanished without closing its connections).
     #[serde(with = "humantime_serde")]
     pub link_ping_interval: Duration,
+    /// Certificate and key for TLS on the internal listener (links from workers and
+    /// API clients on other machines); plain TCP when absent. Workers then need
+    /// `[worker.internal_tls]` to verify it.
+    pub internal_tls: Option<TlsFiles>,
 }
 
 impl Default for GatewayConfig {
@@ -146,6 +150,7 @@ impl Default for GatewayConfig {
             max_clients: 19_000,
             publish_interval: Duration::from_secs(2),
             link_ping_interval: Duration::from_secs(5),
+            internal_tls: None,
         }
     }
 }
@@ -170,22 +175,73 @@ impl GatewayConfig {
     }
 }
 
-/// One client listener (`[[gateway.listeners]]`).
+/// One client listener (`[[gateway.listeners]]`): an address, a transport (`tcp`, or
+/// `tls` with a certificate), a protocol, limits and a heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// Name for logs and stats.
+    /// Name for logs, stats and `Context::listener`.
     #[serde(default = "default_listener_name")]
     pub name: String,
     /// Address clients connect to.
     pub listen: SocketAddr,
-    /// Wire protocol.
+    /// Wire protocol: `text`, `frame`, `json` or `websocket`.
     #[serde(default = "default_protocol")]
     pub protocol: ClientProtocol,
-    /// Largest message (line or frame payload) accepted, in bytes; defaults to 64 KiB
-    /// for `text` and 1 MiB for `frame`. A longer one gets an error and the client is
-    /// closed.
+    /// `tcp` or `tls`; `tls` when a `tls` table is given.
+    pub transport: Option<Transport>,
+    /// Certificate and key for a `tls` listener.
+    pub tls: Option<TlsFiles>,
+    /// Largest message (line, frame payload, WebSocket message) accepted, in bytes;
+    /// defaults to 64 KiB for `text` and 1 MiB for the others. A longer one gets an
+    /// error (WebSocket: close 1009) and the client is closed.
     pub max_message: Option<usize>,
+    /// This listener's heartbeat; the `[gateway.heartbeat]` defaults when absent.
+    pub heartbeat: Option<HeartbeatConfig>,
+    /// How long a client has to complete the TLS handshake and the WebSocket upgrade.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// WebSocket: `Origin` values allowed to upgrade (`https://chat.example.com`);
+    /// empty allows any. Others get HTTP 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// WebSocket: addresses or networks (`10.0.0.0/8`) of reverse proxies whose
+    /// `X-Forwarded-For` is believed; from anyone else the header is ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// How a listener's bytes travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// TLS 1.2 or 1.3 over TCP (rustls).
+    Tls,
+}
+
+/// A certificate chain and its private key, PEM files (`tls = { cert = "…", key = "…" }`).
+/// Relative paths are relative to `data_dir`. Re-read on `reload` and SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// How workers and API clients check a gateway's certificate on a TLS internal link
+/// (`[worker.internal_tls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalTlsClient {
+    /// PEM file of the certificate authorities gateways' certificates are signed by.
+    pub ca: PathBuf,
+    /// The name to verify in gateway certificates; by default the gateway's advertised
+    /// IP address (the certificate then needs that IP as a subject alternative name).
+    pub server_name: Option<String>,
 }
 
 fn default_listener_name() -> String {
@@ -195,13 +251,23 @@ fn default_protocol() -> ClientProtocol {
     ClientProtocol::Text
 }
 
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl Default for ListenerConfig {
     fn default() -> Self {
         Self {
             name: default_listener_name(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8480),
             protocol: ClientProtocol::Text,
+            transport: None,
+            tls: None,
             max_message: None,
+            heartbeat: None,
+            handshake_timeout: default_handshake_timeout(),
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -211,19 +277,36 @@ impl ListenerConfig {
     pub fn max_message(&self) -> usize {
         self.max_message.unwrap_or(match self.protocol {
             ClientProtocol::Text => 64 << 10,
-            ClientProtocol::Frame => 1 << 20,
+            _ => 1 << 20,
         })
+    }
+
+    /// The effective transport.
+    pub fn transport(&self) -> Transport {
+        self.transport.unwrap_or(if self.tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        })
+    }
+
+    /// The effective heartbeat: the listener's own, or the gateway's default.
+    pub fn heartbeat<'a>(&'a self, default: &'a HeartbeatConfig) -> &'a HeartbeatConfig {
+        self.heartbeat.as_ref().unwrap_or(default)
     }
 }
 
-/// Heartbeat towards clients (`[gateway.heartbeat]`), as GatewayWorker has it.
+/// Heartbeat towards clients (`[gateway.heartbeat]` for every listener, or a
+/// listener's own `heartbeat`), as GatewayWorker has it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatConfig {
     /// How often the gateway checks clients (and sends `ping`, if set).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Message sent to every client each interval; none when absent.
+    /// Message sent to every client each interval, in the listener's protocol; none
+    /// when absent. On a `websocket` listener, `"frame"` sends a WebSocket ping frame
+    /// instead (browsers answer it with a pong by themselves).
     pub ping: Option<String>,
     /// Close a client that sent nothing for this many intervals; 0 never closes.
     pub idle_intervals: u32,
@@ -258,6 +341,9 @@ pub struct WorkerConfig {
     /// is considered dead and reconnected. Keep it above 3 × `gateway.link_ping_interval`.
     #[serde(with = "humantime_serde")]
     pub link_timeout: Duration,
+    /// How to verify gateways that speak TLS on their internal listener (also used by
+    /// API clients and the `connections` command).
+    pub internal_tls: Option<InternalTlsClient>,
 }
 
 impl Default for WorkerConfig {
@@ -268,6 +354,7 @@ impl Default for WorkerConfig {
             discovery_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(30),
             link_timeout: Duration::from_secs(20),
+            internal_tls: None,
         }
     }
 }
@@ -667,11 +754,66 @@ impl Config {
                 "at least one listener is needed",
             ));
         }
+        let mut names = std::collections::HashSet::new();
         for (i, l) in self.gateway.listeners.iter().enumerate() {
-            if l.max_message() == 0 {
+            let key = |k: &str| format!("gateway.listeners[{i}].{k}");
+            if !names.insert(l.name.as_str()) {
                 return Err(invalid(
-                    &format!("gateway.listeners[{i}].max_message"),
-                    "must be at least 1",
+                    &key("name"),
+                    &format!(
+                        "{:?} is the name of an earlier listener; names must differ",
+                        l.name
+                    ),
+                ));
+            }
+            if l.max_message() == 0 {
+                return Err(invalid(&key("max_message"), "must be at least 1"));
+            }
+            match (l.transport(), &l.tls) {
+                (Transport::Tls, None) => {
+                    return Err(invalid(
+                        &key("tls"),
+                        "transport \"tls\" needs tls = { cert = \"...pem\", key = \"...pem\" }",
+                    ))
+                }
+                (Transport::Tcp, Some(_)) => {
+                    return Err(invalid(
+                        &key("transport"),
+                        "is \"tcp\" but a tls table is given; remove one of them",
+                    ))
+                }
+                _ => {}
+            }
+            if l.handshake_timeout.is_zero() {
+                return Err(invalid(
+                    &key("handshake_timeout"),
+                    "must be greater than zero",
+                ));
+            }
+            let websocket = l.protocol == ClientProtocol::WebSocket;
+            if !websocket && !l.allowed_origins.is_empty() {
+                return Err(invalid(
+                    &key("allowed_origins"),
+                    "applies to websocket listeners only",
+                ));
+            }
+            if !websocket && !l.trusted_proxies.is_empty() {
+                return Err(invalid(
+                    &key("trusted_proxies"),
+                    "applies to websocket listeners only",
+                ));
+            }
+            let hb = l.heartbeat(&self.gateway.heartbeat);
+            if hb.interval.is_zero() {
+                return Err(invalid(
+                    &key("heartbeat.interval"),
+                    "must be greater than zero",
+                ));
+            }
+            if !websocket && hb.ping.as_deref() == Some("frame") {
+                return Err(invalid(
+                    &key("heartbeat.ping"),
+                    "\"frame\" means WebSocket ping frames; this listener's protocol is not websocket",
                 ));
             }
             if self.gateway.count > 1 && l.listen.port() == 0 {
@@ -785,6 +927,31 @@ impl Config {
         Ok(token)
     }
 
+    /// Checks that this binary was built with the store backend and the database
+    /// drivers the configuration names (cargo features); the error names the key and
+    /// the feature to enable. Run by `config check` and `start`, before anything starts.
+    pub fn check_compiled(&self) -> Result<(), ConfigError> {
+        self.store
+            .check_compiled()
+            .map_err(|e| ConfigError::Invalid {
+                key: "store.backend".into(),
+                message: e.to_string(),
+            })?;
+        for (name, inst) in &self.db_config()?.instances {
+            if !inst.driver.is_compiled() {
+                return Err(ConfigError::Invalid {
+                    key: format!("db.instances.{name}.driver"),
+                    message: format!(
+                        "database driver \"{}\" is not compiled into this binary; enable the switchboard feature \"{}\"",
+                        inst.driver.name(),
+                        inst.driver.feature()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// `path` resolved against `data_dir` when relative.
     pub fn data_path(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
@@ -801,6 +968,22 @@ impl Config {
                 path: self.data_path(path),
             },
             other => other.clone(),
+        }
+    }
+
+    /// TLS files with relative paths resolved against `data_dir`.
+    pub fn tls_files(&self, files: &TlsFiles) -> TlsFiles {
+        TlsFiles {
+            cert: self.data_path(&files.cert),
+            key: self.data_path(&files.key),
+        }
+    }
+
+    /// `[worker.internal_tls]` with its CA path resolved against `data_dir`.
+    pub fn internal_tls_client(&self, c: &InternalTlsClient) -> InternalTlsClient {
+        InternalTlsClient {
+            ca: self.data_path(&c.ca),
+            server_name: c.server_name.clone(),
         }
     }
 

@@ -27,6 +27,9 @@ pub struct GatewayEntry {
     pub listeners: Vec<SocketAddr>,
     /// Process id on its machine.
     pub pid: u32,
+    /// Whether its internal listener speaks TLS (`gateway.internal_tls`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn seq_key(ns: &str) -> String {
@@ -169,6 +172,7 @@ mod tests {
             internal: "127.0.0.1:9".parse().unwrap(),
             listeners: vec![],
             pid: 1,
+            tls: false,
         }
     }
 

@@ -36,6 +36,7 @@
 //! See `docs/guide.md` for a tour and `docs/architecture.md` for the design.
 
 pub mod admin;
+mod assets;
 pub mod auth;
 pub mod cli;
 mod client_id;
@@ -46,11 +47,14 @@ mod message;
 pub mod metrics;
 pub mod process;
 pub mod protocol;
+mod request;
 pub mod statistic;
 pub mod stats;
 pub mod supervisor;
+pub mod transport;
 pub mod worker;
 
+pub use assets::{Asset, Assets};
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use cli::App;
@@ -58,6 +62,7 @@ pub use client_id::{ClientId, ParseClientIdError};
 pub use config::Config;
 pub use message::{Message, NotText};
 pub use protocol::ClientProtocol;
+pub use request::{Refuse, WebSocketRequest};
 pub use statistic::Statistic;
 pub use switchboard_db as db;
 pub use switchboard_store as store;

@@ -5,8 +5,10 @@
 //! - SIGINT / SIGTERM: stop (workers drain, then gateways stop; stragglers are killed
 //!   after `supervisor.stop_timeout`);
 //! - SIGQUIT: graceful stop (the same, waiting up to `worker.drain_timeout` for workers);
-//! - SIGUSR1 / SIGUSR2: reload workers one at a time from the binary now on disk.
-//!   Gateways are never restarted by a reload.
+//! - SIGUSR1 / SIGUSR2: reload workers one at a time from the binary now on disk, and
+//!   have gateways re-read their TLS certificates. Gateways are never restarted by a
+//!   reload.
+//! - SIGHUP: gateways re-read their TLS certificates (nothing else changes).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -190,6 +192,7 @@ pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Re
         signal(SignalKind::user_defined1()).map_err(|e| Error::io("signal handler", e))?;
     let mut sigusr2 =
         signal(SignalKind::user_defined2()).map_err(|e| Error::io("signal handler", e))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::io("signal handler", e))?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
 
     let graceful = loop {
@@ -207,6 +210,7 @@ pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Re
                 reload(&config, &exe, &config_path, &mut slots, &exit_tx, &mut exit_rx).await;
                 admin.bump(crate::metrics::Series::counter("switchboard_worker_reloads", &[], 1));
             }
+            _ = sighup.recv() => reload_certificates(&slots),
             Some(exit) = exit_rx.recv() => on_exit(&config, &mut slots, exit),
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -363,6 +367,7 @@ async fn reload(
     exit_tx: &mpsc::UnboundedSender<Exit>,
     exit_rx: &mut mpsc::UnboundedReceiver<Exit>,
 ) {
+    reload_certificates(slots);
     tracing::info!("reload: replacing workers one at a time");
     let run_dir = config.run_dir();
     for i in 0..slots.len() {
@@ -416,6 +421,16 @@ async fn reload(
         }
     }
     tracing::info!("reload: done");
+}
+
+/// Has every gateway re-read its TLS certificates (SIGHUP); clients stay connected.
+fn reload_certificates(slots: &[Slot]) {
+    for slot in slots.iter().filter(|s| s.role == ChildRole::Gateway) {
+        if let Some(pid) = slot.child {
+            process::signal(pid, libc::SIGHUP);
+        }
+    }
+    tracing::info!("gateways asked to re-read their certificates");
 }
 
 async fn stop_children(

@@ -87,10 +87,12 @@ pub fn int_pk(inst: &Instance) -> &'static str {
 }
 
 /// Runs each named `async fn(&Instance)` as two tests: on MariaDB (skipped loudly
-/// outside CI when it is unreachable) and on a fresh SQLite file.
+/// outside CI when it is unreachable) and on a fresh SQLite file. Each half is
+/// compiled with its driver's cargo feature (both are on by default).
 #[allow(unused_macros)]
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
+        #[cfg(feature = "mysql")]
         mod mysql {
             $(
                 #[tokio::test]
@@ -100,6 +102,7 @@ macro_rules! on_both {
                 }
             )*
         }
+        #[cfg(feature = "sqlite")]
         mod sqlite {
             $(
                 #[tokio::test]

@@ -7,21 +7,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use super::state::reply_frame;
+use super::state::{reply_frame, Verdict};
 use super::Shared;
 use crate::auth;
 use crate::protocol::internal::{self, Frame, InternalCodec, PROTOCOL_VERSION};
+use crate::transport::LinkStream;
 
 /// How long a peer has to answer the challenge.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves one internal connection until it closes.
-pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
-    let _ = socket.set_nodelay(true);
+/// Serves one internal connection (TCP, or TLS already accepted) until it closes.
+pub async fn serve(shared: Arc<Shared>, socket: LinkStream, peer: SocketAddr) {
     let codec = InternalCodec {
         max_frame: shared.config.max_internal_frame,
     };
@@ -118,6 +117,21 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             Ok(Frame::Ack { seq, client }) => {
                 shared.lock().ack(link, seq, client, &shared.counters)
             }
+            Ok(Frame::Verdict {
+                seq,
+                client,
+                status,
+                reason,
+            }) => {
+                let verdict = if status == 0 {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Refused { status, reason }
+                };
+                shared
+                    .lock()
+                    .verdict(link, seq, client, verdict, &shared.counters)
+            }
             Ok(Frame::Command(cmd)) => {
                 shared.lock().command(cmd, &shared.counters);
             }
@@ -149,7 +163,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     writer.abort();
 }
 
-async fn refuse(framed: &mut Framed<TcpStream, InternalCodec>, peer: SocketAddr, reason: &str) {
+async fn refuse(framed: &mut Framed<LinkStream, InternalCodec>, peer: SocketAddr, reason: &str) {
     tracing::warn!(%peer, reason, "refused internal connection");
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
@@ -161,7 +175,7 @@ async fn refuse(framed: &mut Framed<TcpStream, InternalCodec>, peer: SocketAddr,
 }
 
 async fn write_loop(
-    mut sink: futures::stream::SplitSink<Framed<TcpStream, InternalCodec>, Bytes>,
+    mut sink: futures::stream::SplitSink<Framed<LinkStream, InternalCodec>, Bytes>,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -189,6 +203,7 @@ pub fn frame_kind(f: &Frame) -> &'static str {
         Frame::Refused { .. } => "refused",
         Frame::Event(_) => "event",
         Frame::Ack { .. } => "ack",
+        Frame::Verdict { .. } => "verdict",
         Frame::Draining => "draining",
         Frame::DrainAck => "drain-ack",
         Frame::Command(_) => "command",

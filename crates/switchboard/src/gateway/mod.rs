@@ -3,8 +3,12 @@
 //! It binds every client listener (with SO_REUSEPORT, so several gateway processes share
 //! a port) and one internal listener for workers, publishes its internal address in the
 //! store, and moves events and commands between clients and workers through [`state`].
+//! A listener is an address, a transport (TCP or TLS, [`crate::transport`]), a protocol
+//! ([`crate::protocol`]), limits and a heartbeat; every protocol runs over every
+//! transport, and the rest of the gateway sees only messages.
 
 mod client;
+mod http;
 mod link;
 mod outbound;
 pub mod state;
@@ -18,11 +22,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, GatewayConfig, ListenerConfig};
+use crate::assets::Assets;
+use crate::config::{Config, GatewayConfig, HeartbeatConfig, ListenerConfig};
 use crate::discovery::{self, GatewayEntry};
+use crate::protocol::{websocket, ClientProtocol};
 use crate::stats;
+use crate::transport::tls::{self, ReloadableCert};
 use crate::Error;
-use state::{Counters, State};
+use state::{Counters, ListenerMeta, State};
 
 pub use link::frame_kind;
 
@@ -33,6 +40,26 @@ pub struct Shared {
     config: GatewayConfig,
     secret: String,
     number: u32,
+    /// Connections accepted but not registered yet (in their TLS handshake or HTTP
+    /// request): they count against `max_clients` too, so a flood of connections that
+    /// never finish their handshake cannot grow the process.
+    handshaking: std::sync::atomic::AtomicUsize,
+}
+
+/// Holds a place among the connections in handshake until dropped.
+struct Handshaking<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Handshaking<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -41,6 +68,34 @@ impl Shared {
         // half done, so a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// One client listener as its connections see it.
+pub struct Listener {
+    /// Its configuration.
+    config: ListenerConfig,
+    /// Name, protocol and index, shared with every client's routing entry.
+    meta: Arc<ListenerMeta>,
+    /// The TLS acceptor of a `tls` listener (its certificate is re-read on SIGHUP).
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Its heartbeat (the listener's own or the gateway's default).
+    heartbeat: HeartbeatConfig,
+    /// The application's files, served on `websocket` listeners.
+    assets: Arc<Assets>,
+}
+
+/// Loads a certificate and builds the rustls acceptor for it.
+fn acceptor(
+    files: &crate::config::TlsFiles,
+    alpn: &[&[u8]],
+    what: &str,
+) -> Result<(Arc<ReloadableCert>, tokio_rustls::TlsAcceptor), Error> {
+    let cert = Arc::new(
+        ReloadableCert::load(files.clone()).map_err(|e| Error::Other(format!("{what}: {e}")))?,
+    );
+    let config =
+        tls::server_config(cert.clone(), alpn).map_err(|e| Error::Other(format!("{what}: {e}")))?;
+    Ok((cert, tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 /// Binds a TCP listener with SO_REUSEADDR and (optionally) SO_REUSEPORT.
@@ -57,8 +112,18 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     TcpListener::from_std(socket.into())
 }
 
-/// Runs gateway process number `index` (0-based on this machine) until `shutdown`.
-pub async fn run(config: Config, index: usize, shutdown: CancellationToken) -> Result<(), Error> {
+/// Runs gateway process number `index` (0-based on this machine) until `shutdown`;
+/// `websocket` listeners serve `assets`.
+pub async fn run(
+    config: Config,
+    index: usize,
+    assets: Arc<Assets>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    // First of all: a SIGHUP (certificate reload) must never kill a gateway that is
+    // still starting.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Error::io("cannot watch SIGHUP", e))?;
     let gw = config.gateway.clone();
     let store = crate::open_store(&config).await?;
     let number = retry_store("take a gateway number", &shutdown, || {
@@ -76,24 +141,63 @@ pub async fn run(config: Config, index: usize, shutdown: CancellationToken) -> R
     let internal_local = internal
         .local_addr()
         .map_err(|e| Error::io("internal listener address", e))?;
+    let internal_tls = match &gw.internal_tls {
+        Some(files) => Some(acceptor(
+            &config.tls_files(files),
+            &[],
+            "gateway.internal_tls",
+        )?),
+        None => None,
+    };
     let mut client_listeners = Vec::new();
-    for l in &gw.listeners {
-        let listener = bind(l.listen, true).map_err(|e| {
+    let mut certs = Vec::new();
+    for (i, l) in gw.listeners.iter().enumerate() {
+        let socket = bind(l.listen, true).map_err(|e| {
             Error::io(
                 format!("cannot listen on {} (listener {:?})", l.listen, l.name),
                 e,
             )
         })?;
-        let local = listener
+        let local = socket
             .local_addr()
             .map_err(|e| Error::io("listener address", e))?;
-        client_listeners.push((listener, local, Arc::new(l.clone())));
+        let tls = match &l.tls {
+            Some(files) => {
+                // Browsers ask for http/1.1 on a wss:// connection.
+                let alpn: &[&[u8]] = if l.protocol == ClientProtocol::WebSocket {
+                    &[b"http/1.1"]
+                } else {
+                    &[]
+                };
+                let what = format!("gateway.listeners[{i}].tls");
+                let (cert, acc) = acceptor(&config.tls_files(files), alpn, &what)?;
+                certs.push((what, cert));
+                Some(acc)
+            }
+            None => None,
+        };
+        let listener = Listener {
+            config: l.clone(),
+            meta: Arc::new(ListenerMeta {
+                name: l.name.clone(),
+                protocol: l.protocol,
+                index: i,
+            }),
+            tls,
+            heartbeat: l.heartbeat(&gw.heartbeat).clone(),
+            assets: assets.clone(),
+        };
+        client_listeners.push((socket, local, Arc::new(listener)));
+    }
+    if let Some((cert, _)) = &internal_tls {
+        certs.push(("gateway.internal_tls".into(), cert.clone()));
     }
     let entry = GatewayEntry {
         number,
         internal: SocketAddr::new(gw.advertise_ip(), internal_local.port()),
         listeners: client_listeners.iter().map(|(_, a, _)| *a).collect(),
         pid: std::process::id(),
+        tls: internal_tls.is_some(),
     };
     tracing::info!(number, internal = %entry.internal, listeners = ?entry.listeners, "gateway started");
 
@@ -103,15 +207,27 @@ pub async fn run(config: Config, index: usize, shutdown: CancellationToken) -> R
         config: gw.clone(),
         secret: config.secret.clone(),
         number,
+        handshaking: Default::default(),
     });
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
 
-    tasks.spawn(accept_internal(shared.clone(), internal, stop.clone()));
-    for (listener, _, cfg) in client_listeners {
-        tasks.spawn(accept_clients(shared.clone(), listener, cfg, stop.clone()));
+    tasks.spawn(accept_internal(
+        shared.clone(),
+        internal,
+        internal_tls.map(|(_, acc)| acc),
+        stop.clone(),
+    ));
+    for (socket, _, listener) in client_listeners {
+        tasks.spawn(heartbeat(shared.clone(), listener.clone(), stop.clone()));
+        tasks.spawn(accept_clients(
+            shared.clone(),
+            socket,
+            listener,
+            stop.clone(),
+        ));
     }
-    tasks.spawn(heartbeat(shared.clone(), stop.clone()));
+    tasks.spawn(reload_certificates_on_sighup(hup, certs, stop.clone()));
     tasks.spawn(expire_held(shared.clone(), stop.clone()));
     tasks.spawn(publish(
         store.clone(),
@@ -165,25 +281,72 @@ where
     }
 }
 
-async fn accept_internal(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+/// SIGHUP: every certificate is read again; new connections get the new one, existing
+/// ones keep theirs. A file that cannot be used leaves the old certificate in place.
+async fn reload_certificates_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    certs: Vec<(String, Arc<ReloadableCert>)>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        for (what, cert) in &certs {
+            match cert.reload() {
+                Ok(()) => {
+                    tracing::info!(%what, cert = %cert.files().cert.display(), "certificate reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(%what, error = %e, "certificate not reloaded; keeping the current one")
+                }
+            }
+        }
+    }
+}
+
+async fn accept_internal(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
     accept_loop(listener, stop, "internal", move |socket, peer| {
-        tokio::spawn(link::serve(shared.clone(), socket, peer));
+        let (shared, tls) = (shared.clone(), tls.clone());
+        tokio::spawn(async move {
+            crate::transport::nodelay(&socket);
+            let stream: crate::transport::LinkStream = match tls {
+                None => Box::new(socket),
+                Some(acc) => match tokio::time::timeout(Duration::from_secs(5), acc.accept(socket)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "refused internal connection: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "refused internal connection: no TLS handshake within 5 s");
+                        return;
+                    }
+                },
+            };
+            link::serve(shared, stream, peer).await
+        });
     })
     .await
 }
 
 async fn accept_clients(
     shared: Arc<Shared>,
-    listener: TcpListener,
-    cfg: Arc<ListenerConfig>,
+    socket: TcpListener,
+    listener: Arc<Listener>,
     stop: CancellationToken,
 ) {
     let max = shared.config.max_clients;
-    // One name for every client of this listener.
-    let name: Arc<str> = cfg.name.as_str().into();
     let mut last_refusal_log = Instant::now() - Duration::from_secs(60);
-    accept_loop(listener, stop, "client", move |socket, peer| {
-        if shared.lock().connected() >= max {
+    accept_loop(socket, stop, "client", move |socket, peer| {
+        let busy = shared.lock().connected() + shared.handshaking.load(Ordering::Relaxed);
+        if busy >= max {
             if last_refusal_log.elapsed() > Duration::from_secs(5) {
                 tracing::warn!(%peer, max_clients = max, "refusing client: gateway is full");
                 last_refusal_log = Instant::now();
@@ -195,8 +358,7 @@ async fn accept_clients(
             shared.clone(),
             socket,
             peer,
-            cfg.clone(),
-            name.clone(),
+            listener.clone(),
         ));
     })
     .await
@@ -229,8 +391,19 @@ async fn accept_loop(
     }
 }
 
-async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
-    let hb = shared.config.heartbeat.clone();
+/// One listener's heartbeat: a ping to each client every interval, if configured, and
+/// the clients silent for `idle_intervals` closed.
+async fn heartbeat(shared: Arc<Shared>, listener: Arc<Listener>, stop: CancellationToken) {
+    let hb = listener.heartbeat.clone();
+    let index = listener.meta.index;
+    let protocol = listener.meta.protocol;
+    let ping = hb.ping.as_ref().map(|p| {
+        if protocol == ClientProtocol::WebSocket && p == "frame" {
+            websocket::encode_ping()
+        } else {
+            protocol.encode_to_bytes(&crate::Message::from(p.clone()))
+        }
+    });
     let mut tick = tokio::time::interval(hb.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -239,24 +412,19 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Some(ping) = &hb.ping {
-            let outs = shared.lock().outbounds();
-            for (client, out, protocol) in outs {
-                state::push_or_cut(
-                    &out,
-                    protocol.encode_to_bytes(ping.as_bytes()),
-                    client,
-                    &shared.counters,
-                );
+        if let Some(ping) = &ping {
+            let outs = shared.lock().outbounds(index);
+            for (client, out) in outs {
+                state::push_or_cut(&out, ping.clone(), client, &shared.counters);
             }
         }
         if hb.idle_intervals > 0 {
             let Some(cutoff) = Instant::now().checked_sub(hb.interval * hb.idle_intervals) else {
                 continue;
             };
-            let idle = shared.lock().idle_since(cutoff);
+            let idle = shared.lock().idle_since(index, cutoff);
             for (client, addr, out) in idle {
-                tracing::info!(%client, %addr, intervals = hb.idle_intervals, "heartbeat: no data from client; closing");
+                tracing::info!(%client, %addr, listener = %listener.meta.name, intervals = hb.idle_intervals, "heartbeat: no data from client; closing");
                 out.close();
             }
         }

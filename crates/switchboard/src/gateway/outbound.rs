@@ -17,8 +17,25 @@ use tokio::sync::Notify;
 pub enum Outgoing {
     /// Bytes already in the client's wire format.
     Data(Bytes),
-    /// Write everything before this, then close the connection.
-    Close,
+    /// Write everything before this, then close the connection; with `goodbye`, the
+    /// protocol's own closing bytes first (a WebSocket close frame).
+    Close {
+        /// Whether to write the protocol's goodbye (not when a close frame was already
+        /// queued, as after a protocol error or the client's own close).
+        goodbye: bool,
+    },
+}
+
+/// What the writer is to do after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterBatch {
+    /// Keep going.
+    Continue,
+    /// Close the connection (after the protocol's goodbye, if `goodbye`).
+    Close {
+        /// See [`Outgoing::Close`].
+        goodbye: bool,
+    },
 }
 
 /// What became of an [`Outbound::push`].
@@ -104,9 +121,17 @@ impl Outbound {
         Push::Queued
     }
 
-    /// Asks the writer to close the connection after what is queued.
+    /// Asks the writer to close the connection after what is queued, saying goodbye
+    /// in the client's protocol (a WebSocket close frame).
     pub fn close(&self) {
-        self.items().push_back(Outgoing::Close);
+        self.items().push_back(Outgoing::Close { goodbye: true });
+        self.inner.notify.notify_one();
+    }
+
+    /// Asks the writer to close the connection after what is queued, which already
+    /// ends with the protocol's closing bytes.
+    pub fn close_quietly(&self) {
+        self.items().push_back(Outgoing::Close { goodbye: false });
         self.inner.notify.notify_one();
     }
 
@@ -138,21 +163,21 @@ impl Outbound {
         self.inner.limit
     }
 
-    /// Writer side: waits for data, then moves up to about `max` bytes into `buf`.
-    /// Returns true when a close was asked for after those bytes.
-    pub async fn next_batch(&self, buf: &mut BytesMut, max: usize) -> bool {
+    /// Writer side: waits for data, then moves up to about `max` bytes into `buf`, and
+    /// says whether a close was asked for after those bytes.
+    pub async fn next_batch(&self, buf: &mut BytesMut, max: usize) -> AfterBatch {
         loop {
             {
                 let mut items = self.items();
-                let mut close = false;
+                let mut after = AfterBatch::Continue;
                 while buf.len() < max {
                     match items.pop_front() {
                         Some(Outgoing::Data(b)) => {
                             self.inner.pending.fetch_sub(b.len(), Ordering::AcqRel);
                             buf.extend_from_slice(&b);
                         }
-                        Some(Outgoing::Close) => {
-                            close = true;
+                        Some(Outgoing::Close { goodbye }) => {
+                            after = AfterBatch::Close { goodbye };
                             break;
                         }
                         None => break,
@@ -161,8 +186,8 @@ impl Outbound {
                 if items.is_empty() && items.capacity() > 0 {
                     *items = VecDeque::new();
                 }
-                if close || !buf.is_empty() {
-                    return close;
+                if after != AfterBatch::Continue || !buf.is_empty() {
+                    return after;
                 }
             }
             self.inner.notify.notified().await;
@@ -191,7 +216,10 @@ mod tests {
         assert_eq!(out.push("def".into()), Push::Queued);
         out.close();
         let mut buf = BytesMut::new();
-        assert!(out.next_batch(&mut buf, 1024).await);
+        assert_eq!(
+            out.next_batch(&mut buf, 1024).await,
+            AfterBatch::Close { goodbye: true }
+        );
         assert_eq!(&buf[..], b"abcdef");
         // Over the limit: cut off once, gone after.
         assert_eq!(out.push("12345678901".into()), Push::CutOff);
@@ -211,7 +239,7 @@ mod tests {
         tokio::task::yield_now().await;
         out.push("late".into());
         let (close, buf) = task.await.unwrap();
-        assert!(!close);
+        assert_eq!(close, AfterBatch::Continue);
         assert_eq!(&buf[..], b"late");
     }
 }

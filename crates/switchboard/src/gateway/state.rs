@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::internal::{
     self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
@@ -55,13 +55,55 @@ struct InFlight {
     event: Pending,
 }
 
+/// What every client of one listener shares: its name, protocol and place in the
+/// gateway's list of listeners.
+#[derive(Debug)]
+pub struct ListenerMeta {
+    /// The listener's name.
+    pub name: String,
+    /// Its protocol.
+    pub protocol: ClientProtocol,
+    /// Its index in `gateway.listeners`.
+    pub index: usize,
+}
+
+/// How a client's life begins.
+#[derive(Debug)]
+pub enum Opening {
+    /// A connect event at once.
+    Connect,
+    /// A WebSocket upgrade the application must accept first (`on_websocket_connect`):
+    /// the request as JSON, and where the verdict goes.
+    WebSocket {
+        /// The upgrade request, as JSON (the event's body).
+        request: Bytes,
+        /// Receives the verdict.
+        verdict: oneshot::Sender<Verdict>,
+    },
+}
+
+/// The application's answer to a WebSocket upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Upgrade; the connect event follows.
+    Accepted,
+    /// Answer with this HTTP status and reason, and close.
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// One connected (or closing) client.
 struct Client {
     addr: String,
-    /// Name of the listener it connected to (shared by all its clients).
-    listener: Arc<str>,
-    protocol: ClientProtocol,
-    /// `None` once the connection is gone (the close event may still be pending).
+    /// The listener it connected to (shared by all its clients).
+    listener: Arc<ListenerMeta>,
+    /// `None` once the connection is gone (the close event may still be pending), and
+    /// while a WebSocket upgrade waits for the application's verdict (the queue is then
+    /// in `State::upgrades`).
     out: Option<Outbound>,
     session: Map<String, Value>,
     /// `session` as JSON, cached because every event carries it.
@@ -116,8 +158,12 @@ pub struct State {
     queued_bytes: usize,
     queue_limit: usize,
     client_queue_limit: usize,
-    /// Count of clients with a live connection.
+    /// Count of clients with a live connection (upgrades waiting for a verdict
+    /// included).
     connected: usize,
+    /// WebSocket upgrades waiting for the application's verdict: the client's
+    /// outbound queue (not usable before the upgrade) and where the verdict goes.
+    upgrades: HashMap<u64, (Outbound, oneshot::Sender<Verdict>)>,
 }
 
 /// Why an event was not accepted.
@@ -144,6 +190,7 @@ impl State {
             queue_limit,
             client_queue_limit,
             connected: 0,
+            upgrades: HashMap::new(),
         }
     }
 
@@ -157,24 +204,31 @@ impl State {
         self.connected
     }
 
-    /// Registers a new client and queues its connect event.
+    /// Registers a new client and queues its first event: connect, or the WebSocket
+    /// upgrade the application must accept first.
     pub fn add_client(
         &mut self,
         addr: String,
-        listener: Arc<str>,
-        protocol: ClientProtocol,
+        listener: Arc<ListenerMeta>,
         out: Outbound,
+        opening: Opening,
         counters: &Counters,
     ) -> ClientId {
         let conn = self.next_conn;
         self.next_conn += 1;
+        let (out, first, body) = match opening {
+            Opening::Connect => (Some(out), EventKind::Connect, Bytes::new()),
+            Opening::WebSocket { request, verdict } => {
+                self.upgrades.insert(conn, (out, verdict));
+                (None, EventKind::WebSocketConnect, request)
+            }
+        };
         self.clients.insert(
             conn,
             Client {
                 addr,
                 listener,
-                protocol,
-                out: Some(out),
+                out,
                 session: Map::new(),
                 session_json: Bytes::from_static(b"{}"),
                 uid: None,
@@ -187,8 +241,9 @@ impl State {
             },
         );
         self.connected += 1;
-        // A connect event has no body: it never hits the byte bounds.
-        self.enqueue(conn, EventKind::Connect, Bytes::new(), false, counters);
+        // A connect event has no body: it never hits the byte bounds. A WebSocket
+        // request is bounded by the size of an HTTP request head.
+        self.enqueue(conn, first, body, false, counters);
         ClientId::new(self.number, conn)
     }
 
@@ -307,8 +362,8 @@ impl State {
             kind: event.kind,
             client: ClientId::new(self.number, conn),
             addr: client.addr.clone(),
-            listener: client.listener.to_string(),
-            protocol: client.protocol,
+            listener: client.listener.name.clone(),
+            protocol: client.listener.protocol,
             uid: client.uid.clone(),
             groups: client.groups.iter().cloned().collect(),
             session: client.session_json.clone(),
@@ -342,7 +397,12 @@ impl State {
             return;
         };
         match &c.inflight {
-            Some(f) if f.link == link_id && f.seq == seq => {}
+            Some(f) if f.link == link_id && f.seq == seq => {
+                if f.event.kind == EventKind::WebSocketConnect {
+                    // A plain ack of an upgrade: nothing refused it.
+                    return self.verdict(link_id, seq, client, Verdict::Accepted, counters);
+                }
+            }
             _ => return, // stale (already re-dispatched elsewhere)
         }
         if let Some(f) = c.inflight.take() {
@@ -357,6 +417,86 @@ impl State {
             return;
         }
         self.pump(conn, counters);
+    }
+
+    /// A worker answered a WebSocket upgrade (an ack of the `WebSocketConnect` event).
+    /// Accepted: the client becomes live and its connect event is queued, carrying the
+    /// request again. Refused: the client is forgotten (no close event: the
+    /// application never saw it connect).
+    pub fn verdict(
+        &mut self,
+        link_id: u64,
+        seq: u64,
+        client: ClientId,
+        verdict: Verdict,
+        counters: &Counters,
+    ) {
+        if client.gateway != self.number {
+            return;
+        }
+        let conn = client.connection;
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        match &c.inflight {
+            Some(f)
+                if f.link == link_id
+                    && f.seq == seq
+                    && f.event.kind == EventKind::WebSocketConnect => {}
+            _ => return, // stale, or not an upgrade
+        }
+        let Some(f) = c.inflight.take() else {
+            return;
+        };
+        self.queued_bytes -= f.event.body.len();
+        if let Some(link) = self.links.get_mut(&link_id) {
+            link.inflight = link.inflight.saturating_sub(1);
+        }
+        let Some((out, tx)) = self.upgrades.remove(&conn) else {
+            return;
+        };
+        match verdict {
+            Verdict::Accepted => {
+                if let Some(c) = self.clients.get_mut(&conn) {
+                    c.out = Some(out);
+                    // The time the application took is not the client's silence.
+                    c.last_seen = Instant::now();
+                }
+                let _ = tx.send(Verdict::Accepted);
+                self.enqueue(conn, EventKind::Connect, f.event.body, false, counters);
+            }
+            refused => {
+                let _ = tx.send(refused);
+                self.forget(conn);
+            }
+        }
+    }
+
+    /// The connection of a client whose upgrade is still waiting for its verdict went
+    /// away (or waited too long): forget it, with no event. Returns false when the
+    /// verdict has come meanwhile (then it is in the client's receiver).
+    pub fn abandon_upgrade(&mut self, conn: u64) -> bool {
+        if self.upgrades.remove(&conn).is_some() {
+            self.forget(conn);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Removes a client that never became live, with whatever it had queued.
+    fn forget(&mut self, conn: u64) {
+        let Some(c) = self.clients.remove(&conn) else {
+            return;
+        };
+        self.connected -= 1;
+        self.queued_bytes -= c.queue_bytes;
+        if let Some(f) = c.inflight {
+            self.queued_bytes -= f.event.body.len();
+            if let Some(link) = self.links.get_mut(&f.link) {
+                link.inflight = link.inflight.saturating_sub(1);
+            }
+        }
     }
 
     /// Registers an authenticated link; returns its id.
@@ -484,7 +624,7 @@ impl State {
             ));
             match &c.out {
                 Some(out) => {
-                    let notice = c.protocol.notice(
+                    let notice = c.listener.protocol.notice(
                         "no worker is available; your message was not processed, try again later",
                     );
                     if out.push(notice) == Push::CutOff {
@@ -500,6 +640,14 @@ impl State {
         }
         for conn in remove {
             self.clients.remove(&conn);
+            if let Some((_, verdict)) = self.upgrades.remove(&conn) {
+                // An upgrade no worker answered: the client is told 503 and was live.
+                self.connected -= 1;
+                let _ = verdict.send(Verdict::Refused {
+                    status: 503,
+                    reason: "no worker is available; try again later".into(),
+                });
+            }
         }
         log
     }
@@ -511,7 +659,7 @@ impl State {
             return None;
         }
         let c = self.clients.get(&id.connection)?;
-        Some((c.out.as_ref()?, c.protocol))
+        Some((c.out.as_ref()?, c.listener.protocol))
     }
 
     /// Executes a command from a worker or API client. Returns how many clients a send
@@ -663,7 +811,14 @@ impl State {
         json: &[u8],
         apply: impl FnOnce(&mut Map<String, Value>, Map<String, Value>),
     ) {
-        let Some(conn) = self.live_conn(client) else {
+        // A client whose upgrade waits for its verdict has a session already (the
+        // `on_websocket_connect` hook may write it).
+        let upgrading =
+            client.gateway == self.number && self.upgrades.contains_key(&client.connection);
+        let Some(conn) = self
+            .live_conn(client)
+            .or(upgrading.then_some(client.connection))
+        else {
             return;
         };
         let new: Map<String, Value> = match serde_json::from_slice(json) {
@@ -708,7 +863,12 @@ impl State {
             };
             if let Some(out) = &c.out {
                 let id = ClientId::new(self.number, conn);
-                reached += usize::from(push_or_cut(out, cache.get(c.protocol), id, counters));
+                reached += usize::from(push_or_cut(
+                    out,
+                    cache.get(c.listener.protocol),
+                    id,
+                    counters,
+                ));
             }
         }
         reached
@@ -744,7 +904,9 @@ impl State {
             Query::ClientCountByGroup(g) => {
                 Reply::Count(self.groups.get(&g).map_or(0, |s| s.len() as u64))
             }
-            Query::AllClientCount => Reply::Count(self.connected as u64),
+            // `connected` also holds the upgrades waiting for their verdict (they count
+            // against max_clients), which are no clients of the application yet.
+            Query::AllClientCount => Reply::Count((self.connected - self.upgrades.len()) as u64),
             Query::AllClientIds => {
                 let mut v: Vec<ClientId> = self.live().map(|(k, _)| id(k)).collect();
                 v.sort();
@@ -793,6 +955,8 @@ impl State {
                     .map(|(k, c)| ClientInfo {
                         client: id(k),
                         addr: c.addr.clone(),
+                        listener: c.listener.name.clone(),
+                        protocol: c.listener.protocol,
                         uid: c.uid.clone(),
                         groups: c.groups.iter().cloned().collect(),
                         idle_ms: (now - c.last_seen).as_millis() as u64,
@@ -822,21 +986,18 @@ impl State {
             .map(|(k, c)| (*k, c))
     }
 
-    /// Outbound queues of every live client (for heartbeat pings).
-    pub fn outbounds(&self) -> Vec<(ClientId, Outbound, ClientProtocol)> {
+    /// Outbound queues of every live client of listener `index` (for heartbeat pings).
+    pub fn outbounds(&self, index: usize) -> Vec<(ClientId, Outbound)> {
         self.live()
-            .filter_map(|(k, c)| {
-                c.out
-                    .clone()
-                    .map(|o| (ClientId::new(self.number, k), o, c.protocol))
-            })
+            .filter(|(_, c)| c.listener.index == index)
+            .filter_map(|(k, c)| c.out.clone().map(|o| (ClientId::new(self.number, k), o)))
             .collect()
     }
 
-    /// Clients silent since before `cutoff`.
-    pub fn idle_since(&self, cutoff: Instant) -> Vec<(ClientId, String, Outbound)> {
+    /// Clients of listener `index` silent since before `cutoff`.
+    pub fn idle_since(&self, index: usize, cutoff: Instant) -> Vec<(ClientId, String, Outbound)> {
         self.live()
-            .filter(|(_, c)| c.last_seen < cutoff)
+            .filter(|(_, c)| c.listener.index == index && c.last_seen < cutoff)
             .filter_map(|(k, c)| {
                 c.out
                     .clone()
@@ -883,23 +1044,18 @@ fn choose_link(links: &BTreeMap<u64, Link>, cursor: &mut u64) -> Option<u64> {
 /// Encodes a broadcast message once per protocol.
 struct EncodeCache<'a> {
     data: &'a Message,
-    text: Option<Bytes>,
-    frame: Option<Bytes>,
+    encoded: [Option<Bytes>; ClientProtocol::ALL.len()],
 }
 
 impl<'a> EncodeCache<'a> {
     fn new(data: &'a Message) -> Self {
         Self {
             data,
-            text: None,
-            frame: None,
+            encoded: Default::default(),
         }
     }
     fn get(&mut self, p: ClientProtocol) -> Bytes {
-        let slot = match p {
-            ClientProtocol::Text => &mut self.text,
-            ClientProtocol::Frame => &mut self.frame,
-        };
+        let slot = &mut self.encoded[usize::from(p.wire_byte() - 1)];
         slot.get_or_insert_with(|| p.encode_to_bytes(self.data))
             .clone()
     }
@@ -929,6 +1085,14 @@ mod tests {
         counters: Counters,
     }
 
+    fn text_listener() -> Arc<ListenerMeta> {
+        Arc::new(ListenerMeta {
+            name: "main".into(),
+            protocol: ClientProtocol::Text,
+            index: 0,
+        })
+    }
+
     impl State {
         fn query_for_test(&mut self, q: Query) -> Reply {
             self.query(q, &Counters::default())
@@ -947,9 +1111,9 @@ mod tests {
             let rx = out.clone();
             let id = self.state.add_client(
                 "1.2.3.4:5".into(),
-                "main".into(),
-                ClientProtocol::Text,
+                text_listener(),
                 out,
+                Opening::Connect,
                 &self.counters,
             );
             (id, rx)
@@ -1097,9 +1261,9 @@ mod tests {
         let kill = out.clone();
         let id = f.state.add_client(
             "x".into(),
-            "main".into(),
-            ClientProtocol::Text,
+            text_listener(),
             out,
+            Opening::Connect,
             &f.counters,
         );
         f.state.command(
@@ -1111,6 +1275,118 @@ mod tests {
         );
         assert!(kill.is_killed());
         assert_eq!(f.counters.slow_consumers.load(Ordering::Relaxed), 1);
+    }
+
+    fn upgrading(f: &mut Fixture) -> (ClientId, Outbound, oneshot::Receiver<Verdict>) {
+        let out = Outbound::new(1 << 16);
+        let (tx, rx) = oneshot::channel();
+        let id = f.state.add_client(
+            "9.9.9.9:9".into(),
+            text_listener(),
+            out.clone(),
+            Opening::WebSocket {
+                request: Bytes::from_static(b"{\"path\":\"/\"}"),
+                verdict: tx,
+            },
+            &f.counters,
+        );
+        (id, out, rx)
+    }
+
+    #[test]
+    fn an_accepted_upgrade_becomes_a_live_client_with_a_connect_event() {
+        let mut f = Fixture::new();
+        let (w, mut wrx) = f.worker();
+        let (id, out, mut verdict) = upgrading(&mut f);
+        let hs = decode_event(&wrx.try_recv().unwrap());
+        assert_eq!(hs.kind, EventKind::WebSocketConnect);
+        // Not live yet: not counted by queries, not reachable by sends.
+        assert_eq!(
+            f.state.query_for_test(Query::IsOnline(id)),
+            Reply::Bool(false)
+        );
+        assert_eq!(
+            f.state.query_for_test(Query::AllClientCount),
+            Reply::Count(0)
+        );
+        assert_eq!(
+            f.state.query_for_test(Query::AllClientIds),
+            Reply::ClientIds(vec![])
+        );
+        assert_eq!(
+            f.state.command(
+                Command::SendToAll {
+                    data: "early".into(),
+                    only: None,
+                    exclude: vec![]
+                },
+                &f.counters
+            ),
+            0
+        );
+        assert_eq!(f.state.connected(), 1, "it counts against max_clients");
+        // The application takes its time...
+        std::thread::sleep(Duration::from_millis(2));
+        let asked = Instant::now();
+        f.state
+            .verdict(w, hs.seq, id, Verdict::Accepted, &f.counters);
+        // ...which the heartbeat does not hold against the client.
+        assert!(f.state.idle_since(0, asked).is_empty());
+        assert_eq!(verdict.try_recv(), Ok(Verdict::Accepted));
+        let connect = decode_event(&wrx.try_recv().unwrap());
+        assert_eq!(connect.kind, EventKind::Connect);
+        assert_eq!(connect.body, hs.body, "on_connect sees the request too");
+        assert_eq!(
+            f.state.query_for_test(Query::IsOnline(id)),
+            Reply::Bool(true)
+        );
+        f.state.command(
+            Command::SendToClient {
+                client: id,
+                data: "hi".into(),
+            },
+            &f.counters,
+        );
+        assert!(matches!(out.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
+        assert_eq!(
+            f.state.query_for_test(Query::AllClientCount),
+            Reply::Count(1)
+        );
+    }
+
+    #[test]
+    fn a_refused_or_abandoned_upgrade_leaves_nothing_behind() {
+        let mut f = Fixture::new();
+        let (w, mut wrx) = f.worker();
+        let (id, _out, mut verdict) = upgrading(&mut f);
+        let hs = decode_event(&wrx.try_recv().unwrap());
+        let refused = Verdict::Refused {
+            status: 401,
+            reason: "token".into(),
+        };
+        f.state.verdict(w, hs.seq, id, refused.clone(), &f.counters);
+        assert_eq!(verdict.try_recv(), Ok(refused));
+        assert!(
+            wrx.try_recv().is_err(),
+            "no connect, and no close event either"
+        );
+        assert_eq!(f.state.connected(), 0);
+        assert_eq!(f.state.queued_bytes, 0);
+        // Abandoned while the event waits for a worker.
+        let mut g = Fixture::new();
+        let (id, _out, _rx) = upgrading(&mut g);
+        assert!(g.state.abandon_upgrade(id.connection));
+        assert_eq!((g.state.connected(), g.state.queued_bytes), (0, 0));
+        assert!(g.state.clients.is_empty());
+        // Expired with no worker: 503.
+        let mut h = Fixture::new();
+        let (_id, _out, mut rx) = upgrading(&mut h);
+        h.state.expire_held(Duration::ZERO, &h.counters);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Verdict::Refused { status: 503, .. })
+        ));
+        assert_eq!((h.state.connected(), h.state.queued_bytes), (0, 0));
     }
 
     #[test]

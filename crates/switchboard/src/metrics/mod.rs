@@ -272,7 +272,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
     Descriptor { name: "switchboard_slow_consumers", help: "Clients cut off for not reading their outbound queue." },
     Descriptor { name: "switchboard_gateway_links", help: "Internal links (workers and API clients) connected to each gateway." },
     Descriptor { name: "switchboard_worker_gateways", help: "Gateways each worker is connected to, summed over workers." },
-    Descriptor { name: "switchboard_events", help: "Events handled by workers, by kind (connect, message, close)." },
+    Descriptor { name: "switchboard_events", help: "Events handled by workers, by kind (connect, message, close, websocket_connect)." },
     Descriptor { name: "switchboard_commands", help: "Commands and queries sent by workers to gateways, by kind." },
     Descriptor { name: "switchboard_handler_duration_seconds", help: "Time business handlers took, by event kind." },
     Descriptor { name: "switchboard_handler_errors", help: "Handlers that returned an error." },

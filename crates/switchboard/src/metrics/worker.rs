@@ -14,9 +14,11 @@ pub enum EventKind {
     Message = 1,
     /// `on_close`.
     Close = 2,
+    /// `on_websocket_connect` (the upgrade request of a WebSocket client).
+    WebSocketConnect = 3,
 }
 
-const EVENT_NAMES: [&str; 3] = ["connect", "message", "close"];
+const EVENT_NAMES: [&str; 4] = ["connect", "message", "close", "websocket_connect"];
 
 /// Kinds of command (and query) the Gateway API sends, for `switchboard_commands_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +58,8 @@ const COMMAND_NAMES: [&str; 10] = [
     "other",
 ];
 
-static EVENTS: [Counter; 3] = [const { Counter::new() }; 3];
-static DURATION: [Histogram; 3] = [const { Histogram::new() }; 3];
+static EVENTS: [Counter; 4] = [const { Counter::new() }; 4];
+static DURATION: [Histogram; 4] = [const { Histogram::new() }; 4];
 static ERRORS: Counter = Counter::new();
 static PANICS: Counter = Counter::new();
 static COMMANDS: [Counter; 10] = [const { Counter::new() }; 10];

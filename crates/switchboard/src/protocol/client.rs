@@ -2,23 +2,37 @@
 //!
 //! - `text`: one message per line, `\n` or `\r\n` terminated, UTF-8; the brief's
 //!   TextProtocol. Outgoing messages get a `\n`.
-//! - `frame`: a 4-byte big-endian length, then that many payload bytes (typically JSON).
+//! - `frame`: a 4-byte big-endian length (of the payload alone), then the payload.
+//! - `json`: the brief's JsonProtocol (Workerman's): a 4-byte big-endian length that
+//!   counts itself (the **total** frame length), then a JSON document.
+//! - `websocket`: RFC 6455 messages after an HTTP upgrade ([`super::websocket`]).
 //!
-//! Each decoder returns `Ok(None)` until a whole message is buffered, and a
-//! [`ClientCodecError`] for input that breaks the protocol's rules. Whether an error is
-//! fatal for the connection is [`ClientCodecError::is_fatal`].
+//! A connection's decoder is a [`ClientCodec`] (WebSocket keeps per-connection state:
+//! a message arriving in fragments). It returns `Ok(None)` until a whole message is
+//! buffered, and a [`ClientCodecError`] for input that breaks the protocol's rules;
+//! whether an error is fatal for the connection is [`ClientCodecError::is_fatal`].
+//! Encoding is stateless: [`ClientProtocol::encode`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::websocket::{self, WsCodec, WsError, WsEvent};
+use crate::Message;
+
 /// The wire protocol of a client listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientProtocol {
     /// Newline-delimited UTF-8 lines.
     Text,
-    /// 4-byte big-endian length + payload.
+    /// 4-byte big-endian payload length + payload.
     Frame,
+    /// 4-byte big-endian total length (header included) + JSON (Workerman's JsonProtocol).
+    Json,
+    /// WebSocket messages, after an HTTP upgrade; HTTP for the application's page on the
+    /// same port.
+    #[serde(rename = "websocket")]
+    WebSocket,
 }
 
 /// Input a client codec refuses.
@@ -38,9 +52,18 @@ pub enum ClientCodecError {
         /// The listener's limit.
         limit: usize,
     },
+    /// A `json` frame whose total length cannot hold its own header (fatal).
+    #[error("frame length {0} is less than the 4 bytes of its own header")]
+    FrameTooShort(u32),
+    /// A `json` frame whose body is not a JSON document (fatal, as JsonProtocol has it).
+    #[error("frame body is not JSON: {0}")]
+    NotJson(String),
     /// A text line that is not UTF-8 (not fatal: the line is skipped, the client told).
     #[error("line is not valid UTF-8")]
     InvalidUtf8,
+    /// A WebSocket rule broken (fatal: a close frame with the error's code).
+    #[error("{0}")]
+    WebSocket(#[from] WsError),
 }
 
 impl ClientCodecError {
@@ -50,15 +73,86 @@ impl ClientCodecError {
     }
 }
 
+/// What a decoder produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A message for the application.
+    Message(Message),
+    /// Bytes to write back to the client at once (a WebSocket pong).
+    Reply(Bytes),
+    /// Activity that carries nothing (a WebSocket pong from the client).
+    Activity,
+    /// The client is closing: write these bytes (the WebSocket close answer), then close.
+    Closing(Bytes),
+}
+
+/// One connection's decoder.
+#[derive(Debug)]
+pub enum ClientCodec {
+    /// `text` lines.
+    Text,
+    /// `frame`s.
+    Frame,
+    /// `json` frames.
+    Json,
+    /// WebSocket frames, after the upgrade.
+    WebSocket(WsCodec),
+}
+
+impl ClientCodec {
+    /// A fresh decoder for `protocol` (for `websocket`: after the upgrade).
+    pub fn new(protocol: ClientProtocol) -> Self {
+        match protocol {
+            ClientProtocol::Text => ClientCodec::Text,
+            ClientProtocol::Frame => ClientCodec::Frame,
+            ClientProtocol::Json => ClientCodec::Json,
+            ClientProtocol::WebSocket => ClientCodec::WebSocket(WsCodec::default()),
+        }
+    }
+
+    /// Decodes the next item at the front of `src`; `limit` bounds a message.
+    pub fn decode(
+        &mut self,
+        src: &mut BytesMut,
+        limit: usize,
+    ) -> Result<Option<Decoded>, ClientCodecError> {
+        Ok(match self {
+            ClientCodec::Text => {
+                decode_line(src, limit)?.map(|m| Decoded::Message(Message::from_parts(m, false)))
+            }
+            ClientCodec::Frame => {
+                decode_frame(src, limit)?.map(|m| Decoded::Message(Message::binary(m)))
+            }
+            ClientCodec::Json => {
+                decode_json(src, limit)?.map(|m| Decoded::Message(Message::from_parts(m, false)))
+            }
+            ClientCodec::WebSocket(ws) => ws.decode(src, limit)?.map(|e| match e {
+                WsEvent::Message(m) => Decoded::Message(m),
+                WsEvent::Ping(pong) => Decoded::Reply(pong),
+                WsEvent::Pong => Decoded::Activity,
+                WsEvent::Close { reply, .. } => Decoded::Closing(reply),
+            }),
+        })
+    }
+}
+
 impl ClientProtocol {
     /// Every protocol.
-    pub const ALL: [ClientProtocol; 2] = [ClientProtocol::Text, ClientProtocol::Frame];
+    pub const ALL: [ClientProtocol; 4] = [
+        ClientProtocol::Text,
+        ClientProtocol::Frame,
+        ClientProtocol::Json,
+        ClientProtocol::WebSocket,
+    ];
 
-    /// The protocol's name, as in the configuration (`text`, `frame`).
+    /// The protocol's name, as in the configuration (`text`, `frame`, `json`,
+    /// `websocket`).
     pub fn name(self) -> &'static str {
         match self {
             ClientProtocol::Text => "text",
             ClientProtocol::Frame => "frame",
+            ClientProtocol::Json => "json",
+            ClientProtocol::WebSocket => "websocket",
         }
     }
 
@@ -67,6 +161,8 @@ impl ClientProtocol {
         match self {
             ClientProtocol::Text => 1,
             ClientProtocol::Frame => 2,
+            ClientProtocol::Json => 3,
+            ClientProtocol::WebSocket => 4,
         }
     }
 
@@ -75,20 +171,8 @@ impl ClientProtocol {
         Self::ALL.into_iter().find(|p| p.wire_byte() == b)
     }
 
-    /// Decodes one message from the front of `src`.
-    pub fn decode(
-        self,
-        src: &mut BytesMut,
-        limit: usize,
-    ) -> Result<Option<Bytes>, ClientCodecError> {
-        match self {
-            ClientProtocol::Text => decode_line(src, limit),
-            ClientProtocol::Frame => decode_frame(src, limit),
-        }
-    }
-
     /// Appends the wire form of one message to `dst`.
-    pub fn encode(self, msg: &[u8], dst: &mut BytesMut) {
+    pub fn encode(self, msg: &Message, dst: &mut BytesMut) {
         match self {
             ClientProtocol::Text => {
                 dst.reserve(msg.len() + 1);
@@ -100,29 +184,56 @@ impl ClientProtocol {
                 dst.put_u32(msg.len() as u32);
                 dst.put_slice(msg);
             }
+            ClientProtocol::Json => {
+                dst.reserve(msg.len() + 4);
+                dst.put_u32(msg.len() as u32 + 4);
+                dst.put_slice(msg);
+            }
+            ClientProtocol::WebSocket => websocket::encode_message(msg, dst),
         }
     }
 
     /// The wire form of one message, as fresh bytes.
-    pub fn encode_to_bytes(self, msg: &[u8]) -> Bytes {
+    pub fn encode_to_bytes(self, msg: &Message) -> Bytes {
         let mut buf = BytesMut::new();
         self.encode(msg, &mut buf);
         buf.freeze()
     }
 
-    /// The message a client gets when its input is refused: a text line or a JSON frame.
+    /// What a client gets when its input is refused: a text line, a JSON frame, or (for
+    /// a WebSocket violation) a close frame with its code.
     pub fn error_message(self, err: &ClientCodecError) -> Bytes {
-        self.notice(&err.to_string())
+        match err {
+            ClientCodecError::WebSocket(e) => websocket::encode_close(e.code, &e.reason),
+            _ if self == ClientProtocol::WebSocket => {
+                websocket::encode_close(1002, &err.to_string())
+            }
+            _ => self.notice(&err.to_string()),
+        }
     }
 
     /// An error notice from the gateway itself, in the listener's format:
-    /// `error: <text>` as a line, or `{"error":"<text>"}` as a frame.
+    /// `error: <text>` as a line, or `{"error":"<text>"}` as a frame, a JSON frame or a
+    /// WebSocket text message.
     pub fn notice(self, text: &str) -> Bytes {
         let body = match self {
             ClientProtocol::Text => format!("error: {text}"),
-            ClientProtocol::Frame => serde_json::json!({ "error": text }).to_string(),
+            _ => serde_json::json!({ "error": text }).to_string(),
         };
-        self.encode_to_bytes(body.as_bytes())
+        self.encode_to_bytes(&Message::from(body))
+    }
+
+    /// What the gateway writes before it closes a client itself (`close_client`, the
+    /// heartbeat): a WebSocket close frame; nothing for the other protocols.
+    pub fn goodbye(self) -> Option<Bytes> {
+        (self == ClientProtocol::WebSocket)
+            .then(|| websocket::encode_close(1000, "closed by the server"))
+    }
+}
+
+impl std::fmt::Display for ClientProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -165,10 +276,26 @@ fn decode_frame(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, Clien
     Ok(Some(src.split_to(size).freeze()))
 }
 
-impl std::fmt::Display for ClientProtocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+fn decode_json(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, ClientCodecError> {
+    if src.len() < 4 {
+        return Ok(None);
     }
+    let total = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+    let size = (total as usize)
+        .checked_sub(4)
+        .ok_or(ClientCodecError::FrameTooShort(total))?;
+    if size > limit {
+        return Err(ClientCodecError::FrameTooLarge { size, limit });
+    }
+    if src.len() < 4 + size {
+        src.reserve(4 + size - src.len());
+        return Ok(None);
+    }
+    src.advance(4);
+    let body = src.split_to(size).freeze();
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+        .map_err(|e| ClientCodecError::NotJson(e.to_string()))?;
+    Ok(Some(body))
 }
 
 #[cfg(test)]
@@ -176,12 +303,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Every message (as bytes) and error decoded from `input`, up to the first fatal one.
     fn all(p: ClientProtocol, input: &[u8], limit: usize) -> Vec<Result<Bytes, ClientCodecError>> {
+        let mut codec = ClientCodec::new(p);
         let mut buf = BytesMut::from(input);
         let mut out = vec![];
         loop {
-            match p.decode(&mut buf, limit) {
-                Ok(Some(m)) => out.push(Ok(m)),
+            match codec.decode(&mut buf, limit) {
+                Ok(Some(Decoded::Message(m))) => out.push(Ok(m.into_bytes())),
+                Ok(Some(other)) => panic!("unexpected {other:?}"),
                 Ok(None) => return out,
                 Err(e) => {
                     let fatal = e.is_fatal();
@@ -192,6 +322,10 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn enc(p: ClientProtocol, m: &[u8]) -> Bytes {
+        p.encode_to_bytes(&Message::from(Bytes::copy_from_slice(m)))
     }
 
     #[test]
@@ -237,7 +371,7 @@ mod tests {
 
     #[test]
     fn frames() {
-        let mut input = ClientProtocol::Frame.encode_to_bytes(b"{\"a\":1}").to_vec();
+        let mut input = enc(ClientProtocol::Frame, b"{\"a\":1}").to_vec();
         input.extend_from_slice(&[0, 0, 0, 3, b'x']);
         assert_eq!(
             all(ClientProtocol::Frame, &input, 64),
@@ -253,6 +387,59 @@ mod tests {
     }
 
     #[test]
+    fn json_frames_are_workermans_total_length_format() {
+        // Workerman's JsonProtocol: pack('N', 4 + strlen($json)) . $json.
+        let vector: &[u8] = &[
+            0, 0, 0, 0x0f, b'{', b'"', b't', b'y', b'p', b'e', b'"', b':', b'1', b'}', b'\n',
+        ];
+        assert_eq!(vector.len(), 15);
+        assert_eq!(
+            all(ClientProtocol::Json, vector, 64),
+            vec![Ok(Bytes::from_static(b"{\"type\":1}\n"))]
+        );
+        assert_eq!(&enc(ClientProtocol::Json, b"{\"type\":1}\n")[..], vector);
+        // frame, for comparison, counts the payload only.
+        assert_eq!(
+            &enc(ClientProtocol::Frame, b"{}")[..],
+            &[0, 0, 0, 2, b'{', b'}']
+        );
+        assert_eq!(
+            &enc(ClientProtocol::Json, b"{}")[..],
+            &[0, 0, 0, 6, b'{', b'}']
+        );
+    }
+
+    #[test]
+    fn json_limits_and_bad_bodies() {
+        // The limit is on the JSON body, checked from the header before buffering.
+        assert_eq!(
+            all(ClientProtocol::Json, &[0, 0, 1, 4], 64),
+            vec![Err(ClientCodecError::FrameTooLarge {
+                size: 256,
+                limit: 64
+            })]
+        );
+        assert_eq!(
+            all(ClientProtocol::Json, &[0, 0, 0, 3, b'x'], 64),
+            vec![Err(ClientCodecError::FrameTooShort(3))]
+        );
+        let not_json = [&[0, 0, 0, 9][..], b"hello"].concat();
+        assert!(matches!(
+            &all(ClientProtocol::Json, &not_json, 64)[..],
+            [Err(ClientCodecError::NotJson(_))]
+        ));
+        let two = [
+            enc(ClientProtocol::Json, b"[1]").to_vec(),
+            enc(ClientProtocol::Json, b"\"s\"").to_vec(),
+        ]
+        .concat();
+        assert_eq!(
+            all(ClientProtocol::Json, &two, 64),
+            vec![Ok(Bytes::from("[1]")), Ok(Bytes::from("\"s\""))]
+        );
+    }
+
+    #[test]
     fn error_messages() {
         let e = ClientCodecError::LineTooLong { limit: 8 };
         assert_eq!(
@@ -261,29 +448,49 @@ mod tests {
         );
         let f = ClientProtocol::Frame.error_message(&e);
         assert_eq!(&f[4..], br#"{"error":"line longer than 8 bytes"}"#);
+        let j = ClientProtocol::Json.error_message(&e);
+        assert_eq!(
+            u32::from_be_bytes([j[0], j[1], j[2], j[3]]) as usize,
+            j.len()
+        );
+        let ws = ClientProtocol::WebSocket.error_message(&ClientCodecError::WebSocket(WsError {
+            code: 1009,
+            reason: "big".into(),
+        }));
+        assert_eq!(&ws[..], &[0x88, 5, 0x03, 0xf1, b'b', b'i', b'g']);
     }
 
     proptest! {
         #[test]
         fn frame_round_trip(msgs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..10)) {
-            let mut buf = BytesMut::new();
-            for m in &msgs { ClientProtocol::Frame.encode(m, &mut buf); }
-            let got: Vec<_> = all(ClientProtocol::Frame, &buf, 100).into_iter().map(|r| r.unwrap().to_vec()).collect();
-            prop_assert_eq!(got, msgs);
+            for p in [ClientProtocol::Frame, ClientProtocol::Json] {
+                let mut buf = BytesMut::new();
+                for m in &msgs {
+                    // json bodies must be JSON: wrap the bytes in a JSON array.
+                    let body = if p == ClientProtocol::Json { serde_json::to_vec(m).unwrap() } else { m.clone() };
+                    buf.extend_from_slice(&enc(p, &body));
+                }
+                let got: Vec<_> = all(p, &buf, 1000).into_iter().map(|r| r.unwrap().to_vec()).collect();
+                let want: Vec<Vec<u8>> = msgs.iter().map(|m| if p == ClientProtocol::Json { serde_json::to_vec(m).unwrap() } else { m.clone() }).collect();
+                prop_assert_eq!(got, want);
+            }
         }
 
         #[test]
         fn text_round_trip(msgs in proptest::collection::vec("[^\r\n]{0,50}", 0..10)) {
             let mut buf = BytesMut::new();
-            for m in &msgs { ClientProtocol::Text.encode(m.as_bytes(), &mut buf); }
+            for m in &msgs { ClientProtocol::Text.encode(&Message::from(m.clone()), &mut buf); }
             let got: Vec<_> = all(ClientProtocol::Text, &buf, 200).into_iter().map(|r| String::from_utf8(r.unwrap().to_vec()).unwrap()).collect();
             prop_assert_eq!(got, msgs);
         }
 
         #[test]
         fn random_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), limit in 0usize..64) {
-            let _ = all(ClientProtocol::Text, &data, limit);
-            let _ = all(ClientProtocol::Frame, &data, limit);
+            for p in ClientProtocol::ALL {
+                let mut codec = ClientCodec::new(p);
+                let mut buf = BytesMut::from(&data[..]);
+                while let Ok(Some(_)) = codec.decode(&mut buf, limit) {}
+            }
         }
     }
 }

@@ -18,7 +18,8 @@ use crate::{ClientId, Message};
 /// Version of this protocol, sent in [`Frame::Hello`] and [`Frame::Auth`].
 ///
 /// 2: events carry the listener, its protocol, the client's uid and groups and whether
-/// the message is binary; sends carry the text/binary mark; counted sends.
+/// the message is binary; sends carry the text/binary mark; counted sends; the
+/// WebSocket handshake event and its verdict.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes in a frame header (the length field).
@@ -79,6 +80,9 @@ pub enum EventKind {
     Message,
     /// A client disconnected.
     Close,
+    /// A WebSocket client asks to upgrade (the body is the request as JSON); the worker
+    /// answers with [`Frame::Verdict`] instead of [`Frame::Ack`].
+    WebSocketConnect,
 }
 
 /// One event, as a gateway ships it to a worker.
@@ -240,6 +244,10 @@ pub struct ClientInfo {
     pub client: ClientId,
     /// Remote address.
     pub addr: String,
+    /// Name of the listener it connected to.
+    pub listener: String,
+    /// That listener's protocol.
+    pub protocol: ClientProtocol,
     /// Bound uid, if any.
     pub uid: Option<String>,
     /// Groups the client is in.
@@ -315,6 +323,18 @@ pub enum Frame {
         /// The event's client (lets the gateway find it without an index).
         client: ClientId,
     },
+    /// Worker → gateway: a `WebSocketConnect` event has been handled, and whether the
+    /// client may upgrade.
+    Verdict {
+        /// The event's sequence number.
+        seq: u64,
+        /// The event's client.
+        client: ClientId,
+        /// 0: accepted; otherwise the HTTP status the client is refused with.
+        status: u16,
+        /// Why it was refused (the body of the refusal).
+        reason: String,
+    },
     /// Worker → gateway: send me no new events; I will exit once done.
     Draining,
     /// Gateway → worker: no new events will follow on this link.
@@ -351,6 +371,7 @@ mod ty {
     pub const ACK: u8 = 0x11;
     pub const DRAINING: u8 = 0x12;
     pub const DRAIN_ACK: u8 = 0x13;
+    pub const VERDICT: u8 = 0x14;
     pub const SEND_TO_CLIENT: u8 = 0x20;
     pub const SEND_TO_ALL: u8 = 0x21;
     pub const SEND_TO_UID: u8 = 0x22;
@@ -414,6 +435,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
                 EventKind::Connect => 1,
                 EventKind::Message => 2,
                 EventKind::Close => 3,
+                EventKind::WebSocketConnect => 4,
             });
             w.client(e.client);
             w.str(&e.addr);
@@ -429,6 +451,18 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             w.u8(ty::ACK);
             w.u64(*seq);
             w.client(*client);
+        }
+        Frame::Verdict {
+            seq,
+            client,
+            status,
+            reason,
+        } => {
+            w.u8(ty::VERDICT);
+            w.u64(*seq);
+            w.client(*client);
+            w.u16(*status);
+            w.str(reason);
         }
         Frame::Draining => w.u8(ty::DRAINING),
         Frame::DrainAck => w.u8(ty::DRAIN_ACK),
@@ -623,6 +657,8 @@ fn encode_reply(r: &Reply, w: &mut Writer<'_>) {
             for info in list {
                 w.client(info.client);
                 w.str(&info.addr);
+                w.str(&info.listener);
+                w.u8(info.protocol.wire_byte());
                 w.opt_str(info.uid.as_deref());
                 w.strs(&info.groups);
                 w.u64(info.idle_ms);
@@ -702,6 +738,7 @@ fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
                 1 => EventKind::Connect,
                 2 => EventKind::Message,
                 3 => EventKind::Close,
+                4 => EventKind::WebSocketConnect,
                 _ => return Err(r.invalid("event kind")),
             },
             client: r.client()?,
@@ -717,6 +754,12 @@ fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
         ty::ACK => Frame::Ack {
             seq: r.u64()?,
             client: r.client()?,
+        },
+        ty::VERDICT => Frame::Verdict {
+            seq: r.u64()?,
+            client: r.client()?,
+            status: r.u16()?,
+            reason: r.str()?,
         },
         ty::DRAINING => Frame::Draining,
         ty::DRAIN_ACK => Frame::DrainAck,
@@ -841,12 +884,15 @@ fn parse_reply(r: &mut Reader) -> Result<Reply, ProtocolError> {
             Reply::Sessions(list)
         }
         8 => {
-            let n = r.count(12 + 4 + 1 + 4 + 8)?;
+            let n = r.count(12 + 4 + 4 + 1 + 1 + 4 + 8)?;
             let mut list = Vec::with_capacity(n);
             for _ in 0..n {
                 list.push(ClientInfo {
                     client: r.client()?,
                     addr: r.str()?,
+                    listener: r.str()?,
+                    protocol: ClientProtocol::from_wire_byte(r.u8()?)
+                        .ok_or(r.invalid("protocol"))?,
                     uid: r.opt_str()?,
                     groups: r.strs()?,
                     idle_ms: r.u64()?,
@@ -869,6 +915,7 @@ fn frame_name(t: u8) -> Option<&'static str> {
         ty::ACK => "ack",
         ty::DRAINING => "draining",
         ty::DRAIN_ACK => "drain-ack",
+        ty::VERDICT => "verdict",
         ty::SEND_TO_CLIENT => "send_to_client",
         ty::SEND_TO_ALL => "send_to_all",
         ty::SEND_TO_UID => "send_to_uid",
@@ -1217,19 +1264,24 @@ mod tests {
             vec((any_client(), any_bytes()), 0..4).prop_map(Reply::Sessions),
             vec(
                 (
-                    any_client(),
-                    any_str(),
+                    (any_client(), any_str(), any_str(), any_protocol()),
                     proptest::option::of(any_str()),
                     vec(any_str(), 0..3),
                     any::<u64>()
                 )
-                    .prop_map(|(client, addr, uid, groups, idle_ms)| ClientInfo {
-                        client,
-                        addr,
-                        uid,
-                        groups,
-                        idle_ms
-                    }),
+                    .prop_map(
+                        |((client, addr, listener, protocol), uid, groups, idle_ms)| {
+                            ClientInfo {
+                                client,
+                                addr,
+                                listener,
+                                protocol,
+                                uid,
+                                groups,
+                                idle_ms,
+                            }
+                        }
+                    ),
                 0..3
             )
             .prop_map(Reply::Clients),
@@ -1263,7 +1315,7 @@ mod tests {
             any::<[u8; 32]>().prop_map(|mac| Frame::Welcome { mac }),
             any_str().prop_map(|reason| Frame::Refused { reason }),
             (
-                (any::<u64>(), 0u8..3, any_client(), any_str()),
+                (any::<u64>(), 0u8..4, any_client(), any_str()),
                 (any_str(), any_protocol()),
                 (proptest::option::of(any_str()), vec(any_str(), 0..3)),
                 (any_bytes(), any_bytes(), any::<bool>())
@@ -1276,8 +1328,12 @@ mod tests {
                         (session, body, binary),
                     )| Frame::Event(Event {
                         seq,
-                        kind: [EventKind::Connect, EventKind::Message, EventKind::Close]
-                            [k as usize],
+                        kind: [
+                            EventKind::Connect,
+                            EventKind::Message,
+                            EventKind::Close,
+                            EventKind::WebSocketConnect
+                        ][k as usize],
                         client,
                         addr,
                         listener,
@@ -1290,6 +1346,14 @@ mod tests {
                     })
                 ),
             (any::<u64>(), any_client()).prop_map(|(seq, client)| Frame::Ack { seq, client }),
+            (any::<u64>(), any_client(), any::<u16>(), any_str()).prop_map(
+                |(seq, client, status, reason)| Frame::Verdict {
+                    seq,
+                    client,
+                    status,
+                    reason
+                }
+            ),
             Just(Frame::Draining),
             Just(Frame::DrainAck),
             any_command().prop_map(Frame::Command),

@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod internal;
+pub mod websocket;
 
-pub use client::{ClientCodecError, ClientProtocol};
+pub use client::{ClientCodec, ClientCodecError, ClientProtocol, Decoded};

@@ -26,6 +26,7 @@ use crate::discovery::{self, GatewayEntry};
 use crate::protocol::internal::{
     self, ClientInfo, Command, Event, Frame, InternalCodec, Query, Reply, Role, PROTOCOL_VERSION,
 };
+use crate::transport::LinkStream;
 use crate::{auth, ClientId, Message, Session};
 
 /// Frames a link may have waiting to be written before senders wait (back-pressure).
@@ -132,7 +133,25 @@ pub(crate) struct Acker {
 
 impl Acker {
     pub(crate) async fn ack(self, seq: u64, client: ClientId) {
-        let frame = internal::encode_to_bytes(&Frame::Ack { seq, client });
+        self.send(Frame::Ack { seq, client }, seq).await
+    }
+
+    /// Acknowledges a WebSocket upgrade event with the application's verdict.
+    pub(crate) async fn verdict(self, seq: u64, client: ClientId, status: u16, reason: String) {
+        self.send(
+            Frame::Verdict {
+                seq,
+                client,
+                status,
+                reason,
+            },
+            seq,
+        )
+        .await
+    }
+
+    async fn send(self, frame: Frame, seq: u64) {
+        let frame = internal::encode_to_bytes(&frame);
         // If the link is gone the gateway has already re-dispatched the event.
         if self.tx.send(LinkOut::Frame(frame)).await.is_err() {
             tracing::debug!(
@@ -164,6 +183,8 @@ pub struct GatewayOptions {
     /// Where `statistic(..)` guards report ([`crate::statistic`]); a disabled
     /// collector makes them do nothing.
     pub statistics: Arc<crate::statistic::Collector>,
+    /// TLS for the links to gateways whose internal listener speaks it.
+    pub tls: Option<crate::transport::tls::LinkTls>,
 }
 
 struct Inner {
@@ -228,6 +249,7 @@ impl Gateway {
                 max_frame: config.gateway.max_internal_frame,
                 link_timeout: config.worker.link_timeout,
                 statistics,
+                tls: link_tls(config)?,
             },
             store,
             db,
@@ -897,6 +919,21 @@ fn query_kind(q: &Query) -> crate::metrics::worker::CommandKind {
     }
 }
 
+/// The TLS settings of `[worker.internal_tls]`, loaded.
+pub(crate) fn link_tls(
+    config: &crate::Config,
+) -> Result<Option<crate::transport::tls::LinkTls>, crate::Error> {
+    config
+        .worker
+        .internal_tls
+        .as_ref()
+        .map(|c| {
+            crate::transport::tls::LinkTls::new(&config.internal_tls_client(c))
+                .map_err(|e| crate::Error::Other(format!("worker.internal_tls: {e}")))
+        })
+        .transpose()
+}
+
 fn group_command<S: AsRef<str>>(groups: &[S], data: Message, exclude: &[ClientId]) -> Command {
     Command::SendToGroup {
         groups: groups.iter().map(|g| g.as_ref().to_owned()).collect(),
@@ -998,11 +1035,26 @@ async fn run_link(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let inner = &gateway.inner;
-    let socket = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(entry.internal))
+    let tcp = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(entry.internal))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-    let _ = socket.set_nodelay(true);
+    crate::transport::nodelay(&tcp);
+    let socket: LinkStream = match (&inner.options.tls, entry.tls) {
+        (None, false) => Box::new(tcp),
+        (Some(tls), true) => Box::new(
+            tokio::time::timeout(Duration::from_secs(5), tls.connect(entry.internal, tcp))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_string())?
+                .map_err(|e| format!("TLS: {e}"))?,
+        ),
+        (None, true) => {
+            return Err("the gateway speaks TLS on its internal listener; set [worker.internal_tls] ca = \"...\" to verify it".into())
+        }
+        (Some(_), false) => {
+            return Err("the gateway's internal listener is plain TCP but [worker.internal_tls] asks for TLS; refusing the unencrypted link".into())
+        }
+    };
     let mut framed = Framed::new(
         socket,
         InternalCodec {

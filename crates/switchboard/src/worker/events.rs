@@ -5,7 +5,7 @@ use switchboard_store::SharedStore;
 
 use super::api::{ApiError, Gateway};
 use crate::protocol::ClientProtocol;
-use crate::{ClientId, Message, Session};
+use crate::{ClientId, Message, Session, WebSocketRequest};
 
 /// What a handler returns: any error is logged with the client id and counted; it fails
 /// only this one event.
@@ -40,7 +40,39 @@ pub trait Events: Send + Sync + 'static {
         Ok(())
     }
 
-    /// A client connected.
+    /// A client of a `websocket` listener asks to upgrade; before
+    /// [`on_connect`](Events::on_connect). Return `Err(Refuse::unauthorized(..).into())`
+    /// (or any [`Refuse`](crate::Refuse)) to turn it away with that HTTP status: it then
+    /// never connects, and no other event of it follows. Any other error, or a panic,
+    /// refuses it with 500. Session changes made here are kept; nothing can be sent to
+    /// the client yet (send in `on_connect`).
+    ///
+    /// ```
+    /// use switchboard::{async_trait, Context, Events, HandlerResult, Refuse, WebSocketRequest};
+    ///
+    /// struct Private;
+    ///
+    /// #[async_trait]
+    /// impl Events for Private {
+    ///     async fn on_websocket_connect(&self, ctx: &mut Context, req: &WebSocketRequest) -> HandlerResult {
+    ///         let Some(token) = req.query_param("token") else {
+    ///             return Err(Refuse::unauthorized("a token is required").into());
+    ///         };
+    ///         ctx.session_mut().insert("token".into(), token.into());
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    async fn on_websocket_connect(
+        &self,
+        _ctx: &mut Context,
+        _request: &WebSocketRequest,
+    ) -> HandlerResult {
+        Ok(())
+    }
+
+    /// A client connected (for a WebSocket client: its upgrade was accepted, and
+    /// [`Context::request`] has the request).
     async fn on_connect(&self, _ctx: &mut Context) -> HandlerResult {
         Ok(())
     }
@@ -68,6 +100,7 @@ pub struct Context {
     protocol: ClientProtocol,
     uid: Option<String>,
     groups: Vec<String>,
+    request: Option<Box<WebSocketRequest>>,
     session: Session,
     session_changed: bool,
     gateway: Gateway,
@@ -81,6 +114,7 @@ pub(crate) struct ClientMeta {
     pub protocol: ClientProtocol,
     pub uid: Option<String>,
     pub groups: Vec<String>,
+    pub request: Option<Box<WebSocketRequest>>,
 }
 
 impl Context {
@@ -92,6 +126,7 @@ impl Context {
             protocol: meta.protocol,
             uid: meta.uid,
             groups: meta.groups,
+            request: meta.request,
             session,
             session_changed: false,
             gateway,
@@ -116,6 +151,12 @@ impl Context {
     /// That listener's protocol.
     pub fn protocol(&self) -> ClientProtocol {
         self.protocol
+    }
+
+    /// The HTTP request a WebSocket client upgraded with: in `on_websocket_connect` and
+    /// `on_connect` (keep what later events need in the session); `None` otherwise.
+    pub fn request(&self) -> Option<&WebSocketRequest> {
+        self.request.as_deref()
     }
 
     /// The uid the client is bound to, as it was when the event was sent, with the

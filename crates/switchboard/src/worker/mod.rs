@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::protocol::internal::{Event, EventKind, Role};
 use crate::stats;
-use crate::{Error, Message};
+use crate::{Error, Message, Refuse, WebSocketRequest};
 use api::{Acker, EventSink, Gateway, GatewayOptions};
 use events::ClientMeta;
 pub use events::{Context, Events, HandlerResult};
@@ -51,6 +51,7 @@ pub async fn run(
         max_frame: config.gateway.max_internal_frame,
         link_timeout: config.worker.link_timeout,
         statistics,
+        tls: api::link_tls(&config)?,
     };
     // Events that arrive before `on_worker_start` has finished wait for it, as
     // GatewayWorker users expect (their onWorkerStart opens databases and the like).
@@ -66,8 +67,12 @@ pub async fn run(
             tracker.spawn(async move {
                 let _ = started.wait_for(|s| *s).await;
                 let (seq, client) = (event.seq, event.client);
-                handle(events.as_ref(), gateway, event, &counters).await;
-                acker.ack(seq, client).await;
+                match handle(events.as_ref(), gateway, event, &counters).await {
+                    Outcome::Done => acker.ack(seq, client).await,
+                    Outcome::Verdict { status, reason } => {
+                        acker.verdict(seq, client, status, reason).await
+                    }
+                }
             });
         });
         Some(sink)
@@ -122,14 +127,47 @@ pub async fn run(
     Ok(())
 }
 
+/// How an event ended, for its acknowledgement.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Handled (successfully or not): a plain ack.
+    Done,
+    /// A WebSocket upgrade: 0 accepts, an HTTP status refuses.
+    Verdict {
+        /// 0 or the HTTP status.
+        status: u16,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
 /// Runs the handler for one event, catching errors and panics.
-async fn handle(events: &dyn Events, gateway: Gateway, event: Event, counters: &Counters) {
+async fn handle(
+    events: &dyn Events,
+    gateway: Gateway,
+    event: Event,
+    counters: &Counters,
+) -> Outcome {
     let session = match serde_json::from_slice(&event.session) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(client = %event.client, error = %e, "event carried a session that is not a JSON object; using an empty one");
             Map::new()
         }
+    };
+    let kind = event.kind;
+    // Connect and upgrade events of WebSocket clients carry the upgrade request.
+    let request = match kind {
+        EventKind::Connect | EventKind::WebSocketConnect if !event.body.is_empty() => {
+            match serde_json::from_slice::<WebSocketRequest>(&event.body) {
+                Ok(r) => Some(Box::new(r)),
+                Err(e) => {
+                    tracing::warn!(client = %event.client, error = %e, "event carried a WebSocket request that cannot be read");
+                    None
+                }
+            }
+        }
+        _ => None,
     };
     let meta = ClientMeta {
         client_id: event.client,
@@ -138,15 +176,19 @@ async fn handle(events: &dyn Events, gateway: Gateway, event: Event, counters: &
         protocol: event.protocol,
         uid: event.uid,
         groups: event.groups,
+        request,
     };
     let mut ctx = Context::new(meta, session, gateway.clone());
-    let kind = event.kind;
     let message = Message::from_parts(event.body, event.binary);
     let fut = async {
         match kind {
             EventKind::Connect => events.on_connect(&mut ctx).await,
             EventKind::Message => events.on_message(&mut ctx, message).await,
             EventKind::Close => events.on_close(&mut ctx).await,
+            EventKind::WebSocketConnect => match ctx.request().cloned() {
+                Some(req) => events.on_websocket_connect(&mut ctx, &req).await,
+                None => Err(Refuse::status(400, "unreadable upgrade request").into()),
+            },
         }
     };
     let began = Instant::now();
@@ -156,17 +198,28 @@ async fn handle(events: &dyn Events, gateway: Gateway, event: Event, counters: &
             EventKind::Connect => crate::metrics::worker::EventKind::Connect,
             EventKind::Message => crate::metrics::worker::EventKind::Message,
             EventKind::Close => crate::metrics::worker::EventKind::Close,
+            EventKind::WebSocketConnect => crate::metrics::worker::EventKind::WebSocketConnect,
         },
         began.elapsed(),
-        matches!(outcome, Ok(Err(_))),
+        // A refused upgrade is the handler's answer, not its failure.
+        matches!(&outcome, Ok(Err(e)) if e.downcast_ref::<Refuse>().is_none()),
         outcome.is_err(),
     );
     counters.events.fetch_add(1, Ordering::Relaxed);
+    let mut verdict = (0u16, String::new());
     match outcome {
         Ok(Ok(())) => {}
+        Ok(Err(e))
+            if kind == EventKind::WebSocketConnect && e.downcast_ref::<Refuse>().is_some() =>
+        {
+            if let Some(r) = e.downcast_ref::<Refuse>() {
+                verdict = (r.status, r.reason.clone());
+            }
+        }
         Ok(Err(e)) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client = %event.client, event = ?kind, error = %e, "handler failed");
+            verdict = (500, "the application failed to answer".into());
         }
         Err(panic) => {
             counters.panicked.fetch_add(1, Ordering::Relaxed);
@@ -176,6 +229,7 @@ async fn handle(events: &dyn Events, gateway: Gateway, event: Event, counters: &
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic".into());
             tracing::error!(client = %event.client, event = ?kind, panic = %msg, "handler panicked; this event failed, the worker goes on");
+            verdict = (500, "the application failed to answer".into());
         }
     }
     if kind != EventKind::Close {
@@ -184,6 +238,13 @@ async fn handle(events: &dyn Events, gateway: Gateway, event: Event, counters: &
                 tracing::warn!(client = %event.client, error = %e, "could not save the session");
             }
         }
+    }
+    match kind {
+        EventKind::WebSocketConnect => Outcome::Verdict {
+            status: verdict.0,
+            reason: verdict.1,
+        },
+        _ => Outcome::Done,
     }
 }
 
@@ -266,6 +327,7 @@ mod tests {
             max_frame: 1 << 20,
             link_timeout: Duration::from_secs(20),
             statistics: Arc::new(crate::statistic::Collector::disabled()),
+            tls: None,
         };
         let db = switchboard_db::Db::new(Default::default()).unwrap();
         let gateway = Gateway::start(options, store, db, Role::Worker, |_| None);

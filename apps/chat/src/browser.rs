@@ -1,0 +1,259 @@
+//! The browser chat: workerman-chat's JSON protocol on the `websocket` listener
+//! (docs/chat.md), with rooms, and room `1` shared with the telnet users.
+//!
+//! - A room is a group: the browsers of room `R` are in group `room:R`. The telnet
+//!   users are in group `telnet` and are members of room `1`, so what is said in room
+//!   `1` goes to both groups, each in its own format (JSON for browsers, a line for
+//!   telnet).
+//! - A browser's session holds `browser` (set on connect), then `name` and `room` once
+//!   logged in: other clients' handlers (a telnet user's private message, a newcomer's
+//!   member list) can only see sessions. The client's own handlers read its room from
+//!   its groups.
+//! - The parsing, escaping and JSON are in [`protocol`], pure and unit-tested.
+
+pub mod protocol;
+
+use protocol::{code, Incoming, Refused, Said, To};
+use switchboard::{ApiError, ClientId, Context, Gateway, HandlerResult, Message, Session};
+
+use crate::history::ChatHistory;
+use crate::{format_time, now_time, HISTORY_LINES};
+
+/// The room the telnet users are in.
+pub const TELNET_ROOM: &str = "1";
+/// The group of the telnet users who gave their name.
+pub const TELNET_GROUP: &str = "telnet";
+/// Prefix of a room's group (browsers only).
+const ROOM_GROUP_PREFIX: &str = "room:";
+/// Session key marking a browser client (set on connect).
+const BROWSER: &str = "browser";
+/// Session key of a client's name (telnet and browser alike).
+pub const NAME: &str = "name";
+/// Session key of a browser's room.
+const ROOM: &str = "room";
+
+/// The group of room `room`'s browsers.
+pub fn room_group(room: &str) -> String {
+    format!("{ROOM_GROUP_PREFIX}{room}")
+}
+
+/// The room of this browser client, from its groups.
+fn room_of(ctx: &Context) -> Option<String> {
+    ctx.groups()
+        .iter()
+        .find_map(|g| g.strip_prefix(ROOM_GROUP_PREFIX))
+        .map(str::to_owned)
+}
+
+/// The name in a session, if any.
+pub fn name_in(session: &Session) -> Option<&str> {
+    session.get(NAME).and_then(|v| v.as_str())
+}
+
+/// Whether a session is a browser client's.
+pub fn is_browser(session: &Session) -> bool {
+    session.get(BROWSER).and_then(|v| v.as_bool()) == Some(true)
+}
+
+/// The members of `room` that gave a name, `(id, name)` sorted by id: its browsers,
+/// and for room `1` the telnet users too.
+pub async fn members(gw: &Gateway, room: &str) -> Result<Vec<(ClientId, String)>, ApiError> {
+    let mut sessions = gw.sessions(Some(&room_group(room))).await?;
+    if room == TELNET_ROOM {
+        sessions.extend(gw.sessions(Some(TELNET_GROUP)).await?);
+    }
+    let mut members: Vec<(ClientId, String)> = sessions
+        .iter()
+        .filter_map(|(id, s)| name_in(s).map(|n| (*id, n.to_owned())))
+        .collect();
+    members.sort();
+    Ok(members)
+}
+
+/// Tells room `room`: `json` to its browsers and, in room `1`, `line` to the telnet
+/// users; nobody in `exclude` gets either.
+pub async fn tell_room(
+    gw: &Gateway,
+    room: &str,
+    json: String,
+    line: String,
+    exclude: &[ClientId],
+) -> Result<(), ApiError> {
+    gw.send_to_group(&[room_group(room)], json, exclude).await?;
+    if room == TELNET_ROOM {
+        gw.send_to_group(&[TELNET_GROUP], line, exclude).await?;
+    }
+    Ok(())
+}
+
+/// Sends a private message from `from` (named `from_name`) to `to`, in `to`'s own
+/// format: a `say` for a browser, a `NAME[ID] said to You :text` line for telnet.
+/// Returns the recipient's name (`None`: not online, or a browser not logged in, so
+/// nothing was sent).
+pub async fn send_private(
+    gw: &Gateway,
+    from: ClientId,
+    from_name: &str,
+    to: ClientId,
+    text: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(target) = gw.get_session(to).await? else {
+        return Ok(None);
+    };
+    let to_name = name_in(&target).map(str::to_owned);
+    let sent = if is_browser(&target) {
+        if to_name.is_none() {
+            return Ok(None);
+        }
+        let content = protocol::private_to_you() + &protocol::content_html(text);
+        let said = protocol::say(from, from_name, To::Client(to), &content, &now_time());
+        gw.send_to_client(to, said).await?
+    } else {
+        let line = format!(
+            "{from_name}[{from}] said to You :{}",
+            protocol::one_line(text)
+        );
+        gw.send_to_client(to, line).await?
+    };
+    // A telnet user who has not typed a name yet still gets it, as before browsers.
+    Ok(sent.then(|| to_name.unwrap_or_else(|| to.to_string())))
+}
+
+/// A browser connected: mark its session, so that other handlers know to send it JSON.
+pub fn on_connect(ctx: &mut Context) {
+    ctx.session_mut().insert(BROWSER.into(), true.into());
+}
+
+/// A browser sent a message.
+pub async fn on_message(
+    history: Option<&ChatHistory>,
+    ctx: &mut Context,
+    message: Message,
+) -> HandlerResult {
+    let parsed = match message.text() {
+        Ok(text) => protocol::parse(text),
+        Err(_) => Err(Refused {
+            code: code::BAD_MESSAGE,
+            msg: "binary messages are not part of the chat; it was ignored".into(),
+        }),
+    };
+    match parsed {
+        Err(refused) => ctx.reply(refused.to_json()).await?,
+        Ok(Incoming::Pong) => {}
+        Ok(Incoming::Login { name, room }) => login(history, ctx, name, room).await?,
+        Ok(Incoming::Say { to, content }) => say(history, ctx, to, &content).await?,
+    }
+    Ok(())
+}
+
+async fn login(
+    history: Option<&ChatHistory>,
+    ctx: &mut Context,
+    name: String,
+    room: String,
+) -> HandlerResult {
+    if let Some(current) = room_of(ctx) {
+        let msg = format!("already logged in to room {current}; reconnect to log in again");
+        ctx.reply(protocol::error(code::BAD_LOGIN, &msg)).await?;
+        return Ok(());
+    }
+    let gw = ctx.gateway().clone();
+    let me = ctx.client_id();
+    if members(&gw, &room).await?.iter().any(|(_, n)| *n == name) {
+        let msg = format!("the name {name} is already used in room {room}");
+        ctx.reply(protocol::error(code::NAME_TAKEN, &msg)).await?;
+        return Ok(());
+    }
+    // History first, so that it comes before anything said after the join.
+    match history {
+        Some(h) => match h.last(&room, HISTORY_LINES).await {
+            Ok(lines) => {
+                let said: Vec<Said<'_>> = lines
+                    .iter()
+                    .map(|l| Said {
+                        from: &l.client_id,
+                        name: &l.name,
+                        text: &l.text,
+                        time: format_time(l.at),
+                    })
+                    .collect();
+                ctx.reply(protocol::history(&room, &said)).await?;
+            }
+            Err(e) => {
+                let msg = format!("the history is not available: {e}");
+                ctx.reply(protocol::error(code::NO_HISTORY, &msg)).await?;
+            }
+        },
+        None => {
+            let msg = "the history is not available (see the worker log)";
+            ctx.reply(protocol::error(code::NO_HISTORY, msg)).await?;
+        }
+    }
+    // The name is on the gateway before the client is in the group, so whoever sees
+    // it as a member sees its name. (The context's copy is saved again at the end.)
+    let mut changes = Session::new();
+    changes.insert(NAME.into(), name.as_str().into());
+    changes.insert(ROOM.into(), room.as_str().into());
+    gw.update_session(me, &changes).await?;
+    ctx.session_mut().extend(changes);
+    ctx.join_group(&room_group(&room)).await?;
+    // Joined first, asked second: a member who joins at the same time is either in
+    // this list or hears of us (our login below reaches it), never neither.
+    let list = members(&gw, &room).await?;
+    let time = now_time();
+    ctx.reply(protocol::login_with_list(me, &name, &time, &list))
+        .await?;
+    let come = format!("{name}[{me}] come");
+    tell_room(&gw, &room, protocol::login(me, &name, &time), come, &[me]).await?;
+    Ok(())
+}
+
+async fn say(
+    history: Option<&ChatHistory>,
+    ctx: &mut Context,
+    to: To,
+    content: &str,
+) -> HandlerResult {
+    let (Some(room), Some(name)) = (room_of(ctx), name_in(ctx.session()).map(str::to_owned)) else {
+        let msg = "log in before you say something";
+        ctx.reply(protocol::error(code::NOT_LOGGED_IN, msg)).await?;
+        return Ok(());
+    };
+    let gw = ctx.gateway().clone();
+    let me = ctx.client_id();
+    let time = now_time();
+    match to {
+        To::All => {
+            let json = protocol::say(me, &name, To::All, &protocol::content_html(content), &time);
+            let line = format!("{name}[{me}] said :{}", protocol::one_line(content));
+            tell_room(&gw, &room, json, line, &[]).await?;
+            if let Some(h) = history {
+                h.append(&room, &name, &me.to_string(), content).await?;
+            }
+        }
+        To::Client(to) => match send_private(&gw, me, &name, to, content).await? {
+            Some(to_name) => {
+                let echo = protocol::private_to(&to_name) + &protocol::content_html(content);
+                ctx.reply(protocol::say(me, &name, To::Client(to), &echo, &time))
+                    .await?;
+            }
+            None => {
+                let msg = format!("{to} is not online; nothing was sent");
+                ctx.reply(protocol::error(code::NOT_ONLINE, &msg)).await?;
+            }
+        },
+    }
+    Ok(())
+}
+
+/// A browser disconnected: its room hears that it left.
+pub async fn on_close(ctx: &mut Context) -> HandlerResult {
+    let (Some(room), Some(name)) = (room_of(ctx), name_in(ctx.session())) else {
+        return Ok(());
+    };
+    let me = ctx.client_id();
+    let json = protocol::logout(me, name, &now_time());
+    let line = format!("{name}[{me}] logout");
+    tell_room(ctx.gateway(), &room, json, line, &[]).await?;
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! `fixture`: the application the testkit's own end-to-end tests run
+//! (`tests/websocket.rs`, `tests/json.rs`, `tests/tls.rs`, `tests/internal_tls.rs`), and a
+//! short example of [`Events::on_websocket_connect`].
+//!
+//! - Every message comes back as it came: text as text, binary as binary.
+//! - `/whoami` (on a `json` listener also the JSON string `"/whoami"`) is answered with
+//!   `listener=NAME protocol=P addr=ADDR request_path=PATH forwarded_for=IP` (`-` where
+//!   there is none: the request exists for WebSocket clients only).
+//! - The upgrade hook refuses `/private…` without `?token=letmein` (401), refuses
+//!   `/forbidden` (403), panics on `/panic` (500), sleeps [`SLOW`] on `/slow` (longer
+//!   than the tests' `handshake_timeout`: 503) and accepts every other path.
+//! - Every event is written to standard error as `fixture: EVENT ADDR ...` (and the end
+//!   of the `/slow` hook as `fixture: slow_done ADDR`), which the supervisor's log
+//!   collects: tests read it to prove an event did *not* happen.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use switchboard::{
+    async_trait, App, Context, Events, HandlerResult, Message, Refuse, WebSocketRequest,
+};
+
+/// How long the hook takes on `/slow`.
+const SLOW: Duration = Duration::from_secs(3);
+
+/// The page `GET /` serves on `websocket` listeners.
+const PAGE: &[u8] = b"<!doctype html><title>fixture</title><p>switchboard fixture</p>\n";
+
+struct Fixture;
+
+#[async_trait]
+impl Events for Fixture {
+    async fn on_websocket_connect(
+        &self,
+        ctx: &mut Context,
+        request: &WebSocketRequest,
+    ) -> HandlerResult {
+        eprintln!(
+            "fixture: websocket_connect {} {}",
+            ctx.client_addr(),
+            request.path
+        );
+        let path = request.path.as_str();
+        if path == "/private" || path.starts_with("/private/") {
+            if request.query_param("token").as_deref() != Some("letmein") {
+                return Err(Refuse::unauthorized("a token is required").into());
+            }
+        } else if path == "/forbidden" {
+            return Err(Refuse::forbidden("nobody may connect here").into());
+        } else if path == "/panic" {
+            panic!("the fixture panics on /panic");
+        } else if path == "/slow" {
+            tokio::time::sleep(SLOW).await;
+            eprintln!("fixture: slow_done {}", ctx.client_addr());
+        }
+        Ok(())
+    }
+
+    async fn on_connect(&self, ctx: &mut Context) -> HandlerResult {
+        eprintln!("fixture: connect {}", ctx.client_addr());
+        // The request is in this event and the hook's only: keep what later ones need.
+        let (path, forwarded) = match ctx.request() {
+            Some(r) => (r.path.clone(), r.forwarded_for.clone()),
+            None => ("-".into(), None),
+        };
+        let session = ctx.session_mut();
+        session.insert("path".into(), path.into());
+        session.insert(
+            "forwarded_for".into(),
+            forwarded.unwrap_or("-".into()).into(),
+        );
+        Ok(())
+    }
+
+    async fn on_message(&self, ctx: &mut Context, message: Message) -> HandlerResult {
+        eprintln!(
+            "fixture: message {} {} bytes",
+            ctx.client_addr(),
+            message.len()
+        );
+        let asks = message
+            .text()
+            .is_ok_and(|t| matches!(t.trim(), "/whoami" | "\"/whoami\""));
+        if asks {
+            let field = |k: &str| {
+                ctx.session()
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            let answer = format!(
+                "listener={} protocol={} addr={} request_path={} forwarded_for={}",
+                ctx.listener(),
+                ctx.protocol(),
+                ctx.client_addr(),
+                field("path"),
+                field("forwarded_for"),
+            );
+            ctx.reply(answer).await?;
+        } else {
+            ctx.reply(&message).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_close(&self, ctx: &mut Context) -> HandlerResult {
+        eprintln!("fixture: close {}", ctx.client_addr());
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    App::new("fixture", || Fixture)
+        .asset("/", PAGE)
+        .asset("/hello.txt", b"hello\n")
+        .run()
+}
