@@ -23,9 +23,8 @@
 //! ```
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use fantoccini::wd::Capabilities;
@@ -329,25 +328,10 @@ pub fn screenshot_dir() -> PathBuf {
 
 /// Starts chromedriver on `port`, output to `log`, dying with the test's thread.
 fn spawn_driver(driver: &Path, port: u16, log: File) -> Child {
-    let stdout = log.try_clone().expect("clone the log file handle");
     let mut cmd = Command::new(driver);
     cmd.arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(log);
-    // SAFETY: the closure only calls prctl(2), which is async-signal-safe, between fork
-    // and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver.display()))
+        .arg("--allowed-ips=127.0.0.1");
+    crate::spawn_with_log(cmd, log)
 }
 
 /// Opens a session on the chromedriver at `port`, retrying while it starts.

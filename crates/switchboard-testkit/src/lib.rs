@@ -113,14 +113,16 @@ pub(crate) fn free_ports(n: usize) -> Vec<u16> {
 /// # let _ = node.kill();
 /// ```
 pub fn spawn(binary: &Path, config: &Path, args: &[&str], log: File) -> Child {
-    let stdout = log.try_clone().expect("clone the log file handle");
     let mut cmd = Command::new(binary);
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(log);
+    cmd.arg("--config").arg(config).args(args);
+    spawn_with_log(cmd, log)
+}
+
+/// Starts `cmd` with its output to `log` and standard input closed; it gets SIGTERM
+/// when the thread that started it ends (a test that panics takes it along).
+pub(crate) fn spawn_with_log(mut cmd: Command, log: File) -> Child {
+    let stdout = log.try_clone().expect("clone the log file handle");
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(log);
     // SAFETY: the closure only calls prctl(2), which is async-signal-safe, between fork
     // and exec.
     unsafe {
@@ -132,5 +134,5 @@ pub fn spawn(binary: &Path, config: &Path, args: &[&str], log: File) -> Child {
         });
     }
     cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
 }

@@ -7,7 +7,6 @@ mod handshake;
 mod hist;
 mod procinfo;
 mod runs;
-mod sansio;
 mod servers;
 
 use std::net::SocketAddr;

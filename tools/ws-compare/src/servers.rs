@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::handshake;
-use crate::sansio::{self, CodecError, Decoder, Event};
+use switchboard::protocol::websocket::{self as ws, WsCodec, WsEvent};
 
 /// Largest message a server accepts (all candidates are set to this).
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -36,7 +36,7 @@ pub enum Candidate {
     Fastwebsockets,
     /// fastwebsockets behind hyper with its `upgrade` helper.
     FastwebsocketsHyper,
-    /// Our readiness loop and the codec of `sansio.rs`.
+    /// Our readiness loop and the gateway's codec (`switchboard::protocol::websocket`).
     SansIo,
 }
 
@@ -308,33 +308,29 @@ async fn serve_fastwebsockets_hyper(socket: TcpStream) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sans-IO prototype: the gateway's readiness loop (no buffer while idle) around the
-/// pure codec of `sansio.rs`.
+/// The gateway's own codec (`switchboard::protocol::websocket`) under the gateway's
+/// readiness loop: no buffer while idle.
 async fn serve_sans_io(mut socket: TcpStream) -> anyhow::Result<()> {
     let mut rbuf = handshake::accept(&mut socket, handshake::tungstenite_upgrade).await?;
-    let mut decoder = Decoder::new(MAX_MESSAGE);
+    let mut codec = WsCodec::default();
     loop {
         let mut out = BytesMut::new();
         let mut closing = false;
         loop {
-            let event = match decoder.decode(&mut rbuf) {
-                Ok(Some(event)) => event,
-                Ok(None) => break,
-                Err(e) => {
-                    sansio::encode_close(&mut out, Some(e.close_code()));
-                    let _ = socket.write_all(&out).await;
-                    return Err(protocol_error(e));
-                }
-            };
-            match event {
-                Event::Text(p) => sansio::encode(&mut out, text_op(), &p),
-                Event::Binary(p) => sansio::encode(&mut out, binary_op(), &p),
-                Event::Ping(p) => sansio::encode(&mut out, pong_op(), &p),
-                Event::Pong => {}
-                Event::Close(code) => {
-                    sansio::encode_close(&mut out, code);
+            match codec.decode(&mut rbuf, MAX_MESSAGE) {
+                Ok(Some(WsEvent::Message(m))) => ws::encode_message(&m, &mut out),
+                Ok(Some(WsEvent::Ping(pong))) => out.extend_from_slice(&pong),
+                Ok(Some(WsEvent::Pong)) => {}
+                Ok(Some(WsEvent::Close { reply, .. })) => {
+                    out.extend_from_slice(&reply);
                     closing = true;
                     break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    out.extend_from_slice(&ws::encode_close(e.code, &e.reason));
+                    let _ = socket.write_all(&out).await;
+                    return Err(anyhow::anyhow!("protocol violation: {e}"));
                 }
             }
         }
@@ -352,7 +348,7 @@ async fn serve_sans_io(mut socket: TcpStream) -> anyhow::Result<()> {
             rbuf = BytesMut::new();
         }
         socket.readable().await?;
-        rbuf.reserve(READ_CHUNK.max(decoder.wanted(&rbuf)));
+        rbuf.reserve(READ_CHUNK);
         match socket.try_read_buf(&mut rbuf) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
@@ -360,25 +356,6 @@ async fn serve_sans_io(mut socket: TcpStream) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-fn protocol_error(e: CodecError) -> anyhow::Error {
-    anyhow::anyhow!("protocol violation: {e:?}")
-}
-
-fn text_op() -> tungstenite::protocol::frame::coding::OpCode {
-    use tungstenite::protocol::frame::coding::{Data, OpCode};
-    OpCode::Data(Data::Text)
-}
-
-fn binary_op() -> tungstenite::protocol::frame::coding::OpCode {
-    use tungstenite::protocol::frame::coding::{Data, OpCode};
-    OpCode::Data(Data::Binary)
-}
-
-fn pong_op() -> tungstenite::protocol::frame::coding::OpCode {
-    use tungstenite::protocol::frame::coding::{Control, OpCode};
-    OpCode::Control(Control::Pong)
 }
 
 #[cfg(test)]

@@ -387,42 +387,47 @@ impl State {
         }
     }
 
-    /// A worker finished an event.
-    pub fn ack(&mut self, link_id: u64, seq: u64, client: ClientId, counters: &Counters) {
+    /// Takes the event in flight for `client` when it is `seq` on `link_id` (anything
+    /// else is stale: the event was re-dispatched meanwhile), releasing its bytes.
+    fn finish_inflight(
+        &mut self,
+        link_id: u64,
+        seq: u64,
+        client: ClientId,
+    ) -> Option<(u64, Pending)> {
         if client.gateway != self.number {
-            return;
+            return None;
         }
         let conn = client.connection;
-        let Some(c) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        match &c.inflight {
-            Some(f) if f.link == link_id && f.seq == seq => {
-                if f.event.kind == EventKind::WebSocketConnect {
-                    // A plain ack of an upgrade: nothing refused it.
-                    return self.verdict(link_id, seq, client, Verdict::Accepted, counters);
-                }
-            }
-            _ => return, // stale (already re-dispatched elsewhere)
+        let c = self.clients.get_mut(&conn)?;
+        if !c
+            .inflight
+            .as_ref()
+            .is_some_and(|f| f.link == link_id && f.seq == seq)
+        {
+            return None;
         }
-        if let Some(f) = c.inflight.take() {
-            self.queued_bytes -= f.event.body.len();
-        }
+        let f = c.inflight.take()?;
+        self.queued_bytes -= f.event.body.len();
         if let Some(link) = self.links.get_mut(&link_id) {
             link.inflight = link.inflight.saturating_sub(1);
         }
-        if c.out.is_none() && c.queue.is_empty() {
-            // The close event was the last one: the client is gone for good.
-            self.clients.remove(&conn);
-            return;
-        }
-        self.pump(conn, counters);
+        Some((conn, f.event))
     }
 
-    /// A worker answered a WebSocket upgrade (an ack of the `WebSocketConnect` event).
-    /// Accepted: the client becomes live and its connect event is queued, carrying the
-    /// request again. Refused: the client is forgotten (no close event: the
-    /// application never saw it connect).
+    /// A worker finished an event.
+    pub fn ack(&mut self, link_id: u64, seq: u64, client: ClientId, counters: &Counters) {
+        let Some((conn, event)) = self.finish_inflight(link_id, seq, client) else {
+            return;
+        };
+        if event.kind == EventKind::WebSocketConnect {
+            // A plain ack of an upgrade: nothing refused it.
+            return self.settle_upgrade(conn, event, Verdict::Accepted, counters);
+        }
+        self.next_event(conn, counters);
+    }
+
+    /// A worker answered a WebSocket upgrade (the ack of a `WebSocketConnect` event).
     pub fn verdict(
         &mut self,
         link_id: u64,
@@ -431,27 +436,34 @@ impl State {
         verdict: Verdict,
         counters: &Counters,
     ) {
-        if client.gateway != self.number {
-            return;
-        }
-        let conn = client.connection;
-        let Some(c) = self.clients.get_mut(&conn) else {
+        let Some((conn, event)) = self.finish_inflight(link_id, seq, client) else {
             return;
         };
-        match &c.inflight {
-            Some(f)
-                if f.link == link_id
-                    && f.seq == seq
-                    && f.event.kind == EventKind::WebSocketConnect => {}
-            _ => return, // stale, or not an upgrade
+        if event.kind != EventKind::WebSocketConnect {
+            // A verdict for an ordinary event acknowledges it.
+            return self.next_event(conn, counters);
         }
-        let Some(f) = c.inflight.take() else {
+        self.settle_upgrade(conn, event, verdict, counters);
+    }
+
+    /// After an event is done: the client's next one goes out, or, once its close event
+    /// was the last, the client is gone for good.
+    fn next_event(&mut self, conn: u64, counters: &Counters) {
+        if self
+            .clients
+            .get(&conn)
+            .is_some_and(|c| c.out.is_none() && c.queue.is_empty())
+        {
+            self.clients.remove(&conn);
             return;
-        };
-        self.queued_bytes -= f.event.body.len();
-        if let Some(link) = self.links.get_mut(&link_id) {
-            link.inflight = link.inflight.saturating_sub(1);
         }
+        self.pump(conn, counters);
+    }
+
+    /// Accepted: the client becomes live and its connect event is queued, carrying the
+    /// request again. Refused: the client is forgotten (no close event: the application
+    /// never saw it connect).
+    fn settle_upgrade(&mut self, conn: u64, event: Pending, verdict: Verdict, counters: &Counters) {
         let Some((out, tx)) = self.upgrades.remove(&conn) else {
             return;
         };
@@ -463,7 +475,7 @@ impl State {
                     c.last_seen = Instant::now();
                 }
                 let _ = tx.send(Verdict::Accepted);
-                self.enqueue(conn, EventKind::Connect, f.event.body, false, counters);
+                self.enqueue(conn, EventKind::Connect, event.body, false, counters);
             }
             refused => {
                 let _ = tx.send(refused);

@@ -179,14 +179,11 @@ impl ClientProtocol {
                 dst.put_slice(msg);
                 dst.put_u8(b'\n');
             }
-            ClientProtocol::Frame => {
+            ClientProtocol::Frame | ClientProtocol::Json => {
+                // json's length counts its own 4 bytes, frame's does not.
+                let own = if self == ClientProtocol::Json { 4 } else { 0 };
                 dst.reserve(msg.len() + 4);
-                dst.put_u32(msg.len() as u32);
-                dst.put_slice(msg);
-            }
-            ClientProtocol::Json => {
-                dst.reserve(msg.len() + 4);
-                dst.put_u32(msg.len() as u32 + 4);
+                dst.put_u32(msg.len() as u32 + own);
                 dst.put_slice(msg);
             }
             ClientProtocol::WebSocket => websocket::encode_message(msg, dst),
@@ -260,11 +257,25 @@ fn decode_line(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, Client
     }
 }
 
-fn decode_frame(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, ClientCodecError> {
+/// A 4-byte big-endian length, then a body: `frame` (the length counts the body) and
+/// `json` (it counts itself too, as Workerman's JsonProtocol). The limit is checked
+/// from the header, before the body is buffered.
+fn decode_length_prefixed(
+    src: &mut BytesMut,
+    limit: usize,
+    counts_header: bool,
+) -> Result<Option<Bytes>, ClientCodecError> {
     if src.len() < 4 {
         return Ok(None);
     }
-    let size = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+    let length = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+    let size = if counts_header {
+        (length as usize)
+            .checked_sub(4)
+            .ok_or(ClientCodecError::FrameTooShort(length))?
+    } else {
+        length as usize
+    };
     if size > limit {
         return Err(ClientCodecError::FrameTooLarge { size, limit });
     }
@@ -276,23 +287,14 @@ fn decode_frame(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, Clien
     Ok(Some(src.split_to(size).freeze()))
 }
 
+fn decode_frame(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, ClientCodecError> {
+    decode_length_prefixed(src, limit, false)
+}
+
 fn decode_json(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, ClientCodecError> {
-    if src.len() < 4 {
+    let Some(body) = decode_length_prefixed(src, limit, true)? else {
         return Ok(None);
-    }
-    let total = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
-    let size = (total as usize)
-        .checked_sub(4)
-        .ok_or(ClientCodecError::FrameTooShort(total))?;
-    if size > limit {
-        return Err(ClientCodecError::FrameTooLarge { size, limit });
-    }
-    if src.len() < 4 + size {
-        src.reserve(4 + size - src.len());
-        return Ok(None);
-    }
-    src.advance(4);
-    let body = src.split_to(size).freeze();
+    };
     serde_json::from_slice::<serde::de::IgnoredAny>(&body)
         .map_err(|e| ClientCodecError::NotJson(e.to_string()))?;
     Ok(Some(body))
