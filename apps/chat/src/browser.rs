@@ -152,8 +152,10 @@ async fn login(
     name: String,
     room: String,
 ) -> HandlerResult {
+    let call = ctx.statistic("chat", "login");
     if let Some(current) = room_of(ctx) {
         let msg = format!("already logged in to room {current}; reconnect to log in again");
+        call.fail(code::BAD_LOGIN.into(), &msg);
         ctx.reply(protocol::error(code::BAD_LOGIN, &msg)).await?;
         return Ok(());
     }
@@ -161,12 +163,14 @@ async fn login(
     let me = ctx.client_id();
     if members(&gw, &room).await?.iter().any(|(_, n)| *n == name) {
         let msg = format!("the name {name} is already used in room {room}");
+        call.fail(code::NAME_TAKEN.into(), &msg);
         ctx.reply(protocol::error(code::NAME_TAKEN, &msg)).await?;
         return Ok(());
     }
     // History first, so that it comes before anything said after the join.
+    let read = ctx.statistic("chat", "history");
     match history {
-        Some(h) => match h.last(&room, HISTORY_LINES).await {
+        Some(h) => match read.time(h.last(&room, HISTORY_LINES)).await {
             Ok(lines) => {
                 let said: Vec<Said<'_>> = lines
                     .iter()
@@ -186,6 +190,7 @@ async fn login(
         },
         None => {
             let msg = "the history is not available (see the worker log)";
+            read.fail(503, msg);
             ctx.reply(protocol::error(code::NO_HISTORY, msg)).await?;
         }
     }
@@ -205,6 +210,7 @@ async fn login(
         .await?;
     let come = format!("{name}[{me}] come");
     tell_room(&gw, &room, protocol::login(me, &name, &time), come, &[me]).await?;
+    call.success();
     Ok(())
 }
 
@@ -224,24 +230,36 @@ async fn say(
     let time = now_time();
     match to {
         To::All => {
-            let json = protocol::say(me, &name, To::All, &protocol::content_html(content), &time);
-            let line = format!("{name}[{me}] said :{}", protocol::one_line(content));
-            tell_room(&gw, &room, json, line, &[]).await?;
-            if let Some(h) = history {
-                h.append(&room, &name, &me.to_string(), content).await?;
+            // Timed with the history write (the Db call), as on the telnet side.
+            let call = ctx.statistic("chat", "say");
+            call.time(async {
+                let json =
+                    protocol::say(me, &name, To::All, &protocol::content_html(content), &time);
+                let line = format!("{name}[{me}] said :{}", protocol::one_line(content));
+                tell_room(&gw, &room, json, line, &[]).await?;
+                if let Some(h) = history {
+                    h.append(&room, &name, &me.to_string(), content).await?;
+                }
+                HandlerResult::Ok(())
+            })
+            .await?;
+        }
+        To::Client(to) => {
+            let call = ctx.statistic("chat", "private");
+            match send_private(&gw, me, &name, to, content).await? {
+                Some(to_name) => {
+                    call.success();
+                    let echo = protocol::private_to(&to_name) + &protocol::content_html(content);
+                    ctx.reply(protocol::say(me, &name, To::Client(to), &echo, &time))
+                        .await?;
+                }
+                None => {
+                    let msg = format!("{to} is not online; nothing was sent");
+                    call.fail(404, &msg);
+                    ctx.reply(protocol::error(code::NOT_ONLINE, &msg)).await?;
+                }
             }
         }
-        To::Client(to) => match send_private(&gw, me, &name, to, content).await? {
-            Some(to_name) => {
-                let echo = protocol::private_to(&to_name) + &protocol::content_html(content);
-                ctx.reply(protocol::say(me, &name, To::Client(to), &echo, &time))
-                    .await?;
-            }
-            None => {
-                let msg = format!("{to} is not online; nothing was sent");
-                ctx.reply(protocol::error(code::NOT_ONLINE, &msg)).await?;
-            }
-        },
     }
     Ok(())
 }

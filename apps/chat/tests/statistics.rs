@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::ws::Ws;
 use common::{chat, ChatClient};
 use switchboard_testkit::browser::Browser;
 use switchboard_testkit::{Client, Deployment, Listener, Options, WAIT};
@@ -232,6 +233,17 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
         )
         .unwrap()
             > 0.0
+    );
+    // Every public line is written to the history through the Db module.
+    assert!(
+        metric(
+            &page,
+            "switchboard_db_duration_seconds_count",
+            &[("instance", "history")]
+        )
+        .unwrap_or(0.0)
+            >= 12.0,
+        "{page}"
     );
     assert!(page.trim_end().ends_with("# EOF"));
 
@@ -463,4 +475,163 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     page.screenshot("dashboard-live").await;
     page.close().await;
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// The gateway's own figures: clients per listener and protocol, connections ended
+/// for each reason, bytes both ways and the outbound queue, from a deployment with
+/// telnet, a heartbeat-closed text listener and a WebSocket listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_metrics_count_clients_connections_and_bytes_per_listener() {
+    let d = Deployment::start(
+        chat()
+            .listener(Listener::text("telnet"))
+            .listener(
+                Listener::text("idle")
+                    .keys(r#"heartbeat = { interval = "300ms", idle_intervals = 1 }"#),
+            )
+            .listener(Listener::new("browser", "websocket"))
+            .gateway_keys("outbound_limit = 65536\nmax_clients = 7"),
+    );
+    let api = d.api().await;
+    let mut telnet = Vec::new();
+    for name in ["ann", "bob", "cy"] {
+        let mut c = Client::connect(d.addr()).await;
+        c.login(name).await;
+        telnet.push(c);
+    }
+    let mut page = Ws::connect(d.listener_addr("browser")).await;
+    let (page_id, _) = page.login("page", serde_json::json!(1)).await;
+    // A client of the `idle` listener that never says anything: the heartbeat closes it.
+    let mut idle = Client::connect(d.listener_addr("idle")).await;
+    assert!(idle.closed_within(WAIT).await, "the heartbeat closes it");
+    let text = [("listener", "telnet"), ("protocol", "text")];
+    let browser = [("listener", "browser"), ("protocol", "websocket")];
+    let ended =
+        |listener: &'static str, reason: &'static str| [("listener", listener), ("reason", reason)];
+    let p = wait_metrics(
+        &d,
+        None,
+        "3 telnet clients, 1 page, 1 heartbeat close",
+        |p| {
+            metric(p, "switchboard_clients", &text) == Some(3.0)
+                && metric(p, "switchboard_clients", &browser) == Some(1.0)
+                && metric(
+                    p,
+                    "switchboard_connections_total",
+                    &ended("idle", "heartbeat"),
+                ) == Some(1.0)
+        },
+    );
+    assert_eq!(
+        metric(&p, "switchboard_clients", &[("listener", "idle")]),
+        Some(0.0),
+        "{p}"
+    );
+    assert_eq!(
+        metric(&p, "switchboard_connections_accepted_total", &text),
+        Some(3.0),
+        "{p}"
+    );
+    assert!(
+        metric(&p, "switchboard_received_bytes_total", &[]).unwrap() > 0.0,
+        "{p}"
+    );
+    assert!(
+        metric(&p, "switchboard_sent_bytes_total", &[]).unwrap() > 0.0,
+        "{p}"
+    );
+
+    // One leaves, one breaks the protocol (a line over 64 KiB), the page is closed by
+    // the server.
+    drop(telnet.pop());
+    let mut rude = telnet.pop().unwrap();
+    rude.send_raw(&vec![b'x'; 70_000]).await;
+    assert!(rude.closed_within(WAIT).await);
+    api.close_client(page_id, None).await.unwrap();
+    assert!(page.closed_within(WAIT).await, "the page is closed");
+    wait_metrics(
+        &d,
+        None,
+        "client_closed, protocol_error and server_close",
+        |p| {
+            metric(
+                p,
+                "switchboard_connections_total",
+                &ended("telnet", "client_closed"),
+            ) == Some(1.0)
+                && metric(
+                    p,
+                    "switchboard_connections_total",
+                    &ended("telnet", "protocol_error"),
+                ) == Some(1.0)
+                && metric(
+                    p,
+                    "switchboard_connections_total",
+                    &ended("browser", "server_close"),
+                ) == Some(1.0)
+                && metric(p, "switchboard_clients", &text) == Some(1.0)
+                && metric(p, "switchboard_clients", &browser) == Some(0.0)
+        },
+    );
+
+    // A client that does not read while the others talk is cut as a slow consumer.
+    let mut talker = telnet.pop().unwrap();
+    let mut lazy = Client::connect(d.addr()).await;
+    lazy.login("lazy").await;
+    let line = "x".repeat(1000);
+    let slow = ended("telnet", "slow_consumer");
+    let mut cut = false;
+    for _ in 0..200 {
+        for _ in 0..100 {
+            talker.send(&line).await;
+        }
+        for _ in 0..100 {
+            talker
+                .expect(&format!("ann[{}] said :{line}", talker_id(&talker)))
+                .await;
+        }
+        let r = http_get(d.admin_addr(), "/metrics", None);
+        if metric(&r.body, "switchboard_connections_total", &slow) == Some(1.0) {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "the lazy client was never counted as a slow consumer:\n{}",
+        d.log()
+    );
+
+    // At max_clients (7, the heartbeat-free ones count), new connections are refused.
+    let mut more = Vec::new();
+    for _ in 0..10 {
+        more.push(std::net::TcpStream::connect(d.addr()).unwrap());
+    }
+    let p = wait_metrics(&d, None, "refusals at max_clients", |p| {
+        metric(
+            p,
+            "switchboard_connections_total",
+            &ended("telnet", "limit"),
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    });
+    // A burst is counted as it is accepted: never more than max_clients at once.
+    assert!(
+        metric(&p, "switchboard_clients", &[]).unwrap() <= 7.0,
+        "over max_clients: {p}"
+    );
+    // Whatever was queued for clients gone is off the gateway-wide figure.
+    drop(more);
+    drop(talker);
+    drop(lazy);
+    wait_metrics(&d, None, "an empty outbound queue", |p| {
+        metric(p, "switchboard_outbound_queue_bytes", &[]) == Some(0.0)
+            && metric(p, "switchboard_clients", &text) == Some(0.0)
+    });
+}
+
+/// The client id a logged-in telnet client was told.
+fn talker_id(c: &Client) -> switchboard::ClientId {
+    c.id.expect("logged in")
 }

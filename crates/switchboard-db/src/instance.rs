@@ -402,7 +402,7 @@ impl Instance {
         for<'c> &'c mut D::Connection: sqlx::Executor<'c, Database = D>,
         for<'q> <D as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, D>,
     {
-        match self.run_once(pool, st, mode).await {
+        match crate::observe::timed(self.name(), self.run_once(pool, st, mode)).await {
             Err(e) if e.is_connection_lost() => {
                 self.inner.lost.fetch_add(1, Ordering::Relaxed);
                 self.suspect_idle(pool);
@@ -414,7 +414,7 @@ impl Instance {
                 tracing::warn!(instance = %self.name(), sql = %st.sql, error = %e,
                     "connection lost during a read; retrying once");
                 self.inner.retried.fetch_add(1, Ordering::Relaxed);
-                self.run_once(pool, st, mode).await
+                crate::observe::timed(self.name(), self.run_once(pool, st, mode)).await
             }
             other => other,
         }

@@ -182,12 +182,15 @@ where
     for<'c> &'c mut D::Connection: sqlx::Executor<'c, Database = D>,
     for<'q> <D as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, D>,
 {
-    match with_timeout(timeout, exec::run::<D>(conn, st, mode)).await {
-        Some(r) => r.map_err(|e| exec::map_err::<D>(name, &st.sql, e)),
-        None => Err(DbError::Timeout {
-            instance: name.to_string(),
-            sql: st.sql.clone(),
-            after: timeout.unwrap_or_default(),
-        }),
-    }
+    crate::observe::timed(name, async {
+        match with_timeout(timeout, exec::run::<D>(conn, st, mode)).await {
+            Some(r) => r.map_err(|e| exec::map_err::<D>(name, &st.sql, e)),
+            None => Err(DbError::Timeout {
+                instance: name.to_string(),
+                sql: st.sql.clone(),
+                after: timeout.unwrap_or_default(),
+            }),
+        }
+    })
+    .await
 }

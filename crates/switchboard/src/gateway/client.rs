@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::outbound::AfterBatch;
 use super::state::{Opening, Outbound, Rejected, Verdict};
 use super::{http, Handshaking, Listener, Shared};
+use crate::metrics::gateway::{self as metrics, CloseReason};
 use crate::protocol::websocket::{self, HttpError, HttpRequest};
 use crate::protocol::{ClientCodec, ClientProtocol, Decoded};
 use crate::transport::{self, ClientStream, ReadHalf, WriteHalf};
@@ -26,11 +27,11 @@ const WRITE_BATCH: usize = 64 << 10;
 /// How long a closing connection may take to flush its last messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves one accepted connection until it ends.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: Arc<Listener>) {
+/// Serves one accepted connection until it ends; `place` counts it against
+/// `max_clients` until it is registered (or gone).
+pub async fn serve(place: Handshaking, tcp: TcpStream, peer: SocketAddr, listener: Arc<Listener>) {
+    let shared = place.0.clone();
     transport::nodelay(&tcp);
-    // Counted against max_clients until registered (or gone).
-    let handshaking = Handshaking::new(&shared.handshaking);
     // The TLS handshake and the WebSocket upgrade together have `handshake_timeout`.
     let deadline = Instant::now() + listener.config.handshake_timeout;
     let stream = match &listener.tls {
@@ -72,7 +73,8 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
             &shared.counters,
         )
     };
-    drop(handshaking);
+    drop(place);
+    metrics::client_connected(&listener.meta.name, protocol);
     tracing::debug!(client = %id, %peer, listener = %listener.meta.name, "client connected");
     run(&shared, id, peer, &listener, rd, wr, buf, out).await;
 }
@@ -104,7 +106,7 @@ async fn upgrade(
             }
         }
         match tokio::time::timeout_at(deadline, rd.read_some(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(n)) if n > 0 => metrics::bytes_in(n),
             Ok(_) => return None,
             Err(_) => {
                 tracing::debug!(%peer, listener = %name, "no complete HTTP request within the handshake timeout; closing");
@@ -178,11 +180,9 @@ async fn upgrade(
     };
     match verdict {
         Verdict::Accepted => {
-            if wr
-                .write_all(&websocket::upgrade_response(&accept))
-                .await
-                .is_err()
-            {
+            let response = websocket::upgrade_response(&accept);
+            metrics::bytes_out(response.len());
+            if wr.write_all(&response).await.is_err() {
                 // Registered and live: the reader finds the connection gone and the
                 // close event follows the connect event.
                 tracing::debug!(client = %id, "client left before the upgrade answer");
@@ -199,6 +199,7 @@ async fn upgrade(
 
 /// Writes a last answer (bounded in time: the client may not read).
 async fn answer(wr: &mut WriteHalf, bytes: bytes::Bytes) {
+    metrics::bytes_out(bytes.len());
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&bytes)).await;
 }
 
@@ -264,7 +265,7 @@ async fn run(
     let mut writer = tokio::spawn(write_loop(wr, out.clone(), protocol));
     // Set once `writer` has completed (a JoinHandle must not be polled again after).
     let mut writer_ended = false;
-    let mut reason = "client closed the connection";
+    let mut reason = CloseReason::ClientClosed;
     // Bytes may already be buffered (after a WebSocket upgrade request).
     let mut fresh = !buf.is_empty();
     'read: loop {
@@ -288,8 +289,8 @@ async fn run(
                                 while !shared.lock().client_can_read(id.connection) {
                                     tokio::select! {
                                         _ = out.drained() => {}
-                                        _ = out.killed() => { reason = "slow consumer"; break 'read; }
-                                        _ = &mut writer => { writer_ended = true; reason = "closed by the server"; break 'read; }
+                                        _ = out.killed() => { reason = CloseReason::SlowConsumer; break 'read; }
+                                        _ = &mut writer => { writer_ended = true; reason = CloseReason::ServerClose; break 'read; }
                                     }
                                 }
                             }
@@ -318,7 +319,7 @@ async fn run(
                         tracing::warn!(client = %id, %peer, listener = %listener.meta.name, error = %e, "closing client: protocol violation");
                         let _ = out.push(protocol.error_message(&e));
                         out.close_quietly();
-                        reason = "protocol violation";
+                        reason = CloseReason::ProtocolError;
                         writer_ended = tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
                             .await
                             .is_ok();
@@ -339,18 +340,26 @@ async fn run(
             }
         }
         tokio::select! {
-            _ = out.killed() => { reason = "slow consumer"; break; }
-            _ = &mut writer => { writer_ended = true; reason = "closed by the server"; break; }
+            _ = out.killed() => { reason = CloseReason::SlowConsumer; break; }
+            _ = &mut writer => { writer_ended = true; reason = CloseReason::ServerClose; break; }
             read = rd.read_some(&mut buf) => match read {
                 Ok(0) => break,
-                Ok(_) => fresh = true,
-                Err(_) => { reason = "read error"; break; }
+                Ok(n) => {
+                    metrics::bytes_in(n);
+                    fresh = true;
+                }
+                Err(_) => break, // a reset: the client is gone
             }
         }
     }
 
     shared.lock().client_closed(id.connection, &shared.counters);
-    tracing::debug!(client = %id, %peer, reason, "client disconnected");
+    if reason == CloseReason::ServerClose {
+        // The heartbeat or a limit says so when it closes a client.
+        reason = out.closed_for().unwrap_or(reason);
+    }
+    metrics::client_disconnected(&listener.meta.name, protocol, reason);
+    tracing::debug!(client = %id, %peer, reason = reason.as_str(), "client disconnected");
     // The writer flushes what is queued, then ends (at once for a client cut off for
     // not reading).
     out.close();
@@ -382,6 +391,7 @@ async fn write_loop(mut wr: WriteHalf, out: Outbound, protocol: ClientProtocol) 
             if wr.write_all(&buf).await.is_err() {
                 return;
             }
+            metrics::bytes_out(buf.len());
             // Idle clients hold no write buffer either.
             buf = BytesMut::new();
         }

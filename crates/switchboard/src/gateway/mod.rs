@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::assets::Assets;
 use crate::config::{Config, GatewayConfig, HeartbeatConfig, ListenerConfig};
 use crate::discovery::{self, GatewayEntry};
+use crate::metrics::gateway as metrics;
 use crate::protocol::{websocket, ClientProtocol};
 use crate::stats;
 use crate::transport::tls::{self, ReloadableCert};
@@ -46,19 +47,21 @@ pub struct Shared {
     handshaking: std::sync::atomic::AtomicUsize,
 }
 
-/// Holds a place among the connections in handshake until dropped.
-struct Handshaking<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Holds a place among the connections not yet registered, from accept until dropped:
+/// taken in the accept loop itself, so that a burst of connections is counted before
+/// any of their tasks has run.
+struct Handshaking(Arc<Shared>);
 
-impl<'a> Handshaking<'a> {
-    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
+impl Handshaking {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.handshaking.fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
     }
 }
 
-impl Drop for Handshaking<'_> {
+impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -347,6 +350,7 @@ async fn accept_clients(
     accept_loop(socket, stop, "client", move |socket, peer| {
         let busy = shared.lock().connected() + shared.handshaking.load(Ordering::Relaxed);
         if busy >= max {
+            metrics::client_refused(&listener.meta.name, metrics::CloseReason::Limit);
             if last_refusal_log.elapsed() > Duration::from_secs(5) {
                 tracing::warn!(%peer, max_clients = max, "refusing client: gateway is full");
                 last_refusal_log = Instant::now();
@@ -354,12 +358,8 @@ async fn accept_clients(
             drop(socket);
             return;
         }
-        tokio::spawn(client::serve(
-            shared.clone(),
-            socket,
-            peer,
-            listener.clone(),
-        ));
+        let place = Handshaking::new(&shared);
+        tokio::spawn(client::serve(place, socket, peer, listener.clone()));
     })
     .await
 }
@@ -425,7 +425,7 @@ async fn heartbeat(shared: Arc<Shared>, listener: Arc<Listener>, stop: Cancellat
             let idle = shared.lock().idle_since(index, cutoff);
             for (client, addr, out) in idle {
                 tracing::info!(%client, %addr, listener = %listener.meta.name, intervals = hb.idle_intervals, "heartbeat: no data from client; closing");
-                out.close();
+                out.close_for(metrics::CloseReason::Heartbeat);
             }
         }
     }
@@ -441,7 +441,12 @@ async fn expire_held(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let log = shared.lock().expire_held(timeout, &shared.counters);
+        let (log, held) = {
+            let mut state = shared.lock();
+            let log = state.expire_held(timeout, &shared.counters);
+            (log, state.held_events())
+        };
+        metrics::events_held(held as u64);
         for line in log {
             tracing::warn!("{line}");
         }

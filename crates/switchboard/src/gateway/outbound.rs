@@ -6,11 +6,13 @@
 //! buffer whenever it drains it), where a channel keeps its first block allocated.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
+
+use crate::metrics::gateway::{self as metrics, CloseReason};
 
 /// What a client's writer takes from the queue.
 #[derive(Debug)]
@@ -62,6 +64,16 @@ struct Inner {
     /// Wakes a reader that stopped reading because the client's event queue was full.
     /// Kept here (one allocation per client for all three) rather than in its own `Arc`.
     drained: Notify,
+    /// Why the server is closing the client (a [`CloseReason`] + 1; 0 for none), for
+    /// the disconnect metric: the reader only sees the writer end.
+    closed_for: AtomicU8,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Bytes never written leave the gateway-wide queue figure with the client.
+        metrics::outbound_written(*self.pending.get_mut());
+    }
 }
 
 /// Both ends of one client's queue (cheap to clone).
@@ -91,6 +103,7 @@ impl Outbound {
                 killed: AtomicBool::new(false),
                 kill_notify: Notify::new(),
                 drained: Notify::new(),
+                closed_for: AtomicU8::new(0),
             }),
         }
     }
@@ -118,7 +131,30 @@ impl Outbound {
         }
         self.items().push_back(Outgoing::Data(data));
         self.inner.notify.notify_one();
+        metrics::outbound_queued(len);
         Push::Queued
+    }
+
+    /// Like [`Outbound::close`], remembering why (the heartbeat, a limit) for the
+    /// disconnect metric.
+    pub fn close_for(&self, reason: CloseReason) {
+        let _ = self.inner.closed_for.compare_exchange(
+            0,
+            reason as u8 + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.close();
+    }
+
+    /// Why the server closed the client, if it said ([`Outbound::close_for`]).
+    pub fn closed_for(&self) -> Option<CloseReason> {
+        CloseReason::from_index(
+            self.inner
+                .closed_for
+                .load(Ordering::Acquire)
+                .checked_sub(1)?,
+        )
     }
 
     /// Asks the writer to close the connection after what is queued, saying goodbye
@@ -174,6 +210,7 @@ impl Outbound {
                     match items.pop_front() {
                         Some(Outgoing::Data(b)) => {
                             self.inner.pending.fetch_sub(b.len(), Ordering::AcqRel);
+                            metrics::outbound_written(b.len());
                             buf.extend_from_slice(&b);
                         }
                         Some(Outgoing::Close { goodbye }) => {

@@ -607,6 +607,11 @@ impl State {
             .count()
     }
 
+    /// Events waiting in client queues (not yet at a worker).
+    pub fn held_events(&self) -> usize {
+        self.clients.values().map(|c| c.queue.len()).sum()
+    }
+
     /// Rejects events that waited longer than `timeout` for a worker. Returns messages
     /// to log.
     pub fn expire_held(&mut self, timeout: Duration, counters: &Counters) -> Vec<String> {
@@ -644,7 +649,7 @@ impl State {
                     }
                     if had_connect {
                         // The application never saw this client connect: start over.
-                        out.close();
+                        out.close_for(crate::metrics::gateway::CloseReason::Limit);
                     }
                 }
                 None => remove.push(*conn),

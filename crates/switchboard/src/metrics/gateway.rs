@@ -13,8 +13,8 @@
 //!
 //! The gateway's existing counters (`events`, `redispatched`, `rejected`,
 //! `slow_consumers`) and its link count are read from its stats file and need no call
-//! (see [`crate::stats::publish_loop`]). Until a gateway calls [`client_connected`],
-//! `switchboard_clients` falls back to the client count of its stats file.
+//! (see [`crate::stats::publish_loop`]). [`set_listeners`] gives each listener its
+//! `switchboard_clients` series from the start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -39,6 +39,20 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    const ALL: [CloseReason; 6] = [
+        CloseReason::ClientClosed,
+        CloseReason::Heartbeat,
+        CloseReason::SlowConsumer,
+        CloseReason::Limit,
+        CloseReason::ProtocolError,
+        CloseReason::ServerClose,
+    ];
+
+    /// The reason whose `as u8` is `i`.
+    pub(crate) fn from_index(i: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(i)).copied()
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -175,18 +189,14 @@ pub(super) fn collect(out: &mut Vec<Series>) {
     }
 }
 
-/// The listeners of this gateway process as configured (name, protocol), for the
-/// `switchboard_clients` fallback; set by the CLI before the gateway runs.
-static LISTENERS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-
-/// Records this process's listeners (the CLI calls it for the gateway role).
+/// Registers this gateway process's listeners, so that each has its
+/// `switchboard_clients` series (0 until a client connects). The CLI calls it for the
+/// gateway role.
 pub fn set_listeners(listeners: &[crate::config::ListenerConfig]) {
-    let _ = LISTENERS.set(
-        listeners
-            .iter()
-            .map(|l| (l.name.clone(), protocol_name(l.protocol)))
-            .collect(),
-    );
+    REPORTS_CLIENTS.store(true, Ordering::Relaxed);
+    for l in listeners {
+        CLIENTS.add(&[&l.name, &protocol_name(l.protocol)], 0);
+    }
 }
 
 /// Series derived from a gateway's stats sample, for what the gateway does not report
@@ -222,14 +232,10 @@ pub(crate) fn from_stats(sample: &crate::stats::Sample, out: &mut Vec<Series>) {
         get("workers") as f64,
     ));
     if !reports_clients() {
-        let listeners = LISTENERS.get().cloned().unwrap_or_default();
-        let (listener, protocol) = match listeners.as_slice() {
-            [(name, protocol)] => (name.clone(), protocol.clone()),
-            _ => ("all".to_string(), "all".to_string()),
-        };
+        // A gateway that registered no listener (not started by the CLI).
         out.push(Series::gauge(
             "switchboard_clients",
-            &[("listener", &listener), ("protocol", &protocol)],
+            &[("listener", "all"), ("protocol", "all")],
             sample.clients as f64,
         ));
     }

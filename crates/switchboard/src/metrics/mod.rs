@@ -39,9 +39,14 @@ use serde::{Deserialize, Serialize};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns recording on or off for this process (config `metrics.enabled`).
+/// Turns recording on or off for this process (config `metrics.enabled`); on, the Db
+/// module reports every statement (`switchboard_db_duration_seconds{instance}`,
+/// `switchboard_db_errors_total{instance}`).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
+    if on {
+        switchboard_db::set_observer(store::db_call);
+    }
 }
 
 /// Whether this process records metrics.

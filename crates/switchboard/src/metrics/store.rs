@@ -99,9 +99,9 @@ impl Store for Instrumented {
 /// Database calls, by instance: recorded by [`db_call`].
 static DB: std::sync::Mutex<Vec<(String, Histogram, Counter)>> = std::sync::Mutex::new(Vec::new());
 
-/// Records one database call of instance `instance` (how long, whether it failed).
-/// Application code that wants its queries in `/metrics` wraps them with
-/// [`crate::statistic`] or calls this; the chat does the former.
+/// Records one database call of instance `instance` (how long, whether it failed);
+/// the Db module calls it for every statement once metrics are on
+/// ([`super::set_enabled`]).
 pub fn db_call(instance: &str, took: Duration, ok: bool) {
     if !super::enabled() {
         return;
