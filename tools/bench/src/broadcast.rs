@@ -1,6 +1,7 @@
 //! `broadcast`: K logged-in clients; S of them (the first S, in child 0) send public
 //! lines `b SEQ MICROS` at a total rate R for T seconds, and every client — senders
-//! included — must receive every line.
+//! included — must receive every line. Browsers are all in one room and send `say`
+//! messages to all with that content.
 //!
 //! A sender ends with `b end COUNT`, so a receiver knows when it has everything; one
 //! that has not within the grace period counts the rest as lost. Deliveries per second
@@ -12,15 +13,14 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{self, Lines};
+use crate::client::{self, Incoming, Writer};
 use crate::deploy::Deployment;
 use crate::procinfo::{self, CpuSample};
 use crate::procs::{self, Children, Share};
+use crate::wire::Protocol;
 use crate::stats::Histogram;
 use crate::{Figures, Job, Load};
 
@@ -46,8 +46,12 @@ pub struct Params {
 
 /// Name prefix of the clients; sender `j` is `b{j}`.
 const PREFIX: &str = "b";
-/// Marker of a broadcast line of this benchmark.
+/// Marker of a broadcast line of this benchmark (telnet).
 const PUBLIC: &[u8] = b" said :b ";
+/// Marker of a broadcast `say` of this benchmark (browser).
+const PUBLIC_JSON: &[u8] = b"\"content\":\"b ";
+/// Where a browser `say` names its sender.
+const SENDER_JSON: &[u8] = b"\"from_client_name\":\"";
 
 /// What one child measured.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -61,6 +65,8 @@ struct Outcome {
     last_delivery_us: u64,
     max_send_lag_us: u64,
     latency: Histogram,
+    /// CPU seconds this child spent from `go` to its result.
+    cpu_s: f64,
 }
 
 /// What one receiving client saw.
@@ -75,29 +81,45 @@ struct Received {
 /// Sends on a fixed schedule until `end`, then the end marker; returns (sent, lag µs)
 /// and the writing half.
 async fn send(
-    writer: OwnedWriteHalf,
+    writer: Writer,
+    protocol: Protocol,
     first_due: Instant,
     per_second: f64,
     end: Instant,
-) -> (u64, u64, OwnedWriteHalf) {
+) -> (u64, u64, Writer) {
     let (seq, max_lag, mut writer) =
         client::send_on_schedule(writer, first_due, per_second, end, |seq| {
-            format!("b {seq} {}\n", client::now_micros())
+            client::say_all(protocol, &format!("b {seq} {}", client::now_micros()))
         })
         .await;
-    let _ = writer.write_all(format!("b end {seq}\n").as_bytes()).await;
+    let _ = writer
+        .send(&client::say_all(protocol, &format!("b end {seq}")))
+        .await;
     (seq, max_lag, writer)
 }
 
-/// The sender number in a line `b{j}[ID] said :…`.
-fn sender_of(line: &[u8]) -> Option<usize> {
+/// The sender number in a line `b{j}[ID] said :…`, or in a browser `say` from `b{j}`.
+fn sender_of(line: &[u8], protocol: Protocol) -> Option<usize> {
+    let line = match protocol {
+        Protocol::Text => line,
+        Protocol::Websocket => client::after(line, SENDER_JSON)?,
+    };
     let rest = line.strip_prefix(PREFIX.as_bytes())?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// Receives until every sender's end marker and all its lines arrived, or `deadline`.
-async fn receive(mut lines: Lines, senders: usize, deadline: Instant) -> Received {
+async fn receive(
+    mut lines: Incoming,
+    protocol: Protocol,
+    senders: usize,
+    deadline: Instant,
+) -> Received {
+    let marker = match protocol {
+        Protocol::Text => PUBLIC,
+        Protocol::Websocket => PUBLIC_JSON,
+    };
     let mut out = Received::default();
     // Per sender: next expected seq, and its total once the end marker came.
     let mut next: HashMap<usize, u64> = HashMap::new();
@@ -110,14 +132,17 @@ async fn receive(mut lines: Lines, senders: usize, deadline: Instant) -> Receive
             Ok(Ok(Some(line))) => line,
             _ => break,
         };
-        let Some(rest) = client::after(line, PUBLIC) else {
+        let Some(rest) = client::after(line, marker) else {
             continue;
         };
-        let Some(sender) = sender_of(line) else {
+        let Some(sender) = sender_of(line, protocol) else {
             continue;
         };
         if let Some(total) = rest.strip_prefix(b"end ") {
-            let total = std::str::from_utf8(total).ok().and_then(|t| t.parse().ok());
+            let digits = total.iter().take_while(|b| b.is_ascii_digit()).count();
+            let total = std::str::from_utf8(&total[..digits])
+                .ok()
+                .and_then(|t| t.parse().ok());
             ends.insert(sender, total.unwrap_or(0));
             continue;
         }
@@ -141,9 +166,11 @@ async fn receive(mut lines: Lines, senders: usize, deadline: Instant) -> Receive
 /// everybody receives.
 pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let (first, count) = share.part(p.clients);
-    let sessions = client::login_all(&share, PREFIX, first, count).await?;
-    procs::report("ready", &serde_json::json!({ "clients": sessions.len() }))?;
+    let logins = client::login_all(&share, PREFIX, first, count).await?;
+    procs::report("ready", &serde_json::json!({ "clients": logins.ids.len() }))?;
     procs::wait_go().await?;
+    let cpu_at_go = procinfo::cpu_seconds(std::process::id());
+    let sessions = logins.sessions().await?;
 
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(p.seconds);
@@ -158,11 +185,17 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         let index = first + offset;
         if index < p.senders {
             let phase = interval.mul_f64(index as f64 / p.senders as f64);
-            senders.spawn(send(session.writer, start + phase, per_sender, end));
+            senders.spawn(send(
+                session.writer,
+                share.protocol,
+                start + phase,
+                per_sender,
+                end,
+            ));
         } else {
             held.push(session.writer);
         }
-        receivers.spawn(receive(session.lines, p.senders, deadline));
+        receivers.spawn(receive(session.lines, share.protocol, p.senders, deadline));
     }
     let mut out = Outcome::default();
     while let Some(joined) = senders.join_next().await {
@@ -180,6 +213,7 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         out.latency.merge(&r.latency);
     }
     out.received = per_client;
+    out.cpu_s = procinfo::cpu_seconds(std::process::id()) - cpu_at_go;
     procs::report("result", &out)?;
     drop(held);
     Ok(())
@@ -198,13 +232,20 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         &Job::Broadcast(p.clone()),
         procs,
         load.sources_for(p.clients),
-        d.addr,
+        d,
     )?;
-    let _: Vec<serde_json::Value> = kids.collect("ready", Duration::from_secs(60)).await?;
+    // Logins are quadratic (each is announced to everybody): 10,000 take minutes.
+    let _: Vec<serde_json::Value> = kids.collect("ready", Duration::from_secs(1800)).await?;
+    // The last logins' announcements drain before the measured phase.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu = CpuSample::start(&[
         ("gateways", d.pids("gateway")),
         ("workers", d.pids("worker")),
         ("loadgen", kids.pids()),
+    ]);
+    let window = CpuSample::start(&[
+        ("gateways", d.pids("gateway")),
+        ("workers", d.pids("worker")),
     ]);
     let go_us = client::now_micros();
     kids.go().await?;
@@ -212,6 +253,8 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     let cpu = cpu.percent();
     let wait = Duration::from_secs_f64(p.grace + 30.0);
     let outcomes: Vec<Outcome> = kids.collect("result", wait).await?;
+    // From go until every line arrived everywhere (or the grace ended).
+    let window = window.seconds();
     kids.wait().await;
 
     let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
@@ -235,6 +278,8 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         .max()
         .unwrap_or(0);
     let reordered: u64 = outcomes.iter().map(|o| o.reordered).sum();
+    let loadgen_s: f64 = outcomes.iter().map(|o| o.cpu_s).sum();
+    let per_delivery = |s: f64| (s * 1e6 / delivered.max(1) as f64 * 1000.0).round() / 1000.0;
     eprintln!("cpu during sending: {}", procinfo::format_cpu(&cpu));
     let ms = |us: u64| us as f64 / 1e3;
     Ok(vec![
@@ -253,5 +298,8 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("cpu_workers_pct", cpu["workers"].round()),
         ("cpu_loadgen_pct", cpu["loadgen"].round()),
         ("cpu_others_pct", cpu["others"].round()),
+        ("gateway_us_per_delivery", per_delivery(window["gateways"])),
+        ("workers_us_per_delivery", per_delivery(window["workers"])),
+        ("loadgen_us_per_delivery", per_delivery(loadgen_s)),
     ])
 }

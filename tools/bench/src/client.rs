@@ -1,5 +1,7 @@
 //! One chat client of the load generator: connects from a chosen loopback source
-//! address, reads lines, logs in.
+//! address (over TLS and WebSocket if the run says so, see [`crate::wire`]), reads
+//! messages, logs in — as a telnet user (`text`: lines) or as a browser (`websocket`:
+//! the browser chat's JSON messages, in room [`ROOM`]).
 //!
 //! Client sockets are spread over source addresses 127.0.1.1, 127.0.1.2, … so that no
 //! single source address runs out of ephemeral ports (about 28,000 per address).
@@ -10,16 +12,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::procs::Share;
+use crate::wire::{self, Conn, Cut, Framing, Protocol, ReadHalf, WriteHalf};
 
-/// The prompt the chat sends on connect.
+/// The prompt the chat sends on connect (to telnet users).
 pub const PROMPT: &str = "type in your name:";
+/// The room the browser clients log in to.
+pub const ROOM: &str = "bench";
 /// How long connecting, or waiting for one expected line, may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -75,47 +79,84 @@ fn no_port_at_bind(socket: &TcpSocket) -> std::io::Result<()> {
     }
 }
 
-/// The reading half of a client, line by line.
-pub struct Lines {
-    reader: BufReader<OwnedReadHalf>,
-    buf: Vec<u8>,
-    /// Whether `buf` holds a whole line already returned (cleared on the next call);
-    /// otherwise it holds the start of a line whose read was cancelled.
-    complete: bool,
+/// Opens client `index`'s connection as the run says: TCP from its source address,
+/// then TLS, then the WebSocket upgrade. Returns the stream and the bytes already read
+/// past the upgrade answer.
+pub async fn open(share: &Share, index: usize) -> anyhow::Result<(Conn, Vec<u8>)> {
+    let tcp = connect(share.addr, source_ip(index, share.sources)).await?;
+    let step = async {
+        let mut conn = wire::secure(tcp, share.tls, share.protocol).await?;
+        let early = match share.protocol {
+            Protocol::Text => Vec::new(),
+            Protocol::Websocket => wire::upgrade(&mut conn, &share.addr.to_string()).await?,
+        };
+        anyhow::Ok((conn, early))
+    };
+    tokio::time::timeout(STEP_TIMEOUT, step)
+        .await
+        .context("TLS handshake or upgrade timed out")?
 }
 
-impl Lines {
-    /// Wraps a read half.
-    pub fn new(read: OwnedReadHalf) -> Self {
+/// The reading half of a client, message by message (lines or WebSocket frames).
+pub struct Incoming {
+    reader: ReadHalf,
+    framing: Framing,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already returned (dropped before the next read).
+    used: usize,
+}
+
+/// Capacity a reading buffer keeps after a large message (a long member list).
+const KEEP: usize = 64 << 10;
+
+impl Incoming {
+    /// Wraps a read half; `early` are bytes already read from it.
+    pub fn new(reader: ReadHalf, framing: Framing, early: Vec<u8>) -> Self {
+        let mut buf = early;
+        buf.reserve(16 << 10);
         Self {
-            reader: BufReader::with_capacity(16 << 10, read),
-            buf: Vec::with_capacity(256),
-            complete: false,
+            reader,
+            framing,
+            buf,
+            used: 0,
         }
     }
 
-    /// The next line without its newline; `None` at end of stream. Cancel-safe: a
-    /// line whose read is cancelled (by a timeout) is completed by the next call.
+    /// The next message (a line without its newline, or a frame's payload); `None` at
+    /// the end of the stream or a close frame. Cancel-safe: a message whose read is
+    /// cancelled (by a timeout) is completed by the next call.
     pub async fn next(&mut self) -> anyhow::Result<Option<&[u8]>> {
-        if self.complete {
-            self.buf.clear();
-            self.complete = false;
+        loop {
+            match self.framing.cut(&self.buf[self.used..])? {
+                Cut::Message { start, end, used } => {
+                    let at = self.used;
+                    self.used += used;
+                    return Ok(Some(&self.buf[at + start..at + end]));
+                }
+                Cut::Skip(n) => self.used += n,
+                Cut::Close => return Ok(None),
+                Cut::More => {
+                    // Drop what was returned, once per read rather than per message.
+                    self.buf.drain(..self.used);
+                    self.used = 0;
+                    if self.buf.capacity() > 4 * KEEP && self.buf.len() < KEEP / 2 {
+                        self.buf.shrink_to(KEEP);
+                    }
+                    if self.buf.capacity() - self.buf.len() < 4 << 10 {
+                        self.buf.reserve(16 << 10);
+                    }
+                    if self.reader.read_buf(&mut self.buf).await? == 0 {
+                        return Ok(None);
+                    }
+                }
+            }
         }
-        if self.reader.read_until(b'\n', &mut self.buf).await? == 0 {
-            return Ok(None);
-        }
-        self.complete = true;
-        let mut line = self.buf.as_slice();
-        while let [rest @ .., b'\n' | b'\r'] = line {
-            line = rest;
-        }
-        Ok(Some(line))
     }
 
-    /// The next line, which must arrive within [`STEP_TIMEOUT`].
-    pub async fn expect_line(&mut self) -> anyhow::Result<String> {
+    /// The next message, which must arrive within [`STEP_TIMEOUT`].
+    pub async fn expect(&mut self) -> anyhow::Result<String> {
         match tokio::time::timeout(STEP_TIMEOUT, self.next()).await {
-            Err(_) => bail!("no line within {STEP_TIMEOUT:?}"),
+            Err(_) => bail!("no message within {STEP_TIMEOUT:?}"),
             Ok(Ok(None)) => bail!("connection closed"),
             Ok(Ok(Some(l))) => Ok(String::from_utf8_lossy(l).into_owned()),
             Ok(Err(e)) => Err(e),
@@ -123,93 +164,238 @@ impl Lines {
     }
 }
 
+/// The writing half of a client: frames each message as its protocol wants.
+pub struct Writer {
+    half: WriteHalf,
+    framing: Framing,
+    buf: Vec<u8>,
+    mask: u32,
+}
+
+impl Writer {
+    /// Wraps a write half.
+    pub fn new(half: WriteHalf, framing: Framing, seed: u32) -> Self {
+        Self {
+            half,
+            framing,
+            buf: Vec::new(),
+            mask: seed | 1,
+        }
+    }
+
+    /// Sends one message (a line, or a WebSocket text frame).
+    pub async fn send(&mut self, message: &str) -> std::io::Result<()> {
+        self.buf.clear();
+        let mask = wire::next_mask(&mut self.mask);
+        self.framing.encode(message.as_bytes(), mask, &mut self.buf);
+        self.half.write_all(&self.buf).await?;
+        // A TLS stream may keep records until flushed; TCP's flush does nothing.
+        self.half.flush().await
+    }
+}
+
 /// A logged-in client: its id, and both halves of its connection.
 pub struct Session {
     /// The client_id the chat assigned.
     pub id: String,
-    /// Lines from the server (the welcome already read).
-    pub lines: Lines,
+    /// Messages from the server (the welcome already read).
+    pub lines: Incoming,
     /// Writing half.
-    pub writer: OwnedWriteHalf,
+    pub writer: Writer,
 }
 
-/// Connects, answers the name prompt with `name` and reads the welcome.
-pub async fn login(addr: SocketAddr, source: IpAddr, name: &str) -> anyhow::Result<Session> {
-    let stream = connect(addr, source).await?;
-    let (read, mut writer) = stream.into_split();
-    let mut lines = Lines::new(read);
-    // Lines sent to everybody (other clients' logins) may come before the prompt.
-    while lines.expect_line().await? != PROMPT {}
-    writer.write_all(format!("{name}\n").as_bytes()).await?;
-    // Other clients' `come` lines may arrive before the welcome.
-    let id = loop {
-        let line = lines.expect_line().await?;
-        if let Some(rest) = line.strip_prefix(&format!("Hello {name}[")) {
-            break rest
-                .split_once(']')
-                .map(|(id, _)| id.to_string())
-                .context("client id in the welcome")?;
+/// The text of a field `"key":"…"` in a JSON message (no escapes in it: ids, names).
+pub fn json_str<'a>(message: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let pattern = format!("\"{key}\":\"");
+    let at = memchr::memmem::find(message, pattern.as_bytes())? + pattern.len();
+    let rest = &message[at..];
+    Some(&rest[..memchr::memchr(b'"', rest)?])
+}
+
+/// Connects client `index` and logs it in as `name`: a telnet user answers the name
+/// prompt and reads the welcome; a browser sends a `login` to [`ROOM`] and reads its
+/// own `login` (the one with the member list).
+pub async fn login(share: &Share, index: usize, name: &str) -> anyhow::Result<Session> {
+    let (conn, early) = open(share, index).await?;
+    let (read, write) = conn.split();
+    let framing = Framing::from(share.protocol);
+    let mut lines = Incoming::new(read, framing, early);
+    let mut writer = Writer::new(write, framing, index as u32 ^ 0x9e37_79b9);
+    let id = match share.protocol {
+        Protocol::Text => {
+            // Lines sent to everybody (other clients' logins) may come before the prompt.
+            while lines.expect().await? != PROMPT {}
+            writer.send(name).await?;
+            // Other clients' `come` lines may arrive before the welcome.
+            loop {
+                let line = lines.expect().await?;
+                if let Some(rest) = line.strip_prefix(&format!("Hello {name}[")) {
+                    break rest
+                        .split_once(']')
+                        .map(|(id, _)| id.to_string())
+                        .context("client id in the welcome")?;
+                }
+            }
+        }
+        Protocol::Websocket => {
+            writer
+                .send(&format!(
+                    r#"{{"type":"login","client_name":"{name}","room_id":"{ROOM}"}}"#
+                ))
+                .await?;
+            let mine = format!(r#""client_name":"{name}""#);
+            loop {
+                let m = tokio::time::timeout(STEP_TIMEOUT, lines.next())
+                    .await
+                    .context("no login answer in time")??
+                    .context("closed before the login answer")?;
+                // The history is off unless --history: its error 105 is expected.
+                if json_str(m, "type") == Some(b"error")
+                    && memchr::memmem::find(m, b"\"code\":105").is_none()
+                {
+                    bail!("login refused: {}", String::from_utf8_lossy(m));
+                }
+                let has = |p: &[u8]| memchr::memmem::find(m, p).is_some();
+                if has(b"\"client_list\"") && has(mine.as_bytes()) {
+                    let id = json_str(m, "client_id").context("client_id in the login")?;
+                    break String::from_utf8_lossy(id).into_owned();
+                }
+            }
         }
     };
     Ok(Session { id, lines, writer })
 }
 
-/// Logs in `count` clients with global indices from `first`, 64 at a time.
+/// Clients logged in and reading (so that the room's traffic does not pile up at the
+/// gateway for them) until [`Logins::sessions`] stops them.
+pub struct Logins {
+    /// Client ids, by position in this share.
+    pub ids: Vec<String>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<(usize, anyhow::Result<Session>)>,
+}
+
+impl Logins {
+    /// Stops the reading and hands over the sessions, in order.
+    pub async fn sessions(mut self) -> anyhow::Result<Vec<Session>> {
+        let _ = self.stop.send(true);
+        let mut sessions = Vec::with_capacity(self.ids.len());
+        while let Some(joined) = self.tasks.join_next().await {
+            let (offset, session) = joined?;
+            sessions.push((offset, session?));
+        }
+        sessions.sort_by_key(|(i, _)| *i);
+        Ok(sessions.into_iter().map(|(_, s)| s).collect())
+    }
+}
+
+/// Logs in `count` clients with global indices from `first`, 64 at a time; returns
+/// once all are in, while each keeps reading and dropping what it hears (other
+/// clients' logins, which a browser room sends to everybody) until
+/// [`Logins::sessions`].
 pub async fn login_all(
     share: &Share,
     prefix: &str,
     first: usize,
     count: usize,
-) -> anyhow::Result<Vec<Session>> {
+) -> anyhow::Result<Logins> {
     let permits = Arc::new(Semaphore::new(64));
+    let (stop, stopped) = watch::channel(false);
+    let (done_tx, mut done) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
-    for index in first..first + count {
+    for offset in 0..count {
         let permit = permits.clone().acquire_owned().await?;
         let share = *share;
+        let index = first + offset;
         let name = format!("{prefix}{index}");
+        let (done_tx, mut stopped) = (done_tx.clone(), stopped.clone());
         tasks.spawn(async move {
-            let s = login(share.addr, source_ip(index, share.sources), &name).await;
+            let result = login(&share, index, &name).await;
             drop(permit);
-            (index, s)
+            let mut session = match result {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = done_tx.send((offset, Err(format!("{e:#}"))));
+                    return (offset, Err(e));
+                }
+            };
+            let _ = done_tx.send((offset, Ok(session.id.clone())));
+            loop {
+                tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => break,
+                    m = session.lines.next() => match m {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return (offset, Err(anyhow::anyhow!("closed after login"))),
+                        Err(e) => return (offset, Err(e)),
+                    },
+                }
+            }
+            (offset, Ok(session))
         });
     }
-    let mut sessions = Vec::with_capacity(count);
-    while let Some(joined) = tasks.join_next().await {
-        let (index, session) = joined?;
-        match session {
-            Ok(s) => sessions.push((index, s)),
-            Err(e) => bail!("login of client {index} failed: {e:#}"),
+    drop(done_tx);
+    let mut ids = vec![String::new(); count];
+    for _ in 0..count {
+        match done.recv().await {
+            Some((offset, Ok(id))) => ids[offset] = id,
+            Some((offset, Err(e))) => bail!("login of client {} failed: {e}", first + offset),
+            None => bail!("a login task ended without a word"),
         }
     }
-    sessions.sort_by_key(|(i, _)| *i);
-    Ok(sessions.into_iter().map(|(_, s)| s).collect())
+    Ok(Logins { ids, stop, tasks })
 }
 
-/// The text after `marker` in `line`, if `line` contains it.
-pub fn after<'a>(line: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {
-    line.windows(marker.len())
-        .position(|w| w == marker)
-        .map(|i| &line[i + marker.len()..])
+/// The text after `marker` in `message`, if it contains it.
+pub fn after<'a>(message: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {
+    memchr::memmem::find(message, marker).map(|i| &message[i + marker.len()..])
 }
 
-/// Parses `SEQ MICROS` (two decimal numbers separated by a space).
+/// Parses `SEQ MICROS` (two decimal numbers separated by a space; whatever follows the
+/// second, such as a JSON string's closing quote, is ignored).
 pub fn parse_seq_time(text: &[u8]) -> Option<(u64, u64)> {
-    let text = std::str::from_utf8(text).ok()?;
-    let (seq, at) = text.split_once(' ')?;
-    Some((seq.parse().ok()?, at.trim().parse().ok()?))
+    let number = |t: &[u8]| -> Option<(u64, usize)> {
+        let digits = t.iter().take_while(|b| b.is_ascii_digit()).count();
+        let n = std::str::from_utf8(&t[..digits]).ok()?.parse().ok()?;
+        Some((n, digits))
+    };
+    let (seq, n) = number(text)?;
+    let rest = text.get(n..)?.strip_prefix(b" ")?;
+    let (at, _) = number(rest)?;
+    Some((seq, at))
 }
 
-/// Sends one line per `1 / per_second` seconds from `first_due` until `end`, on a fixed
-/// open-loop schedule; `line(seq)` makes each line (with its newline). Returns the lines
-/// sent, the worst lateness against the schedule in µs, and the writing half (dropping
-/// it would half-close the connection, which the gateway takes for a departing client).
+/// A public line to the client's room: `text` as a telnet line, or a browser `say` to
+/// all.
+pub fn say_all(protocol: Protocol, text: &str) -> String {
+    match protocol {
+        Protocol::Text => text.to_owned(),
+        Protocol::Websocket => format!(
+            r#"{{"type":"say","to_client_id":"all","to_client_name":"all","content":"{text}"}}"#
+        ),
+    }
+}
+
+/// A private line to client `to`: `TO:text`, or a browser `say` to that client.
+pub fn say_to(protocol: Protocol, to: &str, text: &str) -> String {
+    match protocol {
+        Protocol::Text => format!("{to}:{text}"),
+        Protocol::Websocket => format!(
+            r#"{{"type":"say","to_client_id":"{to}","to_client_name":"","content":"{text}"}}"#
+        ),
+    }
+}
+
+/// Sends one message per `1 / per_second` seconds from `first_due` until `end`, on a
+/// fixed open-loop schedule; `message(seq)` makes each. Returns the messages sent, the
+/// worst lateness against the schedule in µs, and the writer (dropping it would
+/// half-close the connection, which the gateway takes for a departing client).
 pub async fn send_on_schedule(
-    mut writer: OwnedWriteHalf,
+    mut writer: Writer,
     first_due: tokio::time::Instant,
     per_second: f64,
     end: tokio::time::Instant,
-    line: impl Fn(u64) -> String,
-) -> (u64, u64, OwnedWriteHalf) {
+    message: impl Fn(u64) -> String,
+) -> (u64, u64, Writer) {
     let (mut seq, mut max_lag) = (0u64, 0u64);
     loop {
         // A division, not seq × (1 / rate): 3000 / 300.0 is exactly 10 s.
@@ -219,7 +405,7 @@ pub async fn send_on_schedule(
         }
         tokio::time::sleep_until(due).await;
         max_lag = max_lag.max(due.elapsed().as_micros() as u64);
-        if writer.write_all(line(seq).as_bytes()).await.is_err() {
+        if writer.send(&message(seq)).await.is_err() {
             break;
         }
         seq += 1;
@@ -238,6 +424,11 @@ mod tests {
         assert_eq!(parse_seq_time(rest), Some((12, 1_700_000_000_000_000)));
         assert_eq!(after(line, b" said :b "), None);
         assert_eq!(parse_seq_time(b"x 1"), None);
+        let json = br#"{"content":"<b>privately to you: </b>p 7 1700000000000001","time":"x"}"#;
+        let rest = after(json, b"privately to you: </b>p ").unwrap();
+        assert_eq!(parse_seq_time(rest), Some((7, 1_700_000_000_000_001)));
+        assert_eq!(json_str(json, "time"), Some(&b"x"[..]));
+        assert_eq!(json_str(json, "nope"), None);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `connect`: N idle clients — connected and prompted for a name, never logged in (a
-//! login is announced to everybody, which is quadratic) — held for a while.
+//! login is announced to everybody, which is quadratic) — held for a while. A
+//! WebSocket client is connected once its upgrade is answered `101` (which proves a
+//! worker ran the upgrade hook); the browser chat sends nothing more before a login.
 //!
 //! Figures: clients connected and failed, connect rate, connect latency (until the
-//! prompt arrives, which proves a worker saw the client), the gateways' resident memory
-//! (sum of `VmRSS`) in total and per client, and how many clients were still connected
-//! at the end of the hold.
+//! prompt or the `101` arrives), the gateways' resident memory (sum of `VmRSS`) in
+//! total and per client, how many clients were still connected at the end of the
+//! hold, and the CPU time the gateways, workers and the generator spent per connect.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,13 +15,14 @@ use anyhow::bail;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::client::{self, PROMPT, STEP_TIMEOUT};
 use crate::deploy::Deployment;
+use crate::procinfo::CpuSample;
 use crate::procs::{self, Children, Share};
+use crate::wire::{Conn, Protocol};
 use crate::stats::Histogram;
 use crate::{Figures, Job, Load};
 
@@ -57,9 +60,12 @@ struct Done {
 /// Most error messages a child passes on.
 const MAX_ERRORS: usize = 3;
 
-/// Connects one client and reads the name prompt.
-async fn open_idle(share: &Share, index: usize) -> anyhow::Result<TcpStream> {
-    let mut stream = client::connect(share.addr, client::source_ip(index, share.sources)).await?;
+/// Connects one client and reads the name prompt (text) or the upgrade's answer.
+async fn open_idle(share: &Share, index: usize) -> anyhow::Result<Conn> {
+    let (mut stream, _) = client::open(share, index).await?;
+    if share.protocol == Protocol::Websocket {
+        return Ok(stream);
+    }
     // A small buffer of our own: 100,000 buffered readers would cost the load
     // generator more memory than the gateways.
     // Lines sent to everybody may come first (not in this scenario, but in a shared
@@ -80,16 +86,6 @@ async fn open_idle(share: &Share, index: usize) -> anyhow::Result<TcpStream> {
         got.drain(..keep);
     }
     Ok(stream)
-}
-
-/// Whether the server still holds the connection (no EOF, no error).
-fn alive(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    match stream.try_read(&mut byte) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-    }
 }
 
 /// Child side: opens this share of the clients, reports, holds until `go`, checks.
@@ -134,7 +130,10 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     ready.ended_us = client::now_micros();
     procs::report("ready", &ready)?;
     procs::wait_go().await?;
-    let alive = streams.iter().filter(|s| alive(s)).count() as u64;
+    let mut alive = 0;
+    for s in &mut streams {
+        alive += u64::from(s.alive().await);
+    }
     procs::report("result", &Done { alive })
 }
 
@@ -149,9 +148,15 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         &Job::Connect(p.clone()),
         load.procs,
         load.sources_for(p.clients),
-        d.addr,
+        d,
     )?;
+    let cpu = CpuSample::start(&[
+        ("gateways", d.pids("gateway")),
+        ("workers", d.pids("worker")),
+        ("loadgen", kids.pids()),
+    ]);
     let ready: Vec<Ready> = kids.collect("ready", Duration::from_secs(120)).await?;
+    let cpu = cpu.seconds();
     let connected: u64 = ready.iter().map(|r| r.connected).sum();
     let failed: u64 = ready.iter().map(|r| r.failed).sum();
     for e in ready.iter().flat_map(|r| &r.errors) {
@@ -176,6 +181,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     kids.wait().await;
     let alive: u64 = done.iter().map(|d| d.alive).sum();
     let per = |bytes: u64| bytes as f64 / connected.max(1) as f64;
+    let us_per = |group: &str| (cpu[group] * 1e6 / connected.max(1) as f64).round();
     Ok(vec![
         ("clients", connected as f64),
         ("failed", failed as f64),
@@ -190,5 +196,8 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
             "added_bytes_per_client",
             per(rss.saturating_sub(baseline)).round(),
         ),
+        ("gateway_us_per_connect", us_per("gateways")),
+        ("workers_us_per_connect", us_per("workers")),
+        ("loadgen_us_per_connect", us_per("loadgen")),
     ])
 }

@@ -16,6 +16,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::wire::Protocol;
+
 /// How long a started deployment may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the supervisor may take to stop after SIGTERM before it is killed.
@@ -49,6 +51,14 @@ pub struct Target {
     /// Client port of a started deployment (0: a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// The clients' protocol: `text` (telnet users) or `websocket` (browsers speaking
+    /// the browser chat's JSON). A started deployment gets one listener of it.
+    #[arg(long, value_enum, default_value_t = Protocol::Text)]
+    pub protocol: Protocol,
+    /// Connect over TLS. A started deployment's listener gets a certificate made for
+    /// the run (an ECDSA P-256 leaf for IP 127.0.0.1, signed by a CA made with it).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// One process the supervisor started.
@@ -77,6 +87,10 @@ struct ProcessStats {
 pub struct Deployment {
     /// Client address.
     pub addr: SocketAddr,
+    /// The clients' protocol.
+    pub protocol: Protocol,
+    /// Whether clients connect over TLS.
+    pub tls: bool,
     data_dir: Option<PathBuf>,
     /// The temporary directory and supervisor of a deployment this tool started.
     started: Option<(PathBuf, Child)>,
@@ -88,6 +102,8 @@ impl Deployment {
         if let Some(addr) = target.addr {
             return Ok(Self {
                 addr,
+                protocol: target.protocol,
+                tls: target.tls,
                 data_dir: target.data_dir.clone(),
                 started: None,
             });
@@ -116,8 +132,16 @@ impl Deployment {
             crate::client::now_micros()
         ));
         std::fs::create_dir_all(&dir)?;
+        let tls = if target.tls {
+            Some(write_certificate(&dir)?)
+        } else {
+            None
+        };
         let config = dir.join("chat.toml");
-        std::fs::write(&config, config_text(target, &dir.join("data"), port))?;
+        std::fs::write(
+            &config,
+            config_text(target, &dir.join("data"), port, tls.as_ref()),
+        )?;
         let log = std::fs::File::create(dir.join("chat.log"))?;
         let mut cmd = Command::new(&chat);
         cmd.arg("--config")
@@ -139,6 +163,8 @@ impl Deployment {
             .with_context(|| format!("start {}", chat.display()))?;
         let deployment = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            protocol: target.protocol,
+            tls: target.tls,
             data_dir: Some(dir.join("data")),
             started: Some((dir, child)),
         };
@@ -269,7 +295,46 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn config_text(target: &Target, data: &Path, port: u16) -> String {
+/// Makes a CA and a leaf for `IP:127.0.0.1` signed by it (as the testkit's tests do);
+/// writes the leaf's certificate and key into `dir` and returns their paths.
+fn write_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "switchboard bench CA");
+    let ca_key = KeyPair::generate()?;
+    ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "switchboard bench");
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &issuer)?;
+    let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
+
+fn config_text(
+    target: &Target,
+    data: &Path,
+    port: u16,
+    tls: Option<&(PathBuf, PathBuf)>,
+) -> String {
+    let name = match target.protocol {
+        Protocol::Text => "telnet",
+        Protocol::Websocket => "browser",
+    };
+    let tls = match tls {
+        Some((cert, key)) => format!(
+            "tls = {{ cert = {:?}, key = {:?} }}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        None => String::new(),
+    };
     let history = if target.history {
         "[db.instances.history]\ndriver = \"sqlite\"\npath = \"history.sqlite\"\n"
     } else {
@@ -290,10 +355,10 @@ count = {gateways}
 max_clients = {max_clients}
 
 [[gateway.listeners]]
-name = "telnet"
+name = "{name}"
 listen = "127.0.0.1:{port}"
-protocol = "text"
-
+protocol = "{protocol}"
+{tls}
 [gateway.heartbeat]
 interval = "25s"
 idle_intervals = 0
@@ -314,5 +379,6 @@ listen = "127.0.0.1:0"
         gateways = target.gateways,
         workers = target.workers,
         max_clients = target.max_clients,
+        protocol = target.protocol.config_name(),
     )
 }

@@ -1,8 +1,11 @@
 //! `bench`: load generator for the Switchboard chat demo (`apps/chat`).
 //!
 //! Scenarios: `connect` (idle clients: connect rate, gateway memory per client),
-//! `private` (pairs sending `ID:words` at a target rate: latency, loss) and `broadcast`
-//! (a few senders, every client receives every line: deliveries/s, latency, loss).
+//! `private` (pairs sending `ID:words` at a target rate: latency, loss), `broadcast`
+//! (a few senders, every client receives every line: deliveries/s, latency, loss) and
+//! `handshake` (connections opened and closed: connections per second, CPU per
+//! connection). Clients are telnet users or, with `--protocol websocket`, browsers of
+//! the browser chat; `--tls` puts either over TLS.
 //!
 //! Each run starts its own deployment (a temporary config, the release `chat` binary)
 //! unless `--addr` names a running one, spreads the clients over `--procs` child
@@ -18,10 +21,12 @@ mod broadcast;
 mod client;
 mod connect;
 mod deploy;
+mod handshake;
 mod private;
 mod procinfo;
 mod procs;
 mod stats;
+mod wire;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -65,6 +70,17 @@ enum Command {
     Broadcast {
         #[command(flatten)]
         params: broadcast::Params,
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Connections opened and closed as fast as the server takes them (TCP, TLS with
+    /// `--tls`, the WebSocket upgrade or the name prompt): connections per second and
+    /// CPU per connection.
+    Handshake {
+        #[command(flatten)]
+        params: handshake::Params,
         #[command(flatten)]
         load: Load,
         #[command(flatten)]
@@ -116,6 +132,7 @@ pub enum Job {
     Connect(connect::Params),
     Private(private::Params),
     Broadcast(broadcast::Params),
+    Handshake(handshake::Params),
 }
 
 /// The figures of one run, by name, in report order.
@@ -146,6 +163,11 @@ fn main() -> anyhow::Result<()> {
             load,
             target,
         } => runtime.block_on(run(Job::Broadcast(params), &load, &target)),
+        Command::Handshake {
+            params,
+            load,
+            target,
+        } => runtime.block_on(run(Job::Handshake(params), &load, &target)),
         Command::Child { spec } => {
             let spec: ChildSpec = serde_json::from_str(&spec).context("child spec")?;
             runtime.block_on(async move {
@@ -153,6 +175,7 @@ fn main() -> anyhow::Result<()> {
                     Job::Connect(p) => connect::child(p, spec.share).await,
                     Job::Private(p) => private::child(p, spec.share).await,
                     Job::Broadcast(p) => broadcast::child(p, spec.share).await,
+                    Job::Handshake(p) => handshake::child(p, spec.share).await,
                 }
             })
         }
@@ -169,6 +192,7 @@ async fn run(job: Job, load: &Load, target: &Target) -> anyhow::Result<()> {
             Job::Connect(p) => connect::parent(p, load, &deployment).await,
             Job::Private(p) => private::parent(p, load, &deployment).await,
             Job::Broadcast(p) => broadcast::parent(p, load, &deployment).await,
+            Job::Handshake(p) => handshake::parent(p, load, &deployment).await,
         };
         let figures = match figures {
             Ok(f) => f,

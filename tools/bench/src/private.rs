@@ -1,5 +1,6 @@
 //! `private`: M logged-in clients in pairs, each sending `PEER_ID:p SEQ MICROS` to its
-//! partner, at a total rate R for T seconds.
+//! partner (a browser: a private `say` with content `p SEQ MICROS`), at a total rate R
+//! for T seconds.
 //!
 //! Sending is open-loop: every client has a fixed schedule (it does not wait for
 //! answers), so a slow server shows up as latency, not as a lower offered rate. The
@@ -14,14 +15,14 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{self, Lines};
+use crate::client::{self, Incoming, Writer};
 use crate::deploy::Deployment;
 use crate::procinfo::{self, CpuSample};
 use crate::procs::{self, Children, Share};
+use crate::wire::Protocol;
 use crate::stats::Histogram;
 use crate::{Figures, Job, Load};
 
@@ -51,31 +52,42 @@ struct Outcome {
     /// Worst lateness of a send against its schedule (the generator keeping up).
     max_send_lag_us: u64,
     latency: Histogram,
+    /// CPU seconds this child spent from `go` to its result.
+    cpu_s: f64,
 }
 
-/// Marker of a private line at its recipient.
+/// Marker of a private line at its recipient (telnet).
 const RECEIVED: &[u8] = b" said to You :p ";
+/// Marker of a private `say` at its recipient (browser; the sender's own copy says
+/// `privately to NAME`).
+const RECEIVED_JSON: &[u8] = b"privately to you: </b>p ";
 /// What the chat answers when the recipient is unknown.
 const NOT_ONLINE: &[u8] = b"is not online";
 
-/// Sends `to:p SEQ MICROS` lines on a fixed schedule until `end`; returns (sent, worst
-/// lag in µs) and the writing half.
+/// Sends `p SEQ MICROS` privately to `to` on a fixed schedule until `end`; returns
+/// (sent, worst lag in µs) and the writer.
 async fn send(
-    writer: OwnedWriteHalf,
+    writer: Writer,
+    protocol: Protocol,
     to: String,
     first_due: Instant,
     per_second: f64,
     end: Instant,
-) -> (u64, u64, OwnedWriteHalf) {
+) -> (u64, u64, Writer) {
     client::send_on_schedule(writer, first_due, per_second, end, |seq| {
-        format!("{to}:p {seq} {}\n", client::now_micros())
+        client::say_to(protocol, &to, &format!("p {seq} {}", client::now_micros()))
     })
     .await
 }
 
 /// Receives until `expected` (set by the partner's sender when it is done) is reached,
 /// or `deadline`.
-async fn receive(mut lines: Lines, expected: Arc<AtomicU64>, deadline: Instant) -> Outcome {
+async fn receive(
+    mut lines: Incoming,
+    marker: &'static [u8],
+    expected: Arc<AtomicU64>,
+    deadline: Instant,
+) -> Outcome {
     let mut out = Outcome::default();
     let recheck = Duration::from_millis(50);
     while out.received < expected.load(Ordering::Acquire) {
@@ -89,7 +101,7 @@ async fn receive(mut lines: Lines, expected: Arc<AtomicU64>, deadline: Instant) 
             Ok(Ok(Some(line))) => line,
             Ok(_) => break,
         };
-        if let Some(rest) = client::after(line, RECEIVED) {
+        if let Some(rest) = client::after(line, marker) {
             if let Some((_, at)) = client::parse_seq_time(rest) {
                 out.received += 1;
                 out.latency.record(client::now_micros().saturating_sub(at));
@@ -105,9 +117,15 @@ async fn receive(mut lines: Lines, expected: Arc<AtomicU64>, deadline: Instant) 
 pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let (first_pair, pairs) = share.part(p.clients / 2);
     let first = first_pair * 2;
-    let sessions = client::login_all(&share, "p", first, pairs * 2).await?;
-    procs::report("ready", &serde_json::json!({ "clients": sessions.len() }))?;
+    let logins = client::login_all(&share, "p", first, pairs * 2).await?;
+    procs::report("ready", &serde_json::json!({ "clients": logins.ids.len() }))?;
     procs::wait_go().await?;
+    let cpu_at_go = procinfo::cpu_seconds(std::process::id());
+    let sessions = logins.sessions().await?;
+    let marker = match share.protocol {
+        Protocol::Text => RECEIVED,
+        Protocol::Websocket => RECEIVED_JSON,
+    };
 
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(p.seconds);
@@ -127,12 +145,24 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         let phase = interval.mul_f64((first + i) as f64 / p.clients as f64);
         let (to, partner_expects) = (ids[partner].clone(), expected[partner].clone());
         senders.spawn(async move {
-            let (sent, lag, writer) =
-                send(session.writer, to, start + phase, per_client, end).await;
+            let (sent, lag, writer) = send(
+                session.writer,
+                share.protocol,
+                to,
+                start + phase,
+                per_client,
+                end,
+            )
+            .await;
             partner_expects.store(sent, Ordering::Release);
             (sent, lag, writer)
         });
-        receivers.spawn(receive(session.lines, expected[i].clone(), deadline));
+        receivers.spawn(receive(
+            session.lines,
+            marker,
+            expected[i].clone(),
+            deadline,
+        ));
     }
     let mut total = Outcome::default();
     // Writing halves stay open until the result is out.
@@ -149,6 +179,7 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         total.not_online += o.not_online;
         total.latency.merge(&o.latency);
     }
+    total.cpu_s = procinfo::cpu_seconds(std::process::id()) - cpu_at_go;
     procs::report("result", &total)?;
     drop(held);
     Ok(())
@@ -164,7 +195,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         &Job::Private(p.clone()),
         procs,
         load.sources_for(p.clients),
-        d.addr,
+        d,
     )?;
     let _: Vec<serde_json::Value> = kids.collect("ready", Duration::from_secs(60)).await?;
     let cpu = CpuSample::start(&[
@@ -172,11 +203,18 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("workers", d.pids("worker")),
         ("loadgen", kids.pids()),
     ]);
+    let window = CpuSample::start(&[
+        ("gateways", d.pids("gateway")),
+        ("workers", d.pids("worker")),
+    ]);
     kids.go().await?;
     tokio::time::sleep(Duration::from_secs_f64(p.seconds)).await;
     let cpu = cpu.percent();
     let wait = Duration::from_secs_f64(p.grace + 30.0);
     let outcomes: Vec<Outcome> = kids.collect("result", wait).await?;
+    // From go until every message arrived (or the grace ended): a backlog's work
+    // counts too.
+    let window = window.seconds();
     kids.wait().await;
     let mut total = Outcome::default();
     for o in &outcomes {
@@ -185,8 +223,10 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         total.not_online += o.not_online;
         total.max_send_lag_us = total.max_send_lag_us.max(o.max_send_lag_us);
         total.latency.merge(&o.latency);
+        total.cpu_s += o.cpu_s;
     }
     eprintln!("cpu during sending: {}", procinfo::format_cpu(&cpu));
+    let per_msg = |s: f64| (s * 1e6 / total.sent.max(1) as f64 * 100.0).round() / 100.0;
     let ms = |us: u64| us as f64 / 1e3;
     Ok(vec![
         ("sent", total.sent as f64),
@@ -206,5 +246,8 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("cpu_workers_pct", cpu["workers"].round()),
         ("cpu_loadgen_pct", cpu["loadgen"].round()),
         ("cpu_others_pct", cpu["others"].round()),
+        ("gateway_us_per_msg", per_msg(window["gateways"])),
+        ("workers_us_per_msg", per_msg(window["workers"])),
+        ("loadgen_us_per_msg", per_msg(total.cpu_s)),
     ])
 }

@@ -79,6 +79,21 @@ impl CpuSample {
         }
     }
 
+    /// CPU time (user + system) every group spent since `start`, in seconds, with
+    /// `wall`: the seconds since `start`.
+    pub fn seconds(&self) -> BTreeMap<String, f64> {
+        let mut out: BTreeMap<String, f64> = self
+            .groups
+            .iter()
+            .map(|(name, (pids, before))| {
+                let now: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+                (name.clone(), (now - before).max(0.0))
+            })
+            .collect();
+        out.insert("wall".into(), self.at.elapsed().as_secs_f64());
+        out
+    }
+
     /// CPU use of every group since `start`, in percent of one core, with `machine`
     /// (every process of the machine) and `others` (the machine minus the groups: other
     /// people's work on a shared machine).

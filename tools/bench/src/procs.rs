@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::deploy::Deployment;
+use crate::wire::Protocol;
+
 /// Which part of the load one child process generates.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Share {
@@ -26,6 +29,10 @@ pub struct Share {
     pub sources: usize,
     /// The deployment's client address.
     pub addr: SocketAddr,
+    /// The clients' protocol.
+    pub protocol: Protocol,
+    /// Whether the clients connect over TLS.
+    pub tls: bool,
 }
 
 impl Share {
@@ -45,12 +52,13 @@ pub struct Children {
 }
 
 impl Children {
-    /// Starts `procs` children, each with the scenario `job` and its [`Share`].
+    /// Starts `procs` children, each with the scenario `job` and its [`Share`] of the
+    /// load on deployment `d`.
     pub fn spawn<J: Serialize>(
         job: &J,
         procs: usize,
         sources: usize,
-        addr: SocketAddr,
+        d: &Deployment,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut kids = Vec::with_capacity(procs);
@@ -59,7 +67,9 @@ impl Children {
                 index,
                 procs,
                 sources,
-                addr,
+                addr: d.addr,
+                protocol: d.protocol,
+                tls: d.tls,
             };
             let spec = serde_json::json!({ "share": share, "job": job });
             let mut child = Command::new(&exe)
@@ -162,6 +172,8 @@ mod tests {
                     procs: 3,
                     sources: 1,
                     addr,
+                    protocol: Protocol::Text,
+                    tls: false,
                 };
                 let (first, count) = share.part(total);
                 assert_eq!(first, next);

@@ -1,5 +1,6 @@
 //! Smoke test of the load generator: every scenario for about two seconds with a few
-//! dozen clients, against a deployment the tool starts, with zero loss.
+//! dozen clients, against a deployment the tool starts, with zero loss — telnet
+//! clients, and browsers over WebSocket (`ws`) and over TLS (`wss`).
 //!
 //! It uses the `chat` binary cargo built beside this test (`target/<profile>/chat`); the
 //! workspace test command builds every binary first. It never builds anything itself.
@@ -108,4 +109,81 @@ fn broadcast_reaches_everybody() {
     assert_eq!(figure(&f, "receivers"), 30.0, "{f:?}");
     assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
     assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
+}
+
+#[test]
+fn private_over_websocket_loses_nothing() {
+    let f = run(&[
+        "private",
+        "--protocol",
+        "websocket",
+        "--clients",
+        "24",
+        "--rate",
+        "600",
+        "--seconds",
+        "2",
+        "--grace",
+        "5",
+    ]);
+    assert_eq!(figure(&f, "sent"), 1200.0, "{f:?}");
+    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "not_online"), 0.0, "{f:?}");
+    assert!(figure(&f, "gateway_us_per_msg") > 0.0, "{f:?}");
+}
+
+#[test]
+fn broadcast_over_wss_reaches_everybody() {
+    let f = run(&[
+        "broadcast",
+        "--protocol",
+        "websocket",
+        "--tls",
+        "--clients",
+        "30",
+        "--senders",
+        "2",
+        "--rate",
+        "50",
+        "--seconds",
+        "2",
+        "--grace",
+        "5",
+    ]);
+    assert_eq!(figure(&f, "sent"), 100.0, "{f:?}");
+    assert_eq!(figure(&f, "receivers"), 30.0, "{f:?}");
+    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
+}
+
+#[test]
+fn connect_holds_wss_clients() {
+    let f = run(&[
+        "connect",
+        "--protocol",
+        "websocket",
+        "--tls",
+        "--clients",
+        "40",
+        "--hold",
+        "1.5",
+    ]);
+    assert_eq!(figure(&f, "clients"), 40.0, "{f:?}");
+    assert_eq!(figure(&f, "failed"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "alive_after_hold"), 40.0, "{f:?}");
+}
+
+#[test]
+fn handshakes_over_tls_complete() {
+    let f = run(&[
+        "handshake",
+        "--tls",
+        "--concurrency",
+        "4",
+        "--seconds",
+        "1.5",
+    ]);
+    assert!(figure(&f, "connections") > 0.0, "{f:?}");
+    assert_eq!(figure(&f, "failed"), 0.0, "{f:?}");
+    assert!(figure(&f, "gateway_us_per_conn") > 0.0, "{f:?}");
 }
