@@ -565,3 +565,113 @@ async fn a_thousand_browsers_join_and_leave_one_room_and_nobody_misses_anyone() 
     );
     api.close().await;
 }
+
+/// What workerman-chat's original front end does when its connection closes: it opens a
+/// new one at once (`ws.onclose = connect`) and, as soon as it is open, sends the same
+/// login again. The server closes rita's connection twenty times; each time the new
+/// connection must be accepted under the same name (no error 101 because the old one
+/// is still counted), be the only `rita` in the list, and the watcher must hear the old
+/// one leave and the new one come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_front_end_reconnects_at_once_with_the_same_name_and_is_accepted() {
+    let d = Deployment::start(chat_with_browsers());
+    let addr = browser_addr(&d);
+    let api = d.api().await;
+    let mut sam = Ws::connect(addr).await;
+    let (s, _) = sam.login("sam", json!(7)).await;
+    let mut rita = Ws::connect(addr).await;
+    let (mut old, _) = rita.login("rita", json!(7)).await;
+    assert_eq!(sam.expect_type("login").await.0["client_name"], "rita");
+    for round in 0..20 {
+        api.close_client(old, None).await.unwrap();
+        assert!(rita.closed_within(WAIT).await, "round {round}: not closed");
+        // At once, as the original does: no wait, no retry.
+        rita = Ws::connect(addr).await;
+        rita.send(json!({"type": "login", "client_name": "rita", "room_id": "7"}))
+            .await;
+        let answer = loop {
+            let m = rita.next_not_ping().await;
+            if m["type"] == "login" && m.get("client_list").is_some() || m["type"] == "error" {
+                break m;
+            }
+        };
+        assert_eq!(answer["type"], "login", "round {round}: refused: {answer}");
+        let new: ClientId = id_of(&answer["client_id"]).expect("client id");
+        let list: BTreeMap<String, String> = answer["client_list"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            list,
+            BTreeMap::from([
+                (s.to_string(), "sam".to_owned()),
+                (new.to_string(), "rita".to_owned())
+            ]),
+            "round {round}"
+        );
+        // The watcher hears both, in either order.
+        let (mut left, mut came) = (false, false);
+        while !(left && came) {
+            let m = sam.next_not_ping().await;
+            match m["type"].as_str() {
+                Some("logout") if id_of(&m["from_client_id"]) == Some(old) => left = true,
+                Some("login") if id_of(&m["client_id"]) == Some(new) => came = true,
+                _ => panic!("round {round}: sam got {m}"),
+            }
+        }
+        old = new;
+    }
+    // And she is a member like any other.
+    rita.say("back").await;
+    assert_eq!(sam.expect_type("say").await.0["content"], "back");
+    api.close().await;
+}
+
+/// The other way a page's connection ends: its network goes (a laptop closed, a phone
+/// between networks), so the page sees its connection end but the server hears
+/// nothing — the old connection is still open on the server's side and would stay a
+/// member until the heartbeat gives up on it (50 to 75 s). The original front end
+/// reconnects at once with the same name: it must be accepted now, the silent old
+/// connection be taken for gone (it answers no ping) and closed, and the room hear the
+/// old one leave and the new one come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_replaces_its_old_connection_that_the_server_still_holds() {
+    let d = Deployment::start(chat_with_browsers());
+    let addr = browser_addr(&d);
+    let mut sam = Ws::connect(addr).await;
+    let (s, _) = sam.login("sam", json!(7)).await;
+    let mut lost = Ws::connect(addr).await;
+    let (old, _) = lost.login("rita", json!(7)).await;
+    assert_eq!(sam.expect_type("login").await.0["client_name"], "rita");
+    // `lost` is neither read nor closed from here on: a dead network.
+    let mut rita = Ws::connect(addr).await;
+    rita.send(json!({"type": "login", "client_name": "rita", "room_id": 7}))
+        .await;
+    let answer = loop {
+        let m = rita.next_not_ping().await;
+        if m["type"] == "login" && m.get("client_list").is_some() || m["type"] == "error" {
+            break m;
+        }
+    };
+    assert_eq!(answer["type"], "login", "refused: {answer}");
+    let new = id_of(&answer["client_id"]).expect("client id");
+    assert_eq!(
+        answer["client_list"],
+        json!({ s.to_string(): "sam", new.to_string(): "rita" })
+    );
+    let (mut left, mut came) = (false, false);
+    while !(left && came) {
+        let m = sam.next_not_ping().await;
+        match m["type"].as_str() {
+            Some("logout") if id_of(&m["from_client_id"]) == Some(old) => left = true,
+            Some("login") if id_of(&m["client_id"]) == Some(new) => came = true,
+            _ => panic!("sam got {m}"),
+        }
+    }
+    // The server closed the old connection (what it had queued comes first).
+    assert!(lost.closed_within(WAIT).await, "the old connection is open");
+    rita.say("back").await;
+    assert_eq!(sam.expect_type("say").await.0["content"], "back");
+}
