@@ -9,9 +9,17 @@
 //!   logged in: other clients' handlers (a telnet user's private message, a newcomer's
 //!   member list) can only see sessions. The client's own handlers read its room from
 //!   its groups.
+//! - A login whose name a browser of the room already has is refused (101) only if
+//!   that browser is still there: it is sent a `ping`, and one that does not answer
+//!   within [`PROBE`] is taken for gone (its network went and the server never heard:
+//!   workerman-chat's front end then reconnects at once with the same name) and is
+//!   closed, so the new login takes its place. A browser's `pong` counts in its
+//!   session ([`PONGS`]), which is how the login sees the answer.
 //! - The parsing, escaping and JSON are in [`protocol`], pure and unit-tested.
 
 pub mod protocol;
+
+use std::time::Duration;
 
 use protocol::{code, Incoming, Refused, Said, To};
 use switchboard::{ApiError, ClientId, Context, Gateway, HandlerResult, Message, Session};
@@ -31,6 +39,13 @@ const BROWSER: &str = "browser";
 pub const NAME: &str = "name";
 /// Session key of a browser's room.
 const ROOM: &str = "room";
+/// Session key counting a browser's `pong`s.
+const PONGS: &str = "pongs";
+/// How long a browser whose name a new login wants has to answer a `ping` before it is
+/// taken for gone.
+pub const PROBE: Duration = Duration::from_secs(2);
+/// How often the login looks for the answer meanwhile.
+const PROBE_POLL: Duration = Duration::from_millis(20);
 
 /// The group of room `room`'s browsers.
 pub fn room_group(room: &str) -> String {
@@ -139,7 +154,11 @@ pub async fn on_message(
     };
     match parsed {
         Err(refused) => ctx.reply(refused.to_json()).await?,
-        Ok(Incoming::Pong) => {}
+        Ok(Incoming::Pong) => {
+            // Counted, so that a login probing this browser's name sees it is alive.
+            let pongs = ctx.session().get(PONGS).and_then(|v| v.as_u64()).unwrap_or(0);
+            ctx.session_mut().insert(PONGS.into(), (pongs + 1).into());
+        }
         Ok(Incoming::Login { name, room }) => login(history, ctx, name, room).await?,
         Ok(Incoming::Say { to, content }) => say(history, ctx, to, &content).await?,
     }
@@ -161,11 +180,19 @@ async fn login(
     }
     let gw = ctx.gateway().clone();
     let me = ctx.client_id();
-    if members(&gw, &room).await?.iter().any(|(_, n)| *n == name) {
-        let msg = format!("the name {name} is already used in room {room}");
-        call.fail(code::NAME_TAKEN.into(), &msg);
-        ctx.reply(protocol::error(code::NAME_TAKEN, &msg)).await?;
-        return Ok(());
+    // A browser with this name that is gone is closed and its place taken; one that is
+    // still there (and any telnet user) makes the name taken.
+    let mut replaced = Vec::new();
+    for (old, session) in same_name(&gw, &room, &name).await? {
+        if is_browser(&session) && gone(&gw, old, &session).await? {
+            gw.close_client(old, None).await?;
+            replaced.push(old);
+        } else {
+            let msg = format!("the name {name} is already used in room {room}");
+            call.fail(code::NAME_TAKEN.into(), &msg);
+            ctx.reply(protocol::error(code::NAME_TAKEN, &msg)).await?;
+            return Ok(());
+        }
     }
     // History first, so that it comes before anything said after the join.
     let read = ctx.statistic("chat", "history");
@@ -204,7 +231,9 @@ async fn login(
     ctx.join_group(&room_group(&room)).await?;
     // Joined first, asked second: a member who joins at the same time is either in
     // this list or hears of us (our login below reaches it), never neither.
-    let list = members(&gw, &room).await?;
+    // A replaced browser leaves the room as its close is handled: not listed meanwhile.
+    let mut list = members(&gw, &room).await?;
+    list.retain(|(id, _)| !replaced.contains(id));
     let time = now_time();
     ctx.reply(protocol::login_with_list(me, &name, &time, &list))
         .await?;
@@ -212,6 +241,40 @@ async fn login(
     tell_room(&gw, &room, protocol::login(me, &name, &time), come, &[me]).await?;
     call.success();
     Ok(())
+}
+
+/// The members of `room` named `name`, with their sessions.
+async fn same_name(
+    gw: &Gateway,
+    room: &str,
+    name: &str,
+) -> Result<Vec<(ClientId, Session)>, ApiError> {
+    let mut sessions = gw.sessions(Some(&room_group(room))).await?;
+    if room == TELNET_ROOM {
+        sessions.extend(gw.sessions(Some(TELNET_GROUP)).await?);
+    }
+    sessions.retain(|(_, s)| name_in(s) == Some(name));
+    Ok(sessions)
+}
+
+/// Whether browser `client` (whose session was `session`) is gone: it is no longer
+/// connected, or it does not answer a `ping` within [`PROBE`].
+async fn gone(gw: &Gateway, client: ClientId, session: &Session) -> Result<bool, ApiError> {
+    let pongs = |s: &Session| s.get(PONGS).and_then(|v| v.as_u64()).unwrap_or(0);
+    let before = pongs(session);
+    if !gw.send_to_client(client, protocol::ping()).await? {
+        return Ok(true);
+    }
+    let deadline = tokio::time::Instant::now() + PROBE;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(PROBE_POLL).await;
+        match gw.get_session(client).await? {
+            None => return Ok(true),
+            Some(s) if pongs(&s) > before => return Ok(false),
+            Some(_) => {}
+        }
+    }
+    Ok(true)
 }
 
 async fn say(

@@ -62,11 +62,14 @@ async fn the_chat_flow_of_workerman_chat() {
     assert_eq!(joined["client_name"], "bob");
     assert!(joined.get("client_list").is_none(), "{joined}");
 
-    // A name taken in the room: error 101, and the connection stays usable.
+    // A name taken in the room: error 101, and the connection stays usable. The
+    // server first makes sure alice is still there: she gets a ping and answers it.
     let mut carol = Ws::connect(addr).await;
     carol
         .send(json!({"type": "login", "client_name": "alice", "room_id": 1}))
         .await;
+    assert_eq!(alice.next().await, json!({"type": "ping"}));
+    alice.send(json!({"type": "pong"})).await;
     let (taken, _) = carol.expect_type("error").await;
     assert_eq!(taken["code"], 101, "{taken}");
     assert!(taken["msg"].as_str().unwrap().contains("alice"), "{taken}");

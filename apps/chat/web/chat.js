@@ -197,7 +197,8 @@
 
   function onError(m) {
     if (m.code === 101 && joinedOnce && retriesTaken < 5) {
-      // After a reconnect our old connection may still be in the room for a moment.
+      // After a reconnect: our old connection, if the server still held it, is
+      // replaced unless it answered the server's ping (docs/chat.md); then try again.
       retriesTaken += 1;
       setTimeout(login, 1000);
       return;

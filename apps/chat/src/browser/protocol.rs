@@ -272,6 +272,12 @@ pub fn say(from: ClientId, from_name: &str, to: To, content: &str, time: &str) -
     .to_string()
 }
 
+/// `{"type":"ping"}`, as the heartbeat sends it (chat.toml): both front ends answer
+/// with a `pong`.
+pub fn ping() -> String {
+    json!({ "type": "ping" }).to_string()
+}
+
 /// `{"type":"logout",…}`.
 pub fn logout(client: ClientId, name: &str, time: &str) -> String {
     json!({
@@ -445,6 +451,7 @@ mod tests {
         let me = ClientId::new(1, 2);
         let other = ClientId::new(1, 3);
         let t = "2026-01-02 03:04:05";
+        assert_eq!(ping(), r#"{"type":"ping"}"#);
         assert_eq!(
             value(&login(me, "<al>", t)),
             value(
