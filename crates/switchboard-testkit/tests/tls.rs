@@ -1,6 +1,6 @@
-//! `tls` listeners end to end: wss and TLS text with certificates made here (a CA and a
-//! leaf for `IP:127.0.0.1`), certificate reloads, refused configurations, and the
-//! protocol versions offered.
+//! `tls` listeners end to end: every protocol over TLS (wss, TLS text, frame and json)
+//! with certificates made here (a CA and a leaf for `IP:127.0.0.1`), certificate
+//! reloads, refused configurations, and the protocol versions offered.
 
 mod common;
 
@@ -11,7 +11,7 @@ use common::pki::{self, Ca, Leaf};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use switchboard_testkit::{Deployment, Listener, WAIT};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -153,6 +153,93 @@ async fn wss_and_tls_text_work_end_to_end() {
     let mut buf = Vec::new();
     let page = read_head(&mut tls, &mut buf).await;
     assert_eq!(page.status, 200, "{page:?}");
+}
+
+/// Sends one length-prefixed frame on `s` (the prefix counts the 4 header bytes too if
+/// `total`, as `json` does; not, as `frame` does) and returns the body of the frame
+/// that comes back.
+async fn frame_round_trip(s: &mut TlsStream<TcpStream>, body: &[u8], total: bool) -> Vec<u8> {
+    let header = if total { 4 } else { 0 };
+    let mut out = (body.len() as u32 + header).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    s.write_all(&out).await.unwrap();
+    s.flush().await.unwrap();
+    let mut len = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut len))
+        .await
+        .expect("a frame in time")
+        .expect("read a frame header");
+    let mut back = vec![0u8; u32::from_be_bytes(len) as usize - header as usize];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back))
+        .await
+        .expect("a frame body in time")
+        .expect("read a frame body");
+    back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_and_json_work_over_tls_too() {
+    // With wss and TLS text above: every protocol over every transport.
+    let certs = Certs::new();
+    let d = Deployment::start(
+        options()
+            .listener(Listener::frame("frames").keys(&certs.tls()))
+            .listener(Listener::new("docs", "json").keys(&certs.tls())),
+    );
+
+    let mut frames = pki::connect(d.listener_addr("frames"), &certs.ca.pem, &[]).await;
+    assert_eq!(pki::peer_cert(&frames), certs.first.der);
+    let local = frames.get_ref().0.local_addr().unwrap();
+    assert_eq!(
+        frame_round_trip(&mut frames, b"hello", false).await,
+        b"hello"
+    );
+    // A frame of 256 KiB, across many TLS records, comes back whole.
+    let big: Vec<u8> = (0..256u32 << 10).map(|i| (i % 251) as u8).collect();
+    assert!(
+        frame_round_trip(&mut frames, &big, false).await == big,
+        "256 KiB differ"
+    );
+    assert_eq!(
+        String::from_utf8(frame_round_trip(&mut frames, b"/whoami", false).await).unwrap(),
+        format!("listener=frames protocol=frame addr={local} request_path=- forwarded_for=-")
+    );
+
+    let mut docs = pki::connect(d.listener_addr("docs"), &certs.ca.pem, &[]).await;
+    assert_eq!(pki::peer_cert(&docs), certs.first.der);
+    let local = docs.get_ref().0.local_addr().unwrap();
+    // Workerman's JsonProtocol, byte for byte inside TLS.
+    docs.write_all(b"\x00\x00\x00\x0f{\"type\":1}\n")
+        .await
+        .unwrap();
+    docs.flush().await.unwrap();
+    let mut echo = [0u8; 15];
+    tokio::time::timeout(WAIT, docs.read_exact(&mut echo))
+        .await
+        .expect("the echo in time")
+        .unwrap();
+    assert_eq!(&echo, b"\x00\x00\x00\x0f{\"type\":1}\n");
+    assert_eq!(
+        String::from_utf8(frame_round_trip(&mut docs, b"\"/whoami\"", true).await).unwrap(),
+        format!("listener=docs protocol=json addr={local} request_path=- forwarded_for=-")
+    );
+    // A body that is not JSON: one error frame, then the end of the TLS stream.
+    docs.write_all(b"\x00\x00\x00\x0cnot json").await.unwrap();
+    docs.flush().await.unwrap();
+    let mut got = Vec::new();
+    read_to_end(&mut docs, &mut got).await;
+    let len = u32::from_be_bytes(got[..4].try_into().unwrap()) as usize;
+    assert_eq!(
+        len,
+        got.len(),
+        "one frame: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        got[4..].starts_with(b"{\"error\":\"frame body is not JSON: "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 /// A TLS ClientHello that offers at most `version` (0x0301 = TLS 1.0, 0x0302 = 1.1) and

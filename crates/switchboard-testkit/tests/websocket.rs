@@ -662,3 +662,39 @@ async fn with_no_worker_an_upgrade_gets_503_within_the_handshake_timeout() {
     let api = d.api().await;
     assert_eq!(api.all_client_count().await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_requests_headers_reach_the_application() {
+    let d = Deployment::start(
+        options()
+            .listener(websocket("ws"))
+            .listener(Listener::text("lines")),
+    );
+    let mut ws = RawWs::upgrade(
+        tcp(d.listener_addr("ws")).await,
+        "/",
+        &[
+            "X-Echo: hello, headers",
+            "User-Agent: switchboard-test/1.0",
+            "Cookie: session=abc; theme=dark",
+        ],
+    )
+    .await
+    .expect("upgraded");
+    for (ask, want) in [
+        ("/header X-Echo", "hello, headers"),
+        // Names are matched without regard to case, as HTTP wants.
+        ("/header x-echo", "hello, headers"),
+        ("/header user-agent", "switchboard-test/1.0"),
+        ("/header Cookie", "session=abc; theme=dark"),
+        ("/header Sec-WebSocket-Version", "13"),
+        ("/header X-Not-Sent", "-"),
+    ] {
+        ws.send_text(ask).await;
+        ws.expect_text(want).await;
+    }
+    // A text client has no request, hence no headers.
+    let mut text = Client::connect(d.listener_addr("lines")).await;
+    text.send("/header Host").await;
+    assert_eq!(text.line().await, "-");
+}

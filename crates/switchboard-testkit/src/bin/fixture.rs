@@ -6,6 +6,9 @@
 //! - `/whoami` (on a `json` listener also the JSON string `"/whoami"`) is answered with
 //!   `listener=NAME protocol=P addr=ADDR request_path=PATH forwarded_for=IP` (`-` where
 //!   there is none: the request exists for WebSocket clients only).
+//! - `/header NAME` is answered with the value of the upgrade request's first header
+//!   of that name (case-insensitive), or `-` (also on the other protocols, which have
+//!   no request): the connect event keeps the request's headers in the session.
 //! - The upgrade hook refuses `/private…` without `?token=letmein` (401), refuses
 //!   `/forbidden` (403), panics on `/panic` (500), sleeps [`SLOW`] on `/slow` (longer
 //!   than the tests' `handshake_timeout`: 503) and accepts every other path.
@@ -59,11 +62,15 @@ impl Events for Fixture {
     async fn on_connect(&self, ctx: &mut Context) -> HandlerResult {
         eprintln!("fixture: connect {}", ctx.client_addr());
         // The request is in this event and the hook's only: keep what later ones need.
-        let (path, forwarded) = match ctx.request() {
-            Some(r) => (r.path.clone(), r.forwarded_for.clone()),
-            None => ("-".into(), None),
+        let (path, forwarded, headers) = match ctx.request() {
+            Some(r) => (r.path.clone(), r.forwarded_for.clone(), r.headers.clone()),
+            None => ("-".into(), None, Vec::new()),
         };
         let session = ctx.session_mut();
+        session.insert(
+            "headers".into(),
+            serde_json::to_value(headers).unwrap_or_default(),
+        );
         session.insert("path".into(), path.into());
         session.insert(
             "forwarded_for".into(),
@@ -78,6 +85,24 @@ impl Events for Fixture {
             ctx.client_addr(),
             message.len()
         );
+        if let Some(name) = message
+            .text()
+            .ok()
+            .and_then(|t| t.trim().trim_matches('"').strip_prefix("/header "))
+        {
+            let value = ctx
+                .session()
+                .get("headers")
+                .and_then(|h| h.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|pair| Some((pair.get(0)?.as_str()?, pair.get(1)?.as_str()?)))
+                .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+                .map_or("-", |(_, v)| v)
+                .to_owned();
+            ctx.reply(value).await?;
+            return Ok(());
+        }
         let asks = message
             .text()
             .is_ok_and(|t| matches!(t.trim(), "/whoami" | "\"/whoami\""));
