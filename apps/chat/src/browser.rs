@@ -156,7 +156,11 @@ pub async fn on_message(
         Err(refused) => ctx.reply(refused.to_json()).await?,
         Ok(Incoming::Pong) => {
             // Counted, so that a login probing this browser's name sees it is alive.
-            let pongs = ctx.session().get(PONGS).and_then(|v| v.as_u64()).unwrap_or(0);
+            let pongs = ctx
+                .session()
+                .get(PONGS)
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
             ctx.session_mut().insert(PONGS.into(), (pongs + 1).into());
         }
         Ok(Incoming::Login { name, room }) => login(history, ctx, name, room).await?,

@@ -20,8 +20,8 @@ use crate::client::{self, Incoming, Writer};
 use crate::deploy::Deployment;
 use crate::procinfo::{self, CpuSample};
 use crate::procs::{self, Children, Share};
-use crate::wire::Protocol;
 use crate::stats::Histogram;
+use crate::wire::Protocol;
 use crate::{Figures, Job, Load};
 
 /// Parameters of `broadcast`.

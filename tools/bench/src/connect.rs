@@ -22,8 +22,8 @@ use crate::client::{self, PROMPT, STEP_TIMEOUT};
 use crate::deploy::Deployment;
 use crate::procinfo::CpuSample;
 use crate::procs::{self, Children, Share};
-use crate::wire::{Conn, Protocol};
 use crate::stats::Histogram;
+use crate::wire::{Conn, Protocol};
 use crate::{Figures, Job, Load};
 
 /// Parameters of `connect`.
