@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -42,6 +42,10 @@ pub struct Params {
     /// Seconds after sending stops within which every line must have arrived.
     #[arg(long, default_value_t = 5.0)]
     pub grace: f64,
+    /// Measured rounds after one login phase (each reported as a run): a browser
+    /// room's logins are quadratic, and 10,000 take many minutes.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// Name prefix of the clients; sender `j` is `b{j}`.
@@ -115,7 +119,7 @@ async fn receive(
     protocol: Protocol,
     senders: usize,
     deadline: Instant,
-) -> Received {
+) -> (Received, Incoming) {
     let marker = match protocol {
         Protocol::Text => PUBLIC,
         Protocol::Websocket => PUBLIC_JSON,
@@ -159,19 +163,44 @@ async fn receive(
         }
         *expect = seq + 1;
     }
-    out
+    (out, lines)
 }
 
-/// Child side: logs in this share of the clients; after `go` the senders send and
-/// everybody receives.
+/// Child side: logs in this share of the clients; after each `go` the senders send
+/// and everybody receives, for `rounds` rounds.
 pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let (first, count) = share.part(p.clients);
     let logins = client::login_all(&share, PREFIX, first, count).await?;
     procs::report("ready", &serde_json::json!({ "clients": logins.ids.len() }))?;
     procs::wait_go().await?;
-    let cpu_at_go = procinfo::cpu_seconds(std::process::id());
     let sessions = logins.sessions().await?;
+    let mut lines: Vec<Option<Incoming>> = Vec::with_capacity(sessions.len());
+    // Writing halves stay open until the last result is out: a close is announced to
+    // all.
+    let mut writers: Vec<Option<Writer>> = Vec::with_capacity(sessions.len());
+    for s in sessions {
+        lines.push(Some(s.lines));
+        writers.push(Some(s.writer));
+    }
+    for round in 0..p.rounds.max(1) {
+        if round > 0 {
+            procs::wait_go().await?;
+        }
+        let out = measure(&p, &share, first, &mut lines, &mut writers).await?;
+        procs::report("result", &out)?;
+    }
+    Ok(())
+}
 
+/// One measured round (from `go` to the child's result).
+async fn measure(
+    p: &Params,
+    share: &Share,
+    first: usize,
+    lines: &mut [Option<Incoming>],
+    writers: &mut [Option<Writer>],
+) -> anyhow::Result<Outcome> {
+    let cpu_at_go = procinfo::cpu_seconds(std::process::id());
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(p.seconds);
     let deadline = end + Duration::from_secs_f64(p.grace);
@@ -179,48 +208,48 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(1.0 / per_sender);
     let mut senders = JoinSet::new();
     let mut receivers = JoinSet::new();
-    // Writing halves stay open until the result is out: a close is announced to all.
-    let mut held = Vec::new();
-    for (offset, session) in sessions.into_iter().enumerate() {
+    for offset in 0..lines.len() {
         let index = first + offset;
         if index < p.senders {
             let phase = interval.mul_f64(index as f64 / p.senders as f64);
-            senders.spawn(send(
-                session.writer,
-                share.protocol,
-                start + phase,
-                per_sender,
-                end,
-            ));
-        } else {
-            held.push(session.writer);
+            let writer = writers[offset].take().context("a writer")?;
+            let (protocol, per_sender) = (share.protocol, per_sender);
+            senders.spawn(async move {
+                let sent = send(writer, protocol, start + phase, per_sender, end).await;
+                (offset, sent)
+            });
         }
-        receivers.spawn(receive(session.lines, share.protocol, p.senders, deadline));
+        let incoming = lines[offset].take().context("a reader")?;
+        let (protocol, senders_n) = (share.protocol, p.senders);
+        receivers.spawn(async move {
+            let r = receive(incoming, protocol, senders_n, deadline).await;
+            (offset, r)
+        });
     }
     let mut out = Outcome::default();
     while let Some(joined) = senders.join_next().await {
-        let (sent, lag, writer) = joined?;
+        let (offset, (sent, lag, writer)) = joined?;
         out.sent += sent;
         out.max_send_lag_us = out.max_send_lag_us.max(lag);
-        held.push(writer);
+        writers[offset] = Some(writer);
     }
-    let mut per_client = Vec::new();
+    let mut per_client = vec![0; lines.len()];
     while let Some(joined) = receivers.join_next().await {
-        let r = joined?;
-        per_client.push(r.count);
+        let (offset, (r, incoming)) = joined?;
+        per_client[offset] = r.count;
         out.reordered += r.reordered;
         out.last_delivery_us = out.last_delivery_us.max(r.last_us);
         out.latency.merge(&r.latency);
+        lines[offset] = Some(incoming);
     }
     out.received = per_client;
     out.cpu_s = procinfo::cpu_seconds(std::process::id()) - cpu_at_go;
-    procs::report("result", &out)?;
-    drop(held);
-    Ok(())
+    Ok(out)
 }
 
-/// Parent side: one run.
-pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<Figures> {
+/// Parent side: one deployment, one login phase, then `rounds` measured rounds (one
+/// set of figures each).
+pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<Vec<Figures>> {
     if p.senders == 0 || p.senders > p.clients {
         bail!("--senders must be between 1 and --clients");
     }
@@ -230,14 +259,45 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     }
     let mut kids = Children::spawn(
         &Job::Broadcast(p.clone()),
+        load,
         procs,
         load.sources_for(p.clients),
         d,
     )?;
-    // Logins are quadratic (each is announced to everybody): 10,000 take minutes.
-    let _: Vec<serde_json::Value> = kids.collect("ready", Duration::from_secs(1800)).await?;
-    // The last logins' announcements drain before the measured phase.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Logins are quadratic in a browser room (each is announced to everybody, and each
+    // reads the member list twice): 10,000 take many minutes.
+    let login = CpuSample::start(&[
+        ("gateways", d.pids("gateway")),
+        ("workers", d.pids("worker")),
+        ("loadgen", kids.pids()),
+    ]);
+    let _: Vec<serde_json::Value> = kids.collect("ready", Duration::from_secs(7200)).await?;
+    let login = login.seconds();
+    let per_login = |group: &str| (login[group] * 1e6 / p.clients as f64).round();
+    eprintln!(
+        "{} clients logged in in {:.1} s; CPU per login: gateways {} µs, workers {} µs, generator {} µs",
+        p.clients,
+        login["wall"],
+        per_login("gateways"),
+        per_login("workers"),
+        per_login("loadgen"),
+    );
+    let mut rounds = Vec::new();
+    for _ in 0..p.rounds.max(1) {
+        // The last logins' announcements (or the last round) drain first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut figures = round(p, d, &mut kids).await?;
+        figures.push(("login_s", (login["wall"] * 10.0).round() / 10.0));
+        figures.push(("login_gateway_us", per_login("gateways")));
+        figures.push(("login_workers_us", per_login("workers")));
+        rounds.push(figures);
+    }
+    kids.wait().await;
+    Ok(rounds)
+}
+
+/// One measured round.
+async fn round(p: &Params, d: &Deployment, kids: &mut Children) -> anyhow::Result<Figures> {
     let cpu = CpuSample::start(&[
         ("gateways", d.pids("gateway")),
         ("workers", d.pids("worker")),
@@ -255,7 +315,6 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     let outcomes: Vec<Outcome> = kids.collect("result", wait).await?;
     // From go until every line arrived everywhere (or the grace ended).
     let window = window.seconds();
-    kids.wait().await;
 
     let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
     let received: Vec<u64> = outcomes.iter().flat_map(|o| o.received.clone()).collect();

@@ -26,6 +26,9 @@ pub const PROMPT: &str = "type in your name:";
 pub const ROOM: &str = "bench";
 /// How long connecting, or waiting for one expected line, may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a login may wait for each of its answers: in a crowded room the server
+/// works through a queue of logins, each costing it more than the last.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Source address of the client with global index `index`, over `sources` addresses.
 pub fn source_ip(index: usize, sources: usize) -> IpAddr {
@@ -153,10 +156,11 @@ impl Incoming {
         }
     }
 
-    /// The next message, which must arrive within [`STEP_TIMEOUT`].
+    /// The next message of a login dialogue, which must arrive within
+    /// [`LOGIN_TIMEOUT`].
     pub async fn expect(&mut self) -> anyhow::Result<String> {
-        match tokio::time::timeout(STEP_TIMEOUT, self.next()).await {
-            Err(_) => bail!("no message within {STEP_TIMEOUT:?}"),
+        match tokio::time::timeout(LOGIN_TIMEOUT, self.next()).await {
+            Err(_) => bail!("no message within {LOGIN_TIMEOUT:?}"),
             Ok(Ok(None)) => bail!("connection closed"),
             Ok(Ok(Some(l))) => Ok(String::from_utf8_lossy(l).into_owned()),
             Ok(Err(e)) => Err(e),
@@ -245,7 +249,7 @@ pub async fn login(share: &Share, index: usize, name: &str) -> anyhow::Result<Se
                 .await?;
             let mine = format!(r#""client_name":"{name}""#);
             loop {
-                let m = tokio::time::timeout(STEP_TIMEOUT, lines.next())
+                let m = tokio::time::timeout(LOGIN_TIMEOUT, lines.next())
                     .await
                     .context("no login answer in time")??
                     .context("closed before the login answer")?;
@@ -289,7 +293,8 @@ impl Logins {
     }
 }
 
-/// Logs in `count` clients with global indices from `first`, 64 at a time; returns
+/// Logs in `count` clients with global indices from `first`, the share's
+/// `login_concurrency` at a time; returns
 /// once all are in, while each keeps reading and dropping what it hears (other
 /// clients' logins, which a browser room sends to everybody) until
 /// [`Logins::sessions`].
@@ -299,7 +304,7 @@ pub async fn login_all(
     first: usize,
     count: usize,
 ) -> anyhow::Result<Logins> {
-    let permits = Arc::new(Semaphore::new(64));
+    let permits = Arc::new(Semaphore::new(share.login_concurrency.max(1)));
     let (stop, stopped) = watch::channel(false);
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();

@@ -146,6 +146,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     let baseline = d.gateway_rss();
     let mut kids = Children::spawn(
         &Job::Connect(p.clone()),
+        load,
         load.procs,
         load.sources_for(p.clients),
         d,

@@ -131,7 +131,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     let procs = load.procs.min(p.concurrency);
     // Every connection leaves a port in TIME_WAIT for a minute: spread them widely.
     let sources = if load.sources > 0 { load.sources } else { 16 };
-    let mut kids = Children::spawn(&Job::Handshake(p.clone()), procs, sources, d)?;
+    let mut kids = Children::spawn(&Job::Handshake(p.clone()), load, procs, sources, d)?;
     let _: Vec<serde_json::Value> = kids.collect("ready", Duration::from_secs(60)).await?;
     let cpu = CpuSample::start(&[
         ("gateways", d.pids("gateway")),

@@ -106,6 +106,12 @@ pub struct Load {
     /// when few are taken. 0: one per 4,000 clients.
     #[arg(long, default_value_t = 0)]
     pub sources: usize,
+    /// Logins in progress at once, per load-generator process. In a crowded browser
+    /// room every login costs the server time in proportion to the room, and a long
+    /// queue of them makes the chat's queries wait past the worker's `query_timeout`
+    /// (3 s): use fewer (8) for 10,000 browsers in one room.
+    #[arg(long, default_value_t = 64)]
+    pub login_concurrency: usize,
     /// Runs (each on a fresh deployment); the median and spread are reported.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
@@ -189,12 +195,14 @@ async fn run(job: Job, load: &Load, target: &Target) -> anyhow::Result<()> {
     for n in 1..=load.runs.max(1) {
         let deployment = Deployment::open(target)?;
         let figures = match &job {
-            Job::Connect(p) => connect::parent(p, load, &deployment).await,
-            Job::Private(p) => private::parent(p, load, &deployment).await,
+            Job::Connect(p) => connect::parent(p, load, &deployment).await.map(|f| vec![f]),
+            Job::Private(p) => private::parent(p, load, &deployment).await.map(|f| vec![f]),
             Job::Broadcast(p) => broadcast::parent(p, load, &deployment).await,
-            Job::Handshake(p) => handshake::parent(p, load, &deployment).await,
+            Job::Handshake(p) => handshake::parent(p, load, &deployment)
+                .await
+                .map(|f| vec![f]),
         };
-        let figures = match figures {
+        let rounds = match figures {
             Ok(f) => f,
             Err(e) => {
                 let log = deployment.log();
@@ -207,21 +215,32 @@ async fn run(job: Job, load: &Load, target: &Target) -> anyhow::Result<()> {
             }
         };
         drop(deployment);
-        let line: Vec<String> = figures
-            .iter()
-            .map(|(k, v)| format!("{k}={}", short(*v)))
-            .collect();
-        println!("run {n}: {}", line.join(" "));
-        if load.json {
-            let obj: serde_json::Map<String, serde_json::Value> = figures
+        let several = rounds.len() > 1;
+        for (r, figures) in rounds.into_iter().enumerate() {
+            let line: Vec<String> = figures
                 .iter()
-                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .map(|(k, v)| format!("{k}={}", short(*v)))
                 .collect();
-            println!("{}", serde_json::Value::Object(obj));
+            let name = if several {
+                format!("run {n} round {}", r + 1)
+            } else {
+                format!("run {n}")
+            };
+            println!("{name}: {}", line.join(" "));
+            if load.json {
+                let obj: serde_json::Map<String, serde_json::Value> = figures
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                    .collect();
+                println!("{}", serde_json::Value::Object(obj));
+            }
+            runs.push(figures);
         }
-        runs.push(figures);
     }
-    println!("summary over {} run(s): median [min..max]", runs.len());
+    println!(
+        "summary over {} run(s) or round(s): median [min..max]",
+        runs.len()
+    );
     for (i, (name, _)) in runs[0].iter().enumerate() {
         let values: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
         let decimals = if values.iter().all(|v| v.fract() == 0.0) {

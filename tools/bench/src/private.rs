@@ -193,6 +193,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     let procs = load.procs.min(p.clients / 2);
     let mut kids = Children::spawn(
         &Job::Private(p.clone()),
+        load,
         procs,
         load.sources_for(p.clients),
         d,

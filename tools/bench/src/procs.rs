@@ -17,6 +17,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::deploy::Deployment;
 use crate::wire::Protocol;
+use crate::Load;
 
 /// Which part of the load one child process generates.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -33,6 +34,8 @@ pub struct Share {
     pub protocol: Protocol,
     /// Whether the clients connect over TLS.
     pub tls: bool,
+    /// Logins in progress at once in this process.
+    pub login_concurrency: usize,
 }
 
 impl Share {
@@ -56,6 +59,7 @@ impl Children {
     /// load on deployment `d`.
     pub fn spawn<J: Serialize>(
         job: &J,
+        load: &Load,
         procs: usize,
         sources: usize,
         d: &Deployment,
@@ -70,6 +74,7 @@ impl Children {
                 addr: d.addr,
                 protocol: d.protocol,
                 tls: d.tls,
+                login_concurrency: load.login_concurrency.max(1),
             };
             let spec = serde_json::json!({ "share": share, "job": job });
             let mut child = Command::new(&exe)
@@ -174,6 +179,7 @@ mod tests {
                     addr,
                     protocol: Protocol::Text,
                     tls: false,
+                    login_concurrency: 1,
                 };
                 let (first, count) = share.part(total);
                 assert_eq!(first, next);
