@@ -26,6 +26,11 @@ fn chat_bin() -> PathBuf {
 
 /// Runs one scenario with `--json` and returns the figures of its single run.
 fn run(args: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    run_all(args).remove(0)
+}
+
+/// Runs one scenario with `--json` and returns the figures of every run (or round).
+fn run_all(args: &[&str]) -> Vec<serde_json::Map<String, serde_json::Value>> {
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args(args)
         .arg("--json")
@@ -39,11 +44,16 @@ fn run(args: &[&str]) -> serde_json::Map<String, serde_json::Value> {
         out.status.success(),
         "bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    stdout
+    let all: Vec<_> = stdout
         .lines()
-        .find(|l| l.starts_with('{'))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON figures in:\n{stdout}\nstderr:\n{stderr}"))
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        !all.is_empty(),
+        "no JSON figures in:\n{stdout}\nstderr:\n{stderr}"
+    );
+    all
 }
 
 fn figure(figures: &serde_json::Map<String, serde_json::Value>, name: &str) -> f64 {
@@ -133,8 +143,8 @@ fn private_over_websocket_loses_nothing() {
 }
 
 #[test]
-fn broadcast_over_wss_reaches_everybody() {
-    let f = run(&[
+fn broadcast_over_wss_reaches_everybody_in_every_round() {
+    let rounds = run_all(&[
         "broadcast",
         "--protocol",
         "websocket",
@@ -149,11 +159,17 @@ fn broadcast_over_wss_reaches_everybody() {
         "2",
         "--grace",
         "5",
+        "--rounds",
+        "2",
     ]);
-    assert_eq!(figure(&f, "sent"), 100.0, "{f:?}");
-    assert_eq!(figure(&f, "receivers"), 30.0, "{f:?}");
-    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
-    assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    for f in &rounds {
+        assert_eq!(figure(f, "sent"), 100.0, "{f:?}");
+        assert_eq!(figure(f, "receivers"), 30.0, "{f:?}");
+        assert_eq!(figure(f, "lost"), 0.0, "{f:?}");
+        assert_eq!(figure(f, "incomplete_clients"), 0.0, "{f:?}");
+        assert_eq!(figure(f, "reordered"), 0.0, "{f:?}");
+    }
 }
 
 #[test]
