@@ -39,6 +39,7 @@ pub mod admin;
 mod assets;
 pub mod auth;
 pub mod cli;
+pub mod client;
 mod client_id;
 pub mod config;
 pub mod discovery;
@@ -66,7 +67,7 @@ pub use request::{Refuse, WebSocketRequest};
 pub use statistic::Statistic;
 pub use switchboard_db as db;
 pub use switchboard_store as store;
-pub use worker::api::{ApiError, Gateway};
+pub use client::{ApiError, Gateway};
 pub use worker::{Context, Events, HandlerResult};
 
 /// A client's session: a small JSON object kept on the gateway and shipped with every

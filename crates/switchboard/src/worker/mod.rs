@@ -1,7 +1,6 @@
 //! The worker process: runs the application's [`Events`] for the events gateways send,
 //! isolated from panics, and drains cleanly on shutdown.
 
-pub mod api;
 pub mod events;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +16,7 @@ use crate::config::Config;
 use crate::protocol::internal::{Event, EventKind, Role};
 use crate::stats;
 use crate::{Error, Message, Refuse, WebSocketRequest};
-use api::{Acker, EventSink, Gateway, GatewayOptions};
+use crate::client::{self, Acker, EventSink, Gateway, GatewayOptions};
 use events::ClientMeta;
 pub use events::{Context, Events, HandlerResult};
 
@@ -51,7 +50,7 @@ pub async fn run(
         max_frame: config.gateway.max_internal_frame,
         link_timeout: config.worker.link_timeout,
         statistics,
-        tls: api::link_tls(&config)?,
+        tls: client::link_tls(&config)?,
     };
     // Events that arrive before `on_worker_start` has finished wait for it, as
     // GatewayWorker users expect (their onWorkerStart opens databases and the like).
