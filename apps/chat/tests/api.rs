@@ -471,11 +471,11 @@ async fn sends_to_a_stalled_gateway_time_out_naming_it() {
     unsafe { libc::kill(frozen_pid as i32, libc::SIGSTOP) };
     // Broadcasts fill the stopped gateway's socket buffers, then its link's queue;
     // from then on a send waits at most the query timeout (3 s) and fails naming it.
-    let message = "x".repeat(256);
+    let message = switchboard::Message::from("x".repeat(256));
     let started = std::time::Instant::now();
     let mut sent = 0u64;
     let err = loop {
-        match api.send_to_all(message.as_str()).await {
+        match api.send_to_all(message.clone()).await {
             Ok(()) => sent += 1,
             Err(e) => break e,
         }
