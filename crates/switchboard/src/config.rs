@@ -492,6 +492,8 @@ pub struct AdminConfig {
     /// A file whose first line is the token (relative to `data_dir`); instead of
     /// `token`, to keep it out of the configuration file.
     pub token_file: Option<PathBuf>,
+    /// Largest request body the push API accepts, in bytes; larger ones get 413.
+    pub max_body: usize,
 }
 
 impl Default for AdminConfig {
@@ -501,6 +503,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 55757),
             token: None,
             token_file: None,
+            max_body: 1 << 20,
         }
     }
 }
@@ -871,6 +874,9 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if self.admin.max_body < 1024 {
+            return Err(invalid("admin.max_body", "must be at least 1024"));
         }
         self.admin_token()?;
         Ok(())

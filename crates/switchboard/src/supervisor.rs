@@ -153,6 +153,9 @@ pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Re
     ));
     if let Some(l) = admin_listener {
         tokio::spawn(crate::admin::serve(l, admin.clone(), admin_stop.clone()));
+        // The push API's Gateway handle: an API client like any other, independent of
+        // the workers, so pushes go on during a reload.
+        tokio::spawn(admin.clone().connect_push(admin_stop.clone()));
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this executable", e))?;
     // A rebuilt binary replaces the file; /proc/self/exe then reads "... (deleted)".
