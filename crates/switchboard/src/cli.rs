@@ -1,7 +1,13 @@
 //! The command line of a Switchboard application binary:
 //! `start [-d] [--only gateway|worker] | stop | restart | reload | status | connections |
-//! config print | config check`, plus the hidden `gateway` / `worker` roles the
-//! supervisor starts.
+//! push | online | kick | config print | config check`, plus the hidden `gateway` /
+//! `worker` roles the supervisor starts.
+//!
+//! `push`, `online` and `kick` are API clients ([`crate::client`]): they find the
+//! gateways through the configured store, authenticate with the secret, and need no
+//! supervisor on this machine. Their exit status is for scripts: 0 done, 1 not online
+//! or not found, 2 usage or configuration error, 3 the deployment could not be reached
+//! (no gateway, a timeout, the store down).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,13 +15,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 use crate::supervisor::{self, Only};
 use crate::worker::Events;
-use crate::{stats, Assets, Error, Gateway};
+use crate::{stats, ApiError, Assets, ClientId, Error, Gateway};
 
 /// Builds the application's `Events` for each worker process.
 type EventsFactory = Arc<dyn Fn() -> Arc<dyn Events> + Send + Sync>;
@@ -95,6 +101,28 @@ enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Send a message to a client, a uid's clients, a group or everybody (no worker
+    /// needed). Exit 0 delivered, 1 nobody reached, 2 usage or configuration error, 3
+    /// deployment unreachable.
+    Push {
+        #[command(flatten)]
+        target: PushTarget,
+        /// The message (one line for `text` clients).
+        message: String,
+    },
+    /// Tell whether a client, or any client of a uid, is online. Exit 0 online, 1 not.
+    Online {
+        #[command(flatten)]
+        who: OnlineTarget,
+    },
+    /// Disconnect a client, after sending it --message. Exit 0 closed, 1 not online.
+    Kick {
+        /// The client id (20 hex digits).
+        id: ClientId,
+        /// A last message for the client before it is closed.
+        #[arg(long, short)]
+        message: Option<String>,
+    },
     /// Print or check configuration.
     Config {
         #[command(subcommand)]
@@ -114,6 +142,36 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         index: usize,
     },
+}
+
+/// Exactly one recipient of `push`.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct PushTarget {
+    /// One client, by id.
+    #[arg(long, value_name = "ID")]
+    client: Option<ClientId>,
+    /// Every client bound to this uid.
+    #[arg(long, value_name = "UID")]
+    uid: Option<String>,
+    /// Every member of this group.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// Every connected client.
+    #[arg(long)]
+    all: bool,
+}
+
+/// Exactly one subject of `online`.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct OnlineTarget {
+    /// One client, by id.
+    #[arg(long, value_name = "ID")]
+    client: Option<ClientId>,
+    /// Any client bound to this uid.
+    #[arg(long, value_name = "UID")]
+    uid: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -251,6 +309,12 @@ impl App {
     }
 
     fn dispatch(self, cli: Cli) -> Result<ExitCode, Error> {
+        if matches!(
+            cli.command,
+            Command::Push { .. } | Command::Online { .. } | Command::Kick { .. }
+        ) {
+            return Ok(self.client_command(cli));
+        }
         let config = self.load_config(&cli)?;
         match cli.command {
             Command::Config {
@@ -318,6 +382,9 @@ impl App {
                 runtime(1, "cli")?.block_on(print_connections(config, uid, group))?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Push { .. } | Command::Online { .. } | Command::Kick { .. } => {
+                Ok(self.client_command(cli))
+            }
             Command::Gateway { index } => {
                 init_logging(&config, "gateway");
                 crate::metrics::set_enabled(config.metrics.enabled);
@@ -337,6 +404,52 @@ impl App {
                     let shutdown = shutdown_on_signals()?;
                     crate::worker::run(config, events, shutdown).await
                 })
+            }
+        }
+    }
+
+    /// `push`, `online`, `kick`: one API client call, with the exit status scripts test.
+    fn client_command(&self, cli: Cli) -> ExitCode {
+        let config = match self.load_config(&cli) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        };
+        init_logging_quiet();
+        let rt = match runtime(1, "cli") {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(exit::UNREACHABLE);
+            }
+        };
+        let outcome = rt.block_on(async {
+            let name = format!("cli-{}", std::process::id());
+            let gateway = Gateway::connect_as(&config, name, false)
+                .await
+                .map_err(|e| format!("cannot open the store: {e}"))?;
+            let outcome = client_call(&gateway, cli.command).await;
+            gateway.close().await;
+            outcome.map_err(|e| match e {
+                ApiError::NoGateway { .. } => format!(
+                    "{e}; is the deployment running, and is this its configuration ({})?",
+                    store_description(&config.resolved_store())
+                ),
+                e => e.to_string(),
+            })
+        });
+        match outcome {
+            // An answer, "not online" included, goes to standard output; errors (2, 3)
+            // to standard error.
+            Ok((code, text)) => {
+                println!("{text}");
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(exit::UNREACHABLE)
             }
         }
     }
@@ -427,6 +540,84 @@ impl App {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Exit statuses of `push`, `online` and `kick`.
+mod exit {
+    /// Delivered, online, closed.
+    pub const DONE: u8 = 0;
+    /// Nobody reached, not online, not found.
+    pub const NOT_FOUND: u8 = 1;
+    /// A usage or configuration error (clap exits 2 for usage errors too).
+    pub const USAGE: u8 = 2;
+    /// The deployment could not be reached: no gateway, a timeout, the store down.
+    pub const UNREACHABLE: u8 = 3;
+}
+
+/// Runs one client command; returns its exit status and the line to print.
+async fn client_call(gateway: &Gateway, command: Command) -> Result<(u8, String), ApiError> {
+    let done = |text: String| (exit::DONE, text);
+    let missing = |text: String| (exit::NOT_FOUND, text);
+    Ok(match command {
+        Command::Push { target, message } => {
+            if let Some(id) = target.client {
+                if gateway.send_to_client(id, message).await? {
+                    done(format!("delivered to client {id}"))
+                } else {
+                    missing(format!("not delivered: client {id} is not online"))
+                }
+            } else if let Some(uid) = target.uid {
+                match gateway.send_to_uid(&[uid.as_str()], message).await? {
+                    0 => missing(format!("not delivered: no client is bound to uid {uid}")),
+                    n => done(format!("delivered to {n} client(s) of uid {uid}")),
+                }
+            } else if let Some(group) = target.group {
+                match gateway
+                    .send_to_group_counted(&[group.as_str()], message, &[])
+                    .await?
+                {
+                    0 => missing(format!("not delivered: group {group} has no member online")),
+                    n => done(format!("delivered to {n} member(s) of group {group}")),
+                }
+            } else {
+                let n = gateway.send_to_all_counted(message).await?;
+                done(format!("delivered to {n} client(s)"))
+            }
+        }
+        Command::Online { who } => {
+            if let Some(id) = who.client {
+                if gateway.is_online(id).await? {
+                    done(format!("client {id} is online"))
+                } else {
+                    missing(format!("client {id} is not online"))
+                }
+            } else {
+                let uid = who.uid.unwrap_or_default();
+                let ids = gateway.client_ids_by_uid(&uid).await?;
+                if ids.is_empty() {
+                    missing(format!("uid {uid} is not online"))
+                } else {
+                    let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                    done(format!(
+                        "uid {uid} is online: {} client(s): {}",
+                        ids.len(),
+                        list.join(", ")
+                    ))
+                }
+            }
+        }
+        Command::Kick { id, message } => {
+            if !gateway.is_online(id).await? {
+                missing(format!("client {id} is not online"))
+            } else {
+                gateway
+                    .close_client(id, message.map(crate::Message::from))
+                    .await?;
+                done(format!("closed client {id}"))
+            }
+        }
+        _ => (exit::USAGE, "not a client command".to_string()),
+    })
 }
 
 /// Stops the running supervisor and waits until it is gone (its own stop timeout, plus
