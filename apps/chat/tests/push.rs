@@ -639,7 +639,7 @@ async fn push_online_and_kick_from_the_command_line_with_exit_statuses() {
     let id = alice.login("alice").await;
     let mut bob = Client::connect(d.addr()).await;
     let bob_id = bob.login("bob").await;
-    alice.expect("bob[").await;
+    alice.expect(&format!("bob[{bob_id}] come")).await;
     lib.bind_uid(id, "alice").await.unwrap();
     lib.join_group(id, "team").await.unwrap();
     let id_s = id.to_string();
