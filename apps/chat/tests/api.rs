@@ -85,6 +85,16 @@ async fn every_api_call_across_two_gateways() {
     clients[a_idx].1.expect_next("filtered").await;
     nothing_more(&mut clients[b_idx].1).await;
     nothing_more(&mut clients[c_idx].1).await;
+    // The same, counted: each gateway says how many of its clients it reached.
+    assert_eq!(
+        api.send_to_all_filtered_counted("filtered counted", Some(&[a, b, c]), &[c])
+            .await
+            .unwrap(),
+        2
+    );
+    clients[a_idx].1.expect_next("filtered counted").await;
+    clients[b_idx].1.expect_next("filtered counted").await;
+    nothing_more(&mut clients[c_idx].1).await;
 
     // uid: one uid bound on both gateways.
     api.bind_uid(a, "u1").await.unwrap();
