@@ -375,14 +375,20 @@ async fn without_a_reachable_gateway_every_call_is_an_error_naming_the_deploymen
     no_gateway(api.send_to_all("x").await, "send_to_all");
     no_gateway(api.send_to_group(&["g"], "x", &[]).await, "send_to_group");
     no_gateway(api.send_to_uid(&["u"], "x").await.map(drop), "send_to_uid");
-    no_gateway(api.send_to_client(someone, "x").await.map(drop), "send_to_client");
+    no_gateway(
+        api.send_to_client(someone, "x").await.map(drop),
+        "send_to_client",
+    );
     no_gateway(api.is_online(someone).await.map(drop), "is_online");
     no_gateway(api.bind_uid(someone, "u").await, "bind_uid");
     no_gateway(api.ungroup("g").await, "ungroup");
     no_gateway(api.all_client_count().await.map(drop), "all_client_count");
     no_gateway(api.clients().await.map(drop), "clients");
     let err = api.all_client_count().await.unwrap_err().to_string();
-    assert!(err.contains("no gateway") && err.contains("nobody-here"), "{err}");
+    assert!(
+        err.contains("no gateway") && err.contains("nobody-here"),
+        "{err}"
+    );
     api.close().await;
 
     // A running deployment with the wrong secret: its gateways refuse us, so there is
@@ -516,7 +522,10 @@ async fn sends_to_a_stalled_gateway_time_out_naming_it() {
     // The gateway is back: sends go through again.
     let deadline = std::time::Instant::now() + switchboard_testkit::WAIT;
     while api.send_to_all_counted("again").await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "sends never recovered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sends never recovered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     api.close().await;

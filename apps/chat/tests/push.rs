@@ -141,7 +141,10 @@ impl Api {
     }
 
     fn note(&mut self, path: &str, r: &Reply) {
-        if let Some(route) = ROUTES.iter().find(|x| path.split('?').next() == Some(x.path)) {
+        if let Some(route) = ROUTES
+            .iter()
+            .find(|x| path.split('?').next() == Some(x.path))
+        {
             if r.status == 200 {
                 self.good.insert(route.path);
             } else if (400..500).contains(&r.status) {
@@ -198,7 +201,11 @@ impl Api {
         assert_eq!(r.status, status, "{what}: {}", r.raw);
         assert_eq!(r.body["ok"], false, "{what}: {}", r.raw);
         for w in words {
-            assert!(r.error().contains(w), "{what}: error {:?} lacks {w:?}", r.error());
+            assert!(
+                r.error().contains(w),
+                "{what}: error {:?} lacks {w:?}",
+                r.error()
+            );
         }
     }
 }
@@ -262,18 +269,36 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     api.fails(r, 405, &["GET"], "POST /openapi.json");
 
     // ---- POST /v1/push, the fixed one -------------------------------------------
-    let r = api.ok_post("/v1/push", json!({"message": "to a", "client_id": a.to_string()}));
+    let r = api.ok_post(
+        "/v1/push",
+        json!({"message": "to a", "client_id": a.to_string()}),
+    );
     assert_eq!(r, json!({"ok": true, "reached": 1}));
     gets(&mut on_a[0], "to a").await;
-    api.ok_post("/v1/bind_uid", json!({"client_id": a.to_string(), "uid": "alice"}));
-    api.ok_post("/v1/bind_uid", json!({"client_id": b.to_string(), "uid": "alice"}));
+    api.ok_post(
+        "/v1/bind_uid",
+        json!({"client_id": a.to_string(), "uid": "alice"}),
+    );
+    api.ok_post(
+        "/v1/bind_uid",
+        json!({"client_id": b.to_string(), "uid": "alice"}),
+    );
     let r = api.ok_post("/v1/push", json!({"message": "to alice", "uid": "alice"}));
     assert_eq!(r["reached"], 2, "alice has a client on each gateway");
     gets(&mut on_a[0], "to alice").await;
     gets(&mut on_b[0], "to alice").await;
-    api.ok_post("/v1/join_group", json!({"client_id": a.to_string(), "group": "room"}));
-    api.ok_post("/v1/join_group", json!({"client_id": a2.to_string(), "group": "room"}));
-    api.ok_post("/v1/join_group", json!({"client_id": b.to_string(), "group": "room"}));
+    api.ok_post(
+        "/v1/join_group",
+        json!({"client_id": a.to_string(), "group": "room"}),
+    );
+    api.ok_post(
+        "/v1/join_group",
+        json!({"client_id": a2.to_string(), "group": "room"}),
+    );
+    api.ok_post(
+        "/v1/join_group",
+        json!({"client_id": b.to_string(), "group": "room"}),
+    );
     let r = api.ok_post(
         "/v1/push",
         json!({"message": "to room", "group": "room", "exclude": [a2.to_string()]}),
@@ -299,9 +324,16 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
         b"{\"message\": \"x\", \"all\": tru",
     );
     api.fails(r, 400, &["not valid JSON"], "broken JSON");
-    let r = api.post_raw("/v1/push", &[("Content-Type", "application/json")], b"[1,2]");
+    let r = api.post_raw(
+        "/v1/push",
+        &[("Content-Type", "application/json")],
+        b"[1,2]",
+    );
     api.fails(r, 400, &["JSON object"], "an array");
-    let r = api.post("/v1/push", json!({"message": "x", "all": true, "colour": "red"}));
+    let r = api.post(
+        "/v1/push",
+        json!({"message": "x", "all": true, "colour": "red"}),
+    );
     api.fails(r, 400, &["unknown field", "colour"], "an unknown field");
     let r = api.post("/v1/push", json!({"all": true}));
     api.fails(r, 400, &["missing field", "message"], "no message");
@@ -322,15 +354,31 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     );
     api.fails(r, 400, &["exclude"], "exclude with a uid");
     let r = api.post("/v1/push", json!({"message": "x", "client_id": "12345"}));
-    api.fails(r, 400, &["client_id", "12345", "not a client id"], "a malformed id");
+    api.fails(
+        r,
+        400,
+        &["client_id", "12345", "not a client id"],
+        "a malformed id",
+    );
     let r = api.post(
         "/v1/push",
         json!({"message": "x", "group": "room", "exclude": ["zz"]}),
     );
     api.fails(r, 400, &["exclude[0]"], "a malformed exclusion");
-    let r = api.post("/v1/push", json!({"message": "x", "client_id": offline.to_string()}));
-    api.fails(r, 404, &["not online", &offline.to_string()], "an offline client");
-    assert_eq!(r_reached(&api, "/v1/push", json!({"message": "x", "uid": "nobody"})), 0);
+    let r = api.post(
+        "/v1/push",
+        json!({"message": "x", "client_id": offline.to_string()}),
+    );
+    api.fails(
+        r,
+        404,
+        &["not online", &offline.to_string()],
+        "an offline client",
+    );
+    assert_eq!(
+        r_reached(&api, "/v1/push", json!({"message": "x", "uid": "nobody"})),
+        0
+    );
     let r = api.post("/v1/push", json!({"message": "x", "uid": "nobody"}));
     api.fails(r, 404, &["nobody"], "an unknown uid");
     let r = api.post("/v1/push", json!({"message": "x", "group": "empty"}));
@@ -392,7 +440,10 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     gets(&mut on_b[0], "uids").await;
     let r = api.post("/v1/send_to_uid", json!({"uids": [], "message": "x"}));
     api.fails(r, 400, &["uids", "at least one"], "no uids");
-    let r = api.post("/v1/send_to_uid", json!({"uids": ["nobody"], "message": "x"}));
+    let r = api.post(
+        "/v1/send_to_uid",
+        json!({"uids": ["nobody"], "message": "x"}),
+    );
     api.fails(r, 404, &["nobody"], "send_to_uid to nobody");
     let r = api.ok_post(
         "/v1/send_to_group",
@@ -405,8 +456,16 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
         "/v1/send_to_group",
         json!({"groups": ["room"], "message": "x", "exclude": [b.to_string(), "bad"]}),
     );
-    api.fails(r, 400, &["exclude[1]"], "send_to_group with a bad exclusion");
-    let r = api.post("/v1/send_to_group", json!({"groups": ["empty"], "message": "x"}));
+    api.fails(
+        r,
+        400,
+        &["exclude[1]"],
+        "send_to_group with a bad exclusion",
+    );
+    let r = api.post(
+        "/v1/send_to_group",
+        json!({"groups": ["empty"], "message": "x"}),
+    );
     api.fails(r, 404, &["empty"], "send_to_group to nobody");
     let r = api.ok_post(
         "/v1/send_to_all",
@@ -426,19 +485,43 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     }
 
     // ---- uids, groups, sessions --------------------------------------------------
-    let r = api.post("/v1/bind_uid", json!({"client_id": offline.to_string(), "uid": "u"}));
+    let r = api.post(
+        "/v1/bind_uid",
+        json!({"client_id": offline.to_string(), "uid": "u"}),
+    );
     api.fails(r, 404, &["not online"], "bind_uid offline");
-    let r = api.post("/v1/bind_uid", json!({"client_id": a.to_string(), "uid": ""}));
+    let r = api.post(
+        "/v1/bind_uid",
+        json!({"client_id": a.to_string(), "uid": ""}),
+    );
     api.fails(r, 400, &["uid must not be empty"], "bind_uid empty");
-    api.ok_post("/v1/bind_uid", json!({"client_id": a2.to_string(), "uid": "bob"}));
-    api.ok_post("/v1/unbind_uid", json!({"client_id": a2.to_string(), "uid": "bob"}));
+    api.ok_post(
+        "/v1/bind_uid",
+        json!({"client_id": a2.to_string(), "uid": "bob"}),
+    );
+    api.ok_post(
+        "/v1/unbind_uid",
+        json!({"client_id": a2.to_string(), "uid": "bob"}),
+    );
     let r = api.post("/v1/unbind_uid", json!({"client_id": a2.to_string()}));
     api.fails(r, 400, &["missing field", "uid"], "unbind_uid without uid");
-    let r = api.post("/v1/join_group", json!({"client_id": offline.to_string(), "group": "g"}));
+    let r = api.post(
+        "/v1/join_group",
+        json!({"client_id": offline.to_string(), "group": "g"}),
+    );
     api.fails(r, 404, &["not online"], "join_group offline");
-    api.ok_post("/v1/join_group", json!({"client_id": b.to_string(), "group": "other"}));
-    api.ok_post("/v1/leave_group", json!({"client_id": a2.to_string(), "group": "room"}));
-    let r = api.post("/v1/leave_group", json!({"client_id": a2.to_string(), "group": ""}));
+    api.ok_post(
+        "/v1/join_group",
+        json!({"client_id": b.to_string(), "group": "other"}),
+    );
+    api.ok_post(
+        "/v1/leave_group",
+        json!({"client_id": a2.to_string(), "group": "room"}),
+    );
+    let r = api.post(
+        "/v1/leave_group",
+        json!({"client_id": a2.to_string(), "group": ""}),
+    );
     api.fails(r, 400, &["group must not be empty"], "leave_group empty");
     let r = api.ok_post("/v1/ungroup", json!({"group": "other"}));
     assert_eq!(r["members"], 1);
@@ -464,12 +547,23 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     api.fails(r, 404, &["not online"], "update_session offline");
 
     // ---- queries -----------------------------------------------------------------
-    assert_eq!(api.ok_get(&format!("/v1/is_online?client_id={a}"))["online"], true);
-    assert_eq!(api.ok_get(&format!("/v1/is_online?client_id={offline}"))["online"], false);
+    assert_eq!(
+        api.ok_get(&format!("/v1/is_online?client_id={a}"))["online"],
+        true
+    );
+    assert_eq!(
+        api.ok_get(&format!("/v1/is_online?client_id={offline}"))["online"],
+        false
+    );
     let r = api.get("/v1/is_online?client_id=xyz");
     api.fails(r, 400, &["client_id", "xyz"], "is_online with a bad id");
     let r = api.get("/v1/is_online");
-    api.fails(r, 400, &["missing field", "client_id"], "is_online without an id");
+    api.fails(
+        r,
+        400,
+        &["missing field", "client_id"],
+        "is_online without an id",
+    );
     let r = api.get(&format!("/v1/is_online?client_id={a}&colour=red"));
     api.fails(r, 400, &["unknown field", "colour"], "an unknown parameter");
     assert_eq!(api.ok_get("/v1/is_uid_online?uid=alice")["online"], true);
@@ -486,10 +580,16 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     };
     let mut alice = vec![a.to_string(), b.to_string()];
     alice.sort();
-    assert_eq!(ids(&api.ok_get("/v1/client_ids_by_uid?uid=alice"), "client_ids"), alice);
+    assert_eq!(
+        ids(&api.ok_get("/v1/client_ids_by_uid?uid=alice"), "client_ids"),
+        alice
+    );
     let r = api.get("/v1/client_ids_by_uid");
     api.fails(r, 400, &["uid"], "client_ids_by_uid without uid");
-    assert_eq!(api.ok_get(&format!("/v1/uid_by_client_id?client_id={a}"))["uid"], "alice");
+    assert_eq!(
+        api.ok_get(&format!("/v1/uid_by_client_id?client_id={a}"))["uid"],
+        "alice"
+    );
     assert_eq!(
         api.ok_get(&format!("/v1/uid_by_client_id?client_id={a2}"))["uid"],
         Value::Null
@@ -498,21 +598,56 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     api.fails(r, 404, &["not online"], "uid_by_client_id offline");
     let mut room = vec![a.to_string(), b.to_string()];
     room.sort();
-    assert_eq!(ids(&api.ok_get("/v1/client_ids_by_group?group=room"), "client_ids"), room);
+    assert_eq!(
+        ids(
+            &api.ok_get("/v1/client_ids_by_group?group=room"),
+            "client_ids"
+        ),
+        room
+    );
     let r = api.get("/v1/client_ids_by_group?group=");
-    api.fails(r, 400, &["group must not be empty"], "client_ids_by_group empty");
-    assert_eq!(api.ok_get("/v1/uids_by_group?group=room")["uids"], json!(["alice"]));
+    api.fails(
+        r,
+        400,
+        &["group must not be empty"],
+        "client_ids_by_group empty",
+    );
+    assert_eq!(
+        api.ok_get("/v1/uids_by_group?group=room")["uids"],
+        json!(["alice"])
+    );
     let r = api.get("/v1/uids_by_group?room=1");
-    api.fails(r, 400, &["unknown field"], "uids_by_group with a wrong parameter");
-    assert_eq!(api.ok_get("/v1/client_count_by_group?group=room")["count"], 2);
+    api.fails(
+        r,
+        400,
+        &["unknown field"],
+        "uids_by_group with a wrong parameter",
+    );
+    assert_eq!(
+        api.ok_get("/v1/client_count_by_group?group=room")["count"],
+        2
+    );
     let r = api.get("/v1/client_count_by_group");
     api.fails(r, 400, &["group"], "client_count_by_group without group");
     assert_eq!(api.ok_get("/v1/all_client_count")["count"], total);
     let r = api.get("/v1/all_client_count?x=1");
-    api.fails(r, 400, &["unknown field"], "all_client_count with a parameter");
-    assert_eq!(ids(&api.ok_get("/v1/all_client_ids"), "client_ids").len() as u64, total);
+    api.fails(
+        r,
+        400,
+        &["unknown field"],
+        "all_client_count with a parameter",
+    );
+    assert_eq!(
+        ids(&api.ok_get("/v1/all_client_ids"), "client_ids").len() as u64,
+        total
+    );
     let r = api.get("/v1/all_client_ids?x=1");
-    api.fails(r, 400, &["unknown field"], "all_client_ids with a parameter");
+    api.fails(
+        r,
+        400,
+        &["unknown field"],
+        "all_client_ids with a parameter",
+    );
     assert_eq!(api.ok_get("/v1/all_uids")["uids"], json!(["alice"]));
     let r = api.get("/v1/all_uids?x=1");
     api.fails(r, 400, &["unknown field"], "all_uids with a parameter");
@@ -531,7 +666,12 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     assert_eq!(in_room["sessions"][b.to_string()]["j"], true);
     assert_eq!(in_room["sessions"].as_object().unwrap().len(), 2);
     let r = api.get("/v1/sessions?group=");
-    api.fails(r, 400, &["group must not be empty"], "sessions of an empty name");
+    api.fails(
+        r,
+        400,
+        &["group must not be empty"],
+        "sessions of an empty name",
+    );
     let clients = api.ok_get("/v1/clients");
     let rows = clients["clients"].as_array().unwrap();
     assert_eq!(rows.len() as u64, total);
@@ -552,7 +692,10 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     api.fails(r, 400, &["unknown field"], "gateways with a parameter");
 
     // ---- close_client ------------------------------------------------------------
-    let r = api.post("/v1/close_client", json!({"client_id": offline.to_string()}));
+    let r = api.post(
+        "/v1/close_client",
+        json!({"client_id": offline.to_string()}),
+    );
     api.fails(r, 404, &["not online"], "close_client offline");
     api.ok_post(
         "/v1/close_client",
@@ -575,12 +718,24 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
     let r = api.get("/v1/all_client_count");
     unsafe { libc::kill(frozen as i32, libc::SIGCONT) };
     assert_eq!(r.status, 504, "{}", r.raw);
-    assert!(r.error().contains(&format!("gateway {}", b.gateway)), "{}", r.raw);
+    assert!(
+        r.error().contains(&format!("gateway {}", b.gateway)),
+        "{}",
+        r.raw
+    );
 
     // Every route of the server answered both a success and a client error here.
     for route in ROUTES {
-        assert!(api.good.contains(route.path), "{} never answered 200", route.path);
-        assert!(api.bad.contains(route.path), "{} never answered a 4xx", route.path);
+        assert!(
+            api.good.contains(route.path),
+            "{} never answered 200",
+            route.path
+        );
+        assert!(
+            api.bad.contains(route.path),
+            "{} never answered a 4xx",
+            route.path
+        );
     }
     lib.close().await;
     eprintln!("took {:?}", started.elapsed());
@@ -626,7 +781,11 @@ fn cli(d: &Deployment, args: &[&str], status: i32, says: &str) -> Output {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(text.contains(says), "{args:?} should say {says:?}: {}", out(&o));
+    assert!(
+        text.contains(says),
+        "{args:?} should say {says:?}: {}",
+        out(&o)
+    );
     o
 }
 
@@ -645,41 +804,117 @@ async fn push_online_and_kick_from_the_command_line_with_exit_statuses() {
     let id_s = id.to_string();
     let offline = ClientId::new(id.gateway, 999_999).to_string();
 
-    cli(&d, &["push", "--client", &id_s, "hello alice"], 0, &format!("delivered to client {id}"));
+    cli(
+        &d,
+        &["push", "--client", &id_s, "hello alice"],
+        0,
+        &format!("delivered to client {id}"),
+    );
     alice.expect_next("hello alice").await;
-    cli(&d, &["push", "--uid", "alice", "to your uid"], 0, "delivered to 1 client(s) of uid alice");
+    cli(
+        &d,
+        &["push", "--uid", "alice", "to your uid"],
+        0,
+        "delivered to 1 client(s) of uid alice",
+    );
     alice.expect_next("to your uid").await;
-    cli(&d, &["push", "--group", "team", "to the team"], 0, "delivered to 1 member(s) of group team");
+    cli(
+        &d,
+        &["push", "--group", "team", "to the team"],
+        0,
+        "delivered to 1 member(s) of group team",
+    );
     alice.expect_next("to the team").await;
-    cli(&d, &["push", "--all", "to everybody"], 0, "delivered to 2 client(s)");
+    cli(
+        &d,
+        &["push", "--all", "to everybody"],
+        0,
+        "delivered to 2 client(s)",
+    );
     alice.expect_next("to everybody").await;
     bob.expect_next("to everybody").await;
     // Nobody reached: 1, and nothing arrives.
     cli(&d, &["push", "--client", &offline, "x"], 1, "is not online");
-    cli(&d, &["push", "--uid", "nobody", "x"], 1, "no client is bound to uid nobody");
-    cli(&d, &["push", "--group", "empty", "x"], 1, "group empty has no member online");
+    cli(
+        &d,
+        &["push", "--uid", "nobody", "x"],
+        1,
+        "no client is bound to uid nobody",
+    );
+    cli(
+        &d,
+        &["push", "--group", "empty", "x"],
+        1,
+        "group empty has no member online",
+    );
     // Usage and configuration errors: 2.
-    cli(&d, &["push", "--client", &id_s, "--uid", "alice", "x"], 2, "cannot be used with");
+    cli(
+        &d,
+        &["push", "--client", &id_s, "--uid", "alice", "x"],
+        2,
+        "cannot be used with",
+    );
     cli(&d, &["push", "x"], 2, "required");
-    cli(&d, &["push", "--client", "not-an-id", "x"], 2, "not a client id");
+    cli(
+        &d,
+        &["push", "--client", "not-an-id", "x"],
+        2,
+        "not a client id",
+    );
     cli(&d, &["push", "--all"], 2, "MESSAGE");
-    cli(&d, &["--set", "worker.query_timeout=0s", "push", "--all", "x"], 2, "worker.query_timeout");
+    cli(
+        &d,
+        &["--set", "worker.query_timeout=0s", "push", "--all", "x"],
+        2,
+        "worker.query_timeout",
+    );
     let o = std::process::Command::new(d.binary())
-        .args(["--config", "/nonexistent/chat.toml", "online", "--uid", "alice"])
+        .args([
+            "--config",
+            "/nonexistent/chat.toml",
+            "online",
+            "--uid",
+            "alice",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", out(&o));
     // Another deployment name finds no gateway: 3, saying so.
-    cli(&d, &["--set", "name=elsewhere", "push", "--all", "x"], 3, "no gateway");
+    cli(
+        &d,
+        &["--set", "name=elsewhere", "push", "--all", "x"],
+        3,
+        "no gateway",
+    );
     nothing_more(&mut alice).await;
 
-    cli(&d, &["online", "--client", &id_s], 0, &format!("client {id} is online"));
+    cli(
+        &d,
+        &["online", "--client", &id_s],
+        0,
+        &format!("client {id} is online"),
+    );
     cli(&d, &["online", "--client", &offline], 1, "is not online");
-    cli(&d, &["online", "--uid", "alice"], 0, &format!("uid alice is online: 1 client(s): {id}"));
-    cli(&d, &["online", "--uid", "nobody"], 1, "uid nobody is not online");
+    cli(
+        &d,
+        &["online", "--uid", "alice"],
+        0,
+        &format!("uid alice is online: 1 client(s): {id}"),
+    );
+    cli(
+        &d,
+        &["online", "--uid", "nobody"],
+        1,
+        "uid nobody is not online",
+    );
     cli(&d, &["online"], 2, "required");
 
-    cli(&d, &["kick", &bob_id.to_string(), "--message", "bye bob"], 0, &format!("closed client {bob_id}"));
+    cli(
+        &d,
+        &["kick", &bob_id.to_string(), "--message", "bye bob"],
+        0,
+        &format!("closed client {bob_id}"),
+    );
     bob.expect_next("bye bob").await;
     assert!(bob.closed_within(Duration::from_secs(5)).await);
     // A kicked client is gone: kicking it again finds nobody.
@@ -729,7 +964,10 @@ async fn pushes_arrive_during_a_reload_and_with_every_worker_stopped() {
     }
     let log = d.log();
     assert!(log.contains("reload: draining the old worker"), "{log}");
-    assert!(during >= 3, "only {during} pushes were made during the reload");
+    assert!(
+        during >= 3,
+        "only {during} pushes were made during the reload"
+    );
     for n in 0..sent {
         c.expect_next(&format!("push {n}")).await;
     }
@@ -743,7 +981,10 @@ async fn pushes_arrive_during_a_reload_and_with_every_worker_stopped() {
     for pid in &new_workers {
         unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
     }
-    let r = api.post("/v1/push", json!({"message": "no worker needed", "all": true}));
+    let r = api.post(
+        "/v1/push",
+        json!({"message": "no worker needed", "all": true}),
+    );
     let cli_out = d.cli(&["push", "--client", &id.to_string(), "nor here"]);
     for pid in &new_workers {
         unsafe { libc::kill(*pid as i32, libc::SIGCONT) };

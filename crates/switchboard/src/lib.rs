@@ -59,6 +59,7 @@ pub use assets::{Asset, Assets};
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use cli::App;
+pub use client::{ApiError, Gateway};
 pub use client_id::{ClientId, ParseClientIdError};
 pub use config::Config;
 pub use message::{Message, NotText};
@@ -67,7 +68,6 @@ pub use request::{Refuse, WebSocketRequest};
 pub use statistic::Statistic;
 pub use switchboard_db as db;
 pub use switchboard_store as store;
-pub use client::{ApiError, Gateway};
 pub use worker::{Context, Events, HandlerResult};
 
 /// A client's session: a small JSON object kept on the gateway and shipped with every

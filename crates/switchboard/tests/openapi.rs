@@ -10,7 +10,8 @@ use openapiv3::{OpenAPI, ReferenceOr};
 use switchboard::admin::push::{OPENAPI, ROUTES};
 
 fn document() -> OpenAPI {
-    serde_json::from_str(OPENAPI).unwrap_or_else(|e| panic!("docs/openapi.json is not OpenAPI 3: {e}"))
+    serde_json::from_str(OPENAPI)
+        .unwrap_or_else(|e| panic!("docs/openapi.json is not OpenAPI 3: {e}"))
 }
 
 #[test]
@@ -25,10 +26,15 @@ fn the_document_is_openapi_3_and_lists_every_route_of_the_server() {
         for (method, op) in item.iter() {
             documented.insert((method.to_uppercase(), path.clone()));
             assert!(
-                op.responses.responses.contains_key(&openapiv3::StatusCode::Code(200)),
+                op.responses
+                    .responses
+                    .contains_key(&openapiv3::StatusCode::Code(200)),
                 "{method} {path} documents no 200"
             );
-            assert!(op.operation_id.is_some(), "{method} {path} has no operationId");
+            assert!(
+                op.operation_id.is_some(),
+                "{method} {path} has no operationId"
+            );
         }
     }
     let served: BTreeSet<(String, String)> = ROUTES
@@ -75,7 +81,10 @@ fn every_reference_resolves() {
 #[test]
 fn the_reference_validator_accepts_the_document() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
-    match std::process::Command::new("openapi-spec-validator").arg(path).output() {
+    match std::process::Command::new("openapi-spec-validator")
+        .arg(path)
+        .output()
+    {
         Ok(out) => assert!(
             out.status.success(),
             "openapi-spec-validator refuses docs/openapi.json:\n{}{}",
@@ -85,6 +94,8 @@ fn the_reference_validator_accepts_the_document() {
         Err(e) if std::env::var_os("CI").is_some() => {
             panic!("openapi-spec-validator is not installed in CI: {e}")
         }
-        Err(e) => eprintln!("SKIPPED: openapi-spec-validator not found ({e}); the typed parse still ran"),
+        Err(e) => {
+            eprintln!("SKIPPED: openapi-spec-validator not found ({e}); the typed parse still ran")
+        }
     }
 }

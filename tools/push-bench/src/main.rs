@@ -139,7 +139,9 @@ impl Drop for Deployment {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start(chat: &Path, clients: usize) -> anyhow::Result<Deployment> {
@@ -197,7 +199,9 @@ listen = "127.0.0.1:0"
     loop {
         let ready = switchboard::stats::read_all(&d.config.run_dir())
             .iter()
-            .any(|s| s.role == "gateway" && s.detail.get("workers").and_then(|v| v.as_u64()) == Some(1));
+            .any(|s| {
+                s.role == "gateway" && s.detail.get("workers").and_then(|v| v.as_u64()) == Some(1)
+            });
         if ready && switchboard::admin::running_address(&d.config).is_some() {
             return Ok(d);
         }
@@ -231,7 +235,11 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3; utime and stime are fields 14 and 15.
-    let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let t = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (t(14) + t(15)) as f64 / hz
@@ -283,7 +291,12 @@ async fn one_run(cli: &Cli, chat: &Path) -> anyhow::Result<Figures> {
     let workers = children(&d.config, switchboard::supervisor::ChildRole::Worker);
     let me = std::process::id();
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
-    let before = (cpu(&[supervisor]), cpu(&gateways), cpu(&workers), cpu(&[me]));
+    let before = (
+        cpu(&[supervisor]),
+        cpu(&gateways),
+        cpu(&workers),
+        cpu(&[me]),
+    );
     let began = Instant::now();
     let until = began + Duration::from_secs(cli.seconds);
     let per_push: u64 = match cli.scenario {
@@ -305,14 +318,21 @@ async fn one_run(cli: &Cli, chat: &Path) -> anyhow::Result<Figures> {
                 n += 7919; // spread over the uids
                 match (scenario, http.as_mut()) {
                     (Scenario::HttpUid, Some(h)) => {
-                        h.push(&format!(r#"{{"message":"p {sent}","uid":"{uid}"}}"#)).await?
-                    }
-                    (Scenario::HttpGroup, Some(h)) => {
-                        h.push(&format!(r#"{{"message":"p {sent}","group":"all-clients"}}"#))
+                        h.push(&format!(r#"{{"message":"p {sent}","uid":"{uid}"}}"#))
                             .await?
                     }
+                    (Scenario::HttpGroup, Some(h)) => {
+                        h.push(&format!(
+                            r#"{{"message":"p {sent}","group":"all-clients"}}"#
+                        ))
+                        .await?
+                    }
                     (Scenario::LibUid, _) => {
-                        anyhow::ensure!(lib.send_to_uid(&[uid.as_str()], format!("p {sent}")).await? == 1)
+                        anyhow::ensure!(
+                            lib.send_to_uid(&[uid.as_str()], format!("p {sent}"))
+                                .await?
+                                == 1
+                        )
                     }
                     _ => {
                         let n = lib
@@ -337,7 +357,12 @@ async fn one_run(cli: &Cli, chat: &Path) -> anyhow::Result<Figures> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let delivered_in = began.elapsed();
-    let after = (cpu(&[supervisor]), cpu(&gateways), cpu(&workers), cpu(&[me]));
+    let after = (
+        cpu(&[supervisor]),
+        cpu(&gateways),
+        cpu(&workers),
+        cpu(&[me]),
+    );
     let got = received.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     lib.close().await;

@@ -96,35 +96,135 @@ const fn route(
 
 /// Every route of the push API: the one table the server dispatches from.
 pub const ROUTES: &[Route] = &[
-    route("GET", "/openapi.json", "this API's OpenAPI 3 document", Endpoint::OpenApi),
-    route("POST", "/v1/push", "send a message to one client, a uid, a group or everybody", Endpoint::Push),
-    route("POST", "/v1/send_to_client", "send_to_client", Endpoint::SendToClient),
-    route("POST", "/v1/send_to_uid", "send_to_uid", Endpoint::SendToUid),
-    route("POST", "/v1/send_to_group", "send_to_group_counted", Endpoint::SendToGroup),
-    route("POST", "/v1/send_to_all", "send_to_all_filtered_counted", Endpoint::SendToAll),
+    route(
+        "GET",
+        "/openapi.json",
+        "this API's OpenAPI 3 document",
+        Endpoint::OpenApi,
+    ),
+    route(
+        "POST",
+        "/v1/push",
+        "send a message to one client, a uid, a group or everybody",
+        Endpoint::Push,
+    ),
+    route(
+        "POST",
+        "/v1/send_to_client",
+        "send_to_client",
+        Endpoint::SendToClient,
+    ),
+    route(
+        "POST",
+        "/v1/send_to_uid",
+        "send_to_uid",
+        Endpoint::SendToUid,
+    ),
+    route(
+        "POST",
+        "/v1/send_to_group",
+        "send_to_group_counted",
+        Endpoint::SendToGroup,
+    ),
+    route(
+        "POST",
+        "/v1/send_to_all",
+        "send_to_all_filtered_counted",
+        Endpoint::SendToAll,
+    ),
     route("POST", "/v1/bind_uid", "bind_uid", Endpoint::BindUid),
     route("POST", "/v1/unbind_uid", "unbind_uid", Endpoint::UnbindUid),
     route("POST", "/v1/join_group", "join_group", Endpoint::JoinGroup),
-    route("POST", "/v1/leave_group", "leave_group", Endpoint::LeaveGroup),
+    route(
+        "POST",
+        "/v1/leave_group",
+        "leave_group",
+        Endpoint::LeaveGroup,
+    ),
     route("POST", "/v1/ungroup", "ungroup", Endpoint::Ungroup),
-    route("POST", "/v1/set_session", "set_session", Endpoint::SetSession),
-    route("POST", "/v1/update_session", "update_session", Endpoint::UpdateSession),
-    route("POST", "/v1/close_client", "close_client", Endpoint::CloseClient),
+    route(
+        "POST",
+        "/v1/set_session",
+        "set_session",
+        Endpoint::SetSession,
+    ),
+    route(
+        "POST",
+        "/v1/update_session",
+        "update_session",
+        Endpoint::UpdateSession,
+    ),
+    route(
+        "POST",
+        "/v1/close_client",
+        "close_client",
+        Endpoint::CloseClient,
+    ),
     route("GET", "/v1/is_online", "is_online", Endpoint::IsOnline),
-    route("GET", "/v1/is_uid_online", "is_uid_online", Endpoint::IsUidOnline),
-    route("GET", "/v1/client_ids_by_uid", "client_ids_by_uid", Endpoint::ClientIdsByUid),
-    route("GET", "/v1/uid_by_client_id", "uid_by_client_id", Endpoint::UidByClientId),
-    route("GET", "/v1/client_ids_by_group", "client_ids_by_group", Endpoint::ClientIdsByGroup),
-    route("GET", "/v1/uids_by_group", "uids_by_group", Endpoint::UidsByGroup),
-    route("GET", "/v1/client_count_by_group", "client_count_by_group", Endpoint::ClientCountByGroup),
-    route("GET", "/v1/all_client_count", "all_client_count", Endpoint::AllClientCount),
-    route("GET", "/v1/all_client_ids", "all_client_ids", Endpoint::AllClientIds),
+    route(
+        "GET",
+        "/v1/is_uid_online",
+        "is_uid_online",
+        Endpoint::IsUidOnline,
+    ),
+    route(
+        "GET",
+        "/v1/client_ids_by_uid",
+        "client_ids_by_uid",
+        Endpoint::ClientIdsByUid,
+    ),
+    route(
+        "GET",
+        "/v1/uid_by_client_id",
+        "uid_by_client_id",
+        Endpoint::UidByClientId,
+    ),
+    route(
+        "GET",
+        "/v1/client_ids_by_group",
+        "client_ids_by_group",
+        Endpoint::ClientIdsByGroup,
+    ),
+    route(
+        "GET",
+        "/v1/uids_by_group",
+        "uids_by_group",
+        Endpoint::UidsByGroup,
+    ),
+    route(
+        "GET",
+        "/v1/client_count_by_group",
+        "client_count_by_group",
+        Endpoint::ClientCountByGroup,
+    ),
+    route(
+        "GET",
+        "/v1/all_client_count",
+        "all_client_count",
+        Endpoint::AllClientCount,
+    ),
+    route(
+        "GET",
+        "/v1/all_client_ids",
+        "all_client_ids",
+        Endpoint::AllClientIds,
+    ),
     route("GET", "/v1/all_uids", "all_uids", Endpoint::AllUids),
     route("GET", "/v1/all_groups", "all_groups", Endpoint::AllGroups),
-    route("GET", "/v1/get_session", "get_session", Endpoint::GetSession),
+    route(
+        "GET",
+        "/v1/get_session",
+        "get_session",
+        Endpoint::GetSession,
+    ),
     route("GET", "/v1/sessions", "sessions", Endpoint::Sessions),
     route("GET", "/v1/clients", "clients", Endpoint::Clients),
-    route("GET", "/v1/gateways", "the gateways the admin listener is connected to", Endpoint::Gateways),
+    route(
+        "GET",
+        "/v1/gateways",
+        "the gateways the admin listener is connected to",
+        Endpoint::Gateways,
+    ),
 ];
 
 /// Whether `path` belongs to the push API (answered by [`handle`], JSON errors).
@@ -331,8 +431,11 @@ fn params<T: DeserializeOwned>(input: Value) -> Result<T, Failure> {
 }
 
 fn client_id(field: &str, text: &str) -> Result<ClientId, Failure> {
-    text.parse()
-        .map_err(|_| bad(format!("{field}: {text:?} is not a client id (20 hex digits)")))
+    text.parse().map_err(|_| {
+        bad(format!(
+            "{field}: {text:?} is not a client id (20 hex digits)"
+        ))
+    })
 }
 
 fn client_ids(field: &str, list: &[String]) -> Result<Vec<ClientId>, Failure> {
@@ -645,7 +748,11 @@ async fn run(endpoint: Endpoint, gw: &Gateway, input: Value) -> Outcome {
         }
         Endpoint::Sessions => {
             let p: OptionalGroup = params(input)?;
-            let group = p.group.as_deref().map(|g| nonempty("group", g)).transpose()?;
+            let group = p
+                .group
+                .as_deref()
+                .map(|g| nonempty("group", g))
+                .transpose()?;
             let sessions: Map<String, Value> = gw
                 .sessions(group)
                 .await?
@@ -723,7 +830,9 @@ async fn push(gw: &Gateway, p: PushParams) -> Outcome {
     }
     if let Some(group) = &p.group {
         let group = nonempty("group", group)?;
-        let n = gw.send_to_group_counted(&[group], message, &exclude).await?;
+        let n = gw
+            .send_to_group_counted(&[group], message, &exclude)
+            .await?;
         return reached(n, || format!("group {group:?} has no members reached"));
     }
     let n = gw

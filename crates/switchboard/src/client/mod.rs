@@ -582,11 +582,10 @@ impl Gateway {
     }
 
     fn link_of(&self, client: ClientId) -> Result<LinkHandle, ApiError> {
-        self.link_for(client)?
-            .ok_or(ApiError::GatewayUnavailable {
-                gateway: client.gateway,
-                client,
-            })
+        self.link_for(client)?.ok_or(ApiError::GatewayUnavailable {
+            gateway: client.gateway,
+            client,
+        })
     }
 
     async fn to_client(&self, client: ClientId, cmd: Command) -> Result<(), ApiError> {
@@ -603,7 +602,11 @@ impl Gateway {
     async fn to_all(&self, cmd: Command) -> Result<(), ApiError> {
         crate::metrics::worker::command(command_kind(&cmd));
         let links = self.some_links()?;
-        let max = links.iter().map(|l| l.max_frame).min().unwrap_or(usize::MAX);
+        let max = links
+            .iter()
+            .map(|l| l.max_frame)
+            .min()
+            .unwrap_or(usize::MAX);
         let bytes = encode_checked(&Frame::Command(cmd), max)?;
         let mut full = Vec::new();
         for link in &links {
@@ -783,8 +786,11 @@ impl Gateway {
         // connected are not reached.
         let asks = by_gateway.into_iter().filter_map(|(gw, ids)| {
             let link = links.get(&gw)?.clone();
-            let exclude: Vec<ClientId> =
-                exclude.iter().filter(|c| c.gateway == gw).copied().collect();
+            let exclude: Vec<ClientId> = exclude
+                .iter()
+                .filter(|c| c.gateway == gw)
+                .copied()
+                .collect();
             let q = Query::Counted(Command::SendToAll {
                 data: data.clone(),
                 only: Some(ids),

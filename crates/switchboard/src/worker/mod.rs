@@ -12,11 +12,11 @@ use serde_json::Map;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::{self, Acker, EventSink, Gateway, GatewayOptions};
 use crate::config::Config;
 use crate::protocol::internal::{Event, EventKind, Role};
 use crate::stats;
 use crate::{Error, Message, Refuse, WebSocketRequest};
-use crate::client::{self, Acker, EventSink, Gateway, GatewayOptions};
 use events::ClientMeta;
 pub use events::{Context, Events, HandlerResult};
 
