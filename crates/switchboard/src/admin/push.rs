@@ -227,7 +227,7 @@ pub const ROUTES: &[Route] = &[
     ),
 ];
 
-/// Whether `path` belongs to the push API (answered by [`handle`], JSON errors).
+/// Whether `path` belongs to the push API (answered with JSON, errors included).
 pub fn is_push_path(path: &str) -> bool {
     path == "/openapi.json" || path == "/v1" || path.starts_with("/v1/")
 }
