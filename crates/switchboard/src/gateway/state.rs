@@ -1174,7 +1174,7 @@ mod tests {
             .client_message(id.connection, "hello".into(), false, &f.counters)
             .unwrap();
         let (w1, mut rx1) = f.worker();
-        let (_w2, mut rx2) = f.worker();
+        let (w2, mut rx2) = f.worker();
         let connect = decode_event(&rx1.try_recv().unwrap());
         f.state.ack(w1, connect.seq, id, &f.counters);
         let hello = decode_event(&rx1.try_recv().unwrap());
@@ -1186,8 +1186,23 @@ mod tests {
             (again.kind, again.body),
             (EventKind::Message, Bytes::from("hello"))
         );
-        // A late ack from the dead link is ignored.
+        // A second line waits behind the one in flight on w2.
+        f.state
+            .client_message(id.connection, "second".into(), false, &f.counters)
+            .unwrap();
+        assert!(rx2.try_recv().is_err(), "one event in flight per client");
+        let queued = f.state.queued_bytes;
+        // A late ack from the dead link is ignored: the event stays in flight on w2, so
+        // the next one is not released and nothing is counted as done.
         f.state.ack(w1, hello.seq, id, &f.counters);
+        assert!(
+            rx2.try_recv().is_err(),
+            "a late ack from a dead link released the next event"
+        );
+        assert_eq!(f.state.queued_bytes, queued, "the in-flight event is still held");
+        // w2's own ack is what releases it.
+        f.state.ack(w2, again.seq, id, &f.counters);
+        assert_eq!(decode_event(&rx2.try_recv().unwrap()).body, "second");
     }
 
     #[test]
