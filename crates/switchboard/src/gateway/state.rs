@@ -1199,7 +1199,10 @@ mod tests {
             rx2.try_recv().is_err(),
             "a late ack from a dead link released the next event"
         );
-        assert_eq!(f.state.queued_bytes, queued, "the in-flight event is still held");
+        assert_eq!(
+            f.state.queued_bytes, queued,
+            "the in-flight event is still held"
+        );
         // w2's own ack is what releases it.
         f.state.ack(w2, again.seq, id, &f.counters);
         assert_eq!(decode_event(&rx2.try_recv().unwrap()).body, "second");
