@@ -71,7 +71,9 @@ pub async fn members(gw: &Gateway, room: &str) -> Result<Vec<(ClientId, String)>
 }
 
 /// Tells room `room`: `json` to its browsers and, in room `1`, `line` to the telnet
-/// users; nobody in `exclude` gets either.
+/// users; nobody in `exclude` gets either. The telnet line goes through
+/// [`protocol::one_line`] here, whoever wrote it: no control character reaches a
+/// terminal.
 pub async fn tell_room(
     gw: &Gateway,
     room: &str,
@@ -81,7 +83,8 @@ pub async fn tell_room(
 ) -> Result<(), ApiError> {
     gw.send_to_group(&[room_group(room)], json, exclude).await?;
     if room == TELNET_ROOM {
-        gw.send_to_group(&[TELNET_GROUP], line, exclude).await?;
+        gw.send_to_group(&[TELNET_GROUP], protocol::one_line(&line), exclude)
+            .await?;
     }
     Ok(())
 }

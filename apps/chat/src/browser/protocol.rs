@@ -206,8 +206,10 @@ pub fn content_html(text: &str) -> String {
     out
 }
 
-/// Text from a browser as one telnet line: every control character but the tab
-/// (line breaks, terminal escapes) becomes a space.
+/// Text as one line for a telnet terminal: every control character but the tab — C0
+/// (`ESC`, `CR`, `BS`, ...), `DEL` and C1 (`U+0080`–`U+009F`, such as the one-character
+/// CSI `U+009B`) — becomes a space, so nobody's text can move another user's cursor,
+/// clear their screen or retitle their window.
 pub fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
