@@ -142,6 +142,166 @@ fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
     assert_ne!(d.supervisor_pid(), pid);
 }
 
+/// Signals the supervisors a test may have left running (a failed run of the test
+/// below could leave two daemons) when it ends, however it ends.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            process::signal(*pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// The pids named `supervisor pid N` in a command's output.
+fn supervisor_pids(out: &str) -> Vec<u32> {
+    out.split("supervisor pid ")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn starts_at_the_same_moment_run_exactly_one_supervisor() {
+    let d = Deployment::prepare(chat());
+    // Four foreground starts at once: one runs, the others say who does and exit.
+    let logs: Vec<_> = (0..4)
+        .map(|i| d.dir().join(format!("start-{i}.log")))
+        .collect();
+    let mut starts: Vec<_> = logs
+        .iter()
+        .map(|p| {
+            switchboard_testkit::spawn(
+                d.binary(),
+                d.config_path(),
+                &["start"],
+                std::fs::File::create(p).unwrap(),
+            )
+        })
+        .collect();
+    let _cleanup = KillOnDrop(starts.iter().map(|c| c.id()).collect());
+    let read_logs = || {
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + WAIT;
+    let exited = loop {
+        let exited: Vec<usize> = (0..starts.len())
+            .filter(|i| starts[*i].try_wait().unwrap().is_some())
+            .collect();
+        if exited.len() == starts.len() - 1 {
+            break exited;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 4 simultaneous starts still run after {WAIT:?}:\n{:#?}",
+            4 - exited.len(),
+            read_logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let winner = (0..starts.len()).find(|i| !exited.contains(i)).unwrap();
+    let pid = starts[winner].id();
+    assert_eq!(supervisor::running_pid(d.config()), Some(pid));
+    let all = read_logs();
+    for i in exited {
+        assert!(!starts[i].wait().unwrap().success());
+        assert!(
+            all[i].contains(&format!("already running (supervisor pid {pid}")),
+            "start {i}: {}",
+            all[i]
+        );
+    }
+    // One deployment: one gateway, two workers.
+    d.wait_ready();
+    let gateways = switchboard::stats::read_all(&d.config().run_dir())
+        .into_iter()
+        .filter(|s| s.role == "gateway")
+        .count();
+    assert_eq!(gateways, 1);
+    process::signal(pid, libc::SIGTERM);
+    assert!(starts[winner].wait().unwrap().success());
+
+    // The moment two starts race for: one has locked the pid file but not written its
+    // pid yet. Another start must not run then.
+    let pid_path = supervisor::pid_file(d.config());
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&pid_path)
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let log = d.dir().join("locked-start.log");
+    let mut second = switchboard_testkit::spawn(
+        d.binary(),
+        d.config_path(),
+        &["start"],
+        std::fs::File::create(&log).unwrap(),
+    );
+    let _cleanup = KillOnDrop(vec![second.id()]);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a start runs beside one that holds the pid file's lock:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("already running") && said.contains("lock"),
+        "{said}"
+    );
+    drop(held);
+    std::fs::remove_file(&pid_path).unwrap();
+
+    // Two daemons at once: one starts, the other is told which one runs.
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let a = s.spawn(|| d.cli(&["start", "-d"]));
+        let b = s.spawn(|| d.cli(&["start", "-d"]));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let _cleanup = KillOnDrop(
+        outs.iter()
+            .flat_map(|o| supervisor_pids(&text(o)))
+            .collect(),
+    );
+    let (ok, failed): (Vec<&Output>, Vec<&Output>) = outs.iter().partition(|o| o.status.success());
+    assert_eq!(
+        (ok.len(), failed.len()),
+        (1, 1),
+        "{:?}",
+        outs.iter().map(text).collect::<Vec<_>>()
+    );
+    let pid = supervisor::running_pid(d.config()).expect("a daemon runs");
+    assert!(
+        text(ok[0]).contains(&format!("started in the background (supervisor pid {pid})")),
+        "{}",
+        text(ok[0])
+    );
+    assert!(
+        text(failed[0]).contains(&format!("already running (supervisor pid {pid}")),
+        "{}",
+        text(failed[0])
+    );
+    assert!(d.cli(&["stop"]).status.success());
+}
+
 #[test]
 fn restart_replaces_every_process() {
     let d = Deployment::prepare(chat());
