@@ -282,9 +282,8 @@ impl App {
                 }
                 preflight(&config, only, cli.config.as_deref())?;
                 init_logging(&config, "supervisor");
-                let path = write_effective_config(&config)?;
                 let rt = runtime(1, "supervisor")?;
-                let handle = rt.spawn(supervisor::run(config, path, only));
+                let handle = rt.spawn(supervisor::run(config, only));
                 rt.block_on(handle).unwrap_or_else(|e| {
                     Err(Error::Other(format!("supervisor task failed: {e}")))
                 })?;
@@ -342,7 +341,8 @@ impl App {
     }
 
     /// `start -d`: re-runs this binary's `start` detached (new session, output to the
-    /// log file) and waits until its pid file appears.
+    /// log file) and waits until the pid file names it. If another start won the pid
+    /// file's lock meanwhile, the daemon exits and this says which supervisor runs.
     fn start_daemon(
         &self,
         config: &Config,
@@ -404,15 +404,22 @@ impl App {
             .spawn()
             .map_err(|e| Error::io("cannot start the daemon", e))?;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let daemon = child.id();
         loop {
-            if let Some(pid) = supervisor::running_pid(config) {
+            let running = supervisor::running_pid(config);
+            if running == Some(daemon) {
                 println!(
-                    "started in the background (supervisor pid {pid}); log: {}",
+                    "started in the background (supervisor pid {daemon}); log: {}",
                     log_path.display()
                 );
                 return Ok(ExitCode::SUCCESS);
             }
             if let Ok(Some(status)) = child.try_wait() {
+                if let Some(pid) = running.or_else(|| supervisor::running_pid(config)) {
+                    return Err(Error::Other(format!(
+                        "already running (supervisor pid {pid}); this start's daemon exited ({status})"
+                    )));
+                }
                 return Err(Error::Other(format!(
                     "the daemon exited at once ({status}); see {}",
                     log_path.display()
@@ -515,23 +522,6 @@ fn init_logging_quiet() {
         .with_env_filter(tracing_subscriber::EnvFilter::new("error"))
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// Writes the configuration children start with, with `data_dir` made absolute so that
-/// a reload works from any working directory.
-fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
-    let mut config = config.clone();
-    if config.data_dir.is_relative() {
-        let cwd = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
-        config.data_dir = cwd.join(&config.data_dir);
-    }
-    let run_dir = config.run_dir();
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
-    let path = run_dir.join("effective.toml");
-    std::fs::write(&path, config.to_toml())
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-    Ok(path)
 }
 
 /// The admin listener's port must be free (every `start`, `--only worker` too: each

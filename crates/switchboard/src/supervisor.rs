@@ -123,22 +123,134 @@ struct Exit {
     status: std::io::Result<ExitStatus>,
 }
 
-/// Runs the supervisor until stopped. `config_path` is the file children are started
-/// with (the effective configuration).
-pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Result<(), Error> {
+/// The pid file, locked (`flock`, exclusive) and holding this process's pid for as
+/// long as the value lives; removed when it is dropped.
+///
+/// The lock, not the pid in the file, is what makes a supervisor the only one of its
+/// data directory: two `start`s at the same moment both find no live pid, but only one
+/// of them gets the lock. The kernel releases it when the process ends, however it
+/// ends, so a crash leaves no lock behind (only a stale pid, which is ignored).
+#[derive(Debug)]
+pub struct PidLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+/// Why [`PidLock::acquire`] did not get the lock.
+#[derive(Debug)]
+pub enum PidLockError {
+    /// Another process holds the lock.
+    Held,
+    /// The file cannot be opened or locked.
+    Io(std::io::Error),
+}
+
+impl PidLock {
+    /// Takes the lock on `path` (created if missing) without waiting, then writes this
+    /// process's pid into it.
+    pub fn acquire(path: &Path) -> Result<Self, PidLockError> {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(PidLockError::Io)?;
+            // SAFETY: flock(2) on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(match e.raw_os_error() {
+                    Some(libc::EWOULDBLOCK) => PidLockError::Held,
+                    _ => PidLockError::Io(e),
+                });
+            }
+            // A supervisor that was exiting may have removed the file we opened (it
+            // removes it, then lets the lock go): the lock that counts is the one on
+            // the file at `path` now.
+            let ours = file.metadata().map_err(PidLockError::Io)?;
+            let same = match std::fs::metadata(path) {
+                Ok(m) => (m.dev(), m.ino()) == (ours.dev(), ours.ino()),
+                Err(_) => false,
+            };
+            if !same {
+                continue;
+            }
+            file.set_len(0).map_err(PidLockError::Io)?;
+            file.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .map_err(PidLockError::Io)?;
+            return Ok(PidLock {
+                path: path.to_path_buf(),
+                _file: file,
+            });
+        }
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so no other start locks the old file meanwhile
+        // and takes it for the live one.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Locks the pid file, or says who holds it: the pid in the file (written right after
+/// the lock is taken, so it is waited for a moment).
+async fn lock_pid_file(config: &Config) -> Result<PidLock, Error> {
+    let path = pid_file(config);
+    match PidLock::acquire(&path) {
+        Ok(lock) => Ok(lock),
+        Err(PidLockError::Io(e)) => Err(Error::io(
+            format!("cannot lock the pid file {}", path.display()),
+            e,
+        )),
+        Err(PidLockError::Held) => {
+            for _ in 0..20 {
+                if let Some(pid) = process::read_pid(&path) {
+                    return Err(Error::Other(format!(
+                        "already running (supervisor pid {pid} holds the lock on the pid file {}); use `stop` first",
+                        path.display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Error::Other(format!(
+                "already running: another `start` holds the lock on the pid file {} (it has not written its pid yet); use `stop` first",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// Writes the configuration children start with, `run/effective.toml`, with
+/// `data_dir` made absolute so that a reload works from any working directory.
+fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
+    let mut config = config.clone();
+    if config.data_dir.is_relative() {
+        let cwd = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
+        config.data_dir = cwd.join(&config.data_dir);
+    }
+    let path = config.run_dir().join("effective.toml");
+    std::fs::write(&path, config.to_toml())
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    Ok(path)
+}
+
+/// Runs the supervisor until stopped: locks the pid file (a second supervisor of the
+/// same data directory refuses to run, naming the first), writes the configuration
+/// children start with (`run/effective.toml`), then starts and watches them.
+pub async fn run(config: Config, only: Option<Only>) -> Result<(), Error> {
     let run_dir = config.run_dir();
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
-    let pid_path = pid_file(&config);
-    if let Some(pid) = running_pid(&config) {
-        return Err(Error::Other(format!(
-            "already running (supervisor pid {pid}, pid file {}); use `stop` first",
-            pid_path.display()
-        )));
-    }
-    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
-        .map_err(|e| Error::io(format!("cannot write pid file {}", pid_path.display()), e))?;
-    let _pid_guard = RemoveOnDrop(pid_path.clone());
+    let _pid_lock = lock_pid_file(&config).await?;
+    // Only the supervisor that holds the lock writes it: a start that lost the race
+    // leaves the running deployment's file alone.
+    let config_path = write_effective_config(&config)?;
     // The admin listener and the statistics database come first: a taken admin port
     // or an unusable database fails the start before any child runs. Spool files and
     // metric snapshots left by the children of a previous supervisor are taken in by
@@ -555,7 +667,7 @@ pub fn signal_running(
     Ok(pid)
 }
 
-/// Removes a file when dropped (the pid file, on every way out of `run`).
+/// Removes a file when dropped (the admin address file, on every way out of `run`).
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
