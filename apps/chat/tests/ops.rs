@@ -764,3 +764,196 @@ fn json_logs_are_one_object_per_line_and_name_their_process() {
         "{threads:?}"
     );
 }
+
+/// Runs the binary with another configuration file of the deployment's directory.
+fn cli_with(d: &Deployment, config: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(d.binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_effective_configuration_and_the_run_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Deployment::prepare(chat());
+    let run = d.config().run_dir();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // Left open by an earlier version: both are made private.
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let effective = run.join("effective.toml");
+    std::fs::write(&effective, "").unwrap();
+    std::fs::set_permissions(&effective, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = d.cli(&["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_ready();
+    assert!(std::fs::read_to_string(&effective)
+        .unwrap()
+        .contains("test-secret"));
+    assert_eq!(
+        mode(&effective),
+        0o600,
+        "run/effective.toml holds the secret"
+    );
+    assert_eq!(mode(&run), 0o700, "run/");
+    assert!(d.cli(&["stop"]).status.success());
+}
+
+#[test]
+fn config_print_hides_secrets_unless_asked() {
+    let d = Deployment::prepare(chat());
+    let values = [
+        "top-secret-value",
+        "redis-password-value",
+        "admin-token-value",
+        "db-password-value",
+    ];
+    let file = d.dir().join("secrets.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"x\"\nsecret = \"{}\"\n\
+             [store]\nbackend = \"redis\"\nurl = \"redis://user:{}@127.0.0.1:6379/0\"\n\
+             [admin]\ntoken = \"{}\"\n\
+             [db.instances.m]\ndriver = \"mysql\"\npassword = \"{}\"\n",
+            values[0], values[1], values[2], values[3]
+        ),
+    )
+    .unwrap();
+    let out = cli_with(&d, &file, &["config", "print"]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    for v in values {
+        assert!(!printed.contains(v), "{v} printed:\n{printed}");
+    }
+    assert!(printed.contains("--show-secrets"), "{printed}");
+    assert!(
+        printed.contains("redis://user:"),
+        "the rest of the URL stays: {printed}"
+    );
+    // A masked print is no usable configuration: its secret is refused, not used.
+    let masked = d.dir().join("masked.toml");
+    std::fs::write(&masked, &printed).unwrap();
+    let out = cli_with(&d, &masked, &["config", "check"]);
+    assert!(
+        !out.status.success() && text(&out).contains("secret"),
+        "{}",
+        text(&out)
+    );
+    // --show-secrets prints them all.
+    let out = cli_with(&d, &file, &["config", "print", "--show-secrets"]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    for v in values {
+        assert!(printed.contains(v), "{v} not printed:\n{printed}");
+    }
+}
+
+#[test]
+fn overrides_given_to_start_d_are_on_no_command_line() {
+    let d = Deployment::prepare(chat());
+    let secret = "cmdline-secret-3f9a1c";
+    let out = d.cli(&["--set", &format!("secret={secret}"), "start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_ready();
+    let effective = std::fs::read_to_string(d.config().run_dir().join("effective.toml")).unwrap();
+    assert!(
+        effective.contains(&format!("secret = \"{secret}\"")),
+        "the override reached the supervisor:\n{effective}"
+    );
+    let pids: Vec<u32> = std::iter::once(d.supervisor_pid())
+        .chain(d.pids(ChildRole::Gateway))
+        .chain(d.pids(ChildRole::Worker))
+        .collect();
+    assert_eq!(pids.len(), 4);
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !cmdline.contains(secret),
+            "pid {pid} shows the secret to `ps`: {cmdline}"
+        );
+    }
+    assert!(d.cli(&["stop"]).status.success());
+}
+
+#[test]
+fn the_default_secret_is_refused_off_loopback_and_warned_about_on_it() {
+    let d = Deployment::prepare(chat());
+    let good = std::fs::read_to_string(d.config_path()).unwrap();
+    let default = good.replace("secret = \"test-secret\"\n", "");
+    assert_ne!(default, good);
+    let write = |name: &str, body: String| {
+        let path = d.dir().join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    // Off loopback: refused by every command that would run it, naming the key.
+    let cases = [
+        (
+            "internal_listen",
+            default.replace(
+                "[gateway]\n",
+                "[gateway]\ninternal_listen = \"0.0.0.0:0\"\n",
+            ),
+        ),
+        (
+            "internal_listen",
+            default
+                .replace(
+                    "[gateway]\n",
+                    "[gateway]\ncount = 2\ninternal_listen = \"192.0.2.1:7000\"\n",
+                )
+                .replacen("count = 1\n", "", 1),
+        ),
+        (
+            "internal_advertise",
+            default.replace(
+                "[gateway]\n",
+                "[gateway]\ninternal_advertise = \"192.0.2.1\"\n",
+            ),
+        ),
+        (
+            "internal_listen",
+            good.replace("secret = \"test-secret\"", "secret = \"change-me\"\n")
+                .replace("[gateway]\n", "[gateway]\ninternal_listen = \"[::]:0\"\n"),
+        ),
+    ];
+    for (key, body) in cases {
+        let path = write("open.toml", body);
+        for args in [
+            &["config", "check"][..],
+            &["start"][..],
+            &["start", "-d"][..],
+        ] {
+            let out = cli_with(&d, &path, args);
+            let t = text(&out);
+            assert!(!out.status.success(), "{args:?} accepted it:\n{t}");
+            assert!(
+                t.contains("secret") && t.contains("change-me") && t.contains(key),
+                "{args:?}: {t}"
+            );
+            assert!(
+                !supervisor::pid_file(d.config()).exists(),
+                "{args:?} started"
+            );
+        }
+    }
+    // On loopback: a warning, and it runs.
+    let path = write("loopback.toml", default);
+    let out = cli_with(&d, &path, &["config", "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("warning") && text(&out).contains("change-me"),
+        "{}",
+        text(&out)
+    );
+    let out = cli_with(&d, &path, &["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("warning"), "{}", text(&out));
+    d.wait_ready();
+    assert!(cli_with(&d, &path, &["stop"]).status.success());
+}
