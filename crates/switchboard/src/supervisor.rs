@@ -226,27 +226,59 @@ async fn lock_pid_file(config: &Config) -> Result<PidLock, Error> {
     }
 }
 
+/// Creates the run directory, or takes an existing one, readable by this user only
+/// (`0700`): it holds the effective configuration, with the secret.
+fn private_run_dir(config: &Config) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let run_dir = config.run_dir();
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        Error::io(
+            format!("cannot make {} private (mode 0700)", run_dir.display()),
+            e,
+        )
+    })?;
+    Ok(run_dir)
+}
+
 /// Writes the configuration children start with, `run/effective.toml`, with
-/// `data_dir` made absolute so that a reload works from any working directory.
+/// `data_dir` made absolute so that a reload works from any working directory. It
+/// holds the secret, so it is readable by this user only (`0600`), from its first
+/// byte: written to a new private file, then renamed over the old one.
 fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut config = config.clone();
     if config.data_dir.is_relative() {
         let cwd = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
         config.data_dir = cwd.join(&config.data_dir);
     }
     let path = config.run_dir().join("effective.toml");
-    std::fs::write(&path, config.to_toml())
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    let tmp = path.with_extension("toml.tmp");
+    let written = (|| {
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // The mode given at creation is masked by the umask; this one is not.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(config.to_toml().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    written.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     Ok(path)
 }
 
-/// Runs the supervisor until stopped: locks the pid file (a second supervisor of the
-/// same data directory refuses to run, naming the first), writes the configuration
-/// children start with (`run/effective.toml`), then starts and watches them.
+/// Runs the supervisor until stopped: makes the run directory private (`0700`), locks
+/// the pid file (a second supervisor of the same data directory refuses to run,
+/// naming the first), writes the configuration children start with
+/// (`run/effective.toml`, `0600`), then starts and watches them.
 pub async fn run(config: Config, only: Option<Only>) -> Result<(), Error> {
-    let run_dir = config.run_dir();
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
+    private_run_dir(&config)?;
     let _pid_lock = lock_pid_file(&config).await?;
     // Only the supervisor that holds the lock writes it: a start that lost the race
     // leaves the running deployment's file alone.
