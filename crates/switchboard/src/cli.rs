@@ -118,8 +118,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigAction {
-    /// Print the effective configuration (the embedded default, or the file given).
-    Print,
+    /// Print the effective configuration (the embedded default, or the file given);
+    /// secrets are hidden.
+    Print {
+        /// Print the secrets too (`secret`, `admin.token`, database and Redis
+        /// passwords).
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Check a configuration file; exits non-zero with the offending key and line.
     Check {
         /// The file (default: --config).
@@ -254,9 +260,14 @@ impl App {
         let config = self.load_config(&cli)?;
         match cli.command {
             Command::Config {
-                action: ConfigAction::Print,
+                action: ConfigAction::Print { show_secrets },
             } => {
-                print!("{}", config.to_toml());
+                let shown = if show_secrets {
+                    config
+                } else {
+                    config.with_secrets_hidden()
+                };
+                print!("{}", shown.to_toml());
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config {

@@ -74,7 +74,34 @@ fn default_name() -> String {
     "switchboard".into()
 }
 fn default_secret() -> String {
-    "change-me".into()
+    DEFAULT_SECRET.into()
+}
+
+/// The built-in `secret`: public, so fit only for a deployment whose internal
+/// listeners are all on loopback (see [`Config::secret_warning`]).
+pub const DEFAULT_SECRET: &str = "change-me";
+
+/// What `config print` shows in place of a secret value (see
+/// [`Config::with_secrets_hidden`]). As a value it is refused, so a masked print is
+/// never silently taken for a working configuration.
+pub const HIDDEN: &str = "(hidden; config print --show-secrets shows it)";
+
+/// `url` with the password of its `user:password@` part (if any) replaced by `***`.
+fn hide_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, password)) if !password.is_empty() => {
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_owned(),
+    }
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
@@ -728,6 +755,38 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
+    /// The configuration with its secrets replaced by [`HIDDEN`], for printing:
+    /// `secret` (unless it is the public default), `admin.token`, every
+    /// `db.instances.*.password` that is set, and the password in Redis URLs (`***`).
+    pub fn with_secrets_hidden(&self) -> Config {
+        let mut c = self.clone();
+        if !c.secret.is_empty() && c.secret != DEFAULT_SECRET {
+            c.secret = HIDDEN.into();
+        }
+        if c.admin.token.is_some() {
+            c.admin.token = Some(HIDDEN.into());
+        }
+        match &mut c.store {
+            StoreConfig::Redis { url } => *url = hide_url_password(url),
+            StoreConfig::RedisCluster { cluster } => {
+                for url in cluster.iter_mut() {
+                    *url = hide_url_password(url);
+                }
+            }
+            _ => {}
+        }
+        if let Some(toml::Value::Table(instances)) = c.db.get_mut("instances") {
+            for (_, instance) in instances.iter_mut() {
+                if let Some(p) = instance.get_mut("password") {
+                    if p.as_str().is_some_and(|v| !v.is_empty()) {
+                        *p = toml::Value::String(HIDDEN.into());
+                    }
+                }
+            }
+        }
+        c
+    }
+
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
@@ -747,6 +806,25 @@ impl Config {
         }
         if self.secret.is_empty() {
             return Err(invalid("secret", "must not be empty"));
+        }
+        let hidden = |key: &str| {
+            invalid(
+                key,
+                "is the placeholder `config print` shows for a hidden value, not a value; write the real one (`config print --show-secrets` prints it)",
+            )
+        };
+        if self.secret == HIDDEN {
+            return Err(hidden("secret"));
+        }
+        if self.admin.token.as_deref() == Some(HIDDEN) {
+            return Err(hidden("admin.token"));
+        }
+        if let Some(toml::Value::Table(instances)) = self.db.get("instances") {
+            for (name, instance) in instances {
+                if instance.get("password").and_then(toml::Value::as_str) == Some(HIDDEN) {
+                    return Err(hidden(&format!("db.instances.{name}.password")));
+                }
+            }
         }
         if self.gateway.listeners.is_empty() && self.gateway.count > 0 {
             return Err(invalid(
@@ -1026,6 +1104,20 @@ mod tests {
         assert_eq!(c.worker.count, 2);
         assert_eq!(c.gateway.listeners[0].listen.port(), 8480);
         assert_eq!(c.gateway.listeners[0].max_message(), 65536);
+    }
+
+    #[test]
+    fn url_passwords_are_hidden_and_the_rest_kept() {
+        for (url, shown) in [
+            ("redis://u:pw@h:6379/0", "redis://u:***@h:6379/0"),
+            ("redis://:pw@h", "redis://:***@h"),
+            ("rediss://u:p@ss@h/1", "rediss://u:***@h/1"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("redis://u@h", "redis://u@h"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(hide_url_password(url), shown, "{url}");
+        }
     }
 
     #[test]
