@@ -73,6 +73,11 @@ enum Command {
         /// Run only gateways or only workers here (multi-machine deployments).
         #[arg(long, value_enum)]
         only: Option<Only>,
+        /// Read further `KEY=VALUE` overrides from standard input, each ended by a NUL
+        /// byte: how `start -d` hands its `--set` values to the daemon, off the
+        /// command line that `ps` shows everybody.
+        #[arg(long, hide = true)]
+        overrides_on_stdin: bool,
     },
     /// Stop a running supervisor and its children (waits until they are gone).
     Stop,
@@ -232,6 +237,13 @@ impl App {
             })?;
             overrides.push((k.trim().to_owned(), v.trim().to_owned()));
         }
+        if let Command::Start {
+            overrides_on_stdin: true,
+            ..
+        } = cli.command
+        {
+            overrides.extend(read_overrides(std::io::stdin().lock())?);
+        }
         let mut config = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| {
@@ -281,10 +293,13 @@ impl App {
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Start { daemon: true, only } => self.start_daemon(&config, &cli, only),
+            Command::Start {
+                daemon: true, only, ..
+            } => self.start_daemon(&config, &cli, only),
             Command::Start {
                 daemon: false,
                 only,
+                ..
             } => {
                 if let Some(pid) = supervisor::running_pid(&config) {
                     return Err(Error::Other(format!(
@@ -391,9 +406,6 @@ impl App {
         if let Some(d) = &cli.data_dir {
             cmd.arg("--data-dir").arg(d);
         }
-        for kv in &cli.set {
-            cmd.arg("--set").arg(kv);
-        }
         cmd.arg("start");
         if let Some(only) = only {
             cmd.arg("--only").arg(match only {
@@ -401,9 +413,14 @@ impl App {
                 Only::Worker => "worker",
             });
         }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        // `--set` values may be secrets: they go through a pipe, not the command line.
+        let stdin = if cli.set.is_empty() {
+            std::process::Stdio::null()
+        } else {
+            cmd.arg("--overrides-on-stdin");
+            std::process::Stdio::piped()
+        };
+        cmd.stdin(stdin).stdout(log).stderr(log2);
         // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal.
         unsafe {
             cmd.pre_exec(|| {
@@ -414,6 +431,17 @@ impl App {
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::io("cannot start the daemon", e))?;
+        if let Some(mut pipe) = child.stdin.take() {
+            use std::io::Write as _;
+            let mut bytes = Vec::new();
+            for kv in &cli.set {
+                bytes.extend_from_slice(kv.as_bytes());
+                bytes.push(0);
+            }
+            // Dropping the pipe at the end of this block is the daemon's end of input.
+            pipe.write_all(&bytes)
+                .map_err(|e| Error::io("cannot hand the overrides to the daemon", e))?;
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let daemon = child.id();
         loop {
@@ -445,6 +473,27 @@ impl App {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// `KEY=VALUE` overrides, each ended by a NUL byte (the last one may lack it), as
+/// `start -d` writes them to its daemon's standard input.
+fn read_overrides(mut input: impl std::io::Read) -> Result<Vec<(String, String)>, Error> {
+    let mut bytes = Vec::new();
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read the overrides on standard input", e))?;
+    bytes
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| {
+                    Error::Other("an override on standard input is not KEY=VALUE".into())
+                })
+        })
+        .collect()
 }
 
 /// Stops the running supervisor and waits until it is gone (its own stop timeout, plus
