@@ -604,7 +604,8 @@ fn check_admin_free(config: &Config) -> Result<(), Error> {
 
 /// What must hold before anything starts (and what `config check` checks): the
 /// backends are compiled in, the certificates load, the client ports and the admin
-/// listener's port are free.
+/// listener's port are free. The public default secret (allowed on loopback only,
+/// which validation checks) is warned about on standard error.
 /// With `--only worker` the gateways' certificates and ports are not this machine's
 /// business; with `--only gateway`, the workers' CA is not.
 fn preflight(
@@ -613,6 +614,9 @@ fn preflight(
     file: Option<&std::path::Path>,
 ) -> Result<(), Error> {
     config.check_compiled()?;
+    if let Some(warning) = config.secret_warning() {
+        eprintln!("warning: {warning}");
+    }
     crate::transport::tls::check_config(
         config,
         only != Some(Only::Worker),

@@ -807,6 +807,16 @@ impl Config {
         if self.secret.is_empty() {
             return Err(invalid("secret", "must not be empty"));
         }
+        if self.secret == DEFAULT_SECRET {
+            if let Some((key, addr)) = self.internal_off_loopback() {
+                return Err(invalid(
+                    "secret",
+                    &format!(
+                        "is the public default {DEFAULT_SECRET:?}, and {key} ({addr}) is not a loopback address: anybody who can reach it could join the deployment as a worker or an API client; set secret to a long random string shared by every process (in the file, or SWITCHBOARD__SECRET)"
+                    ),
+                ));
+            }
+        }
         let hidden = |key: &str| {
             invalid(
                 key,
@@ -952,6 +962,40 @@ impl Config {
         }
         self.admin_token()?;
         Ok(())
+    }
+
+    /// The first internal address of this configuration that is not on loopback, with
+    /// its key: the internal listener of each gateway process (`gateway.count` of them,
+    /// ports derived from `gateway.internal_listen`), then `gateway.internal_advertise`.
+    pub fn internal_off_loopback(&self) -> Option<(String, String)> {
+        for i in 0..self.gateway.count {
+            let addr = self.gateway.internal_listen_for(i);
+            if !addr.ip().is_loopback() {
+                let key = if self.gateway.count > 1 {
+                    format!("gateway.internal_listen of gateway {i}")
+                } else {
+                    "gateway.internal_listen".to_owned()
+                };
+                return Some((key, addr.to_string()));
+            }
+        }
+        match self.gateway.internal_advertise {
+            Some(ip) if !ip.is_loopback() => {
+                Some(("gateway.internal_advertise".to_owned(), ip.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A warning for a configuration that runs with the public default secret: allowed
+    /// (validation refuses it when an internal address is off loopback), but never
+    /// what a deployment should keep.
+    pub fn secret_warning(&self) -> Option<String> {
+        (self.secret == DEFAULT_SECRET).then(|| {
+            format!(
+                "secret is the public default {DEFAULT_SECRET:?}: accepted because every internal listener is on loopback; set your own before workers or API clients connect from another machine (it is refused then)"
+            )
+        })
     }
 
     /// The admin listener's token: `admin.token`, or the first line of
@@ -1104,6 +1148,39 @@ mod tests {
         assert_eq!(c.worker.count, 2);
         assert_eq!(c.gateway.listeners[0].listen.port(), 8480);
         assert_eq!(c.gateway.listeners[0].max_message(), 65536);
+    }
+
+    #[test]
+    fn the_default_secret_is_refused_off_loopback_and_warned_about_on_it() {
+        let c = Config::from_toml("", None).unwrap();
+        assert!(c.secret_warning().unwrap().contains("change-me"));
+        for (toml, key) in [
+            ("[gateway]\ninternal_listen = \"0.0.0.0:0\"", "gateway.internal_listen"),
+            ("[gateway]\ninternal_listen = \"[::]:0\"", "gateway.internal_listen"),
+            (
+                "[gateway]\ncount = 3\ninternal_listen = \"10.0.0.1:7000\"\n[[gateway.listeners]]\nlisten = \"127.0.0.1:9000\"",
+                "gateway.internal_listen of gateway 0 (10.0.0.1:7000)",
+            ),
+            ("[gateway]\ninternal_advertise = \"10.0.0.1\"", "gateway.internal_advertise"),
+            (
+                "secret = \"change-me\"\n[gateway]\ninternal_listen = \"192.0.2.1:0\"",
+                "gateway.internal_listen",
+            ),
+        ] {
+            let msg = Config::from_toml(toml, None).unwrap_err().to_string();
+            assert!(
+                msg.contains("secret") && msg.contains("change-me") && msg.contains(key),
+                "{toml}: {msg}"
+            );
+        }
+        let own = "secret = \"a long one\"\n[gateway]\ninternal_listen = \"0.0.0.0:0\"";
+        let c = Config::from_toml(own, None).unwrap();
+        assert_eq!(c.secret_warning(), None);
+        // All of 127/8 and ::1 are loopback.
+        for listen in ["127.0.0.2:0", "[::1]:0"] {
+            let toml = format!("[gateway]\ninternal_listen = \"{listen}\"");
+            assert!(Config::from_toml(&toml, None).is_ok(), "{listen}");
+        }
     }
 
     #[test]
