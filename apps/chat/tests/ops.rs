@@ -342,9 +342,10 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
         ),
         (
             "bad address",
-            good.replace(
-                &format!("listen = \"{}\"", d.addr()),
+            good.replacen(
+                "listen = \"127.0.0.1:0\"",
                 "listen = \"localhost:99999\"",
+                1,
             ),
             &["listen", "line"],
         ),
@@ -386,8 +387,18 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
             "{what}: something started"
         );
     }
-    // A port in use: refused before anything starts.
-    let busy = std::net::TcpListener::bind(d.addr()).unwrap();
+    // A port in use (held by this test, so no other test can take it meanwhile):
+    // refused before anything starts.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        d.config_path(),
+        good.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", busy.local_addr().unwrap()),
+            1,
+        ),
+    )
+    .unwrap();
     for args in [
         &["config", "check"][..],
         &["start"][..],
@@ -708,8 +719,14 @@ async fn signals_usr1_reloads_and_quit_stops_gracefully() {
     unsafe { libc::kill(sup as i32, libc::SIGUSR1) };
     d.wait_log("reload: done");
     d.wait_ready();
+    // The state file is rewritten just after the log line: wait for it.
+    wait_until("the state file to list only new workers", || {
+        d.pids(ChildRole::Worker)
+            .iter()
+            .all(|p| !before.contains(p))
+    });
     let after = d.pids(ChildRole::Worker);
-    assert!(after.iter().all(|p| !before.contains(p)));
+    assert_eq!(after.len(), before.len());
     let mut a = Client::connect(d.addr()).await;
     a.login("after-reload").await;
     let children: Vec<u32> = d
@@ -956,4 +973,51 @@ fn the_default_secret_is_refused_off_loopback_and_warned_about_on_it() {
     assert!(text(&out).contains("warning"), "{}", text(&out));
     d.wait_ready();
     assert!(cli_with(&d, &path, &["stop"]).status.success());
+}
+
+/// The kit configures its listeners on port 0: the supervisor picks one port per
+/// listener for all its gateways and holds it while it runs, so nothing else can take
+/// it — not even while no gateway is listening — and restarted gateways get it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_port_0_gets_one_port_for_every_gateway_held_while_the_supervisor_runs() {
+    let d = Deployment::start(chat().gateways(2));
+    let addr = d.addr();
+    assert_ne!(addr.port(), 0);
+    assert_eq!(
+        d.config().gateway.listeners[0].listen.port(),
+        0,
+        "configured on port 0"
+    );
+    // Both gateways accept on it.
+    let api = d.api().await;
+    let clients = d.connect_on_every_gateway(&api, 1).await;
+    assert_eq!(clients.len(), 2);
+    drop(clients);
+    let status = text(&d.cli(&["status"]));
+    assert!(
+        status.contains(&format!("listeners: main {addr}")),
+        "{status}"
+    );
+    // Every gateway killed: the port stays the supervisor's.
+    let gateways = d.pids(ChildRole::Gateway);
+    for pid in &gateways {
+        process::signal(*pid, libc::SIGKILL);
+    }
+    wait_until("the gateways to die", || {
+        gateways.iter().all(|p| !process::alive(*p))
+    });
+    let taken = std::net::TcpListener::bind(addr);
+    assert!(taken.is_err(), "another process could take {addr}");
+    drop(taken);
+    // The restarted gateways bind it again.
+    wait_until("new gateways", || {
+        d.pids(ChildRole::Gateway).len() == 2
+            && d.pids(ChildRole::Gateway)
+                .iter()
+                .all(|p| !gateways.contains(p))
+    });
+    d.wait_ready();
+    assert_eq!(d.addr(), addr);
+    let mut c = Client::connect(addr).await;
+    c.login("after").await;
 }

@@ -320,13 +320,10 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
 fn an_admin_listener_off_loopback_needs_a_token() {
     let started = Instant::now();
     let token = "test-admin-token";
-    let opts = |port: u16| {
-        telnet().admin(&format!(
-            "listen = \"0.0.0.0:{port}\"\ntoken = \"{token}\"\n"
-        ))
-    };
+    // Port 0: the supervisor binds it and reports the address (`run/admin.addr`).
+    let opts = || telnet().admin(&format!("listen = \"0.0.0.0:0\"\ntoken = \"{token}\"\n"));
     // Without the token, `config check` and `start` refuse with the key named.
-    let d = Deployment::prepare(opts(switchboard_testkit::free_port()));
+    let d = Deployment::prepare(opts());
     let text = std::fs::read_to_string(d.config_path()).unwrap();
     let bad = d.dir().join("no-token.toml");
     std::fs::write(&bad, text.replace(&format!("token = \"{token}\"\n"), "")).unwrap();
@@ -373,7 +370,7 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     drop(d);
 
     // With it, the deployment starts; requests without it get 401.
-    let d = Deployment::start(opts(switchboard_testkit::free_port()));
+    let d = Deployment::start(opts());
     let addr = d.admin_addr();
     assert!(addr.ip().is_unspecified(), "{addr}");
     let local: std::net::SocketAddr = format!("127.0.0.1:{}", addr.port()).parse().unwrap();

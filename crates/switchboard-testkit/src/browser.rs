@@ -32,7 +32,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
-use crate::{free_port, WAIT};
+use crate::WAIT;
 
 /// Where Debian puts Chromium.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -87,10 +87,10 @@ impl Browser {
     pub async fn start() -> Self {
         let (chromium, driver) = find().unwrap_or_else(|why| panic!("no browser: {why}"));
         let profile = tempfile::tempdir().expect("create a browser profile directory");
-        let port = free_port();
-        let log = File::create(profile.path().join("chromedriver.log"))
-            .expect("create the chromedriver log");
-        let driver = spawn_driver(&driver, port, log);
+        let log_path = profile.path().join("chromedriver.log");
+        let log = File::create(&log_path).expect("create the chromedriver log");
+        let mut driver = spawn_driver(&driver, log);
+        let port = driver_port(&mut driver, &log_path).await;
         let browser = Browser {
             client: connect(&chromium, port, profile.path()).await,
             driver,
@@ -327,11 +327,38 @@ pub fn screenshot_dir() -> PathBuf {
 }
 
 /// Starts chromedriver on `port`, output to `log`, dying with the test's thread.
-fn spawn_driver(driver: &Path, port: u16, log: File) -> Child {
+/// Starts chromedriver on port 0: it picks a free port and says which in its log.
+fn spawn_driver(driver: &Path, log: File) -> Child {
     let mut cmd = Command::new(driver);
-    cmd.arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1");
+    cmd.arg("--port=0").arg("--allowed-ips=127.0.0.1");
     crate::spawn_with_log(cmd, log)
+}
+
+/// The port chromedriver reports in its log (`ChromeDriver was started successfully
+/// on port N.`); fails the test if it exits or says nothing within [`WAIT`].
+async fn driver_port(driver: &mut Child, log: &Path) -> u16 {
+    const SAID: &str = "started successfully on port ";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text.split_once(SAID).and_then(|(_, rest)| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u16>()
+                .ok()
+        });
+        if let Some(port) = port.filter(|p| *p != 0) {
+            return port;
+        }
+        if let Ok(Some(status)) = driver.try_wait() {
+            panic!("chromedriver exited ({status}) before it listened:\n{text}");
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("chromedriver did not say its port within {WAIT:?}:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Opens a session on the chromedriver at `port`, retrying while it starts.

@@ -755,6 +755,22 @@ fn print_status(config: &Config) -> Result<(), Error> {
                 .unwrap_or_default(),
         );
     }
+    // The addresses the gateways bound: a port 0 in the configuration shows here.
+    let bound = all
+        .iter()
+        .find(|s| s.role == "gateway")
+        .and_then(|s| s.detail.get("listeners"))
+        .and_then(|v| v.as_array());
+    if let Some(bound) = bound {
+        let shown: Vec<String> = config
+            .gateway
+            .listeners
+            .iter()
+            .zip(bound)
+            .map(|(l, a)| format!("{} {}", l.name, a.as_str().unwrap_or("?")))
+            .collect();
+        println!("listeners: {}", shown.join(", "));
+    }
     let total: u64 = all
         .iter()
         .filter(|s| s.role == "gateway")

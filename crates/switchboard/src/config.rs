@@ -210,7 +210,9 @@ pub struct ListenerConfig {
     /// Name for logs, stats and `Context::listener`.
     #[serde(default = "default_listener_name")]
     pub name: String,
-    /// Address clients connect to.
+    /// Address clients connect to. Port 0: the supervisor picks a free port when it
+    /// starts, shared by every gateway process of the machine and kept while it runs
+    /// (see docs/configuration.md).
     pub listen: SocketAddr,
     /// Wire protocol: `text`, `frame`, `json` or `websocket`.
     #[serde(default = "default_protocol")]
@@ -904,12 +906,6 @@ impl Config {
                     "\"frame\" means WebSocket ping frames; this listener's protocol is not websocket",
                 ));
             }
-            if self.gateway.count > 1 && l.listen.port() == 0 {
-                return Err(invalid(
-                    &format!("gateway.listeners[{i}].listen"),
-                    "port 0 cannot be shared by several gateway processes; name a port",
-                ));
-            }
         }
         if self.gateway.heartbeat.interval.is_zero() {
             return Err(invalid(
@@ -1337,13 +1333,13 @@ mod tests {
     }
 
     #[test]
-    fn shared_port_zero_is_refused() {
-        let msg = Config::from_toml(
+    fn port_zero_is_accepted_for_several_gateways() {
+        // The supervisor picks one port for all of them (supervisor.rs).
+        let c = Config::from_toml(
             "[gateway]\ncount = 2\n[[gateway.listeners]]\nlisten = \"127.0.0.1:0\"\n",
             None,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(msg.contains("gateway.listeners[0].listen"), "{msg}");
+        .unwrap();
+        assert_eq!(c.gateway.listeners[0].listen.port(), 0);
     }
 }

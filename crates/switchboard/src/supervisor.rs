@@ -273,13 +273,62 @@ fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
+/// Gives every client listener configured with port 0 one free port, the same for
+/// every gateway process of this machine, and returns the sockets that hold those
+/// ports: keep them for as long as the gateways may (re)bind.
+///
+/// Each is bound with `SO_REUSEPORT` and without `SO_REUSEADDR`, and never listens:
+/// the gateways, which bind their listeners with both options as the same user, share
+/// the port with it, while the kernel gives it to nobody else — not to another bind of
+/// that port, nor as anybody's ephemeral port. So the port picked is the port the
+/// gateways get, with no window in which another process could take it, and a gateway
+/// restarted later finds it still free.
+fn reserve_listener_ports(config: &mut Config) -> Result<Vec<socket2::Socket>, Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut held = Vec::new();
+    for (i, l) in config.gateway.listeners.iter_mut().enumerate() {
+        if l.listen.port() != 0 {
+            continue;
+        }
+        let what = format!(
+            "gateway.listeners[{i}].listen: cannot pick a port on {}",
+            l.listen
+        );
+        let socket = Socket::new(
+            Domain::for_address(l.listen),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(|e| Error::io(what.clone(), e))?;
+        socket
+            .set_reuse_port(true)
+            .and_then(|()| socket.bind(&l.listen.into()))
+            .map_err(|e| Error::io(what.clone(), e))?;
+        let picked = socket
+            .local_addr()
+            .map_err(|e| Error::io(what.clone(), e))?
+            .as_socket()
+            .ok_or_else(|| Error::Other(format!("{what}: not an IP address")))?;
+        tracing::info!(listener = %l.name, addr = %picked, "port 0: picked a port for the gateways");
+        l.listen = picked;
+        held.push(socket);
+    }
+    Ok(held)
+}
+
 /// Runs the supervisor until stopped: makes the run directory private (`0700`), locks
 /// the pid file (a second supervisor of the same data directory refuses to run,
-/// naming the first), writes the configuration children start with
-/// (`run/effective.toml`, `0600`), then starts and watches them.
-pub async fn run(config: Config, only: Option<Only>) -> Result<(), Error> {
+/// naming the first), picks the ports of client listeners configured with port 0,
+/// writes the configuration children start with (`run/effective.toml`, `0600`, with
+/// those ports), then starts and watches them.
+pub async fn run(mut config: Config, only: Option<Only>) -> Result<(), Error> {
     private_run_dir(&config)?;
     let _pid_lock = lock_pid_file(&config).await?;
+    let _reserved_ports = if only == Some(Only::Worker) {
+        Vec::new()
+    } else {
+        reserve_listener_ports(&mut config)?
+    };
     // Only the supervisor that holds the lock writes it: a start that lost the race
     // leaves the running deployment's file alone.
     let config_path = write_effective_config(&config)?;
