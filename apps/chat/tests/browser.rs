@@ -97,7 +97,7 @@ async fn the_chat_flow_of_workerman_chat() {
 
     // A private message: the recipient and the sender, each with its prefix; carol
     // gets nothing (her next message is the public line after it).
-    alice.say_to(b.parse().unwrap(), "psst <3").await;
+    alice.say_to(b.parse().unwrap(), "bob", "psst <3").await;
     let got = bob.next().await;
     assert_eq!(got["type"], "say");
     assert_eq!(got["from_client_id"], a.as_str());
@@ -106,6 +106,14 @@ async fn the_chat_flow_of_workerman_chat() {
     let echo = alice.next().await;
     assert_eq!(echo["to_client_id"], b.as_str());
     assert_eq!(echo["content"], "<b>privately to bob: </b>psst &lt;3");
+    // A page that does not know the name (an id typed by hand): the echo names the id.
+    alice.say_to(b.parse().unwrap(), "", "again").await;
+    assert_eq!(
+        bob.next().await["content"],
+        "<b>privately to you: </b>again"
+    );
+    let echo = alice.next().await;
+    assert_eq!(echo["content"], format!("<b>privately to {b}: </b>again"));
     alice.say("after the secret").await;
     assert_eq!(carol.next().await["content"], "after the secret");
     bob.next().await;
@@ -113,7 +121,7 @@ async fn the_chat_flow_of_workerman_chat() {
 
     // To a client that is not online: 104, and no echo.
     let gone = ClientId::new(alice.id.unwrap().gateway, 999_999);
-    alice.say_to(gone, "hello?").await;
+    alice.say_to(gone, "", "hello?").await;
     let e = alice.next().await;
     assert_eq!(
         (e["type"].clone(), e["code"].clone()),
@@ -336,7 +344,7 @@ async fn telnet_and_browser_users_meet_in_room_one() {
     assert_eq!(m["from_client_name"], "tom");
     assert_eq!(m["content"], "<b>privately to you: </b>just you");
     // Browser → telnet, privately: a line for tom, the say echo for wendy.
-    web.say_to(t, "you <only>").await;
+    web.say_to(t, "tom", "you <only>").await;
     tom.expect_next(&format!("wendy[{w}] said to You :you <only>"))
         .await;
     let m = web.next().await;
@@ -413,7 +421,7 @@ async fn a_private_message_is_one_gateway_call() {
     tom.expect_next(&format!("tom[{t}] said to [{w}] :psst"))
         .await;
     assert_eq!(web.next().await["content"], "<b>privately to you: </b>psst");
-    web.say_to(t, "back").await;
+    web.say_to(t, "tom", "back").await;
     tom.expect_next(&format!("wendy[{w}] said to You :back"))
         .await;
     assert_eq!(web.next().await["to_client_id"], t.to_string());

@@ -32,7 +32,7 @@ use crate::protocol::internal::{
     self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
 };
 use crate::protocol::ClientProtocol;
-use crate::{ClientId, Message};
+use crate::{ClientId, PerProtocol};
 
 pub use super::outbound::{Outbound, Outgoing, Push};
 
@@ -684,9 +684,12 @@ impl State {
     pub fn command(&mut self, cmd: Command, counters: &Counters) -> usize {
         match cmd {
             Command::SendToClient { client, data } => match self.out_of(client) {
-                Some((out, p)) => {
-                    usize::from(push_or_cut(out, p.encode_to_bytes(&data), client, counters))
-                }
+                Some((out, p)) => usize::from(push_or_cut(
+                    out,
+                    p.encode_to_bytes(data.for_protocol(p)),
+                    client,
+                    counters,
+                )),
                 None => 0,
             },
             Command::SendToAll {
@@ -869,7 +872,7 @@ impl State {
     fn send_conns(
         &self,
         conns: impl IntoIterator<Item = u64>,
-        data: &Message,
+        data: &PerProtocol,
         counters: &Counters,
     ) -> usize {
         let mut cache = EncodeCache::new(data);
@@ -1058,22 +1061,23 @@ fn choose_link(links: &BTreeMap<u64, Link>, cursor: &mut u64) -> Option<u64> {
     Some(next)
 }
 
-/// Encodes a broadcast message once per protocol.
+/// Encodes a broadcast message once per protocol, each in its own rendering.
 struct EncodeCache<'a> {
-    data: &'a Message,
+    data: &'a PerProtocol,
     encoded: [Option<Bytes>; ClientProtocol::ALL.len()],
 }
 
 impl<'a> EncodeCache<'a> {
-    fn new(data: &'a Message) -> Self {
+    fn new(data: &'a PerProtocol) -> Self {
         Self {
             data,
             encoded: Default::default(),
         }
     }
+    /// The message for clients of `p` (its own rendering, or the default), framed.
     fn get(&mut self, p: ClientProtocol) -> Bytes {
         let slot = &mut self.encoded[usize::from(p.wire_byte() - 1)];
-        slot.get_or_insert_with(|| p.encode_to_bytes(self.data))
+        slot.get_or_insert_with(|| p.encode_to_bytes(self.data.for_protocol(p)))
             .clone()
     }
 }
@@ -1088,6 +1092,7 @@ pub fn reply_frame(id: u64, reply: Reply) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Message;
 
     fn decode_event(b: &Bytes) -> Event {
         let mut buf = BytesMut::from(&b[..]);
@@ -1419,5 +1424,64 @@ mod tests {
         assert!(
             matches!(rx.try_pop(), Some(Outgoing::Data(d)) if d.starts_with(b"error: no worker"))
         );
+    }
+
+    #[test]
+    fn each_recipient_gets_the_rendering_of_its_protocol() {
+        let mut f = Fixture::new();
+        let mut add = |protocol: ClientProtocol| {
+            let out = Outbound::new(1 << 16);
+            let listener = Arc::new(ListenerMeta {
+                name: protocol.to_string(),
+                protocol,
+                index: 0,
+            });
+            let id = f.state.add_client(
+                "1.2.3.4:5".into(),
+                listener,
+                out.clone(),
+                Opening::Connect,
+                &f.counters,
+            );
+            f.state.command(
+                Command::JoinGroup {
+                    client: id,
+                    group: "room".into(),
+                },
+                &f.counters,
+            );
+            (id, out)
+        };
+        let (_, line) = add(ClientProtocol::Text);
+        let (browser_id, browser) = add(ClientProtocol::WebSocket);
+        let (_, json) = add(ClientProtocol::Json);
+        let data = PerProtocol::new("a line").with(ClientProtocol::WebSocket, "{\"a\":1}");
+        let pop = |out: &Outbound| match out.try_pop() {
+            Some(Outgoing::Data(d)) => d,
+            _ => panic!("nothing sent"),
+        };
+        let framed = |p: ClientProtocol, m: &'static str| p.encode_to_bytes(&Message::from(m));
+        let group = Command::SendToGroup {
+            groups: vec!["room".into()],
+            data: data.clone(),
+            exclude: vec![],
+        };
+        assert_eq!(f.state.command(group, &f.counters), 3);
+        assert_eq!(pop(&line), "a line\n");
+        assert_eq!(
+            pop(&browser),
+            framed(ClientProtocol::WebSocket, "{\"a\":1}")
+        );
+        assert_eq!(pop(&json), framed(ClientProtocol::Json, "a line"));
+        let one = Command::SendToClient {
+            client: browser_id,
+            data,
+        };
+        assert_eq!(f.state.command(one, &f.counters), 1);
+        assert_eq!(
+            pop(&browser),
+            framed(ClientProtocol::WebSocket, "{\"a\":1}")
+        );
+        assert!(line.try_pop().is_none() && json.try_pop().is_none());
     }
 }
