@@ -13,9 +13,10 @@ use crate::protocol::ClientProtocol;
 
 /// One message between a client and the application: bytes, marked text or binary.
 ///
-/// Received in [`Events::on_message`](crate::Events::on_message); every send of the
-/// Gateway API takes `impl Into<Message>`, so strings, `Vec<u8>` and [`Bytes`] can be
-/// passed as they are.
+/// Received in [`Events::on_message`](crate::Events::on_message); `Context::reply`
+/// takes `impl Into<Message>` and every send of the Gateway API `impl Into<PerProtocol>`
+/// (which every message is), so strings, `Vec<u8>` and [`Bytes`] can be passed as they
+/// are.
 ///
 /// ```
 /// use switchboard::Message;
