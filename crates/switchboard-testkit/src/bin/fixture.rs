@@ -9,6 +9,8 @@
 //! - The upgrade hook refuses `/private…` without `?token=letmein` (401), refuses
 //!   `/forbidden` (403), panics on `/panic` (500), sleeps [`SLOW`] on `/slow` (longer
 //!   than the tests' `handshake_timeout`: 503) and accepts every other path.
+//! - `/flood N SIZE` is answered with `N` messages of `SIZE` bytes (`x`s), then
+//!   `fixture: flooded ADDR` is logged: for tests of clients that do not read.
 //! - Every event is written to standard error as `fixture: EVENT ADDR ...` (and the end
 //!   of the `/slow` hook as `fixture: slow_done ADDR`), which the supervisor's log
 //!   collects: tests read it to prove an event did *not* happen.
@@ -81,6 +83,14 @@ impl Events for Fixture {
         let asks = message
             .text()
             .is_ok_and(|t| matches!(t.trim(), "/whoami" | "\"/whoami\""));
+        if let Some((n, size)) = message.text().ok().and_then(flood_request) {
+            let chunk = switchboard::Bytes::from("x".repeat(size));
+            for _ in 0..n {
+                ctx.reply(chunk.clone()).await?;
+            }
+            eprintln!("fixture: flooded {}", ctx.client_addr());
+            return Ok(());
+        }
         if asks {
             let field = |k: &str| {
                 ctx.session()
@@ -108,6 +118,14 @@ impl Events for Fixture {
         eprintln!("fixture: close {}", ctx.client_addr());
         Ok(())
     }
+}
+
+/// `/flood N SIZE` → `(N, SIZE)`.
+fn flood_request(text: &str) -> Option<(usize, usize)> {
+    let mut words = text.trim().strip_prefix("/flood ")?.split_whitespace();
+    let n = words.next()?.parse().ok()?;
+    let size = words.next()?.parse().ok()?;
+    Some((n, size))
 }
 
 fn main() -> ExitCode {

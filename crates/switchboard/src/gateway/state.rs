@@ -1407,6 +1407,29 @@ mod tests {
     }
 
     #[test]
+    fn a_client_whose_connect_was_rejected_is_never_heard_of_by_the_application() {
+        let mut f = Fixture::new();
+        // No worker: the connect event waits, then is rejected, which closes the client.
+        let (id, _out) = f.client();
+        f.state.expire_held(Duration::ZERO, &f.counters);
+        // What it sent before the close took effect, and its end.
+        f.state
+            .client_message(id.connection, "late".into(), false, &f.counters)
+            .unwrap();
+        f.state.client_closed(id.connection, &f.counters);
+        let (_, mut rx) = f.worker();
+        let sent: Vec<EventKind> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|b| decode_event(&b).kind)
+            .collect();
+        assert_eq!(
+            sent,
+            vec![],
+            "on_close (or on_message) for a client the application never saw connect"
+        );
+        assert!(f.state.clients.is_empty(), "the client is forgotten");
+    }
+
+    #[test]
     fn held_events_expire_with_an_error_to_the_client() {
         let mut f = Fixture::new();
         let (id, rx) = f.client();

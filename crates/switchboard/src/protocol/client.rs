@@ -442,6 +442,24 @@ mod tests {
     }
 
     #[test]
+    fn an_announced_size_reserves_nothing_before_the_bytes_arrive() {
+        // A peer announces a message at the limit and sends ten bytes of it: the
+        // buffer holds what came, not what was announced.
+        for p in [ClientProtocol::Frame, ClientProtocol::Json] {
+            let mut codec = ClientCodec::new(p);
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            buf.extend_from_slice(b"0123456789");
+            assert_eq!(codec.decode(&mut buf, 1 << 20), Ok(None));
+            assert!(
+                buf.capacity() < 64 << 10,
+                "{p}: {} bytes reserved for 14 received",
+                buf.capacity()
+            );
+        }
+    }
+
+    #[test]
     fn error_messages() {
         let e = ClientCodecError::LineTooLong { limit: 8 };
         assert_eq!(

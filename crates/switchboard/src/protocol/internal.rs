@@ -1176,6 +1176,20 @@ mod tests {
 
     const MAX: usize = 1 << 20;
 
+    #[test]
+    fn an_announced_length_reserves_nothing_before_the_bytes_arrive() {
+        // 16 MiB announced, 5 bytes sent: the buffer holds what came.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(16u32 << 20).to_be_bytes());
+        buf.extend_from_slice(&[2]);
+        assert!(matches!(decode(&mut buf, 16 << 20), Ok(None)));
+        assert!(
+            buf.capacity() < 64 << 10,
+            "{} bytes reserved for 5 received",
+            buf.capacity()
+        );
+    }
+
     fn any_client() -> impl Strategy<Value = ClientId> {
         (any::<u32>(), any::<u64>()).prop_map(|(g, c)| ClientId::new(g, c))
     }
