@@ -310,7 +310,8 @@ impl WsCodec {
             }
             let total = head + len as usize;
             if src.len() < total {
-                src.reserve(total - src.len());
+                // Nothing reserved for the announced length: the buffer grows with
+                // the bytes that arrive.
                 return Ok(None);
             }
             src.advance(head);
