@@ -697,7 +697,8 @@ pub fn decode(src: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Pro
         });
     }
     if src.len() < HEADER + len {
-        src.reserve(HEADER + len - src.len());
+        // Nothing is reserved for the announced length: the buffer grows with the
+        // bytes that actually arrive (a peer may announce 16 MiB and send 5 bytes).
         return Ok(None);
     }
     src.advance(HEADER);
@@ -1121,6 +1122,10 @@ impl Reader {
         (0..n).map(|_| self.client()).collect()
     }
 }
+
+/// Largest frame a peer may send before it has authenticated (its `auth` frame is a
+/// few hundred bytes): an unauthenticated peer can make the gateway hold no more.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
 /// [`tokio_util::codec`] adapter over [`encode`] / [`decode`].
 #[derive(Debug, Clone)]
