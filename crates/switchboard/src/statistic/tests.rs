@@ -78,6 +78,31 @@ async fn a_guard_dropped_unreported_is_a_failure_with_its_own_code() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_guard_dropped_by_a_panic_is_a_failure_with_the_panicked_code() {
+    let c = collector(Limits::default());
+    let guard = c.start("chat", "say");
+    tokio::time::advance(Duration::from_millis(7)).await;
+    // The guard is dropped while the closure unwinds, as in a handler that panics
+    // between `statistic(..)` and its report.
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _held = guard;
+        panic!("the handler panics before reporting");
+    }));
+    assert!(unwound.is_err());
+    // A guard dropped without a panic, for contrast, keeps the other code.
+    drop(c.start("chat", "say"));
+    let batch = c.take_batch();
+    assert_eq!(batch.minutes[0].agg.fail, 2);
+    assert_eq!(batch.minutes[0].agg.codes.get(&PANICKED), Some(&1));
+    assert_eq!(batch.minutes[0].agg.codes.get(&UNREPORTED), Some(&1));
+    let panicked = &batch.failures[0];
+    assert_eq!(panicked.code, PANICKED, "{batch:#?}");
+    assert!(panicked.message.contains("panicked"), "{panicked:?}");
+    assert_eq!(panicked.took_us, 7_000);
+    assert_eq!(batch.failures[1].code, UNREPORTED);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_closure_form_reports_from_the_result() {
     let c = collector(Limits::default());
     let ok: Result<u32, String> = c
