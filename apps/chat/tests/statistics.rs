@@ -440,6 +440,15 @@ fn ink(id: &str) -> String {
     )
 }
 
+/// A JavaScript expression: the code distribution in the element `id`, as
+/// `code 0: 30 (100.0 %), code 404: ...`.
+fn codes(id: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#{id} > div')]
+            .map((d) => d.firstChild.textContent + ': ' + d.lastChild.textContent).join(', ')"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     let started = Instant::now();
@@ -453,6 +462,50 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
             &[("interface", "say"), ("success", "true")],
         ) == Some(30.0)
     });
+    // Another process of this machine, configured as `statistic.host = "web-1"`,
+    // reported a failure two hours ago: its batch is in the spool, as any process
+    // hands its reports over. It is in the day's failure log, not the hour's.
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 2 * 3_600_000;
+    let mut agg = switchboard::statistic::MinuteAgg {
+        fail: 1,
+        fail_us: 2_500_000,
+        ..Default::default()
+    };
+    agg.codes.insert(502, 1);
+    let batch = switchboard::statistic::Batch {
+        host: "web-1".into(),
+        pid: 1,
+        minutes: vec![switchboard::statistic::MinuteRecord {
+            module: "billing".into(),
+            interface: "charge".into(),
+            minute: two_hours_ago / 60_000,
+            agg,
+        }],
+        failures: vec![switchboard::statistic::FailureRecord {
+            at_ms: two_hours_ago,
+            host: "web-1".into(),
+            module: "billing".into(),
+            interface: "charge".into(),
+            code: 502,
+            message: "the payment gateway timed out".into(),
+            took_us: 2_500_000,
+        }],
+        dropped: Default::default(),
+    };
+    let spool = switchboard::statistic::spool::dir(&d.config().run_dir());
+    switchboard::statistic::spool::write(&spool, &batch, two_hours_ago).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !http_get(addr, "/api/failures?host=web-1", None)
+        .body
+        .contains("payment gateway")
+    {
+        assert!(Instant::now() < deadline, "the spool file was never taken in");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let Some(page) = Browser::start_or_skip("the_dashboard_shows_charts").await else {
         return;
     };
@@ -467,7 +520,7 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     for id in ["c-calls", "c-rate", "c-time"] {
         page.wait_until(&format!("{} > 500", ink(id))).await;
     }
-    page.wait_until("document.getElementById('codes').textContent.includes('code 404')")
+    page.wait_until(&format!("{}.includes('code 404: 1 (2.8 %)')", codes("codes")))
         .await;
     page.wait_until("document.getElementById('l-clients').textContent === '4'")
         .await;
@@ -483,12 +536,53 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     )
     .await;
     page.wait_until(&format!("{} > 500", ink("i-calls"))).await;
-    page.screenshot("dashboard-interfaces").await;
-
-    // The failure log, filtered by code.
-    page.click("nav button[data-tab=failures]").await;
-    page.wait_until("document.getElementById('f-table').textContent.includes('is not online')")
+    // The interface's codes: every say succeeded.
+    page.wait_until(&format!("{} === 'code 0: 30 (100.0 %)'", codes("if-codes")))
         .await;
+    page.screenshot("dashboard-interfaces").await;
+    // chat::private failed once, with 404.
+    page.click(".tree .if[data-i=private]").await;
+    page.wait_until(&format!(
+        "document.getElementById('if-title').textContent === 'chat::private' && {} === 'code 404: 1 (100.0 %)'",
+        codes("if-codes")
+    ))
+    .await;
+    page.screenshot("dashboard-interface-codes").await;
+
+    // The failure log of the last hour, on every host: the chat's failure, not the
+    // older one of web-1.
+    page.click("nav button[data-tab=failures]").await;
+    let table = "document.getElementById('f-table').textContent";
+    page.wait_until(&format!(
+        "{table}.includes('is not online') && !{table}.includes('payment gateway')"
+    ))
+    .await;
+    page.wait_until(
+        "document.getElementById('f-scope').textContent === 'newest first · last hour · all hosts'",
+    )
+    .await;
+    // The last day has both; web-1 alone has only its own.
+    page.click("#range option[value=day]").await;
+    page.wait_until(&format!(
+        "{table}.includes('is not online') && {table}.includes('payment gateway')"
+    ))
+    .await;
+    page.click("#host option[value='web-1']").await;
+    page.wait_until(&format!(
+        "{table}.includes('billing::charge') && !{table}.includes('is not online')"
+    ))
+    .await;
+    page.wait_until(
+        "document.getElementById('f-scope').textContent === 'newest first · last day · host web-1'",
+    )
+    .await;
+    page.screenshot("dashboard-failures-host").await;
+    page.click("#host option[value='']").await;
+    page.click("#range option[value=hour]").await;
+    page.wait_until(&format!("!{table}.includes('payment gateway')"))
+        .await;
+
+    // Filtered by code.
     page.fill("#f-code", "500").await;
     page.click("#f-form button").await;
     page.wait_until(

@@ -196,6 +196,34 @@ async fn the_database_merges_batches_once_and_prunes_by_retention() {
         .unwrap();
     assert_eq!(fails.len(), 1);
     assert_eq!(fails[0].host, "host-a");
+    // Another machine's failure, an hour later: the log filters by host and by time.
+    let other = Arc::new(Collector::new(
+        "host-b",
+        Clock::at(T0 + 3_600_000),
+        Limits::default(),
+    ));
+    other.start("chat", "say").fail(500, "db down");
+    assert!(db.ingest("c.json", &other.take_batch(), T0).unwrap());
+    let failures = |host: Option<&str>, since_ms: Option<u64>| {
+        db.failures(&FailureFilter {
+            host: host.map(str::to_owned),
+            since_ms,
+            limit: 10,
+            ..FailureFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.host, f.code))
+        .collect::<Vec<_>>()
+    };
+    let a = ("host-a".to_owned(), 404);
+    let b = ("host-b".to_owned(), 500);
+    assert_eq!(failures(None, None), [b.clone(), a.clone()]);
+    assert_eq!(failures(Some("host-a"), None), [a.clone()]);
+    assert_eq!(failures(Some("host-b"), None), [b.clone()]);
+    assert_eq!(failures(Some("host-c"), None), []);
+    assert_eq!(failures(None, Some(T0 + 60_000)), [b.clone()]);
+    assert_eq!(failures(Some("host-a"), Some(T0 + 60_000)), []);
 
     // 15 days later (retention 15 days) the minute is still there one minute before
     // its time is up, and gone after.
@@ -204,13 +232,16 @@ async fn the_database_merges_batches_once_and_prunes_by_retention() {
     assert_eq!(db.minutes(&f).unwrap().1.calls, 17);
     db.prune(T0 + retention + 60_000, retention, 100).unwrap();
     assert_eq!(db.minutes(&f).unwrap().1.calls, 0);
-    assert!(db
-        .failures(&FailureFilter {
-            limit: 10,
-            ..FailureFilter::default()
-        })
-        .unwrap()
-        .is_empty());
+    let all = FailureFilter {
+        limit: 10,
+        ..FailureFilter::default()
+    };
+    let left = db.failures(&all).unwrap();
+    assert_eq!(left.len(), 1, "only the later failure is left: {left:?}");
+    assert_eq!(left[0].host, "host-b");
+    db.prune(T0 + 3_600_000 + retention + 60_000, retention, 100)
+        .unwrap();
+    assert!(db.failures(&all).unwrap().is_empty());
 }
 
 #[tokio::test]
