@@ -261,7 +261,8 @@ async fn the_spool_hands_batches_over_and_is_bounded() {
     assert!(spool::list(&spool).is_empty());
 }
 
-/// The hot-path cost of a report and of the worker's per-event metrics, printed in ns:
+/// The hot-path cost of a report, of the worker's per-event metrics and of the
+/// gateway's per-message metrics, printed in ns:
 /// `cargo test --release -p switchboard --lib cost_of_a_report -- --ignored --nocapture`
 /// (docs/BENCHMARKS.md compares it with the CPU a private message costs).
 #[test]
@@ -300,4 +301,49 @@ fn cost_of_a_report() {
             "statistic report (guard + success): {report:?}; worker metrics per event: {event:?}"
         );
     });
+
+    // The gateway's calls for one message to one client (commit 195c19c): the read
+    // that brought it (`bytes_in`), the message put on the client's outbound queue
+    // and taken off it (`outbound_queued`, `outbound_written`: the queue gauge) and
+    // the write (`bytes_out`). A private message is one read and two of the rest (the
+    // recipient's copy and the sender's echo); the gateway's threads share the
+    // counters, so they are timed on one thread and on two at once.
+    use crate::metrics::gateway as gw;
+    let message = |n: u32| {
+        for _ in 0..n {
+            let len = std::hint::black_box(64);
+            gw::bytes_in(len);
+            gw::outbound_queued(len);
+            gw::outbound_written(len);
+            gw::bytes_out(len);
+        }
+    };
+    let bytes_in = |series: &[crate::metrics::Series]| {
+        series
+            .iter()
+            .find(|s| s.name == "switchboard_received_bytes")
+            .map(|s| s.value.clone())
+    };
+    let n = 10_000_000u32;
+    let t = std::time::Instant::now();
+    message(n);
+    let alone = t.elapsed() / n;
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| message(n));
+        }
+    });
+    // Wall time over the messages of one thread: what each message costs its thread.
+    let shared = t.elapsed() / n;
+    assert_eq!(
+        bytes_in(&crate::metrics::collect()),
+        Some(metrics::Value::Counter {
+            value: (3 * u64::from(n) * 64) as f64
+        }),
+        "every byte counted"
+    );
+    println!(
+        "gateway metrics per message to one client: {alone:?} on one thread; {shared:?} on each of two threads at once"
+    );
 }
