@@ -216,7 +216,11 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
         metric(
             &page,
             "switchboard_statistic_calls_total",
-            &[("module", "chat"), ("interface", "history"), ("success", "true")]
+            &[
+                ("module", "chat"),
+                ("interface", "history"),
+                ("success", "true")
+            ]
         ),
         Some(1.0),
         "{page}"
@@ -232,14 +236,22 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
     // answer is a send to one client. (The private line's target is on no gateway, so
     // it takes no query.)
     let commands = |kind: &str| metric(&page, "switchboard_commands_total", &[("kind", kind)]);
-    assert_eq!(commands("send_to_group"), Some(3.0 * 2.0 + 12.0 * 2.0), "{page}");
+    assert_eq!(
+        commands("send_to_group"),
+        Some(3.0 * 2.0 + 12.0 * 2.0),
+        "{page}"
+    );
     assert_eq!(commands("group"), Some(3.0), "{page}");
     assert_eq!(commands("session"), Some(6.0), "{page}");
     // 3 prompts, 3 welcomes, 1 "not online", and the history: up to 12 lines, at least
     // the asker's own last line (the others' writes may still be under way).
     let to_one = commands("send_to_client").unwrap_or(0.0);
     assert!((8.0..=19.0).contains(&to_one), "{to_one}: {page}");
-    assert_eq!(commands("send_to_all"), None, "the chat never sends to all: {page}");
+    assert_eq!(
+        commands("send_to_all"),
+        None,
+        "the chat never sends to all: {page}"
+    );
     assert_eq!(
         metric(&page, "switchboard_events_total", &[("kind", "connect")]),
         Some(3.0)
@@ -503,7 +515,10 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
         .body
         .contains("payment gateway")
     {
-        assert!(Instant::now() < deadline, "the spool file was never taken in");
+        assert!(
+            Instant::now() < deadline,
+            "the spool file was never taken in"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let Some(page) = Browser::start_or_skip("the_dashboard_shows_charts").await else {
@@ -520,8 +535,11 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     for id in ["c-calls", "c-rate", "c-time"] {
         page.wait_until(&format!("{} > 500", ink(id))).await;
     }
-    page.wait_until(&format!("{}.includes('code 404: 1 (2.8 %)')", codes("codes")))
-        .await;
+    page.wait_until(&format!(
+        "{}.includes('code 404: 1 (2.8 %)')",
+        codes("codes")
+    ))
+    .await;
     page.wait_until("document.getElementById('l-clients').textContent === '4'")
         .await;
     page.screenshot("dashboard").await;
@@ -674,7 +692,11 @@ async fn gateway_metrics_count_clients_connections_and_bytes_per_listener() {
         metric(
             &p,
             "switchboard_statistic_calls_total",
-            &[("module", "chat"), ("interface", interface), ("success", "true")],
+            &[
+                ("module", "chat"),
+                ("interface", interface),
+                ("success", "true"),
+            ],
         )
     };
     // 3 telnet logins and the page's; the history read and the line are the page's.
@@ -804,8 +826,7 @@ fn talker_id(c: &Client) -> switchboard::ClientId {
 /// `hold_timeout`, the restart of the dead worker, a reload, and the worker links of
 /// the gateway. One worker, so that every event has nowhere else to go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_links_are_counted(
-) {
+async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_links_are_counted() {
     let started = Instant::now();
     let d = Deployment::start(
         telnet()
@@ -833,11 +854,7 @@ async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_li
     a.send("not kept").await;
     a.expect(&format!("alice[{id}] said :not kept")).await;
     let p = wait_metrics(&d, None, "a Db error and a failed say", |p| {
-        metric(
-            p,
-            "switchboard_db_errors_total",
-            &[("instance", "history")],
-        ) == Some(1.0)
+        metric(p, "switchboard_db_errors_total", &[("instance", "history")]) == Some(1.0)
             && metric(
                 p,
                 "switchboard_statistic_calls_total",
@@ -849,10 +866,9 @@ async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_li
         Some(1.0),
         "{p}"
     );
-    let fails: serde_json::Value = serde_json::from_str(
-        &http_get(d.admin_addr(), "/api/failures?interface=say", None).body,
-    )
-    .unwrap();
+    let fails: serde_json::Value =
+        serde_json::from_str(&http_get(d.admin_addr(), "/api/failures?interface=say", None).body)
+            .unwrap();
     assert!(
         fails[0]["message"]
             .as_str()
@@ -879,10 +895,8 @@ async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_li
             && metric(p, "switchboard_events_held", &[]) == Some(1.0)
             && links(p) == Some(0.0)
     });
-    a.expect_next(
-        "error: no worker is available; your message was not processed, try again later",
-    )
-    .await;
+    a.expect_next("error: no worker is available; your message was not processed, try again later")
+        .await;
     wait_metrics(&d, None, "the event rejected, none held", |p| {
         metric(p, "switchboard_events_rejected_total", &[]) == Some(1.0)
             && metric(p, "switchboard_events_held", &[]) == Some(0.0)
@@ -891,11 +905,7 @@ async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_li
     // The supervisor restarts the worker; a reload then replaces it.
     d.wait_log("child died; restarting");
     let p = wait_metrics(&d, None, "a worker restart and its link", |p| {
-        metric(
-            p,
-            "switchboard_child_restarts_total",
-            &[("role", "worker")],
-        ) == Some(1.0)
+        metric(p, "switchboard_child_restarts_total", &[("role", "worker")]) == Some(1.0)
             && links(p) == Some(1.0)
     });
     assert_eq!(

@@ -206,7 +206,12 @@ async fn reports_from_on_worker_start_and_an_api_client_reach_the_statistics() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["interface"].as_str().unwrap(), f["code"].as_i64().unwrap()))
+        .map(|f| {
+            (
+                f["interface"].as_str().unwrap(),
+                f["code"].as_i64().unwrap(),
+            )
+        })
         .collect();
     // Newest first.
     assert_eq!(
@@ -242,16 +247,16 @@ async fn handler_errors_panics_and_store_errors_are_counted() {
     });
     // The set before the increment worked; the failed call is timed like any other.
     assert_eq!(
-        metric(
-            &page,
-            "switchboard_store_errors_total",
-            &[("op", "set")]
-        ),
+        metric(&page, "switchboard_store_errors_total", &[("op", "set")]),
         Some(0.0),
         "{page}"
     );
     assert!(
-        metric(&page, "switchboard_store_duration_seconds_count", &increment) >= Some(1.0),
+        metric(
+            &page,
+            "switchboard_store_duration_seconds_count",
+            &increment
+        ) >= Some(1.0),
         "{page}"
     );
     // connect + four messages, each timed by the handler histogram.
@@ -307,9 +312,8 @@ async fn refused_upgrades_and_failed_tls_handshakes_are_counted() {
             .listener(websocket("strict").keys("allowed_origins = [\"https://good.example\"]"))
             .listener(Listener::text("lines").keys(&tls)),
     );
-    let ended = |listener: &'static str, reason: &'static str| {
-        [("listener", listener), ("reason", reason)]
-    };
+    let ended =
+        |listener: &'static str, reason: &'static str| [("listener", listener), ("reason", reason)];
 
     // Refused by the application (403) and by the origin check.
     let answer = exchange(d.listener_addr("ws"), &upgrade_request("/forbidden")).await;
@@ -345,8 +349,11 @@ async fn refused_upgrades_and_failed_tls_handshakes_are_counted() {
 
     let page = wait_metrics(&d, "the refused and failed connections", |p| {
         metric(p, "switchboard_connections_total", &ended("ws", "refused")) == Some(1.0)
-            && metric(p, "switchboard_connections_total", &ended("strict", "refused"))
-                == Some(1.0)
+            && metric(
+                p,
+                "switchboard_connections_total",
+                &ended("strict", "refused"),
+            ) == Some(1.0)
             && metric(
                 p,
                 "switchboard_connections_total",
@@ -361,7 +368,11 @@ async fn refused_upgrades_and_failed_tls_handshakes_are_counted() {
     });
     // Nothing else ended on the websocket listener: the file request is not counted.
     assert_eq!(
-        metric(&page, "switchboard_connections_total", &[("listener", "ws")]),
+        metric(
+            &page,
+            "switchboard_connections_total",
+            &[("listener", "ws")]
+        ),
         Some(2.0),
         "{page}"
     );

@@ -22,8 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use switchboard::{
-    async_trait, App, Context, Events, Gateway, HandlerResult, Message, Refuse,
-    WebSocketRequest,
+    async_trait, App, Context, Events, Gateway, HandlerResult, Message, Refuse, WebSocketRequest,
 };
 
 /// How long the hook takes on `/slow`.

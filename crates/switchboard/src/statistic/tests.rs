@@ -309,9 +309,7 @@ fn cost_of_a_report() {
                     false,
                     false,
                 );
-                crate::metrics::worker::command(
-                    crate::metrics::worker::CommandKind::SendToClient,
-                );
+                crate::metrics::worker::command(crate::metrics::worker::CommandKind::SendToClient);
             }
         });
         // Keep the figures honest: everything was recorded.
