@@ -48,19 +48,19 @@ pub async fn serve(place: Handshaking, tcp: TcpStream, peer: SocketAddr, listene
         None => ClientStream::Tcp(tcp),
         // Boxed, like the upgrade below: a future holds room for its largest state, and
         // a handshake's must not be what every idle client pays for.
-        Some(acceptor) => {
-            match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(tcp))).await {
-                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, listener = %listener.meta.name, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, listener = %listener.meta.name, "TLS handshake timed out");
-                    return;
-                }
+        Some(acceptor) => match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(tcp))).await {
+            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, listener = %listener.meta.name, error = %e, "TLS handshake failed");
+                metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
+                return;
             }
-        }
+            Err(_) => {
+                tracing::debug!(%peer, listener = %listener.meta.name, "TLS handshake timed out");
+                metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
+                return;
+            }
+        },
     };
     let out = Outbound::new(shared.config.outbound_limit);
     let mut buf = BytesMut::new();
@@ -77,8 +77,11 @@ pub async fn serve(place: Handshaking, tcp: TcpStream, peer: SocketAddr, listene
         ))
         .await;
         match upgraded {
-            Some(id) => id,
-            None => {
+            Ok(id) => id,
+            Err(ended) => {
+                if let Some(reason) = ended {
+                    metrics::client_refused(&listener.meta.name, reason);
+                }
                 let _ = tokio::time::timeout(ANSWER_TIMEOUT, stream.shutdown()).await;
                 return;
             }
@@ -117,7 +120,8 @@ pub async fn serve(place: Handshaking, tcp: TcpStream, peer: SocketAddr, listene
 /// The HTTP phase of a `websocket` listener: reads the request, serves a file or an
 /// error for anything but an upgrade, and asks the application (`on_websocket_connect`)
 /// whether this client may upgrade. Returns the client, registered and upgraded, or
-/// `None` when the connection is to close (its answer written).
+/// the reason to count the connection under when it is to close (its answer written):
+/// none for a plain HTTP request or a client gone before asking anything.
 #[allow(clippy::too_many_arguments)]
 async fn upgrade(
     shared: &Shared,
@@ -127,7 +131,7 @@ async fn upgrade(
     buf: &mut BytesMut,
     out: &Outbound,
     deadline: Instant,
-) -> Option<ClientId> {
+) -> Result<ClientId, Option<CloseReason>> {
     let name = &listener.meta.name;
     let request = loop {
         match websocket::parse_request(buf) {
@@ -136,34 +140,34 @@ async fn upgrade(
             Err(e) => {
                 tracing::debug!(%peer, listener = %name, error = %e, "bad HTTP request");
                 answer(io, websocket::error_response(&e)).await;
-                return None;
+                return Err(Some(CloseReason::ProtocolError));
             }
         }
         match tokio::time::timeout_at(deadline, io.read_some(buf)).await {
             Ok(Ok(n)) if n > 0 => metrics::bytes_in(n),
-            Ok(_) => return None,
+            Ok(_) => return Err(None),
             Err(_) => {
                 tracing::debug!(%peer, listener = %name, "no complete HTTP request within the handshake timeout; closing");
-                return None;
+                return Err(Some(CloseReason::ProtocolError));
             }
         }
     };
     if !request.wants_upgrade() {
         answer(io, http::respond(&request, &listener.assets)).await;
-        return None;
+        return Err(None);
     }
     let refuse = |status: u16, reason: String| HttpError { status, reason };
     let accept = match request.upgrade_key() {
         Ok(key) => key,
         Err(e) => {
             answer(io, websocket::error_response(&e)).await;
-            return None;
+            return Err(Some(CloseReason::ProtocolError));
         }
     };
     if let Err(e) = check_origin(&listener.config.allowed_origins, &request) {
         tracing::info!(%peer, listener = %name, error = %e, "WebSocket upgrade refused");
         answer(io, websocket::error_response(&e)).await;
-        return None;
+        return Err(Some(CloseReason::Refused));
     }
     let ws_request = WebSocketRequest {
         path: request.path.clone(),
@@ -176,7 +180,7 @@ async fn upgrade(
         Ok(j) => j,
         Err(e) => {
             answer(io, websocket::error_response(&refuse(400, e.to_string()))).await;
-            return None;
+            return Err(Some(CloseReason::ProtocolError));
         }
     };
     let (tx, mut rx) = oneshot::channel();
@@ -221,12 +225,12 @@ async fn upgrade(
                 // close event follows the connect event.
                 tracing::debug!(client = %id, "client left before the upgrade answer");
             }
-            Some(id)
+            Ok(id)
         }
         Verdict::Refused { status, reason } => {
             tracing::info!(client = %id, %peer, status, %reason, "WebSocket upgrade refused by the application");
             answer(io, websocket::error_response(&refuse(status, reason))).await;
-            None
+            Err(Some(CloseReason::Refused))
         }
     }
 }
