@@ -34,7 +34,7 @@ use crate::protocol::internal::{
 use crate::protocol::ClientProtocol;
 use crate::{ClientId, PerProtocol};
 
-pub use super::outbound::{Outbound, Outgoing, Push};
+pub use super::outbound::{Outbound, Push};
 
 /// An event waiting in a client's queue.
 #[derive(Debug, Clone)]
@@ -118,6 +118,9 @@ struct Client {
     inflight: Option<Box<InFlight>>,
     queue: VecDeque<Pending>,
     queue_bytes: usize,
+    /// Its connect event was rejected (no worker in time): the application never saw
+    /// it connect, so it hears nothing more of it — no message, no close.
+    silenced: bool,
 }
 
 /// One authenticated peer on the internal listener.
@@ -238,6 +241,7 @@ impl State {
                 inflight: None,
                 queue: VecDeque::new(),
                 queue_bytes: 0,
+                silenced: false,
             },
         );
         self.connected += 1;
@@ -296,6 +300,13 @@ impl State {
         for g in &client.groups {
             remove_from_index(&mut self.groups, g, conn);
         }
+        if client.silenced {
+            // Never announced: no close event either.
+            if client.inflight.is_none() && client.queue.is_empty() {
+                self.clients.remove(&conn);
+            }
+            return;
+        }
         self.enqueue(conn, EventKind::Close, Bytes::new(), false, counters);
     }
 
@@ -317,6 +328,9 @@ impl State {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
+        if client.silenced {
+            return;
+        }
         client.queue_bytes += body.len();
         self.queued_bytes += body.len();
         client.queue.push_back(Pending {
@@ -648,7 +662,9 @@ impl State {
                         counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
                     }
                     if had_connect {
-                        // The application never saw this client connect: start over.
+                        // The application never saw this client connect: start over,
+                        // and tell the application nothing of it.
+                        c.silenced = true;
                         out.close_for(crate::metrics::gateway::CloseReason::Limit);
                     }
                 }
@@ -1014,6 +1030,11 @@ impl State {
             .collect()
     }
 
+    /// Outbound queues of every live client.
+    pub fn all_outbounds(&self) -> Vec<Outbound> {
+        self.live().filter_map(|(_, c)| c.out.clone()).collect()
+    }
+
     /// Clients of listener `index` silent since before `cutoff`.
     pub fn idle_since(&self, index: usize, cutoff: Instant) -> Vec<(ClientId, String, Outbound)> {
         self.live()
@@ -1249,7 +1270,7 @@ mod tests {
             },
             &f.counters,
         );
-        assert!(matches!(arx.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
+        assert!(matches!(arx.try_pop(), Some(d) if d == "hi\n"));
         assert!(brx.try_pop().is_none());
         assert_eq!(
             f.state.query_for_test(Query::ClientIdsByUid("u1".into())),
@@ -1369,7 +1390,7 @@ mod tests {
             },
             &f.counters,
         );
-        assert!(matches!(out.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
+        assert!(matches!(out.try_pop(), Some(d) if d == "hi\n"));
         assert_eq!(
             f.state.query_for_test(Query::AllClientCount),
             Reply::Count(1)
@@ -1412,6 +1433,29 @@ mod tests {
     }
 
     #[test]
+    fn a_client_whose_connect_was_rejected_is_never_heard_of_by_the_application() {
+        let mut f = Fixture::new();
+        // No worker: the connect event waits, then is rejected, which closes the client.
+        let (id, _out) = f.client();
+        f.state.expire_held(Duration::ZERO, &f.counters);
+        // What it sent before the close took effect, and its end.
+        f.state
+            .client_message(id.connection, "late".into(), false, &f.counters)
+            .unwrap();
+        f.state.client_closed(id.connection, &f.counters);
+        let (_, mut rx) = f.worker();
+        let sent: Vec<EventKind> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|b| decode_event(&b).kind)
+            .collect();
+        assert_eq!(
+            sent,
+            vec![],
+            "on_close (or on_message) for a client the application never saw connect"
+        );
+        assert!(f.state.clients.is_empty(), "the client is forgotten");
+    }
+
+    #[test]
     fn held_events_expire_with_an_error_to_the_client() {
         let mut f = Fixture::new();
         let (id, rx) = f.client();
@@ -1421,9 +1465,7 @@ mod tests {
         let log = f.state.expire_held(Duration::ZERO, &f.counters);
         assert_eq!(log.len(), 1);
         assert_eq!(f.counters.rejected.load(Ordering::Relaxed), 2);
-        assert!(
-            matches!(rx.try_pop(), Some(Outgoing::Data(d)) if d.starts_with(b"error: no worker"))
-        );
+        assert!(matches!(rx.try_pop(), Some(d) if d.starts_with(b"error: no worker")));
     }
 
     #[test]

@@ -700,7 +700,8 @@ pub fn decode(src: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Pro
         });
     }
     if src.len() < HEADER + len {
-        src.reserve(HEADER + len - src.len());
+        // Nothing is reserved for the announced length: the buffer grows with the
+        // bytes that actually arrive (a peer may announce 16 MiB and send 5 bytes).
         return Ok(None);
     }
     src.advance(HEADER);
@@ -1151,6 +1152,10 @@ impl Reader {
     }
 }
 
+/// Largest frame a peer may send before it has authenticated (its `auth` frame is a
+/// few hundred bytes): an unauthenticated peer can make the gateway hold no more.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
+
 /// [`tokio_util::codec`] adapter over [`encode`] / [`decode`].
 #[derive(Debug, Clone)]
 pub struct InternalCodec {
@@ -1204,6 +1209,20 @@ mod tests {
     use proptest::prelude::*;
 
     const MAX: usize = 1 << 20;
+
+    #[test]
+    fn an_announced_length_reserves_nothing_before_the_bytes_arrive() {
+        // 16 MiB announced, 5 bytes sent: the buffer holds what came.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(16u32 << 20).to_be_bytes());
+        buf.extend_from_slice(&[2]);
+        assert!(matches!(decode(&mut buf, 16 << 20), Ok(None)));
+        assert!(
+            buf.capacity() < 64 << 10,
+            "{} bytes reserved for 5 received",
+            buf.capacity()
+        );
+    }
 
     fn any_client() -> impl Strategy<Value = ClientId> {
         (any::<u32>(), any::<u64>()).prop_map(|(g, c)| ClientId::new(g, c))

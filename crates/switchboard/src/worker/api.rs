@@ -1017,10 +1017,13 @@ async fn discover(gateway: Gateway) {
 async fn maintain_link(gateway: Gateway, entry: GatewayEntry, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = run_link(&gateway, &entry, &stop) => r,
-        };
+        // Not raced against `stop`: `run_link` watches it itself and always takes its
+        // link out of the table before it returns (dropped half-way, it would leave a
+        // dead link behind).
+        let attempt = run_link(&gateway, &entry, &stop).await;
+        if stop.is_cancelled() {
+            return;
+        }
         match attempt {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
