@@ -48,19 +48,21 @@ pub async fn serve(place: Handshaking, tcp: TcpStream, peer: SocketAddr, listene
         None => ClientStream::Tcp(tcp),
         // Boxed, like the upgrade below: a future holds room for its largest state, and
         // a handshake's must not be what every idle client pays for.
-        Some(acceptor) => match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(tcp))).await {
-            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, listener = %listener.meta.name, error = %e, "TLS handshake failed");
-                metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
-                return;
+        Some(acceptor) => {
+            match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(tcp))).await {
+                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, listener = %listener.meta.name, error = %e, "TLS handshake failed");
+                    metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, listener = %listener.meta.name, "TLS handshake timed out");
+                    metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
+                    return;
+                }
             }
-            Err(_) => {
-                tracing::debug!(%peer, listener = %listener.meta.name, "TLS handshake timed out");
-                metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
-                return;
-            }
-        },
+        }
     };
     let out = Outbound::new(shared.config.outbound_limit);
     let mut buf = BytesMut::new();

@@ -1498,10 +1498,7 @@ mod tests {
         let (browser_id, browser) = add(ClientProtocol::WebSocket);
         let (_, json) = add(ClientProtocol::Json);
         let data = PerProtocol::new("a line").with(ClientProtocol::WebSocket, "{\"a\":1}");
-        let pop = |out: &Outbound| match out.try_pop() {
-            Some(Outgoing::Data(d)) => d,
-            _ => panic!("nothing sent"),
-        };
+        let pop = |out: &Outbound| out.try_pop().expect("nothing sent");
         let framed = |p: ClientProtocol, m: &'static str| p.encode_to_bytes(&Message::from(m));
         let group = Command::SendToGroup {
             groups: vec!["room".into()],
