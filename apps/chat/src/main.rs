@@ -116,8 +116,7 @@ impl Events for Chat {
 
     async fn on_connect(&self, ctx: &mut Context) -> HandlerResult {
         if from_browser(ctx) {
-            browser::on_connect(ctx);
-            return Ok(());
+            return Ok(()); // a browser speaks first: its login
         }
         ctx.reply(ASK_NAME).await?;
         Ok(())
@@ -181,7 +180,7 @@ impl Events for Chat {
                 let call = ctx.statistic("chat", "private");
                 // In the recipient's format; the send says whether it was delivered.
                 let sent = browser::send_private(ctx.gateway(), me, &name, to, words).await?;
-                if sent.is_some() {
+                if sent {
                     call.success();
                     let words = protocol::one_line(words);
                     ctx.reply(format!("{name}[{me}] said to [{to}] :{words}"))

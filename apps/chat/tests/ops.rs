@@ -110,6 +110,96 @@ fn daemon_start_status_double_start_stop() {
     );
 }
 
+/// `start -d` from the directory of a configuration whose `data_dir` and `log.file` are
+/// relative (as an operator writes them): the printed log path is absolute — the daemon
+/// does not keep our directory — names the file the daemon writes, and `stop` from the
+/// same directory stops it.
+#[test]
+fn daemon_start_with_relative_paths_prints_an_absolute_log_path() {
+    let d = Deployment::prepare(chat().section("[log]\nfile = \"logs/daemon.log\""));
+    // The same configuration, with `data_dir` relative to the directory we run in.
+    let toml = std::fs::read_to_string(d.config_path()).unwrap();
+    let absolute = format!("data_dir = {:?}", d.data_dir().to_string_lossy());
+    assert!(toml.contains(&absolute), "{toml}");
+    let relative = toml.replace(&absolute, "data_dir = \"data\"");
+    std::fs::write(d.dir().join("relative.toml"), relative).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(d.binary())
+            .current_dir(d.dir())
+            .args(["--config", "relative.toml"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    let out = cli(&["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = text(&out)
+        .split("log: ")
+        .nth(1)
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default();
+    let printed = Path::new(&printed);
+    assert!(printed.is_absolute(), "printed log path {printed:?}");
+    assert!(
+        printed.exists(),
+        "printed log path {printed:?} does not exist"
+    );
+    assert_eq!(
+        printed.canonicalize().unwrap(),
+        d.dir().join("data/logs/daemon.log").canonicalize().unwrap()
+    );
+    // The daemon runs from the relative configuration, and writes where it said.
+    d.wait_ready();
+    let pid = d.supervisor_pid();
+    let out = cli(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!process::alive(pid));
+    let log = std::fs::read_to_string(printed).unwrap();
+    assert!(log.contains("supervisor stopped"), "{log}");
+}
+
+/// The default (text) log format names the process of every line, after the time and
+/// the level: the supervisor, each gateway by number, each worker by its name.
+#[test]
+fn text_logs_name_their_process() {
+    let d = Deployment::start(chat());
+    let log = d.wait_log("peer authenticated");
+    // `2026-01-02T03:04:05.678901Z  INFO gateway-0 listening ...`
+    let levels = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+    let mut processes = std::collections::BTreeSet::new();
+    let mut lines = 0;
+    for line in log
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            words.len() > 3 && levels.contains(&words[1]),
+            "not a text log line: {line}"
+        );
+        let process = words[2];
+        assert!(
+            process == "supervisor"
+                || process
+                    .strip_prefix("gateway-")
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+                || process.starts_with("worker-"),
+            "a line that names no process: {line}"
+        );
+        processes.insert(process.split('-').next().unwrap_or_default().to_owned());
+        processes.insert(process.to_owned());
+        lines += 1;
+    }
+    assert!(lines >= 5, "{log}");
+    for process in ["supervisor", "gateway-0", "worker"] {
+        assert!(
+            processes.contains(process),
+            "no line of {process}: {processes:?}\n{log}"
+        );
+    }
+}
+
 #[test]
 fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
     let d = Deployment::prepare(chat());

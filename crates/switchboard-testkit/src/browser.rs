@@ -221,13 +221,22 @@ impl Browser {
             .unwrap_or_else(|e| panic!("cannot type into {css}: {e}"));
     }
 
-    /// Clicks the element matching `css`.
+    /// Clicks the element matching `css`. A page that re-renders (live updates) may
+    /// replace the element between finding and clicking it: then it is found again.
     pub async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.click().await {
+                Ok(_) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("cannot click {css}: {e}"),
+            }
+        }
     }
 
     async fn find(&self, css: &str) -> fantoccini::elements::Element {

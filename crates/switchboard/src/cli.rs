@@ -876,3 +876,39 @@ async fn print_connections(
     gateway.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl Events for Nothing {}
+
+    /// What `NAME ARGS` prints where clap stops (`-V`, `--help`).
+    fn shown(app: &App, args: &[&str]) -> String {
+        let argv = std::iter::once(app.name).chain(args.iter().copied());
+        match app.command().try_get_matches_from(argv) {
+            Ok(_) => panic!("{args:?} ran instead of printing"),
+            Err(e) => e.render().to_string(),
+        }
+    }
+
+    #[test]
+    fn version_names_the_application_and_the_framework() {
+        let bare = App::new("rooms", || Nothing);
+        assert_eq!(
+            shown(&bare, &["-V"]),
+            format!("rooms (switchboard {FRAMEWORK_VERSION})\n")
+        );
+        let versioned = App::new("rooms", || Nothing).version("1.2.3");
+        assert_eq!(
+            shown(&versioned, &["--version"]),
+            format!("rooms 1.2.3 (switchboard {FRAMEWORK_VERSION})\n")
+        );
+        let help = shown(&bare, &["--help"]);
+        assert!(
+            help.starts_with("rooms: a Switchboard application") && help.contains("Usage: rooms"),
+            "{help}"
+        );
+    }
+}

@@ -155,6 +155,15 @@ pub struct GatewayConfig {
     /// vanished without closing its connections).
     #[serde(with = "humantime_serde")]
     pub link_ping_interval: Duration,
+    /// How long a closing client may take to be written what was queued for it (by
+    /// `close_client`, the heartbeat, a limit, or the gateway stopping); then its
+    /// socket is aborted, whatever is left unwritten.
+    #[serde(with = "humantime_serde")]
+    pub flush_timeout: Duration,
+    /// Most connections on the internal listener that have not authenticated yet;
+    /// further ones are refused at once until the handshakes in progress end (each
+    /// has 5 s).
+    pub max_unauthenticated: usize,
     /// Certificate and key for TLS on the internal listener (links from workers and
     /// API clients on other machines); plain TCP when absent. Workers then need
     /// `[worker.internal_tls]` to verify it.
@@ -177,6 +186,8 @@ impl Default for GatewayConfig {
             max_clients: 19_000,
             publish_interval: Duration::from_secs(2),
             link_ping_interval: Duration::from_secs(5),
+            flush_timeout: Duration::from_secs(5),
+            max_unauthenticated: 64,
             internal_tls: None,
         }
     }
@@ -917,6 +928,18 @@ impl Config {
             return Err(invalid(
                 "gateway.link_ping_interval",
                 "must be greater than zero",
+            ));
+        }
+        if self.gateway.flush_timeout.is_zero() {
+            return Err(invalid(
+                "gateway.flush_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.gateway.max_unauthenticated == 0 {
+            return Err(invalid(
+                "gateway.max_unauthenticated",
+                "must be at least 1 (workers authenticate through it)",
             ));
         }
         if self.worker.link_timeout.is_zero() {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod ws;
 
 use switchboard::ClientId;
