@@ -6,8 +6,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{chat, ChatClient};
-use switchboard::{ApiError, ClientId, Gateway, Session};
+use common::ws::Ws;
+use common::{chat, chat_with_browsers, ChatClient};
+use serde_json::json;
+use switchboard::{ApiError, ClientId, ClientProtocol, Gateway, PerProtocol, Session};
 use switchboard_testkit::{Client, Deployment};
 
 /// Connects clients until each of the 2 gateways holds at least 2; learns each one's id
@@ -527,6 +529,153 @@ async fn sends_to_a_stalled_gateway_time_out_naming_it() {
             "sends never recovered"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.close().await;
+}
+
+/// A message with a line for `text` clients and JSON for `websocket` ones: the JSON
+/// carries `what`, the line is `what`.
+fn both(what: &str) -> PerProtocol {
+    PerProtocol::new(what.to_owned()).with(
+        ClientProtocol::WebSocket,
+        json!({"type": "test", "what": what}).to_string(),
+    )
+}
+
+/// The gateways that hold a client of `protocol`.
+async fn gateways_holding(api: &Gateway, protocol: ClientProtocol) -> Vec<u32> {
+    let mut numbers: Vec<u32> = api
+        .clients()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.protocol == protocol)
+        .map(|r| r.client.gateway)
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    numbers
+}
+
+/// Every send with a rendering per protocol, from an API client, to telnet and browser
+/// clients spread over 2 gateways: each client gets its own protocol's rendering, and
+/// the targeted and counted sends count them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_with_a_rendering_per_protocol_across_two_gateways() {
+    let d = Deployment::start(chat_with_browsers().gateways(2));
+    let api = Gateway::connect(d.config()).await.unwrap();
+    assert!(api.wait_for_gateways(2, Duration::from_secs(10)).await);
+    // Telnet and browser clients until each gateway holds one of each kind.
+    let mut telnet: Vec<Client> = Vec::new();
+    let mut browsers: Vec<Ws> = Vec::new();
+    for _ in 0..40 {
+        if gateways_holding(&api, ClientProtocol::Text).await.len() < 2 {
+            let mut c = Client::connect(d.addr()).await;
+            c.expect_next("type in your name:").await;
+            c.identify(&api).await;
+            telnet.push(c);
+        }
+        if gateways_holding(&api, ClientProtocol::WebSocket)
+            .await
+            .len()
+            < 2
+        {
+            browsers.push(Ws::connect(d.listener_addr("browser")).await);
+        }
+    }
+    assert_eq!(gateways_holding(&api, ClientProtocol::Text).await.len(), 2);
+    // Each browser learns its id from a send to it (the sends ask nothing first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let browser_ids: Vec<ClientId> = loop {
+        let ids: Vec<ClientId> = api
+            .clients()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.protocol == ClientProtocol::WebSocket)
+            .map(|r| r.client)
+            .collect();
+        if ids.len() == browsers.len() {
+            break ids;
+        }
+        assert!(std::time::Instant::now() < deadline, "browsers not listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut gateways_of_browsers: Vec<u32> = browser_ids.iter().map(|id| id.gateway).collect();
+    gateways_of_browsers.sort();
+    gateways_of_browsers.dedup();
+    assert_eq!(gateways_of_browsers.len(), 2);
+    for id in &browser_ids {
+        assert!(api
+            .send_to_client(*id, both(&id.to_string()))
+            .await
+            .unwrap());
+    }
+    for b in browsers.iter_mut() {
+        let m = b.next().await;
+        assert_eq!(m["type"], "test", "a browser got another rendering: {m}");
+        b.id = m["what"].as_str().and_then(|s| s.parse().ok());
+        assert!(browser_ids.contains(&b.id.unwrap()), "{m}");
+    }
+    // send_to_client: a telnet client gets the line.
+    for c in telnet.iter_mut() {
+        let id = c.id.unwrap();
+        assert!(api.send_to_client(id, both("you")).await.unwrap());
+        c.expect_next("you").await;
+    }
+    let everyone = (telnet.len() + browsers.len()) as u64;
+
+    // A group of both kinds on both gateways: counted, and fire-and-forget.
+    for id in telnet
+        .iter()
+        .map(|c| c.id.unwrap())
+        .chain(browser_ids.clone())
+    {
+        api.join_group(id, "mixed").await.unwrap();
+    }
+    let reached = api
+        .send_to_group_counted(&["mixed"], both("to the group"), &[])
+        .await
+        .unwrap();
+    assert_eq!(reached as u64, everyone);
+    api.send_to_group(&["mixed"], both("again"), &[])
+        .await
+        .unwrap();
+    for c in telnet.iter_mut() {
+        c.expect_next("to the group").await;
+        c.expect_next("again").await;
+    }
+    for b in browsers.iter_mut() {
+        assert_eq!(b.next().await["what"], "to the group");
+        assert_eq!(b.next().await["what"], "again");
+    }
+
+    // One uid on a telnet client of one gateway and a browser of the other.
+    let t = telnet[0].id.unwrap();
+    let w = browser_ids
+        .iter()
+        .copied()
+        .find(|id| id.gateway != t.gateway)
+        .unwrap();
+    api.bind_uid(t, "ann").await.unwrap();
+    api.bind_uid(w, "ann").await.unwrap();
+    assert_eq!(api.send_to_uid(&["ann"], both("to ann")).await.unwrap(), 2);
+    telnet[0].expect_next("to ann").await;
+    let ann = browsers.iter_mut().find(|b| b.id == Some(w)).unwrap();
+    assert_eq!(ann.next().await["what"], "to ann");
+
+    // Everyone, counted.
+    assert_eq!(
+        api.send_to_all_counted(both("all")).await.unwrap() as u64,
+        everyone
+    );
+    for c in telnet.iter_mut() {
+        c.expect_next("all").await;
+        nothing_more(c).await;
+    }
+    for b in browsers.iter_mut() {
+        assert_eq!(b.next().await["what"], "all");
+        b.nothing_within(Duration::from_millis(100)).await;
     }
     api.close().await;
 }

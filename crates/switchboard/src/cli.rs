@@ -79,6 +79,11 @@ enum Command {
         /// Run only gateways or only workers here (multi-machine deployments).
         #[arg(long, value_enum)]
         only: Option<Only>,
+        /// Read further `KEY=VALUE` overrides from standard input, each ended by a NUL
+        /// byte: how `start -d` hands its `--set` values to the daemon, off the
+        /// command line that `ps` shows everybody.
+        #[arg(long, hide = true)]
+        overrides_on_stdin: bool,
     },
     /// Stop a running supervisor and its children (waits until they are gone).
     Stop,
@@ -176,8 +181,14 @@ struct OnlineTarget {
 
 #[derive(Subcommand)]
 enum ConfigAction {
-    /// Print the effective configuration (the embedded default, or the file given).
-    Print,
+    /// Print the effective configuration (the embedded default, or the file given);
+    /// secrets are hidden.
+    Print {
+        /// Print the secrets too (`secret`, `admin.token`, database and Redis
+        /// passwords).
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Check a configuration file; exits non-zero with the offending key and line.
     Check {
         /// The file (default: --config).
@@ -284,6 +295,13 @@ impl App {
             })?;
             overrides.push((k.trim().to_owned(), v.trim().to_owned()));
         }
+        if let Command::Start {
+            overrides_on_stdin: true,
+            ..
+        } = cli.command
+        {
+            overrides.extend(read_overrides(std::io::stdin().lock())?);
+        }
         let mut config = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| {
@@ -318,9 +336,14 @@ impl App {
         let config = self.load_config(&cli)?;
         match cli.command {
             Command::Config {
-                action: ConfigAction::Print,
+                action: ConfigAction::Print { show_secrets },
             } => {
-                print!("{}", config.to_toml());
+                let shown = if show_secrets {
+                    config
+                } else {
+                    config.with_secrets_hidden()
+                };
+                print!("{}", shown.to_toml());
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config {
@@ -334,10 +357,13 @@ impl App {
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Start { daemon: true, only } => self.start_daemon(&config, &cli, only),
+            Command::Start {
+                daemon: true, only, ..
+            } => self.start_daemon(&config, &cli, only),
             Command::Start {
                 daemon: false,
                 only,
+                ..
             } => {
                 if let Some(pid) = supervisor::running_pid(&config) {
                     return Err(Error::Other(format!(
@@ -346,9 +372,8 @@ impl App {
                 }
                 preflight(&config, only, cli.config.as_deref())?;
                 init_logging(&config, "supervisor");
-                let path = write_effective_config(&config)?;
                 let rt = runtime(1, "supervisor")?;
-                let handle = rt.spawn(supervisor::run(config, path, only));
+                let handle = rt.spawn(supervisor::run(config, only));
                 rt.block_on(handle).unwrap_or_else(|e| {
                     Err(Error::Other(format!("supervisor task failed: {e}")))
                 })?;
@@ -455,7 +480,8 @@ impl App {
     }
 
     /// `start -d`: re-runs this binary's `start` detached (new session, output to the
-    /// log file) and waits until its pid file appears.
+    /// log file) and waits until the pid file names it. If another start won the pid
+    /// file's lock meanwhile, the daemon exits and this says which supervisor runs.
     fn start_daemon(
         &self,
         config: &Config,
@@ -493,9 +519,6 @@ impl App {
         if let Some(d) = &cli.data_dir {
             cmd.arg("--data-dir").arg(d);
         }
-        for kv in &cli.set {
-            cmd.arg("--set").arg(kv);
-        }
         cmd.arg("start");
         if let Some(only) = only {
             cmd.arg("--only").arg(match only {
@@ -503,9 +526,14 @@ impl App {
                 Only::Worker => "worker",
             });
         }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        // `--set` values may be secrets: they go through a pipe, not the command line.
+        let stdin = if cli.set.is_empty() {
+            std::process::Stdio::null()
+        } else {
+            cmd.arg("--overrides-on-stdin");
+            std::process::Stdio::piped()
+        };
+        cmd.stdin(stdin).stdout(log).stderr(log2);
         // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal.
         unsafe {
             cmd.pre_exec(|| {
@@ -516,16 +544,34 @@ impl App {
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::io("cannot start the daemon", e))?;
+        if let Some(mut pipe) = child.stdin.take() {
+            use std::io::Write as _;
+            let mut bytes = Vec::new();
+            for kv in &cli.set {
+                bytes.extend_from_slice(kv.as_bytes());
+                bytes.push(0);
+            }
+            // Dropping the pipe at the end of this block is the daemon's end of input.
+            pipe.write_all(&bytes)
+                .map_err(|e| Error::io("cannot hand the overrides to the daemon", e))?;
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let daemon = child.id();
         loop {
-            if let Some(pid) = supervisor::running_pid(config) {
+            let running = supervisor::running_pid(config);
+            if running == Some(daemon) {
                 println!(
-                    "started in the background (supervisor pid {pid}); log: {}",
+                    "started in the background (supervisor pid {daemon}); log: {}",
                     log_path.display()
                 );
                 return Ok(ExitCode::SUCCESS);
             }
             if let Ok(Some(status)) = child.try_wait() {
+                if let Some(pid) = running.or_else(|| supervisor::running_pid(config)) {
+                    return Err(Error::Other(format!(
+                        "already running (supervisor pid {pid}); this start's daemon exited ({status})"
+                    )));
+                }
                 return Err(Error::Other(format!(
                     "the daemon exited at once ({status}); see {}",
                     log_path.display()
@@ -620,6 +666,27 @@ async fn client_call(gateway: &Gateway, command: Command) -> Result<(u8, String)
     })
 }
 
+/// `KEY=VALUE` overrides, each ended by a NUL byte (the last one may lack it), as
+/// `start -d` writes them to its daemon's standard input.
+fn read_overrides(mut input: impl std::io::Read) -> Result<Vec<(String, String)>, Error> {
+    let mut bytes = Vec::new();
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read the overrides on standard input", e))?;
+    bytes
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| {
+                    Error::Other("an override on standard input is not KEY=VALUE".into())
+                })
+        })
+        .collect()
+}
+
 /// Stops the running supervisor and waits until it is gone (its own stop timeout, plus
 /// the workers' drain time, plus a margin).
 fn stop_running(config: &Config) -> Result<(), Error> {
@@ -708,23 +775,6 @@ fn init_logging_quiet() {
         .try_init();
 }
 
-/// Writes the configuration children start with, with `data_dir` made absolute so that
-/// a reload works from any working directory.
-fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
-    let mut config = config.clone();
-    if config.data_dir.is_relative() {
-        let cwd = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
-        config.data_dir = cwd.join(&config.data_dir);
-    }
-    let run_dir = config.run_dir();
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
-    let path = run_dir.join("effective.toml");
-    std::fs::write(&path, config.to_toml())
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-    Ok(path)
-}
-
 /// The admin listener's port must be free (every `start`, `--only worker` too: each
 /// machine's supervisor serves it).
 fn check_admin_free(config: &Config) -> Result<(), Error> {
@@ -745,7 +795,8 @@ fn check_admin_free(config: &Config) -> Result<(), Error> {
 
 /// What must hold before anything starts (and what `config check` checks): the
 /// backends are compiled in, the certificates load, the client ports and the admin
-/// listener's port are free.
+/// listener's port are free. The public default secret (allowed on loopback only,
+/// which validation checks) is warned about on standard error.
 /// With `--only worker` the gateways' certificates and ports are not this machine's
 /// business; with `--only gateway`, the workers' CA is not.
 fn preflight(
@@ -754,6 +805,9 @@ fn preflight(
     file: Option<&std::path::Path>,
 ) -> Result<(), Error> {
     config.check_compiled()?;
+    if let Some(warning) = config.secret_warning() {
+        eprintln!("warning: {warning}");
+    }
     crate::transport::tls::check_config(
         config,
         only != Some(Only::Worker),
@@ -892,6 +946,22 @@ fn print_status(config: &Config) -> Result<(), Error> {
                 .unwrap_or_default(),
         );
     }
+    // The addresses the gateways bound: a port 0 in the configuration shows here.
+    let bound = all
+        .iter()
+        .find(|s| s.role == "gateway")
+        .and_then(|s| s.detail.get("listeners"))
+        .and_then(|v| v.as_array());
+    if let Some(bound) = bound {
+        let shown: Vec<String> = config
+            .gateway
+            .listeners
+            .iter()
+            .zip(bound)
+            .map(|(l, a)| format!("{} {}", l.name, a.as_str().unwrap_or("?")))
+            .collect();
+        println!("listeners: {}", shown.join(", "));
+    }
     let total: u64 = all
         .iter()
         .filter(|s| s.role == "gateway")
@@ -996,4 +1066,40 @@ async fn print_connections(
     println!("{shown} client(s)");
     gateway.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl Events for Nothing {}
+
+    /// What `NAME ARGS` prints where clap stops (`-V`, `--help`).
+    fn shown(app: &App, args: &[&str]) -> String {
+        let argv = std::iter::once(app.name).chain(args.iter().copied());
+        match app.command().try_get_matches_from(argv) {
+            Ok(_) => panic!("{args:?} ran instead of printing"),
+            Err(e) => e.render().to_string(),
+        }
+    }
+
+    #[test]
+    fn version_names_the_application_and_the_framework() {
+        let bare = App::new("rooms", || Nothing);
+        assert_eq!(
+            shown(&bare, &["-V"]),
+            format!("rooms (switchboard {FRAMEWORK_VERSION})\n")
+        );
+        let versioned = App::new("rooms", || Nothing).version("1.2.3");
+        assert_eq!(
+            shown(&versioned, &["--version"]),
+            format!("rooms 1.2.3 (switchboard {FRAMEWORK_VERSION})\n")
+        );
+        let help = shown(&bare, &["--help"]);
+        assert!(
+            help.starts_with("rooms: a Switchboard application") && help.contains("Usage: rooms"),
+            "{help}"
+        );
+    }
 }

@@ -62,7 +62,7 @@ pub use cli::App;
 pub use client::{ApiError, Gateway};
 pub use client_id::{ClientId, ParseClientIdError};
 pub use config::Config;
-pub use message::{Message, NotText};
+pub use message::{Message, NotText, PerProtocol};
 pub use protocol::ClientProtocol;
 pub use request::{Refuse, WebSocketRequest};
 pub use statistic::Statistic;

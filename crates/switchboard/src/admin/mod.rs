@@ -7,7 +7,7 @@
 //! | `GET /metrics` | the machine's metrics, Prometheus/OpenMetrics text format |
 //! | `GET /api/summary` | per-minute figures and totals (`range=hour|day`, `module`, `interface`, `host`) |
 //! | `GET /api/tree` | module → interface totals of the range |
-//! | `GET /api/failures` | the failure log (`module`, `interface`, `code`, `q`, `limit`) |
+//! | `GET /api/failures` | the failure log, newest first (`module`, `interface`, `code`, `host`, `q` for text in the message, `limit`; `range=hour|day` or `minutes=N` or `since_ms` for the time: all of it without any) |
 //! | `GET /api/live` | clients, messages per second, processes, the current minute |
 //! | `GET /api/stream` | the same as `/api/live`, pushed every second (server-sent events) |
 //! | `/v1/...` | the HTTP push API: every Gateway API call as JSON ([`push`], `docs/push-api.md`) |
@@ -246,8 +246,19 @@ impl Admin {
                 ),
                 None => None,
             },
+            host: nonempty("host"),
             text: nonempty("q"),
-            since_ms: nonempty("since_ms").and_then(|v| v.parse().ok()),
+            // An explicit time, else the start of the range asked for, else all.
+            since_ms: match nonempty("since_ms") {
+                Some(v) => Some(
+                    v.parse()
+                        .map_err(|_| format!("since_ms {v:?} is not a number"))?,
+                ),
+                None if q.contains_key("range") || q.contains_key("minutes") => {
+                    Some(filter_of(q).from_minute * 60_000)
+                }
+                None => None,
+            },
             limit: nonempty("limit")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(200)

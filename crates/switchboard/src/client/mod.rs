@@ -104,7 +104,7 @@ use crate::protocol::internal::{
     self, ClientInfo, Command, Event, Frame, InternalCodec, Query, Reply, Role, PROTOCOL_VERSION,
 };
 use crate::transport::LinkStream;
-use crate::{auth, ClientId, Message, Session};
+use crate::{auth, ClientId, Message, PerProtocol, Session};
 
 mod builder;
 pub use builder::Builder;
@@ -635,12 +635,16 @@ impl Gateway {
     // many clients they reached: one round trip, which also tells "offline" from
     // "delivered" with no race between the two. Fan-out sends (`send_to_all`,
     // `send_to_group`) are fire-and-forget, so a broadcast never waits for replies;
-    // their `_counted` forms wait and count.
+    // their `_counted` forms wait and count. Every send takes a `PerProtocol` (or
+    // anything that is a `Message`): each recipient's gateway picks the rendering for
+    // that client's protocol, so sending to clients of several kinds needs no query.
 
     /// Sends a message to one client; returns whether it reached the client (it was
     /// connected and the message was queued for it). `false` also when the client's
     /// gateway is not connected to this process, as for [`is_online`](Self::is_online);
     /// [`ApiError::NoGateway`] when no gateway is.
+    /// A [`PerProtocol`] gives clients of some protocols their own rendering: the
+    /// client's gateway picks the one for the client's listener, in the same round trip.
     ///
     /// ```no_run
     /// # use switchboard::{ClientId, Gateway};
@@ -653,7 +657,7 @@ impl Gateway {
     pub async fn send_to_client(
         &self,
         client: ClientId,
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
     ) -> Result<bool, ApiError> {
         let Some(link) = self.link_for(client)? else {
             return Ok(false);
@@ -679,14 +683,14 @@ impl Gateway {
             client,
             Command::SendToClient {
                 client,
-                data: data.into(),
+                data: data.into().into(),
             },
         )
         .await
     }
 
     /// Sends a message to every client, without waiting for an answer.
-    pub async fn send_to_all(&self, data: impl Into<Message>) -> Result<(), ApiError> {
+    pub async fn send_to_all(&self, data: impl Into<PerProtocol>) -> Result<(), ApiError> {
         self.to_all(Command::SendToAll {
             data: data.into(),
             only: None,
@@ -697,7 +701,10 @@ impl Gateway {
 
     /// Like [`send_to_all`](Self::send_to_all), and waits until every gateway says how
     /// many clients it reached; returns the total.
-    pub async fn send_to_all_counted(&self, data: impl Into<Message>) -> Result<usize, ApiError> {
+    pub async fn send_to_all_counted(
+        &self,
+        data: impl Into<PerProtocol>,
+    ) -> Result<usize, ApiError> {
         self.gather_count(Query::Counted(Command::SendToAll {
             data: data.into(),
             only: None,
@@ -710,7 +717,7 @@ impl Gateway {
     /// Sends a message to every client, or only to `only` when given, never to `exclude`.
     pub async fn send_to_all_filtered(
         &self,
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
         only: Option<&[ClientId]>,
         exclude: &[ClientId],
     ) -> Result<(), ApiError> {
@@ -759,11 +766,11 @@ impl Gateway {
     /// gateway concerned says how many clients it reached; returns the total.
     pub async fn send_to_all_filtered_counted(
         &self,
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
         only: Option<&[ClientId]>,
         exclude: &[ClientId],
     ) -> Result<usize, ApiError> {
-        let data = data.into();
+        let data: PerProtocol = data.into();
         let Some(list) = only else {
             return self
                 .gather_count(Query::Counted(Command::SendToAll {
@@ -822,7 +829,7 @@ impl Gateway {
     pub async fn send_to_uid<S: AsRef<str>>(
         &self,
         uids: &[S],
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
     ) -> Result<usize, ApiError> {
         self.gather_count(Query::Counted(Command::SendToUid {
             uids: uids.iter().map(|u| u.as_ref().to_owned()).collect(),
@@ -837,7 +844,7 @@ impl Gateway {
     pub async fn send_to_group<S: AsRef<str>>(
         &self,
         groups: &[S],
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
         exclude: &[ClientId],
     ) -> Result<(), ApiError> {
         self.to_all(group_command(groups, data.into(), exclude))
@@ -849,7 +856,7 @@ impl Gateway {
     pub async fn send_to_group_counted<S: AsRef<str>>(
         &self,
         groups: &[S],
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
         exclude: &[ClientId],
     ) -> Result<usize, ApiError> {
         self.gather_count(Query::Counted(group_command(groups, data.into(), exclude)))
@@ -1217,7 +1224,7 @@ pub(crate) fn link_tls(
         .transpose()
 }
 
-fn group_command<S: AsRef<str>>(groups: &[S], data: Message, exclude: &[ClientId]) -> Command {
+fn group_command<S: AsRef<str>>(groups: &[S], data: PerProtocol, exclude: &[ClientId]) -> Command {
     Command::SendToGroup {
         groups: groups.iter().map(|g| g.as_ref().to_owned()).collect(),
         data,
@@ -1293,10 +1300,13 @@ async fn discover(gateway: Gateway) {
 async fn maintain_link(gateway: Gateway, entry: GatewayEntry, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = run_link(&gateway, &entry, &stop) => r,
-        };
+        // Not raced against `stop`: `run_link` watches it itself and always takes its
+        // link out of the table before it returns (dropped half-way, it would leave a
+        // dead link behind).
+        let attempt = run_link(&gateway, &entry, &stop).await;
+        if stop.is_cancelled() {
+            return;
+        }
         match attempt {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
