@@ -4,11 +4,11 @@
 //! - A room is a group: the browsers of room `R` are in group `room:R`. The telnet
 //!   users are in group `telnet` and are members of room `1`, so what is said in room
 //!   `1` goes to both groups, each in its own format (JSON for browsers, a line for
-//!   telnet).
-//! - A browser's session holds `browser` (set on connect), then `name` and `room` once
-//!   logged in: other clients' handlers (a telnet user's private message, a newcomer's
-//!   member list) can only see sessions. The client's own handlers read its room from
-//!   its groups.
+//!   telnet): one send with a rendering per protocol ([`PerProtocol`]), which each
+//!   recipient's gateway picks by the listener the client came through.
+//! - A client's session holds its `name` once it has one, and a browser's its `room`:
+//!   other clients' handlers (a newcomer's member list) can only see sessions. The
+//!   client's own handlers read its room from its groups.
 //! - A login whose name a browser of the room already has is refused (101) only if
 //!   that browser is still there: it is sent a `ping`, and one that does not answer
 //!   within [`PROBE`] is taken for gone (its network went and the server never heard:
@@ -22,7 +22,10 @@ pub mod protocol;
 use std::time::Duration;
 
 use protocol::{code, Incoming, Refused, Said, To};
-use switchboard::{ApiError, ClientId, Context, Gateway, HandlerResult, Message, Session};
+use switchboard::{
+    ApiError, ClientId, ClientProtocol, Context, Gateway, HandlerResult, Message, PerProtocol,
+    Session,
+};
 
 use crate::history::ChatHistory;
 use crate::{format_time, now_time, HISTORY_LINES};
@@ -33,8 +36,6 @@ pub const TELNET_ROOM: &str = "1";
 pub const TELNET_GROUP: &str = "telnet";
 /// Prefix of a room's group (browsers only).
 const ROOM_GROUP_PREFIX: &str = "room:";
-/// Session key marking a browser client (set on connect).
-const BROWSER: &str = "browser";
 /// Session key of a client's name (telnet and browser alike).
 pub const NAME: &str = "name";
 /// Session key of a browser's room.
@@ -65,11 +66,6 @@ pub fn name_in(session: &Session) -> Option<&str> {
     session.get(NAME).and_then(|v| v.as_str())
 }
 
-/// Whether a session is a browser client's.
-pub fn is_browser(session: &Session) -> bool {
-    session.get(BROWSER).and_then(|v| v.as_bool()) == Some(true)
-}
-
 /// The members of `room` that gave a name, `(id, name)` sorted by id: its browsers,
 /// and for room `1` the telnet users too.
 pub async fn members(gw: &Gateway, room: &str) -> Result<Vec<(ClientId, String)>, ApiError> {
@@ -86,7 +82,10 @@ pub async fn members(gw: &Gateway, room: &str) -> Result<Vec<(ClientId, String)>
 }
 
 /// Tells room `room`: `json` to its browsers and, in room `1`, `line` to the telnet
-/// users; nobody in `exclude` gets either.
+/// users (one send: each gateway gives each client the rendering of its protocol);
+/// nobody in `exclude` gets either. The telnet line goes through
+/// [`protocol::one_line`] here, whoever wrote it: no control character reaches a
+/// terminal.
 pub async fn tell_room(
     gw: &Gateway,
     room: &str,
@@ -94,49 +93,33 @@ pub async fn tell_room(
     line: String,
     exclude: &[ClientId],
 ) -> Result<(), ApiError> {
-    gw.send_to_group(&[room_group(room)], json, exclude).await?;
     if room == TELNET_ROOM {
-        gw.send_to_group(&[TELNET_GROUP], line, exclude).await?;
+        let both =
+            PerProtocol::new(protocol::one_line(&line)).with(ClientProtocol::WebSocket, json);
+        gw.send_to_group(&[room_group(room), TELNET_GROUP.to_owned()], both, exclude)
+            .await
+    } else {
+        gw.send_to_group(&[room_group(room)], json, exclude).await
     }
-    Ok(())
 }
 
 /// Sends a private message from `from` (named `from_name`) to `to`, in `to`'s own
-/// format: a `say` for a browser, a `NAME[ID] said to You :text` line for telnet.
-/// Returns the recipient's name (`None`: not online, or a browser not logged in, so
-/// nothing was sent).
+/// format: a `say` for a browser, a `NAME[ID] said to You :text` line for telnet. Both
+/// go in one send, and `to`'s gateway picks by the listener `to` came through: one
+/// round trip, which says whether `to` got it (`false`: not online, nothing sent).
 pub async fn send_private(
     gw: &Gateway,
     from: ClientId,
     from_name: &str,
     to: ClientId,
     text: &str,
-) -> Result<Option<String>, ApiError> {
-    let Some(target) = gw.get_session(to).await? else {
-        return Ok(None);
-    };
-    let to_name = name_in(&target).map(str::to_owned);
-    let sent = if is_browser(&target) {
-        if to_name.is_none() {
-            return Ok(None);
-        }
-        let content = protocol::private_to_you() + &protocol::content_html(text);
-        let said = protocol::say(from, from_name, To::Client(to), &content, &now_time());
-        gw.send_to_client(to, said).await?
-    } else {
-        let line = format!(
-            "{from_name}[{from}] said to You :{}",
-            protocol::one_line(text)
-        );
-        gw.send_to_client(to, line).await?
-    };
-    // A telnet user who has not typed a name yet still gets it, as before browsers.
-    Ok(sent.then(|| to_name.unwrap_or_else(|| to.to_string())))
-}
-
-/// A browser connected: mark its session, so that other handlers know to send it JSON.
-pub fn on_connect(ctx: &mut Context) {
-    ctx.session_mut().insert(BROWSER.into(), true.into());
+) -> Result<bool, ApiError> {
+    let content = protocol::private_to_you() + &protocol::content_html(text);
+    let said = protocol::say(from, from_name, To::Client(to), &content, &now_time());
+    // The whole line is made terminal-safe: a browser's name may hold controls too.
+    let line = protocol::one_line(&format!("{from_name}[{from}] said to You :{text}"));
+    let message = PerProtocol::new(line).with(ClientProtocol::WebSocket, said);
+    gw.send_to_client(to, message).await
 }
 
 /// A browser sent a message.
@@ -164,7 +147,11 @@ pub async fn on_message(
             ctx.session_mut().insert(PONGS.into(), (pongs + 1).into());
         }
         Ok(Incoming::Login { name, room }) => login(history, ctx, name, room).await?,
-        Ok(Incoming::Say { to, content }) => say(history, ctx, to, &content).await?,
+        Ok(Incoming::Say {
+            to,
+            to_name,
+            content,
+        }) => say(history, ctx, to, to_name, &content).await?,
     }
     Ok(())
 }
@@ -247,6 +234,12 @@ async fn login(
     Ok(())
 }
 
+/// Whether a session is a browser's: only browsers have a room in theirs (telnet users
+/// are in room 1 by their group).
+fn is_browser(session: &Session) -> bool {
+    session.contains_key(ROOM)
+}
+
 /// The members of `room` named `name`, with their sessions.
 async fn same_name(
     gw: &Gateway,
@@ -285,6 +278,7 @@ async fn say(
     history: Option<&ChatHistory>,
     ctx: &mut Context,
     to: To,
+    to_name: Option<String>,
     content: &str,
 ) -> HandlerResult {
     let (Some(room), Some(name)) = (room_of(ctx), name_in(ctx.session()).map(str::to_owned)) else {
@@ -313,18 +307,18 @@ async fn say(
         }
         To::Client(to) => {
             let call = ctx.statistic("chat", "private");
-            match send_private(&gw, me, &name, to, content).await? {
-                Some(to_name) => {
-                    call.success();
-                    let echo = protocol::private_to(&to_name) + &protocol::content_html(content);
-                    ctx.reply(protocol::say(me, &name, To::Client(to), &echo, &time))
-                        .await?;
-                }
-                None => {
-                    let msg = format!("{to} is not online; nothing was sent");
-                    call.fail(404, &msg);
-                    ctx.reply(protocol::error(code::NOT_ONLINE, &msg)).await?;
-                }
+            if send_private(&gw, me, &name, to, content).await? {
+                call.success();
+                // Named as the sender's page named the recipient (workerman-chat's
+                // `to_client_name`), else by its id.
+                let to_name = to_name.unwrap_or_else(|| to.to_string());
+                let echo = protocol::private_to(&to_name) + &protocol::content_html(content);
+                ctx.reply(protocol::say(me, &name, To::Client(to), &echo, &time))
+                    .await?;
+            } else {
+                let msg = format!("{to} is not online; nothing was sent");
+                call.fail(404, &msg);
+                ctx.reply(protocol::error(code::NOT_ONLINE, &msg)).await?;
             }
         }
     }

@@ -7,16 +7,11 @@
 //! configured instance works, MySQL/MariaDB included, because the table is
 //! created in either dialect and every statement goes through the builder.
 //!
-//! ```ignore
-//! # async fn demo() -> Result<(), switchboard_db::DbError> {
-//! let db = ChatHistory::default_instance("data/chat-history.sqlite3")?;
-//! let history = ChatHistory::open(db).await?;
-//! history.append("1", "ann", "7f000001:0001", "hello").await?;
-//! for line in history.last("1", 20).await? {
-//!     println!("{} {}[{}]: {}", line.at, line.name, line.client_id, line.text);
-//! }
-//! # Ok(()) }
-//! ```
+//! In use (the `usage` test at the end of this file makes these calls, on a
+//! temporary SQLite file; the chat is a binary, so its rustdoc is not a doc-test):
+//! [`ChatHistory::default_instance`] for the instance, [`ChatHistory::open`],
+//! then [`ChatHistory::append`] for each line and [`ChatHistory::last`] for the
+//! last lines of a room, oldest first.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -199,5 +194,39 @@ fn quoted(dialect: Dialect, table: &str) -> String {
     match dialect {
         Dialect::MySql => format!("`{table}`"),
         Dialect::Sqlite => format!("\"{table}\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The module's example: a line appended is read back, in its room only.
+    #[tokio::test]
+    async fn usage() -> Result<(), DbError> {
+        let dir = tempfile::tempdir().map_err(|e| DbError::Config {
+            instance: "test".into(),
+            message: e.to_string(),
+        })?;
+        let db = ChatHistory::default_instance(dir.path().join("data/chat-history.sqlite3"))?;
+        let history = ChatHistory::open(db).await?;
+        history.append("1", "ann", "7f000001:0001", "hello").await?;
+        history
+            .append("2", "bob", "7f000001:0002", "elsewhere")
+            .await?;
+        let lines = history.last("1", 20).await?;
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
+        assert_eq!(
+            (
+                line.room.as_str(),
+                line.name.as_str(),
+                line.client_id.as_str()
+            ),
+            ("1", "ann", "7f000001:0001")
+        );
+        assert_eq!(line.text, "hello");
+        assert!(line.at > 0);
+        Ok(())
     }
 }

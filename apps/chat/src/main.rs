@@ -2,7 +2,9 @@
 //! on `http://127.0.0.1:7272`.
 //!
 //! Telnet: the first line a client types is its name; after that a line goes to
-//! everybody, and `client_id:words` goes to that one client only. Browsers speak
+//! everybody, and `client_id:words` goes to that one client only. What reaches a
+//! terminal has every control character but the tab turned into a space
+//! ([`protocol::one_line`]), so one user's escape sequences never reach another's. Browsers speak
 //! workerman-chat's JSON protocol in rooms ([`browser`]); the telnet users are room
 //! `1`, and the two meet there. All of the business logic is the [`Chat`] events below
 //! and the `browser` module; the gateways, workers and supervisor are Switchboard's.
@@ -114,8 +116,7 @@ impl Events for Chat {
 
     async fn on_connect(&self, ctx: &mut Context) -> HandlerResult {
         if from_browser(ctx) {
-            browser::on_connect(ctx);
-            return Ok(());
+            return Ok(()); // a browser speaks first: its login
         }
         ctx.reply(ASK_NAME).await?;
         Ok(())
@@ -179,8 +180,9 @@ impl Events for Chat {
                 let call = ctx.statistic("chat", "private");
                 // In the recipient's format; the send says whether it was delivered.
                 let sent = browser::send_private(ctx.gateway(), me, &name, to, words).await?;
-                if sent.is_some() {
+                if sent {
                     call.success();
+                    let words = protocol::one_line(words);
                     ctx.reply(format!("{name}[{me}] said to [{to}] :{words}"))
                         .await?;
                 } else {
@@ -196,6 +198,7 @@ impl Events for Chat {
                 call.time(async {
                     let content = protocol::content_html(line);
                     let json = protocol::say(me, &name, To::All, &content, &now_time());
+                    // tell_room makes it one line for terminals.
                     let said = format!("{name}[{me}] said :{line}");
                     browser::tell_room(ctx.gateway(), TELNET_ROOM, json, said, &[]).await?;
                     if let Some(history) = self.history.get() {

@@ -6,8 +6,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{chat, ChatClient};
-use switchboard::{ApiError, ClientId, Gateway, Session};
+use common::ws::Ws;
+use common::{chat, chat_with_browsers, ChatClient};
+use serde_json::json;
+use switchboard::{ApiError, ClientId, ClientProtocol, Gateway, PerProtocol, Session};
 use switchboard_testkit::{Client, Deployment};
 
 /// Connects clients until each of the 2 gateways holds at least 2; learns each one's id
@@ -84,6 +86,16 @@ async fn every_api_call_across_two_gateways() {
         .unwrap();
     clients[a_idx].1.expect_next("filtered").await;
     nothing_more(&mut clients[b_idx].1).await;
+    nothing_more(&mut clients[c_idx].1).await;
+    // The same, counted: each gateway says how many of its clients it reached.
+    assert_eq!(
+        api.send_to_all_filtered_counted("filtered counted", Some(&[a, b, c]), &[c])
+            .await
+            .unwrap(),
+        2
+    );
+    clients[a_idx].1.expect_next("filtered counted").await;
+    clients[b_idx].1.expect_next("filtered counted").await;
     nothing_more(&mut clients[c_idx].1).await;
 
     // uid: one uid bound on both gateways.
@@ -265,5 +277,405 @@ async fn the_application_store_is_kept_apart_from_discovery_keys() {
     let id = c.login("carol").await;
     c.send("ok").await;
     c.expect_next(&format!("carol[{id}] said :ok")).await;
+    api.close().await;
+}
+
+/// A gateway-only supervisor (`start --only gateway`) of the same deployment, standing
+/// for a gateway machine added later: same name, secret and store (the deployment's
+/// store file, by absolute path), its own data directory and client port.
+struct ExtraGateway {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    addr: std::net::SocketAddr,
+}
+
+impl ExtraGateway {
+    fn start(d: &Deployment) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = switchboard_testkit::free_port();
+        let store = match d.config().resolved_store() {
+            switchboard::store::StoreConfig::File { path } => path,
+            other => panic!("the kit's store is a file, not {other:?}"),
+        };
+        let text = format!(
+            "name = {name:?}\nsecret = {secret:?}\ndata_dir = {data:?}\n\n\
+             [store]\nbackend = \"file\"\npath = {store:?}\n\n\
+             [gateway]\ncount = 1\npublish_interval = \"300ms\"\n\n\
+             [[gateway.listeners]]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            name = d.config().name,
+            secret = d.config().secret,
+            data = dir.path().join("data").display().to_string(),
+            store = store.display().to_string(),
+        );
+        let config = dir.path().join("extra.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("extra.log")).unwrap();
+        let child = switchboard_testkit::spawn(
+            common::chat_bin().as_ref(),
+            &config,
+            &["start", "--only", "gateway"],
+            log,
+        );
+        ExtraGateway {
+            dir,
+            child: Some(child),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("extra.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ExtraGateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until `api` is connected to exactly `n` gateways.
+async fn until_gateways(api: &Gateway, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + switchboard_testkit::WAIT;
+    while api.gateways().len() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: connected to {:?}, not {n} gateway(s)",
+            api.gateways()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_reachable_gateway_every_call_is_an_error_naming_the_deployment() {
+    // A store with no gateway in it: the builder (store + secret only) connects at once
+    // and every call says there is no gateway, instead of reaching nobody in silence.
+    let empty = tempfile::tempdir().unwrap();
+    let api = Gateway::builder()
+        .name("nobody-here")
+        .secret("s")
+        .store(switchboard::store::StoreConfig::File {
+            path: empty.path().join("store.sqlite"),
+        })
+        .connect()
+        .await
+        .unwrap();
+    let no_gateway = |r: Result<(), ApiError>, call: &str| match r {
+        Err(ApiError::NoGateway { deployment }) => assert_eq!(deployment, "nobody-here"),
+        other => panic!("{call}: expected NoGateway, got {other:?}"),
+    };
+    let someone = ClientId::new(7, 1);
+    no_gateway(api.send_to_all("x").await, "send_to_all");
+    no_gateway(api.send_to_group(&["g"], "x", &[]).await, "send_to_group");
+    no_gateway(api.send_to_uid(&["u"], "x").await.map(drop), "send_to_uid");
+    no_gateway(
+        api.send_to_client(someone, "x").await.map(drop),
+        "send_to_client",
+    );
+    no_gateway(api.is_online(someone).await.map(drop), "is_online");
+    no_gateway(api.bind_uid(someone, "u").await, "bind_uid");
+    no_gateway(api.ungroup("g").await, "ungroup");
+    no_gateway(api.all_client_count().await.map(drop), "all_client_count");
+    no_gateway(api.clients().await.map(drop), "clients");
+    let err = api.all_client_count().await.unwrap_err().to_string();
+    assert!(
+        err.contains("no gateway") && err.contains("nobody-here"),
+        "{err}"
+    );
+    api.close().await;
+
+    // A running deployment with the wrong secret: its gateways refuse us, so there is
+    // no gateway to reach either.
+    let d = Deployment::start(chat());
+    let api = Gateway::builder()
+        .name(&d.config().name)
+        .secret("not-the-secret")
+        .store(d.config().resolved_store())
+        .connect()
+        .await
+        .unwrap();
+    assert!(matches!(
+        api.all_client_count().await,
+        Err(ApiError::NoGateway { .. })
+    ));
+    api.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_added_later_is_found_and_one_that_leaves_is_dropped() {
+    let d = Deployment::start(chat());
+    // The builder: the deployment's store and secret, nothing else.
+    let api = Gateway::builder()
+        .name(&d.config().name)
+        .secret(&d.config().secret)
+        .store(d.config().resolved_store())
+        .discovery_interval(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    // `connect` returned with the published gateway connected: no wait needed.
+    assert_eq!(api.gateways().len(), 1);
+    let first = api.gateways()[0];
+    let mut on_first = Client::connect(d.addr()).await;
+    let id_first = on_first.identify(&api).await;
+    assert_eq!(id_first.gateway, first);
+
+    let mut extra = ExtraGateway::start(&d);
+    let deadline = std::time::Instant::now() + switchboard_testkit::WAIT;
+    while api.gateways().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the added gateway was never connected:\n{}",
+            extra.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = *api.gateways().iter().find(|g| **g != first).unwrap();
+    let mut on_second = Client::connect(extra.addr).await;
+    let id_second = on_second.identify(&api).await;
+    assert_eq!(id_second.gateway, second);
+    // Fan-out and targeted calls reach both gateways.
+    assert_eq!(api.send_to_all_counted("to both").await.unwrap(), 2);
+    on_first.expect("to both").await;
+    on_second.expect("to both").await;
+    assert!(api.send_to_client(id_second, "to second").await.unwrap());
+    on_second.expect("to second").await;
+    assert_eq!(api.all_client_count().await.unwrap(), 2);
+
+    // The added gateway stops cleanly: it leaves the store and its link is dropped;
+    // its client is offline, the first gateway's still served.
+    extra.stop();
+    until_gateways(&api, 1, "after the added gateway stopped").await;
+    assert_eq!(api.gateways(), vec![first]);
+    assert!(!api.is_online(id_second).await.unwrap());
+    assert!(!api.send_to_client(id_second, "gone").await.unwrap());
+    assert!(matches!(
+        api.bind_uid(id_second, "u").await,
+        Err(ApiError::GatewayUnavailable { gateway, .. }) if gateway == second
+    ));
+    assert_eq!(api.send_to_all_counted("to one").await.unwrap(), 1);
+    on_first.expect("to one").await;
+    api.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_to_a_stalled_gateway_time_out_naming_it() {
+    let d = Deployment::start(chat().gateways(2));
+    let api = d.api().await;
+    let gateways = api.gateways();
+    let stats = switchboard::stats::read_all(&d.config().run_dir());
+    let pid_of = |number: u32| {
+        stats
+            .iter()
+            .find(|s| {
+                s.role == "gateway"
+                    && s.detail.get("number").and_then(|v| v.as_u64()) == Some(number as u64)
+            })
+            .map(|s| s.pid)
+            .unwrap()
+    };
+    let (live, frozen) = (gateways[0], gateways[1]);
+    let frozen_pid = pid_of(frozen);
+    d.note(&format!("SIGSTOP gateway {frozen} (pid {frozen_pid})"));
+    unsafe { libc::kill(frozen_pid as i32, libc::SIGSTOP) };
+    // Broadcasts fill the stopped gateway's socket buffers, then its link's queue;
+    // from then on a send waits at most the query timeout (3 s) and fails naming it.
+    let message = switchboard::Message::from("x".repeat(256));
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let err = loop {
+        match api.send_to_all(message.clone()).await {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{sent} broadcasts to a stopped gateway all returned Ok"
+        );
+    };
+    let stalled_for = started.elapsed();
+    // A call about a client of the live gateway still works meanwhile.
+    let online = api.is_online(ClientId::new(live, 1)).await;
+    unsafe { libc::kill(frozen_pid as i32, libc::SIGCONT) };
+    match &err {
+        ApiError::SendTimeout {
+            gateway, timeout, ..
+        } => {
+            assert_eq!(*gateway, frozen);
+            assert_eq!(*timeout, Duration::from_secs(3));
+        }
+        other => panic!("expected a send timeout naming gateway {frozen}, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&format!("gateway {frozen}")),
+        "{err}"
+    );
+    assert!(online.is_ok(), "{online:?}");
+    eprintln!("{sent} broadcasts queued before the send timeout ({stalled_for:?})");
+    // The gateway is back: sends go through again.
+    let deadline = std::time::Instant::now() + switchboard_testkit::WAIT;
+    while api.send_to_all_counted("again").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sends never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.close().await;
+}
+
+/// A message with a line for `text` clients and JSON for `websocket` ones: the JSON
+/// carries `what`, the line is `what`.
+fn both(what: &str) -> PerProtocol {
+    PerProtocol::new(what.to_owned()).with(
+        ClientProtocol::WebSocket,
+        json!({"type": "test", "what": what}).to_string(),
+    )
+}
+
+/// The gateways that hold a client of `protocol`.
+async fn gateways_holding(api: &Gateway, protocol: ClientProtocol) -> Vec<u32> {
+    let mut numbers: Vec<u32> = api
+        .clients()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.protocol == protocol)
+        .map(|r| r.client.gateway)
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    numbers
+}
+
+/// Every send with a rendering per protocol, from an API client, to telnet and browser
+/// clients spread over 2 gateways: each client gets its own protocol's rendering, and
+/// the targeted and counted sends count them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_with_a_rendering_per_protocol_across_two_gateways() {
+    let d = Deployment::start(chat_with_browsers().gateways(2));
+    let api = Gateway::connect(d.config()).await.unwrap();
+    assert!(api.wait_for_gateways(2, Duration::from_secs(10)).await);
+    // Telnet and browser clients until each gateway holds one of each kind.
+    let mut telnet: Vec<Client> = Vec::new();
+    let mut browsers: Vec<Ws> = Vec::new();
+    for _ in 0..40 {
+        if gateways_holding(&api, ClientProtocol::Text).await.len() < 2 {
+            let mut c = Client::connect(d.addr()).await;
+            c.expect_next("type in your name:").await;
+            c.identify(&api).await;
+            telnet.push(c);
+        }
+        if gateways_holding(&api, ClientProtocol::WebSocket)
+            .await
+            .len()
+            < 2
+        {
+            browsers.push(Ws::connect(d.listener_addr("browser")).await);
+        }
+    }
+    assert_eq!(gateways_holding(&api, ClientProtocol::Text).await.len(), 2);
+    // Each browser learns its id from a send to it (the sends ask nothing first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let browser_ids: Vec<ClientId> = loop {
+        let ids: Vec<ClientId> = api
+            .clients()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.protocol == ClientProtocol::WebSocket)
+            .map(|r| r.client)
+            .collect();
+        if ids.len() == browsers.len() {
+            break ids;
+        }
+        assert!(std::time::Instant::now() < deadline, "browsers not listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut gateways_of_browsers: Vec<u32> = browser_ids.iter().map(|id| id.gateway).collect();
+    gateways_of_browsers.sort();
+    gateways_of_browsers.dedup();
+    assert_eq!(gateways_of_browsers.len(), 2);
+    for id in &browser_ids {
+        assert!(api
+            .send_to_client(*id, both(&id.to_string()))
+            .await
+            .unwrap());
+    }
+    for b in browsers.iter_mut() {
+        let m = b.next().await;
+        assert_eq!(m["type"], "test", "a browser got another rendering: {m}");
+        b.id = m["what"].as_str().and_then(|s| s.parse().ok());
+        assert!(browser_ids.contains(&b.id.unwrap()), "{m}");
+    }
+    // send_to_client: a telnet client gets the line.
+    for c in telnet.iter_mut() {
+        let id = c.id.unwrap();
+        assert!(api.send_to_client(id, both("you")).await.unwrap());
+        c.expect_next("you").await;
+    }
+    let everyone = (telnet.len() + browsers.len()) as u64;
+
+    // A group of both kinds on both gateways: counted, and fire-and-forget.
+    for id in telnet
+        .iter()
+        .map(|c| c.id.unwrap())
+        .chain(browser_ids.clone())
+    {
+        api.join_group(id, "mixed").await.unwrap();
+    }
+    let reached = api
+        .send_to_group_counted(&["mixed"], both("to the group"), &[])
+        .await
+        .unwrap();
+    assert_eq!(reached as u64, everyone);
+    api.send_to_group(&["mixed"], both("again"), &[])
+        .await
+        .unwrap();
+    for c in telnet.iter_mut() {
+        c.expect_next("to the group").await;
+        c.expect_next("again").await;
+    }
+    for b in browsers.iter_mut() {
+        assert_eq!(b.next().await["what"], "to the group");
+        assert_eq!(b.next().await["what"], "again");
+    }
+
+    // One uid on a telnet client of one gateway and a browser of the other.
+    let t = telnet[0].id.unwrap();
+    let w = browser_ids
+        .iter()
+        .copied()
+        .find(|id| id.gateway != t.gateway)
+        .unwrap();
+    api.bind_uid(t, "ann").await.unwrap();
+    api.bind_uid(w, "ann").await.unwrap();
+    assert_eq!(api.send_to_uid(&["ann"], both("to ann")).await.unwrap(), 2);
+    telnet[0].expect_next("to ann").await;
+    let ann = browsers.iter_mut().find(|b| b.id == Some(w)).unwrap();
+    assert_eq!(ann.next().await["what"], "to ann");
+
+    // Everyone, counted.
+    assert_eq!(
+        api.send_to_all_counted(both("all")).await.unwrap() as u64,
+        everyone
+    );
+    for c in telnet.iter_mut() {
+        c.expect_next("all").await;
+        nothing_more(c).await;
+    }
+    for b in browsers.iter_mut() {
+        assert_eq!(b.next().await["what"], "all");
+        b.nothing_within(Duration::from_millis(100)).await;
+    }
     api.close().await;
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::ws::Ws;
-use common::{browser_heartbeat, chat, chat_with_browsers, ChatClient};
+use common::{browser_heartbeat, chat, chat_with_browsers, metrics, ChatClient};
 use serde_json::{json, Value};
 use switchboard::ClientId;
 use switchboard_testkit::{Client, Deployment, Listener, WAIT};
@@ -100,7 +100,7 @@ async fn the_chat_flow_of_workerman_chat() {
 
     // A private message: the recipient and the sender, each with its prefix; carol
     // gets nothing (her next message is the public line after it).
-    alice.say_to(b.parse().unwrap(), "psst <3").await;
+    alice.say_to(b.parse().unwrap(), "bob", "psst <3").await;
     let got = bob.next().await;
     assert_eq!(got["type"], "say");
     assert_eq!(got["from_client_id"], a.as_str());
@@ -109,6 +109,14 @@ async fn the_chat_flow_of_workerman_chat() {
     let echo = alice.next().await;
     assert_eq!(echo["to_client_id"], b.as_str());
     assert_eq!(echo["content"], "<b>privately to bob: </b>psst &lt;3");
+    // A page that does not know the name (an id typed by hand): the echo names the id.
+    alice.say_to(b.parse().unwrap(), "", "again").await;
+    assert_eq!(
+        bob.next().await["content"],
+        "<b>privately to you: </b>again"
+    );
+    let echo = alice.next().await;
+    assert_eq!(echo["content"], format!("<b>privately to {b}: </b>again"));
     alice.say("after the secret").await;
     assert_eq!(carol.next().await["content"], "after the secret");
     bob.next().await;
@@ -116,7 +124,7 @@ async fn the_chat_flow_of_workerman_chat() {
 
     // To a client that is not online: 104, and no echo.
     let gone = ClientId::new(alice.id.unwrap().gateway, 999_999);
-    alice.say_to(gone, "hello?").await;
+    alice.say_to(gone, "", "hello?").await;
     let e = alice.next().await;
     assert_eq!(
         (e["type"].clone(), e["code"].clone()),
@@ -339,7 +347,7 @@ async fn telnet_and_browser_users_meet_in_room_one() {
     assert_eq!(m["from_client_name"], "tom");
     assert_eq!(m["content"], "<b>privately to you: </b>just you");
     // Browser → telnet, privately: a line for tom, the say echo for wendy.
-    web.say_to(t, "you <only>").await;
+    web.say_to(t, "tom", "you <only>").await;
     tom.expect_next(&format!("wendy[{w}] said to You :you <only>"))
         .await;
     let m = web.next().await;
@@ -387,6 +395,49 @@ async fn telnet_and_browser_users_meet_in_room_one() {
     let (m, _) = web2.expect_type("logout").await;
     assert_eq!(m["from_client_id"], t2.to_string());
     assert_eq!(m["from_client_name"], "ted");
+}
+
+/// A private message is one Gateway call, whichever side sends it: the recipient's
+/// format is the gateway's choice, so the worker asks nothing first (issue 8, point 5).
+/// Counted on `/metrics`: each private message adds 2 `send_to_client` (the message and
+/// the echo) and no `query`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_message_is_one_gateway_call() {
+    let d = Deployment::start(chat_with_browsers());
+    let mut tom = Client::connect(d.addr()).await;
+    let t = tom.login("tom").await;
+    let mut web = Ws::connect(browser_addr(&d)).await;
+    let (w, _) = web.login("wendy", json!("1")).await;
+    tom.expect_next(&format!("wendy[{w}] come")).await;
+    // Settled: both logins handled (tom's name, wendy's login) and counted.
+    let messages = |p: &str| metrics::metric(p, "switchboard_events_total", &[("kind", "message")]);
+    let commands = |p: &str, kind: &str| {
+        metrics::metric(p, "switchboard_commands_total", &[("kind", kind)]).unwrap_or(0.0)
+    };
+    let before = metrics::wait_for(&d, "the 2 logins", |p| messages(p) == Some(2.0));
+    let (queries, sends) = (
+        commands(&before, "query"),
+        commands(&before, "send_to_client"),
+    );
+
+    tom.send(&format!("{w}:psst")).await;
+    tom.expect_next(&format!("tom[{t}] said to [{w}] :psst"))
+        .await;
+    assert_eq!(web.next().await["content"], "<b>privately to you: </b>psst");
+    web.say_to(t, "tom", "back").await;
+    tom.expect_next(&format!("wendy[{w}] said to You :back"))
+        .await;
+    assert_eq!(web.next().await["to_client_id"], t.to_string());
+
+    let after = metrics::wait_for(&d, "the 2 private messages", |p| {
+        messages(p) == Some(4.0) && commands(p, "send_to_client") >= sends + 4.0
+    });
+    assert_eq!(commands(&after, "send_to_client"), sends + 4.0, "{after}");
+    assert_eq!(
+        commands(&after, "query"),
+        queries,
+        "a private message asked the gateway something before sending:\n{after}"
+    );
 }
 
 /// What one browser of the crowd knows of its room.

@@ -56,6 +56,44 @@ async fn every_demo_message_with_three_clients() {
     b.expect_next(&format!("carol[{idc}] logout")).await;
 }
 
+/// Terminal control sequences one telnet user types never reach another's terminal:
+/// every C0 and C1 control character but the tab becomes a space in what the chat
+/// relays (clear screen, a window title, a C1 CSI, a bare carriage return, a
+/// backspace), in public lines, private ones and the echo to the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_never_reach_other_terminals() {
+    let d = Deployment::start(chat());
+    let mut a = Client::connect(d.addr()).await;
+    let ida = a.login("mallory").await;
+    let mut b = Client::connect(d.addr()).await;
+    let idb = b.login("bob").await;
+    a.expect_next(&format!("bob[{idb}] come")).await;
+    let cases = [
+        ("clear\u{1b}[2Jscreen", "clear [2Jscreen"),
+        ("\u{1b}]0;pwned\u{7}title", " ]0;pwned title"),
+        ("c1\u{9b}2Jcsi", "c1 2Jcsi"),
+        ("over\rwrite\u{8}x\u{7f}", "over write x "),
+        ("tab\tstays", "tab\tstays"),
+    ];
+    for (typed, shown) in cases {
+        a.send(typed).await;
+        for cl in [&mut a, &mut b] {
+            cl.expect_next(&format!("mallory[{ida}] said :{shown}"))
+                .await;
+        }
+        a.send(&format!("{idb}:{typed}")).await;
+        b.expect_next(&format!("mallory[{ida}] said to You :{shown}"))
+            .await;
+        a.expect_next(&format!("mallory[{ida}] said to [{idb}] :{shown}"))
+            .await;
+    }
+    a.send("/history").await;
+    for (_, shown) in cases {
+        let line = a.line().await;
+        assert!(line.ends_with(&format!("said :{shown}")), "{line:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_are_asked_for_again() {
     let d = Deployment::start(chat());

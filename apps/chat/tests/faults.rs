@@ -283,45 +283,60 @@ async fn a_command_over_the_frame_limit_is_refused_without_breaking_the_link() {
     api.close().await;
 }
 
+/// What the impostor saw on one connection.
+#[derive(Debug)]
+struct Visit {
+    /// The role the peer claimed in its `Auth` (none: it never sent one).
+    role: Option<internal::Role>,
+    /// Commands and queries it sent after the (unproven) welcome.
+    commands: usize,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fake_gateway_planted_in_the_store_is_not_trusted() {
     let d = Deployment::start(chat());
-    // An impostor that does the handshake but cannot prove the secret.
+    // An impostor that does the handshake but cannot prove the secret; it reports every
+    // connection once the peer has hung up.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let fake_addr = listener.local_addr().unwrap();
     let fake_number = 4242;
+    let (visits_tx, mut visits) = tokio::sync::mpsc::unbounded_channel::<Visit>();
     let impostor = tokio::spawn(async move {
-        let mut commands_seen = 0;
         while let Ok((mut s, _)) = listener.accept().await {
-            let hello = internal::encode_to_bytes(&Frame::Hello {
-                version: internal::PROTOCOL_VERSION,
-                gateway: fake_number,
-                nonce: [7; 32],
-            });
-            let _ = s.write_all(&hello).await;
-            let mut buf = BytesMut::new();
-            loop {
-                match s.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                while let Ok(Some(f)) = internal::decode(&mut buf, 1 << 20) {
-                    match f {
-                        Frame::Auth { .. } => {
-                            let welcome =
-                                internal::encode_to_bytes(&Frame::Welcome { mac: [0; 32] });
-                            let _ = s.write_all(&welcome).await;
+            let visits_tx = visits_tx.clone();
+            tokio::spawn(async move {
+                let hello = internal::encode_to_bytes(&Frame::Hello {
+                    version: internal::PROTOCOL_VERSION,
+                    gateway: fake_number,
+                    nonce: [7; 32],
+                });
+                let _ = s.write_all(&hello).await;
+                let mut visit = Visit {
+                    role: None,
+                    commands: 0,
+                };
+                let mut buf = BytesMut::new();
+                loop {
+                    match s.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    while let Ok(Some(f)) = internal::decode(&mut buf, 1 << 20) {
+                        match f {
+                            Frame::Auth { role, .. } => {
+                                visit.role = Some(role);
+                                let welcome =
+                                    internal::encode_to_bytes(&Frame::Welcome { mac: [0; 32] });
+                                let _ = s.write_all(&welcome).await;
+                            }
+                            Frame::Command(_) | Frame::Query { .. } => visit.commands += 1,
+                            _ => {}
                         }
-                        Frame::Command(_) | Frame::Query { .. } => commands_seen += 1,
-                        _ => {}
                     }
                 }
-            }
-            if commands_seen > 0 {
-                return commands_seen;
-            }
+                let _ = visits_tx.send(visit);
+            });
         }
-        commands_seen
     });
     let store = switchboard::open_store(d.config()).await.unwrap();
     let entry = switchboard::discovery::GatewayEntry {
@@ -346,10 +361,30 @@ async fn a_fake_gateway_planted_in_the_store_is_not_trusted() {
     a.send("secret talk").await;
     a.expect_next(&format!("alice[{}] said :secret talk", a.id.unwrap()))
         .await;
+    // A Gateway API client finds the impostor too (discovery ran), does the handshake
+    // with it and hangs up without sending anything: it is never one of its gateways.
     let api = switchboard::Gateway::connect(d.config()).await.unwrap();
-    api.wait_for_gateways(1, Duration::from_secs(2)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(api.wait_for_gateways(1, WAIT).await, "the real gateway");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let visit = tokio::time::timeout_at(deadline, visits.recv())
+            .await
+            .expect("the API client never tried the impostor: discovery did not run")
+            .expect("the impostor runs");
+        assert_eq!(
+            visit.commands, 0,
+            "a peer sent commands to the impostor: {visit:?}"
+        );
+        if visit.role == Some(internal::Role::Api) {
+            break;
+        }
+    }
     assert!(!api.gateways().contains(&fake_number));
+    // Nothing went to the impostor from anybody meanwhile either.
+    while let Ok(visit) = visits.try_recv() {
+        assert_eq!(visit.commands, 0, "{visit:?}");
+    }
+    api.close().await;
     impostor.abort();
     switchboard::discovery::unpublish(store.as_ref(), &d.config().name, fake_number)
         .await

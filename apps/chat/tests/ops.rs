@@ -110,6 +110,96 @@ fn daemon_start_status_double_start_stop() {
     );
 }
 
+/// `start -d` from the directory of a configuration whose `data_dir` and `log.file` are
+/// relative (as an operator writes them): the printed log path is absolute — the daemon
+/// does not keep our directory — names the file the daemon writes, and `stop` from the
+/// same directory stops it.
+#[test]
+fn daemon_start_with_relative_paths_prints_an_absolute_log_path() {
+    let d = Deployment::prepare(chat().section("[log]\nfile = \"logs/daemon.log\""));
+    // The same configuration, with `data_dir` relative to the directory we run in.
+    let toml = std::fs::read_to_string(d.config_path()).unwrap();
+    let absolute = format!("data_dir = {:?}", d.data_dir().to_string_lossy());
+    assert!(toml.contains(&absolute), "{toml}");
+    let relative = toml.replace(&absolute, "data_dir = \"data\"");
+    std::fs::write(d.dir().join("relative.toml"), relative).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(d.binary())
+            .current_dir(d.dir())
+            .args(["--config", "relative.toml"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    let out = cli(&["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = text(&out)
+        .split("log: ")
+        .nth(1)
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default();
+    let printed = Path::new(&printed);
+    assert!(printed.is_absolute(), "printed log path {printed:?}");
+    assert!(
+        printed.exists(),
+        "printed log path {printed:?} does not exist"
+    );
+    assert_eq!(
+        printed.canonicalize().unwrap(),
+        d.dir().join("data/logs/daemon.log").canonicalize().unwrap()
+    );
+    // The daemon runs from the relative configuration, and writes where it said.
+    d.wait_ready();
+    let pid = d.supervisor_pid();
+    let out = cli(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!process::alive(pid));
+    let log = std::fs::read_to_string(printed).unwrap();
+    assert!(log.contains("supervisor stopped"), "{log}");
+}
+
+/// The default (text) log format names the process of every line, after the time and
+/// the level: the supervisor, each gateway by number, each worker by its name.
+#[test]
+fn text_logs_name_their_process() {
+    let d = Deployment::start(chat());
+    let log = d.wait_log("peer authenticated");
+    // `2026-01-02T03:04:05.678901Z  INFO gateway-0 listening ...`
+    let levels = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+    let mut processes = std::collections::BTreeSet::new();
+    let mut lines = 0;
+    for line in log
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            words.len() > 3 && levels.contains(&words[1]),
+            "not a text log line: {line}"
+        );
+        let process = words[2];
+        assert!(
+            process == "supervisor"
+                || process
+                    .strip_prefix("gateway-")
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+                || process.starts_with("worker-"),
+            "a line that names no process: {line}"
+        );
+        processes.insert(process.split('-').next().unwrap_or_default().to_owned());
+        processes.insert(process.to_owned());
+        lines += 1;
+    }
+    assert!(lines >= 5, "{log}");
+    for process in ["supervisor", "gateway-0", "worker"] {
+        assert!(
+            processes.contains(process),
+            "no line of {process}: {processes:?}\n{log}"
+        );
+    }
+}
+
 #[test]
 fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
     let d = Deployment::prepare(chat());
@@ -140,6 +230,166 @@ fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
     assert!(out.status.success(), "{}", text(&out));
     d.wait_ready();
     assert_ne!(d.supervisor_pid(), pid);
+}
+
+/// Signals the supervisors a test may have left running (a failed run of the test
+/// below could leave two daemons) when it ends, however it ends.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            process::signal(*pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// The pids named `supervisor pid N` in a command's output.
+fn supervisor_pids(out: &str) -> Vec<u32> {
+    out.split("supervisor pid ")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn starts_at_the_same_moment_run_exactly_one_supervisor() {
+    let d = Deployment::prepare(chat());
+    // Four foreground starts at once: one runs, the others say who does and exit.
+    let logs: Vec<_> = (0..4)
+        .map(|i| d.dir().join(format!("start-{i}.log")))
+        .collect();
+    let mut starts: Vec<_> = logs
+        .iter()
+        .map(|p| {
+            switchboard_testkit::spawn(
+                d.binary(),
+                d.config_path(),
+                &["start"],
+                std::fs::File::create(p).unwrap(),
+            )
+        })
+        .collect();
+    let _cleanup = KillOnDrop(starts.iter().map(|c| c.id()).collect());
+    let read_logs = || {
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + WAIT;
+    let exited = loop {
+        let exited: Vec<usize> = (0..starts.len())
+            .filter(|i| starts[*i].try_wait().unwrap().is_some())
+            .collect();
+        if exited.len() == starts.len() - 1 {
+            break exited;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 4 simultaneous starts still run after {WAIT:?}:\n{:#?}",
+            4 - exited.len(),
+            read_logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let winner = (0..starts.len()).find(|i| !exited.contains(i)).unwrap();
+    let pid = starts[winner].id();
+    assert_eq!(supervisor::running_pid(d.config()), Some(pid));
+    let all = read_logs();
+    for i in exited {
+        assert!(!starts[i].wait().unwrap().success());
+        assert!(
+            all[i].contains(&format!("already running (supervisor pid {pid}")),
+            "start {i}: {}",
+            all[i]
+        );
+    }
+    // One deployment: one gateway, two workers.
+    d.wait_ready();
+    let gateways = switchboard::stats::read_all(&d.config().run_dir())
+        .into_iter()
+        .filter(|s| s.role == "gateway")
+        .count();
+    assert_eq!(gateways, 1);
+    process::signal(pid, libc::SIGTERM);
+    assert!(starts[winner].wait().unwrap().success());
+
+    // The moment two starts race for: one has locked the pid file but not written its
+    // pid yet. Another start must not run then.
+    let pid_path = supervisor::pid_file(d.config());
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&pid_path)
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let log = d.dir().join("locked-start.log");
+    let mut second = switchboard_testkit::spawn(
+        d.binary(),
+        d.config_path(),
+        &["start"],
+        std::fs::File::create(&log).unwrap(),
+    );
+    let _cleanup = KillOnDrop(vec![second.id()]);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a start runs beside one that holds the pid file's lock:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("already running") && said.contains("lock"),
+        "{said}"
+    );
+    drop(held);
+    std::fs::remove_file(&pid_path).unwrap();
+
+    // Two daemons at once: one starts, the other is told which one runs.
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let a = s.spawn(|| d.cli(&["start", "-d"]));
+        let b = s.spawn(|| d.cli(&["start", "-d"]));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let _cleanup = KillOnDrop(
+        outs.iter()
+            .flat_map(|o| supervisor_pids(&text(o)))
+            .collect(),
+    );
+    let (ok, failed): (Vec<&Output>, Vec<&Output>) = outs.iter().partition(|o| o.status.success());
+    assert_eq!(
+        (ok.len(), failed.len()),
+        (1, 1),
+        "{:?}",
+        outs.iter().map(text).collect::<Vec<_>>()
+    );
+    let pid = supervisor::running_pid(d.config()).expect("a daemon runs");
+    assert!(
+        text(ok[0]).contains(&format!("started in the background (supervisor pid {pid})")),
+        "{}",
+        text(ok[0])
+    );
+    assert!(
+        text(failed[0]).contains(&format!("already running (supervisor pid {pid}")),
+        "{}",
+        text(failed[0])
+    );
+    assert!(d.cli(&["stop"]).status.success());
 }
 
 #[test]
@@ -182,9 +432,10 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
         ),
         (
             "bad address",
-            good.replace(
-                &format!("listen = \"{}\"", d.addr()),
+            good.replacen(
+                "listen = \"127.0.0.1:0\"",
                 "listen = \"localhost:99999\"",
+                1,
             ),
             &["listen", "line"],
         ),
@@ -226,8 +477,18 @@ fn invalid_configurations_are_refused_with_key_and_line_and_start_nothing() {
             "{what}: something started"
         );
     }
-    // A port in use: refused before anything starts.
-    let busy = std::net::TcpListener::bind(d.addr()).unwrap();
+    // A port in use (held by this test, so no other test can take it meanwhile):
+    // refused before anything starts.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        d.config_path(),
+        good.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", busy.local_addr().unwrap()),
+            1,
+        ),
+    )
+    .unwrap();
     for args in [
         &["config", "check"][..],
         &["start"][..],
@@ -548,8 +809,14 @@ async fn signals_usr1_reloads_and_quit_stops_gracefully() {
     unsafe { libc::kill(sup as i32, libc::SIGUSR1) };
     d.wait_log("reload: done");
     d.wait_ready();
+    // The state file is rewritten just after the log line: wait for it.
+    wait_until("the state file to list only new workers", || {
+        d.pids(ChildRole::Worker)
+            .iter()
+            .all(|p| !before.contains(p))
+    });
     let after = d.pids(ChildRole::Worker);
-    assert!(after.iter().all(|p| !before.contains(p)));
+    assert_eq!(after.len(), before.len());
     let mut a = Client::connect(d.addr()).await;
     a.login("after-reload").await;
     let children: Vec<u32> = d
@@ -603,4 +870,244 @@ fn json_logs_are_one_object_per_line_and_name_their_process() {
         threads.contains("gateway-0") && threads.contains("supervisor"),
         "{threads:?}"
     );
+}
+
+/// Runs the binary with another configuration file of the deployment's directory.
+fn cli_with(d: &Deployment, config: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(d.binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_effective_configuration_and_the_run_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Deployment::prepare(chat());
+    let run = d.config().run_dir();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // Left open by an earlier version: both are made private.
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let effective = run.join("effective.toml");
+    std::fs::write(&effective, "").unwrap();
+    std::fs::set_permissions(&effective, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = d.cli(&["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_ready();
+    assert!(std::fs::read_to_string(&effective)
+        .unwrap()
+        .contains("test-secret"));
+    assert_eq!(
+        mode(&effective),
+        0o600,
+        "run/effective.toml holds the secret"
+    );
+    assert_eq!(mode(&run), 0o700, "run/");
+    assert!(d.cli(&["stop"]).status.success());
+}
+
+#[test]
+fn config_print_hides_secrets_unless_asked() {
+    let d = Deployment::prepare(chat());
+    let values = [
+        "top-secret-value",
+        "redis-password-value",
+        "admin-token-value",
+        "db-password-value",
+    ];
+    let file = d.dir().join("secrets.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"x\"\nsecret = \"{}\"\n\
+             [store]\nbackend = \"redis\"\nurl = \"redis://user:{}@127.0.0.1:6379/0\"\n\
+             [admin]\ntoken = \"{}\"\n\
+             [db.instances.m]\ndriver = \"mysql\"\npassword = \"{}\"\n",
+            values[0], values[1], values[2], values[3]
+        ),
+    )
+    .unwrap();
+    let out = cli_with(&d, &file, &["config", "print"]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    for v in values {
+        assert!(!printed.contains(v), "{v} printed:\n{printed}");
+    }
+    assert!(printed.contains("--show-secrets"), "{printed}");
+    assert!(
+        printed.contains("redis://user:"),
+        "the rest of the URL stays: {printed}"
+    );
+    // A masked print is no usable configuration: its secret is refused, not used.
+    let masked = d.dir().join("masked.toml");
+    std::fs::write(&masked, &printed).unwrap();
+    let out = cli_with(&d, &masked, &["config", "check"]);
+    assert!(
+        !out.status.success() && text(&out).contains("secret"),
+        "{}",
+        text(&out)
+    );
+    // --show-secrets prints them all.
+    let out = cli_with(&d, &file, &["config", "print", "--show-secrets"]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    for v in values {
+        assert!(printed.contains(v), "{v} not printed:\n{printed}");
+    }
+}
+
+#[test]
+fn overrides_given_to_start_d_are_on_no_command_line() {
+    let d = Deployment::prepare(chat());
+    let secret = "cmdline-secret-3f9a1c";
+    let out = d.cli(&["--set", &format!("secret={secret}"), "start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_ready();
+    let effective = std::fs::read_to_string(d.config().run_dir().join("effective.toml")).unwrap();
+    assert!(
+        effective.contains(&format!("secret = \"{secret}\"")),
+        "the override reached the supervisor:\n{effective}"
+    );
+    let pids: Vec<u32> = std::iter::once(d.supervisor_pid())
+        .chain(d.pids(ChildRole::Gateway))
+        .chain(d.pids(ChildRole::Worker))
+        .collect();
+    assert_eq!(pids.len(), 4);
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !cmdline.contains(secret),
+            "pid {pid} shows the secret to `ps`: {cmdline}"
+        );
+    }
+    assert!(d.cli(&["stop"]).status.success());
+}
+
+#[test]
+fn the_default_secret_is_refused_off_loopback_and_warned_about_on_it() {
+    let d = Deployment::prepare(chat());
+    let good = std::fs::read_to_string(d.config_path()).unwrap();
+    let default = good.replace("secret = \"test-secret\"\n", "");
+    assert_ne!(default, good);
+    let write = |name: &str, body: String| {
+        let path = d.dir().join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    // Off loopback: refused by every command that would run it, naming the key.
+    let cases = [
+        (
+            "internal_listen",
+            default.replace(
+                "[gateway]\n",
+                "[gateway]\ninternal_listen = \"0.0.0.0:0\"\n",
+            ),
+        ),
+        (
+            "internal_listen",
+            default
+                .replace(
+                    "[gateway]\n",
+                    "[gateway]\ncount = 2\ninternal_listen = \"192.0.2.1:7000\"\n",
+                )
+                .replacen("count = 1\n", "", 1),
+        ),
+        (
+            "internal_advertise",
+            default.replace(
+                "[gateway]\n",
+                "[gateway]\ninternal_advertise = \"192.0.2.1\"\n",
+            ),
+        ),
+        (
+            "internal_listen",
+            good.replace("secret = \"test-secret\"", "secret = \"change-me\"\n")
+                .replace("[gateway]\n", "[gateway]\ninternal_listen = \"[::]:0\"\n"),
+        ),
+    ];
+    for (key, body) in cases {
+        let path = write("open.toml", body);
+        for args in [
+            &["config", "check"][..],
+            &["start"][..],
+            &["start", "-d"][..],
+        ] {
+            let out = cli_with(&d, &path, args);
+            let t = text(&out);
+            assert!(!out.status.success(), "{args:?} accepted it:\n{t}");
+            assert!(
+                t.contains("secret") && t.contains("change-me") && t.contains(key),
+                "{args:?}: {t}"
+            );
+            assert!(
+                !supervisor::pid_file(d.config()).exists(),
+                "{args:?} started"
+            );
+        }
+    }
+    // On loopback: a warning, and it runs.
+    let path = write("loopback.toml", default);
+    let out = cli_with(&d, &path, &["config", "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("warning") && text(&out).contains("change-me"),
+        "{}",
+        text(&out)
+    );
+    let out = cli_with(&d, &path, &["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("warning"), "{}", text(&out));
+    d.wait_ready();
+    assert!(cli_with(&d, &path, &["stop"]).status.success());
+}
+
+/// The kit configures its listeners on port 0: the supervisor picks one port per
+/// listener for all its gateways and holds it while it runs, so nothing else can take
+/// it — not even while no gateway is listening — and restarted gateways get it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_port_0_gets_one_port_for_every_gateway_held_while_the_supervisor_runs() {
+    let d = Deployment::start(chat().gateways(2));
+    let addr = d.addr();
+    assert_ne!(addr.port(), 0);
+    assert_eq!(
+        d.config().gateway.listeners[0].listen.port(),
+        0,
+        "configured on port 0"
+    );
+    // Both gateways accept on it.
+    let api = d.api().await;
+    let clients = d.connect_on_every_gateway(&api, 1).await;
+    assert_eq!(clients.len(), 2);
+    drop(clients);
+    let status = text(&d.cli(&["status"]));
+    assert!(
+        status.contains(&format!("listeners: main {addr}")),
+        "{status}"
+    );
+    // Every gateway killed: the port stays the supervisor's.
+    let gateways = d.pids(ChildRole::Gateway);
+    for pid in &gateways {
+        process::signal(*pid, libc::SIGKILL);
+    }
+    wait_until("the gateways to die", || {
+        gateways.iter().all(|p| !process::alive(*p))
+    });
+    let taken = std::net::TcpListener::bind(addr);
+    assert!(taken.is_err(), "another process could take {addr}");
+    drop(taken);
+    // The restarted gateways bind it again.
+    wait_until("new gateways", || {
+        d.pids(ChildRole::Gateway).len() == 2
+            && d.pids(ChildRole::Gateway)
+                .iter()
+                .all(|p| !gateways.contains(p))
+    });
+    d.wait_ready();
+    assert_eq!(d.addr(), addr);
+    let mut c = Client::connect(addr).await;
+    c.login("after").await;
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::ws::Ws;
 use common::{chat, ChatClient};
 use switchboard_testkit::browser::Browser;
-use switchboard_testkit::{Client, Deployment, Listener, Options, WAIT};
+use switchboard_testkit::{ChildRole, Client, Deployment, Listener, Options, WAIT};
 
 /// The chat with its telnet listener, as the statistics tests drive it.
 fn telnet() -> Options {
@@ -135,8 +135,9 @@ fn wait_metrics(
     }
 }
 
-/// Logs in `n` clients, then sends `lines` public lines and one private line to a
-/// client id that is not online (a failure in the statistics).
+/// Logs in `n` clients, then sends `lines` public lines, asks for `/history` once, and
+/// sends one private line to a client id that is not online (a failure in the
+/// statistics).
 async fn traffic(d: &Deployment, n: usize, lines: usize) -> Vec<Client> {
     let mut clients = Vec::new();
     for i in 0..n {
@@ -145,13 +146,24 @@ async fn traffic(d: &Deployment, n: usize, lines: usize) -> Vec<Client> {
         clients.push(c);
     }
     for i in 0..lines {
-        let c = &mut clients[i % n];
+        // The last line is the first client's, which asks for the history next: its
+        // own write is done by then (a client's events are handled in order).
+        let c = &mut clients[(lines - 1 - i) % n];
         c.send(&format!("line {i}")).await;
         let name = c.name.clone();
         let id = c.id.unwrap();
         c.expect(&format!("{name}[{id}] said :line {i}")).await;
     }
     let c = &mut clients[0];
+    // The history (`[time] NAME[ID] said :TEXT`) ends with the last line said.
+    c.send("/history").await;
+    let last = format!(" said :line {}", lines - 1);
+    loop {
+        let l = c.line().await;
+        if l.starts_with('[') && l.ends_with(&last) {
+            break;
+        }
+    }
     c.send("00000001000000000abc:anyone there?").await;
     c.expect("[00000001000000000abc] is not online; nothing was sent")
         .await;
@@ -200,10 +212,41 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
         ),
         Some(1.0)
     );
-    // 3 names + 12 lines + 1 private line.
+    assert_eq!(
+        metric(
+            &page,
+            "switchboard_statistic_calls_total",
+            &[
+                ("module", "chat"),
+                ("interface", "history"),
+                ("success", "true")
+            ]
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    // 3 names + 12 lines + /history + 1 private line.
     assert_eq!(
         metric(&page, "switchboard_events_total", &[("kind", "message")]),
-        Some(16.0)
+        Some(17.0)
+    );
+    // Commands by kind: every login names the client (a session update, and the
+    // handler's session saved), joins the telnet group and tells room 1 (one group send
+    // to both audiences, each in its own format), as every public line does; every
+    // prompt, welcome and answer is a send to one client. (The private line's target is
+    // on no gateway, so it takes no query.)
+    let commands = |kind: &str| metric(&page, "switchboard_commands_total", &[("kind", kind)]);
+    assert_eq!(commands("send_to_group"), Some(3.0 + 12.0), "{page}");
+    assert_eq!(commands("group"), Some(3.0), "{page}");
+    assert_eq!(commands("session"), Some(6.0), "{page}");
+    // 3 prompts, 3 welcomes, 1 "not online", and the history: up to 12 lines, at least
+    // the asker's own last line (the others' writes may still be under way).
+    let to_one = commands("send_to_client").unwrap_or(0.0);
+    assert!((8.0..=19.0).contains(&to_one), "{to_one}: {page}");
+    assert_eq!(
+        commands("send_to_all"),
+        None,
+        "the chat never sends to all: {page}"
     );
     assert_eq!(
         metric(&page, "switchboard_events_total", &[("kind", "connect")]),
@@ -223,7 +266,7 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
     );
     assert_eq!(
         metric(&page, "switchboard_handler_duration_seconds_count", &[]),
-        Some(19.0)
+        Some(20.0)
     );
     assert!(
         metric(
@@ -291,7 +334,7 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
     );
     assert_eq!(
         metric(&page, "switchboard_events_total", &[("kind", "message")]),
-        Some(16.0)
+        Some(17.0)
     );
     assert_eq!(
         metric(&page, "switchboard_clients", &[("listener", "telnet")]),
@@ -320,13 +363,10 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
 fn an_admin_listener_off_loopback_needs_a_token() {
     let started = Instant::now();
     let token = "test-admin-token";
-    let opts = |port: u16| {
-        telnet().admin(&format!(
-            "listen = \"0.0.0.0:{port}\"\ntoken = \"{token}\"\n"
-        ))
-    };
+    // Port 0: the supervisor binds it and reports the address (`run/admin.addr`).
+    let opts = || telnet().admin(&format!("listen = \"0.0.0.0:0\"\ntoken = \"{token}\"\n"));
     // Without the token, `config check` and `start` refuse with the key named.
-    let d = Deployment::prepare(opts(switchboard_testkit::free_port()));
+    let d = Deployment::prepare(opts());
     let text = std::fs::read_to_string(d.config_path()).unwrap();
     let bad = d.dir().join("no-token.toml");
     std::fs::write(&bad, text.replace(&format!("token = \"{token}\"\n"), "")).unwrap();
@@ -373,7 +413,7 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     drop(d);
 
     // With it, the deployment starts; requests without it get 401.
-    let d = Deployment::start(opts(switchboard_testkit::free_port()));
+    let d = Deployment::start(opts());
     let addr = d.admin_addr();
     assert!(addr.ip().is_unspecified(), "{addr}");
     let local: std::net::SocketAddr = format!("127.0.0.1:{}", addr.port()).parse().unwrap();
@@ -405,6 +445,15 @@ fn ink(id: &str) -> String {
     )
 }
 
+/// A JavaScript expression: the code distribution in the element `id`, as
+/// `code 0: 30 (100.0 %), code 404: ...`.
+fn codes(id: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#{id} > div')]
+            .map((d) => d.firstChild.textContent + ': ' + d.lastChild.textContent).join(', ')"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     let started = Instant::now();
@@ -418,6 +467,53 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
             &[("interface", "say"), ("success", "true")],
         ) == Some(30.0)
     });
+    // Another process of this machine, configured as `statistic.host = "web-1"`,
+    // reported a failure two hours ago: its batch is in the spool, as any process
+    // hands its reports over. It is in the day's failure log, not the hour's.
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 2 * 3_600_000;
+    let mut agg = switchboard::statistic::MinuteAgg {
+        fail: 1,
+        fail_us: 2_500_000,
+        ..Default::default()
+    };
+    agg.codes.insert(502, 1);
+    let batch = switchboard::statistic::Batch {
+        host: "web-1".into(),
+        pid: 1,
+        minutes: vec![switchboard::statistic::MinuteRecord {
+            module: "billing".into(),
+            interface: "charge".into(),
+            minute: two_hours_ago / 60_000,
+            agg,
+        }],
+        failures: vec![switchboard::statistic::FailureRecord {
+            at_ms: two_hours_ago,
+            host: "web-1".into(),
+            module: "billing".into(),
+            interface: "charge".into(),
+            code: 502,
+            message: "the payment gateway timed out".into(),
+            took_us: 2_500_000,
+        }],
+        dropped: Default::default(),
+    };
+    let spool = switchboard::statistic::spool::dir(&d.config().run_dir());
+    switchboard::statistic::spool::write(&spool, &batch, two_hours_ago).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !http_get(addr, "/api/failures?host=web-1", None)
+        .body
+        .contains("payment gateway")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the spool file was never taken in"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let Some(page) = Browser::start_or_skip("the_dashboard_shows_charts").await else {
         return;
     };
@@ -426,14 +522,17 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     // The overview: the figures in the boxes, ink on every chart, the codes, the live
     // header.
     page.wait_until(
-        "document.querySelector('#kpis .kpi b') && document.querySelector('#kpis .kpi b').textContent === '35'",
+        "document.querySelector('#kpis .kpi b') && document.querySelector('#kpis .kpi b').textContent === '36'",
     )
-    .await; // 4 logins, 30 lines, 1 private line to nobody
+    .await; // 4 logins, 30 lines, /history, 1 private line to nobody
     for id in ["c-calls", "c-rate", "c-time"] {
         page.wait_until(&format!("{} > 500", ink(id))).await;
     }
-    page.wait_until("document.getElementById('codes').textContent.includes('code 404')")
-        .await;
+    page.wait_until(&format!(
+        "{}.includes('code 404: 1 (2.8 %)')",
+        codes("codes")
+    ))
+    .await;
     page.wait_until("document.getElementById('l-clients').textContent === '4'")
         .await;
     page.screenshot("dashboard").await;
@@ -448,12 +547,53 @@ async fn the_dashboard_shows_charts_and_the_failure_log_in_a_browser() {
     )
     .await;
     page.wait_until(&format!("{} > 500", ink("i-calls"))).await;
-    page.screenshot("dashboard-interfaces").await;
-
-    // The failure log, filtered by code.
-    page.click("nav button[data-tab=failures]").await;
-    page.wait_until("document.getElementById('f-table').textContent.includes('is not online')")
+    // The interface's codes: every say succeeded.
+    page.wait_until(&format!("{} === 'code 0: 30 (100.0 %)'", codes("if-codes")))
         .await;
+    page.screenshot("dashboard-interfaces").await;
+    // chat::private failed once, with 404.
+    page.click(".tree .if[data-i=private]").await;
+    page.wait_until(&format!(
+        "document.getElementById('if-title').textContent === 'chat::private' && {} === 'code 404: 1 (100.0 %)'",
+        codes("if-codes")
+    ))
+    .await;
+    page.screenshot("dashboard-interface-codes").await;
+
+    // The failure log of the last hour, on every host: the chat's failure, not the
+    // older one of web-1.
+    page.click("nav button[data-tab=failures]").await;
+    let table = "document.getElementById('f-table').textContent";
+    page.wait_until(&format!(
+        "{table}.includes('is not online') && !{table}.includes('payment gateway')"
+    ))
+    .await;
+    page.wait_until(
+        "document.getElementById('f-scope').textContent === 'newest first · last hour · all hosts'",
+    )
+    .await;
+    // The last day has both; web-1 alone has only its own.
+    page.click("#range option[value=day]").await;
+    page.wait_until(&format!(
+        "{table}.includes('is not online') && {table}.includes('payment gateway')"
+    ))
+    .await;
+    page.click("#host option[value='web-1']").await;
+    page.wait_until(&format!(
+        "{table}.includes('billing::charge') && !{table}.includes('is not online')"
+    ))
+    .await;
+    page.wait_until(
+        "document.getElementById('f-scope').textContent === 'newest first · last day · host web-1'",
+    )
+    .await;
+    page.screenshot("dashboard-failures-host").await;
+    page.click("#host option[value='']").await;
+    page.click("#range option[value=hour]").await;
+    page.wait_until(&format!("!{table}.includes('payment gateway')"))
+        .await;
+
+    // Filtered by code.
     page.fill("#f-code", "500").await;
     page.click("#f-form button").await;
     page.wait_until(
@@ -501,6 +641,10 @@ async fn gateway_metrics_count_clients_connections_and_bytes_per_listener() {
     }
     let mut page = Ws::connect(d.listener_addr("browser")).await;
     let (page_id, _) = page.login("page", serde_json::json!(1)).await;
+    // The browser chat reports its calls as the telnet side does: its login (and the
+    // history read that comes with it) and a line said.
+    page.say("hello from a page").await;
+    page.expect_type("say").await;
     // A client of the `idle` listener that never says anything: the heartbeat closes it.
     let mut idle = Client::connect(d.listener_addr("idle")).await;
     assert!(idle.closed_within(WAIT).await, "the heartbeat closes it");
@@ -511,9 +655,19 @@ async fn gateway_metrics_count_clients_connections_and_bytes_per_listener() {
     let p = wait_metrics(
         &d,
         None,
-        "3 telnet clients, 1 page, 1 heartbeat close",
+        "3 telnet clients, 1 page, 1 heartbeat close, the page's calls",
         |p| {
-            metric(p, "switchboard_clients", &text) == Some(3.0)
+            let calls = |i: &str| {
+                metric(
+                    p,
+                    "switchboard_statistic_calls_total",
+                    &[("interface", i), ("success", "true")],
+                )
+            };
+            calls("login") == Some(4.0)
+                && calls("history") == Some(1.0)
+                && calls("say") == Some(1.0)
+                && metric(p, "switchboard_clients", &text) == Some(3.0)
                 && metric(p, "switchboard_clients", &browser) == Some(1.0)
                 && metric(
                     p,
@@ -525,6 +679,29 @@ async fn gateway_metrics_count_clients_connections_and_bytes_per_listener() {
     assert_eq!(
         metric(&p, "switchboard_clients", &[("listener", "idle")]),
         Some(0.0),
+        "{p}"
+    );
+    let chat_calls = |interface: &str| {
+        metric(
+            &p,
+            "switchboard_statistic_calls_total",
+            &[
+                ("module", "chat"),
+                ("interface", interface),
+                ("success", "true"),
+            ],
+        )
+    };
+    // 3 telnet logins and the page's; the history read and the line are the page's.
+    assert_eq!(chat_calls("login"), Some(4.0), "{p}");
+    assert_eq!(chat_calls("history"), Some(1.0), "{p}");
+    assert_eq!(chat_calls("say"), Some(1.0), "{p}");
+    // The page's login asks for the room's members before and after it joins, two
+    // session queries each time (room 1 has browsers and telnet users); telnet logins
+    // ask nothing.
+    assert_eq!(
+        metric(&p, "switchboard_commands_total", &[("kind", "query")]),
+        Some(4.0),
         "{p}"
     );
     assert_eq!(
@@ -634,4 +811,161 @@ async fn gateway_metrics_count_clients_connections_and_bytes_per_listener() {
 /// The client id a logged-in telnet client was told.
 fn talker_id(c: &Client) -> switchboard::ClientId {
     c.id.expect("logged in")
+}
+
+/// What goes wrong and what the supervisor does, in the built-in metrics: database
+/// errors (the history table dropped under the chat), an event in flight at a worker
+/// that dies (re-dispatched), then held for want of a worker and rejected past
+/// `hold_timeout`, the restart of the dead worker, a reload, and the worker links of
+/// the gateway. One worker, so that every event has nowhere else to go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_links_are_counted() {
+    let started = Instant::now();
+    let d = Deployment::start(
+        telnet()
+            .workers(1)
+            .hold_timeout(Duration::from_secs(5))
+            .restart_delay(Duration::from_secs(8)),
+    );
+    // An API client links to the gateway too, but only workers taking events count.
+    let api = d.api().await;
+    let links = |p: &str| metric(p, "switchboard_gateway_links", &[]);
+    wait_metrics(&d, None, "one worker link", |p| links(p) == Some(1.0));
+    let mut a = Client::connect(d.addr()).await;
+    let id = a.login("alice").await;
+
+    // The history's table dropped behind the chat's back: the next public line still
+    // reaches the room, but its history write fails: a Db error, a failed `say` with
+    // the database's message, and a handler error.
+    api.db()
+        .instance("history")
+        .expect("the history instance")
+        .sql("DROP TABLE chat_history")
+        .execute()
+        .await
+        .expect("drop the history table");
+    a.send("not kept").await;
+    a.expect(&format!("alice[{id}] said :not kept")).await;
+    let p = wait_metrics(&d, None, "a Db error and a failed say", |p| {
+        metric(p, "switchboard_db_errors_total", &[("instance", "history")]) == Some(1.0)
+            && metric(
+                p,
+                "switchboard_statistic_calls_total",
+                &[("interface", "say"), ("success", "false")],
+            ) == Some(1.0)
+    });
+    assert_eq!(
+        metric(&p, "switchboard_handler_errors_total", &[]),
+        Some(1.0),
+        "{p}"
+    );
+    // The failure log is written by the same collection round as the figures, or the
+    // next one.
+    let logged_by = Instant::now() + WAIT;
+    let fails = loop {
+        let fails: serde_json::Value = serde_json::from_str(
+            &http_get(d.admin_addr(), "/api/failures?interface=say", None).body,
+        )
+        .unwrap();
+        if fails[0].is_object() || Instant::now() > logged_by {
+            break fails;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        fails[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chat_history")),
+        "{fails}"
+    );
+
+    // A worker frozen with an event in flight, then killed: the gateway re-dispatches
+    // the event, finds no worker, holds it, and rejects it after hold_timeout (5 s),
+    // before the supervisor restarts the worker (8 s).
+    let worker = d.pids(ChildRole::Worker)[0];
+    let dispatched = |p: &str| metric(p, "switchboard_gateway_events_dispatched_total", &[]);
+    // Gateways write their figures every second: read the count once it has settled,
+    // so that it holds every event dispatched so far.
+    let mut before = dispatched(&http_get(d.admin_addr(), "/metrics", None).body).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_millis(1200));
+        let now = dispatched(&http_get(d.admin_addr(), "/metrics", None).body).unwrap();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    d.note(&format!("SIGSTOP worker {worker}"));
+    assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGSTOP) }, 0);
+    // On a loaded machine the stop takes a moment to land on every thread.
+    let stopped_by = Instant::now() + WAIT;
+    while !process_stopped(worker) {
+        assert!(Instant::now() < stopped_by, "worker {worker} never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.send("in flight").await;
+    wait_metrics(&d, None, "the line dispatched to the frozen worker", |p| {
+        dispatched(p) == Some(before + 1.0)
+    });
+    d.note(&format!("SIGKILL worker {worker}"));
+    assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGKILL) }, 0);
+    wait_metrics(&d, None, "one event re-dispatched and held", |p| {
+        metric(p, "switchboard_events_redispatched_total", &[]) == Some(1.0)
+            && metric(p, "switchboard_events_held", &[]) == Some(1.0)
+            && links(p) == Some(0.0)
+    });
+    a.expect_next("error: no worker is available; your message was not processed, try again later")
+        .await;
+    wait_metrics(&d, None, "the event rejected, none held", |p| {
+        metric(p, "switchboard_events_rejected_total", &[]) == Some(1.0)
+            && metric(p, "switchboard_events_held", &[]) == Some(0.0)
+    });
+
+    // The supervisor restarts the worker; a reload then replaces it.
+    d.wait_log("child died; restarting");
+    let p = wait_metrics(&d, None, "a worker restart and its link", |p| {
+        metric(p, "switchboard_child_restarts_total", &[("role", "worker")]) == Some(1.0)
+            && links(p) == Some(1.0)
+    });
+    assert_eq!(
+        metric(&p, "switchboard_worker_reloads_total", &[]).unwrap_or(0.0),
+        0.0,
+        "{p}"
+    );
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let p = wait_metrics(&d, None, "one reload", |p| {
+        metric(p, "switchboard_worker_reloads_total", &[]) == Some(1.0) && links(p) == Some(1.0)
+    });
+    // A reload is no restart after a death.
+    assert_eq!(
+        metric(&p, "switchboard_child_restarts_total", &[]),
+        Some(1.0),
+        "{p}"
+    );
+    // The restarted worker made the table again: lines are kept once more.
+    a.send("kept").await;
+    a.expect(&format!("alice[{id}] said :kept")).await;
+    wait_metrics(&d, None, "a successful say after the reload", |p| {
+        metric(
+            p,
+            "switchboard_statistic_calls_total",
+            &[("interface", "say"), ("success", "true")],
+        ) == Some(1.0)
+    });
+    api.close().await;
+    eprintln!("took {:?}", started.elapsed());
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn process_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(false)
+    })
 }

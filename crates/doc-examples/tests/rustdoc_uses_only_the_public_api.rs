@@ -2,7 +2,10 @@
 //! crates, which can name every dependency of theirs; an application that depends only
 //! on `switchboard` cannot. This test reads every example in `///` and `//!` comments
 //! and fails on a path into a crate an application does not have, so an example copied
-//! into an application compiles there.
+//! into an application compiles there. That covers `switchboard` and the two crates it
+//! re-exports: their examples say `switchboard::db::…` and `switchboard::store::…`, never
+//! `switchboard_db::…` or `switchboard_store::…` (those crates have `switchboard` as a
+//! dev-dependency so their doc-tests can).
 
 use std::path::{Path, PathBuf};
 
@@ -78,17 +81,30 @@ fn example_lines(text: &str) -> Vec<(usize, String)> {
 #[test]
 fn rustdoc_examples_name_no_crate_an_application_lacks() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The crate applications depend on, and the two it re-exports, which an application
+    // reaches only through it, as `switchboard::db` and `switchboard::store`.
     let mut files = Vec::new();
-    // The crate applications depend on. (switchboard-db and switchboard-store are
-    // reached through it, as `switchboard::db` and `switchboard::store`.)
-    rust_files(&root.join("crates/switchboard/src"), &mut files);
-    assert!(files.len() > 5, "found only {} source files", files.len());
+    for krate in ["switchboard", "switchboard-db", "switchboard-store"] {
+        let before = files.len();
+        rust_files(&root.join("crates").join(krate).join("src"), &mut files);
+        assert!(
+            files.len() - before >= 3,
+            "found only {} source files in crates/{krate}/src",
+            files.len() - before
+        );
+    }
     let mut bad = Vec::new();
     let mut examples = 0;
+    let mut examples_of = std::collections::BTreeMap::<&str, usize>::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
+        let krate = ["switchboard-db", "switchboard-store", "switchboard"]
+            .into_iter()
+            .find(|k| file.to_string_lossy().contains(&format!("crates/{k}/")))
+            .unwrap();
         for (n, code) in example_lines(&text) {
             examples += 1;
+            *examples_of.entry(krate).or_default() += 1;
             for krate in NOT_IN_AN_APPLICATION {
                 let used = code.contains(&format!("{krate}::"))
                     && !code.contains(&format!("switchboard::{krate}::"))
@@ -100,6 +116,13 @@ fn rustdoc_examples_name_no_crate_an_application_lacks() {
         }
     }
     assert!(examples > 10, "found only {examples} example lines");
+    for krate in ["switchboard", "switchboard-db", "switchboard-store"] {
+        assert!(
+            examples_of.get(krate).is_some_and(|&n| n >= 5),
+            "found only {:?} example lines in crates/{krate}/src",
+            examples_of.get(krate)
+        );
+    }
     assert!(
         bad.is_empty(),
         "rustdoc examples name crates an application does not depend on (use the \

@@ -359,9 +359,9 @@ struct Join {
 /// A `SELECT` under construction. Start with [`Instance::select`].
 ///
 /// ```
-/// # use switchboard_db::Instance;
-/// # fn main() -> Result<(), switchboard_db::DbError> {
-/// let db = Instance::new("db1", switchboard_db::InstanceConfig::default())?; // MySQL, not connected
+/// # use switchboard::db::Instance;
+/// # fn main() -> Result<(), switchboard::db::DbError> {
+/// let db = Instance::new("db1", switchboard::db::InstanceConfig::default())?; // MySQL, not connected
 /// let st = db.select("*").from("table1")
 ///     .inner_join("table2", "table1.uid = table2.uid")
 ///     .where_("age > :age")
@@ -649,8 +649,8 @@ impl Select {
 /// connection is lost; anything else never is.
 ///
 /// ```
-/// # use switchboard_db::{Instance, Value};
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard_db::DbError> {
+/// # use switchboard::db::{Instance, Value};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::db::DbError> {
 /// let db = Instance::sqlite_memory("doc")?;
 /// let v = db.sql("SELECT :a + :b").bind("a", 40).bind("b", 2).single().await?;
 /// assert_eq!(v, Some(Value::Int(42)));
@@ -790,8 +790,8 @@ macro_rules! assignment_methods {
 /// An `INSERT` under construction. Start with [`Instance::insert`].
 ///
 /// ```
-/// # use switchboard_db::{Instance, params};
-/// # fn main() -> Result<(), switchboard_db::DbError> {
+/// # use switchboard::db::{Instance, params};
+/// # fn main() -> Result<(), switchboard::db::DbError> {
 /// let db = Instance::sqlite_memory("doc")?;
 /// let st = db.insert("Persons")
 ///     .values(params! { "Firstname" => "abc", "Lastname" => "efg", "Sex" => "M", "Age" => 13 })
@@ -858,8 +858,8 @@ impl Insert {
 /// [`all_rows`](Self::all_rows) is called.
 ///
 /// ```
-/// # use switchboard_db::Instance;
-/// # fn main() -> Result<(), switchboard_db::DbError> {
+/// # use switchboard::db::Instance;
+/// # fn main() -> Result<(), switchboard::db::DbError> {
 /// let db = Instance::new("db1", Default::default())?;
 /// let st = db.update("Persons").cols(["sex"]).where_("ID=1").bind("sex", "F").statement()?;
 /// assert_eq!(st.sql(), "UPDATE `Persons` SET `sex` = ? WHERE ID=1");
@@ -936,8 +936,8 @@ impl Update {
 /// [`all_rows`](Self::all_rows) is called.
 ///
 /// ```
-/// # use switchboard_db::Instance;
-/// # fn main() -> Result<(), switchboard_db::DbError> {
+/// # use switchboard::db::Instance;
+/// # fn main() -> Result<(), switchboard::db::DbError> {
 /// let db = Instance::new("db1", Default::default())?;
 /// assert_eq!(db.delete("Persons").where_("ID=9").statement()?.sql(), "DELETE FROM `Persons` WHERE ID=9");
 /// assert_eq!(db.delete("Persons").all_rows().statement()?.sql(), "DELETE FROM `Persons`");

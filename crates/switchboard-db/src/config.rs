@@ -25,18 +25,19 @@ use serde::Deserialize;
 
 use crate::DbError;
 
-/// All configured instances, by name.
+/// All configured instances, by name: the `[db]` section of the configuration file.
 ///
 /// ```
-/// use switchboard_db::{DbConfig, Driver};
-/// let cfg: DbConfig = toml::from_str(r#"
-///     [instances.db1]
+/// use switchboard::db::Driver;
+/// let config = switchboard::Config::from_toml(r#"
+///     [db.instances.db1]
 ///     host = "127.0.0.1"
 ///     dbname = "test"
-///     [instances.local]
+///     [db.instances.local]
 ///     driver = "sqlite"
 ///     path = "/tmp/x.sqlite3"
-/// "#).unwrap();
+/// "#, None).unwrap();
+/// let cfg = config.db_config().unwrap();
 /// assert_eq!(cfg.instances["db1"].driver, Driver::Mysql);
 /// assert_eq!(cfg.instances["db1"].port, 3306);
 /// assert_eq!(cfg.instances["local"].driver, Driver::Sqlite);
@@ -87,7 +88,7 @@ impl Driver {
     /// Whether this binary was built with the driver.
     ///
     /// ```
-    /// use switchboard_db::Driver;
+    /// use switchboard::db::Driver;
     /// assert_eq!(Driver::Mysql.is_compiled(), cfg!(feature = "mysql"));
     /// ```
     pub fn is_compiled(self) -> bool {
@@ -245,7 +246,7 @@ impl InstanceConfig {
     /// An SQLite file instance with default settings.
     ///
     /// ```
-    /// # use switchboard_db::{InstanceConfig, Driver};
+    /// # use switchboard::db::{InstanceConfig, Driver};
     /// let c = InstanceConfig::sqlite("data/chat.sqlite3");
     /// assert_eq!(c.driver, Driver::Sqlite);
     /// ```
@@ -262,7 +263,7 @@ impl InstanceConfig {
     /// decoded).
     ///
     /// ```
-    /// # use switchboard_db::InstanceConfig;
+    /// # use switchboard::db::InstanceConfig;
     /// let c = InstanceConfig::mysql_url("mysql://root@127.0.0.1:3306/test").unwrap();
     /// assert_eq!((c.host.as_str(), c.port, c.database.as_deref()), ("127.0.0.1", 3306, Some("test")));
     /// ```

@@ -216,7 +216,7 @@ impl DbError {
     /// The database's own error code, when the database reported the error.
     ///
     /// ```
-    /// # use switchboard_db::DbError;
+    /// # use switchboard::db::DbError;
     /// let e = DbError::TxFinished;
     /// assert_eq!(e.db_code(), None);
     /// ```

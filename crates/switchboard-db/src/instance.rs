@@ -31,8 +31,8 @@ use crate::{DbConfig, DbError, Dialect, Driver, InstanceConfig, IntoColumns, Sta
 /// Cheap to clone; clones share the instances and their pools.
 ///
 /// ```
-/// use switchboard_db::{Db, DbConfig, InstanceConfig};
-/// # fn main() -> Result<(), switchboard_db::DbError> {
+/// use switchboard::db::{Db, DbConfig, InstanceConfig};
+/// # fn main() -> Result<(), switchboard::db::DbError> {
 /// let db = Db::new(DbConfig::default().with("db1", InstanceConfig::sqlite(":memory:")))?;
 /// let db1 = db.instance("db1")?;           // no connection made yet
 /// assert_eq!(db1.name(), "db1");
@@ -290,7 +290,7 @@ impl Instance {
     /// instance. Statements in a transaction are never retried.
     ///
     /// ```
-    /// # use switchboard_db::{DbError, Instance};
+    /// # use switchboard::db::{DbError, Instance};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), DbError> {
     /// let db = Instance::sqlite_memory("doc")?;
     /// db.sql("CREATE TABLE acct (id INTEGER PRIMARY KEY, balance INTEGER)").execute().await?;

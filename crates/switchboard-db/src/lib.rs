@@ -19,10 +19,10 @@
 //! - [`Instance::transaction`] commits on `Ok`, rolls back on `Err` or panic.
 //!
 //! ```
-//! use switchboard_db::{Db, DbConfig, InstanceConfig, Value};
+//! use switchboard::db::{Db, DbConfig, InstanceConfig, Value};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), switchboard_db::DbError> {
+//! # async fn main() -> Result<(), switchboard::db::DbError> {
 //! let db = Db::new(DbConfig::default().with("db1", InstanceConfig::sqlite(":memory:")))?;
 //! let db1 = db.instance("db1")?;
 //! db1.sql("CREATE TABLE Persons (ID INTEGER PRIMARY KEY, Name TEXT, Sex TEXT)").execute().await?;
@@ -77,7 +77,7 @@ pub use value::{Row, Value};
 /// with values of different types.
 ///
 /// ```
-/// use switchboard_db::{params, Value};
+/// use switchboard::db::{params, Value};
 /// let p = params! { "name" => "abc", "age" => 13, "nick" => None::<String> };
 /// assert_eq!(p[1], ("age", Value::Int(13)));
 /// assert_eq!(p[2].1, Value::Null);

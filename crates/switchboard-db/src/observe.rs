@@ -20,7 +20,7 @@ static OBSERVER: OnceLock<Observer> = OnceLock::new();
 /// fn record(instance: &str, took: std::time::Duration, ok: bool) {
 ///     let _ = (instance, took, ok);
 /// }
-/// switchboard_db::set_observer(record);
+/// switchboard::db::set_observer(record);
 /// ```
 pub fn set_observer(observer: Observer) {
     let _ = OBSERVER.set(observer);

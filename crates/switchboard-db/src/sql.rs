@@ -651,8 +651,8 @@ impl Params {
 /// sent:
 ///
 /// ```
-/// use switchboard_db::{Dialect, Instance};
-/// # fn main() -> Result<(), switchboard_db::DbError> {
+/// use switchboard::db::{Dialect, Instance};
+/// # fn main() -> Result<(), switchboard::db::DbError> {
 /// let db = Instance::sqlite_memory("doc")?;
 /// let st = db.select("id,name").from("users").where_("id = :id").bind("id", 7).statement()?;
 /// assert_eq!(st.sql(), "SELECT `id`, `name` FROM `users` WHERE id = ?");

@@ -23,7 +23,7 @@ use crate::DbError;
 ///   `TEXT` → `Text`, `BLOB` → `Bytes`.
 ///
 /// ```
-/// use switchboard_db::Value;
+/// use switchboard::db::Value;
 /// assert_eq!(Value::from(13), Value::Int(13));
 /// assert_eq!(Value::from("M"), Value::Text("M".into()));
 /// assert_eq!(Value::from(None::<i64>), Value::Null);
@@ -55,7 +55,7 @@ impl Value {
     /// The value as an `i64`, if it is an integer (or a bool) that fits.
     ///
     /// ```
-    /// # use switchboard_db::Value;
+    /// # use switchboard::db::Value;
     /// assert_eq!(Value::UInt(7).as_i64(), Some(7));
     /// assert_eq!(Value::Text("7".into()).as_i64(), None);
     /// ```
@@ -99,7 +99,7 @@ impl Value {
     /// Deserialize this value into any serde type.
     ///
     /// ```
-    /// # use switchboard_db::Value;
+    /// # use switchboard::db::Value;
     /// let n: u8 = Value::Int(42).decode().unwrap();
     /// assert_eq!(n, 42);
     /// let s: Option<String> = Value::Null.decode().unwrap();
@@ -163,7 +163,7 @@ impl From<&Value> for Value {
 /// One result row: column names plus one [`Value`] per column.
 ///
 /// ```
-/// # use switchboard_db::{Row, Value};
+/// # use switchboard::db::{Row, Value};
 /// let row = Row::new(vec!["id".into(), "name".into()], vec![Value::Int(1), "ann".into()]);
 /// assert_eq!(row.get("name"), Some(&Value::Text("ann".into())));
 /// let (id, name): (i64, String) = row.decode().unwrap();
@@ -229,7 +229,7 @@ impl Row {
     /// Decode one column into a Rust type; a missing column is an error.
     ///
     /// ```
-    /// # use switchboard_db::{Row, Value};
+    /// # use switchboard::db::{Row, Value};
     /// let row = Row::new(vec!["age".into()], vec![Value::Int(13)]);
     /// let age: u32 = row.get_as("age").unwrap();
     /// assert_eq!(age, 13);

@@ -249,6 +249,30 @@ async fn terminals(db: &Instance) {
             .unwrap(),
         1
     );
+    // The count is of rows matched, not changed (as the brief's PHP client has it): the
+    // same update again, to the value the row already has, still counts the row. (MySQL
+    // alone would say 0 changed; the client asks for rows found.)
+    assert_eq!(
+        db.update(&t)
+            .cols(["Sex"])
+            .where_("ID=1")
+            .bind("Sex", "F")
+            .query()
+            .await
+            .unwrap(),
+        1,
+        "an update to the value a row already has counts the row it matched"
+    );
+    assert_eq!(
+        db.update(&t)
+            .set("Sex", "F")
+            .where_("ID = :id")
+            .bind("id", 1)
+            .query()
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(
         db.update(&t)
             .set_expr("Age", "Age + :n")

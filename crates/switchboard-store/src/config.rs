@@ -138,7 +138,7 @@ impl StoreConfig {
     /// always there.
     ///
     /// ```
-    /// use switchboard_store::StoreConfig;
+    /// use switchboard::store::StoreConfig;
     /// let redis = StoreConfig::Redis { url: "redis://127.0.0.1:6379".into() };
     /// let f = redis.feature().unwrap();
     /// assert_eq!((f.feature, f.switchboard_feature), ("redis", "redis"));

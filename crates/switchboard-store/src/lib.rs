@@ -18,7 +18,7 @@
 //!
 //! ```
 //! # tokio_test_block_on(async {
-//! use switchboard_store::{open, StoreConfig};
+//! use switchboard::store::{open, StoreConfig};
 //! let store = open(&StoreConfig::Memory).await.unwrap();
 //! store.set("greeting", b"hello", None).await.unwrap();
 //! assert_eq!(store.get("greeting").await.unwrap().as_deref(), Some(&b"hello"[..]));

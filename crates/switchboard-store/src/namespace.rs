@@ -16,7 +16,7 @@ use crate::{validate_key, CasToken, Result, SharedStore, Store, StoreError};
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use std::sync::Arc;
-/// use switchboard_store::{MemoryStore, Namespaced, Store};
+/// use switchboard::store::{MemoryStore, Namespaced, Store};
 /// let shared = Arc::new(MemoryStore::new());
 /// let app = Namespaced::new(shared.clone(), "app:").unwrap();
 /// app.set("greeting", b"hi", None).await.unwrap();

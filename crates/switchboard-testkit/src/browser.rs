@@ -32,7 +32,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
-use crate::{free_port, WAIT};
+use crate::WAIT;
 
 /// Where Debian puts Chromium.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -87,10 +87,10 @@ impl Browser {
     pub async fn start() -> Self {
         let (chromium, driver) = find().unwrap_or_else(|why| panic!("no browser: {why}"));
         let profile = tempfile::tempdir().expect("create a browser profile directory");
-        let port = free_port();
-        let log = File::create(profile.path().join("chromedriver.log"))
-            .expect("create the chromedriver log");
-        let driver = spawn_driver(&driver, port, log);
+        let log_path = profile.path().join("chromedriver.log");
+        let log = File::create(&log_path).expect("create the chromedriver log");
+        let mut driver = spawn_driver(&driver, log);
+        let port = driver_port(&mut driver, &log_path).await;
         let browser = Browser {
             client: connect(&chromium, port, profile.path()).await,
             driver,
@@ -221,13 +221,22 @@ impl Browser {
             .unwrap_or_else(|e| panic!("cannot type into {css}: {e}"));
     }
 
-    /// Clicks the element matching `css`.
+    /// Clicks the element matching `css`. A page that re-renders (live updates) may
+    /// replace the element between finding and clicking it: then it is found again.
     pub async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.click().await {
+                Ok(_) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("cannot click {css}: {e}"),
+            }
+        }
     }
 
     async fn find(&self, css: &str) -> fantoccini::elements::Element {
@@ -327,11 +336,38 @@ pub fn screenshot_dir() -> PathBuf {
 }
 
 /// Starts chromedriver on `port`, output to `log`, dying with the test's thread.
-fn spawn_driver(driver: &Path, port: u16, log: File) -> Child {
+/// Starts chromedriver on port 0: it picks a free port and says which in its log.
+fn spawn_driver(driver: &Path, log: File) -> Child {
     let mut cmd = Command::new(driver);
-    cmd.arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1");
+    cmd.arg("--port=0").arg("--allowed-ips=127.0.0.1");
     crate::spawn_with_log(cmd, log)
+}
+
+/// The port chromedriver reports in its log (`ChromeDriver was started successfully
+/// on port N.`); fails the test if it exits or says nothing within [`WAIT`].
+async fn driver_port(driver: &mut Child, log: &Path) -> u16 {
+    const SAID: &str = "started successfully on port ";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text.split_once(SAID).and_then(|(_, rest)| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u16>()
+                .ok()
+        });
+        if let Some(port) = port.filter(|p| *p != 0) {
+            return port;
+        }
+        if let Ok(Some(status)) = driver.try_wait() {
+            panic!("chromedriver exited ({status}) before it listened:\n{text}");
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("chromedriver did not say its port within {WAIT:?}:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Opens a session on the chromedriver at `port`, retrying while it starts.

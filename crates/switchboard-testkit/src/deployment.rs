@@ -12,14 +12,15 @@ use switchboard::config::HeartbeatConfig;
 use switchboard::supervisor::{self, ChildRole};
 use switchboard::{stats, Config, Gateway};
 
-use crate::{free_ports, spawn, Client, WAIT};
+use crate::{spawn, Client, WAIT};
 
 /// The secret every deployment of the kit uses.
 const SECRET: &str = "test-secret";
 
 /// One client listener of a deployment (`[[gateway.listeners]]`): its name, its
-/// protocol and any further keys. The kit gives each listener a free port on
-/// `127.0.0.1`.
+/// protocol and any further keys. The kit configures each listener on `127.0.0.1:0`:
+/// the deployment's supervisor picks the port and the gateways report it
+/// ([`Deployment::listener_addr`]).
 ///
 /// ```
 /// use switchboard_testkit::Listener;
@@ -227,8 +228,9 @@ impl Options {
         self
     }
 
-    /// The configuration file's text, with the data directory and listener ports.
-    fn to_toml(&self, data_dir: &Path, listeners: &[(Listener, u16)]) -> String {
+    /// The configuration file's text, with the data directory; every listener on
+    /// `127.0.0.1:0`.
+    fn to_toml(&self, data_dir: &Path, listeners: &[Listener]) -> String {
         let mut text = String::new();
         let _ = write!(
             text,
@@ -241,10 +243,10 @@ impl Options {
             hold = duration(self.hold_timeout),
             gateway_keys = self.gateway_keys,
         );
-        for (listener, port) in listeners {
+        for listener in listeners {
             let _ = write!(
                 text,
-                "[[gateway.listeners]]\nname = {name}\nlisten = \"127.0.0.1:{port}\"\n\
+                "[[gateway.listeners]]\nname = {name}\nlisten = \"127.0.0.1:0\"\n\
                  protocol = {protocol}\n{keys}\n",
                 name = toml_string(&listener.name),
                 protocol = toml_string(&listener.protocol),
@@ -335,7 +337,8 @@ pub struct Deployment {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     config: Config,
-    listeners: Vec<(String, SocketAddr)>,
+    /// The listeners' names, in the configuration's order.
+    listeners: Vec<String>,
     binary: PathBuf,
     log_path: PathBuf,
     supervisor: Option<Child>,
@@ -362,8 +365,6 @@ impl Deployment {
         if listeners.is_empty() {
             listeners.push(Listener::text("main"));
         }
-        let ports = free_ports(listeners.len());
-        let listeners: Vec<(Listener, u16)> = listeners.into_iter().zip(ports).collect();
         let text = options.to_toml(&dir.path().join("data"), &listeners);
         let config_path = dir.path().join("deployment.toml");
         std::fs::write(&config_path, &text)
@@ -371,10 +372,7 @@ impl Deployment {
         let config = Config::load(&config_path)
             .unwrap_or_else(|e| panic!("the generated configuration is refused: {e}\n{text}"));
         Deployment {
-            listeners: listeners
-                .into_iter()
-                .map(|(l, port)| (l.name, SocketAddr::from(([127, 0, 0, 1], port))))
-                .collect(),
+            listeners: listeners.into_iter().map(|l| l.name).collect(),
             log_path: dir.path().join("supervisor.log"),
             config_path,
             config,
@@ -427,18 +425,59 @@ impl Deployment {
         }
     }
 
-    /// The address of the first listener.
+    /// The address of the first listener, as a running gateway bound it (see
+    /// [`listener_addr`](Deployment::listener_addr)).
     pub fn addr(&self) -> SocketAddr {
-        self.listeners[0].1
+        self.bound_addr(0)
     }
 
-    /// The address of the listener named `name`; fails the test if there is none.
+    /// The address of the listener named `name`, as a running gateway bound it; fails
+    /// the test if there is no such listener.
+    ///
+    /// The listeners are configured on port 0: the supervisor picks a free port for
+    /// each when it starts (one for all its gateways, kept while it runs), and the
+    /// gateways report the addresses they bound in their stats files, which this reads.
+    /// No port is picked by the test and freed before the deployment binds it, so
+    /// tests running in parallel never race for one. It waits up to [`WAIT`] for a
+    /// running gateway, and fails the test, with the log, if there is none; after
+    /// [`restart`](Deployment::restart) the address is the new supervisor's.
     pub fn listener_addr(&self, name: &str) -> SocketAddr {
-        self.listeners
+        let index = self
+            .listeners
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, addr)| *addr)
-            .unwrap_or_else(|| panic!("no listener {name:?} in {:?}", self.listeners))
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no listener {name:?} in {:?}", self.listeners));
+        self.bound_addr(index)
+    }
+
+    /// Listener `index`'s address from a running gateway's stats.
+    fn bound_addr(&self, index: usize) -> SocketAddr {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let bound = stats::read_all(&self.config.run_dir())
+                .into_iter()
+                .filter(|s| s.role == "gateway")
+                .find_map(|s| {
+                    s.detail
+                        .get("listeners")?
+                        .as_array()?
+                        .get(index)?
+                        .as_str()?
+                        .parse::<SocketAddr>()
+                        .ok()
+                });
+            if let Some(addr) = bound {
+                return addr;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no running gateway reported the address of listener {:?} within {WAIT:?}\nlog:\n{}",
+                    self.listeners[index],
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The Gateway API of this deployment, connected to every gateway of the
@@ -600,8 +639,9 @@ impl Deployment {
         }
     }
 
-    /// Stops the deployment and starts it again on the same directory (same store,
-    /// same ports), then waits until it is ready.
+    /// Stops the deployment and starts it again on the same directory (same store),
+    /// then waits until it is ready. The new supervisor picks new ports:
+    /// [`addr`](Deployment::addr) gives them.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn_supervisor();
@@ -724,9 +764,11 @@ mod tests {
             (l[1].name.as_str(), l[1].protocol),
             ("frames", switchboard::ClientProtocol::Frame)
         );
-        assert_eq!(d.addr(), l[0].listen);
-        assert_eq!(d.listener_addr("frames"), l[1].listen);
-        assert_ne!(l[0].listen.port(), l[1].listen.port());
+        // The deployment picks the ports (see listener_addr).
+        assert!(l
+            .iter()
+            .all(|l| l.listen == SocketAddr::from(([127, 0, 0, 1], 0))));
+        assert_eq!(d.listeners, ["lines", "frames"]);
         assert_eq!(d.binary(), Path::new("/nowhere/app"));
         // Nothing was started.
         assert_eq!(d.supervisor_pid(), 0);
@@ -740,7 +782,7 @@ mod tests {
         assert_eq!(l[0].name, "main");
         assert_eq!(l[0].protocol, switchboard::ClientProtocol::Text);
         assert_eq!(d.config().name, "other");
-        assert_eq!(d.listener_addr("main"), d.addr());
+        assert_eq!(d.listeners, ["main"]);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! An application tests itself the way it runs: a test starts the application's own
 //! binary (`env!("CARGO_BIN_EXE_<bin>")`, which cargo builds for integration tests)
-//! with its supervisor, gateways and workers, in a temporary directory, on free ports,
-//! and talks to it over TCP like a client would.
+//! with its supervisor, gateways and workers, in a temporary directory, on ports it
+//! picks itself (port 0, read back from the gateways), and talks to it over TCP like a
+//! client would.
 //!
 //! - [`Options`] says what to deploy: the binary, how many gateways and workers, the
 //!   client [`Listener`]s, timings, and any extra configuration the application needs
@@ -70,25 +71,23 @@ pub use switchboard::supervisor::ChildRole;
 /// How long any single expectation may wait before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// A port on `127.0.0.1` that was free a moment ago.
+/// A port on `127.0.0.1` that was free a moment ago — and may not be by the time it is
+/// used: another test running in parallel can take it between this call and the
+/// bind. Never use it for a Switchboard listener: configure port 0 and read the bound
+/// address instead ([`Deployment::listener_addr`], [`Deployment::admin_addr`], the
+/// gateways' stats files). It is here for third-party servers that can neither bind
+/// port 0 and tell which port they got, nor be started again on a port they
+/// reported (a memcached that a test stops and restarts on the same port).
 ///
 /// ```
 /// let port = switchboard_testkit::free_port();
 /// assert_ne!(port, 0);
 /// ```
 pub fn free_port() -> u16 {
-    free_ports(1)[0]
-}
-
-/// `n` distinct ports on `127.0.0.1` that were free a moment ago (all bound at once, so
-/// none is handed out twice).
-pub(crate) fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
 }
 
 /// Starts `binary --config CONFIG ARGS...` with stdout and stderr to `log`, stdin

@@ -1,7 +1,13 @@
 //! The command line of a Switchboard application binary:
 //! `start [-d] [--only gateway|worker] | stop | restart | reload | status | connections |
-//! config print | config check`, plus the hidden `gateway` / `worker` roles the
-//! supervisor starts.
+//! push | online | kick | config print | config check`, plus the hidden `gateway` /
+//! `worker` roles the supervisor starts.
+//!
+//! `push`, `online` and `kick` are API clients ([`crate::client`]): they find the
+//! gateways through the configured store, authenticate with the secret, and need no
+//! supervisor on this machine. Their exit status is for scripts: 0 done, 1 not online
+//! or not found, 2 usage or configuration error, 3 the deployment could not be reached
+//! (no gateway, a timeout, the store down).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,13 +15,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 use crate::supervisor::{self, Only};
 use crate::worker::Events;
-use crate::{stats, Assets, Error, Gateway};
+use crate::{stats, ApiError, Assets, ClientId, Error, Gateway};
 
 /// Builds the application's `Events` for each worker process.
 type EventsFactory = Arc<dyn Fn() -> Arc<dyn Events> + Send + Sync>;
@@ -73,6 +79,11 @@ enum Command {
         /// Run only gateways or only workers here (multi-machine deployments).
         #[arg(long, value_enum)]
         only: Option<Only>,
+        /// Read further `KEY=VALUE` overrides from standard input, each ended by a NUL
+        /// byte: how `start -d` hands its `--set` values to the daemon, off the
+        /// command line that `ps` shows everybody.
+        #[arg(long, hide = true)]
+        overrides_on_stdin: bool,
     },
     /// Stop a running supervisor and its children (waits until they are gone).
     Stop,
@@ -95,6 +106,28 @@ enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Send a message to a client, a uid's clients, a group or everybody (no worker
+    /// needed). Exit 0 delivered, 1 nobody reached, 2 usage or configuration error, 3
+    /// deployment unreachable.
+    Push {
+        #[command(flatten)]
+        target: PushTarget,
+        /// The message (one line for `text` clients).
+        message: String,
+    },
+    /// Tell whether a client, or any client of a uid, is online. Exit 0 online, 1 not.
+    Online {
+        #[command(flatten)]
+        who: OnlineTarget,
+    },
+    /// Disconnect a client, after sending it --message. Exit 0 closed, 1 not online.
+    Kick {
+        /// The client id (20 hex digits).
+        id: ClientId,
+        /// A last message for the client before it is closed.
+        #[arg(long, short)]
+        message: Option<String>,
+    },
     /// Print or check configuration.
     Config {
         #[command(subcommand)]
@@ -116,10 +149,46 @@ enum Command {
     },
 }
 
+/// Exactly one recipient of `push`.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct PushTarget {
+    /// One client, by id.
+    #[arg(long, value_name = "ID")]
+    client: Option<ClientId>,
+    /// Every client bound to this uid.
+    #[arg(long, value_name = "UID")]
+    uid: Option<String>,
+    /// Every member of this group.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// Every connected client.
+    #[arg(long)]
+    all: bool,
+}
+
+/// Exactly one subject of `online`.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct OnlineTarget {
+    /// One client, by id.
+    #[arg(long, value_name = "ID")]
+    client: Option<ClientId>,
+    /// Any client bound to this uid.
+    #[arg(long, value_name = "UID")]
+    uid: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum ConfigAction {
-    /// Print the effective configuration (the embedded default, or the file given).
-    Print,
+    /// Print the effective configuration (the embedded default, or the file given);
+    /// secrets are hidden.
+    Print {
+        /// Print the secrets too (`secret`, `admin.token`, database and Redis
+        /// passwords).
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Check a configuration file; exits non-zero with the offending key and line.
     Check {
         /// The file (default: --config).
@@ -226,6 +295,13 @@ impl App {
             })?;
             overrides.push((k.trim().to_owned(), v.trim().to_owned()));
         }
+        if let Command::Start {
+            overrides_on_stdin: true,
+            ..
+        } = cli.command
+        {
+            overrides.extend(read_overrides(std::io::stdin().lock())?);
+        }
         let mut config = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| {
@@ -251,12 +327,23 @@ impl App {
     }
 
     fn dispatch(self, cli: Cli) -> Result<ExitCode, Error> {
+        if matches!(
+            cli.command,
+            Command::Push { .. } | Command::Online { .. } | Command::Kick { .. }
+        ) {
+            return Ok(self.client_command(cli));
+        }
         let config = self.load_config(&cli)?;
         match cli.command {
             Command::Config {
-                action: ConfigAction::Print,
+                action: ConfigAction::Print { show_secrets },
             } => {
-                print!("{}", config.to_toml());
+                let shown = if show_secrets {
+                    config
+                } else {
+                    config.with_secrets_hidden()
+                };
+                print!("{}", shown.to_toml());
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config {
@@ -270,10 +357,13 @@ impl App {
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Start { daemon: true, only } => self.start_daemon(&config, &cli, only),
+            Command::Start {
+                daemon: true, only, ..
+            } => self.start_daemon(&config, &cli, only),
             Command::Start {
                 daemon: false,
                 only,
+                ..
             } => {
                 if let Some(pid) = supervisor::running_pid(&config) {
                     return Err(Error::Other(format!(
@@ -282,9 +372,8 @@ impl App {
                 }
                 preflight(&config, only, cli.config.as_deref())?;
                 init_logging(&config, "supervisor");
-                let path = write_effective_config(&config)?;
                 let rt = runtime(1, "supervisor")?;
-                let handle = rt.spawn(supervisor::run(config, path, only));
+                let handle = rt.spawn(supervisor::run(config, only));
                 rt.block_on(handle).unwrap_or_else(|e| {
                     Err(Error::Other(format!("supervisor task failed: {e}")))
                 })?;
@@ -318,6 +407,9 @@ impl App {
                 runtime(1, "cli")?.block_on(print_connections(config, uid, group))?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Push { .. } | Command::Online { .. } | Command::Kick { .. } => {
+                Ok(self.client_command(cli))
+            }
             Command::Gateway { index } => {
                 init_logging(&config, "gateway");
                 crate::metrics::set_enabled(config.metrics.enabled);
@@ -341,8 +433,55 @@ impl App {
         }
     }
 
+    /// `push`, `online`, `kick`: one API client call, with the exit status scripts test.
+    fn client_command(&self, cli: Cli) -> ExitCode {
+        let config = match self.load_config(&cli) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        };
+        init_logging_quiet();
+        let rt = match runtime(1, "cli") {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(exit::UNREACHABLE);
+            }
+        };
+        let outcome = rt.block_on(async {
+            let name = format!("cli-{}", std::process::id());
+            let gateway = Gateway::connect_as(&config, name, false)
+                .await
+                .map_err(|e| format!("cannot open the store: {e}"))?;
+            let outcome = client_call(&gateway, cli.command).await;
+            gateway.close().await;
+            outcome.map_err(|e| match e {
+                ApiError::NoGateway { .. } => format!(
+                    "{e}; is the deployment running, and is this its configuration ({})?",
+                    store_description(&config.resolved_store())
+                ),
+                e => e.to_string(),
+            })
+        });
+        match outcome {
+            // An answer, "not online" included, goes to standard output; errors (2, 3)
+            // to standard error.
+            Ok((code, text)) => {
+                println!("{text}");
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(exit::UNREACHABLE)
+            }
+        }
+    }
+
     /// `start -d`: re-runs this binary's `start` detached (new session, output to the
-    /// log file) and waits until its pid file appears.
+    /// log file) and waits until the pid file names it. If another start won the pid
+    /// file's lock meanwhile, the daemon exits and this says which supervisor runs.
     fn start_daemon(
         &self,
         config: &Config,
@@ -380,9 +519,6 @@ impl App {
         if let Some(d) = &cli.data_dir {
             cmd.arg("--data-dir").arg(d);
         }
-        for kv in &cli.set {
-            cmd.arg("--set").arg(kv);
-        }
         cmd.arg("start");
         if let Some(only) = only {
             cmd.arg("--only").arg(match only {
@@ -390,9 +526,14 @@ impl App {
                 Only::Worker => "worker",
             });
         }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        // `--set` values may be secrets: they go through a pipe, not the command line.
+        let stdin = if cli.set.is_empty() {
+            std::process::Stdio::null()
+        } else {
+            cmd.arg("--overrides-on-stdin");
+            std::process::Stdio::piped()
+        };
+        cmd.stdin(stdin).stdout(log).stderr(log2);
         // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal.
         unsafe {
             cmd.pre_exec(|| {
@@ -403,16 +544,34 @@ impl App {
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::io("cannot start the daemon", e))?;
+        if let Some(mut pipe) = child.stdin.take() {
+            use std::io::Write as _;
+            let mut bytes = Vec::new();
+            for kv in &cli.set {
+                bytes.extend_from_slice(kv.as_bytes());
+                bytes.push(0);
+            }
+            // Dropping the pipe at the end of this block is the daemon's end of input.
+            pipe.write_all(&bytes)
+                .map_err(|e| Error::io("cannot hand the overrides to the daemon", e))?;
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let daemon = child.id();
         loop {
-            if let Some(pid) = supervisor::running_pid(config) {
+            let running = supervisor::running_pid(config);
+            if running == Some(daemon) {
                 println!(
-                    "started in the background (supervisor pid {pid}); log: {}",
+                    "started in the background (supervisor pid {daemon}); log: {}",
                     log_path.display()
                 );
                 return Ok(ExitCode::SUCCESS);
             }
             if let Ok(Some(status)) = child.try_wait() {
+                if let Some(pid) = running.or_else(|| supervisor::running_pid(config)) {
+                    return Err(Error::Other(format!(
+                        "already running (supervisor pid {pid}); this start's daemon exited ({status})"
+                    )));
+                }
                 return Err(Error::Other(format!(
                     "the daemon exited at once ({status}); see {}",
                     log_path.display()
@@ -427,6 +586,105 @@ impl App {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Exit statuses of `push`, `online` and `kick`.
+mod exit {
+    /// Delivered, online, closed.
+    pub const DONE: u8 = 0;
+    /// Nobody reached, not online, not found.
+    pub const NOT_FOUND: u8 = 1;
+    /// A usage or configuration error (clap exits 2 for usage errors too).
+    pub const USAGE: u8 = 2;
+    /// The deployment could not be reached: no gateway, a timeout, the store down.
+    pub const UNREACHABLE: u8 = 3;
+}
+
+/// Runs one client command; returns its exit status and the line to print.
+async fn client_call(gateway: &Gateway, command: Command) -> Result<(u8, String), ApiError> {
+    let done = |text: String| (exit::DONE, text);
+    let missing = |text: String| (exit::NOT_FOUND, text);
+    Ok(match command {
+        Command::Push { target, message } => {
+            if let Some(id) = target.client {
+                if gateway.send_to_client(id, message).await? {
+                    done(format!("delivered to client {id}"))
+                } else {
+                    missing(format!("not delivered: client {id} is not online"))
+                }
+            } else if let Some(uid) = target.uid {
+                match gateway.send_to_uid(&[uid.as_str()], message).await? {
+                    0 => missing(format!("not delivered: no client is bound to uid {uid}")),
+                    n => done(format!("delivered to {n} client(s) of uid {uid}")),
+                }
+            } else if let Some(group) = target.group {
+                match gateway
+                    .send_to_group_counted(&[group.as_str()], message, &[])
+                    .await?
+                {
+                    0 => missing(format!("not delivered: group {group} has no member online")),
+                    n => done(format!("delivered to {n} member(s) of group {group}")),
+                }
+            } else {
+                let n = gateway.send_to_all_counted(message).await?;
+                done(format!("delivered to {n} client(s)"))
+            }
+        }
+        Command::Online { who } => {
+            if let Some(id) = who.client {
+                if gateway.is_online(id).await? {
+                    done(format!("client {id} is online"))
+                } else {
+                    missing(format!("client {id} is not online"))
+                }
+            } else {
+                let uid = who.uid.unwrap_or_default();
+                let ids = gateway.client_ids_by_uid(&uid).await?;
+                if ids.is_empty() {
+                    missing(format!("uid {uid} is not online"))
+                } else {
+                    let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                    done(format!(
+                        "uid {uid} is online: {} client(s): {}",
+                        ids.len(),
+                        list.join(", ")
+                    ))
+                }
+            }
+        }
+        Command::Kick { id, message } => {
+            if !gateway.is_online(id).await? {
+                missing(format!("client {id} is not online"))
+            } else {
+                gateway
+                    .close_client(id, message.map(crate::Message::from))
+                    .await?;
+                done(format!("closed client {id}"))
+            }
+        }
+        _ => (exit::USAGE, "not a client command".to_string()),
+    })
+}
+
+/// `KEY=VALUE` overrides, each ended by a NUL byte (the last one may lack it), as
+/// `start -d` writes them to its daemon's standard input.
+fn read_overrides(mut input: impl std::io::Read) -> Result<Vec<(String, String)>, Error> {
+    let mut bytes = Vec::new();
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read the overrides on standard input", e))?;
+    bytes
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| {
+                    Error::Other("an override on standard input is not KEY=VALUE".into())
+                })
+        })
+        .collect()
 }
 
 /// Stops the running supervisor and waits until it is gone (its own stop timeout, plus
@@ -517,23 +775,6 @@ fn init_logging_quiet() {
         .try_init();
 }
 
-/// Writes the configuration children start with, with `data_dir` made absolute so that
-/// a reload works from any working directory.
-fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
-    let mut config = config.clone();
-    if config.data_dir.is_relative() {
-        let cwd = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
-        config.data_dir = cwd.join(&config.data_dir);
-    }
-    let run_dir = config.run_dir();
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
-    let path = run_dir.join("effective.toml");
-    std::fs::write(&path, config.to_toml())
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-    Ok(path)
-}
-
 /// The admin listener's port must be free (every `start`, `--only worker` too: each
 /// machine's supervisor serves it).
 fn check_admin_free(config: &Config) -> Result<(), Error> {
@@ -554,7 +795,8 @@ fn check_admin_free(config: &Config) -> Result<(), Error> {
 
 /// What must hold before anything starts (and what `config check` checks): the
 /// backends are compiled in, the certificates load, the client ports and the admin
-/// listener's port are free.
+/// listener's port are free. The public default secret (allowed on loopback only,
+/// which validation checks) is warned about on standard error.
 /// With `--only worker` the gateways' certificates and ports are not this machine's
 /// business; with `--only gateway`, the workers' CA is not.
 fn preflight(
@@ -563,6 +805,9 @@ fn preflight(
     file: Option<&std::path::Path>,
 ) -> Result<(), Error> {
     config.check_compiled()?;
+    if let Some(warning) = config.secret_warning() {
+        eprintln!("warning: {warning}");
+    }
     crate::transport::tls::check_config(
         config,
         only != Some(Only::Worker),
@@ -701,6 +946,22 @@ fn print_status(config: &Config) -> Result<(), Error> {
                 .unwrap_or_default(),
         );
     }
+    // The addresses the gateways bound: a port 0 in the configuration shows here.
+    let bound = all
+        .iter()
+        .find(|s| s.role == "gateway")
+        .and_then(|s| s.detail.get("listeners"))
+        .and_then(|v| v.as_array());
+    if let Some(bound) = bound {
+        let shown: Vec<String> = config
+            .gateway
+            .listeners
+            .iter()
+            .zip(bound)
+            .map(|(l, a)| format!("{} {}", l.name, a.as_str().unwrap_or("?")))
+            .collect();
+        println!("listeners: {}", shown.join(", "));
+    }
     let total: u64 = all
         .iter()
         .filter(|s| s.role == "gateway")
@@ -805,4 +1066,40 @@ async fn print_connections(
     println!("{shown} client(s)");
     gateway.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl Events for Nothing {}
+
+    /// What `NAME ARGS` prints where clap stops (`-V`, `--help`).
+    fn shown(app: &App, args: &[&str]) -> String {
+        let argv = std::iter::once(app.name).chain(args.iter().copied());
+        match app.command().try_get_matches_from(argv) {
+            Ok(_) => panic!("{args:?} ran instead of printing"),
+            Err(e) => e.render().to_string(),
+        }
+    }
+
+    #[test]
+    fn version_names_the_application_and_the_framework() {
+        let bare = App::new("rooms", || Nothing);
+        assert_eq!(
+            shown(&bare, &["-V"]),
+            format!("rooms (switchboard {FRAMEWORK_VERSION})\n")
+        );
+        let versioned = App::new("rooms", || Nothing).version("1.2.3");
+        assert_eq!(
+            shown(&versioned, &["--version"]),
+            format!("rooms 1.2.3 (switchboard {FRAMEWORK_VERSION})\n")
+        );
+        let help = shown(&bare, &["--help"]);
+        assert!(
+            help.starts_with("rooms: a Switchboard application") && help.contains("Usage: rooms"),
+            "{help}"
+        );
+    }
 }

@@ -74,7 +74,34 @@ fn default_name() -> String {
     "switchboard".into()
 }
 fn default_secret() -> String {
-    "change-me".into()
+    DEFAULT_SECRET.into()
+}
+
+/// The built-in `secret`: public, so fit only for a deployment whose internal
+/// listeners are all on loopback (see [`Config::secret_warning`]).
+pub const DEFAULT_SECRET: &str = "change-me";
+
+/// What `config print` shows in place of a secret value (see
+/// [`Config::with_secrets_hidden`]). As a value it is refused, so a masked print is
+/// never silently taken for a working configuration.
+pub const HIDDEN: &str = "(hidden; config print --show-secrets shows it)";
+
+/// `url` with the password of its `user:password@` part (if any) replaced by `***`.
+fn hide_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, password)) if !password.is_empty() => {
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_owned(),
+    }
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
@@ -128,6 +155,15 @@ pub struct GatewayConfig {
     /// vanished without closing its connections).
     #[serde(with = "humantime_serde")]
     pub link_ping_interval: Duration,
+    /// How long a closing client may take to be written what was queued for it (by
+    /// `close_client`, the heartbeat, a limit, or the gateway stopping); then its
+    /// socket is aborted, whatever is left unwritten.
+    #[serde(with = "humantime_serde")]
+    pub flush_timeout: Duration,
+    /// Most connections on the internal listener that have not authenticated yet;
+    /// further ones are refused at once until the handshakes in progress end (each
+    /// has 5 s).
+    pub max_unauthenticated: usize,
     /// Certificate and key for TLS on the internal listener (links from workers and
     /// API clients on other machines); plain TCP when absent. Workers then need
     /// `[worker.internal_tls]` to verify it.
@@ -150,6 +186,8 @@ impl Default for GatewayConfig {
             max_clients: 19_000,
             publish_interval: Duration::from_secs(2),
             link_ping_interval: Duration::from_secs(5),
+            flush_timeout: Duration::from_secs(5),
+            max_unauthenticated: 64,
             internal_tls: None,
         }
     }
@@ -183,7 +221,9 @@ pub struct ListenerConfig {
     /// Name for logs, stats and `Context::listener`.
     #[serde(default = "default_listener_name")]
     pub name: String,
-    /// Address clients connect to.
+    /// Address clients connect to. Port 0: the supervisor picks a free port when it
+    /// starts, shared by every gateway process of the machine and kept while it runs
+    /// (see docs/configuration.md).
     pub listen: SocketAddr,
     /// Wire protocol: `text`, `frame`, `json` or `websocket`.
     #[serde(default = "default_protocol")]
@@ -492,6 +532,8 @@ pub struct AdminConfig {
     /// A file whose first line is the token (relative to `data_dir`); instead of
     /// `token`, to keep it out of the configuration file.
     pub token_file: Option<PathBuf>,
+    /// Largest request body the push API accepts, in bytes; larger ones get 413.
+    pub max_body: usize,
 }
 
 impl Default for AdminConfig {
@@ -501,6 +543,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 55757),
             token: None,
             token_file: None,
+            max_body: 1 << 20,
         }
     }
 }
@@ -728,6 +771,38 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
+    /// The configuration with its secrets replaced by [`HIDDEN`], for printing:
+    /// `secret` (unless it is the public default), `admin.token`, every
+    /// `db.instances.*.password` that is set, and the password in Redis URLs (`***`).
+    pub fn with_secrets_hidden(&self) -> Config {
+        let mut c = self.clone();
+        if !c.secret.is_empty() && c.secret != DEFAULT_SECRET {
+            c.secret = HIDDEN.into();
+        }
+        if c.admin.token.is_some() {
+            c.admin.token = Some(HIDDEN.into());
+        }
+        match &mut c.store {
+            StoreConfig::Redis { url } => *url = hide_url_password(url),
+            StoreConfig::RedisCluster { cluster } => {
+                for url in cluster.iter_mut() {
+                    *url = hide_url_password(url);
+                }
+            }
+            _ => {}
+        }
+        if let Some(toml::Value::Table(instances)) = c.db.get_mut("instances") {
+            for (_, instance) in instances.iter_mut() {
+                if let Some(p) = instance.get_mut("password") {
+                    if p.as_str().is_some_and(|v| !v.is_empty()) {
+                        *p = toml::Value::String(HIDDEN.into());
+                    }
+                }
+            }
+        }
+        c
+    }
+
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
@@ -747,6 +822,35 @@ impl Config {
         }
         if self.secret.is_empty() {
             return Err(invalid("secret", "must not be empty"));
+        }
+        if self.secret == DEFAULT_SECRET {
+            if let Some((key, addr)) = self.internal_off_loopback() {
+                return Err(invalid(
+                    "secret",
+                    &format!(
+                        "is the public default {DEFAULT_SECRET:?}, and {key} ({addr}) is not a loopback address: anybody who can reach it could join the deployment as a worker or an API client; set secret to a long random string shared by every process (in the file, or SWITCHBOARD__SECRET)"
+                    ),
+                ));
+            }
+        }
+        let hidden = |key: &str| {
+            invalid(
+                key,
+                "is the placeholder `config print` shows for a hidden value, not a value; write the real one (`config print --show-secrets` prints it)",
+            )
+        };
+        if self.secret == HIDDEN {
+            return Err(hidden("secret"));
+        }
+        if self.admin.token.as_deref() == Some(HIDDEN) {
+            return Err(hidden("admin.token"));
+        }
+        if let Some(toml::Value::Table(instances)) = self.db.get("instances") {
+            for (name, instance) in instances {
+                if instance.get("password").and_then(toml::Value::as_str) == Some(HIDDEN) {
+                    return Err(hidden(&format!("db.instances.{name}.password")));
+                }
+            }
         }
         if self.gateway.listeners.is_empty() && self.gateway.count > 0 {
             return Err(invalid(
@@ -816,12 +920,6 @@ impl Config {
                     "\"frame\" means WebSocket ping frames; this listener's protocol is not websocket",
                 ));
             }
-            if self.gateway.count > 1 && l.listen.port() == 0 {
-                return Err(invalid(
-                    &format!("gateway.listeners[{i}].listen"),
-                    "port 0 cannot be shared by several gateway processes; name a port",
-                ));
-            }
         }
         if self.gateway.heartbeat.interval.is_zero() {
             return Err(invalid(
@@ -833,6 +931,18 @@ impl Config {
             return Err(invalid(
                 "gateway.link_ping_interval",
                 "must be greater than zero",
+            ));
+        }
+        if self.gateway.flush_timeout.is_zero() {
+            return Err(invalid(
+                "gateway.flush_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.gateway.max_unauthenticated == 0 {
+            return Err(invalid(
+                "gateway.max_unauthenticated",
+                "must be at least 1 (workers authenticate through it)",
             ));
         }
         if self.worker.link_timeout.is_zero() {
@@ -872,8 +982,45 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if self.admin.max_body < 1024 {
+            return Err(invalid("admin.max_body", "must be at least 1024"));
+        }
         self.admin_token()?;
         Ok(())
+    }
+
+    /// The first internal address of this configuration that is not on loopback, with
+    /// its key: the internal listener of each gateway process (`gateway.count` of them,
+    /// ports derived from `gateway.internal_listen`), then `gateway.internal_advertise`.
+    pub fn internal_off_loopback(&self) -> Option<(String, String)> {
+        for i in 0..self.gateway.count {
+            let addr = self.gateway.internal_listen_for(i);
+            if !addr.ip().is_loopback() {
+                let key = if self.gateway.count > 1 {
+                    format!("gateway.internal_listen of gateway {i}")
+                } else {
+                    "gateway.internal_listen".to_owned()
+                };
+                return Some((key, addr.to_string()));
+            }
+        }
+        match self.gateway.internal_advertise {
+            Some(ip) if !ip.is_loopback() => {
+                Some(("gateway.internal_advertise".to_owned(), ip.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A warning for a configuration that runs with the public default secret: allowed
+    /// (validation refuses it when an internal address is off loopback), but never
+    /// what a deployment should keep.
+    pub fn secret_warning(&self) -> Option<String> {
+        (self.secret == DEFAULT_SECRET).then(|| {
+            format!(
+                "secret is the public default {DEFAULT_SECRET:?}: accepted because every internal listener is on loopback; set your own before workers or API clients connect from another machine (it is refused then)"
+            )
+        })
     }
 
     /// The admin listener's token: `admin.token`, or the first line of
@@ -1029,6 +1176,53 @@ mod tests {
     }
 
     #[test]
+    fn the_default_secret_is_refused_off_loopback_and_warned_about_on_it() {
+        let c = Config::from_toml("", None).unwrap();
+        assert!(c.secret_warning().unwrap().contains("change-me"));
+        for (toml, key) in [
+            ("[gateway]\ninternal_listen = \"0.0.0.0:0\"", "gateway.internal_listen"),
+            ("[gateway]\ninternal_listen = \"[::]:0\"", "gateway.internal_listen"),
+            (
+                "[gateway]\ncount = 3\ninternal_listen = \"10.0.0.1:7000\"\n[[gateway.listeners]]\nlisten = \"127.0.0.1:9000\"",
+                "gateway.internal_listen of gateway 0 (10.0.0.1:7000)",
+            ),
+            ("[gateway]\ninternal_advertise = \"10.0.0.1\"", "gateway.internal_advertise"),
+            (
+                "secret = \"change-me\"\n[gateway]\ninternal_listen = \"192.0.2.1:0\"",
+                "gateway.internal_listen",
+            ),
+        ] {
+            let msg = Config::from_toml(toml, None).unwrap_err().to_string();
+            assert!(
+                msg.contains("secret") && msg.contains("change-me") && msg.contains(key),
+                "{toml}: {msg}"
+            );
+        }
+        let own = "secret = \"a long one\"\n[gateway]\ninternal_listen = \"0.0.0.0:0\"";
+        let c = Config::from_toml(own, None).unwrap();
+        assert_eq!(c.secret_warning(), None);
+        // All of 127/8 and ::1 are loopback.
+        for listen in ["127.0.0.2:0", "[::1]:0"] {
+            let toml = format!("[gateway]\ninternal_listen = \"{listen}\"");
+            assert!(Config::from_toml(&toml, None).is_ok(), "{listen}");
+        }
+    }
+
+    #[test]
+    fn url_passwords_are_hidden_and_the_rest_kept() {
+        for (url, shown) in [
+            ("redis://u:pw@h:6379/0", "redis://u:***@h:6379/0"),
+            ("redis://:pw@h", "redis://:***@h"),
+            ("rediss://u:p@ss@h/1", "rediss://u:***@h/1"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("redis://u@h", "redis://u@h"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(hide_url_password(url), shown, "{url}");
+        }
+    }
+
+    #[test]
     fn printed_config_parses_back() {
         let c = Config::default();
         assert_eq!(Config::from_toml(&c.to_toml(), None).unwrap(), c);
@@ -1168,13 +1362,13 @@ mod tests {
     }
 
     #[test]
-    fn shared_port_zero_is_refused() {
-        let msg = Config::from_toml(
+    fn port_zero_is_accepted_for_several_gateways() {
+        // The supervisor picks one port for all of them (supervisor.rs).
+        let c = Config::from_toml(
             "[gateway]\ncount = 2\n[[gateway.listeners]]\nlisten = \"127.0.0.1:0\"\n",
             None,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(msg.contains("gateway.listeners[0].listen"), "{msg}");
+        .unwrap();
+        assert_eq!(c.gateway.listeners[0].listen.port(), 0);
     }
 }

@@ -39,6 +39,7 @@ pub mod admin;
 mod assets;
 pub mod auth;
 pub mod cli;
+pub mod client;
 mod client_id;
 pub mod config;
 pub mod discovery;
@@ -58,15 +59,15 @@ pub use assets::{Asset, Assets};
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use cli::App;
+pub use client::{ApiError, Gateway};
 pub use client_id::{ClientId, ParseClientIdError};
 pub use config::Config;
-pub use message::{Message, NotText};
+pub use message::{Message, NotText, PerProtocol};
 pub use protocol::ClientProtocol;
 pub use request::{Refuse, WebSocketRequest};
 pub use statistic::Statistic;
 pub use switchboard_db as db;
 pub use switchboard_store as store;
-pub use worker::api::{ApiError, Gateway};
 pub use worker::{Context, Events, HandlerResult};
 
 /// A client's session: a small JSON object kept on the gateway and shipped with every

@@ -1,4 +1,5 @@
-//! [`Message`]: what a client sends and what the application sends to clients.
+//! [`Message`]: what a client sends and what the application sends to clients;
+//! [`PerProtocol`]: a message rendered differently for clients of different protocols.
 //!
 //! A message is bytes plus one bit: text or binary. The bit matters only where the
 //! client protocol distinguishes the two (a WebSocket text frame must be UTF-8, a binary
@@ -8,11 +9,14 @@
 
 use bytes::Bytes;
 
+use crate::protocol::ClientProtocol;
+
 /// One message between a client and the application: bytes, marked text or binary.
 ///
-/// Received in [`Events::on_message`](crate::Events::on_message); every send of the
-/// Gateway API takes `impl Into<Message>`, so strings, `Vec<u8>` and [`Bytes`] can be
-/// passed as they are.
+/// Received in [`Events::on_message`](crate::Events::on_message); `Context::reply`
+/// takes `impl Into<Message>` and every send of the Gateway API `impl Into<PerProtocol>`
+/// (which every message is), so strings, `Vec<u8>` and [`Bytes`] can be passed as they
+/// are.
 ///
 /// ```
 /// use switchboard::Message;
@@ -200,6 +204,103 @@ impl From<&Message> for Message {
     }
 }
 
+/// A message with its own rendering for clients of some protocols: every send of the
+/// Gateway API takes one, and each recipient's gateway picks the rendering for the
+/// listener that client connected to, or the default for a protocol without one.
+///
+/// An application that serves several kinds of client (a chat with telnet users on a
+/// `text` listener and browsers on a `websocket` one) sends once, and each recipient
+/// gets its own format, without the application knowing which kind the recipient is:
+/// no query first, and the counted sends still answer in one round trip.
+///
+/// Every [`Message`] (and everything that converts into one: strings, `Vec<u8>`,
+/// [`Bytes`]) converts into a `PerProtocol` that is that message for every protocol.
+///
+/// ```no_run
+/// use switchboard::{ClientId, ClientProtocol, Gateway, PerProtocol};
+/// # async fn demo(gateway: &Gateway, to: ClientId) -> Result<(), switchboard::ApiError> {
+/// let message = PerProtocol::new("ann[7f000001:0001] said to You :hi")
+///     .with(ClientProtocol::WebSocket, r#"{"type":"say","content":"hi"}"#);
+/// if !gateway.send_to_client(to, message).await? {
+///     println!("not online");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PerProtocol {
+    default: Message,
+    /// At most one per protocol (a later [`with`](Self::with) replaces an earlier one).
+    alternatives: Vec<(ClientProtocol, Message)>,
+}
+
+impl PerProtocol {
+    /// `default` for clients of every protocol (until [`with`](Self::with) gives a
+    /// protocol its own rendering).
+    pub fn new(default: impl Into<Message>) -> Self {
+        Self {
+            default: default.into(),
+            alternatives: Vec::new(),
+        }
+    }
+
+    /// Clients of `protocol` get `message` instead of the default (replacing what an
+    /// earlier call gave for the same protocol).
+    ///
+    /// ```
+    /// use switchboard::{ClientProtocol, Message, PerProtocol};
+    /// let m = PerProtocol::new("a line").with(ClientProtocol::WebSocket, "{}");
+    /// assert_eq!(m.for_protocol(ClientProtocol::Text), &Message::from("a line"));
+    /// assert_eq!(m.for_protocol(ClientProtocol::WebSocket), &Message::from("{}"));
+    /// ```
+    pub fn with(mut self, protocol: ClientProtocol, message: impl Into<Message>) -> Self {
+        let message = message.into();
+        match self.alternatives.iter_mut().find(|(p, _)| *p == protocol) {
+            Some((_, m)) => *m = message,
+            None => self.alternatives.push((protocol, message)),
+        }
+        self
+    }
+
+    /// What a client of `protocol` gets.
+    pub fn for_protocol(&self, protocol: ClientProtocol) -> &Message {
+        self.alternatives
+            .iter()
+            .find(|(p, _)| *p == protocol)
+            .map_or(&self.default, |(_, m)| m)
+    }
+
+    /// The message of protocols without their own rendering.
+    pub fn default_message(&self) -> &Message {
+        &self.default
+    }
+
+    /// The protocols with their own rendering, and theirs, in the order given.
+    pub fn alternatives(&self) -> &[(ClientProtocol, Message)] {
+        &self.alternatives
+    }
+}
+
+impl<T: Into<Message>> From<T> for PerProtocol {
+    /// The same message for every protocol.
+    fn from(message: T) -> Self {
+        Self::new(message)
+    }
+}
+
+impl std::fmt::Debug for PerProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.alternatives.is_empty() {
+            return self.default.fmt(f);
+        }
+        let mut d = f.debug_struct("PerProtocol");
+        d.field("default", &self.default);
+        for (p, m) in &self.alternatives {
+            d.field(p.name(), m);
+        }
+        d.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +319,31 @@ mod tests {
         );
         assert_eq!(Message::binary("x").text(), Ok("x"));
         assert_eq!(&Message::from("abc")[1..], b"bc");
+    }
+
+    #[test]
+    fn per_protocol_picks_the_recipients_rendering() {
+        let m = PerProtocol::new("line")
+            .with(ClientProtocol::WebSocket, "{\"a\":1}")
+            .with(ClientProtocol::Frame, Message::binary("old"))
+            .with(ClientProtocol::Frame, Message::binary("new"));
+        assert_eq!(m.for_protocol(ClientProtocol::Text), &Message::from("line"));
+        assert_eq!(m.for_protocol(ClientProtocol::Json), &Message::from("line"));
+        assert_eq!(
+            m.for_protocol(ClientProtocol::WebSocket),
+            &Message::from("{\"a\":1}")
+        );
+        // A later rendering for the same protocol replaces the earlier one.
+        assert_eq!(m.alternatives().len(), 2);
+        assert_eq!(
+            m.for_protocol(ClientProtocol::Frame),
+            &Message::binary("new")
+        );
+        // Anything that is a message is the same message for every protocol.
+        let plain = PerProtocol::from("x");
+        assert!(plain.alternatives().is_empty());
+        for p in ClientProtocol::ALL {
+            assert_eq!(plain.for_protocol(p), &Message::from("x"));
+        }
     }
 }

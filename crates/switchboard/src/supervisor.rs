@@ -123,22 +123,215 @@ struct Exit {
     status: std::io::Result<ExitStatus>,
 }
 
-/// Runs the supervisor until stopped. `config_path` is the file children are started
-/// with (the effective configuration).
-pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Result<(), Error> {
+/// The pid file, locked (`flock`, exclusive) and holding this process's pid for as
+/// long as the value lives; removed when it is dropped.
+///
+/// The lock, not the pid in the file, is what makes a supervisor the only one of its
+/// data directory: two `start`s at the same moment both find no live pid, but only one
+/// of them gets the lock. The kernel releases it when the process ends, however it
+/// ends, so a crash leaves no lock behind (only a stale pid, which is ignored).
+#[derive(Debug)]
+pub struct PidLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+/// Why [`PidLock::acquire`] did not get the lock.
+#[derive(Debug)]
+pub enum PidLockError {
+    /// Another process holds the lock.
+    Held,
+    /// The file cannot be opened or locked.
+    Io(std::io::Error),
+}
+
+impl PidLock {
+    /// Takes the lock on `path` (created if missing) without waiting, then writes this
+    /// process's pid into it.
+    pub fn acquire(path: &Path) -> Result<Self, PidLockError> {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(PidLockError::Io)?;
+            // SAFETY: flock(2) on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(match e.raw_os_error() {
+                    Some(libc::EWOULDBLOCK) => PidLockError::Held,
+                    _ => PidLockError::Io(e),
+                });
+            }
+            // A supervisor that was exiting may have removed the file we opened (it
+            // removes it, then lets the lock go): the lock that counts is the one on
+            // the file at `path` now.
+            let ours = file.metadata().map_err(PidLockError::Io)?;
+            let same = match std::fs::metadata(path) {
+                Ok(m) => (m.dev(), m.ino()) == (ours.dev(), ours.ino()),
+                Err(_) => false,
+            };
+            if !same {
+                continue;
+            }
+            file.set_len(0).map_err(PidLockError::Io)?;
+            file.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .map_err(PidLockError::Io)?;
+            return Ok(PidLock {
+                path: path.to_path_buf(),
+                _file: file,
+            });
+        }
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so no other start locks the old file meanwhile
+        // and takes it for the live one.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Locks the pid file, or says who holds it: the pid in the file (written right after
+/// the lock is taken, so it is waited for a moment).
+async fn lock_pid_file(config: &Config) -> Result<PidLock, Error> {
+    let path = pid_file(config);
+    match PidLock::acquire(&path) {
+        Ok(lock) => Ok(lock),
+        Err(PidLockError::Io(e)) => Err(Error::io(
+            format!("cannot lock the pid file {}", path.display()),
+            e,
+        )),
+        Err(PidLockError::Held) => {
+            for _ in 0..20 {
+                if let Some(pid) = process::read_pid(&path) {
+                    return Err(Error::Other(format!(
+                        "already running (supervisor pid {pid} holds the lock on the pid file {}); use `stop` first",
+                        path.display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Error::Other(format!(
+                "already running: another `start` holds the lock on the pid file {} (it has not written its pid yet); use `stop` first",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// Creates the run directory, or takes an existing one, readable by this user only
+/// (`0700`): it holds the effective configuration, with the secret.
+fn private_run_dir(config: &Config) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::PermissionsExt;
     let run_dir = config.run_dir();
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Error::io(format!("cannot create {}", run_dir.display()), e))?;
-    let pid_path = pid_file(&config);
-    if let Some(pid) = running_pid(&config) {
-        return Err(Error::Other(format!(
-            "already running (supervisor pid {pid}, pid file {}); use `stop` first",
-            pid_path.display()
-        )));
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        Error::io(
+            format!("cannot make {} private (mode 0700)", run_dir.display()),
+            e,
+        )
+    })?;
+    Ok(run_dir)
+}
+
+/// Writes the configuration children start with, `run/effective.toml`, with
+/// `data_dir` made absolute so that a reload works from any working directory. It
+/// holds the secret, so it is readable by this user only (`0600`), from its first
+/// byte: written to a new private file, then renamed over the old one.
+fn write_effective_config(config: &Config) -> Result<PathBuf, Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut config = config.clone();
+    if config.data_dir.is_relative() {
+        let cwd = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
+        config.data_dir = cwd.join(&config.data_dir);
     }
-    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
-        .map_err(|e| Error::io(format!("cannot write pid file {}", pid_path.display()), e))?;
-    let _pid_guard = RemoveOnDrop(pid_path.clone());
+    let path = config.run_dir().join("effective.toml");
+    let tmp = path.with_extension("toml.tmp");
+    let written = (|| {
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // The mode given at creation is masked by the umask; this one is not.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(config.to_toml().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    written.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    Ok(path)
+}
+
+/// Gives every client listener configured with port 0 one free port, the same for
+/// every gateway process of this machine, and returns the sockets that hold those
+/// ports: keep them for as long as the gateways may (re)bind.
+///
+/// Each is bound with `SO_REUSEPORT` and without `SO_REUSEADDR`, and never listens:
+/// the gateways, which bind their listeners with both options as the same user, share
+/// the port with it, while the kernel gives it to nobody else — not to another bind of
+/// that port, nor as anybody's ephemeral port. So the port picked is the port the
+/// gateways get, with no window in which another process could take it, and a gateway
+/// restarted later finds it still free.
+fn reserve_listener_ports(config: &mut Config) -> Result<Vec<socket2::Socket>, Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut held = Vec::new();
+    for (i, l) in config.gateway.listeners.iter_mut().enumerate() {
+        if l.listen.port() != 0 {
+            continue;
+        }
+        let what = format!(
+            "gateway.listeners[{i}].listen: cannot pick a port on {}",
+            l.listen
+        );
+        let socket = Socket::new(
+            Domain::for_address(l.listen),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(|e| Error::io(what.clone(), e))?;
+        socket
+            .set_reuse_port(true)
+            .and_then(|()| socket.bind(&l.listen.into()))
+            .map_err(|e| Error::io(what.clone(), e))?;
+        let picked = socket
+            .local_addr()
+            .map_err(|e| Error::io(what.clone(), e))?
+            .as_socket()
+            .ok_or_else(|| Error::Other(format!("{what}: not an IP address")))?;
+        tracing::info!(listener = %l.name, addr = %picked, "port 0: picked a port for the gateways");
+        l.listen = picked;
+        held.push(socket);
+    }
+    Ok(held)
+}
+
+/// Runs the supervisor until stopped: makes the run directory private (`0700`), locks
+/// the pid file (a second supervisor of the same data directory refuses to run,
+/// naming the first), picks the ports of client listeners configured with port 0,
+/// writes the configuration children start with (`run/effective.toml`, `0600`, with
+/// those ports), then starts and watches them.
+pub async fn run(mut config: Config, only: Option<Only>) -> Result<(), Error> {
+    private_run_dir(&config)?;
+    let _pid_lock = lock_pid_file(&config).await?;
+    let _reserved_ports = if only == Some(Only::Worker) {
+        Vec::new()
+    } else {
+        reserve_listener_ports(&mut config)?
+    };
+    // Only the supervisor that holds the lock writes it: a start that lost the race
+    // leaves the running deployment's file alone.
+    let config_path = write_effective_config(&config)?;
     // The admin listener and the statistics database come first: a taken admin port
     // or an unusable database fails the start before any child runs. Spool files and
     // metric snapshots left by the children of a previous supervisor are taken in by
@@ -153,6 +346,9 @@ pub async fn run(config: Config, config_path: PathBuf, only: Option<Only>) -> Re
     ));
     if let Some(l) = admin_listener {
         tokio::spawn(crate::admin::serve(l, admin.clone(), admin_stop.clone()));
+        // The push API's Gateway handle: an API client like any other, independent of
+        // the workers, so pushes go on during a reload.
+        tokio::spawn(admin.clone().connect_push(admin_stop.clone()));
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this executable", e))?;
     // A rebuilt binary replaces the file; /proc/self/exe then reads "... (deleted)".
@@ -555,7 +751,7 @@ pub fn signal_running(
     Ok(pid)
 }
 
-/// Removes a file when dropped (the pid file, on every way out of `run`).
+/// Removes a file when dropped (the admin address file, on every way out of `run`).
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {

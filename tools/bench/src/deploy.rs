@@ -48,7 +48,7 @@ pub struct Target {
     /// without it every public line skips the database write.
     #[arg(long)]
     pub history: bool,
-    /// Client port of a started deployment (0: a free one).
+    /// Client port of a started deployment (0: one the deployment picks).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     /// The clients' protocol: `text` (telnet users) or `websocket` (browsers speaking
@@ -121,11 +121,9 @@ impl Deployment {
                 chat.display()
             );
         }
-        let port = if target.port == 0 {
-            free_port()?
-        } else {
-            target.port
-        };
+        // Port 0: the supervisor picks the port (shared by every gateway) and the
+        // gateways report it; read back once they are ready.
+        let port = target.port;
         let dir = std::env::temp_dir().join(format!(
             "switchboard-bench-{}-{}",
             std::process::id(),
@@ -161,7 +159,7 @@ impl Deployment {
         let child = cmd
             .spawn()
             .with_context(|| format!("start {}", chat.display()))?;
-        let deployment = Self {
+        let mut deployment = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             protocol: target.protocol,
             tls: target.tls,
@@ -169,6 +167,14 @@ impl Deployment {
             started: Some((dir, child)),
         };
         deployment.wait_ready(target.gateways, target.workers)?;
+        if port == 0 {
+            deployment.addr = deployment
+                .stats()
+                .iter()
+                .filter(|s| s.role == "gateway")
+                .find_map(|s| s.detail.get("listeners")?.get(0)?.as_str()?.parse().ok())
+                .context("no gateway reported the address of its listener")?;
+        }
         Ok(deployment)
     }
 
@@ -286,13 +292,6 @@ impl Drop for Deployment {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Makes a CA and a leaf for `IP:127.0.0.1` signed by it (as the testkit's tests do);

@@ -12,8 +12,15 @@ pub enum Incoming {
     /// `{"type":"login","client_name":…,"room_id":…}`: the name is trimmed, the room id
     /// is a string whether it came as `"1"` or `1`.
     Login { name: String, room: String },
-    /// `{"type":"say","to_client_id":…,"content":…}`.
-    Say { to: To, content: String },
+    /// `{"type":"say","to_client_id":…,"to_client_name":…,"content":…}`. `to_name` is
+    /// the recipient's name as the sender's page knows it (for the sender's echo of a
+    /// private message; workerman-chat's pages send it); `None` for a say to all, and
+    /// when it is missing, empty, or not a name a login would take.
+    Say {
+        to: To,
+        to_name: Option<String>,
+        content: String,
+    },
     /// `{"type":"pong"}`: the answer to a heartbeat ping; nothing to do.
     Pong,
 }
@@ -75,7 +82,7 @@ impl Refused {
 /// Parses one message of a browser.
 ///
 /// Lenient where the original front end forces it: `room_id` may be a string or an
-/// integer, extra fields are ignored, `to_client_name` is not needed. A message that is
+/// integer, extra fields are ignored, `to_client_name` may be missing. A message that is
 /// not JSON (the original front end does not escape backslashes, so `a\b` reaches the
 /// server as invalid JSON) is refused with [`code::BAD_MESSAGE`]: the handler answers
 /// that error and keeps the connection, as the original keeps it.
@@ -160,8 +167,22 @@ fn parse_say(m: &Map<String, Value>) -> Result<Incoming, Refused> {
             }
         },
     };
+    let to_name = match to {
+        To::All => None,
+        To::Client(_) => m
+            .get("to_client_name")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|n| {
+                !n.is_empty()
+                    && n.chars().count() <= MAX_NAME_CHARS
+                    && !n.chars().any(char::is_control)
+            })
+            .map(str::to_owned),
+    };
     Ok(Incoming::Say {
         to,
+        to_name,
         content: content.to_owned(),
     })
 }
@@ -206,8 +227,10 @@ pub fn content_html(text: &str) -> String {
     out
 }
 
-/// Text from a browser as one telnet line: every control character but the tab
-/// (line breaks, terminal escapes) becomes a space.
+/// Text as one line for a telnet terminal: every control character but the tab — C0
+/// (`ESC`, `CR`, `BS`, ...), `DEL` and C1 (`U+0080`–`U+009F`, such as the one-character
+/// CSI `U+009B`) — becomes a space, so nobody's text can move another user's cursor,
+/// clear their screen or retitle their window.
 pub fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
@@ -387,6 +410,7 @@ mod tests {
             parse(r#"{"type":"say","to_client_id":"all","to_client_name":"x","content":"hi"}"#),
             Ok(Incoming::Say {
                 to: To::All,
+                to_name: None,
                 content: "hi".into()
             })
         );
@@ -396,9 +420,24 @@ mod tests {
             )),
             Ok(Incoming::Say {
                 to: To::Client(id),
+                to_name: None,
                 content: "psst".into()
             })
         );
+        // The recipient's name as the page knows it, when it could be a name.
+        let to_name = |name: &str| {
+            match parse(
+            &json!({"type": "say", "to_client_id": id.to_string(), "to_client_name": name, "content": "x"})
+                .to_string(),
+        ) {
+            Ok(Incoming::Say { to_name, .. }) => to_name,
+            other => panic!("{other:?}"),
+        }
+        };
+        assert_eq!(to_name(" bob "), Some("bob".into()));
+        assert_eq!(to_name(""), None);
+        assert_eq!(to_name("a\nb"), None);
+        assert_eq!(to_name(&"x".repeat(MAX_NAME_CHARS + 1)), None);
         assert_eq!(
             parse(r#"{"type":"say","to_client_id":"nobody","content":"x"}"#).map_err(|r| r.code),
             Err(code::NOT_ONLINE)

@@ -1,9 +1,10 @@
 //! The chat's part of the test harness: its deployment (the `chat` binary and its
 //! history database) and its login dialogue. The generic part — starting the binary on
-//! free ports, waiting until it is ready, clients — is `switchboard-testkit`.
+//! ports it picks itself, waiting until it is ready, clients — is `switchboard-testkit`.
 
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod ws;
 
 use switchboard::ClientId;

@@ -160,9 +160,10 @@ impl Ws {
             .await;
     }
 
-    /// A private `say` to `to`.
-    pub async fn say_to(&mut self, to: ClientId, content: &str) {
-        self.send(json!({"type": "say", "to_client_id": to.to_string(), "to_client_name": "", "content": content}))
+    /// A private `say` to `to`, named `to_name` as a page names it from its member list
+    /// (workerman-chat's `to_client_name`; the page sends `""` for an id it does not know).
+    pub async fn say_to(&mut self, to: ClientId, to_name: &str, content: &str) {
+        self.send(json!({"type": "say", "to_client_id": to.to_string(), "to_client_name": to_name, "content": content}))
             .await;
     }
 

@@ -9,9 +9,16 @@
 //! - `/header NAME` is answered with the value of the upgrade request's first header
 //!   of that name (case-insensitive), or `-` (also on the other protocols, which have
 //!   no request): the connect event keeps the request's headers in the session.
+//! - `/error` makes `on_message` return an error, `/panic` makes it panic, and
+//!   `/store-error` makes a store call fail (an `increment` of a value that is not a
+//!   number; the answer is `store error: ...`): the built-in metrics count each.
+//! - `on_worker_start` reports one `fixture::worker_start` statistic, a report made
+//!   outside any handler.
 //! - The upgrade hook refuses `/private…` without `?token=letmein` (401), refuses
 //!   `/forbidden` (403), panics on `/panic` (500), sleeps [`SLOW`] on `/slow` (longer
 //!   than the tests' `handshake_timeout`: 503) and accepts every other path.
+//! - `/flood N SIZE` is answered with `N` messages of `SIZE` bytes (`x`s), then
+//!   `fixture: flooded ADDR` is logged: for tests of clients that do not read.
 //! - Every event is written to standard error as `fixture: EVENT ADDR ...` (and the end
 //!   of the `/slow` hook as `fixture: slow_done ADDR`), which the supervisor's log
 //!   collects: tests read it to prove an event did *not* happen.
@@ -20,11 +27,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use switchboard::{
-    async_trait, App, Context, Events, HandlerResult, Message, Refuse, WebSocketRequest,
+    async_trait, App, Context, Events, Gateway, HandlerResult, Message, Refuse, WebSocketRequest,
 };
 
 /// How long the hook takes on `/slow`.
 const SLOW: Duration = Duration::from_secs(3);
+
+/// The store key `/store-error` sets to a value that is not a number.
+const NOT_A_NUMBER: &str = "fixture-not-a-number";
 
 /// The page `GET /` serves on `websocket` listeners.
 const PAGE: &[u8] = b"<!doctype html><title>fixture</title><p>switchboard fixture</p>\n";
@@ -33,6 +43,11 @@ struct Fixture;
 
 #[async_trait]
 impl Events for Fixture {
+    async fn on_worker_start(&self, gateway: &Gateway) -> HandlerResult {
+        gateway.statistic("fixture", "worker_start").success();
+        Ok(())
+    }
+
     async fn on_websocket_connect(
         &self,
         ctx: &mut Context,
@@ -85,11 +100,23 @@ impl Events for Fixture {
             ctx.client_addr(),
             message.len()
         );
-        if let Some(name) = message
-            .text()
-            .ok()
-            .and_then(|t| t.trim().trim_matches('"').strip_prefix("/header "))
-        {
+        let text = message.text().map(str::trim).unwrap_or_default();
+        match text {
+            "/error" => return Err("the fixture fails on /error".into()),
+            "/panic" => panic!("the fixture panics on /panic"),
+            "/store-error" => {
+                let store = ctx.gateway().store().clone();
+                store.set(NOT_A_NUMBER, b"not a number", None).await?;
+                let answer = match store.increment(NOT_A_NUMBER, 1).await {
+                    Ok(n) => format!("store incremented to {n}"),
+                    Err(e) => format!("store error: {e}"),
+                };
+                ctx.reply(answer).await?;
+                return Ok(());
+            }
+            _ => {}
+        }
+        if let Some(name) = text.trim_matches('"').strip_prefix("/header ") {
             let value = ctx
                 .session()
                 .get("headers")
@@ -103,9 +130,15 @@ impl Events for Fixture {
             ctx.reply(value).await?;
             return Ok(());
         }
-        let asks = message
-            .text()
-            .is_ok_and(|t| matches!(t.trim(), "/whoami" | "\"/whoami\""));
+        if let Some((n, size)) = flood_request(text) {
+            let chunk = switchboard::Bytes::from("x".repeat(size));
+            for _ in 0..n {
+                ctx.reply(chunk.clone()).await?;
+            }
+            eprintln!("fixture: flooded {}", ctx.client_addr());
+            return Ok(());
+        }
+        let asks = matches!(text, "/whoami" | "\"/whoami\"");
         if asks {
             let field = |k: &str| {
                 ctx.session()
@@ -133,6 +166,14 @@ impl Events for Fixture {
         eprintln!("fixture: close {}", ctx.client_addr());
         Ok(())
     }
+}
+
+/// `/flood N SIZE` → `(N, SIZE)`.
+fn flood_request(text: &str) -> Option<(usize, usize)> {
+    let mut words = text.trim().strip_prefix("/flood ")?.split_whitespace();
+    let n = words.next()?.parse().ok()?;
+    let size = words.next()?.parse().ok()?;
+    Some((n, size))
 }
 
 fn main() -> ExitCode {

@@ -7,13 +7,16 @@
 //! | `GET /metrics` | the machine's metrics, Prometheus/OpenMetrics text format |
 //! | `GET /api/summary` | per-minute figures and totals (`range=hour|day`, `module`, `interface`, `host`) |
 //! | `GET /api/tree` | module → interface totals of the range |
-//! | `GET /api/failures` | the failure log (`module`, `interface`, `code`, `q`, `limit`) |
+//! | `GET /api/failures` | the failure log, newest first (`module`, `interface`, `code`, `host`, `q` for text in the message, `limit`; `range=hour|day` or `minutes=N` or `since_ms` for the time: all of it without any) |
 //! | `GET /api/live` | clients, messages per second, processes, the current minute |
 //! | `GET /api/stream` | the same as `/api/live`, pushed every second (server-sent events) |
+//! | `/v1/...` | the HTTP push API: every Gateway API call as JSON ([`push`], `docs/push-api.md`) |
+//! | `GET /openapi.json` | the push API's OpenAPI 3 document |
 //!
 //! On a loopback address no token is needed unless one is configured; anywhere else
 //! `admin.token` (or `admin.token_file`) is required by the configuration, and every
-//! request must carry `Authorization: Bearer TOKEN` or gets 401.
+//! request must carry `Authorization: Bearer TOKEN` or gets 401 (the push API's 401
+//! is JSON).
 //!
 //! The supervisor also runs [`collect_loop`] here: every second it ingests the
 //! statistics spool into the database and reads the processes' metric snapshots.
@@ -40,6 +43,8 @@ use crate::metrics::Series;
 use crate::statistic::db::{FailureFilter, Filter, StatDb};
 use crate::{stats, Error};
 
+pub mod push;
+
 /// The dashboard page, embedded in the binary.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -53,6 +58,8 @@ pub struct Admin {
     merger: Mutex<Merger>,
     /// Series the supervisor itself sets (processes by role).
     own: Mutex<Vec<Series>>,
+    /// The HTTP push API and its Gateway handle.
+    push: push::PushApi,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,7 +91,44 @@ impl Admin {
             db: Mutex::new(db),
             merger: Mutex::new(merger),
             own: Mutex::new(Vec::new()),
+            push: push::PushApi::new(config.admin.max_body),
         }))
+    }
+
+    /// Connects the push API's Gateway handle (an API client like any outside caller),
+    /// retrying every few seconds while the store cannot be opened; closes it at
+    /// `stop`.
+    pub async fn connect_push(self: Arc<Self>, stop: CancellationToken) {
+        let mut failing = false;
+        let gateway = loop {
+            let name = format!("admin-{}", std::process::id());
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = crate::Gateway::connect_as(&self.config, name, false) => r,
+            };
+            match attempt {
+                Ok(g) => break g,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "push API: cannot open the store; retrying");
+                        failing = true;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+        };
+        if failing {
+            tracing::info!("push API: store reachable; pushes are served");
+        }
+        if self.push.set_gateway(gateway.clone()).is_err() {
+            gateway.close().await;
+            return;
+        }
+        stop.cancelled().await;
+        gateway.close().await;
     }
 
     /// Replaces the supervisor's own gauges.
@@ -202,8 +246,19 @@ impl Admin {
                 ),
                 None => None,
             },
+            host: nonempty("host"),
             text: nonempty("q"),
-            since_ms: nonempty("since_ms").and_then(|v| v.parse().ok()),
+            // An explicit time, else the start of the range asked for, else all.
+            since_ms: match nonempty("since_ms") {
+                Some(v) => Some(
+                    v.parse()
+                        .map_err(|_| format!("since_ms {v:?} is not a number"))?,
+                ),
+                None if q.contains_key("range") || q.contains_key("minutes") => {
+                    Some(filter_of(q).from_minute * 60_000)
+                }
+                None => None,
+            },
             limit: nonempty("limit")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(200)
@@ -369,8 +424,23 @@ async fn route(
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let query = parse_query(req.uri().query().unwrap_or(""));
-    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+    let is_push = push::is_push_path(&path);
+    if !is_push && req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
         return full(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    if !authorized(admin, &req) && is_push {
+        let mut r = push::json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: send Authorization: Bearer <admin.token>",
+        );
+        r.headers_mut().insert(
+            "www-authenticate",
+            hyper::header::HeaderValue::from_static("Bearer realm=\"switchboard admin\""),
+        );
+        return r;
+    }
+    if is_push {
+        return push::handle(&admin.push, req).await;
     }
     if !authorized(admin, &req) {
         // The page itself carries no data: it is sent so that a browser can ask for

@@ -1,31 +1,41 @@
 //! One client connection, whatever its transport and protocol: the TLS handshake (on
 //! `tls` listeners), the HTTP request and the application's verdict (on `websocket`
-//! listeners), then a reader that decodes messages into the routing state and a writer
-//! that drains the client's byte-bounded outbound queue.
+//! listeners), then one task that reads and decodes messages into the routing state
+//! and writes the client's byte-bounded outbound queue.
+//!
+//! After the handshakes the connection is a [`Conn`] polled by hand: one future, one
+//! task and one waker per client (the outbound queue wakes it for data to write, a
+//! close, a cut-off or room in the client's event queue), which keeps an idle client
+//! small and a delivered message free of allocations. Every close ends within
+//! `gateway.flush_timeout`: what is queued is written until then, and the socket is
+//! aborted after, so a client that does not read cannot hold a close open.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-use super::outbound::AfterBatch;
+use super::outbound::Written;
 use super::state::{Opening, Outbound, Rejected, Verdict};
 use super::{http, Handshaking, Listener, Shared};
 use crate::metrics::gateway::{self as metrics, CloseReason};
 use crate::protocol::websocket::{self, HttpError, HttpRequest};
 use crate::protocol::{ClientCodec, ClientProtocol, Decoded};
-use crate::transport::{self, ClientStream, ReadHalf, WriteHalf};
+use crate::transport::{self, ClientStream};
 use crate::{ClientId, WebSocketRequest};
 
-/// Largest batch the writer gathers before one write.
-const WRITE_BATCH: usize = 64 << 10;
-/// How long a closing connection may take to flush its last messages.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a last answer of the handshake phase (an HTTP error, a refusal) may take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads a connection makes in a row before it lets other tasks run.
+const READS_PER_TURN: usize = 16;
 
 /// Serves one accepted connection until it ends; `place` counts it against
 /// `max_clients` until it is registered (or gone).
@@ -34,33 +44,47 @@ pub async fn serve(place: Handshaking, tcp: TcpStream, peer: SocketAddr, listene
     transport::nodelay(&tcp);
     // The TLS handshake and the WebSocket upgrade together have `handshake_timeout`.
     let deadline = Instant::now() + listener.config.handshake_timeout;
-    let stream = match &listener.tls {
+    let mut stream = match &listener.tls {
         None => ClientStream::Tcp(tcp),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, listener = %listener.meta.name, error = %e, "TLS handshake failed");
-                return;
+        // Boxed, like the upgrade below: a future holds room for its largest state, and
+        // a handshake's must not be what every idle client pays for.
+        Some(acceptor) => {
+            match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(tcp))).await {
+                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, listener = %listener.meta.name, error = %e, "TLS handshake failed");
+                    metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, listener = %listener.meta.name, "TLS handshake timed out");
+                    metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
+                    return;
+                }
             }
-            Err(_) => {
-                tracing::debug!(%peer, listener = %listener.meta.name, "TLS handshake timed out");
-                return;
-            }
-        },
+        }
     };
-    let (mut rd, mut wr) = stream.split();
     let out = Outbound::new(shared.config.outbound_limit);
     let mut buf = BytesMut::new();
     let protocol = listener.meta.protocol;
     let id = if protocol == ClientProtocol::WebSocket {
-        match upgrade(
-            &shared, &listener, peer, &mut rd, &mut wr, &mut buf, &out, deadline,
-        )
-        .await
-        {
-            Some(id) => id,
-            None => {
-                let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.shutdown()).await;
+        let upgraded = Box::pin(upgrade(
+            &shared,
+            &listener,
+            peer,
+            &mut stream,
+            &mut buf,
+            &out,
+            deadline,
+        ))
+        .await;
+        match upgraded {
+            Ok(id) => id,
+            Err(ended) => {
+                if let Some(reason) = ended {
+                    metrics::client_refused(&listener.meta.name, reason);
+                }
+                let _ = tokio::time::timeout(ANSWER_TIMEOUT, stream.shutdown()).await;
                 return;
             }
         }
@@ -76,24 +100,40 @@ pub async fn serve(place: Handshaking, tcp: TcpStream, peer: SocketAddr, listene
     drop(place);
     metrics::client_connected(&listener.meta.name, protocol);
     tracing::debug!(client = %id, %peer, listener = %listener.meta.name, "client connected");
-    run(&shared, id, peer, &listener, rd, wr, buf, out).await;
+    let mut conn = Conn {
+        shared: &shared,
+        listener: &listener,
+        id,
+        peer,
+        io: stream,
+        buf,
+        codec: ClientCodec::new(protocol),
+        out,
+        paused: false,
+        closing: None,
+    };
+    let reason = std::future::poll_fn(|cx| conn.poll(cx)).await;
+    conn.out.end();
+    shared.lock().client_closed(id.connection, &shared.counters);
+    metrics::client_disconnected(&listener.meta.name, protocol, reason);
+    tracing::debug!(client = %id, %peer, reason = reason.as_str(), "client disconnected");
 }
 
 /// The HTTP phase of a `websocket` listener: reads the request, serves a file or an
 /// error for anything but an upgrade, and asks the application (`on_websocket_connect`)
 /// whether this client may upgrade. Returns the client, registered and upgraded, or
-/// `None` when the connection is to close (its answer written).
+/// the reason to count the connection under when it is to close (its answer written):
+/// none for a plain HTTP request or a client gone before asking anything.
 #[allow(clippy::too_many_arguments)]
 async fn upgrade(
     shared: &Shared,
     listener: &Listener,
     peer: SocketAddr,
-    rd: &mut ReadHalf,
-    wr: &mut WriteHalf,
+    io: &mut ClientStream,
     buf: &mut BytesMut,
     out: &Outbound,
     deadline: Instant,
-) -> Option<ClientId> {
+) -> Result<ClientId, Option<CloseReason>> {
     let name = &listener.meta.name;
     let request = loop {
         match websocket::parse_request(buf) {
@@ -101,35 +141,35 @@ async fn upgrade(
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(%peer, listener = %name, error = %e, "bad HTTP request");
-                answer(wr, websocket::error_response(&e)).await;
-                return None;
+                answer(io, websocket::error_response(&e)).await;
+                return Err(Some(CloseReason::ProtocolError));
             }
         }
-        match tokio::time::timeout_at(deadline, rd.read_some(buf)).await {
+        match tokio::time::timeout_at(deadline, io.read_some(buf)).await {
             Ok(Ok(n)) if n > 0 => metrics::bytes_in(n),
-            Ok(_) => return None,
+            Ok(_) => return Err(None),
             Err(_) => {
                 tracing::debug!(%peer, listener = %name, "no complete HTTP request within the handshake timeout; closing");
-                return None;
+                return Err(Some(CloseReason::ProtocolError));
             }
         }
     };
     if !request.wants_upgrade() {
-        answer(wr, http::respond(&request, &listener.assets)).await;
-        return None;
+        answer(io, http::respond(&request, &listener.assets)).await;
+        return Err(None);
     }
     let refuse = |status: u16, reason: String| HttpError { status, reason };
     let accept = match request.upgrade_key() {
         Ok(key) => key,
         Err(e) => {
-            answer(wr, websocket::error_response(&e)).await;
-            return None;
+            answer(io, websocket::error_response(&e)).await;
+            return Err(Some(CloseReason::ProtocolError));
         }
     };
     if let Err(e) = check_origin(&listener.config.allowed_origins, &request) {
         tracing::info!(%peer, listener = %name, error = %e, "WebSocket upgrade refused");
-        answer(wr, websocket::error_response(&e)).await;
-        return None;
+        answer(io, websocket::error_response(&e)).await;
+        return Err(Some(CloseReason::Refused));
     }
     let ws_request = WebSocketRequest {
         path: request.path.clone(),
@@ -141,8 +181,8 @@ async fn upgrade(
     let json = match serde_json::to_vec(&ws_request) {
         Ok(j) => j,
         Err(e) => {
-            answer(wr, websocket::error_response(&refuse(400, e.to_string()))).await;
-            return None;
+            answer(io, websocket::error_response(&refuse(400, e.to_string()))).await;
+            return Err(Some(CloseReason::ProtocolError));
         }
     };
     let (tx, mut rx) = oneshot::channel();
@@ -182,25 +222,25 @@ async fn upgrade(
         Verdict::Accepted => {
             let response = websocket::upgrade_response(&accept);
             metrics::bytes_out(response.len());
-            if wr.write_all(&response).await.is_err() {
+            if io.write_all(&response).await.is_err() {
                 // Registered and live: the reader finds the connection gone and the
                 // close event follows the connect event.
                 tracing::debug!(client = %id, "client left before the upgrade answer");
             }
-            Some(id)
+            Ok(id)
         }
         Verdict::Refused { status, reason } => {
             tracing::info!(client = %id, %peer, status, %reason, "WebSocket upgrade refused by the application");
-            answer(wr, websocket::error_response(&refuse(status, reason))).await;
-            None
+            answer(io, websocket::error_response(&refuse(status, reason))).await;
+            Err(Some(CloseReason::Refused))
         }
     }
 }
 
 /// Writes a last answer (bounded in time: the client may not read).
-async fn answer(wr: &mut WriteHalf, bytes: bytes::Bytes) {
+async fn answer(io: &mut ClientStream, bytes: bytes::Bytes) {
     metrics::bytes_out(bytes.len());
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&bytes)).await;
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, io.write_all(&bytes)).await;
 }
 
 /// With a non-empty list, an `Origin` header must be in it. A request without one is not
@@ -246,158 +286,178 @@ fn forwarded_for(trusted: &[ipnet::IpNet], peer: SocketAddr, req: &HttpRequest) 
         .map(|ip| ip.to_string())
 }
 
-/// The life of a registered client: read and decode until the connection ends, while
-/// a writer task drains its outbound queue.
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    shared: &Shared,
+/// A registered client's connection after its handshakes.
+struct Conn<'a> {
+    shared: &'a Shared,
+    listener: &'a Listener,
     id: ClientId,
     peer: SocketAddr,
-    listener: &Listener,
-    mut rd: ReadHalf,
-    wr: WriteHalf,
-    mut buf: BytesMut,
+    io: ClientStream,
+    /// Bytes read and not decoded yet; released whenever empty.
+    buf: BytesMut,
+    codec: ClientCodec,
     out: Outbound,
-) {
-    let protocol = listener.meta.protocol;
-    let limit = listener.config.max_message();
-    let mut codec = ClientCodec::new(protocol);
-    let mut writer = tokio::spawn(write_loop(wr, out.clone(), protocol));
-    // Set once `writer` has completed (a JoinHandle must not be polled again after).
-    let mut writer_ended = false;
-    let mut reason = CloseReason::ClientClosed;
-    // Bytes may already be buffered (after a WebSocket upgrade request).
-    let mut fresh = !buf.is_empty();
-    'read: loop {
-        if fresh {
-            let mut activity_only = true;
-            loop {
-                match codec.decode(&mut buf, limit) {
-                    Ok(Some(Decoded::Message(msg))) => {
-                        activity_only = false;
-                        let binary = msg.is_binary();
-                        let result = shared.lock().client_message(
-                            id.connection,
-                            msg.into_bytes(),
-                            binary,
-                            &shared.counters,
-                        );
-                        match result {
-                            Ok(false) => {}
-                            Ok(true) => {
-                                // Back-pressure: stop reading until this client's queue drains.
-                                while !shared.lock().client_can_read(id.connection) {
-                                    tokio::select! {
-                                        _ = out.drained() => {}
-                                        _ = out.killed() => { reason = CloseReason::SlowConsumer; break 'read; }
-                                        _ = &mut writer => { writer_ended = true; reason = CloseReason::ServerClose; break 'read; }
-                                    }
-                                }
-                            }
-                            Err(Rejected::QueueFull) => {
-                                tracing::warn!(client = %id, %peer, "gateway event queue full; message rejected");
-                                let _ = out.push(protocol.notice(
-                                    "server busy; your message was rejected, try again later",
-                                ));
-                            }
-                        }
-                    }
-                    Ok(Some(Decoded::Reply(bytes))) => {
-                        let _ = out.push(bytes);
-                    }
-                    Ok(Some(Decoded::Activity)) => {}
-                    Ok(Some(Decoded::Closing(bytes))) => {
-                        let _ = out.push(bytes);
-                        out.close_quietly();
-                        writer_ended = tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
-                            .await
-                            .is_ok();
-                        break 'read;
-                    }
-                    Ok(None) => break,
-                    Err(e) if e.is_fatal() => {
-                        tracing::warn!(client = %id, %peer, listener = %listener.meta.name, error = %e, "closing client: protocol violation");
-                        let _ = out.push(protocol.error_message(&e));
-                        out.close_quietly();
-                        reason = CloseReason::ProtocolError;
-                        writer_ended = tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
-                            .await
-                            .is_ok();
-                        break 'read;
-                    }
-                    Err(e) => {
-                        tracing::info!(client = %id, %peer, error = %e, "skipping a bad message");
-                        let _ = out.push(protocol.error_message(&e));
-                    }
-                }
-            }
-            if activity_only {
-                shared.lock().touch(id.connection);
-            }
-            if buf.is_empty() {
-                // Idle clients hold no read buffer: this is most of a gateway's memory.
-                buf = BytesMut::new();
-            }
-        }
-        tokio::select! {
-            _ = out.killed() => { reason = CloseReason::SlowConsumer; break; }
-            _ = &mut writer => { writer_ended = true; reason = CloseReason::ServerClose; break; }
-            read = rd.read_some(&mut buf) => match read {
-                Ok(0) => break,
-                Ok(n) => {
-                    metrics::bytes_in(n);
-                    fresh = true;
-                }
-                Err(_) => break, // a reset: the client is gone
-            }
-        }
-    }
-
-    shared.lock().client_closed(id.connection, &shared.counters);
-    if reason == CloseReason::ServerClose {
-        // The heartbeat or a limit says so when it closes a client.
-        reason = out.closed_for().unwrap_or(reason);
-    }
-    metrics::client_disconnected(&listener.meta.name, protocol, reason);
-    tracing::debug!(client = %id, %peer, reason = reason.as_str(), "client disconnected");
-    // The writer flushes what is queued, then ends (at once for a client cut off for
-    // not reading).
-    out.close();
-    if writer_ended {
-        return;
-    }
-    if out.is_killed() {
-        writer.abort();
-    } else if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
-        .await
-        .is_err()
-    {
-        // A peer that stopped reading must not keep a task (and its queue) alive.
-        tracing::debug!(client = %id, "gave up flushing to a closed client");
-        writer.abort();
-    }
+    /// Not reading: the client's event queue is over its bound (back-pressure).
+    paused: bool,
+    /// Once closing: when the flush gives up (boxed: only closing clients have one).
+    closing: Option<Pin<Box<Sleep>>>,
 }
 
-async fn write_loop(mut wr: WriteHalf, out: Outbound, protocol: ClientProtocol) {
-    let mut buf = BytesMut::new();
-    loop {
-        let after = out.next_batch(&mut buf, WRITE_BATCH).await;
-        if let AfterBatch::Close { goodbye: true } = after {
-            if let Some(bye) = protocol.goodbye() {
-                buf.extend_from_slice(&bye);
+impl Conn<'_> {
+    /// Drives the connection; ready, with the reason, when it has ended.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        self.out.register(cx);
+        let mut reads = 0;
+        loop {
+            if self.out.is_killed() {
+                // Cut off for not reading: nothing more is written.
+                return Poll::Ready(CloseReason::SlowConsumer);
+            }
+            if self.closing.is_none() {
+                if let Some(closing) = self.out.closing() {
+                    if closing.goodbye {
+                        let protocol = self.listener.meta.protocol;
+                        if let Some(bye) = protocol.goodbye(closing.going_away) {
+                            self.out.push_own(bye);
+                        }
+                    }
+                    let flush = self.shared.config.flush_timeout;
+                    self.closing = Some(Box::pin(tokio::time::sleep(flush)));
+                }
+            }
+            let drained = match self.out.poll_write(cx, &mut self.io) {
+                Ok(Written::Drained) => true,
+                Ok(Written::Blocked) => false,
+                // The client is gone: nothing more can be written to it.
+                Err(_) => return Poll::Ready(self.server_reason(CloseReason::ClientClosed)),
+            };
+            if let Some(deadline) = self.closing.as_mut() {
+                // Closing: no more reading, the queue is written out, then the stream
+                // is shut down — or, at the deadline, dropped as it is.
+                if drained && Pin::new(&mut self.io).poll_shutdown(cx).is_ready() {
+                    return Poll::Ready(self.server_reason(CloseReason::ServerClose));
+                }
+                if deadline.as_mut().poll(cx).is_ready() {
+                    tracing::debug!(client = %self.id, "gave up flushing to a closing client");
+                    return Poll::Ready(self.server_reason(CloseReason::ServerClose));
+                }
+                return Poll::Pending;
+            }
+            if drained && matches!(self.io, ClientStream::Tls(_)) {
+                // TLS records rustls still holds go out now.
+                if let Poll::Ready(Err(_)) = Pin::new(&mut self.io).poll_flush(cx) {
+                    return Poll::Ready(CloseReason::ClientClosed);
+                }
+            }
+            if self.paused {
+                if !(self.out.take_drained()
+                    && self.shared.lock().client_can_read(self.id.connection))
+                {
+                    return Poll::Pending;
+                }
+                self.paused = false;
+                // What was read before the pause comes first.
+                self.decode();
+                continue;
+            }
+            if reads == READS_PER_TURN {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match self.io.poll_read_some(cx, &mut self.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    // The client closed its side: what is queued for it is still
+                    // written, within the flush deadline.
+                    self.out.close_with(CloseReason::ClientClosed, true);
+                }
+                Poll::Ready(Ok(n)) => {
+                    reads += 1;
+                    metrics::bytes_in(n);
+                    self.decode();
+                }
+                // A reset: the client is gone.
+                Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::ClientClosed),
             }
         }
-        if !buf.is_empty() {
-            if wr.write_all(&buf).await.is_err() {
-                return;
+    }
+
+    /// Why the connection ended, when the server closed it: the reason its closer gave.
+    fn server_reason(&self, otherwise: CloseReason) -> CloseReason {
+        self.out.closed_for().unwrap_or(otherwise)
+    }
+
+    /// Decodes what is buffered into events, answers and closes.
+    fn decode(&mut self) {
+        let Self {
+            shared,
+            listener,
+            id,
+            peer,
+            buf,
+            codec,
+            out,
+            paused,
+            ..
+        } = self;
+        let protocol = listener.meta.protocol;
+        let limit = listener.config.max_message();
+        let mut activity_only = true;
+        loop {
+            match codec.decode(buf, limit) {
+                Ok(Some(Decoded::Message(msg))) => {
+                    activity_only = false;
+                    let binary = msg.is_binary();
+                    let result = shared.lock().client_message(
+                        id.connection,
+                        msg.into_bytes(),
+                        binary,
+                        &shared.counters,
+                    );
+                    match result {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            // Back-pressure: no more until this client's queue drains.
+                            *paused = true;
+                            break;
+                        }
+                        Err(Rejected::QueueFull) => {
+                            tracing::warn!(client = %id, %peer, "gateway event queue full; message rejected");
+                            let _ =
+                                out.push(protocol.notice(
+                                    "server busy; your message was rejected, try again later",
+                                ));
+                        }
+                    }
+                }
+                Ok(Some(Decoded::Reply(bytes))) => {
+                    let _ = out.push(bytes);
+                }
+                Ok(Some(Decoded::Activity)) => {}
+                Ok(Some(Decoded::Closing(bytes))) => {
+                    out.push_own(bytes);
+                    out.close_with(CloseReason::ClientClosed, false);
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) if e.is_fatal() => {
+                    tracing::warn!(client = %id, %peer, listener = %listener.meta.name, error = %e, "closing client: protocol violation");
+                    out.push_own(protocol.error_message(&e));
+                    out.close_with(CloseReason::ProtocolError, false);
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(client = %id, %peer, error = %e, "skipping a bad message");
+                    let _ = out.push(protocol.error_message(&e));
+                }
             }
-            metrics::bytes_out(buf.len());
-            // Idle clients hold no write buffer either.
-            buf = BytesMut::new();
         }
-        if after != AfterBatch::Continue {
-            let _ = wr.shutdown().await;
-            return;
+        if activity_only {
+            shared.lock().touch(id.connection);
+        }
+        if buf.is_empty() {
+            // Idle clients hold no read buffer: this is most of a gateway's memory.
+            *buf = BytesMut::new();
         }
     }
 }

@@ -19,10 +19,26 @@ use crate::transport::LinkStream;
 /// How long a peer has to answer the challenge.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves one internal connection (TCP, or TLS already accepted) until it closes.
-pub async fn serve(shared: Arc<Shared>, socket: LinkStream, peer: SocketAddr) {
+/// Writes a refusal to a connection that gets no handshake at all (too many peers are
+/// in theirs): one frame, without waiting — a peer that does not read gets nothing.
+pub fn refuse_at_once(socket: &tokio::net::TcpStream, reason: &str) {
+    let frame = internal::encode_to_bytes(&Frame::Refused {
+        reason: reason.to_owned(),
+    });
+    let _ = socket.try_write(&frame);
+}
+
+/// Serves one internal connection (TCP, or TLS already accepted) until it closes;
+/// `unauthenticated` holds its place among the connections still in their handshake.
+pub async fn serve(
+    shared: Arc<Shared>,
+    socket: LinkStream,
+    peer: SocketAddr,
+    unauthenticated: super::Unauthenticated,
+) {
+    // Until the peer has proved the secret, it may send no frame over a few KiB.
     let codec = InternalCodec {
-        max_frame: shared.config.max_internal_frame,
+        max_frame: internal::MAX_HANDSHAKE_FRAME,
     };
     let mut framed = Framed::new(socket, codec);
     let nonce = auth::nonce();
@@ -76,6 +92,8 @@ pub async fn serve(shared: Arc<Shared>, socket: LinkStream, peer: SocketAddr) {
             return;
         }
     };
+    drop(unauthenticated);
+    framed.codec_mut().max_frame = shared.config.max_internal_frame;
     let welcome = Frame::Welcome {
         mac: auth::gateway_answer(&shared.secret, &peer_nonce, shared.number),
     };

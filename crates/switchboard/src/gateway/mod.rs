@@ -45,6 +45,35 @@ pub struct Shared {
     /// request): they count against `max_clients` too, so a flood of connections that
     /// never finish their handshake cannot grow the process.
     handshaking: std::sync::atomic::AtomicUsize,
+    /// Internal connections that have not authenticated yet (at most
+    /// `max_unauthenticated`).
+    unauthenticated: std::sync::atomic::AtomicUsize,
+    /// Every client connection's task, so that a stopping gateway can let them flush.
+    clients: TaskTracker,
+}
+
+/// Holds a place among the internal connections still in their handshake, until
+/// dropped (once the peer has authenticated, or is gone).
+pub struct Unauthenticated(Arc<Shared>);
+
+impl Unauthenticated {
+    /// Takes a place, or `None` when all `max_unauthenticated` are taken.
+    fn take(shared: &Arc<Shared>) -> Option<Self> {
+        let max = shared.config.max_unauthenticated;
+        shared
+            .unauthenticated
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(shared.clone()))
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.0.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Holds a place among the connections not yet registered, from accept until dropped:
@@ -211,6 +240,8 @@ pub async fn run(
         secret: config.secret.clone(),
         number,
         handshaking: Default::default(),
+        unauthenticated: Default::default(),
+        clients: TaskTracker::new(),
     });
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
@@ -253,6 +284,21 @@ pub async fn run(
     if let Err(e) = discovery::unpublish(store.as_ref(), &config.name, number).await {
         tracing::warn!(error = %e, "could not remove this gateway from the store; its entry will expire");
     }
+    // Every client is written what was queued for it, then closed (a WebSocket client
+    // with 1001, going away), within the flush deadline; then whatever is left goes.
+    let clients = shared.lock().all_outbounds();
+    let closing = clients.len();
+    for out in clients {
+        out.close_going_away();
+    }
+    shared.clients.close();
+    let flushed = tokio::time::timeout(
+        gw.flush_timeout + Duration::from_millis(500),
+        shared.clients.wait(),
+    )
+    .await
+    .is_ok();
+    tracing::info!(clients = closing, flushed, "clients closed");
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     stats::remove(&config.run_dir(), "gateway", std::process::id());
     Ok(())
@@ -315,10 +361,29 @@ async fn accept_internal(
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
 ) {
+    let mut last_refusal_log = Instant::now() - Duration::from_secs(60);
     accept_loop(listener, stop, "internal", move |socket, peer| {
         let (shared, tls) = (shared.clone(), tls.clone());
+        let place = Unauthenticated::take(&shared);
+        if place.is_none() {
+            let max = shared.config.max_unauthenticated;
+            if last_refusal_log.elapsed() > Duration::from_secs(5) {
+                tracing::warn!(%peer, max_unauthenticated = max, "refused internal connection: too many unauthenticated connections");
+                last_refusal_log = Instant::now();
+            }
+            if tls.is_none() {
+                link::refuse_at_once(
+                    &socket,
+                    &format!("too many unauthenticated connections (gateway.max_unauthenticated = {max}); try again"),
+                );
+            }
+            return;
+        }
         tokio::spawn(async move {
             crate::transport::nodelay(&socket);
+            let Some(place) = place else {
+                return;
+            };
             let stream: crate::transport::LinkStream = match tls {
                 None => Box::new(socket),
                 Some(acc) => match tokio::time::timeout(Duration::from_secs(5), acc.accept(socket)).await {
@@ -333,7 +398,7 @@ async fn accept_internal(
                     }
                 },
             };
-            link::serve(shared, stream, peer).await
+            link::serve(shared, stream, peer, place).await
         });
     })
     .await
@@ -359,7 +424,9 @@ async fn accept_clients(
             return;
         }
         let place = Handshaking::new(&shared);
-        tokio::spawn(client::serve(place, socket, peer, listener.clone()));
+        shared
+            .clients
+            .spawn(client::serve(place, socket, peer, listener.clone()));
     })
     .await
 }
@@ -412,9 +479,12 @@ async fn heartbeat(shared: Arc<Shared>, listener: Arc<Listener>, stop: Cancellat
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Some(ping) = &ping {
-            let outs = shared.lock().outbounds(index);
-            for (client, out) in outs {
+        let outs = shared.lock().outbounds(index);
+        for (client, out) in outs {
+            // Idle clients give back the queue buffer kept while they were busy (a
+            // ping then waits inline, in no buffer).
+            out.trim();
+            if let Some(ping) = &ping {
                 state::push_or_cut(&out, ping.clone(), client, &shared.counters);
             }
         }
@@ -424,8 +494,11 @@ async fn heartbeat(shared: Arc<Shared>, listener: Arc<Listener>, stop: Cancellat
             };
             let idle = shared.lock().idle_since(index, cutoff);
             for (client, addr, out) in idle {
-                tracing::info!(%client, %addr, listener = %listener.meta.name, intervals = hb.idle_intervals, "heartbeat: no data from client; closing");
-                out.close_for(metrics::CloseReason::Heartbeat);
+                // A client already closing is not closed (nor logged) again; its close
+                // ends within the flush deadline.
+                if out.close_for(metrics::CloseReason::Heartbeat) {
+                    tracing::info!(%client, %addr, listener = %listener.meta.name, intervals = hb.idle_intervals, "heartbeat: no data from client; closing");
+                }
             }
         }
     }

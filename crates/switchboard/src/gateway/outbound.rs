@@ -1,44 +1,33 @@
-//! A client's outbound queue: bounded in bytes, and free of allocations while empty.
+//! A client's outbound queue: bounded in bytes, written with vectored writes straight
+//! from the queued buffers, and holding nothing on the heap while empty.
 //!
 //! Most clients of a gateway are idle most of the time, so what an empty queue costs is
-//! what a gateway costs per client. A `VecDeque` behind a mutex with a `Notify` for the
-//! single writer holds nothing on the heap when empty (the writer releases the deque's
-//! buffer whenever it drains it), where a channel keeps its first block allocated.
+//! what a gateway costs per client; and a broadcast pushes the same [`Bytes`] (one
+//! encoding per protocol) to every recipient, so a queued message is a reference, never
+//! a copy. The queue keeps its first message inline (no allocation for a client that
+//! has one message waiting, the usual case) and the rest in a `VecDeque` whose buffer
+//! is kept while the client is busy and given back by [`Outbound::trim`] once it is
+//! idle, so that steady traffic allocates nothing per message.
+//!
+//! One task owns the connection ([`super::client`]); everything that wants something
+//! of it — data to write, a close, a cut-off, room again in its event queue — changes
+//! the state here and wakes that task through one [`AtomicWaker`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
-use tokio::sync::Notify;
+use bytes::{Buf, Bytes};
+use futures::task::AtomicWaker;
+use tokio::io::AsyncWrite;
 
 use crate::metrics::gateway::{self as metrics, CloseReason};
 
-/// What a client's writer takes from the queue.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Bytes already in the client's wire format.
-    Data(Bytes),
-    /// Write everything before this, then close the connection; with `goodbye`, the
-    /// protocol's own closing bytes first (a WebSocket close frame).
-    Close {
-        /// Whether to write the protocol's goodbye (not when a close frame was already
-        /// queued, as after a protocol error or the client's own close).
-        goodbye: bool,
-    },
-}
-
-/// What the writer is to do after a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterBatch {
-    /// Keep going.
-    Continue,
-    /// Close the connection (after the protocol's goodbye, if `goodbye`).
-    Close {
-        /// See [`Outgoing::Close`].
-        goodbye: bool,
-    },
-}
+/// Buffers gathered into one vectored write.
+const MAX_SLICES: usize = 64;
 
 /// What became of an [`Outbound::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,26 +36,93 @@ pub enum Push {
     Queued,
     /// Over the limit: the client has just been cut off as a slow consumer.
     CutOff,
-    /// The client is already gone or cut off.
+    /// The client is already gone, cut off or closing.
     Gone,
 }
 
+/// The client was cut off for not reading: its socket is dropped at once.
+const KILLED: u8 = 1;
+/// A close was asked for: write what is queued, then close.
+const CLOSING: u8 = 1 << 1;
+/// With [`CLOSING`]: write the protocol's goodbye (a WebSocket close frame) first.
+const GOODBYE: u8 = 1 << 2;
+/// With [`GOODBYE`]: the server is going away (WebSocket code 1001, not 1000).
+const GOING_AWAY: u8 = 1 << 3;
+/// The client's event queue has room again (a reader that stopped may go on).
+const DRAINED: u8 = 1 << 4;
+/// The connection has ended: nothing is accepted any more.
+const ENDED: u8 = 1 << 5;
+
+/// How the connection is to be closed, once a close was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing {
+    /// Write the protocol's goodbye before closing.
+    pub goodbye: bool,
+    /// The goodbye says the server is going away.
+    pub going_away: bool,
+}
+
+/// What [`Outbound::poll_write`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Everything queued has been written.
+    Drained,
+    /// The socket takes no more now; the task is woken when it does.
+    Blocked,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// The first message waiting, inline.
+    head: Option<Bytes>,
+    /// The ones after it.
+    rest: VecDeque<Bytes>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if self.head.is_none() {
+            self.head = Some(data);
+        } else {
+            self.rest.push_back(data);
+        }
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(head) = self.head.as_mut() else {
+                return;
+            };
+            if n < head.len() {
+                head.advance(n);
+                return;
+            }
+            n -= head.len();
+            self.head = self.rest.pop_front();
+        }
+        // Written buffers of length zero (never queued, but harmless) go too.
+        while self.head.as_ref().is_some_and(|h| h.is_empty()) {
+            self.head = self.rest.pop_front();
+        }
+    }
+}
+
 struct Inner {
-    items: Mutex<VecDeque<Outgoing>>,
-    /// Bytes queued and not yet taken by the writer.
+    queue: Mutex<Queue>,
+    /// Bytes queued and not yet written.
     pending: AtomicUsize,
     limit: usize,
-    /// Wakes the writer; `notify_one` keeps a permit, so no wake-up is ever lost.
-    notify: Notify,
-    /// Set to cut the client off (slow consumer); `kill_notify` wakes the reader.
-    killed: AtomicBool,
-    kill_notify: Notify,
-    /// Wakes a reader that stopped reading because the client's event queue was full.
-    /// Kept here (one allocation per client for all three) rather than in its own `Arc`.
-    drained: Notify,
+    flags: AtomicU8,
     /// Why the server is closing the client (a [`CloseReason`] + 1; 0 for none), for
-    /// the disconnect metric: the reader only sees the writer end.
+    /// the disconnect metric.
     closed_for: AtomicU8,
+    /// The task that owns the connection.
+    waker: AtomicWaker,
 }
 
 impl Drop for Inner {
@@ -76,7 +132,8 @@ impl Drop for Inner {
     }
 }
 
-/// Both ends of one client's queue (cheap to clone).
+/// One client's queue, shared by the routing state (which pushes) and the task that
+/// owns the connection (which writes). Cheap to clone.
 #[derive(Clone)]
 pub struct Outbound {
     inner: Arc<Inner>,
@@ -87,6 +144,7 @@ impl std::fmt::Debug for Outbound {
         f.debug_struct("Outbound")
             .field("pending", &self.inner.pending.load(Ordering::Relaxed))
             .field("limit", &self.inner.limit)
+            .field("flags", &self.inner.flags.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -96,55 +154,84 @@ impl Outbound {
     pub fn new(limit: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                items: Mutex::new(VecDeque::new()),
+                queue: Mutex::new(Queue::default()),
                 pending: AtomicUsize::new(0),
                 limit,
-                notify: Notify::new(),
-                killed: AtomicBool::new(false),
-                kill_notify: Notify::new(),
-                drained: Notify::new(),
+                flags: AtomicU8::new(0),
                 closed_for: AtomicU8::new(0),
+                waker: AtomicWaker::new(),
             }),
         }
     }
 
-    fn items(&self) -> MutexGuard<'_, VecDeque<Outgoing>> {
-        // Pushes and pops are single deque operations: a poisoned lock is consistent.
-        self.inner.items.lock().unwrap_or_else(|p| p.into_inner())
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Pushes and writes leave the queue consistent at every step: a poisoned lock
+        // is still usable.
+        self.inner.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flags(&self) -> u8 {
+        self.inner.flags.load(Ordering::Acquire)
+    }
+
+    /// Sets `bits`; returns the flags as they were.
+    fn set(&self, bits: u8) -> u8 {
+        let before = self.inner.flags.fetch_or(bits, Ordering::AcqRel);
+        self.inner.waker.wake();
+        before
     }
 
     /// Queues bytes. When the client is not reading fast enough to stay under the
     /// limit, it is cut off instead ([`Push::CutOff`], reported once).
     pub fn push(&self, data: Bytes) -> Push {
-        if self.is_killed() {
+        if self.flags() & (KILLED | CLOSING | ENDED) != 0 {
             return Push::Gone;
         }
         let len = data.len();
         let pending = self.inner.pending.fetch_add(len, Ordering::AcqRel) + len;
         if pending > self.inner.limit {
             self.inner.pending.fetch_sub(len, Ordering::AcqRel);
-            if self.inner.killed.swap(true, Ordering::AcqRel) {
+            if self.set(KILLED) & KILLED != 0 {
                 return Push::Gone;
             }
-            self.inner.kill_notify.notify_one();
             return Push::CutOff;
         }
-        self.items().push_back(Outgoing::Data(data));
-        self.inner.notify.notify_one();
+        self.queue().push(data);
         metrics::outbound_queued(len);
+        self.inner.waker.wake();
         Push::Queued
     }
 
-    /// Like [`Outbound::close`], remembering why (the heartbeat, a limit) for the
-    /// disconnect metric.
-    pub fn close_for(&self, reason: CloseReason) {
+    /// Queues bytes of the connection's own (a pong, a close answer, a goodbye): only
+    /// the connection's task calls it, also while closing, and the limit does not
+    /// apply (they are small and answer the client's own frames).
+    pub(super) fn push_own(&self, data: Bytes) {
+        let len = data.len();
+        self.inner.pending.fetch_add(len, Ordering::AcqRel);
+        self.queue().push(data);
+        metrics::outbound_queued(len);
+    }
+
+    /// Asks for the connection to be closed after what is queued — with the protocol's
+    /// goodbye, or without it when what is queued already ends with the protocol's
+    /// closing bytes — for `reason`. Returns whether this call started the close.
+    pub fn close_with(&self, reason: CloseReason, goodbye: bool) -> bool {
         let _ = self.inner.closed_for.compare_exchange(
             0,
             reason as u8 + 1,
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        self.close();
+        let bits = if goodbye { CLOSING | GOODBYE } else { CLOSING };
+        self.set(bits) & (CLOSING | ENDED) == 0
+    }
+
+    /// Asks for the connection to be closed after what is queued, with the protocol's
+    /// goodbye, remembering why (the heartbeat, a limit) for the disconnect metric.
+    /// Returns whether this call started the close (a client already closing is not
+    /// closed twice).
+    pub fn close_for(&self, reason: CloseReason) -> bool {
+        self.close_with(reason, true)
     }
 
     /// Why the server closed the client, if it said ([`Outbound::close_for`]).
@@ -157,41 +244,58 @@ impl Outbound {
         )
     }
 
-    /// Asks the writer to close the connection after what is queued, saying goodbye
-    /// in the client's protocol (a WebSocket close frame).
-    pub fn close(&self) {
-        self.items().push_back(Outgoing::Close { goodbye: true });
-        self.inner.notify.notify_one();
+    /// Asks for the connection to be closed after what is queued, saying goodbye in
+    /// the client's protocol (a WebSocket close frame). Returns whether this call
+    /// started the close.
+    pub fn close(&self) -> bool {
+        self.set(CLOSING | GOODBYE) & (CLOSING | ENDED) == 0
     }
 
-    /// Asks the writer to close the connection after what is queued, which already
-    /// ends with the protocol's closing bytes.
-    pub fn close_quietly(&self) {
-        self.items().push_back(Outgoing::Close { goodbye: false });
-        self.inner.notify.notify_one();
+    /// Like [`Outbound::close`], the server going away (the gateway stops).
+    pub fn close_going_away(&self) -> bool {
+        let _ = self.inner.closed_for.compare_exchange(
+            0,
+            CloseReason::ServerClose as u8 + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.set(CLOSING | GOODBYE | GOING_AWAY) & (CLOSING | ENDED) == 0
     }
 
     /// Whether the client has been cut off.
     pub fn is_killed(&self) -> bool {
-        self.inner.killed.load(Ordering::Acquire)
+        self.flags() & KILLED != 0
     }
 
-    /// Completes when the client is cut off. One task (the client's reader) waits.
-    pub async fn killed(&self) {
-        while !self.is_killed() {
-            self.inner.kill_notify.notified().await;
+    /// The close asked for, if any.
+    pub fn closing(&self) -> Option<Closing> {
+        let f = self.flags();
+        (f & CLOSING != 0).then_some(Closing {
+            goodbye: f & GOODBYE != 0,
+            going_away: f & GOING_AWAY != 0,
+        })
+    }
+
+    /// Tells the connection's task that the client's event queue has room again.
+    pub fn notify_drained(&self) {
+        if self.flags() & DRAINED == 0 {
+            self.set(DRAINED);
         }
     }
 
-    /// Tells the reader that the client's event queue has room again.
-    pub fn notify_drained(&self) {
-        self.inner.drained.notify_one();
+    /// Whether room was signalled since the last call (and forgets it).
+    pub(super) fn take_drained(&self) -> bool {
+        self.inner.flags.fetch_and(!DRAINED, Ordering::AcqRel) & DRAINED != 0
     }
 
-    /// Completes after the next [`Outbound::notify_drained`] (or at once if one came
-    /// since the last wait).
-    pub async fn drained(&self) {
-        self.inner.drained.notified().await
+    /// The connection has ended: later pushes are refused.
+    pub(super) fn end(&self) {
+        self.inner.flags.fetch_or(ENDED, Ordering::AcqRel);
+    }
+
+    /// Registers the connection's task to be woken by any change.
+    pub(super) fn register(&self, cx: &Context<'_>) {
+        self.inner.waker.register(cx.waker());
     }
 
     /// The byte limit.
@@ -199,43 +303,62 @@ impl Outbound {
         self.inner.limit
     }
 
-    /// Writer side: waits for data, then moves up to about `max` bytes into `buf`, and
-    /// says whether a close was asked for after those bytes.
-    pub async fn next_batch(&self, buf: &mut BytesMut, max: usize) -> AfterBatch {
-        loop {
-            {
-                let mut items = self.items();
-                let mut after = AfterBatch::Continue;
-                while buf.len() < max {
-                    match items.pop_front() {
-                        Some(Outgoing::Data(b)) => {
-                            self.inner.pending.fetch_sub(b.len(), Ordering::AcqRel);
-                            metrics::outbound_written(b.len());
-                            buf.extend_from_slice(&b);
-                        }
-                        Some(Outgoing::Close { goodbye }) => {
-                            after = AfterBatch::Close { goodbye };
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                if items.is_empty() && items.capacity() > 0 {
-                    *items = VecDeque::new();
-                }
-                if after != AfterBatch::Continue || !buf.is_empty() {
-                    return after;
-                }
-            }
-            self.inner.notify.notified().await;
+    /// Whether nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.queue().is_empty()
+    }
+
+    /// Gives back the buffer of an idle client's queue (kept while the client is busy,
+    /// so that steady traffic does not allocate per message).
+    pub fn trim(&self) {
+        let mut q = self.queue();
+        if q.rest.is_empty() && q.rest.capacity() > 0 {
+            q.rest = VecDeque::new();
         }
     }
 
-    /// Takes the next item without waiting (tests).
+    /// Writes what is queued to `io`, as many buffers at once as the socket takes,
+    /// until the queue is empty or the socket blocks (then `cx` is woken when it takes
+    /// more). An error is the connection's.
+    pub(super) fn poll_write<W: AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &mut W,
+    ) -> std::io::Result<Written> {
+        // The queue is locked while the socket takes the bytes: nothing is copied out
+        // of it, and the only other users are pushers, which wait a syscall at most.
+        let mut q = self.queue();
+        loop {
+            let Some(head) = q.head.as_ref() else {
+                return Ok(Written::Drained);
+            };
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            slices[0] = IoSlice::new(head);
+            let mut n = 1;
+            for b in q.rest.iter().take(MAX_SLICES - 1) {
+                slices[n] = IoSlice::new(b);
+                n += 1;
+            }
+            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(w)) => w,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(Written::Blocked),
+            };
+            q.advance(written);
+            self.inner.pending.fetch_sub(written, Ordering::AcqRel);
+            metrics::outbound_written(written);
+            metrics::bytes_out(written);
+        }
+    }
+
+    /// Takes the next buffer without writing it (tests).
     #[cfg(test)]
-    pub fn try_pop(&self) -> Option<Outgoing> {
-        let item = self.items().pop_front();
-        if let Some(Outgoing::Data(b)) = &item {
+    pub fn try_pop(&self) -> Option<Bytes> {
+        let mut q = self.queue();
+        let item = q.head.take();
+        q.head = q.rest.pop_front();
+        if let Some(b) = &item {
             self.inner.pending.fetch_sub(b.len(), Ordering::AcqRel);
         }
         item
@@ -246,37 +369,146 @@ impl Outbound {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn batches_close_and_limit() {
+    /// A writer that takes at most `chunk` bytes per call, and nothing once `full`.
+    struct Sink {
+        got: Vec<u8>,
+        chunk: usize,
+        full: bool,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.full {
+                return Poll::Pending;
+            }
+            self.calls += 1;
+            let mut left = self.chunk;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.got.extend_from_slice(&b[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(self.chunk - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write_all(out: &Outbound, sink: &mut Sink) -> Written {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        out.poll_write(&mut cx, sink).expect("write")
+    }
+
+    #[test]
+    fn queued_buffers_go_out_in_order_in_partial_vectored_writes() {
+        let out = Outbound::new(1 << 20);
+        for part in ["abc", "defgh", "", "ij"] {
+            assert_eq!(out.push(Bytes::from(part)), Push::Queued);
+        }
+        let mut sink = Sink {
+            got: Vec::new(),
+            chunk: 4,
+            full: false,
+            calls: 0,
+        };
+        assert_eq!(write_all(&out, &mut sink), Written::Drained);
+        assert_eq!(sink.got, b"abcdefghij");
+        assert_eq!(sink.calls, 3, "4 + 4 + 2 bytes, several buffers per write");
+        assert!(out.is_empty());
+        assert_eq!(out.inner.pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_blocked_socket_keeps_the_rest_for_later() {
+        let out = Outbound::new(1 << 20);
+        out.push(Bytes::from_static(b"hello"));
+        let mut sink = Sink {
+            got: Vec::new(),
+            chunk: 2,
+            full: true,
+            calls: 0,
+        };
+        assert_eq!(write_all(&out, &mut sink), Written::Blocked);
+        sink.full = false;
+        assert_eq!(write_all(&out, &mut sink), Written::Drained);
+        assert_eq!(sink.got, b"hello");
+    }
+
+    #[test]
+    fn the_limit_cuts_off_once_and_a_closing_queue_takes_nothing() {
         let out = Outbound::new(10);
         assert_eq!(out.push("abc".into()), Push::Queued);
-        assert_eq!(out.push("def".into()), Push::Queued);
-        out.close();
-        let mut buf = BytesMut::new();
-        assert_eq!(
-            out.next_batch(&mut buf, 1024).await,
-            AfterBatch::Close { goodbye: true }
-        );
-        assert_eq!(&buf[..], b"abcdef");
-        // Over the limit: cut off once, gone after.
         assert_eq!(out.push("12345678901".into()), Push::CutOff);
         assert!(out.is_killed());
         assert_eq!(out.push("x".into()), Push::Gone);
+
+        let out = Outbound::new(10);
+        assert!(
+            out.close_for(CloseReason::Heartbeat),
+            "the first close starts it"
+        );
+        assert!(!out.close(), "a second one does not");
+        assert_eq!(out.closed_for(), Some(CloseReason::Heartbeat));
+        assert_eq!(
+            out.closing(),
+            Some(Closing {
+                goodbye: true,
+                going_away: false
+            })
+        );
+        assert_eq!(out.push("late".into()), Push::Gone);
+        out.push_own("bye".into());
+        assert_eq!(out.try_pop().as_deref(), Some(&b"bye"[..]));
     }
 
-    #[tokio::test]
-    async fn the_writer_wakes_for_data_pushed_later() {
+    #[test]
+    fn an_idle_queue_gives_its_buffer_back_when_trimmed() {
         let out = Outbound::new(1 << 20);
-        let writer = out.clone();
-        let task = tokio::spawn(async move {
-            let mut buf = BytesMut::new();
-            let close = writer.next_batch(&mut buf, 1024).await;
-            (close, buf)
-        });
-        tokio::task::yield_now().await;
-        out.push("late".into());
-        let (close, buf) = task.await.unwrap();
-        assert_eq!(close, AfterBatch::Continue);
-        assert_eq!(&buf[..], b"late");
+        for _ in 0..10 {
+            out.push(Bytes::from_static(b"x"));
+        }
+        let mut sink = Sink {
+            got: Vec::new(),
+            chunk: 1 << 20,
+            full: false,
+            calls: 0,
+        };
+        write_all(&out, &mut sink);
+        assert!(out.queue().rest.capacity() > 0, "kept while busy");
+        out.trim();
+        assert_eq!(out.queue().rest.capacity(), 0);
+    }
+
+    #[test]
+    fn room_again_is_signalled_once() {
+        let out = Outbound::new(10);
+        assert!(!out.take_drained());
+        out.notify_drained();
+        out.notify_drained();
+        assert!(out.take_drained());
+        assert!(!out.take_drained());
     }
 }

@@ -32,9 +32,9 @@ use crate::protocol::internal::{
     self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
 };
 use crate::protocol::ClientProtocol;
-use crate::{ClientId, Message};
+use crate::{ClientId, PerProtocol};
 
-pub use super::outbound::{Outbound, Outgoing, Push};
+pub use super::outbound::{Outbound, Push};
 
 /// An event waiting in a client's queue.
 #[derive(Debug, Clone)]
@@ -118,6 +118,9 @@ struct Client {
     inflight: Option<Box<InFlight>>,
     queue: VecDeque<Pending>,
     queue_bytes: usize,
+    /// Its connect event was rejected (no worker in time): the application never saw
+    /// it connect, so it hears nothing more of it — no message, no close.
+    silenced: bool,
 }
 
 /// One authenticated peer on the internal listener.
@@ -238,6 +241,7 @@ impl State {
                 inflight: None,
                 queue: VecDeque::new(),
                 queue_bytes: 0,
+                silenced: false,
             },
         );
         self.connected += 1;
@@ -296,6 +300,13 @@ impl State {
         for g in &client.groups {
             remove_from_index(&mut self.groups, g, conn);
         }
+        if client.silenced {
+            // Never announced: no close event either.
+            if client.inflight.is_none() && client.queue.is_empty() {
+                self.clients.remove(&conn);
+            }
+            return;
+        }
         self.enqueue(conn, EventKind::Close, Bytes::new(), false, counters);
     }
 
@@ -317,6 +328,9 @@ impl State {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
+        if client.silenced {
+            return;
+        }
         client.queue_bytes += body.len();
         self.queued_bytes += body.len();
         client.queue.push_back(Pending {
@@ -648,7 +662,9 @@ impl State {
                         counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
                     }
                     if had_connect {
-                        // The application never saw this client connect: start over.
+                        // The application never saw this client connect: start over,
+                        // and tell the application nothing of it.
+                        c.silenced = true;
                         out.close_for(crate::metrics::gateway::CloseReason::Limit);
                     }
                 }
@@ -684,9 +700,12 @@ impl State {
     pub fn command(&mut self, cmd: Command, counters: &Counters) -> usize {
         match cmd {
             Command::SendToClient { client, data } => match self.out_of(client) {
-                Some((out, p)) => {
-                    usize::from(push_or_cut(out, p.encode_to_bytes(&data), client, counters))
-                }
+                Some((out, p)) => usize::from(push_or_cut(
+                    out,
+                    p.encode_to_bytes(data.for_protocol(p)),
+                    client,
+                    counters,
+                )),
                 None => 0,
             },
             Command::SendToAll {
@@ -869,7 +888,7 @@ impl State {
     fn send_conns(
         &self,
         conns: impl IntoIterator<Item = u64>,
-        data: &Message,
+        data: &PerProtocol,
         counters: &Counters,
     ) -> usize {
         let mut cache = EncodeCache::new(data);
@@ -1011,6 +1030,11 @@ impl State {
             .collect()
     }
 
+    /// Outbound queues of every live client.
+    pub fn all_outbounds(&self) -> Vec<Outbound> {
+        self.live().filter_map(|(_, c)| c.out.clone()).collect()
+    }
+
     /// Clients of listener `index` silent since before `cutoff`.
     pub fn idle_since(&self, index: usize, cutoff: Instant) -> Vec<(ClientId, String, Outbound)> {
         self.live()
@@ -1058,22 +1082,23 @@ fn choose_link(links: &BTreeMap<u64, Link>, cursor: &mut u64) -> Option<u64> {
     Some(next)
 }
 
-/// Encodes a broadcast message once per protocol.
+/// Encodes a broadcast message once per protocol, each in its own rendering.
 struct EncodeCache<'a> {
-    data: &'a Message,
+    data: &'a PerProtocol,
     encoded: [Option<Bytes>; ClientProtocol::ALL.len()],
 }
 
 impl<'a> EncodeCache<'a> {
-    fn new(data: &'a Message) -> Self {
+    fn new(data: &'a PerProtocol) -> Self {
         Self {
             data,
             encoded: Default::default(),
         }
     }
+    /// The message for clients of `p` (its own rendering, or the default), framed.
     fn get(&mut self, p: ClientProtocol) -> Bytes {
         let slot = &mut self.encoded[usize::from(p.wire_byte() - 1)];
-        slot.get_or_insert_with(|| p.encode_to_bytes(self.data))
+        slot.get_or_insert_with(|| p.encode_to_bytes(self.data.for_protocol(p)))
             .clone()
     }
 }
@@ -1088,6 +1113,7 @@ pub fn reply_frame(id: u64, reply: Reply) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Message;
 
     fn decode_event(b: &Bytes) -> Event {
         let mut buf = BytesMut::from(&b[..]);
@@ -1174,7 +1200,7 @@ mod tests {
             .client_message(id.connection, "hello".into(), false, &f.counters)
             .unwrap();
         let (w1, mut rx1) = f.worker();
-        let (_w2, mut rx2) = f.worker();
+        let (w2, mut rx2) = f.worker();
         let connect = decode_event(&rx1.try_recv().unwrap());
         f.state.ack(w1, connect.seq, id, &f.counters);
         let hello = decode_event(&rx1.try_recv().unwrap());
@@ -1186,8 +1212,26 @@ mod tests {
             (again.kind, again.body),
             (EventKind::Message, Bytes::from("hello"))
         );
-        // A late ack from the dead link is ignored.
+        // A second line waits behind the one in flight on w2.
+        f.state
+            .client_message(id.connection, "second".into(), false, &f.counters)
+            .unwrap();
+        assert!(rx2.try_recv().is_err(), "one event in flight per client");
+        let queued = f.state.queued_bytes;
+        // A late ack from the dead link is ignored: the event stays in flight on w2, so
+        // the next one is not released and nothing is counted as done.
         f.state.ack(w1, hello.seq, id, &f.counters);
+        assert!(
+            rx2.try_recv().is_err(),
+            "a late ack from a dead link released the next event"
+        );
+        assert_eq!(
+            f.state.queued_bytes, queued,
+            "the in-flight event is still held"
+        );
+        // w2's own ack is what releases it.
+        f.state.ack(w2, again.seq, id, &f.counters);
+        assert_eq!(decode_event(&rx2.try_recv().unwrap()).body, "second");
     }
 
     #[test]
@@ -1244,7 +1288,7 @@ mod tests {
             },
             &f.counters,
         );
-        assert!(matches!(arx.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
+        assert!(matches!(arx.try_pop(), Some(d) if d == "hi\n"));
         assert!(brx.try_pop().is_none());
         assert_eq!(
             f.state.query_for_test(Query::ClientIdsByUid("u1".into())),
@@ -1364,7 +1408,7 @@ mod tests {
             },
             &f.counters,
         );
-        assert!(matches!(out.try_pop(), Some(Outgoing::Data(d)) if d == "hi\n"));
+        assert!(matches!(out.try_pop(), Some(d) if d == "hi\n"));
         assert_eq!(
             f.state.query_for_test(Query::AllClientCount),
             Reply::Count(1)
@@ -1407,6 +1451,29 @@ mod tests {
     }
 
     #[test]
+    fn a_client_whose_connect_was_rejected_is_never_heard_of_by_the_application() {
+        let mut f = Fixture::new();
+        // No worker: the connect event waits, then is rejected, which closes the client.
+        let (id, _out) = f.client();
+        f.state.expire_held(Duration::ZERO, &f.counters);
+        // What it sent before the close took effect, and its end.
+        f.state
+            .client_message(id.connection, "late".into(), false, &f.counters)
+            .unwrap();
+        f.state.client_closed(id.connection, &f.counters);
+        let (_, mut rx) = f.worker();
+        let sent: Vec<EventKind> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|b| decode_event(&b).kind)
+            .collect();
+        assert_eq!(
+            sent,
+            vec![],
+            "on_close (or on_message) for a client the application never saw connect"
+        );
+        assert!(f.state.clients.is_empty(), "the client is forgotten");
+    }
+
+    #[test]
     fn held_events_expire_with_an_error_to_the_client() {
         let mut f = Fixture::new();
         let (id, rx) = f.client();
@@ -1416,8 +1483,62 @@ mod tests {
         let log = f.state.expire_held(Duration::ZERO, &f.counters);
         assert_eq!(log.len(), 1);
         assert_eq!(f.counters.rejected.load(Ordering::Relaxed), 2);
-        assert!(
-            matches!(rx.try_pop(), Some(Outgoing::Data(d)) if d.starts_with(b"error: no worker"))
+        assert!(matches!(rx.try_pop(), Some(d) if d.starts_with(b"error: no worker")));
+    }
+
+    #[test]
+    fn each_recipient_gets_the_rendering_of_its_protocol() {
+        let mut f = Fixture::new();
+        let mut add = |protocol: ClientProtocol| {
+            let out = Outbound::new(1 << 16);
+            let listener = Arc::new(ListenerMeta {
+                name: protocol.to_string(),
+                protocol,
+                index: 0,
+            });
+            let id = f.state.add_client(
+                "1.2.3.4:5".into(),
+                listener,
+                out.clone(),
+                Opening::Connect,
+                &f.counters,
+            );
+            f.state.command(
+                Command::JoinGroup {
+                    client: id,
+                    group: "room".into(),
+                },
+                &f.counters,
+            );
+            (id, out)
+        };
+        let (_, line) = add(ClientProtocol::Text);
+        let (browser_id, browser) = add(ClientProtocol::WebSocket);
+        let (_, json) = add(ClientProtocol::Json);
+        let data = PerProtocol::new("a line").with(ClientProtocol::WebSocket, "{\"a\":1}");
+        let pop = |out: &Outbound| out.try_pop().expect("nothing sent");
+        let framed = |p: ClientProtocol, m: &'static str| p.encode_to_bytes(&Message::from(m));
+        let group = Command::SendToGroup {
+            groups: vec!["room".into()],
+            data: data.clone(),
+            exclude: vec![],
+        };
+        assert_eq!(f.state.command(group, &f.counters), 3);
+        assert_eq!(pop(&line), "a line\n");
+        assert_eq!(
+            pop(&browser),
+            framed(ClientProtocol::WebSocket, "{\"a\":1}")
         );
+        assert_eq!(pop(&json), framed(ClientProtocol::Json, "a line"));
+        let one = Command::SendToClient {
+            client: browser_id,
+            data,
+        };
+        assert_eq!(f.state.command(one, &f.counters), 1);
+        assert_eq!(
+            pop(&browser),
+            framed(ClientProtocol::WebSocket, "{\"a\":1}")
+        );
+        assert!(line.try_pop().is_none() && json.try_pop().is_none());
     }
 }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | [`client_connected`]`(listener, protocol)` | a client was accepted and registered | `switchboard_clients{listener,protocol}` +1, `switchboard_connections_accepted_total{listener,protocol}` +1 |
 //! | [`client_disconnected`]`(listener, protocol, reason)` | a registered client is gone, for `reason` | `switchboard_clients` −1, `switchboard_connections_total{listener,reason}` +1 |
-//! | [`client_refused`]`(listener, reason)` | a connection was closed at accept (e.g. `max_clients`) | `switchboard_connections_total{listener,reason}` +1 |
+//! | [`client_refused`]`(listener, reason)` | a connection was closed before it became a client: at accept (`max_clients`: `limit`), a failed TLS handshake or a bad upgrade request (`protocol_error`), a refused upgrade (`refused`) | `switchboard_connections_total{listener,reason}` +1 |
 //! | [`bytes_in`]`(n)` / [`bytes_out`]`(n)` | bytes read from / written to a client socket | `switchboard_received_bytes_total` / `switchboard_sent_bytes_total` |
 //! | [`outbound_queued`]`(n)` / [`outbound_written`]`(n)` | bytes put on / taken off a client's outbound queue (or dropped with it) | `switchboard_outbound_queue_bytes` |
 //! | [`events_held`]`(n)` | the number of events waiting for a worker changed (set, not add) | `switchboard_events_held` |
@@ -32,20 +32,26 @@ pub enum CloseReason {
     SlowConsumer,
     /// A limit: `max_clients` at accept, or events rejected with the client cut.
     Limit,
-    /// It broke its protocol (too long a message, a bad frame, not UTF-8).
+    /// It broke its protocol (too long a message, a bad frame, not UTF-8), or did not
+    /// complete its TLS handshake or WebSocket upgrade request (malformed, or not
+    /// within `handshake_timeout`).
     ProtocolError,
     /// The server closed it: `close_client`, a gateway stop.
     ServerClose,
+    /// A WebSocket upgrade refused: by the application (`on_websocket_connect`), the
+    /// origin check, or for want of a verdict within `handshake_timeout`.
+    Refused,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 6] = [
+    const ALL: [CloseReason; 7] = [
         CloseReason::ClientClosed,
         CloseReason::Heartbeat,
         CloseReason::SlowConsumer,
         CloseReason::Limit,
         CloseReason::ProtocolError,
         CloseReason::ServerClose,
+        CloseReason::Refused,
     ];
 
     /// The reason whose `as u8` is `i`.
@@ -62,6 +68,7 @@ impl CloseReason {
             CloseReason::Limit => "limit",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::ServerClose => "server_close",
+            CloseReason::Refused => "refused",
         }
     }
 }
@@ -101,7 +108,8 @@ pub fn client_disconnected(listener: &str, protocol: ClientProtocol, reason: Clo
     ENDED.add(&[listener, reason.as_str()], 1);
 }
 
-/// A connection was closed at accept, before it became a client.
+/// A connection was closed before it became a client: at accept (`max_clients`), in
+/// its TLS handshake, or in its WebSocket upgrade.
 pub fn client_refused(listener: &str, reason: CloseReason) {
     ENDED.add(&[listener, reason.as_str()], 1);
 }

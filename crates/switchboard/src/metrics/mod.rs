@@ -266,7 +266,7 @@ pub struct Descriptor {
 pub const DESCRIPTORS: &[Descriptor] = &[
     Descriptor { name: "switchboard_clients", help: "Clients connected now, by listener and protocol." },
     Descriptor { name: "switchboard_connections_accepted", help: "Client connections accepted, by listener and protocol." },
-    Descriptor { name: "switchboard_connections", help: "Client connections ended (or refused), by listener and reason: client_closed, heartbeat, slow_consumer, limit, protocol_error, server_close." },
+    Descriptor { name: "switchboard_connections", help: "Client connections ended (or refused before they became clients), by listener and reason: client_closed, heartbeat, slow_consumer, limit, protocol_error (also a failed TLS handshake or upgrade request), server_close, refused (a WebSocket upgrade refused)." },
     Descriptor { name: "switchboard_received_bytes", help: "Bytes read from clients." },
     Descriptor { name: "switchboard_sent_bytes", help: "Bytes written to clients." },
     Descriptor { name: "switchboard_outbound_queue_bytes", help: "Bytes queued for clients and not yet written." },
@@ -275,7 +275,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
     Descriptor { name: "switchboard_events_redispatched", help: "Events re-sent to another worker after a worker link was lost." },
     Descriptor { name: "switchboard_events_rejected", help: "Events rejected by gateways (no worker in time, queue full)." },
     Descriptor { name: "switchboard_slow_consumers", help: "Clients cut off for not reading their outbound queue." },
-    Descriptor { name: "switchboard_gateway_links", help: "Internal links (workers and API clients) connected to each gateway." },
+    Descriptor { name: "switchboard_gateway_links", help: "Workers linked to each gateway and taking events (draining workers and API clients are not counted)." },
     Descriptor { name: "switchboard_worker_gateways", help: "Gateways each worker is connected to, summed over workers." },
     Descriptor { name: "switchboard_events", help: "Events handled by workers, by kind (connect, message, close, websocket_connect)." },
     Descriptor { name: "switchboard_commands", help: "Commands and queries sent by workers to gateways, by kind." },

@@ -1,5 +1,5 @@
 //! Worker-side metrics: events handled, handler time, errors and panics, and the
-//! commands the Gateway API sends. Wired in `worker/` (events) and `worker/api.rs`
+//! commands the Gateway API sends. Wired in `worker/` (events) and `client/mod.rs`
 //! (commands), so workers and API clients record them with no help from the
 //! application.
 

@@ -221,10 +221,16 @@ impl ClientProtocol {
     }
 
     /// What the gateway writes before it closes a client itself (`close_client`, the
-    /// heartbeat): a WebSocket close frame; nothing for the other protocols.
-    pub fn goodbye(self) -> Option<Bytes> {
-        (self == ClientProtocol::WebSocket)
-            .then(|| websocket::encode_close(1000, "closed by the server"))
+    /// heartbeat, or — `going_away` — the gateway stopping): a WebSocket close frame
+    /// (1000, or 1001 for going away); nothing for the other protocols.
+    pub fn goodbye(self, going_away: bool) -> Option<Bytes> {
+        (self == ClientProtocol::WebSocket).then(|| {
+            if going_away {
+                websocket::encode_close(1001, "the server is going away")
+            } else {
+                websocket::encode_close(1000, "closed by the server")
+            }
+        })
     }
 }
 
@@ -280,7 +286,8 @@ fn decode_length_prefixed(
         return Err(ClientCodecError::FrameTooLarge { size, limit });
     }
     if src.len() < 4 + size {
-        src.reserve(4 + size - src.len());
+        // Nothing is reserved for the announced size: the buffer grows with the bytes
+        // that actually arrive.
         return Ok(None);
     }
     src.advance(4);
@@ -439,6 +446,24 @@ mod tests {
             all(ClientProtocol::Json, &two, 64),
             vec![Ok(Bytes::from("[1]")), Ok(Bytes::from("\"s\""))]
         );
+    }
+
+    #[test]
+    fn an_announced_size_reserves_nothing_before_the_bytes_arrive() {
+        // A peer announces a message at the limit and sends ten bytes of it: the
+        // buffer holds what came, not what was announced.
+        for p in [ClientProtocol::Frame, ClientProtocol::Json] {
+            let mut codec = ClientCodec::new(p);
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            buf.extend_from_slice(b"0123456789");
+            assert_eq!(codec.decode(&mut buf, 1 << 20), Ok(None));
+            assert!(
+                buf.capacity() < 64 << 10,
+                "{p}: {} bytes reserved for 14 received",
+                buf.capacity()
+            );
+        }
     }
 
     #[test]

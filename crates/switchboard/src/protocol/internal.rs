@@ -13,14 +13,17 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::protocol::ClientProtocol;
-use crate::{ClientId, Message};
+use crate::{ClientId, Message, PerProtocol};
 
 /// Version of this protocol, sent in [`Frame::Hello`] and [`Frame::Auth`].
 ///
 /// 2: events carry the listener, its protocol, the client's uid and groups and whether
 /// the message is binary; sends carry the text/binary mark; counted sends; the
 /// WebSocket handshake event and its verdict.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: the message of every send carries its renderings per client protocol
+/// ([`PerProtocol`]), after the default one.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes in a frame header (the length field).
 const HEADER: usize = 4;
@@ -119,14 +122,14 @@ pub enum Command {
     SendToClient {
         /// Recipient.
         client: ClientId,
-        /// Message.
-        data: Message,
+        /// Message, rendered for the recipient's protocol.
+        data: PerProtocol,
     },
     /// Send to every client of this gateway, or only to `only` when given; never to
     /// `exclude`.
     SendToAll {
-        /// Message.
-        data: Message,
+        /// Message, rendered for each recipient's protocol.
+        data: PerProtocol,
         /// When present, the recipients (those held by this gateway).
         only: Option<Vec<ClientId>>,
         /// Clients to skip.
@@ -136,15 +139,15 @@ pub enum Command {
     SendToUid {
         /// The uids.
         uids: Vec<String>,
-        /// Message.
-        data: Message,
+        /// Message, rendered for each recipient's protocol.
+        data: PerProtocol,
     },
     /// Send to every member of any of these groups, except `exclude`.
     SendToGroup {
         /// The groups.
         groups: Vec<String>,
-        /// Message.
-        data: Message,
+        /// Message, rendered for each recipient's protocol.
+        data: PerProtocol,
         /// Clients to skip.
         exclude: Vec<ClientId>,
     },
@@ -496,7 +499,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
         Command::SendToClient { client, data } => {
             w.u8(ty::SEND_TO_CLIENT);
             w.client(*client);
-            w.message(data);
+            w.per_protocol(data);
         }
         Command::SendToAll {
             data,
@@ -504,7 +507,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
             exclude,
         } => {
             w.u8(ty::SEND_TO_ALL);
-            w.message(data);
+            w.per_protocol(data);
             match only {
                 None => w.u8(0),
                 Some(list) => {
@@ -517,7 +520,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
         Command::SendToUid { uids, data } => {
             w.u8(ty::SEND_TO_UID);
             w.strs(uids);
-            w.message(data);
+            w.per_protocol(data);
         }
         Command::SendToGroup {
             groups,
@@ -526,7 +529,7 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
         } => {
             w.u8(ty::SEND_TO_GROUP);
             w.strs(groups);
-            w.message(data);
+            w.per_protocol(data);
             w.clients(exclude);
         }
         Command::BindUid { client, uid } => {
@@ -697,7 +700,8 @@ pub fn decode(src: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Pro
         });
     }
     if src.len() < HEADER + len {
-        src.reserve(HEADER + len - src.len());
+        // Nothing is reserved for the announced length: the buffer grows with the
+        // bytes that actually arrive (a peer may announce 16 MiB and send 5 bytes).
         return Ok(None);
     }
     src.advance(HEADER);
@@ -787,10 +791,10 @@ fn parse_command(t: u8, r: &mut Reader) -> Result<Command, ProtocolError> {
     Ok(match t {
         ty::SEND_TO_CLIENT => Command::SendToClient {
             client: r.client()?,
-            data: r.message()?,
+            data: r.per_protocol()?,
         },
         ty::SEND_TO_ALL => Command::SendToAll {
-            data: r.message()?,
+            data: r.per_protocol()?,
             only: match r.u8()? {
                 0 => None,
                 1 => Some(r.clients()?),
@@ -800,11 +804,11 @@ fn parse_command(t: u8, r: &mut Reader) -> Result<Command, ProtocolError> {
         },
         ty::SEND_TO_UID => Command::SendToUid {
             uids: r.strs()?,
-            data: r.message()?,
+            data: r.per_protocol()?,
         },
         ty::SEND_TO_GROUP => Command::SendToGroup {
             groups: r.strs()?,
-            data: r.message()?,
+            data: r.per_protocol()?,
             exclude: r.clients()?,
         },
         ty::BIND_UID => Command::BindUid {
@@ -984,6 +988,16 @@ impl Writer<'_> {
         self.bytes(m.as_bytes());
         self.u8(u8::from(m.is_binary()));
     }
+    /// The default message, a count (0 to 4), then per protocol its byte and message.
+    fn per_protocol(&mut self, m: &PerProtocol) {
+        self.message(m.default_message());
+        let alternatives = m.alternatives();
+        self.u8(alternatives.len() as u8);
+        for (p, m) in alternatives {
+            self.u8(p.wire_byte());
+            self.message(m);
+        }
+    }
     fn opt_message(&mut self, v: Option<&Message>) {
         match v {
             None => self.u8(0),
@@ -1102,6 +1116,22 @@ impl Reader {
         }
         Ok(Message::from_parts(data, binary))
     }
+    /// The default message, then each protocol's own (a protocol at most once).
+    fn per_protocol(&mut self) -> Result<PerProtocol, ProtocolError> {
+        let mut m = PerProtocol::new(self.message()?);
+        let n = self.u8()?;
+        if usize::from(n) > ClientProtocol::ALL.len() {
+            return Err(self.invalid("rendering count"));
+        }
+        for _ in 0..n {
+            let p = ClientProtocol::from_wire_byte(self.u8()?).ok_or(self.invalid("protocol"))?;
+            if m.alternatives().iter().any(|(q, _)| *q == p) {
+                return Err(self.invalid("protocol rendered twice"));
+            }
+            m = m.with(p, self.message()?);
+        }
+        Ok(m)
+    }
     fn opt_message(&mut self) -> Result<Option<Message>, ProtocolError> {
         match self.u8()? {
             0 => Ok(None),
@@ -1121,6 +1151,10 @@ impl Reader {
         (0..n).map(|_| self.client()).collect()
     }
 }
+
+/// Largest frame a peer may send before it has authenticated (its `auth` frame is a
+/// few hundred bytes): an unauthenticated peer can make the gateway hold no more.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
 /// [`tokio_util::codec`] adapter over [`encode`] / [`decode`].
 #[derive(Debug, Clone)]
@@ -1176,6 +1210,20 @@ mod tests {
 
     const MAX: usize = 1 << 20;
 
+    #[test]
+    fn an_announced_length_reserves_nothing_before_the_bytes_arrive() {
+        // 16 MiB announced, 5 bytes sent: the buffer holds what came.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(16u32 << 20).to_be_bytes());
+        buf.extend_from_slice(&[2]);
+        assert!(matches!(decode(&mut buf, 16 << 20), Ok(None)));
+        assert!(
+            buf.capacity() < 64 << 10,
+            "{} bytes reserved for 5 received",
+            buf.capacity()
+        );
+    }
+
     fn any_client() -> impl Strategy<Value = ClientId> {
         (any::<u32>(), any::<u64>()).prop_map(|(g, c)| ClientId::new(g, c))
     }
@@ -1194,13 +1242,21 @@ mod tests {
     fn any_protocol() -> impl Strategy<Value = ClientProtocol> {
         proptest::sample::select(ClientProtocol::ALL.to_vec())
     }
+    /// A default message and up to 4 renderings (a protocol given twice keeps the
+    /// later one, as `with` does).
+    fn any_per_protocol() -> impl Strategy<Value = PerProtocol> {
+        (any_message(), vec((any_protocol(), any_message()), 0..5)).prop_map(|(d, alts)| {
+            alts.into_iter()
+                .fold(PerProtocol::new(d), |m, (p, a)| m.with(p, a))
+        })
+    }
 
     fn any_command() -> impl Strategy<Value = Command> {
         prop_oneof![
-            (any_client(), any_message())
+            (any_client(), any_per_protocol())
                 .prop_map(|(client, data)| Command::SendToClient { client, data }),
             (
-                any_message(),
+                any_per_protocol(),
                 proptest::option::of(vec(any_client(), 0..4)),
                 vec(any_client(), 0..4)
             )
@@ -1209,15 +1265,18 @@ mod tests {
                     only,
                     exclude
                 }),
-            (vec(any_str(), 0..4), any_message())
+            (vec(any_str(), 0..4), any_per_protocol())
                 .prop_map(|(uids, data)| Command::SendToUid { uids, data }),
-            (vec(any_str(), 0..4), any_message(), vec(any_client(), 0..4)).prop_map(
-                |(groups, data, exclude)| Command::SendToGroup {
+            (
+                vec(any_str(), 0..4),
+                any_per_protocol(),
+                vec(any_client(), 0..4)
+            )
+                .prop_map(|(groups, data, exclude)| Command::SendToGroup {
                     groups,
                     data,
                     exclude
-                }
-            ),
+                }),
             (any_client(), any_str()).prop_map(|(client, uid)| Command::BindUid { client, uid }),
             (any_client(), any_str()).prop_map(|(client, uid)| Command::UnbindUid { client, uid }),
             (any_client(), any_str())
@@ -1446,11 +1505,12 @@ mod tests {
     fn a_text_message_that_is_not_utf8_is_refused() {
         let mut bytes = encode_to_bytes(&Frame::Command(Command::SendToClient {
             client: ClientId::new(1, 2),
-            data: Message::binary(vec![0xff]),
+            data: Message::binary(vec![0xff]).into(),
         }))
         .to_vec();
-        // Flip the trailing binary flag to "text".
-        *bytes.last_mut().unwrap() = 0;
+        // Flip the binary flag (before the rendering count) to "text".
+        let flag = bytes.len() - 2;
+        bytes[flag] = 0;
         let mut buf = BytesMut::from(&bytes[..]);
         assert_eq!(
             decode(&mut buf, MAX),
@@ -1471,5 +1531,90 @@ mod tests {
             &bytes[..],
             &[0, 0, 0, 21, 0x11, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]
         );
+    }
+
+    #[test]
+    fn exact_bytes_of_a_send_with_a_websocket_rendering() {
+        let bytes = encode_to_bytes(&Frame::Command(Command::SendToClient {
+            client: ClientId::new(1, 2),
+            data: PerProtocol::new("hi").with(ClientProtocol::WebSocket, "{}"),
+        }));
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            0, 0, 0, 29, 0x20,
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, // client 1:2
+            0, 0, 0, 2, b'h', b'i', 0,          // default: "hi", text
+            1,                                  // one rendering
+            4, 0, 0, 0, 2, b'{', b'}', 0,       // websocket: "{}", text
+        ];
+        assert_eq!(&bytes[..], want);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let Ok(Some(Frame::Command(Command::SendToClient { data, .. }))) = decode(&mut buf, MAX)
+        else {
+            panic!("not a send_to_client");
+        };
+        assert_eq!(
+            data.for_protocol(ClientProtocol::Text),
+            &Message::from("hi")
+        );
+        assert_eq!(
+            data.for_protocol(ClientProtocol::WebSocket),
+            &Message::from("{}")
+        );
+    }
+
+    #[test]
+    fn renderings_are_checked() {
+        let send = |tail: &[u8]| {
+            let mut body = vec![ty::SEND_TO_CLIENT, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
+            body.extend_from_slice(&[0, 0, 0, 1, b'x', 0]);
+            body.extend_from_slice(tail);
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            decode(&mut BytesMut::from(&frame[..]), MAX)
+        };
+        let invalid = |field| {
+            Err(ProtocolError::Invalid {
+                frame: "send_to_client",
+                field,
+            })
+        };
+        assert!(matches!(send(&[0]), Ok(Some(_))));
+        assert!(matches!(send(&[1, 1, 0, 0, 0, 0, 0]), Ok(Some(_))));
+        assert_eq!(send(&[1, 9, 0, 0, 0, 0, 0]), invalid("protocol"));
+        assert_eq!(
+            send(&[2, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]),
+            invalid("protocol rendered twice")
+        );
+        assert_eq!(send(&[5]), invalid("rendering count"));
+        assert_eq!(
+            send(&[1, 4, 0, 0, 0, 1]),
+            Err(ProtocolError::Truncated("send_to_client"))
+        );
+        // A version 2 peer's send (no count) is a truncated frame, never misread.
+        assert_eq!(send(&[]), Err(ProtocolError::Truncated("send_to_client")));
+    }
+
+    #[test]
+    fn exact_bytes_of_a_message_event() {
+        let bytes = encode_to_bytes(&Frame::Event(Event {
+            seq: 1,
+            kind: EventKind::Message,
+            client: ClientId::new(7, 42),
+            addr: "127.0.0.1:50000".into(),
+            listener: "main".into(),
+            protocol: ClientProtocol::Text,
+            uid: None,
+            groups: vec![],
+            session: Bytes::from_static(b"{}"),
+            body: Bytes::from_static(b"hi"),
+            binary: false,
+        }));
+        let mut want = vec![0, 0, 0, 0x44, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 2];
+        want.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0x2a]);
+        want.extend_from_slice(b"\0\0\0\x0f127.0.0.1:50000\0\0\0\x04main");
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(b"\0\0\0\x02{}\0\0\0\x02hi\0");
+        assert_eq!(&bytes[..], &want[..]);
     }
 }

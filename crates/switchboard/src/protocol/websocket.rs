@@ -310,7 +310,8 @@ impl WsCodec {
             }
             let total = head + len as usize;
             if src.len() < total {
-                src.reserve(total - src.len());
+                // Nothing reserved for the announced length: the buffer grows with
+                // the bytes that arrive.
                 return Ok(None);
             }
             src.advance(head);
@@ -484,6 +485,20 @@ mod tests {
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         out
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing_before_the_bytes_arrive() {
+        let mut frame = client_frame(0x82, &vec![7u8; 1 << 20]);
+        frame.truncate(100);
+        let mut buf = BytesMut::from(&frame[..]);
+        let mut codec = WsCodec::default();
+        assert_eq!(codec.decode(&mut buf, 1 << 20), Ok(None));
+        assert!(
+            buf.capacity() < 64 << 10,
+            "{} bytes reserved for 100 received",
+            buf.capacity()
+        );
     }
 
     fn decode_all(input: &[u8], limit: usize) -> Vec<Result<WsEvent, WsError>> {

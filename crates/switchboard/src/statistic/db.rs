@@ -118,6 +118,8 @@ pub struct FailureFilter {
     pub interface: Option<String>,
     /// Only this code.
     pub code: Option<i32>,
+    /// Only this machine's (`statistic.host`).
+    pub host: Option<String>,
     /// Only messages containing this text.
     pub text: Option<String>,
     /// Only failures at or after this time (Unix ms).
@@ -408,6 +410,7 @@ impl StatDb {
                AND (?3 IS NULL OR code = ?3)
                AND (?4 IS NULL OR instr(message, ?4) > 0)
                AND (?5 IS NULL OR at_ms >= ?5)
+               AND (?7 IS NULL OR host = ?7)
              ORDER BY id DESC LIMIT ?6",
         )?;
         let rows = stmt.query_map(
@@ -417,7 +420,8 @@ impl StatDb {
                 f.code,
                 f.text,
                 f.since_ms.map(|v| v as i64),
-                f.limit.max(1) as i64
+                f.limit.max(1) as i64,
+                f.host
             ],
             |r| {
                 Ok(FailureRecord {

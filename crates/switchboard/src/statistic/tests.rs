@@ -78,6 +78,31 @@ async fn a_guard_dropped_unreported_is_a_failure_with_its_own_code() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_guard_dropped_by_a_panic_is_a_failure_with_the_panicked_code() {
+    let c = collector(Limits::default());
+    let guard = c.start("chat", "say");
+    tokio::time::advance(Duration::from_millis(7)).await;
+    // The guard is dropped while the closure unwinds, as in a handler that panics
+    // between `statistic(..)` and its report.
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _held = guard;
+        panic!("the handler panics before reporting");
+    }));
+    assert!(unwound.is_err());
+    // A guard dropped without a panic, for contrast, keeps the other code.
+    drop(c.start("chat", "say"));
+    let batch = c.take_batch();
+    assert_eq!(batch.minutes[0].agg.fail, 2);
+    assert_eq!(batch.minutes[0].agg.codes.get(&PANICKED), Some(&1));
+    assert_eq!(batch.minutes[0].agg.codes.get(&UNREPORTED), Some(&1));
+    let panicked = &batch.failures[0];
+    assert_eq!(panicked.code, PANICKED, "{batch:#?}");
+    assert!(panicked.message.contains("panicked"), "{panicked:?}");
+    assert_eq!(panicked.took_us, 7_000);
+    assert_eq!(batch.failures[1].code, UNREPORTED);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_closure_form_reports_from_the_result() {
     let c = collector(Limits::default());
     let ok: Result<u32, String> = c
@@ -171,6 +196,32 @@ async fn the_database_merges_batches_once_and_prunes_by_retention() {
         .unwrap();
     assert_eq!(fails.len(), 1);
     assert_eq!(fails[0].host, "host-a");
+    // Another machine's failure, an hour later: the log filters by host and by time.
+    let other = Arc::new(Collector::new(
+        "host-b",
+        Clock::at(T0 + 3_600_000),
+        Limits::default(),
+    ));
+    other.start("chat", "say").fail(500, "db down");
+    assert!(db.ingest("c.json", &other.take_batch(), T0).unwrap());
+    let failures = |host: Option<&str>, since_ms: Option<u64>| {
+        db.failures(&FailureFilter {
+            host: host.map(str::to_owned),
+            since_ms,
+            limit: 10,
+            ..FailureFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|f| format!("{}:{}", f.host, f.code))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(failures(None, None), ["host-b:500", "host-a:404"]);
+    assert_eq!(failures(Some("host-a"), None), ["host-a:404"]);
+    assert_eq!(failures(Some("host-b"), None), ["host-b:500"]);
+    assert!(failures(Some("host-c"), None).is_empty());
+    assert_eq!(failures(None, Some(T0 + 60_000)), ["host-b:500"]);
+    assert!(failures(Some("host-a"), Some(T0 + 60_000)).is_empty());
 
     // 15 days later (retention 15 days) the minute is still there one minute before
     // its time is up, and gone after.
@@ -179,13 +230,16 @@ async fn the_database_merges_batches_once_and_prunes_by_retention() {
     assert_eq!(db.minutes(&f).unwrap().1.calls, 17);
     db.prune(T0 + retention + 60_000, retention, 100).unwrap();
     assert_eq!(db.minutes(&f).unwrap().1.calls, 0);
-    assert!(db
-        .failures(&FailureFilter {
-            limit: 10,
-            ..FailureFilter::default()
-        })
-        .unwrap()
-        .is_empty());
+    let all = FailureFilter {
+        limit: 10,
+        ..FailureFilter::default()
+    };
+    let left = db.failures(&all).unwrap();
+    assert_eq!(left.len(), 1, "only the later failure is left: {left:?}");
+    assert_eq!(left[0].host, "host-b");
+    db.prune(T0 + 3_600_000 + retention + 60_000, retention, 100)
+        .unwrap();
+    assert!(db.failures(&all).unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -205,7 +259,28 @@ async fn the_spool_hands_batches_over_and_is_bounded() {
     assert!(spool::list(&spool).is_empty());
 }
 
-/// The hot-path cost of a report and of the worker's per-event metrics, printed in ns:
+/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`): a measurement that time
+/// spent waiting for a core on a busy machine does not inflate.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which we own.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Thread CPU time per iteration of `f(n)`.
+fn per_iteration(n: u32, f: impl FnOnce(u32)) -> Duration {
+    let t = thread_cpu();
+    f(n);
+    (thread_cpu() - t) / n
+}
+
+/// The hot-path cost of a report, of the worker's per-event metrics and of the
+/// gateway's per-message metrics, in thread CPU time per call:
 /// `cargo test --release -p switchboard --lib cost_of_a_report -- --ignored --nocapture`
 /// (docs/BENCHMARKS.md compares it with the CPU a private message costs).
 #[test]
@@ -218,23 +293,23 @@ fn cost_of_a_report() {
     rt.block_on(async {
         let c = Arc::new(Collector::new("h", Clock::new(), Limits::default()));
         let n = 2_000_000u32;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            c.start("chat", "private").success();
-        }
-        let report = t.elapsed() / n;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            let began = std::time::Instant::now();
-            crate::metrics::worker::event_handled(
-                crate::metrics::worker::EventKind::Message,
-                began.elapsed(),
-                false,
-                false,
-            );
-            crate::metrics::worker::command(crate::metrics::worker::CommandKind::SendToClient);
-        }
-        let event = t.elapsed() / n;
+        let report = per_iteration(n, |n| {
+            for _ in 0..n {
+                c.start("chat", "private").success();
+            }
+        });
+        let event = per_iteration(n, |n| {
+            for _ in 0..n {
+                let began = std::time::Instant::now();
+                crate::metrics::worker::event_handled(
+                    crate::metrics::worker::EventKind::Message,
+                    began.elapsed(),
+                    false,
+                    false,
+                );
+                crate::metrics::worker::command(crate::metrics::worker::CommandKind::SendToClient);
+            }
+        });
         // Keep the figures honest: everything was recorded.
         assert_eq!(
             c.take_batch().minutes.iter().map(|m| m.agg.ok).sum::<u64>(),
@@ -244,4 +319,45 @@ fn cost_of_a_report() {
             "statistic report (guard + success): {report:?}; worker metrics per event: {event:?}"
         );
     });
+
+    // The gateway's calls for one message to one client (commit 195c19c): the read
+    // that brought it (`bytes_in`), the message put on the client's outbound queue
+    // and taken off it (`outbound_queued`, `outbound_written`: the queue gauge) and
+    // the write (`bytes_out`). A private message is one read and two of the rest (the
+    // recipient's copy and the sender's echo); the gateway's threads share the
+    // counters, so they are timed on one thread and on two at once.
+    use crate::metrics::gateway as gw;
+    let message = |n: u32| {
+        for _ in 0..n {
+            let len = std::hint::black_box(64);
+            gw::bytes_in(len);
+            gw::outbound_queued(len);
+            gw::outbound_written(len);
+            gw::bytes_out(len);
+        }
+    };
+    let bytes_in = |series: &[crate::metrics::Series]| {
+        series
+            .iter()
+            .find(|s| s.name == "switchboard_received_bytes")
+            .map(|s| s.value.clone())
+    };
+    let n = 10_000_000u32;
+    let alone = per_iteration(n, message);
+    let shared: Vec<Duration> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| per_iteration(n, message)))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(
+        bytes_in(&crate::metrics::collect()),
+        Some(metrics::Value::Counter {
+            value: (3 * u64::from(n) * 64) as f64
+        }),
+        "every byte counted"
+    );
+    println!(
+        "gateway metrics per message to one client: {alone:?} on one thread; {shared:?} on two threads at once"
+    );
 }

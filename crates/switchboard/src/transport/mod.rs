@@ -2,20 +2,19 @@
 //! connections and internal links alike.
 //!
 //! Protocols (`crate::protocol`) turn bytes into messages and never see a socket; the
-//! gateway's connection task reads through a [`ReadHalf`] and writes through a
-//! [`WriteHalf`], whatever the transport. Reading a TCP client waits for readiness
-//! before it takes a buffer, so an idle client holds none; a TLS client keeps a small
-//! one (rustls holds its own records anyway).
+//! gateway's connection task reads and writes one [`ClientStream`], whatever the
+//! transport. Reading a TCP client waits for readiness before it takes a buffer, so an
+//! idle client holds none; a TLS client keeps a small one (rustls holds its own records
+//! anyway).
 
 pub mod tls;
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Largest read from a socket at once.
@@ -29,99 +28,108 @@ type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 pub enum ClientStream {
     /// Plain TCP.
     Tcp(TcpStream),
-    /// TLS over TCP, handshake done.
+    /// TLS over TCP, handshake done (boxed: rustls' state is large, and most clients
+    /// of a gateway may be plain TCP).
     Tls(Box<ServerTls>),
 }
 
 impl ClientStream {
-    /// Splits into a reader and a writer that can be used from two tasks.
-    pub fn split(self) -> (ReadHalf, WriteHalf) {
-        match self {
-            ClientStream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
-            }
-            ClientStream::Tls(s) => {
-                let (r, w) = tokio::io::split(*s);
-                (ReadHalf::Tls(r), WriteHalf::Tls(w))
-            }
-        }
-    }
-}
-
-/// The reading side of a client connection.
-pub enum ReadHalf {
-    /// Plain TCP.
-    Tcp(OwnedReadHalf),
-    /// TLS.
-    Tls(tokio::io::ReadHalf<ServerTls>),
-}
-
-impl ReadHalf {
-    /// Waits for data and appends what is there to `buf`; `Ok(0)` at the end of the
-    /// stream. Cancel-safe (nothing is lost when a `select!` drops it).
+    /// Waits for data and appends what is there to `buf`; `Ready(Ok(0))` at the end of
+    /// the stream.
     ///
-    /// On TCP the buffer grows only once the socket is readable, and an empty buffer
-    /// is released while waiting, so an idle client costs no buffer.
-    pub async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// On TCP the buffer grows only once the socket is readable, and an empty buffer is
+    /// released after a spurious wake-up, so an idle client costs no buffer.
+    pub fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         match self {
-            ReadHalf::Tcp(rd) => loop {
-                rd.readable().await?;
+            ClientStream::Tcp(tcp) => loop {
+                ready!(tcp.poll_read_ready(cx))?;
                 buf.reserve(READ_CHUNK);
-                match rd.try_read_buf(buf) {
-                    Ok(n) => return Ok(n),
+                match tcp.try_read_buf(buf) {
+                    Ok(n) => return Poll::Ready(Ok(n)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // A spurious wake-up: give the buffer back if it holds nothing.
                         if buf.is_empty() {
                             *buf = BytesMut::new();
                         }
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            ReadHalf::Tls(rd) => {
+            ClientStream::Tls(tls) => {
                 buf.reserve(if buf.is_empty() {
                     TLS_IDLE_READ
                 } else {
                     READ_CHUNK
                 });
-                rd.read_buf(buf).await
+                tokio_util::io::poll_read_buf(Pin::new(tls.as_mut()), cx, buf)
             }
+        }
+    }
+
+    /// [`poll_read_some`](Self::poll_read_some) as a future (the HTTP phase of a
+    /// WebSocket client).
+    pub async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_some(cx, buf)).await
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-/// The writing side of a client connection.
-pub enum WriteHalf {
-    /// Plain TCP.
-    Tcp(OwnedWriteHalf),
-    /// TLS.
-    Tls(tokio::io::WriteHalf<ServerTls>),
-}
-
-impl AsyncWrite for WriteHalf {
+impl AsyncWrite for ClientStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
-            WriteHalf::Tls(w) => Pin::new(w).poll_write(cx, buf),
+            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Tcp(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
-            WriteHalf::Tls(w) => Pin::new(w).poll_flush(cx),
+            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
-            WriteHalf::Tls(w) => Pin::new(w).poll_shutdown(cx),
+            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use switchboard_store::SharedStore;
 
-use super::api::{ApiError, Gateway};
+use crate::client::{ApiError, Gateway};
 use crate::protocol::ClientProtocol;
 use crate::{ClientId, Message, Session, WebSocketRequest};
 

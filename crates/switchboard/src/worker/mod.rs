@@ -1,7 +1,6 @@
 //! The worker process: runs the application's [`Events`] for the events gateways send,
 //! isolated from panics, and drains cleanly on shutdown.
 
-pub mod api;
 pub mod events;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,11 +12,11 @@ use serde_json::Map;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::{self, Acker, EventSink, Gateway, GatewayOptions};
 use crate::config::Config;
 use crate::protocol::internal::{Event, EventKind, Role};
 use crate::stats;
 use crate::{Error, Message, Refuse, WebSocketRequest};
-use api::{Acker, EventSink, Gateway, GatewayOptions};
 use events::ClientMeta;
 pub use events::{Context, Events, HandlerResult};
 
@@ -51,7 +50,7 @@ pub async fn run(
         max_frame: config.gateway.max_internal_frame,
         link_timeout: config.worker.link_timeout,
         statistics,
-        tls: api::link_tls(&config)?,
+        tls: client::link_tls(&config)?,
     };
     // Events that arrive before `on_worker_start` has finished wait for it, as
     // GatewayWorker users expect (their onWorkerStart opens databases and the like).
@@ -291,6 +290,11 @@ mod tests {
             match msg.as_bytes() {
                 b"boom" => panic!("bug in business code"),
                 b"err" => Err("a handled failure".into()),
+                b"show" => {
+                    let seen = ctx.session().get("seen").and_then(|v| v.as_bool());
+                    ctx.reply(format!("seen={seen:?}")).await?;
+                    Ok(())
+                }
                 _ => {
                     ctx.session_mut().insert("seen".into(), true.into());
                     Ok(())
@@ -332,12 +336,92 @@ mod tests {
         let db = switchboard_db::Db::new(Default::default()).unwrap();
         let gateway = Gateway::start(options, store, db, Role::Worker, |_| None);
         let counters = Counters::default();
-        handle(&Buggy, gateway.clone(), event("boom"), &counters).await;
-        handle(&Buggy, gateway.clone(), event("err"), &counters).await;
-        handle(&Buggy, gateway.clone(), event("fine"), &counters).await;
+        // Each ends in a plain ack, the panic and the failure included.
+        for body in ["boom", "err", "fine"] {
+            let outcome = handle(&Buggy, gateway.clone(), event(body), &counters).await;
+            assert_eq!(outcome, Outcome::Done, "{body}");
+        }
         assert_eq!(counters.events.load(Ordering::Relaxed), 3);
         assert_eq!(counters.panicked.load(Ordering::Relaxed), 1);
         assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
         gateway.close().await;
+    }
+
+    /// A gateway and a worker of a deployment in a temporary directory (file store),
+    /// run in this process; the gateway's text listener binds port 0.
+    async fn deployment(
+        dir: &std::path::Path,
+    ) -> (
+        Config,
+        std::net::SocketAddr,
+        CancellationToken,
+        Vec<tokio::task::JoinHandle<Result<(), Error>>>,
+    ) {
+        let config = Config::from_toml(
+            &format!(
+                "name = \"worker-test\"\nsecret = \"s\"\ndata_dir = \"{}\"\n\
+                 [store]\nbackend = \"file\"\npath = \"store.sqlite\"\n\
+                 [[gateway.listeners]]\nlisten = \"127.0.0.1:0\"\n\
+                 [worker]\ndiscovery_interval = \"100ms\"\n",
+                dir.display()
+            ),
+            None,
+        )
+        .unwrap();
+        let stop = CancellationToken::new();
+        let gateway = tokio::spawn(crate::gateway::run(
+            config.clone(),
+            0,
+            Arc::new(crate::Assets::default()),
+            stop.clone(),
+        ));
+        let store = crate::open_store(&config).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let listen = loop {
+            let entries = crate::discovery::list(store.as_ref(), &config.name)
+                .await
+                .unwrap_or_default();
+            if let Some(addr) = entries.first().and_then(|e| e.listeners.first()) {
+                break *addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never published itself"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let worker = tokio::spawn(run(config.clone(), Arc::new(Buggy), stop.clone()));
+        (config, listen, stop, vec![gateway, worker])
+    }
+
+    /// Through a real gateway and the worker's own loop: a panic and a failure are
+    /// acknowledged (the client's next events, held until then, are handled), and the
+    /// session a handler changed is saved (the next event carries it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_events_are_acknowledged_and_a_changed_session_is_saved() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let (_config, listen, stop, tasks) = deployment(dir.path()).await;
+        let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"boom\nerr\nfine\nshow\n").await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("no answer to `show` within 15 s: an event was never acknowledged")
+            .unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some("seen=Some(true)"),
+            "the session was not saved"
+        );
+        stop.cancel();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("stops")
+                .unwrap()
+                .unwrap();
+        }
     }
 }

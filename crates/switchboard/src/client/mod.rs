@@ -1,11 +1,88 @@
-//! The Gateway API: what business code (or any other program) calls to push to clients
-//! and ask about them.
+//! The client library: the Gateway API for any program — a worker's handlers, a web
+//! back end, a cron job, the `push` command — what GatewayWorker users know as
+//! `GatewayClient`.
 //!
-//! A [`Gateway`] keeps one authenticated connection to every gateway it discovers in
-//! the store. Commands about one client go to the gateway named in its client id;
-//! fan-out commands go to every gateway; queries ask every gateway concerned and gather
-//! the answers, with a timeout: a gateway that does not answer is an error naming it,
-//! never a hang.
+//! (Not to be confused with [`crate::gateway`], the *server* process that holds client
+//! connections. A [`Gateway`] handle is a client of every such process.)
+//!
+//! # Connecting from a program that is not a worker
+//!
+//! A worker gets its handle from the runtime ([`Context::gateway`](crate::Context::gateway)).
+//! Any other program makes one, with the deployment's configuration file…
+//!
+//! ```no_run
+//! use switchboard::{Config, Gateway};
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     let config = Config::load("/etc/chat/chat.toml".as_ref())?;
+//!     let gateway = Gateway::connect(&config).await?;
+//!     let reached = gateway.send_to_uid(&["alice"], "your order has shipped").await?;
+//!     println!("told alice on {reached} device(s)");
+//!     gateway.close().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! …or with only the deployment's name, secret and store, through a [`Builder`]:
+//!
+//! ```no_run
+//! use switchboard::store::StoreConfig;
+//! use switchboard::Gateway;
+//!
+//! # async fn demo() -> Result<(), switchboard::Error> {
+//! let gateway = Gateway::builder()
+//!     .name("chat")
+//!     .secret("the deployment's secret")
+//!     .store(StoreConfig::Redis { url: "redis://10.0.0.5:6379".into() })
+//!     .connect()
+//!     .await?;
+//! if !gateway.is_uid_online("alice").await? {
+//!     println!("alice is offline");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Either way the program needs a Tokio runtime. Keep one handle for the life of the
+//! program and clone it freely: every clone shares the same connections.
+//!
+//! # What the handle does for you
+//!
+//! - **Discovery.** It reads the deployment's gateway list from the store (every
+//!   `worker.discovery_interval`) and keeps **one authenticated connection per
+//!   gateway**, reused by every call and every clone. A gateway that appears is
+//!   connected within one interval; one that leaves the store (stopped, or its entry
+//!   expired) is dropped; a broken connection is re-opened with backoff.
+//!   [`connect`](Gateway::connect) returns once the gateways published at that moment
+//!   are connected.
+//! - **Routing.** A call about one client goes to the gateway named in its client id,
+//!   with no lookup; fan-out sends and queries go to every gateway and gather the
+//!   answers.
+//! - **Timeouts.** Every call is bounded by `worker.query_timeout` (3 s): waiting for
+//!   room on a gateway's link ([`ApiError::SendTimeout`]) and waiting for its answer
+//!   ([`ApiError::Timeout`]) each take at most that long, and both errors name the
+//!   gateway. A stalled gateway delays a fan-out by one timeout, however many gateways
+//!   there are; the others get the command.
+//! - **No gateway.** When no gateway at all is connected — none is published under
+//!   this `name` in this store, the secret is wrong, or none answers — every call
+//!   fails with [`ApiError::NoGateway`] instead of reaching nobody in silence. Workers
+//!   get the same error: a worker with no gateway link has nobody to reach either
+//!   (its handlers only run for events that came over a link, so in a worker this
+//!   happens only in background tasks, `on_worker_start`, or a handler still running
+//!   when its gateways went away).
+//! - **One client's gateway gone.** When other gateways are connected but not the one
+//!   a client id names, the client is offline as far as this program can tell:
+//!   [`send_to_client`](Gateway::send_to_client) and [`is_online`](Gateway::is_online)
+//!   answer `false`, [`get_session`](Gateway::get_session) `None`, and commands about it
+//!   ([`bind_uid`](Gateway::bind_uid), ...) fail with [`ApiError::GatewayUnavailable`].
+//!
+//! Commands are fire-and-forget (`Ok` once queued on the link); targeted sends and the
+//! `_counted` fan-out sends wait for the gateways' count of clients reached. Pushing
+//! needs no worker: gateways execute the commands themselves, so pushes arrive while
+//! workers are reloaded, restarted or all down.
+//!
+//! The admin listener's HTTP push API (`docs/push-api.md`) and the `push`, `online`
+//! and `kick` commands are built on this library.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -27,14 +104,31 @@ use crate::protocol::internal::{
     self, ClientInfo, Command, Event, Frame, InternalCodec, Query, Reply, Role, PROTOCOL_VERSION,
 };
 use crate::transport::LinkStream;
-use crate::{auth, ClientId, Message, Session};
+use crate::{auth, ClientId, Message, PerProtocol, Session};
+
+mod builder;
+pub use builder::Builder;
 
 /// Frames a link may have waiting to be written before senders wait (back-pressure).
 const LINK_QUEUE: usize = 65_536;
 
 /// What can go wrong in a Gateway API call.
+///
+/// Every variant that concerns one gateway names it (its number, and its internal
+/// address where known), so a log line or an HTTP error says which process to look at.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiError {
+    /// No gateway is connected at all: none is published in the store under this
+    /// deployment's name, none could be reached, or discovery has not found them yet.
+    /// Every call gives it then, whatever it is about (a fan-out send, a query, a
+    /// command about one client), so a wrong `name`, `secret` or `[store]` is an error
+    /// instead of a push that silently reached nobody.
+    #[error("no gateway of deployment {deployment:?} is connected (none is published in the store, or none could be reached)")]
+    NoGateway {
+        /// The deployment name (`name` of the configuration).
+        deployment: String,
+    },
     /// No connection to the gateway that holds this client (it is gone, or not yet
     /// discovered).
     #[error("gateway {gateway} (of client {client}) is not connected")]
@@ -52,6 +146,18 @@ pub enum ApiError {
         /// Its internal address.
         addr: SocketAddr,
         /// The configured query timeout.
+        timeout: Duration,
+    },
+    /// The link to a gateway had no room for the command for this long (the link's
+    /// queue stayed full: the gateway reads too slowly or not at all). The command
+    /// was not sent to that gateway.
+    #[error("gateway {gateway} at {addr} did not take the command within {timeout:?} (its link is full)")]
+    SendTimeout {
+        /// Gateway number.
+        gateway: u32,
+        /// Its internal address.
+        addr: SocketAddr,
+        /// The configured timeout (`worker.query_timeout`).
         timeout: Duration,
     },
     /// The connection to a gateway was lost while waiting.
@@ -97,6 +203,8 @@ struct LinkHandle {
     addr: SocketAddr,
     /// Largest frame the gateway accepts; a bigger one would make it drop the link.
     max_frame: usize,
+    /// How long a command may wait for room on the link before it fails.
+    send_timeout: Duration,
     tx: mpsc::Sender<LinkOut>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
     drained: Arc<Notify>,
@@ -104,22 +212,51 @@ struct LinkHandle {
 
 impl LinkHandle {
     async fn send(&self, frame: &Frame) -> Result<(), ApiError> {
-        let bytes = internal::encode_to_bytes(frame);
-        let size = bytes.len().saturating_sub(4);
-        if size > self.max_frame {
-            return Err(ApiError::TooLarge {
-                size,
-                max: self.max_frame,
-            });
+        let bytes = encode_checked(frame, self.max_frame)?;
+        self.send_encoded(bytes).await
+    }
+
+    /// Queues an encoded frame; waits at most `send_timeout` for room on the link.
+    async fn send_encoded(&self, bytes: Bytes) -> Result<(), ApiError> {
+        match self.tx.try_send(LinkOut::Frame(bytes)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.disconnected()),
+            Err(mpsc::error::TrySendError::Full(out)) => self.send_slow(out).await,
         }
-        self.tx
-            .send(LinkOut::Frame(bytes))
-            .await
-            .map_err(|_| ApiError::Disconnected {
+    }
+
+    /// The queue was full: wait for room, but not for ever.
+    async fn send_slow(&self, out: LinkOut) -> Result<(), ApiError> {
+        match tokio::time::timeout(self.send_timeout, self.tx.send(out)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.disconnected()),
+            Err(_) => Err(ApiError::SendTimeout {
                 gateway: self.number,
                 addr: self.addr,
-            })
+                timeout: self.send_timeout,
+            }),
+        }
     }
+
+    fn disconnected(&self) -> ApiError {
+        ApiError::Disconnected {
+            gateway: self.number,
+            addr: self.addr,
+        }
+    }
+}
+
+/// Encodes a frame, refusing one larger than the gateways accept.
+fn encode_checked(frame: &Frame, max_frame: usize) -> Result<Bytes, ApiError> {
+    let bytes = internal::encode_to_bytes(frame);
+    let size = bytes.len().saturating_sub(4);
+    if size > max_frame {
+        return Err(ApiError::TooLarge {
+            size,
+            max: max_frame,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Receives the events a worker's links deliver.
@@ -208,7 +345,8 @@ struct Inner {
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Handle to every gateway of a deployment: the Gateway API.
+/// Handle to every gateway of a deployment: the Gateway API (see the [module
+/// documentation](self) for connecting, timeouts and errors).
 ///
 /// Cheap to clone; every clone shares the same connections.
 ///
@@ -218,7 +356,6 @@ struct Inner {
 /// // From a web back end: discover the gateways through the deployment's store and push.
 /// let config = Config::load("chat.toml".as_ref())?;
 /// let gateway = Gateway::connect(&config).await?;
-/// gateway.wait_for_gateways(1, std::time::Duration::from_secs(5)).await;
 /// gateway.send_to_uid(&["alice"], "you have mail").await?;
 /// # Ok(()) }
 /// ```
@@ -230,20 +367,41 @@ pub struct Gateway {
 impl Gateway {
     /// Connects as an API client (no events) to the gateways of `config`'s deployment.
     ///
+    /// Returns once the gateways published in the store at this moment are connected
+    /// (or after `worker.query_timeout`, for those that do not answer); gateways that
+    /// appear later are connected by discovery in the background. With no gateway in
+    /// the store it returns at once, and calls fail with [`ApiError::NoGateway`] until
+    /// one appears.
+    ///
     /// Its `statistic(..)` reports go to the spool of `config`'s data directory, where
     /// the supervisor of this machine picks them up; [`close`](Self::close) flushes the
-    /// last ones.
+    /// last ones. To connect without a configuration file, see
+    /// [`Gateway::builder`].
     pub async fn connect(config: &crate::Config) -> Result<Self, crate::Error> {
         crate::metrics::set_enabled(config.metrics.enabled);
+        Self::connect_as(config, format!("api-{}", std::process::id()), true).await
+    }
+
+    /// [`connect`](Self::connect) with the name gateways log for this peer, and
+    /// statistics on or off.
+    pub(crate) async fn connect_as(
+        config: &crate::Config,
+        name: String,
+        statistics: bool,
+    ) -> Result<Self, crate::Error> {
         let store = crate::open_store(config).await?;
         let db = crate::open_db(config)?;
         let stop = CancellationToken::new();
-        let (statistics, flusher) = crate::statistic::start(config, stop.clone());
+        let (statistics, flusher) = if statistics {
+            crate::statistic::start(config, stop.clone())
+        } else {
+            (Arc::new(crate::statistic::Collector::disabled()), None)
+        };
         let gateway = Self::start(
             GatewayOptions {
                 namespace: config.name.clone(),
                 secret: config.secret.clone(),
-                name: format!("api-{}", std::process::id()),
+                name,
                 query_timeout: config.worker.query_timeout,
                 discovery_interval: config.worker.discovery_interval,
                 max_frame: config.gateway.max_internal_frame,
@@ -263,7 +421,23 @@ impl Gateway {
             stop.cancel();
         });
         *lock(&gateway.inner.flusher) = flusher;
+        gateway.wait_for_published().await;
         Ok(gateway)
+    }
+
+    /// Waits (at most the query timeout) until the gateways published in the store
+    /// right now are connected.
+    async fn wait_for_published(&self) {
+        let inner = &self.inner;
+        let published =
+            match discovery::list(inner.discovery_store.as_ref(), &inner.options.namespace).await {
+                Ok(list) => list.len(),
+                Err(_) => 0,
+            };
+        if published > 0 {
+            self.wait_for_gateways(published, inner.options.query_timeout)
+                .await;
+        }
     }
 
     pub(crate) fn start(
@@ -381,14 +555,37 @@ impl Gateway {
         self.read_links().values().cloned().collect()
     }
 
+    /// Every link, or [`ApiError::NoGateway`] when there is none.
+    fn some_links(&self) -> Result<Vec<LinkHandle>, ApiError> {
+        let links = self.all_links();
+        if links.is_empty() {
+            return Err(self.no_gateway());
+        }
+        Ok(links)
+    }
+
+    fn no_gateway(&self) -> ApiError {
+        ApiError::NoGateway {
+            deployment: self.inner.options.namespace.clone(),
+        }
+    }
+
+    /// The link to a client's gateway: `None` when that gateway is not connected (the
+    /// client is offline as far as this process can tell), [`ApiError::NoGateway`]
+    /// when no gateway at all is.
+    fn link_for(&self, client: ClientId) -> Result<Option<LinkHandle>, ApiError> {
+        let links = self.read_links();
+        if links.is_empty() {
+            return Err(self.no_gateway());
+        }
+        Ok(links.get(&client.gateway).cloned())
+    }
+
     fn link_of(&self, client: ClientId) -> Result<LinkHandle, ApiError> {
-        self.read_links()
-            .get(&client.gateway)
-            .cloned()
-            .ok_or(ApiError::GatewayUnavailable {
-                gateway: client.gateway,
-                client,
-            })
+        self.link_for(client)?.ok_or(ApiError::GatewayUnavailable {
+            gateway: client.gateway,
+            client,
+        })
     }
 
     async fn to_client(&self, client: ClientId, cmd: Command) -> Result<(), ApiError> {
@@ -396,14 +593,40 @@ impl Gateway {
         self.link_of(client)?.send(&Frame::Command(cmd)).await
     }
 
+    /// Sends a command to every gateway. It is encoded once; links with room take it
+    /// at once, and only full ones are waited for (all together, each at most the send
+    /// timeout), so one stalled gateway delays a broadcast by one timeout, not by one
+    /// per gateway. A gateway lost mid-broadcast is skipped (its clients are gone with
+    /// it); one whose link stayed full is an error naming it, after every other
+    /// gateway got the command.
     async fn to_all(&self, cmd: Command) -> Result<(), ApiError> {
         crate::metrics::worker::command(command_kind(&cmd));
-        let frame = Frame::Command(cmd);
-        for link in self.all_links() {
-            // A gateway lost mid-broadcast has no clients left to reach.
-            let _ = link.send(&frame).await;
+        let links = self.some_links()?;
+        let max = links
+            .iter()
+            .map(|l| l.max_frame)
+            .min()
+            .unwrap_or(usize::MAX);
+        let bytes = encode_checked(&Frame::Command(cmd), max)?;
+        let mut full = Vec::new();
+        for link in &links {
+            match link.tx.try_send(LinkOut::Frame(bytes.clone())) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(out)) => full.push((link, out)),
+            }
         }
-        Ok(())
+        if full.is_empty() {
+            return Ok(());
+        }
+        let results =
+            futures::future::join_all(full.into_iter().map(|(l, out)| l.send_slow(out))).await;
+        results
+            .into_iter()
+            .find_map(|r| match r {
+                Err(e @ ApiError::SendTimeout { .. }) => Some(Err(e)),
+                _ => None,
+            })
+            .unwrap_or(Ok(()))
     }
 
     // ---- sending ---------------------------------------------------------------------
@@ -412,11 +635,16 @@ impl Gateway {
     // many clients they reached: one round trip, which also tells "offline" from
     // "delivered" with no race between the two. Fan-out sends (`send_to_all`,
     // `send_to_group`) are fire-and-forget, so a broadcast never waits for replies;
-    // their `_counted` forms wait and count.
+    // their `_counted` forms wait and count. Every send takes a `PerProtocol` (or
+    // anything that is a `Message`): each recipient's gateway picks the rendering for
+    // that client's protocol, so sending to clients of several kinds needs no query.
 
     /// Sends a message to one client; returns whether it reached the client (it was
     /// connected and the message was queued for it). `false` also when the client's
-    /// gateway is not connected to this process, as for [`is_online`](Self::is_online).
+    /// gateway is not connected to this process, as for [`is_online`](Self::is_online);
+    /// [`ApiError::NoGateway`] when no gateway is.
+    /// A [`PerProtocol`] gives clients of some protocols their own rendering: the
+    /// client's gateway picks the one for the client's listener, in the same round trip.
     ///
     /// ```no_run
     /// # use switchboard::{ClientId, Gateway};
@@ -429,9 +657,9 @@ impl Gateway {
     pub async fn send_to_client(
         &self,
         client: ClientId,
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
     ) -> Result<bool, ApiError> {
-        let Ok(link) = self.link_of(client) else {
+        let Some(link) = self.link_for(client)? else {
             return Ok(false);
         };
         let cmd = Command::SendToClient {
@@ -455,14 +683,14 @@ impl Gateway {
             client,
             Command::SendToClient {
                 client,
-                data: data.into(),
+                data: data.into().into(),
             },
         )
         .await
     }
 
     /// Sends a message to every client, without waiting for an answer.
-    pub async fn send_to_all(&self, data: impl Into<Message>) -> Result<(), ApiError> {
+    pub async fn send_to_all(&self, data: impl Into<PerProtocol>) -> Result<(), ApiError> {
         self.to_all(Command::SendToAll {
             data: data.into(),
             only: None,
@@ -473,7 +701,10 @@ impl Gateway {
 
     /// Like [`send_to_all`](Self::send_to_all), and waits until every gateway says how
     /// many clients it reached; returns the total.
-    pub async fn send_to_all_counted(&self, data: impl Into<Message>) -> Result<usize, ApiError> {
+    pub async fn send_to_all_counted(
+        &self,
+        data: impl Into<PerProtocol>,
+    ) -> Result<usize, ApiError> {
         self.gather_count(Query::Counted(Command::SendToAll {
             data: data.into(),
             only: None,
@@ -486,7 +717,7 @@ impl Gateway {
     /// Sends a message to every client, or only to `only` when given, never to `exclude`.
     pub async fn send_to_all_filtered(
         &self,
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
         only: Option<&[ClientId]>,
         exclude: &[ClientId],
     ) -> Result<(), ApiError> {
@@ -507,6 +738,9 @@ impl Gateway {
                     by_gateway.entry(c.gateway).or_default().push(*c);
                 }
                 let links = self.read_links().clone();
+                if links.is_empty() {
+                    return Err(self.no_gateway());
+                }
                 for (gw, ids) in by_gateway {
                     if let Some(link) = links.get(&gw) {
                         let exclude: Vec<ClientId> = exclude
@@ -528,6 +762,59 @@ impl Gateway {
         }
     }
 
+    /// Like [`send_to_all_filtered`](Self::send_to_all_filtered), and waits until every
+    /// gateway concerned says how many clients it reached; returns the total.
+    pub async fn send_to_all_filtered_counted(
+        &self,
+        data: impl Into<PerProtocol>,
+        only: Option<&[ClientId]>,
+        exclude: &[ClientId],
+    ) -> Result<usize, ApiError> {
+        let data: PerProtocol = data.into();
+        let Some(list) = only else {
+            return self
+                .gather_count(Query::Counted(Command::SendToAll {
+                    data,
+                    only: None,
+                    exclude: exclude.to_vec(),
+                }))
+                .await
+                .map(|n| n as usize);
+        };
+        let mut by_gateway: HashMap<u32, Vec<ClientId>> = HashMap::new();
+        for c in list {
+            by_gateway.entry(c.gateway).or_default().push(*c);
+        }
+        let links = self.read_links().clone();
+        if links.is_empty() {
+            return Err(self.no_gateway());
+        }
+        // Only the gateways that hold some of `only`; clients of a gateway that is not
+        // connected are not reached.
+        let asks = by_gateway.into_iter().filter_map(|(gw, ids)| {
+            let link = links.get(&gw)?.clone();
+            let exclude: Vec<ClientId> = exclude
+                .iter()
+                .filter(|c| c.gateway == gw)
+                .copied()
+                .collect();
+            let q = Query::Counted(Command::SendToAll {
+                data: data.clone(),
+                only: Some(ids),
+                exclude,
+            });
+            Some(async move { (link.number, self.ask(&link, q).await) })
+        });
+        let mut total = 0usize;
+        for (number, answer) in futures::future::join_all(asks).await {
+            match answer? {
+                Reply::Count(n) => total += n as usize,
+                other => return Err(bad_reply(number, &other)),
+            }
+        }
+        Ok(total)
+    }
+
     /// Sends a message to every client bound to any of `uids` (every device of a user);
     /// returns how many clients it reached, all gateways together (0: none of them is
     /// online).
@@ -542,7 +829,7 @@ impl Gateway {
     pub async fn send_to_uid<S: AsRef<str>>(
         &self,
         uids: &[S],
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
     ) -> Result<usize, ApiError> {
         self.gather_count(Query::Counted(Command::SendToUid {
             uids: uids.iter().map(|u| u.as_ref().to_owned()).collect(),
@@ -557,7 +844,7 @@ impl Gateway {
     pub async fn send_to_group<S: AsRef<str>>(
         &self,
         groups: &[S],
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
         exclude: &[ClientId],
     ) -> Result<(), ApiError> {
         self.to_all(group_command(groups, data.into(), exclude))
@@ -569,7 +856,7 @@ impl Gateway {
     pub async fn send_to_group_counted<S: AsRef<str>>(
         &self,
         groups: &[S],
-        data: impl Into<Message>,
+        data: impl Into<PerProtocol>,
         exclude: &[ClientId],
     ) -> Result<usize, ApiError> {
         self.gather_count(Query::Counted(group_command(groups, data.into(), exclude)))
@@ -657,9 +944,8 @@ impl Gateway {
 
     /// A client's session; `None` when the client is not connected.
     pub async fn get_session(&self, client: ClientId) -> Result<Option<Session>, ApiError> {
-        let link = match self.link_of(client) {
-            Ok(l) => l,
-            Err(_) => return Ok(None),
+        let Some(link) = self.link_for(client)? else {
+            return Ok(None);
         };
         match self.ask(&link, Query::GetSession(client)).await? {
             Reply::OptBytes(None) => Ok(None),
@@ -682,7 +968,7 @@ impl Gateway {
 
     /// Whether a client is connected.
     pub async fn is_online(&self, client: ClientId) -> Result<bool, ApiError> {
-        let Ok(link) = self.link_of(client) else {
+        let Some(link) = self.link_for(client)? else {
             return Ok(false);
         };
         match self.ask(&link, Query::IsOnline(client)).await? {
@@ -703,7 +989,7 @@ impl Gateway {
 
     /// The uid a client is bound to.
     pub async fn uid_by_client_id(&self, client: ClientId) -> Result<Option<String>, ApiError> {
-        let Ok(link) = self.link_of(client) else {
+        let Some(link) = self.link_for(client)? else {
             return Ok(None);
         };
         match self.ask(&link, Query::UidByClientId(client)).await? {
@@ -820,7 +1106,7 @@ impl Gateway {
     /// Asks every connected gateway at once and waits for all answers.
     async fn gather(&self, q: Query) -> Result<Vec<(u32, Reply)>, ApiError> {
         crate::metrics::worker::command(query_kind(&q));
-        let links = self.all_links();
+        let links = self.some_links()?;
         let answers =
             futures::future::join_all(links.iter().map(|l| self.ask_uncounted(l, q.clone()))).await;
         links
@@ -883,9 +1169,13 @@ impl Gateway {
     pub(crate) async fn flush(&self) {
         let waits = self.all_links().into_iter().map(|l| async move {
             let (tx, rx) = oneshot::channel();
-            if l.tx.send(LinkOut::Flush(tx)).await.is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
-            }
+            // Bounded as a whole: a stalled link must not hold up `close`.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                if l.tx.send(LinkOut::Flush(tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
+            })
+            .await;
         });
         futures::future::join_all(waits).await;
     }
@@ -934,7 +1224,7 @@ pub(crate) fn link_tls(
         .transpose()
 }
 
-fn group_command<S: AsRef<str>>(groups: &[S], data: Message, exclude: &[ClientId]) -> Command {
+fn group_command<S: AsRef<str>>(groups: &[S], data: PerProtocol, exclude: &[ClientId]) -> Command {
     Command::SendToGroup {
         groups: groups.iter().map(|g| g.as_ref().to_owned()).collect(),
         data,
@@ -1010,10 +1300,13 @@ async fn discover(gateway: Gateway) {
 async fn maintain_link(gateway: Gateway, entry: GatewayEntry, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = run_link(&gateway, &entry, &stop) => r,
-        };
+        // Not raced against `stop`: `run_link` watches it itself and always takes its
+        // link out of the table before it returns (dropped half-way, it would leave a
+        // dead link behind).
+        let attempt = run_link(&gateway, &entry, &stop).await;
+        if stop.is_cancelled() {
+            return;
+        }
         match attempt {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
@@ -1115,6 +1408,7 @@ async fn run_link(
         number: entry.number,
         addr: entry.internal,
         max_frame: inner.options.max_frame,
+        send_timeout: inner.options.query_timeout,
         tx: tx.clone(),
         pending: Arc::new(Mutex::new(HashMap::new())),
         drained: Arc::new(Notify::new()),
