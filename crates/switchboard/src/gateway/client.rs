@@ -26,6 +26,8 @@ use tokio::time::{Instant, Sleep};
 use super::outbound::Written;
 use super::state::{Opening, Outbound, Rejected, Verdict};
 use super::{http, Handshaking, Listener, Shared};
+use crate::assets::Assets;
+use crate::config::ListenerConfig;
 use crate::metrics::gateway::{self as metrics, CloseReason};
 use crate::protocol::websocket::{self, HttpError, HttpRequest};
 use crate::protocol::{ClientCodec, ClientProtocol, Decoded};
@@ -154,36 +156,19 @@ async fn upgrade(
             }
         }
     };
-    if !request.wants_upgrade() {
-        answer(io, http::respond(&request, &listener.assets)).await;
-        return Err(None);
-    }
-    let refuse = |status: u16, reason: String| HttpError { status, reason };
-    let accept = match request.upgrade_key() {
-        Ok(key) => key,
-        Err(e) => {
-            answer(io, websocket::error_response(&e)).await;
-            return Err(Some(CloseReason::ProtocolError));
+    let (accept, json) = match answer_request(&listener.config, &listener.assets, peer, request) {
+        HttpAnswer::Page(page) => {
+            answer(io, page).await;
+            return Err(None);
         }
-    };
-    if let Err(e) = check_origin(&listener.config.allowed_origins, &request) {
-        tracing::info!(%peer, listener = %name, error = %e, "WebSocket upgrade refused");
-        answer(io, websocket::error_response(&e)).await;
-        return Err(Some(CloseReason::Refused));
-    }
-    let ws_request = WebSocketRequest {
-        path: request.path.clone(),
-        query: request.query.clone(),
-        forwarded_for: forwarded_for(&listener.config.trusted_proxies, peer, &request),
-        headers: request.headers,
-        peer: peer.to_string(),
-    };
-    let json = match serde_json::to_vec(&ws_request) {
-        Ok(j) => j,
-        Err(e) => {
-            answer(io, websocket::error_response(&refuse(400, e.to_string()))).await;
-            return Err(Some(CloseReason::ProtocolError));
+        HttpAnswer::Refused { response, reason } => {
+            if reason == CloseReason::Refused {
+                tracing::info!(%peer, listener = %name, error = %response, "WebSocket upgrade refused");
+            }
+            answer(io, websocket::error_response(&response)).await;
+            return Err(Some(reason));
         }
+        HttpAnswer::Upgrade { accept, json } => (accept, json),
     };
     let (tx, mut rx) = oneshot::channel();
     let id = shared.lock().add_client(
@@ -218,6 +203,7 @@ async fn upgrade(
             }
         }
     };
+    let refuse = |status: u16, reason: String| HttpError { status, reason };
     match verdict {
         Verdict::Accepted => {
             let response = websocket::upgrade_response(&accept);
@@ -234,6 +220,77 @@ async fn upgrade(
             answer(io, websocket::error_response(&refuse(status, reason))).await;
             Err(Some(CloseReason::Refused))
         }
+    }
+}
+
+/// What the gateway does with the HTTP request of a `websocket` listener, decided
+/// without I/O (the fuzz target `websocket_http` drives it through
+/// `crate::fuzzing::websocket_http`).
+#[derive(Debug)]
+pub(crate) enum HttpAnswer {
+    /// Not an upgrade: the page (or the HTTP error) to answer with, then close.
+    Page(bytes::Bytes),
+    /// An upgrade refused before the application is asked: answer with this error and
+    /// count the close under `reason`.
+    Refused {
+        /// The status and why.
+        response: HttpError,
+        /// What the close is counted under.
+        reason: CloseReason,
+    },
+    /// An upgrade to put to the application (`on_websocket_connect`).
+    Upgrade {
+        /// The `Sec-WebSocket-Accept` value of the `101` answer.
+        accept: String,
+        /// The request as the application sees it ([`WebSocketRequest`]) in JSON, the
+        /// body of the handshake event.
+        json: Vec<u8>,
+    },
+}
+
+/// Decides the answer to the HTTP request of a `websocket` listener: a file or an HTTP
+/// error for a plain request, a refusal for an upgrade that breaks RFC 6455 or comes
+/// from a disallowed origin, else the upgrade to ask the application about.
+pub(crate) fn answer_request(
+    config: &ListenerConfig,
+    assets: &Assets,
+    peer: SocketAddr,
+    request: HttpRequest,
+) -> HttpAnswer {
+    if !request.wants_upgrade() {
+        return HttpAnswer::Page(http::respond(&request, assets));
+    }
+    let accept = match request.upgrade_key() {
+        Ok(key) => key,
+        Err(response) => {
+            return HttpAnswer::Refused {
+                response,
+                reason: CloseReason::ProtocolError,
+            }
+        }
+    };
+    if let Err(response) = check_origin(&config.allowed_origins, &request) {
+        return HttpAnswer::Refused {
+            response,
+            reason: CloseReason::Refused,
+        };
+    }
+    let ws_request = WebSocketRequest {
+        path: request.path.clone(),
+        query: request.query.clone(),
+        forwarded_for: forwarded_for(&config.trusted_proxies, peer, &request),
+        headers: request.headers,
+        peer: peer.to_string(),
+    };
+    match serde_json::to_vec(&ws_request) {
+        Ok(json) => HttpAnswer::Upgrade { accept, json },
+        Err(e) => HttpAnswer::Refused {
+            response: HttpError {
+                status: 400,
+                reason: e.to_string(),
+            },
+            reason: CloseReason::ProtocolError,
+        },
     }
 }
 

@@ -275,7 +275,8 @@ struct Partial {
 
 impl WsCodec {
     /// Decodes the next frame at the front of `src`. `Ok(None)` until a whole frame is
-    /// buffered (nothing consumed); `limit` bounds a message (a single frame, or the
+    /// buffered (the incomplete frame is left in `src`; whole fragments of a message
+    /// before it are taken in); `limit` bounds a message (a single frame, or the
     /// fragments of one message together) and is checked before the payload is
     /// buffered.
     pub fn decode(&mut self, src: &mut BytesMut, limit: usize) -> Result<Option<WsEvent>, WsError> {
