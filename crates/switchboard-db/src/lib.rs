@@ -57,6 +57,9 @@ mod builder;
 mod config;
 mod error;
 mod exec;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod instance;
 mod observe;
 mod sql;

@@ -43,6 +43,9 @@ pub mod client;
 mod client_id;
 pub mod config;
 pub mod discovery;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 mod message;
 pub mod metrics;

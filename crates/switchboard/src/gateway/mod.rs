@@ -32,6 +32,8 @@ use crate::transport::tls::{self, ReloadableCert};
 use crate::Error;
 use state::{Counters, ListenerMeta, State};
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use client::{answer_request, HttpAnswer};
 pub use link::frame_kind;
 
 /// What every task of a gateway shares.
