@@ -2,7 +2,8 @@
 # Runs every test of the workspace, against real services: it installs and starts
 # MariaDB, Redis and memcached, and installs Chromium, when they are missing
 # (scripts/services.sh), checks formatting and lints, that the rooms starter builds
-# with only the file store, then runs the whole test suite.
+# with only the file store, then runs the whole test suite, and fuzzes every decoder
+# for 30 seconds (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,3 +45,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+# Every decoder, fuzzed for 30 seconds from the corpus in fuzz/corpus/ (two targets at a
+# time; docs/fuzzing.md has the long runs).
+echo "== fuzz"
+scripts/fuzz.sh 30
