@@ -536,6 +536,65 @@ mod tests {
     }
 
     #[test]
+    fn http_answers_a_page_a_refusal_or_an_upgrade() {
+        let config = ListenerConfig {
+            protocol: ClientProtocol::WebSocket,
+            allowed_origins: vec!["https://chat.example.com".into()],
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..ListenerConfig::default()
+        };
+        let mut assets = Assets::default();
+        assets.add("/", b"<h1>hi</h1>");
+        let peer: SocketAddr = "10.1.2.3:4000".parse().unwrap();
+        let upgrade = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+
+        let HttpAnswer::Page(page) = answer_request(&config, &assets, peer, req(&[])) else {
+            panic!("a plain GET gets the page");
+        };
+        assert!(page.starts_with(b"HTTP/1.1 200 OK\r\n"));
+
+        let bad_key = [&upgrade[..3], &[("Sec-WebSocket-Key", "short")]].concat();
+        match answer_request(&config, &assets, peer, req(&bad_key)) {
+            HttpAnswer::Refused { response, reason } => {
+                assert_eq!((response.status, reason), (400, CloseReason::ProtocolError));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let evil = [&upgrade[..], &[("Origin", "https://evil.example")]].concat();
+        match answer_request(&config, &assets, peer, req(&evil)) {
+            HttpAnswer::Refused { response, reason } => {
+                assert_eq!((response.status, reason), (403, CloseReason::Refused));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let good = [
+            &upgrade[..],
+            &[
+                ("Origin", "https://chat.example.com"),
+                ("X-Forwarded-For", "198.51.100.7"),
+            ],
+        ]
+        .concat();
+        let HttpAnswer::Upgrade { accept, json } =
+            answer_request(&config, &assets, peer, req(&good))
+        else {
+            panic!("an upgrade");
+        };
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let seen: WebSocketRequest = serde_json::from_slice(&json).unwrap();
+        assert_eq!(seen.forwarded_for.as_deref(), Some("198.51.100.7"));
+        assert_eq!(seen.peer, "10.1.2.3:4000");
+        assert_eq!(seen.headers.len(), good.len());
+    }
+
+    #[test]
     fn forwarded_for_only_from_trusted_proxies() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let from_proxy: SocketAddr = "10.1.2.3:4000".parse().unwrap();
