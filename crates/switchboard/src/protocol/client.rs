@@ -366,6 +366,44 @@ mod tests {
     }
 
     #[test]
+    fn a_long_line_sent_a_byte_at_a_time_is_searched_once() {
+        // Found by the client_text fuzz target (a few hundred executions a second):
+        // every read searched the whole buffered line again, so a 64 KiB line sent a
+        // byte at a time took 2^31 byte comparisons (seconds of CPU per line). Searched
+        // once, the 65,537 reads below take milliseconds.
+        let limit = 64 << 10;
+        let mut codec = ClientCodec::new(ClientProtocol::Text);
+        let mut buf = BytesMut::new();
+        let started = std::time::Instant::now();
+        for _ in 0..limit {
+            buf.extend_from_slice(b"x");
+            assert_eq!(codec.decode(&mut buf, limit), Ok(None));
+        }
+        buf.extend_from_slice(b"\n");
+        let Ok(Some(Decoded::Message(line))) = codec.decode(&mut buf, limit) else {
+            panic!("the line");
+        };
+        assert_eq!(line.len(), limit);
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+        // The next line is searched from its own start.
+        buf.extend_from_slice(b"ab\n");
+        assert_eq!(all_from(&mut codec, &mut buf, limit), vec![Ok("ab".into())]);
+    }
+
+    fn all_from(
+        codec: &mut ClientCodec,
+        buf: &mut BytesMut,
+        limit: usize,
+    ) -> Vec<Result<Bytes, ClientCodecError>> {
+        let mut out = vec![];
+        while let Ok(Some(Decoded::Message(m))) = codec.decode(buf, limit) {
+            out.push(Ok(m.into_bytes()));
+        }
+        out
+    }
+
+    #[test]
     fn invalid_utf8_skips_one_line() {
         let got = all(ClientProtocol::Text, b"a\n\xff\xfe\nb\n", 64);
         assert_eq!(
