@@ -90,7 +90,13 @@ pub enum Decoded {
 #[derive(Debug)]
 pub enum ClientCodec {
     /// `text` lines.
-    Text,
+    Text {
+        /// Bytes at the front of the buffer already searched for a newline: a line
+        /// that arrives in many reads is searched once, not once per read (a peer
+        /// sending a long line a byte at a time would otherwise cost time quadratic in
+        /// its length).
+        searched: usize,
+    },
     /// `frame`s.
     Frame,
     /// `json` frames.
@@ -103,7 +109,7 @@ impl ClientCodec {
     /// A fresh decoder for `protocol` (for `websocket`: after the upgrade).
     pub fn new(protocol: ClientProtocol) -> Self {
         match protocol {
-            ClientProtocol::Text => ClientCodec::Text,
+            ClientProtocol::Text => ClientCodec::Text { searched: 0 },
             ClientProtocol::Frame => ClientCodec::Frame,
             ClientProtocol::Json => ClientCodec::Json,
             ClientProtocol::WebSocket => ClientCodec::WebSocket(WsCodec::default()),
@@ -117,9 +123,8 @@ impl ClientCodec {
         limit: usize,
     ) -> Result<Option<Decoded>, ClientCodecError> {
         Ok(match self {
-            ClientCodec::Text => {
-                decode_line(src, limit)?.map(|m| Decoded::Message(Message::from_parts(m, false)))
-            }
+            ClientCodec::Text { searched } => decode_line(src, limit, searched)?
+                .map(|m| Decoded::Message(Message::from_parts(m, false))),
             ClientCodec::Frame => {
                 decode_frame(src, limit)?.map(|m| Decoded::Message(Message::binary(m)))
             }
@@ -240,11 +245,20 @@ impl std::fmt::Display for ClientProtocol {
     }
 }
 
-fn decode_line(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, ClientCodecError> {
+/// The next line at the front of `src`; `searched` bytes of it have no newline (from
+/// the calls before), and only what follows them is searched.
+fn decode_line(
+    src: &mut BytesMut,
+    limit: usize,
+    searched: &mut usize,
+) -> Result<Option<Bytes>, ClientCodecError> {
     // A line may be `limit` bytes plus `\r\n`: search no further than that.
     let window = src.len().min(limit + 2);
-    match src[..window].iter().position(|&b| b == b'\n') {
-        Some(nl) => {
+    let from = (*searched).min(window);
+    match src[from..window].iter().position(|&b| b == b'\n') {
+        Some(at) => {
+            let nl = from + at;
+            *searched = 0;
             let mut line = src.split_to(nl + 1);
             line.truncate(nl);
             if line.last() == Some(&b'\r') {
@@ -259,7 +273,10 @@ fn decode_line(src: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, Client
             Ok(Some(line.freeze()))
         }
         None if src.len() > limit + 1 => Err(ClientCodecError::LineTooLong { limit }),
-        None => Ok(None),
+        None => {
+            *searched = window;
+            Ok(None)
+        }
     }
 }
 
