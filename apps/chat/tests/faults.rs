@@ -1,15 +1,20 @@
-//! Faults: wrong secrets, foreign peers on the internal port, workers killed under load.
+//! Faults: wrong secrets, foreign peers on the internal port; and under steady load
+//! (numbered private messages between telnet users, common/load.rs) a worker, a gateway
+//! or the supervisor killed, and the store (Redis, memcached) or the history database
+//! (MariaDB) stopped and started again — private servers the tests start themselves
+//! (common/servers.rs). No acknowledged message may be lost in any of them.
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::load::{Load, Pace, Talker};
 use common::{chat, chat_bin, ChatClient};
 use switchboard::protocol::internal::{self, Frame};
-use switchboard::stats;
+use switchboard::{stats, ClientId};
 use switchboard_testkit::{ChildRole, Client, Deployment, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -389,4 +394,244 @@ async fn a_fake_gateway_planted_in_the_store_is_not_trusted() {
     switchboard::discovery::unpublish(store.as_ref(), &d.config().name, fake_number)
         .await
         .unwrap();
+}
+
+// --- Faults under load: a role killed, or a server the chat depends on stopped, while
+// telnet users exchange numbered private messages (common/load.rs). ---
+
+/// Time between two messages of one talker.
+const GAP: Duration = Duration::from_millis(40);
+
+/// Bound on the messages of one talker (a few dozen talkers: a few thousand at most).
+const MAX_PER_TALKER: usize = 600;
+
+/// How long the messages still in flight when sending stops may take to arrive.
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn pace() -> Pace {
+    Pace {
+        gap: GAP,
+        max: MAX_PER_TALKER,
+    }
+}
+
+/// Logs in talkers (`{prefix}0`, `{prefix}1`, ...) on `addr` until every gateway of `d`
+/// holds at least `per_gateway` of them; they are returned by gateway number. The
+/// kernel spreads the connections (SO_REUSEPORT), so some gateways get more.
+async fn talkers_on_every_gateway(
+    d: &Deployment,
+    prefix: &str,
+    per_gateway: usize,
+) -> BTreeMap<u32, Vec<Talker>> {
+    let gateways = d.config().gateway.count;
+    let mut by_gateway: BTreeMap<u32, Vec<Talker>> = BTreeMap::new();
+    for n in 0..200 * gateways * per_gateway {
+        if by_gateway.len() == gateways && by_gateway.values().all(|t| t.len() >= per_gateway) {
+            return by_gateway;
+        }
+        let t = Talker::login(d.addr(), &format!("{prefix}{n}")).await;
+        by_gateway.entry(t.id.gateway).or_default().push(t);
+    }
+    let counts: Vec<(u32, usize)> = by_gateway.iter().map(|(g, t)| (*g, t.len())).collect();
+    panic!("talkers per gateway {counts:?}: not {per_gateway} on each of {gateways}");
+}
+
+/// Each talker sends to the next one, the last to the first.
+fn ring(talkers: Vec<Talker>) -> Vec<(Talker, ClientId)> {
+    let ids: Vec<ClientId> = talkers.iter().map(|t| t.id).collect();
+    talkers
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, ids[(i + 1) % ids.len()]))
+        .collect()
+}
+
+/// The pid of the running gateway whose gateway number is `number`.
+fn gateway_pid(d: &Deployment, number: u32) -> u32 {
+    stats::read_all(&d.config().run_dir())
+        .into_iter()
+        .find(|s| {
+            s.role == "gateway"
+                && s.detail.get("number").and_then(|v| v.as_u64()) == Some(u64::from(number))
+        })
+        .map(|s| s.pid)
+        .unwrap_or_else(|| panic!("no running gateway has number {number}"))
+}
+
+/// Waits until no process of `pids` is alive (`/proc` says so; a zombie is dead);
+/// fails the test, naming the survivors, after `within`.
+fn wait_gone(pids: &[u32], within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let alive: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| switchboard::process::alive(*p))
+            .collect();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still alive after {within:?}: {alive:?} ({:?})",
+            alive
+                .iter()
+                .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_gateway_under_load_cuts_only_its_own_clients() {
+    const PER_GATEWAY: usize = 10;
+    let d = Deployment::start(chat().gateways(2));
+    let mut by_gateway = talkers_on_every_gateway(&d, "t", PER_GATEWAY).await;
+    let before: HashSet<ClientId> = by_gateway.values().flatten().map(|t| t.id).collect();
+    let numbers: Vec<u32> = by_gateway.keys().copied().collect();
+    let (victim, survivor) = (numbers[0], numbers[1]);
+    let victims = by_gateway.remove(&victim).unwrap_or_default();
+    let survivors = by_gateway.remove(&survivor).unwrap_or_default();
+    let victim_ids: Vec<ClientId> = victims.iter().map(|t| t.id).collect();
+    let survivor_ids: Vec<ClientId> = survivors.iter().map(|t| t.id).collect();
+    // Survivors mostly talk among themselves, every third to a victim; victims talk to
+    // survivors, across gateways.
+    let mut plan = Vec::new();
+    for (k, t) in survivors.into_iter().enumerate() {
+        let target = if k % 3 == 2 {
+            victim_ids[k % victim_ids.len()]
+        } else {
+            survivor_ids[(k + 1) % survivor_ids.len()]
+        };
+        plan.push((t, target));
+    }
+    for (k, t) in victims.into_iter().enumerate() {
+        plan.push((t, survivor_ids[k % survivor_ids.len()]));
+    }
+    let victim_pid = gateway_pid(&d, victim);
+    let load = Load::start(plan, pace());
+    load.wait_acked(200, WAIT).await;
+
+    d.note(&format!("SIGKILL gateway {victim_pid} (number {victim})"));
+    assert!(switchboard::process::signal(victim_pid, libc::SIGKILL));
+    // Its own clients, and only they, are cut at once.
+    load.wait_closed(&victim_ids, WAIT).await;
+    // The others keep talking while the supervisor restarts it.
+    load.wait_acked(200, WAIT).await;
+    d.wait_log("child died; restarting");
+    d.wait_ready();
+    load.wait_acked(100, WAIT).await;
+    let (report, survivors) = load.finish(SETTLE).await;
+
+    let mut cut = report.disconnected();
+    cut.sort();
+    let mut want = victim_ids.clone();
+    want.sort();
+    assert_eq!(
+        cut,
+        want,
+        "only the killed gateway's clients are cut\n{}",
+        report.summary()
+    );
+    // Nothing acknowledged is lost for a recipient that stayed; none of them misses
+    // an answer (a confirmation, or "not online" for a victim).
+    report.assert_no_loss(|r| r.closed_at.is_none(), &d.log());
+    for t in report.talkers.iter().filter(|t| t.closed_at.is_none()) {
+        assert_eq!(
+            t.unanswered(),
+            0,
+            "{} got no answer\n{}",
+            t.name,
+            report.summary()
+        );
+    }
+    assert_eq!(survivors.len(), survivor_ids.len());
+
+    // The restarted gateway has a new number: reconnecting clients get new ids, never
+    // an old one, and are served on either gateway.
+    let restarted: Vec<u32> = stats::read_all(&d.config().run_dir())
+        .into_iter()
+        .filter(|s| s.role == "gateway")
+        .filter_map(|s| s.detail.get("number")?.as_u64())
+        .map(|n| n as u32)
+        .collect();
+    assert_eq!(restarted.len(), 2, "{restarted:?}");
+    assert!(
+        !restarted.contains(&victim),
+        "number {victim} reused: {restarted:?}"
+    );
+    let again = talkers_on_every_gateway(&d, "again", 3).await;
+    for t in again.values().flatten() {
+        assert!(!before.contains(&t.id), "client id {} reused", t.id);
+        assert_ne!(
+            t.id.gateway, victim,
+            "client id {} on the dead gateway's number",
+            t.id
+        );
+    }
+    // Old and new talkers in one ring, across both gateways: nothing lost.
+    let mut everyone = survivors;
+    everyone.extend(again.into_values().flatten());
+    let load = Load::start(ring(everyone), pace());
+    load.wait_acked(200, WAIT).await;
+    let (report, _) = load.finish(SETTLE).await;
+    assert!(report.disconnected().is_empty(), "{}", report.summary());
+    report.assert_no_loss(|_| true, &d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_supervisor_under_load_stops_its_children_and_a_new_start_recovers() {
+    let mut d = Deployment::start(chat().gateways(2));
+    let talkers: Vec<Talker> = talkers_on_every_gateway(&d, "t", 6)
+        .await
+        .into_values()
+        .flatten()
+        .collect();
+    let ids: Vec<ClientId> = talkers.iter().map(|t| t.id).collect();
+    let load = Load::start(ring(talkers), pace());
+    load.wait_acked(200, WAIT).await;
+
+    let supervisor = d.supervisor_pid();
+    let children: Vec<u32> = d
+        .pids(ChildRole::Gateway)
+        .into_iter()
+        .chain(d.pids(ChildRole::Worker))
+        .collect();
+    assert_eq!(children.len(), 4, "{children:?}");
+    d.note(&format!("SIGKILL supervisor {supervisor}"));
+    assert!(switchboard::process::signal(supervisor, libc::SIGKILL));
+    // Its children see it die (parent-death signal) and stop by themselves: no orphan.
+    wait_gone(&children, Duration::from_secs(20));
+    load.wait_closed(&ids, WAIT).await;
+    let (report, _) = load.finish(SETTLE).await;
+    // The gateways stopped cleanly: what they had acknowledged was written to its
+    // recipient before they closed it.
+    report.assert_no_loss(|_| true, &d.log());
+
+    // The pid file still names the dead supervisor; a new start sees it is stale.
+    let pid_file = switchboard::supervisor::pid_file(d.config());
+    let stale = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    assert_eq!(
+        stale.trim(),
+        supervisor.to_string(),
+        "{}",
+        pid_file.display()
+    );
+    d.restart();
+    let now = d.supervisor_pid();
+    assert_ne!(now, supervisor);
+    let written = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    assert_eq!(written.trim(), now.to_string());
+    // It serves clients again, on both gateways, and loses nothing.
+    let talkers: Vec<Talker> = talkers_on_every_gateway(&d, "again", 4)
+        .await
+        .into_values()
+        .flatten()
+        .collect();
+    let load = Load::start(ring(talkers), pace());
+    load.wait_acked(200, WAIT).await;
+    let (report, _) = load.finish(SETTLE).await;
+    assert!(report.disconnected().is_empty(), "{}", report.summary());
+    report.assert_no_loss(|_| true, &d.log());
 }
