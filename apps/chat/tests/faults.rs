@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::load::{Load, Pace, Talker};
+use common::servers::Server;
 use common::{chat, chat_bin, ChatClient};
 use switchboard::protocol::internal::{self, Frame};
 use switchboard::{stats, ClientId};
@@ -634,4 +635,165 @@ async fn sigkill_of_the_supervisor_under_load_stops_its_children_and_a_new_start
     let (report, _) = load.finish(SETTLE).await;
     assert!(report.disconnected().is_empty(), "{}", report.summary());
     report.assert_no_loss(|_| true, &d.log());
+}
+
+/// A gateway or worker the test starts itself, beside the supervisor's (`chat
+/// --config FILE gateway|worker --index N`): a process joining the deployment.
+/// Stopped with SIGTERM when dropped.
+struct Joiner {
+    child: std::process::Child,
+}
+
+impl Joiner {
+    fn start(d: &Deployment, role: &str, index: usize) -> Joiner {
+        let log = std::fs::File::create(d.dir().join(format!("{role}-{index}.log")))
+            .expect("create a log file");
+        let index = index.to_string();
+        let child = switchboard_testkit::spawn(
+            d.binary(),
+            d.config_path(),
+            &[role, "--index", &index],
+            log,
+        );
+        Joiner { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        switchboard::process::signal(self.child.id(), libc::SIGTERM);
+        let deadline = std::time::Instant::now() + WAIT;
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the gateway with pid `pid` reports `workers` worker links; fails the
+/// test, with the stats, after [`WAIT`].
+fn wait_gateway_workers(d: &Deployment, pid: u32, workers: u64) -> stats::ProcessStats {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let all = stats::read_all(&d.config().run_dir());
+        if let Some(s) = all.iter().find(|s| {
+            s.role == "gateway"
+                && s.pid == pid
+                && s.detail.get("workers").and_then(|v| v.as_u64()) == Some(workers)
+        }) {
+            return s.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway {pid} never reported {workers} workers: {all:#?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The store (Redis or memcached, a private server) stopped and started again, empty,
+/// under load: nobody is disconnected, nothing acknowledged is lost, a user can log in
+/// during the outage, and discovery recovers by itself — a worker and a gateway that
+/// join after the restart find, and are found by, the running ones.
+async fn store_outage_under_load(mut server: Server, store: &str) {
+    server.start();
+    let d = Deployment::start(chat().store(store));
+    let mut talkers = Vec::new();
+    for n in 0..16 {
+        talkers.push(Talker::login(d.addr(), &format!("t{n}")).await);
+    }
+    let load = Load::start(ring(talkers), pace());
+    load.wait_acked(200, WAIT).await;
+
+    d.note("stopping the store");
+    server.stop();
+    d.wait_log("cannot publish this gateway in the store");
+    load.wait_acked(200, WAIT).await;
+    // Client ids come from the gateway, not the store: logging in still works.
+    let late = Talker::login(d.addr(), "late").await;
+
+    d.note("starting the store again, empty");
+    server.start();
+    d.wait_log("store reachable again; gateway entry republished");
+    load.wait_acked(100, WAIT).await;
+    // Newcomers find the running processes, and are found by them, through the
+    // repaired store.
+    let worker = Joiner::start(&d, "worker", 7);
+    let gateway = Joiner::start(&d, "gateway", 7);
+    let [supervised] = d.pids(ChildRole::Gateway)[..] else {
+        panic!("one supervised gateway")
+    };
+    wait_gateway_workers(&d, supervised, 3);
+    let joined = wait_gateway_workers(&d, gateway.pid(), 3);
+    load.wait_acked(100, WAIT).await;
+    let (report, _) = load.finish(SETTLE).await;
+    // A store that comes back empty lists no gateway until each republishes itself:
+    // a link that is up is no reason to drop a gateway (dropping it would re-dispatch,
+    // and so duplicate, the events in flight on it).
+    let log = d.log();
+    assert!(
+        !log.contains("gateway left the store"),
+        "a worker dropped a live gateway after the store restart:\n{log}"
+    );
+    assert!(
+        report.disconnected().is_empty(),
+        "nobody is disconnected by a store outage\n{}",
+        report.summary()
+    );
+    report.assert_no_loss(|_| true, &d.log());
+    for t in &report.talkers {
+        assert_eq!(
+            t.unanswered() + t.refused,
+            0,
+            "{}\n{}\n{}",
+            t.name,
+            report.summary(),
+            d.log()
+        );
+    }
+
+    // A user of the gateway that joined talks with the one who came during the outage.
+    let addr: std::net::SocketAddr = joined
+        .detail
+        .get("listeners")
+        .and_then(|l| l.get(0)?.as_str()?.parse().ok())
+        .expect("the joined gateway's listener");
+    let newcomer = Talker::login(addr, "newcomer").await;
+    assert_ne!(newcomer.id.gateway, late.id.gateway);
+    let load = Load::start(ring(vec![late, newcomer]), pace());
+    load.wait_acked(40, WAIT).await;
+    let (report, _) = load.finish(SETTLE).await;
+    assert!(report.disconnected().is_empty(), "{}", report.summary());
+    report.assert_no_loss(|_| true, &d.log());
+    drop((worker, gateway));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_under_load_disconnects_nobody_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let Some(server) = Server::redis(dir.path(), "redis_stopped_and_restarted_under_load") else {
+        return;
+    };
+    let store = format!("backend = \"redis\"\nurl = \"redis://{}\"", server.addr());
+    store_outage_under_load(server, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_stopped_and_restarted_under_load_disconnects_nobody_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let Some(server) = Server::memcached(dir.path(), "memcached_stopped_and_restarted_under_load")
+    else {
+        return;
+    };
+    let store = format!("backend = \"memcached\"\nservers = [\"{}\"]", server.addr());
+    store_outage_under_load(server, &store).await;
 }

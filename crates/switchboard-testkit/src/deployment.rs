@@ -102,6 +102,9 @@ pub struct Options {
     restart_delay: Duration,
     gateway_keys: String,
     sections: Vec<String>,
+    /// The `[store]` table's body: by default the file store in the data directory, so
+    /// that a test needs no server; a test of another backend gives its own.
+    store: String,
     /// The `[admin]` table's body: by default a free port, so that tests never share
     /// the default 127.0.0.1:55757 (the bound address is in `run/admin.addr`).
     admin: String,
@@ -136,6 +139,7 @@ impl Options {
             restart_delay: Duration::from_millis(200),
             gateway_keys: String::new(),
             sections: Vec::new(),
+            store: "backend = \"file\"\npath = \"store.sqlite\"\n".into(),
             admin: "listen = \"127.0.0.1:0\"\n".into(),
         }
     }
@@ -144,6 +148,20 @@ impl Options {
     /// replacing the default `listen = "127.0.0.1:0"`.
     pub fn admin(mut self, toml: &str) -> Self {
         self.admin = toml.to_owned();
+        self
+    }
+
+    /// The body of the `[store]` table, replacing the default file store
+    /// (`backend = "file"`, `path = "store.sqlite"` in the data directory): a test of
+    /// the Redis or memcached backend points the deployment at its own server.
+    ///
+    /// ```
+    /// # let options = switchboard_testkit::Options::new("/path/to/app");
+    /// let options = options.store("backend = \"redis\"\nurl = \"redis://127.0.0.1:6390\"");
+    /// # let _ = options;
+    /// ```
+    pub fn store(mut self, toml: &str) -> Self {
+        self.store = toml.to_owned();
         self
     }
 
@@ -222,7 +240,8 @@ impl Options {
     /// (`[db.instances.NAME]`, `[log]`, an application's own). May be called more than
     /// once; the sections keep their order. They must not repeat a table the kit
     /// writes (`[gateway]`, `[gateway.heartbeat]`, `[worker]`, `[supervisor]`,
-    /// `[store]`); use [`gateway_keys`](Options::gateway_keys) for `[gateway]`.
+    /// `[store]`); use [`gateway_keys`](Options::gateway_keys) for `[gateway]` and
+    /// [`store`](Options::store) for `[store]`.
     pub fn section(mut self, toml: &str) -> Self {
         self.sections.push(toml.to_owned());
         self
@@ -235,10 +254,11 @@ impl Options {
         let _ = write!(
             text,
             "name = {name}\nsecret = {SECRET:?}\ndata_dir = {data}\n\n\
-             [store]\nbackend = \"file\"\npath = \"store.sqlite\"\n\n\
+             [store]\n{store}\n\
              [gateway]\ncount = {gateways}\nhold_timeout = {hold}\n{gateway_keys}\n",
             name = toml_string(&self.name),
             data = toml_string(&data_dir.to_string_lossy()),
+            store = with_newline(&self.store),
             gateways = self.gateways,
             hold = duration(self.hold_timeout),
             gateway_keys = self.gateway_keys,
@@ -278,6 +298,13 @@ impl Options {
         }
         text
     }
+}
+
+/// `toml`, ending with a newline.
+fn with_newline(toml: &str) -> String {
+    let mut s = String::new();
+    push_lines(&mut s, toml);
+    s
 }
 
 /// Appends `toml` to `to`, ending with a newline.

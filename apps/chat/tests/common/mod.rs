@@ -6,6 +6,7 @@
 
 pub mod load;
 pub mod metrics;
+pub mod servers;
 pub mod ws;
 
 use switchboard::ClientId;
