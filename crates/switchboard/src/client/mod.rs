@@ -1264,8 +1264,17 @@ async fn discover(gateway: Gateway) {
                 }
                 let seen: HashMap<u32, GatewayEntry> =
                     entries.into_iter().map(|e| (e.number, e)).collect();
+                // A gateway missing from the list while its link is up stays: a store
+                // that restarted empty lists nobody until each gateway republishes
+                // itself, and dropping the link would re-dispatch (duplicate) its
+                // events in flight. A gateway that stops closes its link; one that
+                // dies loses it (`link_timeout`); then it goes at the next round.
+                let up = gateway.gateways();
                 managed.retain(|number, (addr, token)| {
-                    let keep = seen.get(number).is_some_and(|e| e.internal == *addr);
+                    let keep = match seen.get(number) {
+                        Some(e) => e.internal == *addr,
+                        None => up.contains(number),
+                    };
                     if !keep {
                         tracing::info!(gateway = *number, %addr, "gateway left the store; dropping its link");
                         token.cancel();
