@@ -797,3 +797,143 @@ async fn memcached_stopped_and_restarted_under_load_disconnects_nobody_and_loses
     let store = format!("backend = \"memcached\"\nservers = [\"{}\"]", server.addr());
     store_outage_under_load(server, &store).await;
 }
+
+/// Reads `t`'s lines until one satisfies `want`, at most `within`; `None` if the time
+/// runs out first. Fails the test if the connection closes.
+async fn line_within(
+    t: &mut Talker,
+    within: Duration,
+    want: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    for _ in 0..10_000 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match t.read_line(left).await {
+            Ok(l) if want(&l) => return Some(l),
+            Ok(_) => {}
+            Err(common::load::End::TimedOut) => return None,
+            Err(common::load::End::Closed) => panic!("{}: disconnected", t.name),
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_stopped_and_restarted_under_load_history_says_so_then_works_again() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let Some(mut server) = Server::mariadb(dir.path(), "mariadb_stopped_and_restarted_under_load")
+    else {
+        return;
+    };
+    server.start();
+    let admin = switchboard_db::Instance::new(
+        "admin",
+        switchboard_db::InstanceConfig {
+            port: server.port,
+            ..switchboard_db::InstanceConfig::default()
+        },
+    )
+    .expect("an instance");
+    admin
+        .sql("CREATE DATABASE chat")
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("create the database: {e}\n{}", server.log()));
+    // The chat with its history on this server; a connection is given up after 2 s.
+    let d = Deployment::start(common::chat_without_history().section(&format!(
+        "[db.instances.history]\ndriver = \"mysql\"\nhost = \"127.0.0.1\"\nport = {}\n\
+             database = \"chat\"\nconnect_timeout = 2",
+        server.port
+    )));
+    let mut talkers = Vec::new();
+    for n in 0..12 {
+        talkers.push(Talker::login(d.addr(), &format!("t{n}")).await);
+    }
+    let mut h = Talker::login(d.addr(), "historian").await;
+    let hid = h.id;
+    let said = |text: &str| format!("historian[{hid}] said :{text}");
+    let load = Load::start(ring(talkers), pace());
+    load.wait_acked(100, WAIT).await;
+    h.send("before").await.expect("send");
+    h.skip_to(|l| l == said("before")).await;
+    h.send("/history").await.expect("send");
+    h.skip_to(|l| l.ends_with(&said("before"))).await;
+
+    d.note("stopping MariaDB");
+    server.stop();
+    // The chat goes on: a line said now still reaches everybody (it is not kept), and
+    // private messages flow.
+    h.send("during").await.expect("send");
+    h.skip_to(|l| l == said("during")).await;
+    load.wait_acked(100, WAIT).await;
+    // `/history` answers, within the connect timeout and a margin, that it cannot.
+    h.send("/history").await.expect("send");
+    let answer = line_within(&mut h, Duration::from_secs(10), |l| {
+        l.starts_with("history is not available")
+    })
+    .await;
+    assert!(
+        answer.is_some(),
+        "/history gave no answer while the database is down:\n{}",
+        d.log()
+    );
+
+    d.note("starting MariaDB again");
+    server.start();
+    // It works again by itself: the line said before the outage is back.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        h.send("/history").await.expect("send");
+        let back = line_within(&mut h, Duration::from_secs(5), |l| {
+            l.ends_with(&said("before")) || l.starts_with("history is not available")
+        })
+        .await;
+        if back.is_some_and(|l| l.ends_with(&said("before"))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/history did not recover within {WAIT:?} of the restart:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.send("after").await.expect("send");
+    h.skip_to(|l| l == said("after")).await;
+    load.wait_acked(100, WAIT).await;
+    let (report, _) = load.finish(SETTLE).await;
+    assert!(report.disconnected().is_empty(), "{}", report.summary());
+    report.assert_no_loss(|_| true, &d.log());
+    for t in &report.talkers {
+        assert_eq!(
+            t.unanswered() + t.refused,
+            0,
+            "{}\n{}\n{}",
+            t.name,
+            report.summary(),
+            d.log()
+        );
+    }
+    // The history holds what was said while the database was up, in order.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        h.send("/history").await.expect("send");
+        let mut lines = Vec::new();
+        while let Some(l) = line_within(&mut h, Duration::from_millis(500), |l| {
+            l.contains(" said :") || l.starts_with("history is not available")
+        })
+        .await
+        {
+            lines.push(l);
+        }
+        let texts: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split_once(" said :").map(|(_, t)| t))
+            .collect();
+        if texts.ends_with(&["after"]) {
+            assert_eq!(texts, ["before", "after"], "{lines:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lines:?}");
+    }
+}
