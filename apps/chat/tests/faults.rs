@@ -878,6 +878,14 @@ async fn mariadb_stopped_and_restarted_under_load_history_says_so_then_works_aga
         d.log()
     );
 
+    // New workers (a reload) start while it is down: their history cannot be opened
+    // at start, and must open by itself later.
+    let reloaded = d.cli(&["reload"]);
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    d.wait_log("reload: done");
+    d.wait_log("on_worker_start failed");
+    load.wait_acked(100, WAIT).await;
+
     d.note("starting MariaDB again");
     server.start();
     // It works again by itself: the line said before the outage is back.
@@ -898,6 +906,8 @@ async fn mariadb_stopped_and_restarted_under_load_history_says_so_then_works_aga
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The reloaded workers opened it in the background.
+    d.wait_log("chat history opened");
     h.send("after").await.expect("send");
     h.skip_to(|l| l == said("after")).await;
     load.wait_acked(100, WAIT).await;
