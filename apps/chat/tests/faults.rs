@@ -514,7 +514,12 @@ async fn sigkill_of_a_gateway_under_load_cuts_only_its_own_clients() {
     let load = Load::start(plan, pace());
     load.wait_acked(200, WAIT).await;
 
-    d.note(&format!("SIGKILL gateway {victim_pid} (number {victim})"));
+    // It hangs first, then dies: what workers were asking it when it died fails.
+    d.note(&format!(
+        "SIGSTOP, then SIGKILL gateway {victim_pid} (number {victim})"
+    ));
+    assert!(switchboard::process::signal(victim_pid, libc::SIGSTOP));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(switchboard::process::signal(victim_pid, libc::SIGKILL));
     // Its own clients, and only they, are cut at once.
     load.wait_closed(&victim_ids, WAIT).await;
@@ -542,9 +547,10 @@ async fn sigkill_of_a_gateway_under_load_cuts_only_its_own_clients() {
         assert_eq!(
             t.unanswered(),
             0,
-            "{} got no answer\n{}",
+            "{} got no answer\n{}\n{}",
             t.name,
-            report.summary()
+            report.summary(),
+            d.log()
         );
     }
     assert_eq!(survivors.len(), survivor_ids.len());
