@@ -267,7 +267,20 @@ impl Events for Chat {
             Some((to, words)) => {
                 let call = ctx.statistic("chat", "private");
                 // In the recipient's format; the send says whether it was delivered.
-                let sent = browser::send_private(ctx.gateway(), me, &name, to, words).await?;
+                let sent = match browser::send_private(ctx.gateway(), me, &name, to, words).await {
+                    Ok(sent) => sent,
+                    Err(e) => {
+                        // The recipient's gateway did not answer (it hung, died, or
+                        // its link broke): the sender is told, not left waiting.
+                        tracing::warn!(to = %to, error = %e, "private message: no answer from the recipient's gateway");
+                        call.fail(502, format_args!("[{to}] could not be reached: {e}"));
+                        ctx.reply(format!(
+                            "[{to}] could not be reached; your message may not have arrived"
+                        ))
+                        .await?;
+                        return Ok(());
+                    }
+                };
                 if sent {
                     call.success();
                     let words = protocol::one_line(words);

@@ -6,7 +6,9 @@
 //! - **acknowledged**: the sender saw the chat's confirmation of a delivered private
 //!   message, `NAME[ID] said to [TO] :TEXT` (the chat sends it only after the
 //!   recipient's gateway said it queued the message for the recipient);
-//! - **refused**: the sender saw `[TO] is not online; nothing was sent`;
+//! - **refused**: the sender saw `[TO] is not online; nothing was sent`, or `[TO] could
+//!   not be reached; your message may not have arrived` (the recipient's gateway
+//!   failed while asked);
 //! - **received**: the recipient saw `NAME[ID] said to You :TEXT`, counted, so a
 //!   duplicate shows; and it must be the recipient the sender named.
 //!
@@ -153,7 +155,7 @@ pub struct TalkerLog {
     pub sent: usize,
     /// Its messages the chat confirmed (text → how many confirmations).
     pub acked: HashMap<String, usize>,
-    /// `... is not online` answers it got.
+    /// `... is not online` and `... could not be reached` answers it got.
     pub refused: usize,
     /// Messages it received (text → how many times).
     pub received: HashMap<String, usize>,
@@ -189,7 +191,9 @@ impl Ledger {
         if let Some(rest) = line.strip_prefix(&mine) {
             let text = rest.split_once("] :").map_or(rest, |(_, t)| t).to_owned();
             *self.talkers[i].acked.entry(text).or_default() += 1;
-        } else if line.ends_with("is not online; nothing was sent") {
+        } else if line.ends_with("is not online; nothing was sent")
+            || line.ends_with("could not be reached; your message may not have arrived")
+        {
             self.talkers[i].refused += 1;
         } else if let Some((_, text)) = line.split_once(" said to You :") {
             match self.sent.get(text) {
