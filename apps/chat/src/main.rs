@@ -55,8 +55,9 @@ struct History {
     instance: OnceLock<Instance>,
     /// Whether a background open is running (one at a time).
     opening: Arc<AtomicBool>,
-    /// Until when calls are not tried (the database could not be reached).
-    down_until: Mutex<Option<Instant>>,
+    /// Until when calls are not tried (the database could not be reached, or the
+    /// history could not be opened).
+    down_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl History {
@@ -87,13 +88,19 @@ impl History {
         let instance = self.instance.get()?.clone();
         if !self.opening.swap(true, Ordering::AcqRel) {
             let (opened, opening) = (Arc::clone(&self.opened), Arc::clone(&self.opening));
+            let down_until = Arc::clone(&self.down_until);
             tokio::spawn(async move {
                 match ChatHistory::open(instance).await {
                     Ok(history) => {
                         let _ = opened.set(history);
                         tracing::info!("chat history opened");
                     }
-                    Err(e) => tracing::warn!(error = %e, "chat history still not available"),
+                    Err(e) => {
+                        // Tried again after the hold-off, not at every call.
+                        tracing::warn!(error = %e, "chat history still not available");
+                        *down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now() + HISTORY_HOLD_OFF);
+                    }
                 }
                 opening.store(false, Ordering::Release);
             });
