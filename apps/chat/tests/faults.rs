@@ -957,3 +957,30 @@ async fn mariadb_stopped_and_restarted_under_load_history_says_so_then_works_aga
         assert!(std::time::Instant::now() < deadline, "{lines:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browsers_private_message_to_a_client_of_a_gateway_that_dies_gets_an_error() {
+    let d = Deployment::start(common::chat_with_browsers().gateways(2));
+    let mut browser = common::ws::Ws::connect(d.listener_addr("browser")).await;
+    let (bid, _) = browser.login("browser", serde_json::json!("1")).await;
+    // A telnet user on the other gateway.
+    let mut telnet = None;
+    for n in 0..100 {
+        let t = Talker::login(d.addr(), &format!("t{n}")).await;
+        if t.id.gateway != bid.gateway {
+            telnet = Some(t);
+            break;
+        }
+    }
+    let telnet = telnet.expect("a telnet user on the browser's other gateway");
+    let victim = gateway_pid(&d, telnet.id.gateway);
+    // Its gateway hangs while the worker asks it to deliver, then dies.
+    assert!(switchboard::process::signal(victim, libc::SIGSTOP));
+    browser.say_to(telnet.id, &telnet.name, "psst").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(switchboard::process::signal(victim, libc::SIGKILL));
+    let (m, _) = browser.expect_type("error").await;
+    assert_eq!(m["code"], 106, "{m}\n{}", d.log());
+    let msg = m["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains(&telnet.id.to_string()), "{m}");
+}
