@@ -420,13 +420,16 @@ async fn a_connect_flood_from_one_address_hits_the_rate_limit_and_a_bystander_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_max_connections_caps_that_listener_and_loopback_is_exempt_by_default() {
+async fn a_listener_max_connections_and_connect_rate_cap_that_listener_and_loopback_is_exempt_by_default(
+) {
+    const PACED: usize = 100;
     // Per-address limits so low that the test would trip them, were loopback not
     // exempt by default.
     let d = Deployment::start(
         options()
             .listener(Listener::text("main"))
             .listener(Listener::text("capped").keys("max_connections = 3"))
+            .listener(Listener::text("paced").keys("max_connect_rate = 10"))
             .gateway_keys("max_connections_per_ip = 2\nmax_connect_rate_per_ip = 2"),
     );
     let capped = d.listener_addr("capped");
@@ -452,6 +455,44 @@ async fn a_listener_max_connections_caps_that_listener_and_loopback_is_exempt_by
         1.0,
     );
     d.wait_log("the listener is full");
+    // The listener's connect rate counts every source: 100 connects in a burst from
+    // five hosts get about ten through.
+    let paced = d.listener_addr("paced");
+    let start = Instant::now();
+    for i in 0..PACED {
+        drop(
+            connect_from(host(40 + (i % 5) as u8), paced)
+                .await
+                .expect("connect"),
+        );
+    }
+    let took = start.elapsed();
+    let page = wait_metrics(&d, "the paced listener's connects", |page| {
+        let refused = metric(
+            page,
+            "switchboard_connections_refused_total",
+            &[("listener", "paced"), ("limit", "max_connect_rate")],
+        )
+        .unwrap_or(0.0);
+        let accepted = metric(
+            page,
+            "switchboard_connections_accepted_total",
+            &[("listener", "paced")],
+        )
+        .unwrap_or(0.0);
+        refused + accepted == PACED as f64
+    });
+    let accepted = metric(
+        &page,
+        "switchboard_connections_accepted_total",
+        &[("listener", "paced")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        accepted <= 10.0 * (1.0 + took.as_secs_f64()) + 1.0,
+        "{accepted} of {PACED} connects in {took:?} accepted at 10/s"
+    );
+    d.wait_log("too many connects per second on the listener");
 }
 
 // ---- slowloris ---------------------------------------------------------------------------

@@ -261,6 +261,11 @@ pub struct ListenerConfig {
     /// their handshake included; further ones are closed at once. Unset: only
     /// `gateway.max_clients` bounds it.
     pub max_connections: Option<usize>,
+    /// Most new connections this listener accepts per second in one gateway process,
+    /// whatever their source (a token bucket of one second's worth); further ones are
+    /// closed at once. Unset: no limit of its own. Checked after the per-address
+    /// limits, so one address's flood does not spend it.
+    pub max_connect_rate: Option<u32>,
     /// WebSocket: `Origin` values allowed to upgrade (`https://chat.example.com`);
     /// empty allows any. Others get HTTP 403.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -327,6 +332,7 @@ impl Default for ListenerConfig {
             heartbeat: None,
             handshake_timeout: default_handshake_timeout(),
             max_connections: None,
+            max_connect_rate: None,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
         }
@@ -893,6 +899,12 @@ impl Config {
             }
             if l.max_message() == 0 {
                 return Err(invalid(&key("max_message"), "must be at least 1"));
+            }
+            if l.max_connect_rate == Some(0) {
+                return Err(invalid(
+                    &key("max_connect_rate"),
+                    "must be at least 1 (leave it unset for no limit of its own)",
+                ));
             }
             if l.max_connections == Some(0) {
                 return Err(invalid(

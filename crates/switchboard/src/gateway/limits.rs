@@ -22,6 +22,8 @@ use crate::config::GatewayConfig;
 pub enum Cut {
     /// The listener holds its `max_connections`.
     ListenerFull,
+    /// The listener passed its `max_connect_rate`.
+    ListenerRate,
     /// The source address holds `gateway.max_connections_per_ip`.
     PerIp,
     /// The source address passed `gateway.max_connect_rate_per_ip`.
@@ -39,6 +41,7 @@ impl Cut {
     pub fn limit(self) -> Option<&'static str> {
         match self {
             Cut::ListenerFull => Some("max_connections"),
+            Cut::ListenerRate => Some("max_connect_rate"),
             Cut::PerIp => Some("max_connections_per_ip"),
             Cut::RatePerIp => Some("max_connect_rate_per_ip"),
             Cut::HandshakeTimeout | Cut::HandshakeFailed => None,
@@ -49,6 +52,9 @@ impl Cut {
     fn why(self) -> &'static str {
         match self {
             Cut::ListenerFull => "the listener is full (its max_connections)",
+            Cut::ListenerRate => {
+                "too many connects per second on the listener (its max_connect_rate)"
+            }
             Cut::PerIp => "too many connections from this address (gateway.max_connections_per_ip)",
             Cut::RatePerIp => {
                 "too many connects per second from this address (gateway.max_connect_rate_per_ip)"
@@ -103,6 +109,46 @@ impl Source {
         }
         self.refill(rate, now);
         self.tokens >= rate
+    }
+}
+
+/// A listener's own connect rate (`max_connect_rate`): a token bucket holding one
+/// second's worth, kept by its accept loop.
+pub struct ConnectRate {
+    /// Connects per second (0: no limit).
+    rate: f64,
+    /// Connects it may still accept now.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    refilled: Instant,
+}
+
+impl ConnectRate {
+    /// `per_second` connects a second; `None`: no limit.
+    pub fn new(per_second: Option<u32>) -> Self {
+        let rate = f64::from(per_second.unwrap_or(0));
+        Self {
+            rate,
+            tokens: rate,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes one connect, or says the listener is over its rate.
+    pub fn admit(&mut self, now: Instant) -> Result<(), Cut> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        if now > self.refilled {
+            let earned = (now - self.refilled).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + earned).min(self.rate);
+            self.refilled = now;
+        }
+        if self.tokens < 1.0 {
+            return Err(Cut::ListenerRate);
+        }
+        self.tokens -= 1.0;
+        Ok(())
     }
 }
 
@@ -350,6 +396,19 @@ mod tests {
         // The entry stays while its bucket is not full, and goes when it is.
         assert_eq!(l.sweep(t1), 1);
         assert_eq!(l.sweep(t1 + Duration::from_secs(1)), 0);
+    }
+
+    #[test]
+    fn a_listener_connect_rate_is_a_bucket_of_one_second() {
+        let mut off = ConnectRate::new(None);
+        let t0 = Instant::now();
+        assert!((0..10_000).all(|_| off.admit(t0).is_ok()));
+        let mut r = ConnectRate::new(Some(5));
+        let t0 = Instant::now() + Duration::from_millis(1);
+        assert_eq!((0..10).filter(|_| r.admit(t0).is_ok()).count(), 5);
+        assert_eq!(r.admit(t0), Err(Cut::ListenerRate));
+        let t1 = t0 + Duration::from_millis(400);
+        assert_eq!((0..10).filter(|_| r.admit(t1).is_ok()).count(), 2);
     }
 
     #[test]

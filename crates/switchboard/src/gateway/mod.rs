@@ -462,6 +462,7 @@ async fn accept_clients(
 ) {
     let max = shared.config.max_clients;
     let mut last_refusal_log = Instant::now() - Duration::from_secs(60);
+    let mut rate = limits::ConnectRate::new(listener.config.max_connect_rate);
     accept_loop(socket, stop, "client", move |socket, peer| {
         let busy = shared.lock().connected() + shared.handshaking.load(Ordering::Relaxed);
         if busy >= max {
@@ -473,12 +474,15 @@ async fn accept_clients(
             drop(socket);
             return;
         }
-        // The listener's own cap, then the source address's: each connection holds
-        // its places until it ends. A refused connection is closed before any byte is
-        // read, so no event reaches a worker.
+        // The listener's own cap, the source address's limits, then the listener's
+        // connect rate (after the address's, so that one address's flood does not
+        // spend it): each connection holds its places until it ends. A refused
+        // connection is closed before any byte is read, so no event reaches a worker.
+        let now = Instant::now();
         let admitted = ListenerPlace::take(&listener)
             .ok_or(limits::Cut::ListenerFull)
-            .and_then(|l| Ok((l, shared.per_source.admit(peer.ip(), Instant::now())?)));
+            .and_then(|l| Ok((l, shared.per_source.admit(peer.ip(), now)?)))
+            .and_then(|places| rate.admit(now).map(|()| places));
         let places = match admitted {
             Ok(places) => places,
             Err(cut) => {

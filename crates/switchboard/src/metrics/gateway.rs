@@ -7,7 +7,7 @@
 //! | [`client_connected`]`(listener, protocol)` | a client was accepted and registered | `switchboard_clients{listener,protocol}` +1, `switchboard_connections_accepted_total{listener,protocol}` +1 |
 //! | [`client_disconnected`]`(listener, protocol, reason)` | a registered client is gone, for `reason` | `switchboard_clients` −1, `switchboard_connections_total{listener,reason}` +1 |
 //! | [`client_refused`]`(listener, reason)` | a connection was closed before it became a client: at accept (`max_clients`: `limit`), a failed TLS handshake or a bad upgrade request (`protocol_error`), a refused upgrade (`refused`) | `switchboard_connections_total{listener,reason}` +1 |
-//! | [`client_refused_by_limit`]`(listener, limit)` | a connection was closed at accept by a limit: `max_clients`, the listener's `max_connections`, `max_connections_per_ip`, `max_connect_rate_per_ip` | `switchboard_connections_total{listener,reason="limit"}` +1, `switchboard_connections_refused_total{listener,limit}` +1 |
+//! | [`client_refused_by_limit`]`(listener, limit)` | a connection was closed at accept by a limit: `max_clients`, the listener's `max_connections` and `max_connect_rate`, `max_connections_per_ip`, `max_connect_rate_per_ip` | `switchboard_connections_total{listener,reason="limit"}` +1, `switchboard_connections_refused_total{listener,limit}` +1 |
 //! | [`internal_refused`]`(reason)` | a connection on the internal listener was refused before it authenticated | `switchboard_internal_refused_total{reason}` +1 |
 //! | [`bytes_in`]`(n)` / [`bytes_out`]`(n)` | bytes read from / written to a client socket | `switchboard_received_bytes_total` / `switchboard_sent_bytes_total` |
 //! | [`outbound_queued`]`(n)` / [`outbound_written`]`(n)` | bytes put on / taken off a client's outbound queue (or dropped with it) | `switchboard_outbound_queue_bytes` |
@@ -153,7 +153,7 @@ pub fn client_refused(listener: &str, reason: CloseReason) {
 }
 
 /// A connection was closed at accept because it was over `limit` (the limit's key:
-/// `max_clients`, `max_connections`, `max_connections_per_ip`,
+/// `max_clients`, `max_connections`, `max_connect_rate`, `max_connections_per_ip`,
 /// `max_connect_rate_per_ip`); it is also counted as a `limit` close.
 pub fn client_refused_by_limit(listener: &str, limit: &str) {
     ENDED.add(&[listener, CloseReason::Limit.as_str()], 1);
