@@ -495,6 +495,42 @@ async fn a_listener_max_connections_and_connect_rate_cap_that_listener_and_loopb
     d.wait_log("too many connects per second on the listener");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_is_not_limited_per_address() {
+    // 127.0.0.50 is the reverse proxy in front of a WebSocket listener.
+    let d = Deployment::start(
+        options()
+            .listener(websocket("ws").keys("trusted_proxies = [\"127.0.0.50/32\"]"))
+            .gateway_keys(
+                "max_connections_per_ip = 2\nmax_connect_rate_per_ip = 0\nper_ip_limits_on_loopback = true",
+            ),
+    );
+    let ws = d.listener_addr("ws");
+    // Six connections from the proxy, each still in its HTTP request: all held.
+    let mut proxied = Vec::new();
+    for _ in 0..6 {
+        proxied.push(connect_from(host(50), ws).await.expect("connect"));
+    }
+    for s in &mut proxied {
+        assert!(
+            !cut_at_once(s, Duration::from_millis(300)).await,
+            "a connection from the trusted proxy was cut\n{}",
+            d.log()
+        );
+    }
+    // From anyone else, the third is cut.
+    let _a = connect_from(host(51), ws).await.expect("connect");
+    let _b = connect_from(host(51), ws).await.expect("connect");
+    let mut third = connect_from(host(51), ws).await.expect("connect");
+    assert!(cut_at_once(&mut third, Duration::from_secs(2)).await);
+    wait_metric(
+        &d,
+        "switchboard_connections_refused_total",
+        &[("limit", "max_connections_per_ip")],
+        1.0,
+    );
+}
+
 // ---- slowloris ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

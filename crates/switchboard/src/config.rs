@@ -271,7 +271,8 @@ pub struct ListenerConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
     /// WebSocket: addresses or networks (`10.0.0.0/8`) of reverse proxies whose
-    /// `X-Forwarded-For` is believed; from anyone else the header is ignored.
+    /// `X-Forwarded-For` is believed; from anyone else the header is ignored. The
+    /// per-address connection limits do not apply to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }

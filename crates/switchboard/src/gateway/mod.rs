@@ -478,10 +478,25 @@ async fn accept_clients(
         // connect rate (after the address's, so that one address's flood does not
         // spend it): each connection holds its places until it ends. A refused
         // connection is closed before any byte is read, so no event reaches a worker.
+        // A trusted reverse proxy carries many users' connections: the per-address
+        // limits would cut them all, so they do not apply to it.
         let now = Instant::now();
+        let ip = peer.ip().to_canonical();
+        let proxy = listener
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&ip));
         let admitted = ListenerPlace::take(&listener)
             .ok_or(limits::Cut::ListenerFull)
-            .and_then(|l| Ok((l, shared.per_source.admit(peer.ip(), now)?)))
+            .and_then(|l| {
+                let source = if proxy {
+                    None
+                } else {
+                    shared.per_source.admit(ip, now)?
+                };
+                Ok((l, source))
+            })
             .and_then(|places| rate.admit(now).map(|()| places));
         let places = match admitted {
             Ok(places) => places,
