@@ -268,14 +268,22 @@ async fn a_frozen_worker_is_detected_by_pings_and_its_events_move_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_over_the_frame_limit_is_refused_without_breaking_the_link() {
-    let d = Deployment::start(chat().gateway_keys("max_internal_frame = 4096"));
+    // The smallest frame that carries the chat's events: its WebSocket listener's 1 MiB
+    // messages, sessions of 1 KiB and the headers.
+    let max = (1 << 20) + 1024 + switchboard::config::EVENT_HEADROOM;
+    let d = Deployment::start(
+        chat().gateway_keys(&format!("max_internal_frame = {max}\nmax_session = 1024")),
+    );
     let mut a = Client::connect(d.addr()).await;
     let id = a.login("alice").await;
     let api = switchboard::Gateway::connect(d.config()).await.unwrap();
     assert!(api.wait_for_gateways(1, WAIT).await);
-    let err = api.send_to_client(id, vec![b'x'; 5000]).await.unwrap_err();
+    let err = api
+        .send_to_client(id, vec![b'x'; max + 1])
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, switchboard::ApiError::TooLarge { max: 4096, .. }),
+        matches!(err, switchboard::ApiError::TooLarge { max: m, .. } if m == max),
         "{err}"
     );
     api.send_to_client(id, "small").await.unwrap();

@@ -70,6 +70,11 @@ struct DbSection {
     _rest: toml::Table,
 }
 
+/// Room an event frame needs besides its message and session (client id, address,
+/// listener name, uid, groups): [`Config::validate`] checks that the largest message of
+/// every listener and the largest session fit in `gateway.max_internal_frame` with it.
+pub const EVENT_HEADROOM: usize = 4096;
+
 fn default_name() -> String {
     "switchboard".into()
 }
@@ -177,6 +182,17 @@ pub struct GatewayConfig {
     /// further ones are refused at once until the handshakes in progress end (each
     /// has 5 s).
     pub max_unauthenticated: usize,
+    /// Largest session one client may have, in bytes of JSON. A change that would make
+    /// a session larger is refused (the API call fails with
+    /// [`ApiError::SessionTooLarge`](crate::ApiError::SessionTooLarge); an update that
+    /// only grows it past the bound is logged and dropped by the gateway, the session
+    /// kept as it was). Every event carries the session, so with each listener's
+    /// `max_message` it must fit in `max_internal_frame`.
+    pub max_session: usize,
+    /// Bytes one internal link (a worker or an API client) may have waiting to be
+    /// written by the gateway; a peer that lets more pile up does not read, and its
+    /// link is closed (a worker's events in flight go to another worker).
+    pub link_queue_limit: usize,
     /// Certificate and key for TLS on the internal listener (links from workers and
     /// API clients on other machines); plain TCP when absent. Workers then need
     /// `[worker.internal_tls]` to verify it.
@@ -204,6 +220,8 @@ impl Default for GatewayConfig {
             link_ping_interval: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(5),
             max_unauthenticated: 64,
+            max_session: 64 << 10,
+            link_queue_limit: 64 << 20,
             internal_tls: None,
         }
     }
@@ -994,6 +1012,34 @@ impl Config {
                 "must be at least 1024 bytes",
             ));
         }
+        if self.gateway.max_session < 64 {
+            return Err(invalid("gateway.max_session", "must be at least 64 bytes"));
+        }
+        if self.gateway.link_queue_limit < self.gateway.max_internal_frame {
+            return Err(invalid(
+                "gateway.link_queue_limit",
+                &format!(
+                    "must be at least gateway.max_internal_frame ({} bytes): one frame must fit",
+                    self.gateway.max_internal_frame
+                ),
+            ));
+        }
+        for l in &self.gateway.listeners {
+            let needed = l.max_message() + self.gateway.max_session + EVENT_HEADROOM;
+            if needed > self.gateway.max_internal_frame {
+                return Err(invalid(
+                    "gateway.max_internal_frame",
+                    &format!(
+                        "{} bytes cannot carry an event of listener {:?}: its max_message ({}) + gateway.max_session ({}) + {} bytes of headers need {needed}",
+                        self.gateway.max_internal_frame,
+                        l.name,
+                        l.max_message(),
+                        self.gateway.max_session,
+                        EVENT_HEADROOM
+                    ),
+                ));
+            }
+        }
         let db = self.db_config()?;
         for (name, inst) in &db.instances {
             inst.validate(name)
@@ -1246,6 +1292,33 @@ mod tests {
             let toml = format!("[gateway]\ninternal_listen = \"{listen}\"");
             assert!(Config::from_toml(&toml, None).is_ok(), "{listen}");
         }
+    }
+
+    #[test]
+    fn an_event_must_fit_in_an_internal_frame() {
+        // The default text listener: 64 KiB lines, 64 KiB sessions.
+        let msg = Config::from_toml("[gateway]\nmax_internal_frame = 100000", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("gateway.max_internal_frame")
+                && msg.contains("max_message (65536)")
+                && msg.contains("gateway.max_session (65536)"),
+            "{msg}"
+        );
+        let fits = "[gateway]\nmax_internal_frame = 100000\nmax_session = 16384";
+        assert_eq!(
+            Config::from_toml(fits, None).unwrap().gateway.max_session,
+            16384
+        );
+        let msg = Config::from_toml("[gateway]\nmax_session = 10", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("gateway.max_session"), "{msg}");
+        let msg = Config::from_toml("[gateway]\nlink_queue_limit = 1000", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("gateway.link_queue_limit"), "{msg}");
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use super::state::{reply_frame, Verdict};
+use super::link_queue::{self, LinkRx};
+use super::state::Verdict;
 use super::Shared;
 use crate::auth;
 use crate::metrics::gateway::{self as metrics, InternalRefusal};
@@ -127,7 +127,7 @@ pub async fn serve(
     if framed.send(welcome).await.is_err() {
         return;
     }
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, rx) = link_queue::channel(shared.config.link_queue_limit);
     let link = shared
         .lock()
         .add_link(name.clone(), role, tx.clone(), &shared.counters);
@@ -148,6 +148,14 @@ pub async fn serve(
                 Some(f) => f,
                 None => break,
             },
+            _ = tx.overflowed() => {
+                reason = format!(
+                    "link queue over its limit of {} bytes (gateway.link_queue_limit): the peer does not read; closing",
+                    tx.limit()
+                );
+                tracing::warn!(%peer, %name, "{reason}");
+                break;
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > every * 3 {
                     reason = format!("no frame for {:?} (3 ping intervals)", last_heard.elapsed());
@@ -182,7 +190,12 @@ pub async fn serve(
             }
             Ok(Frame::Query { id, query }) => {
                 let reply = shared.lock().query(query, &shared.counters);
-                let _ = tx.send(reply_frame(id, reply));
+                let max = shared.config.max_internal_frame;
+                for frame in internal::reply_frames(id, reply, max) {
+                    if !tx.send(frame) {
+                        break;
+                    }
+                }
             }
             Ok(Frame::Draining) => {
                 shared.lock().link_draining(link, &shared.counters);
@@ -232,7 +245,7 @@ async fn refuse(
 
 async fn write_loop(
     mut sink: futures::stream::SplitSink<Framed<LinkStream, InternalCodec>, Bytes>,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: LinkRx,
 ) {
     while let Some(first) = rx.recv().await {
         if sink.feed(first).await.is_err() {
@@ -265,6 +278,7 @@ pub fn frame_kind(f: &Frame) -> &'static str {
         Frame::Command(_) => "command",
         Frame::Query { .. } => "query",
         Frame::Reply { .. } => "reply",
+        Frame::ReplyPart { .. } => "reply-part",
         Frame::Ping => "ping",
         Frame::Pong => "pong",
     }

@@ -11,6 +11,7 @@ mod client;
 mod http;
 pub mod limits;
 mod link;
+pub mod link_queue;
 mod outbound;
 pub mod state;
 
@@ -273,7 +274,10 @@ pub async fn run(
     tracing::info!(number, internal = %entry.internal, listeners = ?entry.listeners, "gateway started");
 
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::new(number, gw.queue_limit, gw.client_queue_limit)),
+        state: Mutex::new(
+            State::new(number, gw.queue_limit, gw.client_queue_limit)
+                .with_max_session(gw.max_session),
+        ),
         counters: Counters::default(),
         config: gw.clone(),
         secret: config.secret.clone(),

@@ -24,10 +24,11 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::link_queue::LinkTx;
 use crate::protocol::internal::{
     self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
 };
@@ -127,7 +128,7 @@ struct Client {
 struct Link {
     name: String,
     role: Role,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: LinkTx,
     draining: bool,
     inflight: usize,
 }
@@ -161,6 +162,8 @@ pub struct State {
     queued_bytes: usize,
     queue_limit: usize,
     client_queue_limit: usize,
+    /// Largest session JSON a client may have (`gateway.max_session`).
+    max_session: usize,
     /// Count of clients with a live connection (upgrades waiting for a verdict
     /// included).
     connected: usize,
@@ -192,9 +195,16 @@ impl State {
             queued_bytes: 0,
             queue_limit,
             client_queue_limit,
+            max_session: usize::MAX,
             connected: 0,
             upgrades: HashMap::new(),
         }
+    }
+
+    /// Bounds every client's session to `bytes` of JSON (`gateway.max_session`).
+    pub fn with_max_session(mut self, bytes: usize) -> Self {
+        self.max_session = bytes;
+        self
     }
 
     /// This gateway's number.
@@ -526,13 +536,7 @@ impl State {
     }
 
     /// Registers an authenticated link; returns its id.
-    pub fn add_link(
-        &mut self,
-        name: String,
-        role: Role,
-        tx: mpsc::UnboundedSender<Bytes>,
-        counters: &Counters,
-    ) -> u64 {
+    pub fn add_link(&mut self, name: String, role: Role, tx: LinkTx, counters: &Counters) -> u64 {
         let id = self.next_link;
         self.next_link += 1;
         self.links.insert(
@@ -609,7 +613,7 @@ impl State {
     }
 
     /// The link's outgoing channel (for replies).
-    pub fn link_tx(&self, link_id: u64) -> Option<mpsc::UnboundedSender<Bytes>> {
+    pub fn link_tx(&self, link_id: u64) -> Option<LinkTx> {
         self.links.get(&link_id).map(|l| l.tx.clone())
     }
 
@@ -864,10 +868,22 @@ impl State {
                 return;
             }
         };
+        let max = self.max_session;
         if let Some(c) = self.clients.get_mut(&conn) {
-            apply(&mut c.session, new);
-            c.session_json =
-                Bytes::from(serde_json::to_vec(&c.session).unwrap_or_else(|_| b"{}".to_vec()));
+            let mut session = c.session.clone();
+            apply(&mut session, new);
+            let json = serde_json::to_vec(&session).unwrap_or_else(|_| b"{}".to_vec());
+            if json.len() > max {
+                tracing::warn!(
+                    %client,
+                    size = json.len(),
+                    max,
+                    "session over gateway.max_session; the change is refused and the session kept as it was"
+                );
+                return;
+            }
+            c.session = session;
+            c.session_json = Bytes::from(json);
         }
     }
 
@@ -1103,17 +1119,12 @@ impl<'a> EncodeCache<'a> {
     }
 }
 
-/// Encodes a reply frame.
-pub fn reply_frame(id: u64, reply: Reply) -> Bytes {
-    let mut buf = BytesMut::new();
-    internal::encode(&Frame::Reply { id, reply }, &mut buf);
-    buf.freeze()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::link_queue::{self, LinkRx};
     use super::*;
     use crate::Message;
+    use bytes::BytesMut;
 
     fn decode_event(b: &Bytes) -> Event {
         let mut buf = BytesMut::from(&b[..]);
@@ -1161,14 +1172,43 @@ mod tests {
             );
             (id, rx)
         }
-        fn worker(&mut self) -> (u64, mpsc::UnboundedReceiver<Bytes>) {
-            let (tx, rx) = mpsc::unbounded_channel();
+        fn worker(&mut self) -> (u64, LinkRx) {
+            let (tx, rx) = link_queue::channel(usize::MAX);
             (
                 self.state
                     .add_link("w".into(), Role::Worker, tx, &self.counters),
                 rx,
             )
         }
+    }
+
+    #[test]
+    fn a_session_change_over_the_bound_is_refused_and_the_session_kept() {
+        let mut f = Fixture::new();
+        f.state = State::new(7, 1 << 20, 1 << 16).with_max_session(64);
+        let (id, _rx) = f.client();
+        let set = |json: &str| Command::SetSession {
+            client: id,
+            session: Bytes::from(json.to_owned()),
+        };
+        let update = |json: &str| Command::UpdateSession {
+            client: id,
+            session: Bytes::from(json.to_owned()),
+        };
+        let session = |f: &mut Fixture| match f.state.query_for_test(Query::GetSession(id)) {
+            Reply::OptBytes(Some(b)) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        f.state.command(set(r#"{"a":"0123456789"}"#), &f.counters);
+        assert_eq!(session(&mut f), r#"{"a":"0123456789"}"#);
+        // 60 more bytes would take it over 64: refused, kept as it was.
+        let long = format!(r#"{{"b":"{}"}}"#, "x".repeat(60));
+        f.state.command(update(&long), &f.counters);
+        assert_eq!(session(&mut f), r#"{"a":"0123456789"}"#);
+        f.state.command(set(&long), &f.counters);
+        assert_eq!(session(&mut f), r#"{"a":"0123456789"}"#);
+        f.state.command(update(r#"{"c":1}"#), &f.counters);
+        assert_eq!(session(&mut f), r#"{"a":"0123456789","c":1}"#);
     }
 
     #[test]
