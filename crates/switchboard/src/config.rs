@@ -152,6 +152,19 @@ pub struct GatewayConfig {
     pub max_internal_frame: usize,
     /// Most clients one gateway process holds; further connections are refused.
     pub max_clients: usize,
+    /// Most connections one source address may hold open in one gateway process (its
+    /// handshaking ones included); further connections from it are closed at once.
+    /// 0: no limit. Loopback sources are exempt unless `per_ip_limits_on_loopback`.
+    pub max_connections_per_ip: usize,
+    /// Most new connections one source address may open per second in one gateway
+    /// process (a token bucket holding one second's worth, so bursts up to this many);
+    /// further ones are closed at once. 0: no limit. Loopback is exempt unless
+    /// `per_ip_limits_on_loopback`.
+    pub max_connect_rate_per_ip: u32,
+    /// Applies the per-address limits to loopback sources (`127.0.0.0/8`, `::1`) too.
+    /// Off by default: tests, load generators and local reverse proxies all connect
+    /// from loopback.
+    pub per_ip_limits_on_loopback: bool,
     /// How often the gateway refreshes its discovery entry in the store.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
@@ -200,6 +213,9 @@ impl Default for GatewayConfig {
             hold_timeout: Duration::from_secs(30),
             max_internal_frame: 16 << 20,
             max_clients: 19_000,
+            max_connections_per_ip: 1000,
+            max_connect_rate_per_ip: 200,
+            per_ip_limits_on_loopback: false,
             publish_interval: Duration::from_secs(2),
             link_ping_interval: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(5),
@@ -259,12 +275,22 @@ pub struct ListenerConfig {
     /// How long a client has to complete the TLS handshake and the WebSocket upgrade.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Most connections this listener holds at once in one gateway process, those in
+    /// their handshake included; further ones are closed at once. Unset: only
+    /// `gateway.max_clients` bounds it.
+    pub max_connections: Option<usize>,
+    /// Most new connections this listener accepts per second in one gateway process,
+    /// whatever their source (a token bucket of one second's worth); further ones are
+    /// closed at once. Unset: no limit of its own. Checked after the per-address
+    /// limits, so one address's flood does not spend it.
+    pub max_connect_rate: Option<u32>,
     /// WebSocket: `Origin` values allowed to upgrade (`https://chat.example.com`);
     /// empty allows any. Others get HTTP 403.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
     /// WebSocket: addresses or networks (`10.0.0.0/8`) of reverse proxies whose
-    /// `X-Forwarded-For` is believed; from anyone else the header is ignored.
+    /// `X-Forwarded-For` is believed; from anyone else the header is ignored. The
+    /// per-address connection limits do not apply to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -324,6 +350,8 @@ impl Default for ListenerConfig {
             max_message: None,
             heartbeat: None,
             handshake_timeout: default_handshake_timeout(),
+            max_connections: None,
+            max_connect_rate: None,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
         }
@@ -890,6 +918,18 @@ impl Config {
             }
             if l.max_message() == 0 {
                 return Err(invalid(&key("max_message"), "must be at least 1"));
+            }
+            if l.max_connect_rate == Some(0) {
+                return Err(invalid(
+                    &key("max_connect_rate"),
+                    "must be at least 1 (leave it unset for no limit of its own)",
+                ));
+            }
+            if l.max_connections == Some(0) {
+                return Err(invalid(
+                    &key("max_connections"),
+                    "must be at least 1 (leave it unset for no limit of its own)",
+                ));
             }
             match (l.transport(), &l.tls) {
                 (Transport::Tls, None) => {

@@ -13,6 +13,7 @@ use super::link_queue::{self, LinkRx};
 use super::state::Verdict;
 use super::Shared;
 use crate::auth;
+use crate::metrics::gateway::{self as metrics, InternalRefusal};
 use crate::protocol::internal::{self, Frame, InternalCodec, PROTOCOL_VERSION};
 use crate::transport::LinkStream;
 
@@ -61,34 +62,60 @@ pub async fn serve(
             nonce: peer_nonce,
         }))) => {
             if version != PROTOCOL_VERSION {
-                refuse(&mut framed, peer, &format!("protocol version {version} is not supported (this gateway speaks {PROTOCOL_VERSION})")).await;
+                refuse(&shared, &mut framed, peer, InternalRefusal::Version, &format!("protocol version {version} is not supported (this gateway speaks {PROTOCOL_VERSION})")).await;
                 return;
             }
             if !auth::verify(&shared.secret, &nonce, role, &name, &mac) {
-                refuse(&mut framed, peer, "wrong secret").await;
+                refuse(
+                    &shared,
+                    &mut framed,
+                    peer,
+                    InternalRefusal::Auth,
+                    "wrong secret",
+                )
+                .await;
                 return;
             }
             (role, name, peer_nonce)
         }
         Ok(Some(Ok(other))) => {
             refuse(
+                &shared,
                 &mut framed,
                 peer,
+                InternalRefusal::ProtocolError,
                 &format!("expected auth, got {}", frame_kind(&other)),
             )
             .await;
             return;
         }
         Ok(Some(Err(e))) => {
-            refuse(&mut framed, peer, &format!("bad handshake frame: {e}")).await;
+            refuse(
+                &shared,
+                &mut framed,
+                peer,
+                InternalRefusal::ProtocolError,
+                &format!("bad handshake frame: {e}"),
+            )
+            .await;
             return;
         }
         Ok(None) => {
-            tracing::warn!(%peer, "internal connection closed during the handshake");
+            metrics::internal_refused(InternalRefusal::Closed);
+            if shared.internal_log.allow() {
+                tracing::warn!(%peer, "internal connection closed during the handshake");
+            }
             return;
         }
         Err(_) => {
-            refuse(&mut framed, peer, "no auth within 5 s").await;
+            refuse(
+                &shared,
+                &mut framed,
+                peer,
+                InternalRefusal::Timeout,
+                "no auth within 5 s",
+            )
+            .await;
             return;
         }
     };
@@ -194,8 +221,19 @@ pub async fn serve(
     writer.abort();
 }
 
-async fn refuse(framed: &mut Framed<LinkStream, InternalCodec>, peer: SocketAddr, reason: &str) {
-    tracing::warn!(%peer, reason, "refused internal connection");
+/// Refuses a peer in its handshake: counted, logged (within the per-second budget, so
+/// a flood does not flood the log) and told why in a `refused` frame.
+async fn refuse(
+    shared: &Shared,
+    framed: &mut Framed<LinkStream, InternalCodec>,
+    peer: SocketAddr,
+    kind: InternalRefusal,
+    reason: &str,
+) {
+    metrics::internal_refused(kind);
+    if shared.internal_log.allow() {
+        tracing::warn!(%peer, reason, "refused internal connection");
+    }
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
         framed.send(Frame::Refused {
