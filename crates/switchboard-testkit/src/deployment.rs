@@ -101,6 +101,7 @@ pub struct Options {
     hold_timeout: Duration,
     restart_delay: Duration,
     gateway_keys: String,
+    worker_keys: String,
     sections: Vec<String>,
     /// The `[admin]` table's body: by default a free port, so that tests never share
     /// the default 127.0.0.1:55757 (the bound address is in `run/admin.addr`).
@@ -135,6 +136,7 @@ impl Options {
             hold_timeout: Duration::from_secs(30),
             restart_delay: Duration::from_millis(200),
             gateway_keys: String::new(),
+            worker_keys: String::new(),
             sections: Vec::new(),
             admin: "listen = \"127.0.0.1:0\"\n".into(),
         }
@@ -218,11 +220,19 @@ impl Options {
         self
     }
 
+    /// Adds TOML keys to the `[worker]` table (`threads = 1`); may be called more
+    /// than once.
+    pub fn worker_keys(mut self, toml: &str) -> Self {
+        push_lines(&mut self.worker_keys, toml);
+        self
+    }
+
     /// Appends TOML to the end of the configuration: tables the kit does not write
     /// (`[db.instances.NAME]`, `[log]`, an application's own). May be called more than
     /// once; the sections keep their order. They must not repeat a table the kit
     /// writes (`[gateway]`, `[gateway.heartbeat]`, `[worker]`, `[supervisor]`,
-    /// `[store]`); use [`gateway_keys`](Options::gateway_keys) for `[gateway]`.
+    /// `[store]`); use [`gateway_keys`](Options::gateway_keys) for `[gateway]` and
+    /// [`worker_keys`](Options::worker_keys) for `[worker]`.
     pub fn section(mut self, toml: &str) -> Self {
         self.sections.push(toml.to_owned());
         self
@@ -265,9 +275,10 @@ impl Options {
         let _ = write!(
             text,
             "\n[worker]\ncount = {workers}\ndiscovery_interval = \"200ms\"\n\
-             drain_timeout = \"10s\"\n\n\
+             drain_timeout = \"10s\"\n{worker_keys}\n\
              [supervisor]\nstop_timeout = \"10s\"\nrestart_delay = {restart}\n",
             workers = self.workers,
+            worker_keys = self.worker_keys,
             restart = duration(self.restart_delay),
         );
         text.push_str("\n[admin]\n");
