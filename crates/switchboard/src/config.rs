@@ -422,7 +422,9 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             link_timeout: Duration::from_secs(20),
             internal_tls: None,
-            threads: 0,
+            // One thread per worker process (scale with `count`): 27 % less CPU per
+            // private message than a thread per core (docs/BENCHMARKS.md).
+            threads: 1,
         }
     }
 }
