@@ -101,6 +101,7 @@ pub struct Options {
     hold_timeout: Duration,
     restart_delay: Duration,
     gateway_keys: String,
+    worker_keys: String,
     sections: Vec<String>,
     /// The `[store]` table's body: by default the file store in the data directory, so
     /// that a test needs no server; a test of another backend gives its own.
@@ -138,6 +139,7 @@ impl Options {
             hold_timeout: Duration::from_secs(30),
             restart_delay: Duration::from_millis(200),
             gateway_keys: String::new(),
+            worker_keys: String::new(),
             sections: Vec::new(),
             store: "backend = \"file\"\npath = \"store.sqlite\"\n".into(),
             admin: "listen = \"127.0.0.1:0\"\n".into(),
@@ -236,12 +238,20 @@ impl Options {
         self
     }
 
+    /// Adds TOML keys to the `[worker]` table (`threads = 1`); may be called more
+    /// than once.
+    pub fn worker_keys(mut self, toml: &str) -> Self {
+        push_lines(&mut self.worker_keys, toml);
+        self
+    }
+
     /// Appends TOML to the end of the configuration: tables the kit does not write
     /// (`[db.instances.NAME]`, `[log]`, an application's own). May be called more than
     /// once; the sections keep their order. They must not repeat a table the kit
     /// writes (`[gateway]`, `[gateway.heartbeat]`, `[worker]`, `[supervisor]`,
-    /// `[store]`); use [`gateway_keys`](Options::gateway_keys) for `[gateway]` and
-    /// [`store`](Options::store) for `[store]`.
+    /// `[store]`); use [`gateway_keys`](Options::gateway_keys) for `[gateway]`,
+    /// [`worker_keys`](Options::worker_keys) for `[worker]` and [`store`](Options::store)
+    /// for `[store]`.
     pub fn section(mut self, toml: &str) -> Self {
         self.sections.push(toml.to_owned());
         self
@@ -285,9 +295,10 @@ impl Options {
         let _ = write!(
             text,
             "\n[worker]\ncount = {workers}\ndiscovery_interval = \"200ms\"\n\
-             drain_timeout = \"10s\"\n\n\
+             drain_timeout = \"10s\"\n{worker_keys}\n\
              [supervisor]\nstop_timeout = \"10s\"\nrestart_delay = {restart}\n",
             workers = self.workers,
+            worker_keys = self.worker_keys,
             restart = duration(self.restart_delay),
         );
         text.push_str("\n[admin]\n");

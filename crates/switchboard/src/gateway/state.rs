@@ -720,12 +720,17 @@ impl State {
                 let exclude: HashSet<u64> = self.own(&exclude).collect();
                 let conns: Vec<u64> = match only {
                     Some(list) => self.own(&list).filter(|c| !exclude.contains(c)).collect(),
-                    None => self
-                        .clients
-                        .iter()
-                        .filter(|(k, c)| c.out.is_some() && !exclude.contains(k))
-                        .map(|(k, _)| *k)
-                        .collect(),
+                    None => {
+                        // Sized once: no reallocation as the list grows.
+                        let mut all = Vec::with_capacity(self.clients.len());
+                        all.extend(
+                            self.clients
+                                .iter()
+                                .filter(|(k, c)| c.out.is_some() && !exclude.contains(k))
+                                .map(|(k, _)| *k),
+                        );
+                        all
+                    }
                 };
                 self.send_conns(conns, &data, counters)
             }
@@ -1209,6 +1214,55 @@ mod tests {
         assert_eq!(session(&mut f), r#"{"a":"0123456789"}"#);
         f.state.command(update(r#"{"c":1}"#), &f.counters);
         assert_eq!(session(&mut f), r#"{"a":"0123456789","c":1}"#);
+    }
+
+    #[test]
+    fn a_broadcast_allocates_nothing_per_recipient() {
+        let mut f = Fixture::new();
+        let clients: Vec<_> = (0..1000).map(|_| f.client()).collect();
+        let send = || Command::SendToAll {
+            data: "a line for everybody".into(),
+            only: None,
+            exclude: vec![],
+        };
+        let drain = |clients: &[(ClientId, Outbound)]| {
+            for (_, out) in clients {
+                while out.try_pop().is_some() {}
+            }
+        };
+        let mut measure = |f: &mut Fixture| {
+            let cmd = send();
+            let (allocations, reached) =
+                crate::alloc_count::count(|| f.state.command(cmd, &f.counters));
+            assert_eq!(reached, 1000);
+            allocations
+        };
+        // Each recipient's queue empty (written out since the line before): the
+        // recipient list and one encoding of the line, nothing per recipient.
+        let written_out = measure(&mut f);
+        drain(&clients);
+        // A backlog (each queue still holds the line before): the first time, each
+        // queue takes a buffer for the lines after its head...
+        f.state.command(send(), &f.counters);
+        let first_backlog = measure(&mut f);
+        drain(&clients);
+        // ...which it keeps while the client is busy (until the heartbeat's trim of an
+        // idle queue): the next backlog allocates nothing per recipient either.
+        f.state.command(send(), &f.counters);
+        let next_backlog = measure(&mut f);
+        drain(&clients);
+        assert!(
+            written_out <= 4,
+            "{written_out} allocations for 1,000 deliveries"
+        );
+        assert!(
+            first_backlog <= 1000 + 4,
+            "{first_backlog} allocations for 1,000 deliveries, a first backlog"
+        );
+        assert!(
+            next_backlog <= 4,
+            "{next_backlog} allocations for 1,000 deliveries, a later backlog"
+        );
     }
 
     #[test]
