@@ -1230,7 +1230,7 @@ mod tests {
                 while out.try_pop().is_some() {}
             }
         };
-        let mut measure = |f: &mut Fixture| {
+        let measure = |f: &mut Fixture| {
             let cmd = send();
             let (allocations, reached) =
                 crate::alloc_count::count(|| f.state.command(cmd, &f.counters));
