@@ -59,25 +59,9 @@ pub fn admin_json(d: &Deployment, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
-/// Every sample of `name` whose labels include `labels`, summed; `None` if there is
-/// none.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text page");
-    let mut found = None;
-    for s in scrape.samples.iter().filter(|s| s.metric == name) {
-        if labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
-            let v = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => continue,
-            };
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
+// Not every test binary that includes this module reads samples.
+#[allow(unused_imports)]
+pub use switchboard_testkit::metric;
 
 /// Polls `/metrics` until `check` holds (each process writes its figures once a
 /// second); returns the page, or fails the test after [`WAIT`].
