@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -41,19 +40,6 @@ fn padded(n: usize, size: usize) -> Session {
         unreachable!("a JSON object literal")
     };
     map
-}
-
-/// The gateway's internal address, from its stats.
-fn internal_addr(d: &Deployment) -> SocketAddr {
-    let all = switchboard::stats::read_all(&d.config().run_dir());
-    let gw = all
-        .iter()
-        .find(|s| s.role == "gateway")
-        .expect("a gateway's stats");
-    gw.detail["internal"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("the internal address in the stats")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
