@@ -29,9 +29,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::link_queue::LinkTx;
-use crate::protocol::internal::{
-    self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
-};
+use crate::protocol::internal::{ClientInfo, Command, EventKind, EventRef, Query, Reply, Role};
 use crate::protocol::ClientProtocol;
 use crate::{ClientId, PerProtocol};
 
@@ -381,19 +379,21 @@ impl State {
         client.worker = Some(link_id);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let frame = internal::encode_to_bytes(&Frame::Event(Event {
+        // Encoded from the client's own fields: nothing copied but into the frame.
+        let frame = EventRef {
             seq,
             kind: event.kind,
             client: ClientId::new(self.number, conn),
-            addr: client.addr.clone(),
-            listener: client.listener.name.clone(),
+            addr: &client.addr,
+            listener: &client.listener.name,
             protocol: client.listener.protocol,
-            uid: client.uid.clone(),
-            groups: client.groups.iter().cloned().collect(),
-            session: client.session_json.clone(),
-            body: event.body.clone(),
+            uid: client.uid.as_deref(),
+            groups: &client.groups,
+            session: &client.session_json,
+            body: &event.body,
             binary: event.binary,
-        }));
+        }
+        .encode_to_bytes();
         client.inflight = Some(Box::new(InFlight {
             link: link_id,
             seq,
@@ -1128,6 +1128,7 @@ impl<'a> EncodeCache<'a> {
 mod tests {
     use super::super::link_queue::{self, LinkRx};
     use super::*;
+    use crate::protocol::internal::{self, Event, Frame};
     use crate::Message;
     use bytes::BytesMut;
 
@@ -1263,6 +1264,43 @@ mod tests {
             next_backlog <= 4,
             "{next_backlog} allocations for 1,000 deliveries, a later backlog"
         );
+    }
+
+    #[test]
+    fn an_event_to_a_worker_copies_nothing_of_the_client() {
+        let mut f = Fixture::new();
+        let (_w, mut wrx) = f.worker();
+        let (id, _rx) = f.client();
+        f.state.command(
+            Command::BindUid {
+                client: id,
+                uid: "alice".into(),
+            },
+            &f.counters,
+        );
+        for group in ["a", "bb", "ccc"] {
+            f.state.command(
+                Command::JoinGroup {
+                    client: id,
+                    group: group.into(),
+                },
+                &f.counters,
+            );
+        }
+        let connect = wrx.try_recv().expect("the connect event");
+        f.state.ack(1, decode_event(&connect).seq, id, &f.counters);
+        let body = Bytes::from_static(b"hello");
+        let (allocations, queued) = crate::alloc_count::count(|| {
+            f.state
+                .client_message(id.connection, body, false, &f.counters)
+        });
+        assert!(queued.is_ok());
+        let event = decode_event(&wrx.try_recv().expect("the message event"));
+        assert_eq!(event.groups, ["a", "bb", "ccc"]);
+        assert_eq!(event.uid.as_deref(), Some("alice"));
+        // The frame, the in-flight record and the client's event queue: no copy of
+        // its address, listener name, uid or groups.
+        assert!(allocations <= 3, "{allocations} allocations for one event");
     }
 
     #[test]

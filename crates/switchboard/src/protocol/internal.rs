@@ -209,6 +209,88 @@ pub enum Command {
     },
 }
 
+/// An [`Event`] borrowed from where the gateway keeps its parts, to be encoded without
+/// copying them into an owned `Event` first ([`EventRef::encode_to_bytes`]): one
+/// allocation per event, the frame's.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a, G> {
+    /// See [`Event::seq`].
+    pub seq: u64,
+    /// See [`Event::kind`].
+    pub kind: EventKind,
+    /// See [`Event::client`].
+    pub client: ClientId,
+    /// See [`Event::addr`].
+    pub addr: &'a str,
+    /// See [`Event::listener`].
+    pub listener: &'a str,
+    /// See [`Event::protocol`].
+    pub protocol: ClientProtocol,
+    /// See [`Event::uid`].
+    pub uid: Option<&'a str>,
+    /// See [`Event::groups`]: anything that lists them, in order.
+    pub groups: G,
+    /// See [`Event::session`].
+    pub session: &'a [u8],
+    /// See [`Event::body`].
+    pub body: &'a [u8],
+    /// See [`Event::binary`].
+    pub binary: bool,
+}
+
+impl<'a, G, S> EventRef<'a, G>
+where
+    G: IntoIterator<Item = S> + Copy,
+    S: AsRef<str>,
+{
+    /// The whole frame (header included), in a buffer allocated once at its size.
+    pub fn encode_to_bytes(&self) -> Bytes {
+        let groups: usize = self.groups.into_iter().map(|g| 4 + g.as_ref().len()).sum();
+        let size = HEADER
+            + 1 // type
+            + 8 + 1 + 12 // seq, kind, client
+            + 4 + self.addr.len()
+            + 4 + self.listener.len()
+            + 1 // protocol
+            + 1 + self.uid.map_or(0, |u| 4 + u.len())
+            + 4 + groups
+            + 4 + self.session.len()
+            + 4 + self.body.len()
+            + 1; // binary
+        let mut buf = BytesMut::with_capacity(size);
+        buf.put_u32(0);
+        self.write(&mut Writer(&mut buf));
+        let len = (buf.len() - HEADER) as u32;
+        buf[..HEADER].copy_from_slice(&len.to_be_bytes());
+        debug_assert_eq!(buf.len(), size, "the size computed ahead is exact");
+        buf.freeze()
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u8(ty::EVENT);
+        w.u64(self.seq);
+        w.u8(match self.kind {
+            EventKind::Connect => 1,
+            EventKind::Message => 2,
+            EventKind::Close => 3,
+            EventKind::WebSocketConnect => 4,
+        });
+        w.client(self.client);
+        w.str(self.addr);
+        w.str(self.listener);
+        w.u8(self.protocol.wire_byte());
+        w.opt_str(self.uid);
+        let count = self.groups.into_iter().count();
+        w.u32(count as u32);
+        for g in self.groups {
+            w.str(g.as_ref());
+        }
+        w.bytes(self.session);
+        w.bytes(self.body);
+        w.u8(u8::from(self.binary));
+    }
+}
+
 /// A question a worker asks a gateway; answered by a [`Reply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
@@ -443,25 +525,20 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             w.u8(ty::REFUSED);
             w.str(reason);
         }
-        Frame::Event(e) => {
-            w.u8(ty::EVENT);
-            w.u64(e.seq);
-            w.u8(match e.kind {
-                EventKind::Connect => 1,
-                EventKind::Message => 2,
-                EventKind::Close => 3,
-                EventKind::WebSocketConnect => 4,
-            });
-            w.client(e.client);
-            w.str(&e.addr);
-            w.str(&e.listener);
-            w.u8(e.protocol.wire_byte());
-            w.opt_str(e.uid.as_deref());
-            w.strs(&e.groups);
-            w.bytes(&e.session);
-            w.bytes(&e.body);
-            w.u8(u8::from(e.binary));
+        Frame::Event(e) => EventRef {
+            seq: e.seq,
+            kind: e.kind,
+            client: e.client,
+            addr: &e.addr,
+            listener: &e.listener,
+            protocol: e.protocol,
+            uid: e.uid.as_deref(),
+            groups: &e.groups,
+            session: &e.session,
+            body: &e.body,
+            binary: e.binary,
         }
+        .write(&mut w),
         Frame::Ack { seq, client } => {
             w.u8(ty::ACK);
             w.u64(*seq);
@@ -1340,6 +1417,40 @@ mod tests {
             }
         }
         joined.expect("at least one frame")
+    }
+
+    #[test]
+    fn an_event_encoded_from_borrowed_parts_is_the_owned_events_frame() {
+        let owned = Event {
+            seq: 42,
+            kind: EventKind::Message,
+            client: ClientId::new(3, 9),
+            addr: "127.0.0.1:5555".into(),
+            listener: "main".into(),
+            protocol: ClientProtocol::Text,
+            uid: Some("alice".into()),
+            groups: vec!["a".into(), "bb".into(), "ccc".into()],
+            session: Bytes::from_static(br#"{"name":"alice"}"#),
+            body: Bytes::from_static(b"hello"),
+            binary: false,
+        };
+        let groups: std::collections::BTreeSet<String> = owned.groups.iter().cloned().collect();
+        let borrowed = EventRef {
+            seq: owned.seq,
+            kind: owned.kind,
+            client: owned.client,
+            addr: &owned.addr,
+            listener: &owned.listener,
+            protocol: owned.protocol,
+            uid: owned.uid.as_deref(),
+            groups: &groups,
+            session: &owned.session,
+            body: &owned.body,
+            binary: owned.binary,
+        };
+        let (allocations, bytes) = crate::alloc_count::count(|| borrowed.encode_to_bytes());
+        assert_eq!(bytes, encode_to_bytes(&Frame::Event(owned)));
+        assert_eq!(allocations, 1, "one buffer, allocated at its size");
     }
 
     #[test]
