@@ -38,7 +38,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Busy and total CPU time of the whole machine in seconds (first line of
 /// `/proc/stat`; idle and iowait count as not busy).
-fn machine_seconds() -> (f64, f64) {
+pub fn machine_seconds() -> (f64, f64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<u64> = text
         .lines()
