@@ -4,8 +4,9 @@ and, with --svg, a plot of every server process's resident memory over time.
 
     tools/bench/scenarios/soak-report.py target/soak/soak-60.csv --svg docs/soak-rss.svg
 
-Standard library only. The table gives RSS in MiB (two decimals: 10 KiB steps show),
-a `*` where a worker is a new process (after a reload), CPU as percent of one core,
+Standard library only. The table gives VmRSS in MiB (two decimals: 10 KiB steps show)
+and, where the CSV has it, RssAnon (heap and stacks) in parentheses; a `*` where a
+worker is a new process (after a reload); CPU as percent of one core,
 messages of the sample's minute and the run's running totals of losses, duplicates
 and unexpected disconnects.
 """
@@ -34,7 +35,7 @@ def table(rows):
     procs = processes(rows)
     head = (
         ["min", "load"]
-        + [f"{p} MiB" for p in procs]
+        + [f"{p} MiB" + (" (anon)" if f"anon_{p}_kib" in rows[0] else "") for p in procs]
         + ["CPU gw/wk/sup/bench/others %", "private sent/recv", "bcast deliveries",
            "p99 priv/bcast ms", "conn/disc", "lost", "dup", "unexp. disc.", "reloads"]
     )
@@ -44,6 +45,8 @@ def table(rows):
         cells = [f"{float(r['minute']):g}", r["load1"]]
         for p in procs:
             cell = mib(r[f"rss_{p}_kib"])
+            if r.get(f"anon_{p}_kib"):
+                cell += f" ({mib(r[f'anon_{p}_kib'])})"
             pid = r.get(f"pid_{p}")
             if pid is not None and p in previous and previous[p] != pid:
                 cell += "*"
