@@ -276,6 +276,16 @@ impl App {
             Ok(cli) => cli,
             Err(e) => e.exit(),
         };
+        if prints_a_report(&cli.command) {
+            // `chat status | head`: a reader that goes away ends the command quietly,
+            // as it does any Unix tool, instead of a panic in `println!` (Rust ignores
+            // SIGPIPE, so the write fails). Only for commands that print and exit: the
+            // supervisor, gateways and workers keep writing to sockets with SIGPIPE
+            // ignored.
+            // SAFETY: setting a signal's disposition to its default, before any other
+            // thread exists.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        }
         match self.dispatch(cli) {
             Ok(code) => code,
             Err(e) => {
@@ -700,6 +710,19 @@ fn stop_running(config: &Config) -> Result<(), Error> {
     let pid = supervisor::signal_running(config, libc::SIGTERM, Some(wait))?;
     println!("stopped (supervisor pid {pid})");
     Ok(())
+}
+
+/// Whether the command prints a report and exits (it may be piped into `head`).
+fn prints_a_report(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Status
+            | Command::Connections { .. }
+            | Command::Online { .. }
+            | Command::Push { .. }
+            | Command::Kick { .. }
+            | Command::Config { .. }
+    )
 }
 
 /// A runtime whose threads carry `name`, which every log line shows. `threads` 0 means
