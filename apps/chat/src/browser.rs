@@ -307,7 +307,20 @@ async fn say(
         }
         To::Client(to) => {
             let call = ctx.statistic("chat", "private");
-            if send_private(&gw, me, &name, to, content).await? {
+            let sent = match send_private(&gw, me, &name, to, content).await {
+                Ok(sent) => sent,
+                Err(e) => {
+                    // The recipient's gateway did not answer (it hung, died, or its
+                    // link broke): the page is told, not left waiting.
+                    tracing::warn!(to = %to, error = %e, "private message: no answer from the recipient's gateway");
+                    let msg =
+                        format!("{to} could not be reached; your message may not have arrived");
+                    call.fail(502, format_args!("{msg}: {e}"));
+                    ctx.reply(protocol::error(code::UNREACHABLE, &msg)).await?;
+                    return Ok(());
+                }
+            };
+            if sent {
                 call.success();
                 // Named as the sender's page named the recipient (workerman-chat's
                 // `to_client_name`), else by its id.

@@ -15,7 +15,9 @@ mod browser;
 mod history;
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use browser::protocol::{self, To};
 use browser::{TELNET_GROUP, TELNET_ROOM};
@@ -24,14 +26,99 @@ use switchboard::{
     async_trait, App, ClientId, ClientProtocol, Context, Events, Gateway, HandlerResult, Message,
     Session,
 };
+use switchboard_db::{DbError, Instance};
 use tokio::sync::OnceCell;
 
 /// The chat's business code.
 #[derive(Default)]
 struct Chat {
-    /// Public lines, kept through the Db module (`[db.instances.history]`); opened when
-    /// the worker starts. Without it the chat works, and `/history` says why not.
-    history: OnceCell<ChatHistory>,
+    /// Public lines, kept through the Db module (`[db.instances.history]`). Without it
+    /// the chat works, and `/history` says it is not available.
+    history: History,
+}
+
+/// What `/history` answers when the history cannot be read now.
+const HISTORY_UNAVAILABLE: &str = "history is not available right now; try again later";
+
+/// How long the history is left alone after its database could not be reached: calls
+/// in that time fail at once instead of each waiting the instance's connect timeout.
+const HISTORY_HOLD_OFF: Duration = Duration::from_secs(3);
+
+/// The chat history as the handlers use it: opened when the worker starts, or later,
+/// in the background, once the database answers; and left alone for a moment after
+/// the database could not be reached, so that a database that is down slows nobody.
+#[derive(Default)]
+struct History {
+    /// The opened history (its table made sure of).
+    opened: Arc<OnceCell<ChatHistory>>,
+    /// The configured instance (no connection), kept to open the history later.
+    instance: OnceLock<Instance>,
+    /// Whether a background open is running (one at a time).
+    opening: Arc<AtomicBool>,
+    /// Until when calls are not tried (the database could not be reached, or the
+    /// history could not be opened).
+    down_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl History {
+    /// Opens the history in `instance` (the worker's start); if the database does not
+    /// answer, [`usable`](History::usable) tries again later.
+    async fn open(&self, instance: Instance) -> Result<(), DbError> {
+        let _ = self.instance.set(instance.clone());
+        let history = ChatHistory::open(instance).await?;
+        let _ = self.opened.set(history);
+        Ok(())
+    }
+
+    /// The history, if it can be used now: opened, and its database not known to be
+    /// down. When it was never opened, an open is started in the background for later
+    /// calls.
+    fn usable(&self) -> Option<&ChatHistory> {
+        let down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until);
+        if down {
+            return None;
+        }
+        if let Some(history) = self.opened.get() {
+            return Some(history);
+        }
+        let instance = self.instance.get()?.clone();
+        if !self.opening.swap(true, Ordering::AcqRel) {
+            let (opened, opening) = (Arc::clone(&self.opened), Arc::clone(&self.opening));
+            let down_until = Arc::clone(&self.down_until);
+            tokio::spawn(async move {
+                match ChatHistory::open(instance).await {
+                    Ok(history) => {
+                        let _ = opened.set(history);
+                        tracing::info!("chat history opened");
+                    }
+                    Err(e) => {
+                        // Tried again after the hold-off, not at every call.
+                        tracing::warn!(error = %e, "chat history still not available");
+                        *down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now() + HISTORY_HOLD_OFF);
+                    }
+                }
+                opening.store(false, Ordering::Release);
+            });
+        }
+        None
+    }
+
+    /// Notes how a history call ended: a database that cannot be reached is left
+    /// alone for [`HISTORY_HOLD_OFF`].
+    fn note<T>(&self, result: &Result<T, DbError>) {
+        // A lost connection is not one: the next call takes another from the pool.
+        let unreachable = matches!(
+            result,
+            Err(DbError::Connect { .. } | DbError::Timeout { .. })
+        );
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        *down = unreachable.then(|| Instant::now() + HISTORY_HOLD_OFF);
+    }
 }
 
 /// How many lines `/history` prints.
@@ -109,8 +196,7 @@ fn private_target(line: &str) -> Option<(ClientId, &str)> {
 impl Events for Chat {
     async fn on_worker_start(&self, gateway: &Gateway) -> HandlerResult {
         let instance = gateway.db().instance("history")?;
-        let history = ChatHistory::open(instance).await?;
-        let _ = self.history.set(history);
+        self.history.open(instance).await?;
         Ok(())
     }
 
@@ -124,7 +210,7 @@ impl Events for Chat {
 
     async fn on_message(&self, ctx: &mut Context, message: Message) -> HandlerResult {
         if from_browser(ctx) {
-            return browser::on_message(self.history.get(), ctx, message).await;
+            return browser::on_message(self.history.usable(), ctx, message).await;
         }
         let line = message.text()?;
         let me = ctx.client_id();
@@ -159,13 +245,22 @@ impl Events for Chat {
 
         if line.trim() == "/history" {
             let call = ctx.statistic("chat", "history");
-            let Some(history) = self.history.get() else {
+            let Some(history) = self.history.usable() else {
                 call.fail(503, "history is not available");
-                ctx.reply("history is not available (see the worker log)")
-                    .await?;
+                ctx.reply(HISTORY_UNAVAILABLE).await?;
                 return Ok(());
             };
-            let lines = call.time(history.last(TELNET_ROOM, HISTORY_LINES)).await?;
+            let read = call.time(history.last(TELNET_ROOM, HISTORY_LINES)).await;
+            self.history.note(&read);
+            let lines = match read {
+                Ok(lines) => lines,
+                Err(e) => {
+                    // The user is told; the reason is for the operator.
+                    tracing::warn!(error = %e, "cannot read the chat history");
+                    ctx.reply(HISTORY_UNAVAILABLE).await?;
+                    return Ok(());
+                }
+            };
             if lines.is_empty() {
                 ctx.reply("no history yet").await?;
             }
@@ -179,7 +274,20 @@ impl Events for Chat {
             Some((to, words)) => {
                 let call = ctx.statistic("chat", "private");
                 // In the recipient's format; the send says whether it was delivered.
-                let sent = browser::send_private(ctx.gateway(), me, &name, to, words).await?;
+                let sent = match browser::send_private(ctx.gateway(), me, &name, to, words).await {
+                    Ok(sent) => sent,
+                    Err(e) => {
+                        // The recipient's gateway did not answer (it hung, died, or
+                        // its link broke): the sender is told, not left waiting.
+                        tracing::warn!(to = %to, error = %e, "private message: no answer from the recipient's gateway");
+                        call.fail(502, format_args!("[{to}] could not be reached: {e}"));
+                        ctx.reply(format!(
+                            "[{to}] could not be reached; your message may not have arrived"
+                        ))
+                        .await?;
+                        return Ok(());
+                    }
+                };
                 if sent {
                     call.success();
                     let words = protocol::one_line(words);
@@ -201,10 +309,12 @@ impl Events for Chat {
                     // tell_room makes it one line for terminals.
                     let said = format!("{name}[{me}] said :{line}");
                     browser::tell_room(ctx.gateway(), TELNET_ROOM, json, said, &[]).await?;
-                    if let Some(history) = self.history.get() {
-                        history
+                    if let Some(history) = self.history.usable() {
+                        let written = history
                             .append(TELNET_ROOM, &name, &me.to_string(), line)
-                            .await?;
+                            .await;
+                        self.history.note(&written);
+                        written?;
                     }
                     HandlerResult::Ok(())
                 })

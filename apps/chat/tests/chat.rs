@@ -405,3 +405,43 @@ async fn a_client_that_does_not_read_is_cut_off_as_a_slow_consumer() {
         .expect(&format!("talker[{tid}] said :still here"))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_works_on_single_threaded_runtimes() {
+    // gateway.threads = 1 and worker.threads = 1: every task of a process on one thread.
+    let d = Deployment::start(
+        chat()
+            .gateway_keys("threads = 1")
+            .worker_keys("threads = 1"),
+    );
+    let mut a = Client::connect(d.addr()).await;
+    let ida = a.login("alice").await;
+    let mut b = Client::connect(d.addr()).await;
+    let idb = b.login("bob").await;
+    a.expect_next(&format!("bob[{idb}] come")).await;
+    b.send(&format!("{ida}:psst alice")).await;
+    a.expect_next(&format!("bob[{idb}] said to You :psst alice"))
+        .await;
+    b.expect_next(&format!("bob[{idb}] said to [{ida}] :psst alice"))
+        .await;
+    a.send("hello").await;
+    b.expect_next(&format!("alice[{ida}] said :hello")).await;
+    // Each gateway and worker runs its runtime on exactly one thread of its name.
+    for role in [
+        switchboard_testkit::ChildRole::Gateway,
+        switchboard_testkit::ChildRole::Worker,
+    ] {
+        for pid in d.pids(role) {
+            let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("the process's threads")
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect();
+            let runtime = names
+                .iter()
+                .filter(|n| n.starts_with("gateway-") || n.starts_with("worker-"))
+                .count();
+            assert_eq!(runtime, 1, "{role:?} {pid} threads: {names:?}");
+        }
+    }
+}

@@ -1111,3 +1111,26 @@ async fn a_listener_on_port_0_gets_one_port_for_every_gateway_held_while_the_sup
     let mut c = Client::connect(addr).await;
     c.login("after").await;
 }
+
+#[test]
+fn a_report_piped_into_a_reader_that_leaves_ends_quietly() {
+    let d = Deployment::start(chat());
+    for args in [&["status"][..], &["connections"], &["config", "print"]] {
+        // `chat status | head -0`: the reader is gone before the first line.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let out = std::process::Command::new(d.binary())
+            .arg("--config")
+            .arg(d.config_path())
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("run the CLI");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && out.status.code() != Some(101),
+            "{args:?} into a closed pipe: {:?}\n{stderr}",
+            out.status
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::ws::Ws;
 use common::{chat, ChatClient};
 use switchboard_testkit::browser::Browser;
-use switchboard_testkit::{ChildRole, Client, Deployment, Listener, Options, WAIT};
+use switchboard_testkit::{metric, ChildRole, Client, Deployment, Listener, Options, WAIT};
 
 /// The chat with its telnet listener, as the statistics tests drive it.
 fn telnet() -> Options {
@@ -89,25 +89,6 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
-}
-
-/// Every sample of `name` whose labels include `labels`, summed.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text page");
-    let mut found = None;
-    for s in scrape.samples.iter().filter(|s| s.metric == name) {
-        if labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
-            let v = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => continue,
-            };
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
 }
 
 /// Polls `/metrics` until `check` holds; returns the page.

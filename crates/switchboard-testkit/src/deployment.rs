@@ -101,7 +101,11 @@ pub struct Options {
     hold_timeout: Duration,
     restart_delay: Duration,
     gateway_keys: String,
+    worker_keys: String,
     sections: Vec<String>,
+    /// The `[store]` table's body: by default the file store in the data directory, so
+    /// that a test needs no server; a test of another backend gives its own.
+    store: String,
     /// The `[admin]` table's body: by default a free port, so that tests never share
     /// the default 127.0.0.1:55757 (the bound address is in `run/admin.addr`).
     admin: String,
@@ -135,7 +139,9 @@ impl Options {
             hold_timeout: Duration::from_secs(30),
             restart_delay: Duration::from_millis(200),
             gateway_keys: String::new(),
+            worker_keys: String::new(),
             sections: Vec::new(),
+            store: "backend = \"file\"\npath = \"store.sqlite\"\n".into(),
             admin: "listen = \"127.0.0.1:0\"\n".into(),
         }
     }
@@ -144,6 +150,20 @@ impl Options {
     /// replacing the default `listen = "127.0.0.1:0"`.
     pub fn admin(mut self, toml: &str) -> Self {
         self.admin = toml.to_owned();
+        self
+    }
+
+    /// The body of the `[store]` table, replacing the default file store
+    /// (`backend = "file"`, `path = "store.sqlite"` in the data directory): a test of
+    /// the Redis or memcached backend points the deployment at its own server.
+    ///
+    /// ```
+    /// # let options = switchboard_testkit::Options::new("/path/to/app");
+    /// let options = options.store("backend = \"redis\"\nurl = \"redis://127.0.0.1:6390\"");
+    /// # let _ = options;
+    /// ```
+    pub fn store(mut self, toml: &str) -> Self {
+        self.store = toml.to_owned();
         self
     }
 
@@ -218,11 +238,20 @@ impl Options {
         self
     }
 
+    /// Adds TOML keys to the `[worker]` table (`threads = 1`); may be called more
+    /// than once.
+    pub fn worker_keys(mut self, toml: &str) -> Self {
+        push_lines(&mut self.worker_keys, toml);
+        self
+    }
+
     /// Appends TOML to the end of the configuration: tables the kit does not write
     /// (`[db.instances.NAME]`, `[log]`, an application's own). May be called more than
     /// once; the sections keep their order. They must not repeat a table the kit
     /// writes (`[gateway]`, `[gateway.heartbeat]`, `[worker]`, `[supervisor]`,
-    /// `[store]`); use [`gateway_keys`](Options::gateway_keys) for `[gateway]`.
+    /// `[store]`); use [`gateway_keys`](Options::gateway_keys) for `[gateway]`,
+    /// [`worker_keys`](Options::worker_keys) for `[worker]` and [`store`](Options::store)
+    /// for `[store]`.
     pub fn section(mut self, toml: &str) -> Self {
         self.sections.push(toml.to_owned());
         self
@@ -235,10 +264,11 @@ impl Options {
         let _ = write!(
             text,
             "name = {name}\nsecret = {SECRET:?}\ndata_dir = {data}\n\n\
-             [store]\nbackend = \"file\"\npath = \"store.sqlite\"\n\n\
+             [store]\n{store}\n\
              [gateway]\ncount = {gateways}\nhold_timeout = {hold}\n{gateway_keys}\n",
             name = toml_string(&self.name),
             data = toml_string(&data_dir.to_string_lossy()),
+            store = with_newline(&self.store),
             gateways = self.gateways,
             hold = duration(self.hold_timeout),
             gateway_keys = self.gateway_keys,
@@ -265,9 +295,10 @@ impl Options {
         let _ = write!(
             text,
             "\n[worker]\ncount = {workers}\ndiscovery_interval = \"200ms\"\n\
-             drain_timeout = \"10s\"\n\n\
+             drain_timeout = \"10s\"\n{worker_keys}\n\
              [supervisor]\nstop_timeout = \"10s\"\nrestart_delay = {restart}\n",
             workers = self.workers,
+            worker_keys = self.worker_keys,
             restart = duration(self.restart_delay),
         );
         text.push_str("\n[admin]\n");
@@ -278,6 +309,13 @@ impl Options {
         }
         text
     }
+}
+
+/// `toml`, ending with a newline.
+fn with_newline(toml: &str) -> String {
+    let mut s = String::new();
+    push_lines(&mut s, toml);
+    s
 }
 
 /// Appends `toml` to `to`, ending with a newline.

@@ -57,6 +57,7 @@
 pub mod browser;
 mod client;
 mod deployment;
+mod metrics;
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -66,6 +67,7 @@ use std::time::Duration;
 
 pub use client::Client;
 pub use deployment::{Deployment, Listener, Options};
+pub use metrics::metric;
 pub use switchboard::supervisor::ChildRole;
 
 /// How long any single expectation may wait before the test fails.

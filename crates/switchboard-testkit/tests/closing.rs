@@ -9,26 +9,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use switchboard::config::HeartbeatConfig;
-use switchboard::protocol::internal::{self, Frame};
 use switchboard_testkit::{Deployment, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// Bytes each flood message carries, and how many: 32 MiB in all, far more than the
 /// kernel buffers of a loopback connection hold, so the gateway's writer is stuck.
 const SIZE: usize = 64 << 10;
 const COUNT: usize = 512;
-
-/// A client that reads nothing on its own: a tiny receive buffer, so that what the
-/// gateway writes piles up in the gateway.
-async fn sluggish(addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    tokio::time::timeout(WAIT, socket.connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect")
-}
 
 /// A deployment whose clients may have 64 MiB waiting (so the flood does not make a
 /// slow consumer of them) and whose closes must be done within 1 s.
@@ -152,36 +140,6 @@ async fn a_stopping_gateway_flushes_what_its_clients_have_queued() {
         "a clean stop must deliver what was queued (each message is its bytes and a newline)\n{}",
         d.log()
     );
-}
-
-/// The gateway's internal address, from its stats.
-fn internal_addr(d: &Deployment) -> SocketAddr {
-    let all = switchboard::stats::read_all(&d.config().run_dir());
-    let gw = all
-        .iter()
-        .find(|s| s.role == "gateway")
-        .expect("a gateway's stats");
-    gw.detail["internal"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("the internal address in the stats")
-}
-
-/// Reads frames from an internal connection until a `Refused` (its reason) or the end.
-async fn refusal(stream: &mut TcpStream, within: Duration) -> Option<String> {
-    let mut buf = bytes::BytesMut::new();
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        while let Ok(Some(frame)) = internal::decode(&mut buf, 1 << 20) {
-            if let Frame::Refused { reason } = frame {
-                return Some(reason);
-            }
-        }
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return None,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

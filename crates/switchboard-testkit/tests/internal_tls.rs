@@ -71,14 +71,6 @@ fn gateway_stats(d: &Deployment) -> switchboard::stats::ProcessStats {
     }
 }
 
-fn internal_addr(d: &Deployment) -> SocketAddr {
-    gateway_stats(d).detail["internal"]
-        .as_str()
-        .expect("the internal address in the stats")
-        .parse()
-        .expect("an address")
-}
-
 /// What a plain TCP peer gets from the internal listener within a second, after it
 /// sent `hi`.
 async fn plain_peer_gets(addr: SocketAddr) -> Vec<u8> {

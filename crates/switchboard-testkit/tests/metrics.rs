@@ -6,126 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::pki::{self, Ca};
 use common::*;
 use switchboard_testkit::{Client, Deployment, Listener, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path` on the admin listener: the status and the body (`Connection: close`, so
-/// the body is whatever comes before the end).
-fn admin_get(d: &Deployment, path: &str) -> (u16, String) {
-    let addr = d.admin_addr();
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status from {addr}{path}: {text:?}"));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// A JSON answer of the admin API.
-fn admin_json(d: &Deployment, path: &str) -> serde_json::Value {
-    let (status, body) = admin_get(d, path);
-    assert_eq!(status, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-}
-
-/// Every sample of `name` whose labels include `labels`, summed; `None` if there is
-/// none.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text page");
-    let mut found = None;
-    for s in scrape.samples.iter().filter(|s| s.metric == name) {
-        if labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
-            let v = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => continue,
-            };
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
-/// Polls `/metrics` until `check` holds (each process writes its figures once a
-/// second); returns the page, or fails the test after [`WAIT`].
-fn wait_metrics(d: &Deployment, what: &str, check: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, page) = admin_get(d, "/metrics");
-        assert_eq!(status, 200, "{page}");
-        if check(&page) {
-            return page;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/metrics never showed {what} within {WAIT:?}:\n{page}\nlog:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Polls an admin API path until `check` holds on its JSON; returns it.
-fn wait_json(
-    d: &Deployment,
-    path: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = admin_json(d, path);
-        if check(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never held within {WAIT:?}: {v}\nlog:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// `on_worker_start` reports through the worker's collector, and an API client (a
 /// program outside the deployment, `Gateway::connect`) through its own, whose last

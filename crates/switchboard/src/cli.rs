@@ -276,6 +276,16 @@ impl App {
             Ok(cli) => cli,
             Err(e) => e.exit(),
         };
+        if prints_a_report(&cli.command) {
+            // `chat status | head`: a reader that goes away ends the command quietly,
+            // as it does any Unix tool, instead of a panic in `println!` (Rust ignores
+            // SIGPIPE, so the write fails). Only for commands that print and exit: the
+            // supervisor, gateways and workers keep writing to sockets with SIGPIPE
+            // ignored.
+            // SAFETY: setting a signal's disposition to its default, before any other
+            // thread exists.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        }
         match self.dispatch(cli) {
             Ok(code) => code,
             Err(e) => {
@@ -415,7 +425,8 @@ impl App {
                 crate::metrics::set_enabled(config.metrics.enabled);
                 crate::metrics::gateway::set_listeners(&config.gateway.listeners);
                 let name = format!("gateway-{index}");
-                run_role(&name, async move {
+                let threads = config.gateway.threads;
+                run_role(&name, threads, async move {
                     let shutdown = shutdown_on_signals()?;
                     crate::gateway::run(config, index, Arc::new(self.assets), shutdown).await
                 })
@@ -425,7 +436,8 @@ impl App {
                 crate::metrics::set_enabled(config.metrics.enabled);
                 let events = (self.events)();
                 let name = format!("worker-{index}");
-                run_role(&name, async move {
+                let threads = config.worker.threads;
+                run_role(&name, threads, async move {
                     let shutdown = shutdown_on_signals()?;
                     crate::worker::run(config, events, shutdown).await
                 })
@@ -700,6 +712,19 @@ fn stop_running(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the command prints a report and exits (it may be piped into `head`).
+fn prints_a_report(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Status
+            | Command::Connections { .. }
+            | Command::Online { .. }
+            | Command::Push { .. }
+            | Command::Kick { .. }
+            | Command::Config { .. }
+    )
+}
+
 /// A runtime whose threads carry `name`, which every log line shows. `threads` 0 means
 /// one per core.
 fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime, Error> {
@@ -714,15 +739,28 @@ fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime, Error>
 
 /// Runs a process role's main future on the runtime's named threads (not on `main`),
 /// so its log lines say which process wrote them; a fatal error is logged too.
-fn run_role<F>(name: &str, fut: F) -> Result<ExitCode, Error>
+/// `threads` 1 is a single-threaded runtime, on one thread named `name`.
+fn run_role<F>(name: &str, threads: usize, fut: F) -> Result<ExitCode, Error>
 where
     F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
 {
-    let rt = runtime(0, name)?;
-    let handle = rt.spawn(fut);
-    let result = rt
-        .block_on(handle)
-        .unwrap_or_else(|e| Err(Error::Other(format!("main task failed: {e}"))));
+    let result = if threads == 1 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the async runtime", e))?;
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || rt.block_on(fut))
+            .map_err(|e| Error::io("cannot start the runtime thread", e))?
+            .join()
+            .unwrap_or_else(|_| Err(Error::Other("main task panicked".into())))
+    } else {
+        let rt = runtime(threads, name)?;
+        let handle = rt.spawn(fut);
+        rt.block_on(handle)
+            .unwrap_or_else(|e| Err(Error::Other(format!("main task failed: {e}"))))
+    };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {

@@ -70,6 +70,11 @@ struct DbSection {
     _rest: toml::Table,
 }
 
+/// Room an event frame needs besides its message and session (client id, address,
+/// listener name, uid, groups): [`Config::validate`] checks that the largest message of
+/// every listener and the largest session fit in `gateway.max_internal_frame` with it.
+pub const EVENT_HEADROOM: usize = 4096;
+
 fn default_name() -> String {
     "switchboard".into()
 }
@@ -147,6 +152,19 @@ pub struct GatewayConfig {
     pub max_internal_frame: usize,
     /// Most clients one gateway process holds; further connections are refused.
     pub max_clients: usize,
+    /// Most connections one source address may hold open in one gateway process (its
+    /// handshaking ones included); further connections from it are closed at once.
+    /// 0: no limit. Loopback sources are exempt unless `per_ip_limits_on_loopback`.
+    pub max_connections_per_ip: usize,
+    /// Most new connections one source address may open per second in one gateway
+    /// process (a token bucket holding one second's worth, so bursts up to this many);
+    /// further ones are closed at once. 0: no limit. Loopback is exempt unless
+    /// `per_ip_limits_on_loopback`.
+    pub max_connect_rate_per_ip: u32,
+    /// Applies the per-address limits to loopback sources (`127.0.0.0/8`, `::1`) too.
+    /// Off by default: tests, load generators and local reverse proxies all connect
+    /// from loopback.
+    pub per_ip_limits_on_loopback: bool,
     /// How often the gateway refreshes its discovery entry in the store.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
@@ -164,6 +182,21 @@ pub struct GatewayConfig {
     /// further ones are refused at once until the handshakes in progress end (each
     /// has 5 s).
     pub max_unauthenticated: usize,
+    /// Threads of each process's async runtime: `1` runs everything on one thread (no
+    /// wake-ups across threads; scale with `count` instead), `0` one thread per core,
+    /// `n` that many.
+    pub threads: usize,
+    /// Largest session one client may have, in bytes of JSON. A change that would make
+    /// a session larger is refused (the API call fails with
+    /// [`ApiError::SessionTooLarge`](crate::ApiError::SessionTooLarge); an update that
+    /// only grows it past the bound is logged and dropped by the gateway, the session
+    /// kept as it was). Every event carries the session, so with each listener's
+    /// `max_message` it must fit in `max_internal_frame`.
+    pub max_session: usize,
+    /// Bytes one internal link (a worker or an API client) may have waiting to be
+    /// written by the gateway; a peer that lets more pile up does not read, and its
+    /// link is closed (a worker's events in flight go to another worker).
+    pub link_queue_limit: usize,
     /// Certificate and key for TLS on the internal listener (links from workers and
     /// API clients on other machines); plain TCP when absent. Workers then need
     /// `[worker.internal_tls]` to verify it.
@@ -184,10 +217,16 @@ impl Default for GatewayConfig {
             hold_timeout: Duration::from_secs(30),
             max_internal_frame: 16 << 20,
             max_clients: 19_000,
+            max_connections_per_ip: 1000,
+            max_connect_rate_per_ip: 200,
+            per_ip_limits_on_loopback: false,
             publish_interval: Duration::from_secs(2),
             link_ping_interval: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(5),
             max_unauthenticated: 64,
+            threads: 0,
+            max_session: 64 << 10,
+            link_queue_limit: 64 << 20,
             internal_tls: None,
         }
     }
@@ -241,12 +280,22 @@ pub struct ListenerConfig {
     /// How long a client has to complete the TLS handshake and the WebSocket upgrade.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Most connections this listener holds at once in one gateway process, those in
+    /// their handshake included; further ones are closed at once. Unset: only
+    /// `gateway.max_clients` bounds it.
+    pub max_connections: Option<usize>,
+    /// Most new connections this listener accepts per second in one gateway process,
+    /// whatever their source (a token bucket of one second's worth); further ones are
+    /// closed at once. Unset: no limit of its own. Checked after the per-address
+    /// limits, so one address's flood does not spend it.
+    pub max_connect_rate: Option<u32>,
     /// WebSocket: `Origin` values allowed to upgrade (`https://chat.example.com`);
     /// empty allows any. Others get HTTP 403.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
     /// WebSocket: addresses or networks (`10.0.0.0/8`) of reverse proxies whose
-    /// `X-Forwarded-For` is believed; from anyone else the header is ignored.
+    /// `X-Forwarded-For` is believed; from anyone else the header is ignored. The
+    /// per-address connection limits do not apply to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -306,6 +355,8 @@ impl Default for ListenerConfig {
             max_message: None,
             heartbeat: None,
             handshake_timeout: default_handshake_timeout(),
+            max_connections: None,
+            max_connect_rate: None,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
         }
@@ -384,6 +435,10 @@ pub struct WorkerConfig {
     /// How to verify gateways that speak TLS on their internal listener (also used by
     /// API clients and the `connections` command).
     pub internal_tls: Option<InternalTlsClient>,
+    /// Threads of each process's async runtime: `1` runs everything on one thread (no
+    /// wake-ups across threads; scale with `count` instead), `0` one thread per core,
+    /// `n` that many.
+    pub threads: usize,
 }
 
 impl Default for WorkerConfig {
@@ -395,6 +450,9 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             link_timeout: Duration::from_secs(20),
             internal_tls: None,
+            // One thread per worker process (scale with `count`): 27 % less CPU per
+            // private message than a thread per core (docs/BENCHMARKS.md).
+            threads: 1,
         }
     }
 }
@@ -873,6 +931,18 @@ impl Config {
             if l.max_message() == 0 {
                 return Err(invalid(&key("max_message"), "must be at least 1"));
             }
+            if l.max_connect_rate == Some(0) {
+                return Err(invalid(
+                    &key("max_connect_rate"),
+                    "must be at least 1 (leave it unset for no limit of its own)",
+                ));
+            }
+            if l.max_connections == Some(0) {
+                return Err(invalid(
+                    &key("max_connections"),
+                    "must be at least 1 (leave it unset for no limit of its own)",
+                ));
+            }
             match (l.transport(), &l.tls) {
                 (Transport::Tls, None) => {
                     return Err(invalid(
@@ -953,6 +1023,34 @@ impl Config {
                 "gateway.max_internal_frame",
                 "must be at least 1024 bytes",
             ));
+        }
+        if self.gateway.max_session < 64 {
+            return Err(invalid("gateway.max_session", "must be at least 64 bytes"));
+        }
+        if self.gateway.link_queue_limit < self.gateway.max_internal_frame {
+            return Err(invalid(
+                "gateway.link_queue_limit",
+                &format!(
+                    "must be at least gateway.max_internal_frame ({} bytes): one frame must fit",
+                    self.gateway.max_internal_frame
+                ),
+            ));
+        }
+        for l in &self.gateway.listeners {
+            let needed = l.max_message() + self.gateway.max_session + EVENT_HEADROOM;
+            if needed > self.gateway.max_internal_frame {
+                return Err(invalid(
+                    "gateway.max_internal_frame",
+                    &format!(
+                        "{} bytes cannot carry an event of listener {:?}: its max_message ({}) + gateway.max_session ({}) + {} bytes of headers need {needed}",
+                        self.gateway.max_internal_frame,
+                        l.name,
+                        l.max_message(),
+                        self.gateway.max_session,
+                        EVENT_HEADROOM
+                    ),
+                ));
+            }
         }
         let db = self.db_config()?;
         for (name, inst) in &db.instances {
@@ -1206,6 +1304,33 @@ mod tests {
             let toml = format!("[gateway]\ninternal_listen = \"{listen}\"");
             assert!(Config::from_toml(&toml, None).is_ok(), "{listen}");
         }
+    }
+
+    #[test]
+    fn an_event_must_fit_in_an_internal_frame() {
+        // The default text listener: 64 KiB lines, 64 KiB sessions.
+        let msg = Config::from_toml("[gateway]\nmax_internal_frame = 100000", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("gateway.max_internal_frame")
+                && msg.contains("max_message (65536)")
+                && msg.contains("gateway.max_session (65536)"),
+            "{msg}"
+        );
+        let fits = "[gateway]\nmax_internal_frame = 100000\nmax_session = 16384";
+        assert_eq!(
+            Config::from_toml(fits, None).unwrap().gateway.max_session,
+            16384
+        );
+        let msg = Config::from_toml("[gateway]\nmax_session = 10", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("gateway.max_session"), "{msg}");
+        let msg = Config::from_toml("[gateway]\nlink_queue_limit = 1000", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("gateway.link_queue_limit"), "{msg}");
     }
 
     #[test]

@@ -130,3 +130,45 @@ pub async fn open_store(config: &Config) -> Result<switchboard_store::SharedStor
 pub fn open_db(config: &Config) -> Result<switchboard_db::Db, Error> {
     Ok(switchboard_db::Db::new(config.db_config()?)?)
 }
+
+/// A counting allocator for the unit tests: how many allocations a piece of code makes
+/// on this thread (the fan-out path must make none per recipient).
+#[cfg(test)]
+pub(crate) mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    thread_local! {
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: forwarded unchanged to the system allocator.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: forwarded unchanged to the system allocator.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: forwarded unchanged to the system allocator.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Runs `f`; returns the allocations (and reallocations) it made on this thread,
+    /// and its result.
+    pub fn count<T>(f: impl FnOnce() -> T) -> (u64, T) {
+        let before = COUNT.with(Cell::get);
+        let out = f();
+        (COUNT.with(Cell::get) - before, out)
+    }
+}

@@ -65,11 +65,15 @@ pub struct Target {
 #[derive(Debug, Deserialize)]
 struct ChildState {
     role: String,
+    #[serde(default)]
+    index: usize,
     pid: u32,
 }
 
 #[derive(Debug, Deserialize)]
 struct SupervisorState {
+    #[serde(default)]
+    pid: u32,
     children: Vec<ChildState>,
 }
 
@@ -92,6 +96,9 @@ pub struct Deployment {
     /// Whether clients connect over TLS.
     pub tls: bool,
     data_dir: Option<PathBuf>,
+    /// The `chat` binary and configuration of a deployment this tool started (for CLI
+    /// commands such as `reload`).
+    cli: Option<(PathBuf, PathBuf)>,
     /// The temporary directory and supervisor of a deployment this tool started.
     started: Option<(PathBuf, Child)>,
 }
@@ -105,6 +112,7 @@ impl Deployment {
                 protocol: target.protocol,
                 tls: target.tls,
                 data_dir: target.data_dir.clone(),
+                cli: None,
                 started: None,
             });
         }
@@ -164,6 +172,7 @@ impl Deployment {
             protocol: target.protocol,
             tls: target.tls,
             data_dir: Some(dir.join("data")),
+            cli: Some((chat, config)),
             started: Some((dir, child)),
         };
         deployment.wait_ready(target.gateways, target.workers)?;
@@ -249,6 +258,38 @@ impl Deployment {
             .filter(|c| c.role.eq_ignore_ascii_case(role) && c.pid != 0)
             .map(|c| c.pid)
             .collect()
+    }
+
+    /// Every server process by name — `supervisor`, `gateway0`, …, `worker0`, … (a
+    /// role and its slot index, so a worker replaced by a reload keeps its name) —
+    /// with its current pid, from `run/supervisor.json`. Empty if it cannot be read.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let Some(path) = self.run_dir().map(|d| d.join("supervisor.json")) else {
+            return vec![];
+        };
+        let Some(state) = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SupervisorState>(&b).ok())
+        else {
+            return vec![];
+        };
+        let mut out = vec![("supervisor".to_string(), state.pid)];
+        out.extend(
+            state
+                .children
+                .into_iter()
+                .map(|c| (format!("{}{}", c.role.to_ascii_lowercase(), c.index), c.pid)),
+        );
+        out
+    }
+
+    /// A `chat --config CONFIG` command for the deployment this tool started (to add
+    /// a subcommand such as `reload`); `None` for a deployment given by `--addr`.
+    pub fn cli(&self) -> Option<Command> {
+        let (chat, config) = self.cli.as_ref()?;
+        let mut cmd = Command::new(chat);
+        cmd.arg("--config").arg(config);
+        Some(cmd)
     }
 
     /// Sum of the gateways' resident memory, in bytes.

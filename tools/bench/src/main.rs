@@ -5,7 +5,9 @@
 //! (a few senders, every client receives every line: deliveries/s, latency, loss) and
 //! `handshake` (connections opened and closed: connections per second, CPU per
 //! connection). Clients are telnet users or, with `--protocol websocket`, browsers of
-//! the browser chat; `--tls` puts either over TLS.
+//! the browser chat; `--tls` puts either over TLS. `soak` runs mixed traffic (churn,
+//! private, broadcast, reloads) for an hour and samples every server process's memory
+//! each minute.
 //!
 //! Each run starts its own deployment (a temporary config, the release `chat` binary)
 //! unless `--addr` names a running one, spreads the clients over `--procs` child
@@ -25,6 +27,7 @@ mod handshake;
 mod private;
 mod procinfo;
 mod procs;
+mod soak;
 mod stats;
 mod wire;
 
@@ -83,6 +86,16 @@ enum Command {
         params: handshake::Params,
         #[command(flatten)]
         load: Load,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// An hour (or `--minutes`) of mixed traffic — a steady population with churn,
+    /// private messages, broadcasts, a `reload` every `--reload-every` — with the
+    /// resident memory of every server process sampled each minute: leaks, loss and
+    /// unexpected disconnects.
+    Soak {
+        #[command(flatten)]
+        params: soak::Params,
         #[command(flatten)]
         target: Target,
     },
@@ -174,6 +187,17 @@ fn main() -> anyhow::Result<()> {
             load,
             target,
         } => runtime.block_on(run(Job::Handshake(params), &load, &target)),
+        Command::Soak { params, target } => runtime.block_on(async move {
+            let deployment = Deployment::open(&target)?;
+            let result = soak::run(&params, &deployment).await;
+            if result.is_err() {
+                eprintln!("deployment log (last lines):");
+                for l in deployment.log().lines().rev().take(20) {
+                    eprintln!("  {l}");
+                }
+            }
+            result
+        }),
         Command::Child { spec } => {
             let spec: ChildSpec = serde_json::from_str(&spec).context("child spec")?;
             runtime.block_on(async move {

@@ -6,11 +6,22 @@ use std::time::Instant;
 
 /// Resident memory of `pid` in bytes (`VmRSS` of `/proc/PID/status`); 0 if gone.
 pub fn rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Resident anonymous memory of `pid` in bytes (`RssAnon`: the heap and stacks, not
+/// the pages of the executable and libraries it has touched); 0 if gone.
+pub fn rss_anon_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "RssAnon:")
+}
+
+/// A `kB` field of `/proc/PID/status`, in bytes; 0 if gone.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
     text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
@@ -38,7 +49,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Busy and total CPU time of the whole machine in seconds (first line of
 /// `/proc/stat`; idle and iowait count as not busy).
-fn machine_seconds() -> (f64, f64) {
+pub fn machine_seconds() -> (f64, f64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<u64> = text
         .lines()
@@ -133,6 +144,7 @@ mod tests {
     fn reads_own_process() {
         let me = std::process::id();
         assert!(rss_bytes(me) > 0);
+        assert!(rss_anon_bytes(me) > 0 && rss_anon_bytes(me) <= rss_bytes(me));
         let mut x = 0u64;
         for i in 0..5_000_000u64 {
             x = x.wrapping_add(i * i);

@@ -1,6 +1,7 @@
-//! Smoke test of the load generator: every scenario for about two seconds with a few
-//! dozen clients, against a deployment the tool starts, with zero loss — telnet
-//! clients, and browsers over WebSocket (`ws`) and over TLS (`wss`).
+//! Smoke test of the load generator: every scenario for about two seconds (`soak` for
+//! fifteen, with churn and two reloads) with a few dozen clients, against a deployment
+//! the tool starts, with zero loss — telnet clients, and browsers over WebSocket (`ws`)
+//! and over TLS (`wss`).
 //!
 //! It uses the `chat` binary cargo built beside this test (`target/<profile>/chat`); the
 //! workspace test command builds every binary first. It never builds anything itself.
@@ -202,4 +203,46 @@ fn handshakes_over_tls_complete() {
     assert!(figure(&f, "connections") > 0.0, "{f:?}");
     assert_eq!(figure(&f, "failed"), 0.0, "{f:?}");
     assert!(figure(&f, "gateway_us_per_conn") > 0.0, "{f:?}");
+}
+
+#[test]
+fn soak_with_churn_and_reloads_loses_nothing() {
+    // 15 s: churn, private lines, broadcasts, a reload every 6 s (two in all).
+    let f = run(&[
+        "soak",
+        "--minutes",
+        "0.25",
+        "--sample-every",
+        "5",
+        "--warmup",
+        "0",
+        "--reload-every",
+        "6s",
+        "--clients",
+        "24",
+        "--churners",
+        "4",
+        "--churn",
+        "1",
+        "--rate",
+        "40",
+        "--broadcast-rate",
+        "2",
+    ]);
+    assert!(figure(&f, "private_sent") > 300.0, "{f:?}");
+    assert_eq!(figure(&f, "private_received"), figure(&f, "private_sent"));
+    assert_eq!(figure(&f, "lost_private"), 0.0, "{f:?}");
+    assert_eq!(
+        figure(&f, "broadcast_received"),
+        figure(&f, "broadcast_expected")
+    );
+    assert_eq!(figure(&f, "lost_broadcast"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "duplicates"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "unexpected_disconnects"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "login_failures"), 0.0, "{f:?}");
+    assert!(figure(&f, "disconnects") >= 8.0, "{f:?}");
+    assert_eq!(figure(&f, "reloads"), 2.0, "{f:?}");
+    assert_eq!(figure(&f, "reload_failures"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "samples"), 3.0, "{f:?}");
+    assert!(figure(&f, "rss_worker0_kib_last") > 0.0, "{f:?}");
 }

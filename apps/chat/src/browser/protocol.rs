@@ -58,6 +58,9 @@ pub mod code {
     pub const NOT_ONLINE: u16 = 104;
     /// The room's history could not be read (the login goes on without it).
     pub const NO_HISTORY: u16 = 105;
+    /// A private `say` whose recipient's gateway failed while asked (it hung or
+    /// died): the message may not have arrived.
+    pub const UNREACHABLE: u16 = 106;
 }
 
 /// Longest name accepted, in characters.

@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod load;
 pub mod metrics;
+pub mod servers;
 pub mod ws;
 
 use switchboard::ClientId;
@@ -19,9 +21,14 @@ pub fn chat_bin() -> &'static str {
 /// database instance it keeps public lines in. Tests add what they need:
 /// `Deployment::start(chat().gateways(2))`.
 pub fn chat() -> Options {
-    Options::new(chat_bin())
-        .name("chat-test")
+    chat_without_history()
         .section("[db.instances.history]\ndriver = \"sqlite\"\npath = \"history.sqlite\"")
+}
+
+/// The chat's deployment without its `history` database instance: a test adds its
+/// own (a MariaDB one, say).
+pub fn chat_without_history() -> Options {
+    Options::new(chat_bin()).name("chat-test")
 }
 
 /// The browser listener's heartbeat as chat.toml has it, with another interval.

@@ -3,7 +3,11 @@
 //! these tests need), certificates, and the log.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod pki;
+
+#[allow(unused_imports)]
+pub use admin::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -440,4 +444,47 @@ pub fn run_bounded(d: &Deployment, args: &[&str]) -> (std::process::ExitStatus, 
         status,
         std::fs::read_to_string(&out_path).unwrap_or_default(),
     )
+}
+
+// ---- peers that misbehave -----------------------------------------------------------
+
+/// A client that reads nothing on its own: a tiny receive buffer, so that what the
+/// gateway writes piles up in the gateway.
+pub async fn sluggish(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// The gateway's internal address, from its stats.
+pub fn internal_addr(d: &Deployment) -> SocketAddr {
+    let all = switchboard::stats::read_all(&d.config().run_dir());
+    let gw = all
+        .iter()
+        .find(|s| s.role == "gateway")
+        .expect("a gateway's stats");
+    gw.detail["internal"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("the internal address in the stats")
+}
+
+/// Reads frames from an internal connection until a `Refused` (its reason) or the end.
+pub async fn refusal(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut buf = bytes::BytesMut::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        while let Ok(Some(frame)) = switchboard::protocol::internal::decode(&mut buf, 1 << 20) {
+            if let switchboard::protocol::internal::Frame::Refused { reason } = frame {
+                return Some(reason);
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
 }

@@ -293,7 +293,9 @@ impl From<ApiError> for Failure {
             // The client's gateway went away between the check and the command.
             ApiError::GatewayUnavailable { .. } => StatusCode::NOT_FOUND,
             ApiError::Session(_) => StatusCode::BAD_REQUEST,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::SessionTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
         };
         fail(status, e.to_string())
     }

@@ -110,6 +110,13 @@ impl Builder {
         self
     }
 
+    /// The largest session, as the gateways have it (`gateway.max_session`, default
+    /// 64 KiB): larger ones are refused before they are sent.
+    pub fn max_session(mut self, bytes: usize) -> Self {
+        self.config.gateway.max_session = bytes;
+        self
+    }
+
     /// The name gateways log for this peer (default `api-PID`).
     pub fn peer_name(mut self, name: impl Into<String>) -> Self {
         self.peer_name = Some(name.into());

@@ -179,6 +179,15 @@ pub enum ApiError {
     /// A session value that is not a JSON object.
     #[error("invalid session: {0}")]
     Session(String),
+    /// A session larger than the gateways keep (`gateway.max_session`); nothing was
+    /// changed.
+    #[error("session of {size} bytes exceeds gateway.max_session of {max} bytes")]
+    SessionTooLarge {
+        /// Encoded size (JSON).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A command larger than the gateways accept (`gateway.max_internal_frame`).
     #[error("command of {size} bytes exceeds the internal frame limit of {max} bytes")]
     TooLarge {
@@ -206,8 +215,34 @@ struct LinkHandle {
     /// How long a command may wait for room on the link before it fails.
     send_timeout: Duration,
     tx: mpsc::Sender<LinkOut>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    pending: Pending,
     drained: Arc<Notify>,
+}
+
+/// Queries waiting for their answers, by request id.
+type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
+
+/// One query waiting for its answer.
+struct Waiting {
+    /// The pages received so far of an answer that comes in several
+    /// ([`Frame::ReplyPart`]).
+    pages: Option<Reply>,
+    /// Where the whole answer goes.
+    answer: oneshot::Sender<Reply>,
+}
+
+/// Forgets a query when its caller stops waiting, whatever the reason: the answer,
+/// an error, a timeout, or the caller dropping the future (a `select!`, its own
+/// timeout). A gateway that never answers leaves nothing behind.
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
+    }
 }
 
 impl LinkHandle {
@@ -315,6 +350,9 @@ pub struct GatewayOptions {
     pub discovery_interval: Duration,
     /// Largest internal frame accepted (and sent).
     pub max_frame: usize,
+    /// Largest session the gateways keep (`gateway.max_session`); larger ones are
+    /// refused before they are sent.
+    pub max_session: usize,
     /// A link silent for this long is reconnected.
     pub link_timeout: Duration,
     /// Where `statistic(..)` guards report ([`crate::statistic`]); a disabled
@@ -405,6 +443,7 @@ impl Gateway {
                 query_timeout: config.worker.query_timeout,
                 discovery_interval: config.worker.discovery_interval,
                 max_frame: config.gateway.max_internal_frame,
+                max_session: config.gateway.max_session,
                 link_timeout: config.worker.link_timeout,
                 statistics,
                 tls: link_tls(config)?,
@@ -922,24 +961,39 @@ impl Gateway {
         .await
     }
 
-    /// Replaces a client's session.
+    /// Replaces a client's session. A session over `gateway.max_session` (64 KiB by
+    /// default) fails with [`ApiError::SessionTooLarge`] and changes nothing.
     pub async fn set_session(&self, client: ClientId, session: &Session) -> Result<(), ApiError> {
-        let session =
-            Bytes::from(serde_json::to_vec(session).map_err(|e| ApiError::Session(e.to_string()))?);
+        let session = self.session_json(session)?;
         self.to_client(client, Command::SetSession { client, session })
             .await
     }
 
-    /// Merges keys into a client's session; `null` values remove keys.
+    /// Merges keys into a client's session; `null` values remove keys. Changes over
+    /// `gateway.max_session` fail with [`ApiError::SessionTooLarge`]; changes that
+    /// would only make the merged session grow past it are dropped by the gateway,
+    /// which logs them and keeps the session as it was.
     pub async fn update_session(
         &self,
         client: ClientId,
         changes: &Session,
     ) -> Result<(), ApiError> {
-        let session =
-            Bytes::from(serde_json::to_vec(changes).map_err(|e| ApiError::Session(e.to_string()))?);
+        let session = self.session_json(changes)?;
         self.to_client(client, Command::UpdateSession { client, session })
             .await
+    }
+
+    /// A session (or changes to one) as JSON, within `gateway.max_session`.
+    fn session_json(&self, session: &Session) -> Result<Bytes, ApiError> {
+        let json = serde_json::to_vec(session).map_err(|e| ApiError::Session(e.to_string()))?;
+        let max = self.inner.options.max_session;
+        if json.len() > max {
+            return Err(ApiError::SessionTooLarge {
+                size: json.len(),
+                max,
+            });
+        }
+        Ok(Bytes::from(json))
     }
 
     /// A client's session; `None` when the client is not connected.
@@ -1124,9 +1178,19 @@ impl Gateway {
     async fn ask_uncounted(&self, link: &LinkHandle, query: Query) -> Result<Reply, ApiError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&link.pending).insert(id, tx);
+        lock(&link.pending).insert(
+            id,
+            Waiting {
+                pages: None,
+                answer: tx,
+            },
+        );
+        let _forget = Forget {
+            pending: &link.pending,
+            id,
+        };
         let timeout = self.inner.options.query_timeout;
-        let result = async {
+        async {
             link.send(&Frame::Query { id, query }).await?;
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(Reply::Error(e))) => Err(ApiError::BadReply {
@@ -1145,9 +1209,17 @@ impl Gateway {
                 }),
             }
         }
-        .await;
-        lock(&link.pending).remove(&id);
-        result
+        .await
+    }
+
+    /// Queries sent and not yet answered, over every link (a query whose caller gave
+    /// up is not one of them). For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn pending_queries(&self) -> usize {
+        self.all_links()
+            .iter()
+            .map(|l| lock(&l.pending).len())
+            .sum()
     }
 
     // ---- worker life cycle -----------------------------------------------------------
@@ -1264,8 +1336,17 @@ async fn discover(gateway: Gateway) {
                 }
                 let seen: HashMap<u32, GatewayEntry> =
                     entries.into_iter().map(|e| (e.number, e)).collect();
+                // A gateway missing from the list while its link is up stays: a store
+                // that restarted empty lists nobody until each gateway republishes
+                // itself, and dropping the link would re-dispatch (duplicate) its
+                // events in flight. A gateway that stops closes its link; one that
+                // dies loses it (`link_timeout`); then it goes at the next round.
+                let up = gateway.gateways();
                 managed.retain(|number, (addr, token)| {
-                    let keep = seen.get(number).is_some_and(|e| e.internal == *addr);
+                    let keep = match seen.get(number) {
+                        Some(e) => e.internal == *addr,
+                        None => up.contains(number),
+                    };
                     if !keep {
                         tracing::info!(gateway = *number, %addr, "gateway left the store; dropping its link");
                         token.cancel();
@@ -1469,9 +1550,34 @@ async fn run_link(
                 ),
                 None => break Err("gateway sent an event to an API client".to_string()),
             },
+            Some(Ok(Frame::ReplyPart { id, reply })) => {
+                let mut pending = lock(&handle.pending);
+                if let Some(waiting) = pending.get_mut(&id) {
+                    let joined = match &mut waiting.pages {
+                        None => {
+                            waiting.pages = Some(reply);
+                            Ok(())
+                        }
+                        Some(pages) => pages.extend(reply),
+                    };
+                    if let Err(e) = joined {
+                        break Err(format!("protocol error: {e}"));
+                    }
+                }
+            }
             Some(Ok(Frame::Reply { id, reply })) => {
-                if let Some(waiter) = lock(&handle.pending).remove(&id) {
-                    let _ = waiter.send(reply);
+                let waiting = lock(&handle.pending).remove(&id);
+                if let Some(Waiting { pages, answer }) = waiting {
+                    let whole = match pages {
+                        None => Ok(reply),
+                        Some(mut pages) => pages.extend(reply).map(|()| pages),
+                    };
+                    match whole {
+                        Ok(whole) => {
+                            let _ = answer.send(whole);
+                        }
+                        Err(e) => break Err(format!("protocol error: {e}")),
+                    }
                 }
             }
             Some(Ok(Frame::DrainAck)) => handle.drained.notify_one(),

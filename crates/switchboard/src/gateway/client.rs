@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use super::limits::Cut;
 use super::outbound::Written;
 use super::state::{Opening, Outbound, Rejected, Verdict};
 use super::{http, Handshaking, Listener, Shared};
@@ -56,11 +57,13 @@ pub async fn serve(place: Handshaking, tcp: TcpStream, peer: SocketAddr, listene
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, listener = %listener.meta.name, error = %e, "TLS handshake failed");
                     metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
+                    shared.cuts.note(peer.ip(), Cut::HandshakeFailed);
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, listener = %listener.meta.name, "TLS handshake timed out");
                     metrics::client_refused(&listener.meta.name, CloseReason::ProtocolError);
+                    shared.cuts.note(peer.ip(), Cut::HandshakeTimeout);
                     return;
                 }
             }
@@ -143,6 +146,7 @@ async fn upgrade(
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(%peer, listener = %name, error = %e, "bad HTTP request");
+                shared.cuts.note(peer.ip(), Cut::HandshakeFailed);
                 answer(io, websocket::error_response(&e)).await;
                 return Err(Some(CloseReason::ProtocolError));
             }
@@ -152,6 +156,7 @@ async fn upgrade(
             Ok(_) => return Err(None),
             Err(_) => {
                 tracing::debug!(%peer, listener = %name, "no complete HTTP request within the handshake timeout; closing");
+                shared.cuts.note(peer.ip(), Cut::HandshakeTimeout);
                 return Err(Some(CloseReason::ProtocolError));
             }
         }

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use super::state::{reply_frame, Verdict};
+use super::link_queue::{self, LinkRx};
+use super::state::Verdict;
 use super::Shared;
 use crate::auth;
+use crate::metrics::gateway::{self as metrics, InternalRefusal};
 use crate::protocol::internal::{self, Frame, InternalCodec, PROTOCOL_VERSION};
 use crate::transport::LinkStream;
 
@@ -61,34 +62,60 @@ pub async fn serve(
             nonce: peer_nonce,
         }))) => {
             if version != PROTOCOL_VERSION {
-                refuse(&mut framed, peer, &format!("protocol version {version} is not supported (this gateway speaks {PROTOCOL_VERSION})")).await;
+                refuse(&shared, &mut framed, peer, InternalRefusal::Version, &format!("protocol version {version} is not supported (this gateway speaks {PROTOCOL_VERSION})")).await;
                 return;
             }
             if !auth::verify(&shared.secret, &nonce, role, &name, &mac) {
-                refuse(&mut framed, peer, "wrong secret").await;
+                refuse(
+                    &shared,
+                    &mut framed,
+                    peer,
+                    InternalRefusal::Auth,
+                    "wrong secret",
+                )
+                .await;
                 return;
             }
             (role, name, peer_nonce)
         }
         Ok(Some(Ok(other))) => {
             refuse(
+                &shared,
                 &mut framed,
                 peer,
+                InternalRefusal::ProtocolError,
                 &format!("expected auth, got {}", frame_kind(&other)),
             )
             .await;
             return;
         }
         Ok(Some(Err(e))) => {
-            refuse(&mut framed, peer, &format!("bad handshake frame: {e}")).await;
+            refuse(
+                &shared,
+                &mut framed,
+                peer,
+                InternalRefusal::ProtocolError,
+                &format!("bad handshake frame: {e}"),
+            )
+            .await;
             return;
         }
         Ok(None) => {
-            tracing::warn!(%peer, "internal connection closed during the handshake");
+            metrics::internal_refused(InternalRefusal::Closed);
+            if shared.internal_log.allow() {
+                tracing::warn!(%peer, "internal connection closed during the handshake");
+            }
             return;
         }
         Err(_) => {
-            refuse(&mut framed, peer, "no auth within 5 s").await;
+            refuse(
+                &shared,
+                &mut framed,
+                peer,
+                InternalRefusal::Timeout,
+                "no auth within 5 s",
+            )
+            .await;
             return;
         }
     };
@@ -100,7 +127,7 @@ pub async fn serve(
     if framed.send(welcome).await.is_err() {
         return;
     }
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, rx) = link_queue::channel(shared.config.link_queue_limit);
     let link = shared
         .lock()
         .add_link(name.clone(), role, tx.clone(), &shared.counters);
@@ -121,6 +148,14 @@ pub async fn serve(
                 Some(f) => f,
                 None => break,
             },
+            _ = tx.overflowed() => {
+                reason = format!(
+                    "link queue over its limit of {} bytes (gateway.link_queue_limit): the peer does not read; closing",
+                    tx.limit()
+                );
+                tracing::warn!(%peer, %name, "{reason}");
+                break;
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > every * 3 {
                     reason = format!("no frame for {:?} (3 ping intervals)", last_heard.elapsed());
@@ -155,7 +190,12 @@ pub async fn serve(
             }
             Ok(Frame::Query { id, query }) => {
                 let reply = shared.lock().query(query, &shared.counters);
-                let _ = tx.send(reply_frame(id, reply));
+                let max = shared.config.max_internal_frame;
+                for frame in internal::reply_frames(id, reply, max) {
+                    if !tx.send(frame) {
+                        break;
+                    }
+                }
             }
             Ok(Frame::Draining) => {
                 shared.lock().link_draining(link, &shared.counters);
@@ -181,8 +221,19 @@ pub async fn serve(
     writer.abort();
 }
 
-async fn refuse(framed: &mut Framed<LinkStream, InternalCodec>, peer: SocketAddr, reason: &str) {
-    tracing::warn!(%peer, reason, "refused internal connection");
+/// Refuses a peer in its handshake: counted, logged (within the per-second budget, so
+/// a flood does not flood the log) and told why in a `refused` frame.
+async fn refuse(
+    shared: &Shared,
+    framed: &mut Framed<LinkStream, InternalCodec>,
+    peer: SocketAddr,
+    kind: InternalRefusal,
+    reason: &str,
+) {
+    metrics::internal_refused(kind);
+    if shared.internal_log.allow() {
+        tracing::warn!(%peer, reason, "refused internal connection");
+    }
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
         framed.send(Frame::Refused {
@@ -194,7 +245,7 @@ async fn refuse(framed: &mut Framed<LinkStream, InternalCodec>, peer: SocketAddr
 
 async fn write_loop(
     mut sink: futures::stream::SplitSink<Framed<LinkStream, InternalCodec>, Bytes>,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: LinkRx,
 ) {
     while let Some(first) = rx.recv().await {
         if sink.feed(first).await.is_err() {
@@ -227,6 +278,7 @@ pub fn frame_kind(f: &Frame) -> &'static str {
         Frame::Command(_) => "command",
         Frame::Query { .. } => "query",
         Frame::Reply { .. } => "reply",
+        Frame::ReplyPart { .. } => "reply-part",
         Frame::Ping => "ping",
         Frame::Pong => "pong",
     }

@@ -9,7 +9,9 @@
 
 mod client;
 mod http;
+pub mod limits;
 mod link;
+pub mod link_queue;
 mod outbound;
 pub mod state;
 
@@ -52,7 +54,19 @@ pub struct Shared {
     unauthenticated: std::sync::atomic::AtomicUsize,
     /// Every client connection's task, so that a stopping gateway can let them flush.
     clients: TaskTracker,
+    /// Connections per source address and their connect rate
+    /// (`gateway.max_connections_per_ip`, `gateway.max_connect_rate_per_ip`).
+    per_source: Arc<limits::PerSource>,
+    /// Client connections cut at accept or in their handshake, per source and reason,
+    /// told once a second.
+    cuts: limits::CutLog,
+    /// Lines per second for refused internal connections (a flood of garbage on the
+    /// internal port must not flood the log).
+    internal_log: limits::LogBudget,
 }
+
+/// Refused internal connections logged one by one per second; the rest are summed up.
+const INTERNAL_LOG_PER_SECOND: u32 = 10;
 
 /// Holds a place among the internal connections still in their handshake, until
 /// dropped (once the peer has authenticated, or is gone).
@@ -116,6 +130,31 @@ pub struct Listener {
     heartbeat: HeartbeatConfig,
     /// The application's files, served on `websocket` listeners.
     assets: Arc<Assets>,
+    /// Its connections open now, handshaking ones included (at most `max_connections`).
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// A connection's place in its listener's count, given back when dropped.
+struct ListenerPlace(Arc<Listener>);
+
+impl ListenerPlace {
+    /// Takes a place, or `None` when the listener holds its `max_connections`.
+    fn take(listener: &Arc<Listener>) -> Option<Self> {
+        let max = listener.config.max_connections.unwrap_or(usize::MAX);
+        listener
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(listener.clone()))
+    }
+}
+
+impl Drop for ListenerPlace {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Loads a certificate and builds the rustls acceptor for it.
@@ -220,6 +259,7 @@ pub async fn run(
             tls,
             heartbeat: l.heartbeat(&gw.heartbeat).clone(),
             assets: assets.clone(),
+            open: Default::default(),
         };
         client_listeners.push((socket, local, Arc::new(listener)));
     }
@@ -236,7 +276,10 @@ pub async fn run(
     tracing::info!(number, internal = %entry.internal, listeners = ?entry.listeners, "gateway started");
 
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::new(number, gw.queue_limit, gw.client_queue_limit)),
+        state: Mutex::new(
+            State::new(number, gw.queue_limit, gw.client_queue_limit)
+                .with_max_session(gw.max_session),
+        ),
         counters: Counters::default(),
         config: gw.clone(),
         secret: config.secret.clone(),
@@ -244,6 +287,9 @@ pub async fn run(
         handshaking: Default::default(),
         unauthenticated: Default::default(),
         clients: TaskTracker::new(),
+        per_source: Arc::new(limits::PerSource::new(&gw)),
+        cuts: limits::CutLog::default(),
+        internal_log: limits::LogBudget::new(INTERNAL_LOG_PER_SECOND),
     });
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
@@ -265,6 +311,7 @@ pub async fn run(
     }
     tasks.spawn(reload_certificates_on_sighup(hup, certs, stop.clone()));
     tasks.spawn(expire_held(shared.clone(), stop.clone()));
+    tasks.spawn(limits_tick(shared.clone(), stop.clone()));
     tasks.spawn(publish(
         store.clone(),
         config.name.clone(),
@@ -369,6 +416,7 @@ async fn accept_internal(
         let place = Unauthenticated::take(&shared);
         if place.is_none() {
             let max = shared.config.max_unauthenticated;
+            metrics::internal_refused(metrics::InternalRefusal::Limit);
             if last_refusal_log.elapsed() > Duration::from_secs(5) {
                 tracing::warn!(%peer, max_unauthenticated = max, "refused internal connection: too many unauthenticated connections");
                 last_refusal_log = Instant::now();
@@ -391,11 +439,17 @@ async fn accept_internal(
                 Some(acc) => match tokio::time::timeout(Duration::from_secs(5), acc.accept(socket)).await {
                     Ok(Ok(s)) => Box::new(s),
                     Ok(Err(e)) => {
-                        tracing::warn!(%peer, error = %e, "refused internal connection: TLS handshake failed");
+                        metrics::internal_refused(metrics::InternalRefusal::Tls);
+                        if shared.internal_log.allow() {
+                            tracing::warn!(%peer, error = %e, "refused internal connection: TLS handshake failed");
+                        }
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(%peer, "refused internal connection: no TLS handshake within 5 s");
+                        metrics::internal_refused(metrics::InternalRefusal::Timeout);
+                        if shared.internal_log.allow() {
+                            tracing::warn!(%peer, "refused internal connection: no TLS handshake within 5 s");
+                        }
                         return;
                     }
                 },
@@ -414,10 +468,11 @@ async fn accept_clients(
 ) {
     let max = shared.config.max_clients;
     let mut last_refusal_log = Instant::now() - Duration::from_secs(60);
+    let mut rate = limits::ConnectRate::new(listener.config.max_connect_rate);
     accept_loop(socket, stop, "client", move |socket, peer| {
         let busy = shared.lock().connected() + shared.handshaking.load(Ordering::Relaxed);
         if busy >= max {
-            metrics::client_refused(&listener.meta.name, metrics::CloseReason::Limit);
+            metrics::client_refused_by_limit(&listener.meta.name, "max_clients");
             if last_refusal_log.elapsed() > Duration::from_secs(5) {
                 tracing::warn!(%peer, max_clients = max, "refusing client: gateway is full");
                 last_refusal_log = Instant::now();
@@ -425,10 +480,47 @@ async fn accept_clients(
             drop(socket);
             return;
         }
+        // The listener's own cap, the source address's limits, then the listener's
+        // connect rate (after the address's, so that one address's flood does not
+        // spend it): each connection holds its places until it ends. A refused
+        // connection is closed before any byte is read, so no event reaches a worker.
+        // A trusted reverse proxy carries many users' connections: the per-address
+        // limits would cut them all, so they do not apply to it.
+        let now = Instant::now();
+        let ip = peer.ip().to_canonical();
+        let proxy = listener
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&ip));
+        let admitted = ListenerPlace::take(&listener)
+            .ok_or(limits::Cut::ListenerFull)
+            .and_then(|l| {
+                let source = if proxy {
+                    None
+                } else {
+                    shared.per_source.admit(ip, now)?
+                };
+                Ok((l, source))
+            })
+            .and_then(|places| rate.admit(now).map(|()| places));
+        let places = match admitted {
+            Ok(places) => places,
+            Err(cut) => {
+                if let Some(limit) = cut.limit() {
+                    metrics::client_refused_by_limit(&listener.meta.name, limit);
+                }
+                shared.cuts.note(peer.ip(), cut);
+                drop(socket);
+                return;
+            }
+        };
         let place = Handshaking::new(&shared);
-        shared
-            .clients
-            .spawn(client::serve(place, socket, peer, listener.clone()));
+        let serve = client::serve(place, socket, peer, listener.clone());
+        shared.clients.spawn(async move {
+            serve.await;
+            drop(places);
+        });
     })
     .await
 }
@@ -506,6 +598,29 @@ async fn heartbeat(shared: Arc<Shared>, listener: Arc<Listener>, stop: Cancellat
     }
 }
 
+/// Once a second: tells what the limits and handshake deadlines cut (one line per
+/// source and reason), sums up the refused internal connections that were not logged
+/// one by one, and forgets the source addresses with nothing open.
+async fn limits_tick(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        shared.cuts.flush();
+        let unlogged = shared.internal_log.next_second();
+        if unlogged > 0 {
+            tracing::warn!(
+                count = unlogged,
+                "refused {unlogged} more internal connection(s) in the last second (not logged one by one)"
+            );
+        }
+        shared.per_source.sweep(std::time::Instant::now());
+    }
+}
+
 async fn expire_held(shared: Arc<Shared>, stop: CancellationToken) {
     let timeout = shared.config.hold_timeout;
     let mut tick = tokio::time::interval(
@@ -576,6 +691,8 @@ async fn write_stats(
         let listeners: Vec<String> = entry.listeners.iter().map(|a| a.to_string()).collect();
         detail.insert("listeners".into(), listeners.into());
         detail.insert("workers".into(), workers.into());
+        // Source addresses the per-address limits track now (bounded: see limits.rs).
+        detail.insert("sources".into(), shared.per_source.tracked().into());
         detail.insert(
             "redispatched".into(),
             c.redispatched.load(Ordering::Relaxed).into(),

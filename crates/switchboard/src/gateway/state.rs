@@ -24,13 +24,12 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::protocol::internal::{
-    self, ClientInfo, Command, Event, EventKind, Frame, Query, Reply, Role,
-};
+use super::link_queue::LinkTx;
+use crate::protocol::internal::{ClientInfo, Command, EventKind, EventRef, Query, Reply, Role};
 use crate::protocol::ClientProtocol;
 use crate::{ClientId, PerProtocol};
 
@@ -127,7 +126,7 @@ struct Client {
 struct Link {
     name: String,
     role: Role,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: LinkTx,
     draining: bool,
     inflight: usize,
 }
@@ -161,6 +160,8 @@ pub struct State {
     queued_bytes: usize,
     queue_limit: usize,
     client_queue_limit: usize,
+    /// Largest session JSON a client may have (`gateway.max_session`).
+    max_session: usize,
     /// Count of clients with a live connection (upgrades waiting for a verdict
     /// included).
     connected: usize,
@@ -192,9 +193,16 @@ impl State {
             queued_bytes: 0,
             queue_limit,
             client_queue_limit,
+            max_session: usize::MAX,
             connected: 0,
             upgrades: HashMap::new(),
         }
+    }
+
+    /// Bounds every client's session to `bytes` of JSON (`gateway.max_session`).
+    pub fn with_max_session(mut self, bytes: usize) -> Self {
+        self.max_session = bytes;
+        self
     }
 
     /// This gateway's number.
@@ -371,19 +379,21 @@ impl State {
         client.worker = Some(link_id);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let frame = internal::encode_to_bytes(&Frame::Event(Event {
+        // Encoded from the client's own fields: nothing copied but into the frame.
+        let frame = EventRef {
             seq,
             kind: event.kind,
             client: ClientId::new(self.number, conn),
-            addr: client.addr.clone(),
-            listener: client.listener.name.clone(),
+            addr: &client.addr,
+            listener: &client.listener.name,
             protocol: client.listener.protocol,
-            uid: client.uid.clone(),
-            groups: client.groups.iter().cloned().collect(),
-            session: client.session_json.clone(),
-            body: event.body.clone(),
+            uid: client.uid.as_deref(),
+            groups: &client.groups,
+            session: &client.session_json,
+            body: &event.body,
             binary: event.binary,
-        }));
+        }
+        .encode_to_bytes();
         client.inflight = Some(Box::new(InFlight {
             link: link_id,
             seq,
@@ -526,13 +536,7 @@ impl State {
     }
 
     /// Registers an authenticated link; returns its id.
-    pub fn add_link(
-        &mut self,
-        name: String,
-        role: Role,
-        tx: mpsc::UnboundedSender<Bytes>,
-        counters: &Counters,
-    ) -> u64 {
+    pub fn add_link(&mut self, name: String, role: Role, tx: LinkTx, counters: &Counters) -> u64 {
         let id = self.next_link;
         self.next_link += 1;
         self.links.insert(
@@ -609,7 +613,7 @@ impl State {
     }
 
     /// The link's outgoing channel (for replies).
-    pub fn link_tx(&self, link_id: u64) -> Option<mpsc::UnboundedSender<Bytes>> {
+    pub fn link_tx(&self, link_id: u64) -> Option<LinkTx> {
         self.links.get(&link_id).map(|l| l.tx.clone())
     }
 
@@ -716,12 +720,17 @@ impl State {
                 let exclude: HashSet<u64> = self.own(&exclude).collect();
                 let conns: Vec<u64> = match only {
                     Some(list) => self.own(&list).filter(|c| !exclude.contains(c)).collect(),
-                    None => self
-                        .clients
-                        .iter()
-                        .filter(|(k, c)| c.out.is_some() && !exclude.contains(k))
-                        .map(|(k, _)| *k)
-                        .collect(),
+                    None => {
+                        // Sized once: no reallocation as the list grows.
+                        let mut all = Vec::with_capacity(self.clients.len());
+                        all.extend(
+                            self.clients
+                                .iter()
+                                .filter(|(k, c)| c.out.is_some() && !exclude.contains(k))
+                                .map(|(k, _)| *k),
+                        );
+                        all
+                    }
                 };
                 self.send_conns(conns, &data, counters)
             }
@@ -864,10 +873,22 @@ impl State {
                 return;
             }
         };
+        let max = self.max_session;
         if let Some(c) = self.clients.get_mut(&conn) {
-            apply(&mut c.session, new);
-            c.session_json =
-                Bytes::from(serde_json::to_vec(&c.session).unwrap_or_else(|_| b"{}".to_vec()));
+            let mut session = c.session.clone();
+            apply(&mut session, new);
+            let json = serde_json::to_vec(&session).unwrap_or_else(|_| b"{}".to_vec());
+            if json.len() > max {
+                tracing::warn!(
+                    %client,
+                    size = json.len(),
+                    max,
+                    "session over gateway.max_session; the change is refused and the session kept as it was"
+                );
+                return;
+            }
+            c.session = session;
+            c.session_json = Bytes::from(json);
         }
     }
 
@@ -1103,17 +1124,13 @@ impl<'a> EncodeCache<'a> {
     }
 }
 
-/// Encodes a reply frame.
-pub fn reply_frame(id: u64, reply: Reply) -> Bytes {
-    let mut buf = BytesMut::new();
-    internal::encode(&Frame::Reply { id, reply }, &mut buf);
-    buf.freeze()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::link_queue::{self, LinkRx};
     use super::*;
+    use crate::protocol::internal::{self, Event, Frame};
     use crate::Message;
+    use bytes::BytesMut;
 
     fn decode_event(b: &Bytes) -> Event {
         let mut buf = BytesMut::from(&b[..]);
@@ -1161,14 +1178,129 @@ mod tests {
             );
             (id, rx)
         }
-        fn worker(&mut self) -> (u64, mpsc::UnboundedReceiver<Bytes>) {
-            let (tx, rx) = mpsc::unbounded_channel();
+        fn worker(&mut self) -> (u64, LinkRx) {
+            let (tx, rx) = link_queue::channel(usize::MAX);
             (
                 self.state
                     .add_link("w".into(), Role::Worker, tx, &self.counters),
                 rx,
             )
         }
+    }
+
+    #[test]
+    fn a_session_change_over_the_bound_is_refused_and_the_session_kept() {
+        let mut f = Fixture::new();
+        f.state = State::new(7, 1 << 20, 1 << 16).with_max_session(64);
+        let (id, _rx) = f.client();
+        let set = |json: &str| Command::SetSession {
+            client: id,
+            session: Bytes::from(json.to_owned()),
+        };
+        let update = |json: &str| Command::UpdateSession {
+            client: id,
+            session: Bytes::from(json.to_owned()),
+        };
+        let session = |f: &mut Fixture| match f.state.query_for_test(Query::GetSession(id)) {
+            Reply::OptBytes(Some(b)) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        f.state.command(set(r#"{"a":"0123456789"}"#), &f.counters);
+        assert_eq!(session(&mut f), r#"{"a":"0123456789"}"#);
+        // 60 more bytes would take it over 64: refused, kept as it was.
+        let long = format!(r#"{{"b":"{}"}}"#, "x".repeat(60));
+        f.state.command(update(&long), &f.counters);
+        assert_eq!(session(&mut f), r#"{"a":"0123456789"}"#);
+        f.state.command(set(&long), &f.counters);
+        assert_eq!(session(&mut f), r#"{"a":"0123456789"}"#);
+        f.state.command(update(r#"{"c":1}"#), &f.counters);
+        assert_eq!(session(&mut f), r#"{"a":"0123456789","c":1}"#);
+    }
+
+    #[test]
+    fn a_broadcast_allocates_nothing_per_recipient() {
+        let mut f = Fixture::new();
+        let clients: Vec<_> = (0..1000).map(|_| f.client()).collect();
+        let send = || Command::SendToAll {
+            data: "a line for everybody".into(),
+            only: None,
+            exclude: vec![],
+        };
+        let drain = |clients: &[(ClientId, Outbound)]| {
+            for (_, out) in clients {
+                while out.try_pop().is_some() {}
+            }
+        };
+        let measure = |f: &mut Fixture| {
+            let cmd = send();
+            let (allocations, reached) =
+                crate::alloc_count::count(|| f.state.command(cmd, &f.counters));
+            assert_eq!(reached, 1000);
+            allocations
+        };
+        // Each recipient's queue empty (written out since the line before): the
+        // recipient list and one encoding of the line, nothing per recipient.
+        let written_out = measure(&mut f);
+        drain(&clients);
+        // A backlog (each queue still holds the line before): the first time, each
+        // queue takes a buffer for the lines after its head...
+        f.state.command(send(), &f.counters);
+        let first_backlog = measure(&mut f);
+        drain(&clients);
+        // ...which it keeps while the client is busy (until the heartbeat's trim of an
+        // idle queue): the next backlog allocates nothing per recipient either.
+        f.state.command(send(), &f.counters);
+        let next_backlog = measure(&mut f);
+        drain(&clients);
+        assert!(
+            written_out <= 4,
+            "{written_out} allocations for 1,000 deliveries"
+        );
+        assert!(
+            first_backlog <= 1000 + 4,
+            "{first_backlog} allocations for 1,000 deliveries, a first backlog"
+        );
+        assert!(
+            next_backlog <= 4,
+            "{next_backlog} allocations for 1,000 deliveries, a later backlog"
+        );
+    }
+
+    #[test]
+    fn an_event_to_a_worker_copies_nothing_of_the_client() {
+        let mut f = Fixture::new();
+        let (_w, mut wrx) = f.worker();
+        let (id, _rx) = f.client();
+        f.state.command(
+            Command::BindUid {
+                client: id,
+                uid: "alice".into(),
+            },
+            &f.counters,
+        );
+        for group in ["a", "bb", "ccc"] {
+            f.state.command(
+                Command::JoinGroup {
+                    client: id,
+                    group: group.into(),
+                },
+                &f.counters,
+            );
+        }
+        let connect = wrx.try_recv().expect("the connect event");
+        f.state.ack(1, decode_event(&connect).seq, id, &f.counters);
+        let body = Bytes::from_static(b"hello");
+        let (allocations, queued) = crate::alloc_count::count(|| {
+            f.state
+                .client_message(id.connection, body, false, &f.counters)
+        });
+        assert!(queued.is_ok());
+        let event = decode_event(&wrx.try_recv().expect("the message event"));
+        assert_eq!(event.groups, ["a", "bb", "ccc"]);
+        assert_eq!(event.uid.as_deref(), Some("alice"));
+        // The frame, the in-flight record and the client's event queue: no copy of
+        // its address, listener name, uid or groups.
+        assert!(allocations <= 3, "{allocations} allocations for one event");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! | [`client_connected`]`(listener, protocol)` | a client was accepted and registered | `switchboard_clients{listener,protocol}` +1, `switchboard_connections_accepted_total{listener,protocol}` +1 |
 //! | [`client_disconnected`]`(listener, protocol, reason)` | a registered client is gone, for `reason` | `switchboard_clients` −1, `switchboard_connections_total{listener,reason}` +1 |
 //! | [`client_refused`]`(listener, reason)` | a connection was closed before it became a client: at accept (`max_clients`: `limit`), a failed TLS handshake or a bad upgrade request (`protocol_error`), a refused upgrade (`refused`) | `switchboard_connections_total{listener,reason}` +1 |
+//! | [`client_refused_by_limit`]`(listener, limit)` | a connection was closed at accept by a limit: `max_clients`, the listener's `max_connections` and `max_connect_rate`, `max_connections_per_ip`, `max_connect_rate_per_ip` | `switchboard_connections_total{listener,reason="limit"}` +1, `switchboard_connections_refused_total{listener,limit}` +1 |
+//! | [`internal_refused`]`(reason)` | a connection on the internal listener was refused before it authenticated | `switchboard_internal_refused_total{reason}` +1 |
 //! | [`bytes_in`]`(n)` / [`bytes_out`]`(n)` | bytes read from / written to a client socket | `switchboard_received_bytes_total` / `switchboard_sent_bytes_total` |
 //! | [`outbound_queued`]`(n)` / [`outbound_written`]`(n)` | bytes put on / taken off a client's outbound queue (or dropped with it) | `switchboard_outbound_queue_bytes` |
 //! | [`events_held`]`(n)` | the number of events waiting for a worker changed (set, not add) | `switchboard_events_held` |
@@ -73,6 +75,40 @@ impl CloseReason {
     }
 }
 
+/// Why a connection on the internal listener was refused before it authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InternalRefusal {
+    /// `gateway.max_unauthenticated` connections were in their handshake already.
+    Limit,
+    /// A wrong answer to the challenge (wrong secret, or a replayed answer).
+    Auth,
+    /// A protocol version this gateway does not speak.
+    Version,
+    /// Not a handshake: garbage, a frame over the handshake limit, another frame.
+    ProtocolError,
+    /// No answer (or no TLS handshake) within 5 s.
+    Timeout,
+    /// A failed TLS handshake.
+    Tls,
+    /// The peer closed the connection during the handshake.
+    Closed,
+}
+
+impl InternalRefusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InternalRefusal::Limit => "limit",
+            InternalRefusal::Auth => "auth",
+            InternalRefusal::Version => "version",
+            InternalRefusal::ProtocolError => "protocol_error",
+            InternalRefusal::Timeout => "timeout",
+            InternalRefusal::Tls => "tls",
+            InternalRefusal::Closed => "closed",
+        }
+    }
+}
+
 fn protocol_name(p: ClientProtocol) -> String {
     // The protocol's configuration spelling (`text`, `frame`, ...).
     serde_json::to_value(p)
@@ -84,6 +120,8 @@ fn protocol_name(p: ClientProtocol) -> String {
 static CLIENTS: DynGauges = DynGauges::new();
 static ACCEPTED: DynCounters = DynCounters::new();
 static ENDED: DynCounters = DynCounters::new();
+static REFUSED: DynCounters = DynCounters::new();
+static INTERNAL_REFUSED: DynCounters = DynCounters::new();
 static BYTES_IN: Counter = Counter::new();
 static BYTES_OUT: Counter = Counter::new();
 static OUTBOUND: Gauge = Gauge::new();
@@ -112,6 +150,19 @@ pub fn client_disconnected(listener: &str, protocol: ClientProtocol, reason: Clo
 /// its TLS handshake, or in its WebSocket upgrade.
 pub fn client_refused(listener: &str, reason: CloseReason) {
     ENDED.add(&[listener, reason.as_str()], 1);
+}
+
+/// A connection was closed at accept because it was over `limit` (the limit's key:
+/// `max_clients`, `max_connections`, `max_connect_rate`, `max_connections_per_ip`,
+/// `max_connect_rate_per_ip`); it is also counted as a `limit` close.
+pub fn client_refused_by_limit(listener: &str, limit: &str) {
+    ENDED.add(&[listener, CloseReason::Limit.as_str()], 1);
+    REFUSED.add(&[listener, limit], 1);
+}
+
+/// A connection on the internal listener was refused before it authenticated.
+pub fn internal_refused(reason: InternalRefusal) {
+    INTERNAL_REFUSED.add(&[reason.as_str()], 1);
 }
 
 /// Bytes read from a client socket.
@@ -168,6 +219,20 @@ pub(super) fn collect(out: &mut Vec<Series>) {
         out.push(Series::counter(
             "switchboard_connections",
             &[("listener", &k[0]), ("reason", &k[1])],
+            v,
+        ));
+    }
+    for (k, v) in REFUSED.values() {
+        out.push(Series::counter(
+            "switchboard_connections_refused",
+            &[("listener", &k[0]), ("limit", &k[1])],
+            v,
+        ));
+    }
+    for (k, v) in INTERNAL_REFUSED.values() {
+        out.push(Series::counter(
+            "switchboard_internal_refused",
+            &[("reason", &k[0])],
             v,
         ));
     }

@@ -267,6 +267,8 @@ pub const DESCRIPTORS: &[Descriptor] = &[
     Descriptor { name: "switchboard_clients", help: "Clients connected now, by listener and protocol." },
     Descriptor { name: "switchboard_connections_accepted", help: "Client connections accepted, by listener and protocol." },
     Descriptor { name: "switchboard_connections", help: "Client connections ended (or refused before they became clients), by listener and reason: client_closed, heartbeat, slow_consumer, limit, protocol_error (also a failed TLS handshake or upgrade request), server_close, refused (a WebSocket upgrade refused)." },
+    Descriptor { name: "switchboard_connections_refused", help: "Client connections closed at accept by a limit, by listener and limit: max_clients, max_connections and max_connect_rate (the listener's), max_connections_per_ip, max_connect_rate_per_ip." },
+    Descriptor { name: "switchboard_internal_refused", help: "Internal connections refused before they authenticated, by reason: limit (max_unauthenticated), auth (wrong answer), version, protocol_error, timeout, tls, closed." },
     Descriptor { name: "switchboard_received_bytes", help: "Bytes read from clients." },
     Descriptor { name: "switchboard_sent_bytes", help: "Bytes written to clients." },
     Descriptor { name: "switchboard_outbound_queue_bytes", help: "Bytes queued for clients and not yet written." },

@@ -23,7 +23,9 @@ use crate::{ClientId, Message, PerProtocol};
 ///
 /// 3: the message of every send carries its renderings per client protocol
 /// ([`PerProtocol`]), after the default one.
-pub const PROTOCOL_VERSION: u16 = 3;
+///
+/// 4: a reply larger than a frame comes in pages ([`Frame::ReplyPart`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes in a frame header (the length field).
 const HEADER: usize = 4;
@@ -207,6 +209,88 @@ pub enum Command {
     },
 }
 
+/// An [`Event`] borrowed from where the gateway keeps its parts, to be encoded without
+/// copying them into an owned `Event` first ([`EventRef::encode_to_bytes`]): one
+/// allocation per event, the frame's.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a, G> {
+    /// See [`Event::seq`].
+    pub seq: u64,
+    /// See [`Event::kind`].
+    pub kind: EventKind,
+    /// See [`Event::client`].
+    pub client: ClientId,
+    /// See [`Event::addr`].
+    pub addr: &'a str,
+    /// See [`Event::listener`].
+    pub listener: &'a str,
+    /// See [`Event::protocol`].
+    pub protocol: ClientProtocol,
+    /// See [`Event::uid`].
+    pub uid: Option<&'a str>,
+    /// See [`Event::groups`]: anything that lists them, in order.
+    pub groups: G,
+    /// See [`Event::session`].
+    pub session: &'a [u8],
+    /// See [`Event::body`].
+    pub body: &'a [u8],
+    /// See [`Event::binary`].
+    pub binary: bool,
+}
+
+impl<'a, G, S> EventRef<'a, G>
+where
+    G: IntoIterator<Item = S> + Copy,
+    S: AsRef<str>,
+{
+    /// The whole frame (header included), in a buffer allocated once at its size.
+    pub fn encode_to_bytes(&self) -> Bytes {
+        let groups: usize = self.groups.into_iter().map(|g| 4 + g.as_ref().len()).sum();
+        let size = HEADER
+            + 1 // type
+            + 8 + 1 + 12 // seq, kind, client
+            + 4 + self.addr.len()
+            + 4 + self.listener.len()
+            + 1 // protocol
+            + 1 + self.uid.map_or(0, |u| 4 + u.len())
+            + 4 + groups
+            + 4 + self.session.len()
+            + 4 + self.body.len()
+            + 1; // binary
+        let mut buf = BytesMut::with_capacity(size);
+        buf.put_u32(0);
+        self.write(&mut Writer(&mut buf));
+        let len = (buf.len() - HEADER) as u32;
+        buf[..HEADER].copy_from_slice(&len.to_be_bytes());
+        debug_assert_eq!(buf.len(), size, "the size computed ahead is exact");
+        buf.freeze()
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u8(ty::EVENT);
+        w.u64(self.seq);
+        w.u8(match self.kind {
+            EventKind::Connect => 1,
+            EventKind::Message => 2,
+            EventKind::Close => 3,
+            EventKind::WebSocketConnect => 4,
+        });
+        w.client(self.client);
+        w.str(self.addr);
+        w.str(self.listener);
+        w.u8(self.protocol.wire_byte());
+        w.opt_str(self.uid);
+        let count = self.groups.into_iter().count();
+        w.u32(count as u32);
+        for g in self.groups {
+            w.str(g.as_ref());
+        }
+        w.bytes(self.session);
+        w.bytes(self.body);
+        w.u8(u8::from(self.binary));
+    }
+}
+
 /// A question a worker asks a gateway; answered by a [`Reply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
@@ -358,6 +442,15 @@ pub enum Frame {
         /// The answer.
         reply: Reply,
     },
+    /// Gateway → peer: one page of an answer too large for one frame; more pages
+    /// follow, the last one as a [`Frame::Reply`]. The peer joins them in order
+    /// ([`Reply::extend`]). Only list answers are paged.
+    ReplyPart {
+        /// Request id from the query.
+        id: u64,
+        /// This page.
+        reply: Reply,
+    },
     /// Liveness probe (either direction); answered by `Pong`.
     Ping,
     /// Answer to `Ping`.
@@ -389,6 +482,7 @@ mod ty {
     pub const CLOSE_CLIENT: u8 = 0x2b;
     pub const QUERY: u8 = 0x40;
     pub const REPLY: u8 = 0x41;
+    pub const REPLY_PART: u8 = 0x42;
     pub const PING: u8 = 0x50;
     pub const PONG: u8 = 0x51;
 }
@@ -431,25 +525,20 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             w.u8(ty::REFUSED);
             w.str(reason);
         }
-        Frame::Event(e) => {
-            w.u8(ty::EVENT);
-            w.u64(e.seq);
-            w.u8(match e.kind {
-                EventKind::Connect => 1,
-                EventKind::Message => 2,
-                EventKind::Close => 3,
-                EventKind::WebSocketConnect => 4,
-            });
-            w.client(e.client);
-            w.str(&e.addr);
-            w.str(&e.listener);
-            w.u8(e.protocol.wire_byte());
-            w.opt_str(e.uid.as_deref());
-            w.strs(&e.groups);
-            w.bytes(&e.session);
-            w.bytes(&e.body);
-            w.u8(u8::from(e.binary));
+        Frame::Event(e) => EventRef {
+            seq: e.seq,
+            kind: e.kind,
+            client: e.client,
+            addr: &e.addr,
+            listener: &e.listener,
+            protocol: e.protocol,
+            uid: e.uid.as_deref(),
+            groups: &e.groups,
+            session: &e.session,
+            body: &e.body,
+            binary: e.binary,
         }
+        .write(&mut w),
         Frame::Ack { seq, client } => {
             w.u8(ty::ACK);
             w.u64(*seq);
@@ -480,11 +569,105 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             w.u64(*id);
             encode_reply(reply, &mut w);
         }
+        Frame::ReplyPart { id, reply } => {
+            w.u8(ty::REPLY_PART);
+            w.u64(*id);
+            encode_reply(reply, &mut w);
+        }
         Frame::Ping => w.u8(ty::PING),
         Frame::Pong => w.u8(ty::PONG),
     }
     let len = (dst.len() - start - HEADER) as u32;
     dst[start..start + HEADER].copy_from_slice(&len.to_be_bytes());
+}
+
+impl Reply {
+    /// Appends the next page of a paged answer ([`Frame::ReplyPart`]) to this one.
+    /// Pages of a different kind, or of an answer that is not a list, are a protocol
+    /// error (`Err` with the page's kind).
+    pub fn extend(&mut self, page: Reply) -> Result<(), ProtocolError> {
+        let bad = ProtocolError::Invalid {
+            frame: "reply-part",
+            field: "reply kind",
+        };
+        match (self, page) {
+            (Reply::ClientIds(a), Reply::ClientIds(b)) => a.extend(b),
+            (Reply::Strings(a), Reply::Strings(b)) => a.extend(b),
+            (Reply::Sessions(a), Reply::Sessions(b)) => a.extend(b),
+            (Reply::Clients(a), Reply::Clients(b)) => a.extend(b),
+            _ => return Err(bad),
+        }
+        Ok(())
+    }
+
+    /// Splits a list answer into two halves of about equal length; gives the answer
+    /// back (`Err`) when it is not a list, or a list of fewer than two items.
+    fn halves(self) -> Result<(Reply, Reply), Reply> {
+        fn split<T>(mut a: Vec<T>, f: fn(Vec<T>) -> Reply) -> Result<(Reply, Reply), Reply> {
+            if a.len() < 2 {
+                return Err(f(a));
+            }
+            let b = a.split_off(a.len() / 2);
+            Ok((f(a), f(b)))
+        }
+        match self {
+            Reply::ClientIds(a) => split(a, Reply::ClientIds),
+            Reply::Strings(a) => split(a, Reply::Strings),
+            Reply::Sessions(a) => split(a, Reply::Sessions),
+            Reply::Clients(a) => split(a, Reply::Clients),
+            other => Err(other),
+        }
+    }
+}
+
+/// Encodes the answer to query `id` in frames of at most `max_frame` bytes: one
+/// [`Frame::Reply`], or — for a list too large for one frame — [`Frame::ReplyPart`]
+/// pages and a last `Reply`, in order. An answer that cannot be split small enough (a
+/// single item over the limit) becomes one [`Reply::Error`] saying so: the peer gets
+/// an error instead of a frame it would have to drop the link for.
+pub fn reply_frames(id: u64, reply: Reply, max_frame: usize) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    if let Err(size) = push_pages(&mut frames, id, reply, max_frame, true) {
+        frames.clear();
+        let error = Reply::Error(format!(
+            "an item of the answer takes {size} bytes, over the internal frame limit of {max_frame} bytes"
+        ));
+        frames.push(encode_reply_frame(id, &error, true));
+    }
+    frames
+}
+
+/// Appends the pages of `reply` to `frames`; `last` marks the end of the answer.
+/// `Err` carries the size of a frame that could not be split.
+fn push_pages(
+    frames: &mut Vec<Bytes>,
+    id: u64,
+    reply: Reply,
+    max_frame: usize,
+    last: bool,
+) -> Result<(), usize> {
+    let bytes = encode_reply_frame(id, &reply, last);
+    let size = bytes.len() - HEADER;
+    if size <= max_frame {
+        frames.push(bytes);
+        return Ok(());
+    }
+    drop(bytes);
+    let (first, second) = reply.halves().map_err(|_| size)?;
+    push_pages(frames, id, first, max_frame, false)?;
+    push_pages(frames, id, second, max_frame, last)
+}
+
+fn encode_reply_frame(id: u64, reply: &Reply, last: bool) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_u32(0);
+    let mut w = Writer(&mut buf);
+    w.u8(if last { ty::REPLY } else { ty::REPLY_PART });
+    w.u64(id);
+    encode_reply(reply, &mut w);
+    let len = (buf.len() - HEADER) as u32;
+    buf[..HEADER].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
 }
 
 /// Encodes one frame into fresh bytes.
@@ -776,6 +959,10 @@ fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
             id: r.u64()?,
             reply: parse_reply(&mut r)?,
         },
+        ty::REPLY_PART => Frame::ReplyPart {
+            id: r.u64()?,
+            reply: parse_reply(&mut r)?,
+        },
         ty::PING => Frame::Ping,
         ty::PONG => Frame::Pong,
         other => return Err(ProtocolError::UnknownType(other)),
@@ -934,6 +1121,7 @@ fn frame_name(t: u8) -> Option<&'static str> {
         ty::CLOSE_CLIENT => "close_client",
         ty::QUERY => "query",
         ty::REPLY => "reply",
+        ty::REPLY_PART => "reply-part",
         ty::PING => "ping",
         ty::PONG => "pong",
         _ => return None,
@@ -1210,6 +1398,95 @@ mod tests {
 
     const MAX: usize = 1 << 20;
 
+    /// Decodes the frames of a paged answer and joins them.
+    fn join_pages(frames: &[Bytes], id: u64, max: usize) -> Reply {
+        let mut joined: Option<Reply> = None;
+        for (n, bytes) in frames.iter().enumerate() {
+            assert!(bytes.len() - HEADER <= max, "page {n} fits in a frame");
+            let mut buf = BytesMut::from(&bytes[..]);
+            let frame = decode(&mut buf, max).expect("decodes").expect("whole");
+            let (page, last) = match frame {
+                Frame::ReplyPart { id: i, reply } if i == id => (reply, false),
+                Frame::Reply { id: i, reply } if i == id => (reply, true),
+                other => panic!("not a reply: {other:?}"),
+            };
+            assert_eq!(last, n + 1 == frames.len(), "only the last page is a reply");
+            match &mut joined {
+                None => joined = Some(page),
+                Some(j) => j.extend(page).expect("same kind"),
+            }
+        }
+        joined.expect("at least one frame")
+    }
+
+    #[test]
+    fn an_event_encoded_from_borrowed_parts_is_the_owned_events_frame() {
+        let owned = Event {
+            seq: 42,
+            kind: EventKind::Message,
+            client: ClientId::new(3, 9),
+            addr: "127.0.0.1:5555".into(),
+            listener: "main".into(),
+            protocol: ClientProtocol::Text,
+            uid: Some("alice".into()),
+            groups: vec!["a".into(), "bb".into(), "ccc".into()],
+            session: Bytes::from_static(br#"{"name":"alice"}"#),
+            body: Bytes::from_static(b"hello"),
+            binary: false,
+        };
+        let groups: std::collections::BTreeSet<String> = owned.groups.iter().cloned().collect();
+        let borrowed = EventRef {
+            seq: owned.seq,
+            kind: owned.kind,
+            client: owned.client,
+            addr: &owned.addr,
+            listener: &owned.listener,
+            protocol: owned.protocol,
+            uid: owned.uid.as_deref(),
+            groups: &groups,
+            session: &owned.session,
+            body: &owned.body,
+            binary: owned.binary,
+        };
+        let (allocations, bytes) = crate::alloc_count::count(|| borrowed.encode_to_bytes());
+        assert_eq!(bytes, encode_to_bytes(&Frame::Event(owned)));
+        assert_eq!(allocations, 1, "one buffer, allocated at its size");
+    }
+
+    #[test]
+    fn a_reply_too_large_for_a_frame_comes_in_pages_that_join_to_it() {
+        let sessions: Vec<(ClientId, Bytes)> = (0..100)
+            .map(|n| (ClientId::new(1, n), Bytes::from(vec![b'x'; 1000])))
+            .collect();
+        let reply = Reply::Sessions(sessions);
+        let frames = reply_frames(7, reply.clone(), 10_000);
+        assert!(frames.len() >= 11, "{} pages", frames.len());
+        assert_eq!(join_pages(&frames, 7, 10_000), reply);
+        // Small enough: one frame.
+        let small = Reply::Strings(vec!["a".into(), "b".into()]);
+        let frames = reply_frames(8, small.clone(), 10_000);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(join_pages(&frames, 8, 10_000), small);
+    }
+
+    #[test]
+    fn an_item_larger_than_a_frame_becomes_an_error_reply() {
+        let reply = Reply::Sessions(vec![
+            (ClientId::new(1, 1), Bytes::from(vec![b'x'; 100])),
+            (ClientId::new(1, 2), Bytes::from(vec![b'x'; 20_000])),
+        ]);
+        let frames = reply_frames(9, reply, 10_000);
+        assert_eq!(frames.len(), 1, "no page of a failed answer is sent");
+        match join_pages(&frames, 9, 10_000) {
+            Reply::Error(e) => assert!(e.contains("10000"), "{e}"),
+            other => panic!("not an error: {other:?}"),
+        }
+        assert!(Reply::Count(1).extend(Reply::Count(2)).is_err());
+        assert!(Reply::Strings(vec![])
+            .extend(Reply::ClientIds(vec![]))
+            .is_err());
+    }
+
     #[test]
     fn an_announced_length_reserves_nothing_before_the_bytes_arrive() {
         // 16 MiB announced, 5 bytes sent: the buffer holds what came.
@@ -1418,6 +1695,7 @@ mod tests {
             any_command().prop_map(Frame::Command),
             (any::<u64>(), any_query()).prop_map(|(id, query)| Frame::Query { id, query }),
             (any::<u64>(), any_reply()).prop_map(|(id, reply)| Frame::Reply { id, reply }),
+            (any::<u64>(), any_reply()).prop_map(|(id, reply)| Frame::ReplyPart { id, reply }),
             Just(Frame::Ping),
             Just(Frame::Pong),
         ]
