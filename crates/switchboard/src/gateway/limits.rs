@@ -209,12 +209,14 @@ impl PerSource {
         }
         source.open += 1;
         Ok(Some(SourcePlace {
-            limits: self.clone(),
+            limits: Some(self.clone()),
             key,
         }))
     }
 
-    fn release(&self, key: IpAddr) {
+    /// Gives back a place taken by [`PerSource::admit`] and kept with
+    /// [`SourcePlace::keep`].
+    pub fn release(&self, key: IpAddr) {
         let mut sources = self.lock();
         if let Some(source) = sources.get_mut(&key) {
             source.open = source.open.saturating_sub(1);
@@ -240,13 +242,26 @@ impl PerSource {
 
 /// A connection's place in its source address's count, given back when dropped.
 pub struct SourcePlace {
-    limits: Arc<PerSource>,
+    /// `None` once kept by its connection.
+    limits: Option<Arc<PerSource>>,
     key: IpAddr,
+}
+
+impl SourcePlace {
+    /// Hands the place over to a holder that gives it back itself, with
+    /// [`PerSource::release`] and the key returned: a connection that lasts keeps only
+    /// its address, not a second reference to the limits it reaches through the gateway.
+    pub fn keep(mut self) -> IpAddr {
+        self.limits = None;
+        self.key
+    }
 }
 
 impl Drop for SourcePlace {
     fn drop(&mut self) {
-        self.limits.release(self.key);
+        if let Some(limits) = &self.limits {
+            limits.release(self.key);
+        }
     }
 }
 

@@ -137,6 +137,10 @@ pub struct Listener {
 /// A connection's place in its listener's count, given back when dropped.
 struct ListenerPlace(Arc<Listener>);
 
+/// The places a connection holds until it ends: in its listener's count, and in its
+/// source address's (none for a trusted proxy).
+type Places = (ListenerPlace, Option<limits::SourcePlace>);
+
 impl ListenerPlace {
     /// Takes a place, or `None` when the listener holds its `max_connections`.
     fn take(listener: &Arc<Listener>) -> Option<Self> {
@@ -148,6 +152,14 @@ impl ListenerPlace {
             })
             .ok()
             .map(|_| Self(listener.clone()))
+    }
+}
+
+impl std::ops::Deref for ListenerPlace {
+    type Target = Listener;
+
+    fn deref(&self) -> &Listener {
+        &self.0
     }
 }
 
@@ -516,11 +528,8 @@ async fn accept_clients(
             }
         };
         let place = Handshaking::new(&shared);
-        let serve = client::serve(place, socket, peer, listener.clone());
-        shared.clients.spawn(async move {
-            serve.await;
-            drop(places);
-        });
+        let serve = client::serve(place, places, socket, peer, listener.clone());
+        shared.clients.spawn(serve);
     })
     .await
 }

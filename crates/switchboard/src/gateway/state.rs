@@ -95,20 +95,19 @@ pub enum Verdict {
     },
 }
 
-/// One connected (or closing) client.
+/// One connected (or closing) client. Kept small: a gateway holds one per connection,
+/// and most of them are idle (a test bounds its size).
 struct Client {
-    addr: String,
+    addr: Box<str>,
     /// The listener it connected to (shared by all its clients).
     listener: Arc<ListenerMeta>,
     /// `None` once the connection is gone (the close event may still be pending), and
     /// while a WebSocket upgrade waits for the application's verdict (the queue is then
     /// in `State::upgrades`).
     out: Option<Outbound>,
-    session: Map<String, Value>,
-    /// `session` as JSON, cached because every event carries it.
-    session_json: Bytes,
-    uid: Option<String>,
-    groups: BTreeSet<String>,
+    /// Its uid, groups and session; `None` until the application gives it one of them
+    /// (boxed: a client that has none pays a pointer).
+    bound: Option<Box<Bound>>,
     last_seen: Instant,
     /// Worker link this client sticks to.
     worker: Option<u64>,
@@ -120,6 +119,52 @@ struct Client {
     /// Its connect event was rejected (no worker in time): the application never saw
     /// it connect, so it hears nothing more of it — no message, no close.
     silenced: bool,
+}
+
+/// What the application bound to a client.
+struct Bound {
+    uid: Option<String>,
+    groups: BTreeSet<String>,
+    session: Map<String, Value>,
+    /// `session` as JSON, cached because every event carries it.
+    session_json: Bytes,
+}
+
+impl Default for Bound {
+    fn default() -> Self {
+        Self {
+            uid: None,
+            groups: BTreeSet::new(),
+            session: Map::new(),
+            session_json: EMPTY_SESSION.clone(),
+        }
+    }
+}
+
+/// The session of a client that has none.
+static EMPTY_SESSION: Bytes = Bytes::from_static(b"{}");
+/// The groups of a client that has none.
+static NO_GROUPS: BTreeSet<String> = BTreeSet::new();
+
+impl Client {
+    fn uid(&self) -> Option<&str> {
+        self.bound.as_ref()?.uid.as_deref()
+    }
+
+    fn groups(&self) -> &BTreeSet<String> {
+        self.bound.as_ref().map_or(&NO_GROUPS, |b| &b.groups)
+    }
+
+    fn session_json(&self) -> &Bytes {
+        self.bound
+            .as_ref()
+            .map_or(&EMPTY_SESSION, |b| &b.session_json)
+    }
+
+    /// What is bound to it, made on first use.
+    fn bound_mut(&mut self) -> &mut Bound {
+        self.bound.get_or_insert_with(Box::default)
+    }
 }
 
 /// One authenticated peer on the internal listener.
@@ -147,7 +192,9 @@ pub struct Counters {
 /// Everything the gateway knows, behind the mutex of [`Shared`].
 pub struct State {
     number: u32,
-    clients: HashMap<u64, Client>,
+    /// Boxed: a hash table keeps room for about half as many entries again as it holds,
+    /// and that room costs a pointer each this way, not a whole `Client`.
+    clients: HashMap<u64, Box<Client>>,
     uids: HashMap<String, HashSet<u64>>,
     groups: HashMap<String, HashSet<u64>>,
     links: BTreeMap<u64, Link>,
@@ -219,7 +266,7 @@ impl State {
     /// upgrade the application must accept first.
     pub fn add_client(
         &mut self,
-        addr: String,
+        addr: &str,
         listener: Arc<ListenerMeta>,
         out: Outbound,
         opening: Opening,
@@ -236,21 +283,18 @@ impl State {
         };
         self.clients.insert(
             conn,
-            Client {
-                addr,
+            Box::new(Client {
+                addr: addr.into(),
                 listener,
                 out,
-                session: Map::new(),
-                session_json: Bytes::from_static(b"{}"),
-                uid: None,
-                groups: BTreeSet::new(),
+                bound: None,
                 last_seen: Instant::now(),
                 worker: None,
                 inflight: None,
                 queue: VecDeque::new(),
                 queue_bytes: 0,
                 silenced: false,
-            },
+            }),
         );
         self.connected += 1;
         // A connect event has no body: it never hits the byte bounds. A WebSocket
@@ -302,10 +346,10 @@ impl State {
         self.connected -= 1;
         // Out of the indexes at once; the client keeps its uid and groups only so that
         // its close event can tell the application what it had.
-        if let Some(uid) = &client.uid {
+        if let Some(uid) = client.uid() {
             remove_from_index(&mut self.uids, uid, conn);
         }
-        for g in &client.groups {
+        for g in client.groups() {
             remove_from_index(&mut self.groups, g, conn);
         }
         if client.silenced {
@@ -387,9 +431,9 @@ impl State {
             addr: &client.addr,
             listener: &client.listener.name,
             protocol: client.listener.protocol,
-            uid: client.uid.as_deref(),
-            groups: &client.groups,
-            session: &client.session_json,
+            uid: client.uid(),
+            groups: client.groups(),
+            session: client.session_json(),
             body: &event.body,
             binary: event.binary,
         }
@@ -775,7 +819,7 @@ impl State {
                 if let Some(old) = self
                     .clients
                     .get_mut(&conn)
-                    .and_then(|c| c.uid.replace(uid.clone()))
+                    .and_then(|c| c.bound_mut().uid.replace(uid.clone()))
                 {
                     remove_from_index(&mut self.uids, &old, conn);
                 }
@@ -786,8 +830,8 @@ impl State {
                     return;
                 };
                 if let Some(c) = self.clients.get_mut(&conn) {
-                    if c.uid.as_deref() == Some(uid.as_str()) {
-                        c.uid = None;
+                    if c.uid() == Some(uid.as_str()) {
+                        c.bound_mut().uid = None;
                         remove_from_index(&mut self.uids, &uid, conn);
                     }
                 }
@@ -797,7 +841,7 @@ impl State {
                     return;
                 };
                 if let Some(c) = self.clients.get_mut(&conn) {
-                    c.groups.insert(group.clone());
+                    c.bound_mut().groups.insert(group.clone());
                     self.groups.entry(group).or_default().insert(conn);
                 }
             }
@@ -805,16 +849,17 @@ impl State {
                 let Some(conn) = self.live_conn(client) else {
                     return;
                 };
-                if let Some(c) = self.clients.get_mut(&conn) {
-                    c.groups.remove(&group);
+                if let Some(b) = self.clients.get_mut(&conn).and_then(|c| c.bound.as_mut()) {
+                    b.groups.remove(&group);
                     remove_from_index(&mut self.groups, &group, conn);
                 }
             }
             Command::Ungroup { group } => {
                 if let Some(members) = self.groups.remove(&group) {
                     for conn in members {
-                        if let Some(c) = self.clients.get_mut(&conn) {
-                            c.groups.remove(&group);
+                        if let Some(b) = self.clients.get_mut(&conn).and_then(|c| c.bound.as_mut())
+                        {
+                            b.groups.remove(&group);
                         }
                     }
                 }
@@ -875,7 +920,8 @@ impl State {
         };
         let max = self.max_session;
         if let Some(c) = self.clients.get_mut(&conn) {
-            let mut session = c.session.clone();
+            let bound = c.bound_mut();
+            let mut session = bound.session.clone();
             apply(&mut session, new);
             let json = serde_json::to_vec(&session).unwrap_or_else(|_| b"{}".to_vec());
             if json.len() > max {
@@ -887,8 +933,8 @@ impl State {
                 );
                 return;
             }
-            c.session = session;
-            c.session_json = Bytes::from(json);
+            bound.session = session;
+            bound.session_json = Bytes::from(json);
         }
     }
 
@@ -955,7 +1001,7 @@ impl State {
             Query::UidByClientId(c) => Reply::OptString(
                 self.live_conn(c)
                     .and_then(|conn| self.clients.get(&conn))
-                    .and_then(|c| c.uid.clone()),
+                    .and_then(|c| c.uid().map(str::to_owned)),
             ),
             Query::ClientIdsByGroup(g) => Reply::ClientIds(members(&self.groups, &g)),
             Query::ClientCountByGroup(g) => {
@@ -983,7 +1029,7 @@ impl State {
                 let mut v: Vec<(ClientId, Bytes)> = match group {
                     None => self
                         .live()
-                        .map(|(k, c)| (id(k), c.session_json.clone()))
+                        .map(|(k, c)| (id(k), c.session_json().clone()))
                         .collect(),
                     Some(g) => self
                         .groups
@@ -993,7 +1039,7 @@ impl State {
                         .filter_map(|k| {
                             self.clients
                                 .get(k)
-                                .map(|c| (id(*k), c.session_json.clone()))
+                                .map(|c| (id(*k), c.session_json().clone()))
                         })
                         .collect(),
                 };
@@ -1003,7 +1049,7 @@ impl State {
             Query::GetSession(c) => Reply::OptBytes(
                 self.live_conn(c)
                     .and_then(|conn| self.clients.get(&conn))
-                    .map(|c| c.session_json.clone()),
+                    .map(|c| c.session_json().clone()),
             ),
             Query::Clients => {
                 let now = Instant::now();
@@ -1011,11 +1057,11 @@ impl State {
                     .live()
                     .map(|(k, c)| ClientInfo {
                         client: id(k),
-                        addr: c.addr.clone(),
+                        addr: c.addr.to_string(),
                         listener: c.listener.name.clone(),
                         protocol: c.listener.protocol,
-                        uid: c.uid.clone(),
-                        groups: c.groups.iter().cloned().collect(),
+                        uid: c.uid().map(str::to_owned),
+                        groups: c.groups().iter().cloned().collect(),
                         idle_ms: (now - c.last_seen).as_millis() as u64,
                     })
                     .collect();
@@ -1023,14 +1069,14 @@ impl State {
                 Reply::Clients(v)
             }
             Query::UidsByGroup(g) => {
-                let uids: BTreeSet<&String> = self
+                let uids: BTreeSet<&str> = self
                     .groups
                     .get(&g)
                     .into_iter()
                     .flatten()
-                    .filter_map(|k| self.clients.get(k)?.uid.as_ref())
+                    .filter_map(|k| self.clients.get(k)?.uid())
                     .collect();
-                Reply::Strings(uids.into_iter().cloned().collect())
+                Reply::Strings(uids.into_iter().map(str::to_owned).collect())
             }
             Query::Counted(_) => Reply::Error("a counted command out of place".into()),
         }
@@ -1040,7 +1086,7 @@ impl State {
         self.clients
             .iter()
             .filter(|(_, c)| c.out.is_some())
-            .map(|(k, c)| (*k, c))
+            .map(|(k, c)| (*k, &**c))
     }
 
     /// Outbound queues of every live client of listener `index` (for heartbeat pings).
@@ -1063,7 +1109,7 @@ impl State {
             .filter_map(|(k, c)| {
                 c.out
                     .clone()
-                    .map(|o| (ClientId::new(self.number, k), c.addr.clone(), o))
+                    .map(|o| (ClientId::new(self.number, k), c.addr.to_string(), o))
             })
             .collect()
     }
@@ -1128,6 +1174,15 @@ impl<'a> EncodeCache<'a> {
 mod tests {
     use super::super::link_queue::{self, LinkRx};
     use super::*;
+
+    /// A gateway holds one `Client` per connection (in a hash table, so about one and a
+    /// half of them): what a client has only once the application binds something to
+    /// it stays out of line (232 bytes before that was so).
+    #[test]
+    fn a_client_entry_stays_small() {
+        let size = std::mem::size_of::<Client>();
+        assert!(size <= 128, "{size} bytes");
+    }
     use crate::protocol::internal::{self, Event, Frame};
     use crate::Message;
     use bytes::BytesMut;
@@ -1170,7 +1225,7 @@ mod tests {
             let out = Outbound::new(1 << 16);
             let rx = out.clone();
             let id = self.state.add_client(
-                "1.2.3.4:5".into(),
+                "1.2.3.4:5",
                 text_listener(),
                 out,
                 Opening::Connect,
@@ -1452,13 +1507,9 @@ mod tests {
         let mut f = Fixture::new();
         let out = Outbound::new(10);
         let kill = out.clone();
-        let id = f.state.add_client(
-            "x".into(),
-            text_listener(),
-            out,
-            Opening::Connect,
-            &f.counters,
-        );
+        let id = f
+            .state
+            .add_client("x", text_listener(), out, Opening::Connect, &f.counters);
         f.state.command(
             Command::SendToClient {
                 client: id,
@@ -1474,7 +1525,7 @@ mod tests {
         let out = Outbound::new(1 << 16);
         let (tx, rx) = oneshot::channel();
         let id = f.state.add_client(
-            "9.9.9.9:9".into(),
+            "9.9.9.9:9",
             text_listener(),
             out.clone(),
             Opening::WebSocket {
@@ -1629,7 +1680,7 @@ mod tests {
                 index: 0,
             });
             let id = f.state.add_client(
-                "1.2.3.4:5".into(),
+                "1.2.3.4:5",
                 listener,
                 out.clone(),
                 Opening::Connect,

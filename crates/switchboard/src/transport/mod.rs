@@ -34,6 +34,14 @@ pub enum ClientStream {
 }
 
 impl ClientStream {
+    /// The peer's address, asked of the socket (`None` once it is disconnected).
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Tcp(tcp) => tcp.peer_addr().ok(),
+            Self::Tls(tls) => tls.get_ref().0.peer_addr().ok(),
+        }
+    }
+
     /// Waits for data and appends what is there to `buf`; `Ready(Ok(0))` at the end of
     /// the stream.
     ///
