@@ -256,6 +256,53 @@ fn sorted(mut v: Vec<ClientId>) -> Vec<ClientId> {
     v
 }
 
+/// A gateway still published in the store but whose link is down (here: stopped for
+/// longer than the API client's link timeout) is not left out of a query over all
+/// gateways in silence — a count without its clients would be wrong: the query waits
+/// for its link, then fails naming it; once it is back the answer is whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_all_gateways_names_one_whose_link_is_down() {
+    let d = Deployment::start(
+        chat()
+            .gateways(2)
+            .gateway_keys("link_ping_interval = \"200ms\""),
+    );
+    let mut config = d.config().clone();
+    config.worker.link_timeout = Duration::from_secs(1);
+    config.worker.query_timeout = Duration::from_secs(1);
+    let api = Gateway::connect(&config).await.unwrap();
+    assert!(api.wait_for_gateways(2, Duration::from_secs(10)).await);
+    let clients = clients_on_both_gateways(&d, &api).await;
+    let n = clients.len() as u64;
+    assert_eq!(api.all_client_count().await.unwrap(), n);
+    let stopped = clients[0].0.gateway;
+    let pid = switchboard::stats::read_all(&d.config().run_dir())
+        .iter()
+        .find(|s| {
+            s.role == "gateway"
+                && s.detail.get("number").and_then(|v| v.as_u64()) == Some(stopped as u64)
+        })
+        .unwrap()
+        .pid;
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    // Its link times out (1 s); its store entry (5 s) is still there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while api.gateways().contains(&stopped) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let linked = api.gateways();
+    let answer = api.all_client_count().await;
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert!(!linked.contains(&stopped), "the link never timed out");
+    match answer {
+        Err(ApiError::Disconnected { gateway, .. }) => assert_eq!(gateway, stopped),
+        other => panic!("expected an error naming gateway {stopped}, got {other:?}"),
+    }
+    assert!(api.wait_for_gateways(2, Duration::from_secs(10)).await);
+    assert_eq!(api.all_client_count().await.unwrap(), n);
+    api.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_application_store_is_kept_apart_from_discovery_keys() {
     let d = Deployment::start(chat());

@@ -57,7 +57,10 @@
 //!   are connected.
 //! - **Routing.** A call about one client goes to the gateway named in its client id,
 //!   with no lookup; fan-out sends and queries go to every gateway and gather the
-//!   answers.
+//!   answers. A query over all gateways (counts, lists, sessions) does not leave out
+//!   one that is published but whose connection is down for the moment: it waits for
+//!   it to reconnect, at most `worker.query_timeout`, then fails with
+//!   [`ApiError::Disconnected`] naming it.
 //! - **Timeouts.** Every call is bounded by `worker.query_timeout` (3 s): waiting for
 //!   room on a gateway's link ([`ApiError::SendTimeout`]) and waiting for its answer
 //!   ([`ApiError::Timeout`]) each take at most that long, and both errors name the
@@ -378,6 +381,10 @@ struct Inner {
     stop: CancellationToken,
     /// Woken whenever the set of links changes.
     changed: Notify,
+    /// The gateways discovery follows (listed in the store, or linked) and their
+    /// internal addresses: a query gathering from all gateways waits for the link of
+    /// one of them that is reconnecting, rather than answering without it.
+    known: Mutex<HashMap<u32, SocketAddr>>,
     /// The statistics flusher of an API client, awaited by `close` so that its last
     /// reports reach the spool before the program exits.
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -506,6 +513,7 @@ impl Gateway {
                 sink: std::sync::OnceLock::new(),
                 stop: CancellationToken::new(),
                 changed: Notify::new(),
+                known: Mutex::new(HashMap::new()),
                 flusher: Mutex::new(None),
             }),
         };
@@ -601,6 +609,33 @@ impl Gateway {
             return Err(self.no_gateway());
         }
         Ok(links)
+    }
+
+    /// Every gateway's link, for a query that gathers from all of them. A gateway that
+    /// discovery follows but whose link is down for the moment (reconnecting) is waited
+    /// for, at most `query_timeout`, then named in the error: an answer that left it
+    /// out in silence would be wrong (a count, a list of clients).
+    async fn gathering_links(&self) -> Result<Vec<LinkHandle>, ApiError> {
+        let deadline = tokio::time::Instant::now() + self.inner.options.query_timeout;
+        loop {
+            let changed = self.inner.changed.notified();
+            let missing = {
+                let links = self.read_links();
+                if links.is_empty() {
+                    // None at all: the deployment is unreachable, as for every call.
+                    return Err(self.no_gateway());
+                }
+                let known = lock(&self.inner.known);
+                match known.iter().find(|(n, _)| !links.contains_key(n)) {
+                    Some((gateway, addr)) => (*gateway, *addr),
+                    None => return Ok(links.values().cloned().collect()),
+                }
+            };
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let (gateway, addr) = missing;
+                return Err(ApiError::Disconnected { gateway, addr });
+            }
+        }
     }
 
     fn no_gateway(&self) -> ApiError {
@@ -1157,10 +1192,10 @@ impl Gateway {
         Ok(total)
     }
 
-    /// Asks every connected gateway at once and waits for all answers.
+    /// Asks every gateway at once and waits for all answers.
     async fn gather(&self, q: Query) -> Result<Vec<(u32, Reply)>, ApiError> {
         crate::metrics::worker::command(query_kind(&q));
-        let links = self.some_links()?;
+        let links = self.gathering_links().await?;
         let answers =
             futures::future::join_all(links.iter().map(|l| self.ask_uncounted(l, q.clone()))).await;
         links
@@ -1360,6 +1395,13 @@ async fn discover(gateway: Gateway) {
                     let token = inner.stop.child_token();
                     managed.insert(number, (entry.internal, token.clone()));
                     tokio::spawn(maintain_link(gateway.clone(), entry, token));
+                }
+                let known: HashMap<u32, SocketAddr> =
+                    managed.iter().map(|(n, (a, _))| (*n, *a)).collect();
+                if *lock(&inner.known) != known {
+                    *lock(&inner.known) = known;
+                    // A query waiting for a gateway that is no longer followed goes on.
+                    inner.changed.notify_waiters();
                 }
             }
             Err(e) => {
