@@ -205,6 +205,10 @@ pub struct State {
     next_conn: u64,
     /// Bytes of events queued or in flight, all clients together.
     queued_bytes: usize,
+    /// Events in client queues (not yet at a worker), all clients together: kept as
+    /// the queues change so that the held-events tick reads it instead of visiting
+    /// every client, and skips its expiry scan when nothing waits.
+    held: usize,
     queue_limit: usize,
     client_queue_limit: usize,
     /// Largest session JSON a client may have (`gateway.max_session`).
@@ -238,6 +242,7 @@ impl State {
             next_seq: 1,
             next_conn: 1,
             queued_bytes: 0,
+            held: 0,
             queue_limit,
             client_queue_limit,
             max_session: usize::MAX,
@@ -385,6 +390,7 @@ impl State {
         }
         client.queue_bytes += body.len();
         self.queued_bytes += body.len();
+        self.held += 1;
         client.queue.push_back(Pending {
             kind,
             body,
@@ -415,6 +421,7 @@ impl State {
         let Some(event) = client.queue.pop_front() else {
             return;
         };
+        self.held -= 1;
         client.queue_bytes -= event.body.len();
         if client.queue.is_empty() {
             // Idle clients hold no queue buffer.
@@ -571,6 +578,7 @@ impl State {
         };
         self.connected -= 1;
         self.queued_bytes -= c.queue_bytes;
+        self.held -= c.queue.len();
         if let Some(f) = c.inflight {
             self.queued_bytes -= f.event.body.len();
             if let Some(link) = self.links.get_mut(&f.link) {
@@ -623,6 +631,7 @@ impl State {
                 if let Some(f) = c.inflight.take() {
                     c.queue_bytes += f.event.body.len();
                     c.queue.push_front(f.event);
+                    self.held += 1;
                     requeued.push(*conn);
                 }
             }
@@ -671,12 +680,22 @@ impl State {
 
     /// Events waiting in client queues (not yet at a worker).
     pub fn held_events(&self) -> usize {
-        self.clients.values().map(|c| c.queue.len()).sum()
+        // Every test that runs a gateway built with debug assertions checks the count.
+        debug_assert_eq!(
+            self.held,
+            self.clients.values().map(|c| c.queue.len()).sum::<usize>(),
+            "held events miscounted"
+        );
+        self.held
     }
 
     /// Rejects events that waited longer than `timeout` for a worker. Returns messages
     /// to log.
     pub fn expire_held(&mut self, timeout: Duration, counters: &Counters) -> Vec<String> {
+        if self.held == 0 {
+            // Nothing waits: no client to visit (this runs every tick, under the lock).
+            return Vec::new();
+        }
         let now = Instant::now();
         let mut log = Vec::new();
         let mut remove = Vec::new();
@@ -686,6 +705,7 @@ impl State {
             }
             let dropped = c.queue.len();
             let had_connect = c.queue.iter().any(|e| e.kind == EventKind::Connect);
+            self.held -= dropped;
             self.queued_bytes -= c.queue_bytes;
             c.queue.clear();
             c.queue_bytes = 0;
@@ -1386,7 +1406,11 @@ mod tests {
         f.state
             .client_message(id.connection, "hello".into(), false, &f.counters)
             .unwrap();
+        // Held without a worker: the connect and the line (`held_events` checks its
+        // running count against the queues in debug builds).
+        assert_eq!(f.state.held_events(), 2);
         let (w1, mut rx1) = f.worker();
+        assert_eq!(f.state.held_events(), 1, "the connect went out");
         let (w2, mut rx2) = f.worker();
         let connect = decode_event(&rx1.try_recv().unwrap());
         f.state.ack(w1, connect.seq, id, &f.counters);
@@ -1394,6 +1418,7 @@ mod tests {
         assert_eq!(hello.body, "hello");
         // w1 dies before acknowledging: the event moves to w2.
         assert_eq!(f.state.link_closed(w1, &f.counters), 1);
+        assert_eq!(f.state.held_events(), 0, "re-queued, then sent to w2");
         let again = decode_event(&rx2.try_recv().unwrap());
         assert_eq!(
             (again.kind, again.body),
@@ -1404,6 +1429,7 @@ mod tests {
             .client_message(id.connection, "second".into(), false, &f.counters)
             .unwrap();
         assert!(rx2.try_recv().is_err(), "one event in flight per client");
+        assert_eq!(f.state.held_events(), 1);
         let queued = f.state.queued_bytes;
         // A late ack from the dead link is ignored: the event stays in flight on w2, so
         // the next one is not released and nothing is counted as done.
@@ -1419,6 +1445,7 @@ mod tests {
         // w2's own ack is what releases it.
         f.state.ack(w2, again.seq, id, &f.counters);
         assert_eq!(decode_event(&rx2.try_recv().unwrap()).body, "second");
+        assert_eq!(f.state.held_events(), 0);
     }
 
     #[test]
@@ -1663,9 +1690,15 @@ mod tests {
         f.state
             .client_message(id.connection, "x".into(), false, &f.counters)
             .unwrap();
+        assert_eq!(f.state.held_events(), 2);
         let log = f.state.expire_held(Duration::ZERO, &f.counters);
         assert_eq!(log.len(), 1);
         assert_eq!(f.counters.rejected.load(Ordering::Relaxed), 2);
+        assert_eq!(f.state.held_events(), 0);
+        assert!(
+            f.state.expire_held(Duration::ZERO, &f.counters).is_empty(),
+            "nothing held, nothing to expire"
+        );
         assert!(matches!(rx.try_pop(), Some(d) if d.starts_with(b"error: no worker")));
     }
 
