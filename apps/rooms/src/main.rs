@@ -45,7 +45,12 @@ impl Events for Rooms {
             "/join" if valid_name(rest) => {
                 ctx.join_group(rest).await?;
                 let text = format!("{me} joined {rest}");
-                ctx.gateway().send_to_group(&[rest], text, &[]).await?;
+                // Counted: it returns once every gateway has queued the announcement,
+                // so it reaches the room before anyone who joins after this reply
+                // (a plain send could reach another gateway after them).
+                ctx.gateway()
+                    .send_to_group_counted(&[rest], text, &[])
+                    .await?;
                 // `ctx.groups()` has the new room already, with the earlier ones.
                 let rooms = ctx.groups().join(", ");
                 ctx.reply(format!("your rooms: {rooms}")).await?;
@@ -56,9 +61,12 @@ impl Events for Rooms {
             }
             "/leave" if ctx.in_group(rest) => {
                 ctx.leave_group(rest).await?;
-                ctx.reply(format!("you left {rest}")).await?;
                 let text = format!("{me} left {rest}");
-                ctx.gateway().send_to_group(&[rest], text, &[]).await?;
+                // Counted, before the reply: as for `/join`.
+                ctx.gateway()
+                    .send_to_group_counted(&[rest], text, &[])
+                    .await?;
+                ctx.reply(format!("you left {rest}")).await?;
             }
             "/leave" => {
                 ctx.reply(format!("no such room for you: {rest:?}")).await?;
