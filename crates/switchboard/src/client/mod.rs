@@ -163,7 +163,9 @@ pub enum ApiError {
         /// The configured timeout (`worker.query_timeout`).
         timeout: Duration,
     },
-    /// The connection to a gateway was lost while waiting.
+    /// The connection to a gateway was lost while waiting — or, for a query gathered
+    /// from every gateway, a gateway discovery follows had no connection and did not
+    /// get one back within `worker.query_timeout`.
     #[error("connection to gateway {gateway} at {addr} was lost")]
     Disconnected {
         /// Gateway number.
