@@ -227,15 +227,7 @@ async fn every_api_call_across_two_gateways() {
     ));
 
     // A gateway that does not answer makes a query fail with its name, not hang.
-    let stats = switchboard::stats::read_all(&d.config().run_dir());
-    let frozen = stats
-        .iter()
-        .find(|s| {
-            s.role == "gateway"
-                && s.detail.get("number").and_then(|v| v.as_u64()) == Some(b.gateway as u64)
-        })
-        .unwrap()
-        .pid;
+    let frozen = d.gateway_pid(b.gateway);
     unsafe { libc::kill(frozen as i32, libc::SIGSTOP) };
     let started = std::time::Instant::now();
     let err = api.all_client_count().await.unwrap_err();
@@ -276,14 +268,7 @@ async fn a_query_over_all_gateways_names_one_whose_link_is_down() {
     let n = clients.len() as u64;
     assert_eq!(api.all_client_count().await.unwrap(), n);
     let stopped = clients[0].0.gateway;
-    let pid = switchboard::stats::read_all(&d.config().run_dir())
-        .iter()
-        .find(|s| {
-            s.role == "gateway"
-                && s.detail.get("number").and_then(|v| v.as_u64()) == Some(stopped as u64)
-        })
-        .unwrap()
-        .pid;
+    let pid = d.gateway_pid(stopped);
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     // Its link times out (1 s); its store entry (5 s) is still there.
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
@@ -519,19 +504,8 @@ async fn sends_to_a_stalled_gateway_time_out_naming_it() {
     let d = Deployment::start(chat().gateways(2));
     let api = d.api().await;
     let gateways = api.gateways();
-    let stats = switchboard::stats::read_all(&d.config().run_dir());
-    let pid_of = |number: u32| {
-        stats
-            .iter()
-            .find(|s| {
-                s.role == "gateway"
-                    && s.detail.get("number").and_then(|v| v.as_u64()) == Some(number as u64)
-            })
-            .map(|s| s.pid)
-            .unwrap()
-    };
     let (live, frozen) = (gateways[0], gateways[1]);
-    let frozen_pid = pid_of(frozen);
+    let frozen_pid = d.gateway_pid(frozen);
     d.note(&format!("SIGSTOP gateway {frozen} (pid {frozen_pid})"));
     unsafe { libc::kill(frozen_pid as i32, libc::SIGSTOP) };
     // Broadcasts fill the stopped gateway's socket buffers, then its link's queue;

@@ -455,18 +455,6 @@ fn ring(talkers: Vec<Talker>) -> Vec<(Talker, ClientId)> {
         .collect()
 }
 
-/// The pid of the running gateway whose gateway number is `number`.
-fn gateway_pid(d: &Deployment, number: u32) -> u32 {
-    stats::read_all(&d.config().run_dir())
-        .into_iter()
-        .find(|s| {
-            s.role == "gateway"
-                && s.detail.get("number").and_then(|v| v.as_u64()) == Some(u64::from(number))
-        })
-        .map(|s| s.pid)
-        .unwrap_or_else(|| panic!("no running gateway has number {number}"))
-}
-
 /// Waits until no process of `pids` is alive (`/proc` says so; a zombie is dead);
 /// fails the test, naming the survivors, after `within`.
 fn wait_gone(pids: &[u32], within: Duration) {
@@ -518,7 +506,7 @@ async fn sigkill_of_a_gateway_under_load_cuts_only_its_own_clients() {
     for (k, t) in victims.into_iter().enumerate() {
         plan.push((t, survivor_ids[k % survivor_ids.len()]));
     }
-    let victim_pid = gateway_pid(&d, victim);
+    let victim_pid = d.gateway_pid(victim);
     let load = Load::start(plan, pace());
     load.wait_acked(200, WAIT).await;
 
@@ -981,7 +969,7 @@ async fn a_browsers_private_message_to_a_client_of_a_gateway_that_dies_gets_an_e
         }
     }
     let telnet = telnet.expect("a telnet user on the browser's other gateway");
-    let victim = gateway_pid(&d, telnet.id.gateway);
+    let victim = d.gateway_pid(telnet.id.gateway);
     // Its gateway hangs while the worker asks it to deliver, then dies.
     assert!(switchboard::process::signal(victim, libc::SIGSTOP));
     browser.say_to(telnet.id, &telnet.name, "psst").await;

@@ -589,6 +589,19 @@ impl Deployment {
             .unwrap_or(0)
     }
 
+    /// The pid of the running gateway whose gateway number is `number` (from the
+    /// gateways' statistics files); fails the test when none has it.
+    pub fn gateway_pid(&self, number: u32) -> u32 {
+        stats::read_all(&self.config.run_dir())
+            .into_iter()
+            .find(|s| {
+                s.role == "gateway"
+                    && s.detail.get("number").and_then(|v| v.as_u64()) == Some(u64::from(number))
+            })
+            .map(|s| s.pid)
+            .unwrap_or_else(|| panic!("no running gateway has number {number}"))
+    }
+
     /// Pids of the running gateways or workers, from the supervisor's state file.
     pub fn pids(&self, role: ChildRole) -> Vec<u32> {
         let state = supervisor::read_state(&self.config).unwrap_or_else(|| {
