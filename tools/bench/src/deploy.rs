@@ -241,15 +241,16 @@ impl Deployment {
             .sum()
     }
 
+    /// The supervisor's `run/supervisor.json`, if it can be read.
+    fn supervisor_state(&self) -> Option<SupervisorState> {
+        let path = self.run_dir()?.join("supervisor.json");
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// Pids of the running processes of a role (`gateway` / `worker`).
     pub fn pids(&self, role: &str) -> Vec<u32> {
-        let Some(path) = self.run_dir().map(|d| d.join("supervisor.json")) else {
-            return vec![];
-        };
-        let Some(state) = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<SupervisorState>(&b).ok())
-        else {
+        let Some(state) = self.supervisor_state() else {
             return vec![];
         };
         state
@@ -264,13 +265,7 @@ impl Deployment {
     /// role and its slot index, so a worker replaced by a reload keeps its name) —
     /// with its current pid, from `run/supervisor.json`. Empty if it cannot be read.
     pub fn processes(&self) -> Vec<(String, u32)> {
-        let Some(path) = self.run_dir().map(|d| d.join("supervisor.json")) else {
-            return vec![];
-        };
-        let Some(state) = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<SupervisorState>(&b).ok())
-        else {
+        let Some(state) = self.supervisor_state() else {
             return vec![];
         };
         let mut out = vec![("supervisor".to_string(), state.pid)];
