@@ -75,6 +75,11 @@ struct DbSection {
 /// every listener and the largest session fit in `gateway.max_internal_frame` with it.
 pub const EVENT_HEADROOM: usize = 4096;
 
+/// The longest client silence a gateway measures (`heartbeat.interval` ×
+/// `heartbeat.idle_intervals`, checked by [`Config::validate`]): the gateway keeps
+/// when each client was last seen in 32 bits of centiseconds.
+pub const MAX_SILENCE: Duration = Duration::from_secs(180 * 24 * 3600);
+
 fn default_name() -> String {
     "switchboard".into()
 }
@@ -984,6 +989,12 @@ impl Config {
                     "must be greater than zero",
                 ));
             }
+            if hb.interval.saturating_mul(hb.idle_intervals) > MAX_SILENCE {
+                return Err(invalid(
+                    &key("heartbeat.idle_intervals"),
+                    "interval × idle_intervals is over 180 days, the longest silence a gateway measures",
+                ));
+            }
             if !websocket && hb.ping.as_deref() == Some("frame") {
                 return Err(invalid(
                     &key("heartbeat.ping"),
@@ -1022,6 +1033,12 @@ impl Config {
             return Err(invalid(
                 "gateway.max_internal_frame",
                 "must be at least 1024 bytes",
+            ));
+        }
+        if u32::try_from(self.gateway.outbound_limit).is_err() {
+            return Err(invalid(
+                "gateway.outbound_limit",
+                "must be at most 4294967295 bytes (4 GiB)",
             ));
         }
         if self.gateway.max_session < 64 {
@@ -1327,6 +1344,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("gateway.max_session"), "{msg}");
+        let msg = Config::from_toml("[gateway]\noutbound_limit = 4294967296", None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("gateway.outbound_limit"), "{msg}");
+        let msg = Config::from_toml(
+            "[gateway.heartbeat]\ninterval = \"86400s\"\nidle_intervals = 181",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("heartbeat.idle_intervals"), "{msg}");
         let msg = Config::from_toml("[gateway]\nlink_queue_limit = 1000", None)
             .unwrap_err()
             .to_string();

@@ -149,7 +149,7 @@ async fn open(
         }
     } else {
         shared.lock().add_client(
-            &peer.to_string(),
+            peer,
             listener.meta.clone(),
             out.clone(),
             Opening::Connect,
@@ -232,7 +232,7 @@ async fn upgrade(
     };
     let (tx, mut rx) = oneshot::channel();
     let id = shared.lock().add_client(
-        &peer.to_string(),
+        peer,
         listener.meta.clone(),
         out.clone(),
         Opening::WebSocket {
