@@ -19,6 +19,13 @@ use tokio::net::TcpStream;
 
 /// Largest read from a socket at once.
 pub const READ_CHUNK: usize = 16 << 10;
+thread_local! {
+    /// Where a plain TCP read lands before its bytes are appended to the client's
+    /// buffer (one per thread: a read never waits while holding it).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
 /// What a TLS read reserves while nothing is buffered (grown while a message arrives).
 const TLS_IDLE_READ: usize = 512;
 
@@ -45,8 +52,10 @@ impl ClientStream {
     /// Waits for data and appends what is there to `buf`; `Ready(Ok(0))` at the end of
     /// the stream.
     ///
-    /// On TCP the buffer grows only once the socket is readable, and an empty buffer is
-    /// released after a spurious wake-up, so an idle client costs no buffer.
+    /// On TCP the bytes are read on the stack and appended, so the buffer grows by what
+    /// came and never by a whole read chunk: an idle client costs no buffer, one in a
+    /// WebSocket handshake costs its request, and a message split from the buffer
+    /// keeps no spare room alive.
     pub fn poll_read_some(
         &mut self,
         cx: &mut Context<'_>,
@@ -55,14 +64,17 @@ impl ClientStream {
         match self {
             ClientStream::Tcp(tcp) => loop {
                 ready!(tcp.poll_read_ready(cx))?;
-                buf.reserve(READ_CHUNK);
-                match tcp.try_read_buf(buf) {
+                // Read into the thread's scratch buffer and keep only what came: the
+                // buffer (and every message split from it, until its event is done)
+                // holds the bytes read, not a whole read chunk per client.
+                let read: io::Result<usize> = SCRATCH.with_borrow_mut(|scratch| {
+                    let n = tcp.try_read(&mut scratch[..])?;
+                    buf.extend_from_slice(&scratch[..n]);
+                    Ok(n)
+                });
+                match read {
                     Ok(n) => return Poll::Ready(Ok(n)),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
@@ -154,4 +166,42 @@ pub type LinkStream = Box<dyn LinkIo>;
 /// Sets `TCP_NODELAY` (messages are small and latency matters); a failure is harmless.
 pub fn nodelay(s: &TcpStream) {
     let _ = s.set_nodelay(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A read keeps what came and no spare room: every message split from the buffer
+    /// shares its allocation until the message's event is done, and a WebSocket
+    /// handshake's buffer is freed after it (it used to be a whole read chunk, 16 KiB,
+    /// per read).
+    #[tokio::test]
+    async fn a_read_keeps_only_what_came() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut stream = ClientStream::Tcp(socket);
+        peer.write_all(b"hello\n").await.unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(stream.read_some(&mut buf).await.unwrap(), 6);
+        assert_eq!(&buf[..], b"hello\n");
+        assert!(buf.capacity() < 1024, "{} bytes reserved", buf.capacity());
+        // A second read appends.
+        peer.write_all(b"world\n").await.unwrap();
+        assert_eq!(stream.read_some(&mut buf).await.unwrap(), 6);
+        assert_eq!(&buf[..], b"hello\nworld\n");
+        // More than one chunk arrives over several reads, whole.
+        let big = vec![7u8; 3 * READ_CHUNK + 5];
+        peer.write_all(&big).await.unwrap();
+        drop(peer);
+        let mut got = BytesMut::new();
+        while stream.read_some(&mut got).await.unwrap() > 0 {}
+        assert_eq!(got.len(), big.len());
+        assert!(got.iter().all(|&b| b == 7));
+    }
 }
