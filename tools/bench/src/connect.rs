@@ -175,6 +175,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     let hold = Duration::from_secs_f64(p.hold.max(1.5));
     tokio::time::sleep(hold).await;
     let rss = d.gateway_rss();
+    let pss = d.gateway_pss();
     let reported = d.gateway_clients();
 
     kids.go().await?;
@@ -193,6 +194,8 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("connect_p99_ms", latency.quantile(0.99) as f64 / 1e3),
         ("gateway_rss_mib", rss as f64 / (1 << 20) as f64),
         ("rss_bytes_per_client", per(rss).round()),
+        ("gateway_pss_mib", pss as f64 / (1 << 20) as f64),
+        ("pss_bytes_per_client", per(pss).round()),
         (
             "added_bytes_per_client",
             per(rss.saturating_sub(baseline)).round(),

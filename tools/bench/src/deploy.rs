@@ -295,6 +295,15 @@ impl Deployment {
             .sum()
     }
 
+    /// Sum of the gateways' proportional resident memory (`Pss`), in bytes: what the
+    /// gateways take of the machine together, the executable's pages counted once.
+    pub fn gateway_pss(&self) -> u64 {
+        self.pids("gateway")
+            .into_iter()
+            .map(crate::procinfo::pss_bytes)
+            .sum()
+    }
+
     /// What a started deployment logged.
     pub fn log(&self) -> String {
         self.started

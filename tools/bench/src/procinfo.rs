@@ -15,9 +15,22 @@ pub fn rss_anon_bytes(pid: u32) -> u64 {
     status_bytes(pid, "RssAnon:")
 }
 
+/// Proportional resident memory of `pid` in bytes (`Pss` of
+/// `/proc/PID/smaps_rollup`: each shared page divided among the processes that map
+/// it), so that the sum over several processes of one executable counts its pages
+/// once; 0 if gone.
+pub fn pss_bytes(pid: u32) -> u64 {
+    kb_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
 /// A `kB` field of `/proc/PID/status`, in bytes; 0 if gone.
 fn status_bytes(pid: u32, field: &str) -> u64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    kb_field(&format!("/proc/{pid}/status"), field)
+}
+
+/// A `NAME: N kB` field of a `/proc` file, in bytes; 0 if gone.
+fn kb_field(path: &str, field: &str) -> u64 {
+    let Ok(text) = std::fs::read_to_string(path) else {
         return 0;
     };
     text.lines()
@@ -145,6 +158,7 @@ mod tests {
         let me = std::process::id();
         assert!(rss_bytes(me) > 0);
         assert!(rss_anon_bytes(me) > 0 && rss_anon_bytes(me) <= rss_bytes(me));
+        assert!(pss_bytes(me) > 0 && pss_bytes(me) <= rss_bytes(me) + (1 << 20));
         let mut x = 0u64;
         for i in 0..5_000_000u64 {
             x = x.wrapping_add(i * i);
@@ -152,5 +166,6 @@ mod tests {
         assert!(x > 0);
         assert!(cpu_seconds(me) >= 0.0);
         assert_eq!(rss_bytes(u32::MAX), 0);
+        assert_eq!(pss_bytes(u32::MAX), 0);
     }
 }
