@@ -62,22 +62,20 @@ impl ClientStream {
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
         match self {
-            ClientStream::Tcp(tcp) => loop {
-                ready!(tcp.poll_read_ready(cx))?;
+            ClientStream::Tcp(tcp) => {
                 // Read into the thread's scratch buffer and keep only what came: the
                 // buffer (and every message split from it, until its event is done)
-                // holds the bytes read, not a whole read chunk per client.
-                let read: io::Result<usize> = SCRATCH.with_borrow_mut(|scratch| {
-                    let n = tcp.try_read(&mut scratch[..])?;
-                    buf.extend_from_slice(&scratch[..n]);
-                    Ok(n)
-                });
-                match read {
-                    Ok(n) => return Poll::Ready(Ok(n)),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            },
+                // holds the bytes read, not a whole read chunk per client. Through
+                // `poll_read`, which takes a short read as the socket drained: the
+                // next read waits for readiness instead of costing a system call
+                // that says `EAGAIN`.
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let mut read = ReadBuf::new(&mut scratch[..]);
+                    ready!(Pin::new(tcp).poll_read(cx, &mut read))?;
+                    buf.extend_from_slice(read.filled());
+                    Poll::Ready(Ok(read.filled().len()))
+                })
+            }
             ClientStream::Tls(tls) => {
                 buf.reserve(if buf.is_empty() {
                     TLS_IDLE_READ
