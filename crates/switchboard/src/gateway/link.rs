@@ -189,7 +189,10 @@ pub async fn serve(
                 shared.lock().command(cmd, &shared.counters);
             }
             Ok(Frame::Query { id, query }) => {
-                let reply = shared.lock().query(query, &shared.counters);
+                let answer = shared.lock().query(query, &shared.counters);
+                // Sorted and formatted once the state's lock is released (the guard
+                // is a temporary of the statement above).
+                let reply = answer.finish();
                 let max = shared.config.max_internal_frame;
                 for frame in internal::reply_frames(id, reply, max) {
                     if !tx.send(frame) {

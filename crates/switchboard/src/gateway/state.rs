@@ -327,6 +327,66 @@ pub struct State {
     epoch: Instant,
 }
 
+/// A query's answer as read under the state lock. [`Answer::finish`] makes the
+/// reply (sorts the lists, formats the client rows) after the lock is released: a
+/// list of 19,000 clients held the lock 9 ms when it was all done under it.
+#[derive(Debug)]
+pub enum Answer {
+    /// The reply, its lists not sorted yet.
+    Ready(Reply),
+    /// The rows of [`Query::Clients`].
+    Clients(Vec<ClientRow>),
+}
+
+/// A client's row of [`Query::Clients`], as read under the lock.
+#[derive(Debug)]
+pub struct ClientRow {
+    client: ClientId,
+    addr: SocketAddr,
+    listener: Arc<ListenerMeta>,
+    uid: Option<String>,
+    groups: Vec<String>,
+    idle_ms: u64,
+}
+
+impl Answer {
+    /// The reply, its lists in order (by client id, or by name).
+    pub fn finish(self) -> Reply {
+        match self {
+            Answer::Ready(mut reply) => {
+                match &mut reply {
+                    Reply::ClientIds(v) => v.sort_unstable(),
+                    Reply::Strings(v) => v.sort_unstable(),
+                    Reply::Sessions(v) => v.sort_unstable_by_key(|(k, _)| *k),
+                    Reply::Clients(v) => v.sort_unstable_by_key(|i| i.client),
+                    Reply::Bool(_)
+                    | Reply::Count(_)
+                    | Reply::OptString(_)
+                    | Reply::OptBytes(_)
+                    | Reply::Error(_) => {}
+                }
+                reply
+            }
+            Answer::Clients(mut rows) => {
+                rows.sort_unstable_by_key(|r| r.client);
+                Reply::Clients(
+                    rows.into_iter()
+                        .map(|r| ClientInfo {
+                            client: r.client,
+                            addr: r.addr.to_string(),
+                            listener: r.listener.name.clone(),
+                            protocol: r.listener.protocol,
+                            uid: r.uid,
+                            groups: r.groups,
+                            idle_ms: r.idle_ms,
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
 /// Why an event was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejected {
@@ -1151,22 +1211,22 @@ impl State {
     // ---- queries --------------------------------------------------------------------
 
     /// Answers a query about this gateway's clients.
-    pub fn query(&mut self, q: Query, counters: &Counters) -> Reply {
+    pub fn query(&mut self, q: Query, counters: &Counters) -> Answer {
         if let Query::Counted(cmd) = q {
-            return Reply::Count(self.command(cmd, counters) as u64);
+            return Answer::Ready(Reply::Count(self.command(cmd, counters) as u64));
         }
         let id = |conn: u64| ClientId::new(self.number, conn);
         let members = |index: &HashMap<String, HashSet<u64>>, key: &str| -> Vec<ClientId> {
-            let mut v: Vec<ClientId> = index
+            index
                 .get(key)
                 .into_iter()
                 .flatten()
                 .map(|c| id(*c))
-                .collect();
-            v.sort();
-            v
+                .collect()
         };
-        match q {
+        // Only what must be read under the lock is done here: the lists are sorted,
+        // and the client rows formatted, by `Answer::finish` once it is released.
+        Answer::Ready(match q {
             Query::IsOnline(c) => Reply::Bool(self.out_of(c).is_some()),
             Query::ClientIdsByUid(uid) => Reply::ClientIds(members(&self.uids, &uid)),
             Query::UidByClientId(c) => Reply::OptString(
@@ -1182,26 +1242,16 @@ impl State {
             // against max_clients), which are no clients of the application yet.
             Query::AllClientCount => Reply::Count((self.connected - self.upgrades.len()) as u64),
             Query::AllClientIds => {
-                let mut v: Vec<ClientId> = self.live().map(|(k, _)| id(k)).collect();
-                v.sort();
-                Reply::ClientIds(v)
+                Reply::ClientIds(sized(self.clients.len(), self.live().map(|(k, _)| id(k))))
             }
-            Query::AllUids => {
-                let mut v: Vec<String> = self.uids.keys().cloned().collect();
-                v.sort();
-                Reply::Strings(v)
-            }
-            Query::AllGroups => {
-                let mut v: Vec<String> = self.groups.keys().cloned().collect();
-                v.sort();
-                Reply::Strings(v)
-            }
+            Query::AllUids => Reply::Strings(self.uids.keys().cloned().collect()),
+            Query::AllGroups => Reply::Strings(self.groups.keys().cloned().collect()),
             Query::Sessions(group) => {
-                let mut v: Vec<(ClientId, Bytes)> = match group {
-                    None => self
-                        .live()
-                        .map(|(k, c)| (id(k), c.session_json().clone()))
-                        .collect(),
+                let v: Vec<(ClientId, Bytes)> = match group {
+                    None => sized(
+                        self.clients.len(),
+                        self.live().map(|(k, c)| (id(k), c.session_json().clone())),
+                    ),
                     Some(g) => self
                         .groups
                         .get(&g)
@@ -1214,7 +1264,6 @@ impl State {
                         })
                         .collect(),
                 };
-                v.sort_by_key(|(k, _)| *k);
                 Reply::Sessions(v)
             }
             Query::GetSession(c) => Reply::OptBytes(
@@ -1224,20 +1273,17 @@ impl State {
             ),
             Query::Clients => {
                 let now = self.now();
-                let mut v: Vec<ClientInfo> = self
-                    .live()
-                    .map(|(k, c)| ClientInfo {
+                return Answer::Clients(sized(
+                    self.clients.len(),
+                    self.live().map(|(k, c)| ClientRow {
                         client: id(k),
-                        addr: c.addr().to_string(),
-                        listener: c.listener.name.clone(),
-                        protocol: c.listener.protocol,
+                        addr: c.addr(),
+                        listener: c.listener.clone(),
                         uid: c.uid().map(str::to_owned),
                         groups: c.groups().iter().cloned().collect(),
                         idle_ms: c.last_seen.before(now).as_millis() as u64,
-                    })
-                    .collect();
-                v.sort_by_key(|i| i.client);
-                Reply::Clients(v)
+                    }),
+                ));
             }
             Query::UidsByGroup(g) => {
                 let uids: BTreeSet<&str> = self
@@ -1250,7 +1296,7 @@ impl State {
                 Reply::Strings(uids.into_iter().map(str::to_owned).collect())
             }
             Query::Counted(_) => Reply::Error("a counted command out of place".into()),
-        }
+        })
     }
 
     fn live(&self) -> impl Iterator<Item = (u64, &Client)> {
@@ -1311,6 +1357,14 @@ fn remove_from_index(index: &mut HashMap<String, HashSet<u64>>, key: &str, conn:
             index.remove(key);
         }
     }
+}
+
+/// Collects `items` into a vector allocated once for `at_most` of them (a filtered
+/// iterator's own hint would make it grow by doubling, under the state lock).
+fn sized<T>(at_most: usize, items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut v = Vec::with_capacity(at_most);
+    v.extend(items);
+    v
 }
 
 /// The worker link for a client's next event: the one it sticks to while that one
@@ -1396,7 +1450,7 @@ mod tests {
 
     impl State {
         fn query_for_test(&mut self, q: Query) -> Reply {
-            self.query(q, &Counters::default())
+            self.query(q, &Counters::default()).finish()
         }
     }
 
@@ -1717,6 +1771,19 @@ mod tests {
         f.state.link_closed(w1, &f.counters);
         let closed = t.elapsed();
         println!("19,000 idle clients: link_draining {draining:?}, link_closed {closed:?}");
+        for (name, q) in [
+            ("Clients", Query::Clients),
+            ("AllClientIds", Query::AllClientIds),
+            ("Sessions", Query::Sessions(None)),
+        ] {
+            let t = Instant::now();
+            let answer = f.state.query(q, &f.counters);
+            let held = t.elapsed();
+            let t = Instant::now();
+            drop(answer.finish());
+            let after = t.elapsed();
+            println!("19,000 idle clients: query {name} holds the state {held:?}, then {after:?} without it");
+        }
     }
 
     #[test]
