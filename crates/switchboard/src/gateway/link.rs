@@ -254,10 +254,18 @@ async fn write_loop(
         if sink.feed(first).await.is_err() {
             return;
         }
-        // Gather what else is ready into the same write.
-        while let Ok(more) = rx.try_recv() {
-            if sink.feed(more).await.is_err() {
-                return;
+        // Gather what else is ready into the same write: what is queued now, and,
+        // after one yield, what the tasks already woken add (the connections whose
+        // messages came in the same poll of the sockets: a woken task runs before
+        // them, so without the yield each write would carry one frame).
+        for round in 0..2 {
+            if round == 1 {
+                tokio::task::yield_now().await;
+            }
+            while let Ok(more) = rx.try_recv() {
+                if sink.feed(more).await.is_err() {
+                    return;
+                }
             }
         }
         if sink.flush().await.is_err() {
