@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 /// Largest read from a socket at once.
 pub const READ_CHUNK: usize = 16 << 10;
+
 thread_local! {
     /// Where a plain TCP read lands before its bytes are appended to the client's
     /// buffer (one per thread: a read never waits while holding it).
@@ -52,8 +53,8 @@ impl ClientStream {
     /// Waits for data and appends what is there to `buf`; `Ready(Ok(0))` at the end of
     /// the stream.
     ///
-    /// On TCP the bytes are read on the stack and appended, so the buffer grows by what
-    /// came and never by a whole read chunk: an idle client costs no buffer, one in a
+    /// On TCP the bytes are read into the thread's scratch buffer and appended, so the
+    /// buffer grows by what came and never by a whole read chunk: an idle client costs no buffer, one in a
     /// WebSocket handshake costs its request, and a message split from the buffer
     /// keeps no spare room alive.
     pub fn poll_read_some(
