@@ -1463,15 +1463,17 @@ mod tests {
         }
         fn client(&mut self) -> (ClientId, Outbound) {
             let out = Outbound::new(1 << 16);
-            let rx = out.clone();
-            let id = self.state.add_client(
-                "1.2.3.4:5".parse().unwrap(),
+            (self.text_client("1.2.3.4:5", out.clone()), out)
+        }
+        /// A telnet client from `addr` whose outbound queue is `out`.
+        fn text_client(&mut self, addr: &str, out: Outbound) -> ClientId {
+            self.state.add_client(
+                addr.parse().unwrap(),
                 text_listener(),
                 out,
                 Opening::Connect,
                 &self.counters,
-            );
-            (id, rx)
+            )
         }
         fn worker(&mut self) -> (u64, LinkRx) {
             let (tx, rx) = link_queue::channel(usize::MAX);
@@ -1605,14 +1607,7 @@ mod tests {
         for addr in ["1.2.3.4:5", "[2001:db8::1]:443", "[::ffff:10.0.0.1]:65535"] {
             let mut f = Fixture::new();
             let (_w, mut wrx) = f.worker();
-            let out = Outbound::new(1 << 16);
-            let id = f.state.add_client(
-                addr.parse().unwrap(),
-                text_listener(),
-                out,
-                Opening::Connect,
-                &f.counters,
-            );
+            let id = f.text_client(addr, Outbound::new(1 << 16));
             let connect = decode_event(&wrx.try_recv().unwrap());
             assert_eq!(connect.addr, addr);
             let Reply::Clients(list) = f.state.query_for_test(Query::Clients) else {
@@ -1872,13 +1867,7 @@ mod tests {
         let mut f = Fixture::new();
         let out = Outbound::new(10);
         let kill = out.clone();
-        let id = f.state.add_client(
-            "10.0.0.1:1".parse().unwrap(),
-            text_listener(),
-            out,
-            Opening::Connect,
-            &f.counters,
-        );
+        let id = f.text_client("10.0.0.1:1", out);
         f.state.command(
             Command::SendToClient {
                 client: id,
