@@ -246,10 +246,9 @@ async fn refuse(
     .await;
 }
 
-async fn write_loop(
-    mut sink: futures::stream::SplitSink<Framed<LinkStream, InternalCodec>, Bytes>,
-    mut rx: LinkRx,
-) {
+type LinkSink = futures::stream::SplitSink<Framed<LinkStream, InternalCodec>, Bytes>;
+
+async fn write_loop(mut sink: LinkSink, mut rx: LinkRx) {
     while let Some(first) = rx.recv().await {
         if sink.feed(first).await.is_err() {
             return;
@@ -258,20 +257,24 @@ async fn write_loop(
         // after one yield, what the tasks already woken add (the connections whose
         // messages came in the same poll of the sockets: a woken task runs before
         // them, so without the yield each write would carry one frame).
-        for round in 0..2 {
-            if round == 1 {
-                tokio::task::yield_now().await;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    return;
-                }
-            }
+        if !feed_ready(&mut sink, &mut rx).await {
+            return;
         }
-        if sink.flush().await.is_err() {
+        tokio::task::yield_now().await;
+        if !feed_ready(&mut sink, &mut rx).await || sink.flush().await.is_err() {
             return;
         }
     }
+}
+
+/// Feeds every frame queued now into the sink's buffer; false once the link fails.
+async fn feed_ready(sink: &mut LinkSink, rx: &mut LinkRx) -> bool {
+    while let Ok(more) = rx.try_recv() {
+        if sink.feed(more).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// A frame's name for logs.
