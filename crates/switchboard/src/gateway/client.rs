@@ -40,6 +40,9 @@ use crate::{ClientId, WebSocketRequest};
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads a connection makes in a row before it lets other tasks run.
 const READS_PER_TURN: usize = 16;
+/// Bytes queued for a client that go out at once, whatever `gateway.min_write_interval`
+/// says: waiting would not make the write any fewer.
+const FULL_WRITE: usize = 64 << 10;
 
 /// Serves one accepted connection until it ends; `place` counts it against
 /// `max_clients` until it is registered (or gone), `places` against the listener's and
@@ -165,6 +168,9 @@ async fn open(
     let protocol = listener.meta.protocol;
     metrics::client_connected(&listener.meta.name, protocol);
     tracing::debug!(client = %id, %peer, listener = %listener.meta.name, "client connected");
+    // Never written to: the first message goes out at once.
+    let last_write = millis_since(&shared, Instant::now())
+        .wrapping_sub(shared.config.min_write_interval.as_millis() as u32);
     Some(Conn {
         shared,
         listener: listener_place,
@@ -175,6 +181,8 @@ async fn open(
         out,
         paused: false,
         closing: None,
+        last_write,
+        pace: None,
         source: source_place.map(SourcePlace::keep),
     })
 }
@@ -403,6 +411,12 @@ fn forwarded_for(trusted: &[ipnet::IpNet], peer: SocketAddr, req: &HttpRequest) 
         .map(|ip| ip.to_string())
 }
 
+/// Milliseconds from the gateway's epoch to `at`, in 32 wrapping bits.
+fn millis_since(shared: &Shared, at: Instant) -> u32 {
+    // Truncated on purpose: only differences of recent times are used.
+    at.saturating_duration_since(shared.epoch).as_millis() as u32
+}
+
 /// A registered client's connection after its handshakes: the future that reads,
 /// decodes and writes until the connection ends, then unregisters the client.
 ///
@@ -424,6 +438,13 @@ struct Conn {
     paused: bool,
     /// Once closing: when the flush gives up (boxed: only closing clients have one).
     closing: Option<Pin<Box<Sleep>>>,
+    /// When the client was last written to, in milliseconds since the gateway's epoch
+    /// (wrapping after 49 days: a write seen as recent by the wrap is held once, for at
+    /// most `gateway.min_write_interval`). Kept only with that interval set.
+    last_write: u32,
+    /// With `gateway.min_write_interval`: when what is held back goes out (boxed, made
+    /// the first time something is held, and kept: it is reused for every batch).
+    pace: Option<Pin<Box<Sleep>>>,
     /// The source address whose per-address count it has a place in (none for
     /// loopback, trusted proxies or without per-address limits), given back on drop.
     source: Option<IpAddr>,
@@ -482,11 +503,19 @@ impl Conn {
                     self.closing = Some(Box::pin(tokio::time::sleep(flush)));
                 }
             }
-            let drained = match self.out.poll_write(cx, &mut self.io) {
-                Ok(Written::Drained) => true,
-                Ok(Written::Blocked) => false,
-                // The client is gone: nothing more can be written to it.
-                Err(_) => return Poll::Ready(self.server_reason(CloseReason::ClientClosed)),
+            let drained = if self.holds_back(cx) {
+                false
+            } else {
+                match self.out.poll_write(cx, &mut self.io) {
+                    Ok(Written::Idle) => true,
+                    Ok(Written::Drained) => {
+                        self.wrote();
+                        true
+                    }
+                    Ok(Written::Blocked) => false,
+                    // The client is gone: nothing more can be written to it.
+                    Err(_) => return Poll::Ready(self.server_reason(CloseReason::ClientClosed)),
+                }
             };
             if let Some(deadline) = self.closing.as_mut() {
                 // Closing: no more reading, the queue is written out, then the stream
@@ -535,6 +564,49 @@ impl Conn {
                 Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::ClientClosed),
             }
         }
+    }
+
+    /// Whether what is queued waits for `gateway.min_write_interval` to pass since the
+    /// last write (then the pacing timer is armed and wakes the task): only with the
+    /// interval set, something queued but less than [`FULL_WRITE`], and the connection
+    /// not closing.
+    fn holds_back(&mut self, cx: &mut Context<'_>) -> bool {
+        let interval = self.shared.config.min_write_interval;
+        if interval.is_zero() || self.closing.is_some() {
+            return false;
+        }
+        let queued = self.out.queued_bytes();
+        if queued == 0 || queued >= FULL_WRITE {
+            return false;
+        }
+        let now = Instant::now();
+        let since = u128::from(self.millis(now).wrapping_sub(self.last_write));
+        let Some(wait) = interval.as_millis().checked_sub(since).filter(|w| *w > 0) else {
+            return false;
+        };
+        let pace = match &mut self.pace {
+            // Armed for this batch already (woken by something else meanwhile).
+            Some(pace) if pace.deadline() > now => pace,
+            other => {
+                let deadline = now + Duration::from_millis(wait as u64);
+                let pace =
+                    other.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                pace.as_mut().reset(deadline);
+                pace
+            }
+        };
+        pace.as_mut().poll(cx).is_pending()
+    }
+
+    /// Notes a write, for `gateway.min_write_interval`.
+    fn wrote(&mut self) {
+        if !self.shared.config.min_write_interval.is_zero() {
+            self.last_write = self.millis(Instant::now());
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u32 {
+        millis_since(&self.shared, at)
     }
 
     /// The client's id.

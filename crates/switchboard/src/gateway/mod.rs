@@ -63,6 +63,8 @@ pub struct Shared {
     /// Lines per second for refused internal connections (a flood of garbage on the
     /// internal port must not flood the log).
     internal_log: limits::LogBudget,
+    /// What the connections' write times count from (`gateway.min_write_interval`).
+    epoch: tokio::time::Instant,
 }
 
 /// Refused internal connections logged one by one per second; the rest are summed up.
@@ -302,6 +304,7 @@ pub async fn run(
         per_source: Arc::new(limits::PerSource::new(&gw)),
         cuts: limits::CutLog::default(),
         internal_log: limits::LogBudget::new(INTERNAL_LOG_PER_SECOND),
+        epoch: tokio::time::Instant::now(),
     });
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();

@@ -11,7 +11,11 @@
 //!
 //! One task owns the connection ([`super::client`]); everything that wants something
 //! of it — data to write, a close, a cut-off, room again in its event queue — changes
-//! the state here and wakes that task through one [`AtomicWaker`].
+//! the state here and wakes that task through one [`AtomicWaker`]. Data wakes it only
+//! when it finds the queue empty: a queue with something in it is already the task's
+//! business (it is writing it, waiting for the socket to take more, or holding it back
+//! for `gateway.min_write_interval`), so a backlog of a thousand messages costs one
+//! wake-up, not a thousand.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -65,6 +69,8 @@ pub struct Closing {
 /// What [`Outbound::poll_write`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
+    /// Nothing was queued.
+    Idle,
     /// Everything queued has been written.
     Drained,
     /// The socket takes no more now; the task is woken when it does.
@@ -87,11 +93,14 @@ impl Queue {
         self.head.is_none()
     }
 
-    fn push(&mut self, data: Bytes) {
+    /// Queues `data`; returns whether the queue was empty before.
+    fn push(&mut self, data: Bytes) -> bool {
         if self.head.is_none() {
             self.head = Some(data);
+            true
         } else {
             self.rest.get_or_insert_with(Box::default).push_back(data);
+            false
         }
     }
 
@@ -212,9 +221,11 @@ impl Outbound {
             }
             return Push::CutOff;
         }
-        self.queue().push(data);
+        let was_empty = self.queue().push(data);
         metrics::outbound_queued(len);
-        self.inner.waker.wake();
+        if was_empty {
+            self.inner.waker.wake();
+        }
         Push::Queued
     }
 
@@ -224,7 +235,8 @@ impl Outbound {
     pub(super) fn push_own(&self, data: Bytes) {
         let len = data.len();
         self.inner.pending.fetch_add(len, Ordering::AcqRel);
-        self.queue().push(data);
+        // The connection's own task is the caller: nobody to wake.
+        let _ = self.queue().push(data);
         metrics::outbound_queued(len);
     }
 
@@ -319,6 +331,11 @@ impl Outbound {
         self.inner.limit as usize
     }
 
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.pending.load(Ordering::Acquire)
+    }
+
     /// Whether nothing waits to be written.
     pub fn is_empty(&self) -> bool {
         self.queue().is_empty()
@@ -344,9 +361,14 @@ impl Outbound {
         // The queue is locked while the socket takes the bytes: nothing is copied out
         // of it, and the only other users are pushers, which wait a syscall at most.
         let mut q = self.queue();
+        let mut wrote = false;
         loop {
             let Some(head) = q.head.as_ref() else {
-                return Ok(Written::Drained);
+                return Ok(if wrote {
+                    Written::Drained
+                } else {
+                    Written::Idle
+                });
             };
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             slices[0] = IoSlice::new(head);
@@ -361,6 +383,7 @@ impl Outbound {
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(Written::Blocked),
             };
+            wrote = true;
             q.advance(written);
             self.inner.pending.fetch_sub(written, Ordering::AcqRel);
             metrics::outbound_written(written);
@@ -539,5 +562,52 @@ mod tests {
         out.notify_drained();
         assert!(out.take_drained());
         assert!(!out.take_drained());
+    }
+
+    /// A waker that counts its wake-ups.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn data_wakes_the_task_only_when_the_queue_was_empty() {
+        let out = Outbound::new(1 << 20);
+        let count = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        out.register(&Context::from_waker(&waker));
+        for _ in 0..1000 {
+            assert_eq!(out.push(Bytes::from_static(b"line\n")), Push::Queued);
+            // The task polled meanwhile (say its socket is full, or it holds the
+            // queue back for `min_write_interval`) and registered again.
+            out.register(&Context::from_waker(&waker));
+        }
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "a backlog is one wake-up"
+        );
+        let mut sink = Sink {
+            got: Vec::new(),
+            chunk: 1 << 20,
+            full: false,
+            calls: 0,
+        };
+        assert_eq!(write_all(&out, &mut sink), Written::Drained);
+        assert_eq!(write_all(&out, &mut sink), Written::Idle);
+        out.register(&Context::from_waker(&waker));
+        out.push(Bytes::from_static(b"again\n"));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            2,
+            "written out, then data again"
+        );
+        // What is not data still wakes the task at once.
+        out.register(&Context::from_waker(&waker));
+        out.close();
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
     }
 }
