@@ -142,11 +142,13 @@ pub(crate) mod alloc_count {
 
     thread_local! {
         static COUNT: Cell<u64> = const { Cell::new(0) };
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
     }
 
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
             // SAFETY: forwarded unchanged to the system allocator.
             unsafe { System.alloc(layout) }
         }
@@ -170,5 +172,12 @@ pub(crate) mod alloc_count {
         let before = COUNT.with(Cell::get);
         let out = f();
         (COUNT.with(Cell::get) - before, out)
+    }
+
+    /// Runs `f`; returns the size of the largest allocation it made on this thread.
+    pub fn largest(f: impl FnOnce()) -> usize {
+        LARGEST.with(|l| l.set(0));
+        f();
+        LARGEST.with(Cell::get)
     }
 }

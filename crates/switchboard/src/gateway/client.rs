@@ -180,9 +180,9 @@ async fn open(
         codec: ClientCodec::new(protocol),
         out,
         paused: false,
-        closing: None,
+        closing: false,
         last_write,
-        pace: None,
+        timer: None,
         source: source_place.map(SourcePlace::keep),
     })
 }
@@ -411,6 +411,22 @@ fn forwarded_for(trusted: &[ipnet::IpNet], peer: SocketAddr, req: &HttpRequest) 
         .map(|ip| ip.to_string())
 }
 
+/// Sets the connection's timer to `deadline`, making it the first time.
+fn set_timer(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant) {
+    match timer {
+        Some(t) => t.as_mut().reset(deadline),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+    }
+}
+
+/// Polls the connection's timer (ready if there is none: nothing to wait for).
+fn poll_timer(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> Poll<()> {
+    match timer {
+        Some(t) => t.as_mut().poll(cx),
+        None => Poll::Ready(()),
+    }
+}
+
 /// Milliseconds from the gateway's epoch to `at`, in 32 wrapping bits.
 fn millis_since(shared: &Shared, at: Instant) -> u32 {
     // Truncated on purpose: only differences of recent times are used.
@@ -436,15 +452,17 @@ struct Conn {
     out: Outbound,
     /// Not reading: the client's event queue is over its bound (back-pressure).
     paused: bool,
-    /// Once closing: when the flush gives up (boxed: only closing clients have one).
-    closing: Option<Pin<Box<Sleep>>>,
+    /// Closing: what is queued is written out, nothing more is read.
+    closing: bool,
     /// When the client was last written to, in milliseconds since the gateway's epoch
     /// (wrapping after 49 days: a write seen as recent by the wrap is held once, for at
     /// most `gateway.min_write_interval`). Kept only with that interval set.
     last_write: u32,
-    /// With `gateway.min_write_interval`: when what is held back goes out (boxed, made
-    /// the first time something is held, and kept: it is reused for every batch).
-    pace: Option<Pin<Box<Sleep>>>,
+    /// The connection's one timer (boxed: made the first time it is needed, and kept):
+    /// once closing, when the flush gives up; before, with `gateway.min_write_interval`,
+    /// when what is held back goes out. One slot for both keeps `Conn` within its
+    /// task's 256 bytes (a test bounds it).
+    timer: Option<Pin<Box<Sleep>>>,
     /// The source address whose per-address count it has a place in (none for
     /// loopback, trusted proxies or without per-address limits), given back on drop.
     source: Option<IpAddr>,
@@ -491,7 +509,7 @@ impl Conn {
                 // Cut off for not reading: nothing more is written.
                 return Poll::Ready(CloseReason::SlowConsumer);
             }
-            if self.closing.is_none() {
+            if !self.closing {
                 if let Some(closing) = self.out.closing() {
                     if closing.goodbye {
                         let protocol = self.listener.meta.protocol;
@@ -500,7 +518,8 @@ impl Conn {
                         }
                     }
                     let flush = self.shared.config.flush_timeout;
-                    self.closing = Some(Box::pin(tokio::time::sleep(flush)));
+                    self.closing = true;
+                    set_timer(&mut self.timer, Instant::now() + flush);
                 }
             }
             let drained = if self.holds_back(cx) {
@@ -517,13 +536,13 @@ impl Conn {
                     Err(_) => return Poll::Ready(self.server_reason(CloseReason::ClientClosed)),
                 }
             };
-            if let Some(deadline) = self.closing.as_mut() {
+            if self.closing {
                 // Closing: no more reading, the queue is written out, then the stream
                 // is shut down — or, at the deadline, dropped as it is.
                 if drained && Pin::new(&mut self.io).poll_shutdown(cx).is_ready() {
                     return Poll::Ready(self.server_reason(CloseReason::ServerClose));
                 }
-                if deadline.as_mut().poll(cx).is_ready() {
+                if poll_timer(&mut self.timer, cx).is_ready() {
                     tracing::debug!(client = %self.id(), "gave up flushing to a closing client");
                     return Poll::Ready(self.server_reason(CloseReason::ServerClose));
                 }
@@ -572,7 +591,7 @@ impl Conn {
     /// not closing.
     fn holds_back(&mut self, cx: &mut Context<'_>) -> bool {
         let interval = self.shared.config.min_write_interval;
-        if interval.is_zero() || self.closing.is_some() {
+        if interval.is_zero() || self.closing {
             return false;
         }
         let queued = self.out.queued_bytes();
@@ -584,18 +603,11 @@ impl Conn {
         let Some(wait) = interval.as_millis().checked_sub(since).filter(|w| *w > 0) else {
             return false;
         };
-        let pace = match &mut self.pace {
-            // Armed for this batch already (woken by something else meanwhile).
-            Some(pace) if pace.deadline() > now => pace,
-            other => {
-                let deadline = now + Duration::from_millis(wait as u64);
-                let pace =
-                    other.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                pace.as_mut().reset(deadline);
-                pace
-            }
-        };
-        pace.as_mut().poll(cx).is_pending()
+        // Unless armed for this batch already (and woken by something else meanwhile).
+        if self.timer.as_ref().is_none_or(|t| t.deadline() <= now) {
+            set_timer(&mut self.timer, now + Duration::from_millis(wait as u64));
+        }
+        poll_timer(&mut self.timer, cx).is_pending()
     }
 
     /// Notes a write, for `gateway.min_write_interval`.
@@ -813,8 +825,31 @@ mod tests {
         }
         let size = future_size(serve);
         assert_eq!(size, std::mem::size_of::<Conn>());
-        // With its task's header and trailer, 256 bytes (tokio's task cell is aligned
-        // to 128): 96 of them tokio's, 8 the task tracker's.
-        assert!(size <= 152, "{size} bytes");
+        // What a client's task takes: tokio's task cell, aligned to 128 bytes, around
+        // the connection's future wrapped by the task tracker. In a release build 144
+        // bytes of `Conn` made a 256-byte task; 152 (the pacing timer in a slot of its
+        // own) made it 384, and the gateway's memory per idle client grew by as much
+        // (bench connect: 938 to 1,089 bytes net per client). Tokio's `TcpStream` is 8
+        // bytes larger in a debug build (so is the task there), so what is bounded in
+        // every build is what `Conn` holds besides the stream...
+        let ours = size - std::mem::size_of::<ClientStream>();
+        assert!(ours <= 112, "`Conn` holds {ours} bytes besides its stream");
+        // ...and the task itself in a release build, measured on the real future type
+        // (its handshake future only changes what a box points to):
+        // `cargo test --release -p switchboard --lib a_connection_future`.
+        if cfg!(not(debug_assertions)) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let tracker = tokio_util::task::TaskTracker::new();
+            let task = crate::alloc_count::largest(|| {
+                let _guard = rt.enter();
+                drop(tracker.spawn(Serving::<std::future::Pending<Option<Conn>>>::Ended));
+            });
+            assert!(
+                task <= 256,
+                "a client's task takes {task} bytes ({size} of them `Conn`)"
+            );
+        }
     }
 }
