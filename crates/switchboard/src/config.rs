@@ -194,7 +194,7 @@ pub struct GatewayConfig {
     /// when 64 KiB are waiting). It trades up to this much latency for fewer system
     /// calls when clients receive many messages a second (a busy room or game state):
     /// each write costs the gateway a system call, and on loopback the receiver's TCP
-    /// work too. At most 1 s.
+    /// work too. `0`, or from 1 ms to 1 s.
     #[serde(with = "humantime_serde")]
     pub min_write_interval: Duration,
     /// Most connections on the internal listener that have not authenticated yet;
@@ -1035,10 +1035,17 @@ impl Config {
                 "must be greater than zero",
             ));
         }
-        if self.gateway.min_write_interval > MAX_WRITE_INTERVAL {
+        let pacing = self.gateway.min_write_interval;
+        if pacing > MAX_WRITE_INTERVAL {
             return Err(invalid(
                 "gateway.min_write_interval",
                 "must be at most 1s (it delays messages by up to that much)",
+            ));
+        }
+        if !pacing.is_zero() && pacing < Duration::from_millis(1) {
+            return Err(invalid(
+                "gateway.min_write_interval",
+                "must be 0 (off) or at least 1ms (writes are timed in milliseconds)",
             ));
         }
         if self.gateway.max_unauthenticated == 0 {
@@ -1384,6 +1391,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("gateway.min_write_interval"), "{msg}");
+        let msg = Config::from_toml("[gateway]\nmin_write_interval = \"500us\"", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("gateway.min_write_interval") && msg.contains("at least 1ms"),
+            "{msg}"
+        );
         let paced = Config::from_toml("[gateway]\nmin_write_interval = \"10ms\"", None).unwrap();
         assert_eq!(paced.gateway.min_write_interval, Duration::from_millis(10));
     }
