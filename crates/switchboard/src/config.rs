@@ -1368,36 +1368,33 @@ mod tests {
             Config::from_toml(fits, None).unwrap().gateway.max_session,
             16384
         );
-        let msg = Config::from_toml("[gateway]\nmax_session = 10", None)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("gateway.max_session"), "{msg}");
-        let msg = Config::from_toml("[gateway]\noutbound_limit = 4294967296", None)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("gateway.outbound_limit"), "{msg}");
-        let msg = Config::from_toml(
-            "[gateway.heartbeat]\ninterval = \"86400s\"\nidle_intervals = 181",
-            None,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(msg.contains("heartbeat.idle_intervals"), "{msg}");
-        let msg = Config::from_toml("[gateway]\nlink_queue_limit = 1000", None)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("gateway.link_queue_limit"), "{msg}");
-        let msg = Config::from_toml("[gateway]\nmin_write_interval = \"1001ms\"", None)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("gateway.min_write_interval"), "{msg}");
-        let msg = Config::from_toml("[gateway]\nmin_write_interval = \"500us\"", None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("gateway.min_write_interval") && msg.contains("at least 1ms"),
-            "{msg}"
-        );
+        // Each refused with the key named (and, for the last, why).
+        for (toml, needles) in [
+            ("[gateway]\nmax_session = 10", &["gateway.max_session"][..]),
+            (
+                "[gateway]\noutbound_limit = 4294967296",
+                &["gateway.outbound_limit"],
+            ),
+            (
+                "[gateway.heartbeat]\ninterval = \"86400s\"\nidle_intervals = 181",
+                &["heartbeat.idle_intervals"],
+            ),
+            (
+                "[gateway]\nlink_queue_limit = 1000",
+                &["gateway.link_queue_limit"],
+            ),
+            (
+                "[gateway]\nmin_write_interval = \"1001ms\"",
+                &["gateway.min_write_interval"],
+            ),
+            (
+                "[gateway]\nmin_write_interval = \"500us\"",
+                &["gateway.min_write_interval", "at least 1ms"],
+            ),
+        ] {
+            let msg = Config::from_toml(toml, None).unwrap_err().to_string();
+            assert!(needles.iter().all(|n| msg.contains(n)), "{toml}: {msg}");
+        }
         let paced = Config::from_toml("[gateway]\nmin_write_interval = \"10ms\"", None).unwrap();
         assert_eq!(paced.gateway.min_write_interval, Duration::from_millis(10));
     }
