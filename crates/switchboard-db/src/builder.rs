@@ -28,10 +28,15 @@ impl Target {
         }
     }
 
+    /// The driver's futures are several KiB; boxed here, every terminal's
+    /// future (and so every handler that awaits one) stays a few hundred
+    /// bytes. A statement is a round trip to a server: one allocation is
+    /// nothing beside it, while a large future is copied whole each time the
+    /// future that holds it is moved (boxed, spawned), whatever branch runs.
     async fn run(&self, st: &Statement, mode: Mode) -> Result<Output, DbError> {
         match self {
-            Target::Instance(i) => i.run(st, mode).await,
-            Target::Tx(t) => t.run(st, mode).await,
+            Target::Instance(i) => Box::pin(i.run(st, mode)).await,
+            Target::Tx(t) => Box::pin(t.run(st, mode)).await,
         }
     }
 

@@ -280,7 +280,8 @@ impl Instance {
     /// Start a transaction by hand. Prefer [`transaction`](Self::transaction);
     /// a `Tx` dropped without `commit` is rolled back.
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        Tx::begin(self).await
+        // Boxed, as a statement's run is (`builder::Target::run`).
+        Box::pin(Tx::begin(self)).await
     }
 
     /// Run `f` in a transaction: committed when it returns `Ok`, rolled back
@@ -371,7 +372,7 @@ impl Instance {
 
     /// Check that the database answers (opens a connection if needed).
     pub async fn ping(&self) -> Result<(), DbError> {
-        with_pool!(self.pool(), p => ping_pool(self.name(), p).await)
+        with_pool!(self.pool(), p => Box::pin(ping_pool(self.name(), p)).await)
     }
 
     /// Close the pool: wait for connections in use, close them all. Later

@@ -111,9 +111,9 @@ impl Tx {
         let name = self.inner.instance.name();
         match conn {
             #[cfg(feature = "mysql")]
-            Some(TxConn::MySql(t)) => finish(name, t, true).await,
+            Some(TxConn::MySql(t)) => Box::pin(finish(name, t, true)).await,
             #[cfg(feature = "sqlite")]
-            Some(TxConn::Sqlite(t)) => finish(name, t, true).await,
+            Some(TxConn::Sqlite(t)) => Box::pin(finish(name, t, true)).await,
             // `None`: already finished (`_`, for builds without a driver).
             _ => Err(DbError::TxFinished),
         }
@@ -125,9 +125,9 @@ impl Tx {
         let name = self.inner.instance.name();
         match conn {
             #[cfg(feature = "mysql")]
-            Some(TxConn::MySql(t)) => finish(name, t, false).await,
+            Some(TxConn::MySql(t)) => Box::pin(finish(name, t, false)).await,
             #[cfg(feature = "sqlite")]
-            Some(TxConn::Sqlite(t)) => finish(name, t, false).await,
+            Some(TxConn::Sqlite(t)) => Box::pin(finish(name, t, false)).await,
             // `None`: already finished (`_`, for builds without a driver).
             _ => Err(DbError::TxFinished),
         }

@@ -36,8 +36,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -634,17 +636,17 @@ impl Statistic {
 
     /// Times `fut` (from the guard's creation to the future's end) and reports from its
     /// result: `Ok` is a success, `Err(e)` a failure with code [`ERROR`] and `e` as the
-    /// message. Returns the result unchanged.
-    pub async fn time<T, E: Display, F: Future<Output = Result<T, E>>>(
+    /// message. Returns the result unchanged. The future returned holds `fut` once (an
+    /// `async fn` would hold it twice: as its argument and while awaiting it); dropped
+    /// before `fut` ends, it reports like a guard dropped unreported.
+    pub fn time<T, E: Display, F: Future<Output = Result<T, E>>>(
         self,
         fut: F,
-    ) -> Result<T, E> {
-        let r = fut.await;
-        match &r {
-            Ok(_) => self.success(),
-            Err(e) => self.fail(ERROR, e),
+    ) -> impl Future<Output = Result<T, E>> {
+        Timed {
+            fut,
+            call: Some(self),
         }
-        r
     }
 
     fn finish(&mut self, ok: bool, code: i32, message: &str) {
@@ -664,6 +666,32 @@ impl Statistic {
                 message,
             );
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Statistic::time`]: `fut`, and the guard it reports to when
+    /// `fut` ends.
+    struct Timed<F> {
+        #[pin]
+        fut: F,
+        call: Option<Statistic>,
+    }
+}
+
+impl<T, E: Display, F: Future<Output = Result<T, E>>> Future for Timed<F> {
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.fut.poll(cx));
+        if let Some(call) = this.call.take() {
+            match &result {
+                Ok(_) => call.success(),
+                Err(e) => call.fail(ERROR, e),
+            }
+        }
+        Poll::Ready(result)
     }
 }
 

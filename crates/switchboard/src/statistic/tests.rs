@@ -102,6 +102,24 @@ async fn a_guard_dropped_by_a_panic_is_a_failure_with_the_panicked_code() {
     assert_eq!(batch.failures[1].code, UNREPORTED);
 }
 
+/// `time` holds the future it times once: an `async fn` holds its argument and,
+/// separately, the same future while awaiting it — twice the size, and a handler's
+/// future (copied whole each time it is boxed or spawned) with it.
+#[test]
+fn the_timed_future_holds_the_future_once() {
+    let big = async {
+        let buffer = [0u8; 4096];
+        tokio::task::yield_now().await;
+        Ok::<_, String>(buffer.len())
+    };
+    let inner = std::mem::size_of_val(&big);
+    let timed = std::mem::size_of_val(&Statistic::noop().time(big));
+    assert!(
+        timed <= inner + std::mem::size_of::<Statistic>() + 64,
+        "timing a future of {inner} bytes takes {timed}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_closure_form_reports_from_the_result() {
     let c = collector(Limits::default());
