@@ -175,8 +175,8 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     procs::wait_go().await?;
     let sessions = logins.sessions().await?;
     let mut lines: Vec<Option<Incoming>> = Vec::with_capacity(sessions.len());
-    // Writing halves stay open until the last result is out: a close is announced to
-    // all.
+    // Writing halves stay open until every child's last result is out (the
+    // release): a close is announced to all.
     let mut writers: Vec<Option<Writer>> = Vec::with_capacity(sessions.len());
     for s in sessions {
         lines.push(Some(s.lines));
@@ -189,6 +189,8 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         let out = measure(&p, &share, first, &mut lines, &mut writers).await?;
         procs::report("result", &out)?;
     }
+    // The other children may still be receiving: this one's clients leave after.
+    procs::wait_release().await;
     Ok(())
 }
 
@@ -292,6 +294,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<V
         figures.push(("login_workers_us", per_login("workers")));
         rounds.push(figures);
     }
+    kids.release().await;
     kids.wait().await;
     Ok(rounds)
 }

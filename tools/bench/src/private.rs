@@ -165,7 +165,7 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         ));
     }
     let mut total = Outcome::default();
-    // Writing halves stay open until the result is out.
+    // Writing halves stay open until every child's result is out (the release).
     let mut held = Vec::new();
     while let Some(joined) = senders.join_next().await {
         let (sent, lag, writer) = joined?;
@@ -181,6 +181,8 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     }
     total.cpu_s = procinfo::cpu_seconds(std::process::id()) - cpu_at_go;
     procs::report("result", &total)?;
+    // The other children may still be receiving: this one's clients leave after.
+    procs::wait_release().await;
     drop(held);
     Ok(())
 }
@@ -216,6 +218,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     // From go until every message arrived (or the grace ended): a backlog's work
     // counts too.
     let window = window.seconds();
+    kids.release().await;
     kids.wait().await;
     let mut total = Outcome::default();
     for o in &outcomes {

@@ -131,6 +131,17 @@ impl Children {
         Ok(())
     }
 
+    /// Lets every child close its connections and exit: sent once every child's last
+    /// result is in, so that no child's clients leave (every close is an event, and
+    /// the chat announces each to the room) while another child still measures.
+    pub async fn release(&mut self) {
+        for (_, stdin, _) in &mut self.kids {
+            // A child that is gone already has nothing to release.
+            let _ = stdin.write_all(b"release\n").await;
+            let _ = stdin.flush().await;
+        }
+    }
+
     /// Waits for every child to exit (they do after their result).
     pub async fn wait(mut self) {
         for (child, _, _) in &mut self.kids {
@@ -159,6 +170,17 @@ pub async fn wait_go() -> anyhow::Result<()> {
     match lines.next_line().await? {
         Some(l) if l.trim() == "go" => Ok(()),
         other => bail!("expected go from the parent, got {other:?}"),
+    }
+}
+
+/// Child side: waits for [`Children::release`] (or the parent's end) before the
+/// child closes its connections.
+pub async fn wait_release() {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "release" {
+            return;
+        }
     }
 }
 
