@@ -7,15 +7,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each stage's heading says when it began, so a slow CI run shows where its time went.
+stage() { echo "== $1 (at ${SECONDS}s)"; }
+
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 
 echo "== services: mysql=$SWITCHBOARD_TEST_MYSQL_URL redis=$SWITCHBOARD_TEST_REDIS_URL memcached=$SWITCHBOARD_TEST_MEMCACHED"
-echo "== cargo fmt --check"
+stage "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+stage "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== file-store-only build (cargo features)"
+stage "file-store-only build (cargo features)"
 # An application that uses only the file store — the rooms starter, whose manifest asks
 # for `file-store` alone — must build without the network store clients and the sqlx
 # drivers (docs/guide.md, "Trimming the build").
@@ -35,17 +38,18 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test "${trimmed[@]}" --test rooms -- --ignored
 fi
-echo "== tests"
+stage "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
     # nextest does not run doc-tests: every example of the rustdoc, the README and
     # docs/ (crates/doc-examples) is compiled here.
-    echo "== doc-tests"
+    stage "doc-tests"
     cargo test --workspace --doc --no-fail-fast
 else
     cargo test --workspace --no-fail-fast
 fi
 # Every decoder, fuzzed for 30 seconds from the corpus in fuzz/corpus/ (two targets at a
 # time; docs/fuzzing.md has the long runs).
-echo "== fuzz"
+stage "fuzz"
 scripts/fuzz.sh 30
+stage "done"
