@@ -674,26 +674,21 @@ fn encode_reply_frame(id: u64, reply: &Reply, last: bool) -> Bytes {
 ///
 /// The frame is written into a buffer kept by the thread and copied out at its size:
 /// one allocation per frame, where a buffer grown from nothing took one per doubling
-/// (seven for a chat line). A buffer grown past 64 KiB by a large frame is given
-/// back rather than kept.
+/// (seven for a chat line). A frame that grew the buffer past 64 KiB takes the buffer
+/// itself, uncopied, and the next frame starts a new one.
 pub fn encode_to_bytes(frame: &Frame) -> Bytes {
     thread_local! {
         static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
     }
-    SCRATCH.with(|scratch| {
-        let Ok(mut buf) = scratch.try_borrow_mut() else {
-            // Not reentrant today; were it ever, a buffer of its own.
-            let mut buf = BytesMut::new();
-            encode(frame, &mut buf);
-            return buf.freeze();
-        };
+    // `encode` never calls back here, so the buffer is never borrowed twice.
+    SCRATCH.with_borrow_mut(|buf| {
         buf.clear();
-        encode(frame, &mut buf);
-        let bytes = Bytes::copy_from_slice(&buf);
+        encode(frame, buf);
         if buf.capacity() > SCRATCH_KEPT {
-            *buf = BytesMut::new();
+            std::mem::take(buf).freeze()
+        } else {
+            Bytes::copy_from_slice(buf)
         }
-        bytes
     })
 }
 
@@ -1499,6 +1494,17 @@ mod tests {
         };
         let (allocations, _) = crate::alloc_count::count(|| encode_to_bytes(&ack));
         assert_eq!(allocations, 1, "an ack");
+        // A frame larger than the kept buffer takes it; the next starts afresh.
+        let large = Frame::Command(Command::SendToClient {
+            client: ClientId::new(1, 2),
+            data: PerProtocol::new("z".repeat(100 << 10)),
+        });
+        let mut expected_large = BytesMut::new();
+        encode(&large, &mut expected_large);
+        let expected_large = expected_large.freeze();
+        assert_eq!(encode_to_bytes(&large), expected_large);
+        assert_eq!(encode_to_bytes(&large), expected_large);
+        assert_eq!(encode_to_bytes(&frame), bytes);
     }
 
     #[test]
