@@ -142,7 +142,7 @@ impl Children {
         }
     }
 
-    /// Waits for every child to exit (they do after their result).
+    /// Waits for every child to exit (they do after their result, or once released).
     pub async fn wait(mut self) {
         for (child, _, _) in &mut self.kids {
             if tokio::time::timeout(Duration::from_secs(30), child.wait())
