@@ -358,15 +358,23 @@ pub fn after<'a>(message: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {
 /// Parses `SEQ MICROS` (two decimal numbers separated by a space; whatever follows the
 /// second, such as a JSON string's closing quote, is ignored).
 pub fn parse_seq_time(text: &[u8]) -> Option<(u64, u64)> {
-    let number = |t: &[u8]| -> Option<(u64, usize)> {
-        let digits = t.iter().take_while(|b| b.is_ascii_digit()).count();
-        let n = std::str::from_utf8(&t[..digits]).ok()?.parse().ok()?;
-        Some((n, digits))
-    };
-    let (seq, n) = number(text)?;
+    let (seq, n) = leading_number(text)?;
     let rest = text.get(n..)?.strip_prefix(b" ")?;
-    let (at, _) = number(rest)?;
+    let (at, _) = leading_number(rest)?;
     Some((seq, at))
+}
+
+/// The decimal number `text` starts with and its length in bytes; `None` without a
+/// digit or when it overflows a `u64`. (Read digit by digit: the generator parses two
+/// numbers per received line, beside the server it measures.)
+pub fn leading_number(text: &[u8]) -> Option<(u64, usize)> {
+    let mut n: u64 = 0;
+    let mut digits = 0;
+    for &b in text.iter().take_while(|b| b.is_ascii_digit()) {
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then_some((n, digits))
 }
 
 /// A public line to the client's room: `text` as a telnet line, or a browser `say` to
@@ -429,6 +437,10 @@ mod tests {
         assert_eq!(parse_seq_time(rest), Some((12, 1_700_000_000_000_000)));
         assert_eq!(after(line, b" said :b "), None);
         assert_eq!(parse_seq_time(b"x 1"), None);
+        assert_eq!(parse_seq_time(b"1 "), None);
+        assert_eq!(parse_seq_time(b"18446744073709551615 0\""), Some((u64::MAX, 0)));
+        assert_eq!(parse_seq_time(b"18446744073709551616 0"), None);
+        assert_eq!(leading_number(b"042x"), Some((42, 3)));
         let json = br#"{"content":"<b>privately to you: </b>p 7 1700000000000001","time":"x"}"#;
         let rest = after(json, b"privately to you: </b>p ").unwrap();
         assert_eq!(parse_seq_time(rest), Some((7, 1_700_000_000_000_001)));

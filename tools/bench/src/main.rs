@@ -125,6 +125,13 @@ pub struct Load {
     /// (3 s): use fewer (8) for 10,000 browsers in one room.
     #[arg(long, default_value_t = 64)]
     pub login_concurrency: usize,
+    /// Threads of each load-generator process's runtime; 0 (the default): one per
+    /// core. One thread spends 10–15 % less of the generator's CPU per message, but
+    /// the server's figures move with it (its writes wake a generator that waits more
+    /// often): compare runs only at the same setting (docs/BENCHMARKS.md, *The
+    /// generator's own cost*).
+    #[arg(long, default_value_t = 0)]
+    pub child_threads: usize,
     /// Runs (each on a fresh deployment); the median and spread are reported.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
@@ -163,9 +170,31 @@ struct ChildSpec {
     job: Job,
 }
 
+/// A runtime of `threads` threads (0: one per core, Tokio's default; 1: the current
+/// thread only).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        0 => tokio::runtime::Runtime::new(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new()?;
+    // The parent keeps a thread per core; a child's runtime is the run's to choose.
+    let runtime = match &cli.command {
+        Command::Child { spec } => {
+            let spec: ChildSpec = serde_json::from_str(spec).context("child spec")?;
+            runtime(spec.share.threads)?
+        }
+        _ => runtime(0)?,
+    };
     match cli.command {
         Command::Connect {
             params,

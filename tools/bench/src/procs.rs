@@ -36,6 +36,8 @@ pub struct Share {
     pub tls: bool,
     /// Logins in progress at once in this process.
     pub login_concurrency: usize,
+    /// Threads of this process's runtime (0: one per core).
+    pub threads: usize,
 }
 
 impl Share {
@@ -75,6 +77,7 @@ impl Children {
                 protocol: d.protocol,
                 tls: d.tls,
                 login_concurrency: load.login_concurrency.max(1),
+                threads: load.child_threads,
             };
             let spec = serde_json::json!({ "share": share, "job": job });
             let mut child = Command::new(&exe)
@@ -202,6 +205,7 @@ mod tests {
                     protocol: Protocol::Text,
                     tls: false,
                     login_concurrency: 1,
+                    threads: 1,
                 };
                 let (first, count) = share.part(total);
                 assert_eq!(first, next);

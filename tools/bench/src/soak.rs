@@ -694,6 +694,7 @@ pub async fn run(p: &Params, d: &Deployment) -> anyhow::Result<()> {
             protocol: Protocol::Text,
             tls: false,
             login_concurrency: 32,
+            threads: 0,
         },
         stable,
         churners: p.churners,
