@@ -438,7 +438,10 @@ mod tests {
         assert_eq!(after(line, b" said :b "), None);
         assert_eq!(parse_seq_time(b"x 1"), None);
         assert_eq!(parse_seq_time(b"1 "), None);
-        assert_eq!(parse_seq_time(b"18446744073709551615 0\""), Some((u64::MAX, 0)));
+        assert_eq!(
+            parse_seq_time(b"18446744073709551615 0\""),
+            Some((u64::MAX, 0))
+        );
         assert_eq!(parse_seq_time(b"18446744073709551616 0"), None);
         assert_eq!(leading_number(b"042x"), Some((42, 3)));
         let json = br#"{"content":"<b>privately to you: </b>p 7 1700000000000001","time":"x"}"#;
