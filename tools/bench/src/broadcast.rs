@@ -130,11 +130,19 @@ async fn receive(
     // Per sender: next expected seq, and its total once the end marker came.
     let mut next: HashMap<usize, u64> = HashMap::new();
     let mut ends: HashMap<usize, u64> = HashMap::new();
-    // One timer for the whole run (a timer per line was a fifth of the generator's CPU).
+    // One timer for the whole run (a timer per line was a fifth of the generator's
+    // CPU), polled only when no line is ready (polling both in a random order cost the
+    // generator 17 % more): a stream that never pauses is checked against the deadline
+    // every 64 lines.
     let give_up = tokio::time::sleep_until(deadline);
     tokio::pin!(give_up);
+    let mut read: u32 = 0;
     loop {
         if ends.len() == senders && out.count >= ends.values().sum::<u64>() {
+            break;
+        }
+        read = read.wrapping_add(1);
+        if read.is_multiple_of(64) && Instant::now() >= deadline {
             break;
         }
         let line = tokio::select! {

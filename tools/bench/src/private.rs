@@ -92,11 +92,18 @@ async fn receive(
     let mut out = Outcome::default();
     let (marker, not_online) = (Finder::new(marker), Finder::new(NOT_ONLINE));
     // One timer for the client's whole run, moved on when it fires (a timer per line
-    // was a fifth of the generator's CPU).
+    // was a fifth of the generator's CPU). It is polled only when no line is ready
+    // (polling both in a random order cost the generator 17 % more), so a stream
+    // that never pauses is checked against the deadline every 64 lines.
     let recheck = Duration::from_millis(50);
     let wake = tokio::time::sleep_until((Instant::now() + recheck).min(deadline));
     tokio::pin!(wake);
+    let mut read: u32 = 0;
     while out.received < expected.load(Ordering::Acquire) {
+        read = read.wrapping_add(1);
+        if read.is_multiple_of(64) && Instant::now() >= deadline {
+            break;
+        }
         let line = tokio::select! {
             biased;
             line = lines.next() => match line {

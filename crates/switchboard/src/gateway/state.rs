@@ -1938,23 +1938,6 @@ mod tests {
         for n in [0, 1, 2, 7, 8, 9, 15, 16, 17, 100] {
             let mut f = Fixture::new();
             let clients: Vec<_> = (0..n).map(|_| f.client()).collect();
-            let excluded = |i: usize| i % 5 == 3;
-            let exclude = (0..n).filter(|i| excluded(*i)).map(|i| clients[i].0);
-            let to_all = Command::SendToAll {
-                data: "hi".into(),
-                only: None,
-                exclude: exclude.clone().collect(),
-            };
-            let expected = (0..n).filter(|i| !excluded(*i)).count();
-            assert_eq!(
-                f.state.command(to_all, &f.counters),
-                expected,
-                "{n} clients"
-            );
-            for (i, (_, out)) in clients.iter().enumerate() {
-                let got = std::iter::from_fn(|| out.try_pop()).count();
-                assert_eq!(got, usize::from(!excluded(i)), "client {i} of {n}");
-            }
             for (client, _) in &clients {
                 f.state.command(
                     Command::JoinGroup {
@@ -1964,19 +1947,32 @@ mod tests {
                     &f.counters,
                 );
             }
+            let excluded = |i: usize| i % 5 == 3;
+            let exclude: Vec<_> = (0..n)
+                .filter(|i| excluded(*i))
+                .map(|i| clients[i].0)
+                .collect();
+            let to_all = Command::SendToAll {
+                data: "hi".into(),
+                only: None,
+                exclude: exclude.clone(),
+            };
             let to_group = Command::SendToGroup {
                 groups: vec!["g".into()],
                 data: "hi".into(),
-                exclude: exclude.collect(),
+                exclude,
             };
-            assert_eq!(
-                f.state.command(to_group, &f.counters),
-                expected,
-                "{n} clients"
-            );
-            for (i, (_, out)) in clients.iter().enumerate() {
-                let got = std::iter::from_fn(|| out.try_pop()).count();
-                assert_eq!(got, usize::from(!excluded(i)), "client {i} of {n}");
+            for send in [to_all, to_group] {
+                let reached = f.state.command(send, &f.counters);
+                assert_eq!(
+                    reached,
+                    (0..n).filter(|i| !excluded(*i)).count(),
+                    "{n} clients"
+                );
+                for (i, (_, out)) in clients.iter().enumerate() {
+                    let got = std::iter::from_fn(|| out.try_pop()).count();
+                    assert_eq!(got, usize::from(!excluded(i)), "client {i} of {n}");
+                }
             }
         }
     }
