@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{self, Incoming, Writer};
+use crate::client::{self, Incoming, Next, Writer};
 use crate::deploy::Deployment;
 use crate::procinfo::{self, CpuSample};
 use crate::procs::{self, Children, Share};
@@ -130,28 +130,14 @@ async fn receive(
     // Per sender: next expected seq, and its total once the end marker came.
     let mut next: HashMap<usize, u64> = HashMap::new();
     let mut ends: HashMap<usize, u64> = HashMap::new();
-    // One timer for the whole run (a timer per line was a fifth of the generator's
-    // CPU), polled only when no line is ready (polling both in a random order cost the
-    // generator 17 % more): a stream that never pauses is checked against the deadline
-    // every 64 lines.
     let give_up = tokio::time::sleep_until(deadline);
     tokio::pin!(give_up);
-    let mut read: u32 = 0;
     loop {
         if ends.len() == senders && out.count >= ends.values().sum::<u64>() {
             break;
         }
-        read = read.wrapping_add(1);
-        if read.is_multiple_of(64) && Instant::now() >= deadline {
+        let Next::Message(line) = lines.next_or(give_up.as_mut(), deadline).await else {
             break;
-        }
-        let line = tokio::select! {
-            biased;
-            line = lines.next() => match line {
-                Ok(Some(line)) => line,
-                _ => break,
-            },
-            () = &mut give_up => break,
         };
         let Some(i) = marker.find(line) else {
             continue;

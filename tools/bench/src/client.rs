@@ -7,6 +7,7 @@
 //! single source address runs out of ephemeral ports (about 28,000 per address).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 
 use crate::procs::Share;
 use crate::wire::{self, Conn, Cut, Framing, Protocol, ReadHalf, WriteHalf};
@@ -107,10 +109,22 @@ pub struct Incoming {
     buf: Vec<u8>,
     /// Bytes of `buf` already returned (dropped before the next read).
     used: usize,
+    /// Calls of [`Incoming::next_or`] (for its deadline check).
+    calls: u32,
 }
 
 /// Capacity a reading buffer keeps after a large message (a long member list).
 const KEEP: usize = 64 << 10;
+
+/// What [`Incoming::next_or`] found first.
+pub enum Next<'a> {
+    /// A message.
+    Message(&'a [u8]),
+    /// The timer fired before a message came.
+    Timer,
+    /// The stream ended, failed, or the deadline passed.
+    End,
+}
 
 impl Incoming {
     /// Wraps a read half; `early` are bytes already read from it.
@@ -122,6 +136,7 @@ impl Incoming {
             framing,
             buf,
             used: 0,
+            calls: 0,
         }
     }
 
@@ -153,6 +168,26 @@ impl Incoming {
                     }
                 }
             }
+        }
+    }
+
+    /// The next message, or [`Next::Timer`] if `timer` fires first. The timer is
+    /// polled only when no message is ready (a timer per message, or one polled beside
+    /// every message, costs the generator a fifth of its CPU, or 17 %, while it
+    /// measures a server on the same cores), so a stream that never pauses is checked
+    /// against `deadline` every 64 calls instead ([`Next::End`] once it has passed).
+    pub async fn next_or(&mut self, timer: Pin<&mut Sleep>, deadline: Instant) -> Next<'_> {
+        self.calls = self.calls.wrapping_add(1);
+        if self.calls.is_multiple_of(64) && Instant::now() >= deadline {
+            return Next::End;
+        }
+        tokio::select! {
+            biased;
+            message = self.next() => match message {
+                Ok(Some(message)) => Next::Message(message),
+                _ => Next::End,
+            },
+            () = timer => Next::Timer,
         }
     }
 

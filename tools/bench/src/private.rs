@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{self, Incoming, Writer};
+use crate::client::{self, Incoming, Next, Writer};
 use crate::deploy::Deployment;
 use crate::procinfo::{self, CpuSample};
 use crate::procs::{self, Children, Share};
@@ -91,26 +91,15 @@ async fn receive(
 ) -> Outcome {
     let mut out = Outcome::default();
     let (marker, not_online) = (Finder::new(marker), Finder::new(NOT_ONLINE));
-    // One timer for the client's whole run, moved on when it fires (a timer per line
-    // was a fifth of the generator's CPU). It is polled only when no line is ready
-    // (polling both in a random order cost the generator 17 % more), so a stream
-    // that never pauses is checked against the deadline every 64 lines.
+    // One timer for the client's whole run, moved on when it fires.
     let recheck = Duration::from_millis(50);
     let wake = tokio::time::sleep_until((Instant::now() + recheck).min(deadline));
     tokio::pin!(wake);
-    let mut read: u32 = 0;
     while out.received < expected.load(Ordering::Acquire) {
-        read = read.wrapping_add(1);
-        if read.is_multiple_of(64) && Instant::now() >= deadline {
-            break;
-        }
-        let line = tokio::select! {
-            biased;
-            line = lines.next() => match line {
-                Ok(Some(line)) => line,
-                _ => break,
-            },
-            () = &mut wake => {
+        let line = match lines.next_or(wake.as_mut(), deadline).await {
+            Next::Message(line) => line,
+            Next::End => break,
+            Next::Timer => {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
