@@ -338,6 +338,11 @@ impl Events for Chat {
     }
 }
 
+/// Workers on mimalloc, gateways on glibc's allocator (`worker.allocator`,
+/// `gateway.allocator`).
+#[global_allocator]
+static ALLOCATOR: switchboard::alloc::Allocator = switchboard::alloc::Allocator;
+
 fn main() -> ExitCode {
     App::new("chat", Chat::default)
         .version(env!("CARGO_PKG_VERSION"))

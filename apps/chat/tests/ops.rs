@@ -200,6 +200,65 @@ fn text_logs_name_their_process() {
     }
 }
 
+/// The "started" lines of a deployment's gateways and workers, once all have logged one.
+fn started_lines(d: &Deployment, gateways: usize, workers: usize) -> (Vec<String>, Vec<String>) {
+    let mut found = (Vec::new(), Vec::new());
+    wait_until("every process's started line", || {
+        let log = d.log();
+        let lines = |what: &str| -> Vec<String> {
+            log.lines()
+                .filter(|l| l.contains(what))
+                .map(str::to_owned)
+                .collect()
+        };
+        found = (lines("gateway started"), lines("worker started"));
+        found.0.len() >= gateways && found.1.len() >= workers
+    });
+    found
+}
+
+/// The chat installs `switchboard::alloc::Allocator`: gateways run on the system's
+/// allocator and workers on mimalloc unless each role's `allocator` says otherwise,
+/// and every process says which in its "started" line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_runs_on_its_configured_allocator() {
+    let d = Deployment::start(chat().gateways(2));
+    let (gateways, workers) = started_lines(&d, 2, 2);
+    let log = d.log();
+    assert!(
+        gateways.iter().all(|l| l.contains("allocator=system")),
+        "{log}"
+    );
+    assert!(
+        workers.iter().all(|l| l.contains("allocator=mimalloc")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("allocator = \"mimalloc\" is configured"),
+        "{log}"
+    );
+    drop(d);
+
+    let d = Deployment::start(
+        chat()
+            .gateway_keys("allocator = \"mimalloc\"")
+            .worker_keys("allocator = \"system\""),
+    );
+    let (gateways, workers) = started_lines(&d, 1, 2);
+    let log = d.log();
+    assert!(
+        gateways.iter().all(|l| l.contains("allocator=mimalloc")),
+        "{log}"
+    );
+    assert!(
+        workers.iter().all(|l| l.contains("allocator=system")),
+        "{log}"
+    );
+    // A client still gets through (a gateway on mimalloc, workers on glibc's).
+    let mut c = Client::connect(d.addr()).await;
+    c.login("ann").await;
+}
+
 #[test]
 fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
     let d = Deployment::prepare(chat());

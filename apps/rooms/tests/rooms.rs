@@ -496,6 +496,39 @@ fn version_and_help_name_the_application() {
     assert!(help.contains("Usage: rooms "), "{help}");
 }
 
+/// The starter does not install `switchboard::alloc::Allocator`: its processes run on
+/// the system allocator whatever `allocator` says, say so in their "started" lines,
+/// and a role configured for mimalloc warns that it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocator_the_binary_does_not_install_is_warned_about() {
+    let d = Deployment::start(rooms().worker_keys("allocator = \"mimalloc\""));
+    let warned = "allocator = \"mimalloc\" is configured, but this binary does not install";
+    let deadline = std::time::Instant::now() + WAIT;
+    let log = loop {
+        let log = d.log();
+        let started = log.lines().filter(|l| l.contains("worker started")).count();
+        let warnings = log.lines().filter(|l| l.contains(warned)).count();
+        if started >= 2 && warnings >= 2 {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("gateway started") || l.contains("worker started"))
+            .all(|l| l.contains("allocator=system (not installed)")),
+        "{log}"
+    );
+    // The gateways were not configured for mimalloc: no warning of theirs.
+    assert!(
+        log.lines()
+            .filter(|l| l.contains(warned))
+            .all(|l| l.contains("worker-")),
+        "{log}"
+    );
+}
+
 /// The starter is built with the file store alone (its manifest asks for the
 /// `file-store` feature only): a configuration that needs a backend or driver it lacks
 /// is refused by `config check` and `start`, naming the key and the feature, and

@@ -36,6 +36,7 @@
 //! See `docs/guide.md` for a tour and `docs/architecture.md` for the design.
 
 pub mod admin;
+pub mod alloc;
 mod assets;
 pub mod auth;
 pub mod cli;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::alloc::AllocatorKind;
 use crate::config::Config;
 use crate::process;
 use crate::stats;
@@ -103,6 +104,8 @@ pub fn running_pid(config: &Config) -> Option<u32> {
 struct Slot {
     role: ChildRole,
     index: usize,
+    /// The allocator its process runs on (set through [`crate::alloc::ENV`]).
+    allocator: AllocatorKind,
     child: Option<u32>,
     started: Instant,
     started_unix: u64,
@@ -357,12 +360,20 @@ pub async fn run(mut config: Config, only: Option<Only>) -> Result<(), Error> {
     let mut slots = Vec::new();
     if only != Some(Only::Worker) {
         for i in 0..config.gateway.count {
-            slots.push(new_slot(ChildRole::Gateway, i));
+            slots.push(new_slot(
+                ChildRole::Gateway,
+                i,
+                config.gateway.effective_allocator(),
+            ));
         }
     }
     if only != Some(Only::Gateway) {
         for i in 0..config.worker.count {
-            slots.push(new_slot(ChildRole::Worker, i));
+            slots.push(new_slot(
+                ChildRole::Worker,
+                i,
+                config.worker.effective_allocator(),
+            ));
         }
     }
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<Exit>();
@@ -450,10 +461,11 @@ fn process_series(slots: &[Slot]) -> Vec<crate::metrics::Series> {
         .collect()
 }
 
-fn new_slot(role: ChildRole, index: usize) -> Slot {
+fn new_slot(role: ChildRole, index: usize, allocator: AllocatorKind) -> Slot {
     Slot {
         role,
         index,
+        allocator,
         child: None,
         started: Instant::now(),
         started_unix: 0,
@@ -479,6 +491,7 @@ fn spawn_child(
         .arg(slot.role.arg())
         .arg("--index")
         .arg(slot.index.to_string())
+        .env(crate::alloc::ENV, slot.allocator.env_value())
         .stdin(Stdio::null());
     // SAFETY: prctl is async-signal-safe; it makes the child get SIGTERM if the
     // supervisor dies, so no orphan keeps a port or a client.

@@ -287,7 +287,8 @@ pub async fn run(
         pid: std::process::id(),
         tls: internal_tls.is_some(),
     };
-    tracing::info!(number, internal = %entry.internal, listeners = ?entry.listeners, "gateway started");
+    tracing::info!(number, internal = %entry.internal, listeners = ?entry.listeners, allocator = %crate::alloc::describe(), "gateway started");
+    crate::alloc::warn_if_not_installed(config.gateway.allocator);
 
     let shared = Arc::new(Shared {
         state: Mutex::new(

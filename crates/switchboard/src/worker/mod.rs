@@ -77,7 +77,8 @@ pub async fn run(
         });
         Some(sink)
     });
-    tracing::info!("worker started");
+    tracing::info!(allocator = %crate::alloc::describe(), "worker started");
+    crate::alloc::warn_if_not_installed(config.worker.allocator);
 
     // on_worker_start runs once gateways are reachable (or after a short wait), so it
     // can use the Gateway API; a failure or panic there is logged and the worker goes on.
