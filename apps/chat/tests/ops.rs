@@ -200,8 +200,9 @@ fn text_logs_name_their_process() {
     }
 }
 
-/// The "started" lines of a deployment's gateways and workers, once all have logged one.
-fn started_lines(d: &Deployment, gateways: usize, workers: usize) -> (Vec<String>, Vec<String>) {
+/// Waits until each of the deployment's `gateways` and `workers` has logged its
+/// "started" line, and checks that each names the allocator expected for its role.
+fn assert_allocators(d: &Deployment, gateways: (usize, &str), workers: (usize, &str)) {
     let mut found = (Vec::new(), Vec::new());
     wait_until("every process's started line", || {
         let log = d.log();
@@ -212,9 +213,16 @@ fn started_lines(d: &Deployment, gateways: usize, workers: usize) -> (Vec<String
                 .collect()
         };
         found = (lines("gateway started"), lines("worker started"));
-        found.0.len() >= gateways && found.1.len() >= workers
+        found.0.len() >= gateways.0 && found.1.len() >= workers.0
     });
-    found
+    for (lines, allocator) in [(&found.0, gateways.1), (&found.1, workers.1)] {
+        let field = format!("allocator={allocator}");
+        assert!(
+            lines.iter().all(|l| l.contains(&field)),
+            "not every line says {field}:\n{}",
+            d.log()
+        );
+    }
 }
 
 /// The chat installs `switchboard::alloc::Allocator`: gateways run on the system's
@@ -223,16 +231,8 @@ fn started_lines(d: &Deployment, gateways: usize, workers: usize) -> (Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_runs_on_its_configured_allocator() {
     let d = Deployment::start(chat().gateways(2));
-    let (gateways, workers) = started_lines(&d, 2, 2);
+    assert_allocators(&d, (2, "system"), (2, "mimalloc"));
     let log = d.log();
-    assert!(
-        gateways.iter().all(|l| l.contains("allocator=system")),
-        "{log}"
-    );
-    assert!(
-        workers.iter().all(|l| l.contains("allocator=mimalloc")),
-        "{log}"
-    );
     assert!(
         !log.contains("allocator = \"mimalloc\" is configured"),
         "{log}"
@@ -244,16 +244,7 @@ async fn each_role_runs_on_its_configured_allocator() {
             .gateway_keys("allocator = \"mimalloc\"")
             .worker_keys("allocator = \"system\""),
     );
-    let (gateways, workers) = started_lines(&d, 1, 2);
-    let log = d.log();
-    assert!(
-        gateways.iter().all(|l| l.contains("allocator=mimalloc")),
-        "{log}"
-    );
-    assert!(
-        workers.iter().all(|l| l.contains("allocator=system")),
-        "{log}"
-    );
+    assert_allocators(&d, (1, "mimalloc"), (2, "system"));
     // A client still gets through (a gateway on mimalloc, workers on glibc's).
     let mut c = Client::connect(d.addr()).await;
     c.login("ann").await;
