@@ -2,8 +2,8 @@
 # Runs every test of the workspace, against real services: it installs and starts
 # MariaDB, Redis and memcached, and installs Chromium, when they are missing
 # (scripts/services.sh), checks formatting and lints, that the rooms starter builds
-# with only the file store, then runs the whole test suite, and fuzzes every decoder
-# for 30 seconds (scripts/fuzz.sh).
+# with only the file store (and lints clean so), then runs the whole test suite, and
+# fuzzes every decoder for 30 seconds (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,13 +24,16 @@ stage "file-store-only build (cargo features)"
 # drivers (docs/guide.md, "Trimming the build").
 trimmed=(-p rooms)
 tree="$(cargo tree "${trimmed[@]}" -e normal --prefix none)"
-for crate in redis async-memcached sqlx-mysql sqlx-sqlite; do
+for crate in redis async-memcached sqlx-mysql sqlx-sqlite mimalloc; do
     if grep -q "^$crate v" <<<"$tree"; then
         echo "FAILED: $crate is in the file-store-only build of the rooms starter:" >&2
         cargo tree "${trimmed[@]}" -e normal -i "$crate" >&2 || true
         exit 1
     fi
 done
+# Code behind a feature must be clean without it too (the workspace's lint unifies
+# every feature on).
+cargo clippy "${trimmed[@]}" --all-targets --quiet -- -D warnings
 # Built alone, the starter refuses a configuration that needs a backend it lacks (the
 # test is ignored in the workspace-wide run, where cargo unifies features).
 if cargo nextest --version >/dev/null 2>&1; then

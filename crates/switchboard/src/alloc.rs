@@ -141,16 +141,19 @@ pub struct Allocator;
 #[cfg(feature = "mimalloc")]
 static MIMALLOC_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Calls `$call` on the chosen allocator.
+/// Calls `$call` on the allocator the process chose (the choice is made, and
+/// [`active`] answers, also in a build without the `mimalloc` feature, where it is
+/// always the system's).
 macro_rules! dispatch {
-    ($chosen:expr, $a:ident => $call:expr) => {{
+    ($a:ident => $call:expr) => {{
+        let chosen = chosen();
         #[cfg(feature = "mimalloc")]
-        {
-            if $chosen == MIMALLOC {
-                let $a = &MIMALLOC_ALLOCATOR;
-                return $call;
-            }
+        if chosen == MIMALLOC {
+            let $a = &MIMALLOC_ALLOCATOR;
+            return $call;
         }
+        #[cfg(not(feature = "mimalloc"))]
+        let _ = chosen;
         let $a = &System;
         $call
     }};
@@ -163,24 +166,24 @@ unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract, forwarded.
-        dispatch!(chosen(), a => unsafe { a.alloc(layout) })
+        dispatch!(a => unsafe { a.alloc(layout) })
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract, forwarded.
-        dispatch!(chosen(), a => unsafe { a.alloc_zeroed(layout) })
+        dispatch!(a => unsafe { a.alloc_zeroed(layout) })
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: the caller's contract, forwarded to the allocator that gave `ptr`.
-        dispatch!(chosen(), a => unsafe { a.dealloc(ptr, layout) })
+        dispatch!(a => unsafe { a.dealloc(ptr, layout) })
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller's contract, forwarded to the allocator that gave `ptr`.
-        dispatch!(chosen(), a => unsafe { a.realloc(ptr, layout, new_size) })
+        dispatch!(a => unsafe { a.realloc(ptr, layout, new_size) })
     }
 }
