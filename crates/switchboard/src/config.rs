@@ -1468,6 +1468,27 @@ mod tests {
     }
 
     #[test]
+    fn allocators_default_per_role_and_a_bad_one_names_its_line() {
+        let c = Config::from_toml("", None).unwrap();
+        assert_eq!(c.gateway.effective_allocator(), AllocatorKind::System);
+        assert_eq!(c.worker.effective_allocator(), AllocatorKind::Mimalloc);
+        let c = Config::from_toml(
+            "[gateway]\nallocator = \"mimalloc\"\n[worker]\nallocator = \"system\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.gateway.effective_allocator(), AllocatorKind::Mimalloc);
+        assert_eq!(c.worker.effective_allocator(), AllocatorKind::System);
+        let msg = Config::from_toml("[worker]\ncount = 2\nallocator = \"jemalloc\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 3") && msg.contains("`system` or `mimalloc`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn db_section_is_checked_with_line_numbers() {
         let ok = Config::from_toml(
             "[db.instances.h]\ndriver = \"sqlite\"\npath = \"h.sqlite\"\n",
