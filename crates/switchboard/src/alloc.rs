@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Without it the system allocator serves every process, whatever the configuration
-//! says (a process configured for mimalloc logs a warning).
+//! says (a role set to `allocator = "mimalloc"` in the configuration logs a warning;
+//! the workers' default does not).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::CStr;
