@@ -18,6 +18,9 @@ stage "cargo fmt --check"
 cargo fmt --all -- --check
 stage "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+stage "cargo doc"
+# The rustdoc builds without a warning: every intra-doc link resolves.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 stage "file-store-only build (cargo features)"
 # An application that uses only the file store — the rooms starter, whose manifest asks
 # for `file-store` alone — must build without the network store clients and the sqlx

@@ -326,8 +326,8 @@ impl Outbound {
         self.inner.waker.register(cx.waker());
     }
 
-    /// Asks the CPU to start loading the queue's state into its cache (see
-    /// [`prefetch`]).
+    /// Asks the CPU to start loading the queue's state into its cache (see this
+    /// module's `prefetch`).
     #[inline]
     pub fn prefetch(&self) {
         prefetch(&*self.inner);

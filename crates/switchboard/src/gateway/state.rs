@@ -293,7 +293,7 @@ pub struct Counters {
     pub slow_consumers: AtomicU64,
 }
 
-/// Everything the gateway knows, behind the mutex of [`Shared`].
+/// Everything the gateway knows, behind the mutex of [`Shared`](super::Shared).
 pub struct State {
     number: u32,
     /// Boxed: a hash table keeps room for about half as many entries again as it holds,
