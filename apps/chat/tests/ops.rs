@@ -250,6 +250,63 @@ async fn each_role_runs_on_its_configured_allocator() {
     c.login("ann").await;
 }
 
+/// Starts `chat ROLE --index 7` of `d` alone (as a service manager would, without the
+/// supervisor), with `SWITCHBOARD_ALLOCATOR` as `env` says; returns its "started" line
+/// and the environment of its process (read from /proc, so of the program it runs
+/// now), then kills it.
+fn started_alone(d: &Deployment, role: &str, env: Option<&str>) -> (String, String) {
+    let log_path = d.dir().join(format!("{role}-alone.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = std::process::Command::new(d.binary());
+    cmd.arg("--config")
+        .arg(d.config_path())
+        .args([role, "--index", "7"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    match env {
+        Some(value) => cmd.env(switchboard::alloc::ENV, value),
+        None => cmd.env_remove(switchboard::alloc::ENV),
+    };
+    let mut child = cmd.spawn().expect("start the process");
+    let needle = format!("{role} started");
+    let mut text = String::new();
+    wait_until(&needle, || {
+        text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        text.contains(&needle)
+    });
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&needle))
+        .unwrap_or_default()
+        .to_owned();
+    (line, String::from_utf8_lossy(&environ).into_owned())
+}
+
+/// A gateway or worker started alone (by hand, or by a service manager, without the
+/// supervisor that sets `SWITCHBOARD_ALLOCATOR`) runs itself again, as the same
+/// process, on its role's allocator; the variable, when set, wins.
+#[test]
+fn a_process_started_alone_runs_again_on_its_roles_allocator() {
+    let d = Deployment::prepare(chat());
+    let (line, environ) = started_alone(&d, "worker", None);
+    assert!(line.contains("allocator=mimalloc"), "{line}");
+    assert!(
+        environ
+            .split('\0')
+            .any(|v| v == "SWITCHBOARD_ALLOCATOR=mimalloc"),
+        "the process that was started is not the one running on mimalloc: {environ}"
+    );
+    let (line, _) = started_alone(&d, "worker", Some("system"));
+    assert!(line.contains("allocator=system"), "{line}");
+    let (line, environ) = started_alone(&d, "gateway", None);
+    assert!(line.contains("allocator=system"), "{line}");
+    assert!(!environ.contains("SWITCHBOARD_ALLOCATOR"), "{environ}");
+}
+
 #[test]
 fn a_stale_pid_file_after_a_crash_does_not_block_a_new_start() {
     let d = Deployment::prepare(chat());

@@ -7,8 +7,10 @@
 //! every role, and a Rust program's global allocator is chosen when it is built, so
 //! [`Allocator`] chooses at run time instead: at the process's first allocation, from
 //! the environment variable [`ENV`], which the supervisor sets for each child from
-//! `gateway.allocator` and `worker.allocator`. The choice then holds for the process's
-//! whole life, so memory is always freed by the allocator that gave it.
+//! `gateway.allocator` and `worker.allocator` (a gateway or worker started without it,
+//! by hand or by a service manager, runs itself again with it set: [`run_on`]). The
+//! choice then holds for the process's whole life, so memory is always freed by the
+//! allocator that gave it.
 //!
 //! An application installs it in its binary:
 //!
@@ -100,6 +102,40 @@ pub fn warn_if_not_installed(configured: Option<AllocatorKind>) {
              switchboard's `mimalloc` feature): the system allocator serves this process"
         );
     }
+}
+
+/// Makes a gateway or worker process started without [`ENV`] (by hand, or by a service
+/// manager, rather than by the supervisor, which always sets it) run on `wanted`, its
+/// role's allocator: the process executes itself again (`/proc/self/exe`: the same
+/// pid, arguments and environment) with [`ENV`] set, before it starts any thread.
+/// Does nothing when the process already runs on `wanted`, when [`ENV`] is set (it
+/// wins over the configuration), or when the binary does not install [`Allocator`]
+/// with the `mimalloc` feature (then [`warn_if_not_installed`] speaks). Returns, with a
+/// warning, when the executable cannot be run again.
+pub fn run_on(wanted: AllocatorKind) {
+    let Some(current) = active() else {
+        return;
+    };
+    if current == wanted || std::env::var_os(ENV).is_some() {
+        return;
+    }
+    if wanted == AllocatorKind::Mimalloc && !cfg!(feature = "mimalloc") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let mut again = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        again.arg0(arg0);
+    }
+    // Only returns when the executable could not be run.
+    let error = again.args(args).env(ENV, wanted.env_value()).exec();
+    tracing::warn!(
+        %error,
+        allocator = wanted.env_value(),
+        "cannot run this process again on its configured allocator; it goes on with the {}",
+        describe()
+    );
 }
 
 /// The process's choice, made at its first allocation.

@@ -422,6 +422,7 @@ impl App {
             }
             Command::Gateway { index } => {
                 init_logging(&config, "gateway");
+                crate::alloc::run_on(config.gateway.effective_allocator());
                 crate::metrics::set_enabled(config.metrics.enabled);
                 crate::metrics::gateway::set_listeners(&config.gateway.listeners);
                 let name = format!("gateway-{index}");
@@ -433,6 +434,7 @@ impl App {
             }
             Command::Worker { index } => {
                 init_logging(&config, "worker");
+                crate::alloc::run_on(config.worker.effective_allocator());
                 crate::metrics::set_enabled(config.metrics.enabled);
                 let events = (self.events)();
                 let name = format!("worker-{index}");
