@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -171,6 +172,13 @@ async fn open(
     // Never written to: the first message goes out at once.
     let last_write = millis_since(&shared, Instant::now())
         .wrapping_sub(shared.config.min_write_interval.as_millis() as u32);
+    if let ClientStream::Tcp(tcp) = &stream {
+        // Plain TCP, unpaced: the routing task may write to it (`super::direct`); the
+        // `Conn` ends the queue before it drops the socket.
+        if shared.config.min_write_interval.is_zero() {
+            out.write_directly(tcp.as_raw_fd());
+        }
+    }
     Some(Conn {
         shared,
         listener: listener_place,
@@ -470,6 +478,9 @@ struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        // Before the socket closes (the fields drop after this): no write from the
+        // routing task reaches its descriptor from now on.
+        self.out.end();
         if let Some(ip) = self.source {
             self.shared.per_source.release(ip);
         }

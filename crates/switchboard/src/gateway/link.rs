@@ -6,16 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio_util::codec::Framed;
 
-use super::link_queue::{self, LinkRx};
+use super::direct;
+use super::link_queue::{self, LinkRx, LinkTx};
 use super::state::Verdict;
 use super::Shared;
 use crate::auth;
 use crate::metrics::gateway::{self as metrics, InternalRefusal};
 use crate::protocol::internal::{self, Frame, InternalCodec, PROTOCOL_VERSION};
 use crate::transport::LinkStream;
+
+/// Frames routed in one batch at most (see `serve`): the link's pings and its queue's
+/// limit are looked at between batches.
+const BATCH_FRAMES: usize = 64;
 
 /// How long a peer has to answer the challenge.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,8 +147,8 @@ pub async fn serve(
     let mut ping = tokio::time::interval(every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
-    loop {
-        let frame = tokio::select! {
+    'read: loop {
+        let first = tokio::select! {
             f = stream.next() => match f {
                 Some(f) => f,
                 None => break,
@@ -166,62 +171,85 @@ pub async fn serve(
             }
         };
         last_heard = tokio::time::Instant::now();
-        match frame {
-            Ok(Frame::Ack { seq, client }) => {
-                shared.lock().ack(link, seq, client, &shared.counters)
+        // The frames read so far are routed in one batch, and the clients they are
+        // for written to once it ends (`super::direct`): frames already buffered (or
+        // in the socket) are taken without waiting, up to `BATCH_FRAMES`.
+        let _batch = direct::Batch::open();
+        let mut frame = first;
+        for handled in 1.. {
+            if let Err(why) = handle(&shared, link, &tx, peer, &name, frame) {
+                reason = why;
+                break 'read;
             }
-            Ok(Frame::Verdict {
-                seq,
-                client,
-                status,
-                reason,
-            }) => {
-                let verdict = if status == 0 {
-                    Verdict::Accepted
-                } else {
-                    Verdict::Refused { status, reason }
-                };
-                shared
-                    .lock()
-                    .verdict(link, seq, client, verdict, &shared.counters)
-            }
-            Ok(Frame::Command(cmd)) => {
-                shared.lock().command(cmd, &shared.counters);
-            }
-            Ok(Frame::Query { id, query }) => {
-                let answer = shared.lock().query(query, &shared.counters);
-                // Sorted and formatted once the state's lock is released (the guard
-                // is a temporary of the statement above).
-                let reply = answer.finish();
-                let max = shared.config.max_internal_frame;
-                for frame in internal::reply_frames(id, reply, max) {
-                    if !tx.send(frame) {
-                        break;
-                    }
-                }
-            }
-            Ok(Frame::Draining) => {
-                shared.lock().link_draining(link, &shared.counters);
-                tracing::info!(%peer, %name, "worker is draining; no new events go to it");
-                let _ = tx.send(internal::encode_to_bytes(&Frame::DrainAck));
-            }
-            Ok(Frame::Ping) => {
-                let _ = tx.send(internal::encode_to_bytes(&Frame::Pong));
-            }
-            Ok(Frame::Pong) => {}
-            Ok(other) => {
-                reason = format!("unexpected {} frame", frame_kind(&other));
+            if handled == BATCH_FRAMES {
                 break;
             }
-            Err(e) => {
-                reason = format!("protocol error: {e}");
-                break;
-            }
+            frame = match stream.next().now_or_never() {
+                Some(Some(f)) => f,
+                Some(None) => break 'read,
+                None => break,
+            };
         }
     }
     let redispatched = shared.lock().link_closed(link, &shared.counters);
     tracing::info!(%peer, %name, %reason, redispatched, "peer disconnected");
     writer.abort();
+}
+
+/// Handles one frame from an authenticated peer; an error is why the link closes.
+fn handle(
+    shared: &Shared,
+    link: u64,
+    tx: &LinkTx,
+    peer: SocketAddr,
+    name: &str,
+    frame: Result<Frame, internal::LinkError>,
+) -> Result<(), String> {
+    match frame {
+        Ok(Frame::Ack { seq, client }) => shared.lock().ack(link, seq, client, &shared.counters),
+        Ok(Frame::Verdict {
+            seq,
+            client,
+            status,
+            reason,
+        }) => {
+            let verdict = if status == 0 {
+                Verdict::Accepted
+            } else {
+                Verdict::Refused { status, reason }
+            };
+            shared
+                .lock()
+                .verdict(link, seq, client, verdict, &shared.counters)
+        }
+        Ok(Frame::Command(cmd)) => {
+            shared.lock().command(cmd, &shared.counters);
+        }
+        Ok(Frame::Query { id, query }) => {
+            let answer = shared.lock().query(query, &shared.counters);
+            // Sorted and formatted once the state's lock is released (the guard
+            // is a temporary of the statement above).
+            let reply = answer.finish();
+            let max = shared.config.max_internal_frame;
+            for frame in internal::reply_frames(id, reply, max) {
+                if !tx.send(frame) {
+                    break;
+                }
+            }
+        }
+        Ok(Frame::Draining) => {
+            shared.lock().link_draining(link, &shared.counters);
+            tracing::info!(%peer, %name, "worker is draining; no new events go to it");
+            let _ = tx.send(internal::encode_to_bytes(&Frame::DrainAck));
+        }
+        Ok(Frame::Ping) => {
+            let _ = tx.send(internal::encode_to_bytes(&Frame::Pong));
+        }
+        Ok(Frame::Pong) => {}
+        Ok(other) => return Err(format!("unexpected {} frame", frame_kind(&other))),
+        Err(e) => return Err(format!("protocol error: {e}")),
+    }
+    Ok(())
 }
 
 /// Refuses a peer in its handshake: counted, logged (within the per-second budget, so

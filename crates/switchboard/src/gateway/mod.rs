@@ -8,6 +8,7 @@
 //! transport, and the rest of the gateway sees only messages.
 
 mod client;
+mod direct;
 mod http;
 pub mod limits;
 mod link;

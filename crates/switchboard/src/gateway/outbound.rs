@@ -19,8 +19,9 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -28,10 +29,14 @@ use bytes::{Buf, Bytes};
 use futures::task::AtomicWaker;
 use tokio::io::AsyncWrite;
 
+use super::direct;
 use crate::metrics::gateway::{self as metrics, CloseReason};
 
 /// Buffers gathered into one vectored write.
 const MAX_SLICES: usize = 64;
+
+/// No socket to write to from outside the connection's task.
+const NO_FD: RawFd = -1;
 
 /// What became of an [`Outbound::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +119,21 @@ impl Queue {
         self.rest.iter().flat_map(|r| r.iter())
     }
 
+    /// Fills `slices` with the queued buffers, in order, as many as fit; returns how
+    /// many (0: the queue is empty).
+    fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+        let Some(head) = self.head.as_ref() else {
+            return 0;
+        };
+        slices[0] = IoSlice::new(head);
+        let mut n = 1;
+        for b in self.rest_iter().take(MAX_SLICES - 1) {
+            slices[n] = IoSlice::new(b);
+            n += 1;
+        }
+        n
+    }
+
     /// Drops `n` written bytes from the front.
     fn advance(&mut self, mut n: usize) {
         while n > 0 {
@@ -136,11 +156,16 @@ impl Queue {
 
 struct Inner {
     queue: Mutex<Queue>,
-    /// Bytes queued and not yet written.
-    pending: AtomicUsize,
+    /// Bytes queued and not yet written (at most the limit: 32 bits, like it).
+    pending: AtomicU32,
     /// At most `u32::MAX` (4 GiB): kept in 32 bits, beside the flags, for a smaller
     /// queue per client.
     limit: u32,
+    /// The socket that [`Outbound::write_now`] may write to from another task, or
+    /// [`NO_FD`]. Set once the connection is up, cleared under the queue's lock before
+    /// the socket is closed, and read only under that lock: a write never reaches a
+    /// descriptor number that was closed and given to another connection.
+    fd: AtomicI32,
     flags: AtomicU8,
     /// Why the server is closing the client (a [`CloseReason`] + 1; 0 for none), for
     /// the disconnect metric.
@@ -152,7 +177,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Bytes never written leave the gateway-wide queue figure with the client.
-        metrics::outbound_written(*self.pending.get_mut());
+        metrics::outbound_written(*self.pending.get_mut() as usize);
     }
 }
 
@@ -180,8 +205,9 @@ impl Outbound {
         Self {
             inner: Arc::new(Inner {
                 queue: Mutex::new(Queue::default()),
-                pending: AtomicUsize::new(0),
+                pending: AtomicU32::new(0),
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                fd: AtomicI32::new(NO_FD),
                 flags: AtomicU8::new(0),
                 closed_for: AtomicU8::new(0),
                 waker: AtomicWaker::new(),
@@ -213,9 +239,16 @@ impl Outbound {
             return Push::Gone;
         }
         let len = data.len();
-        let pending = self.inner.pending.fetch_add(len, Ordering::AcqRel) + len;
-        if pending > self.limit() {
-            self.inner.pending.fetch_sub(len, Ordering::AcqRel);
+        let limit = self.inner.limit;
+        let counted = u32::try_from(len).ok().and_then(|len| {
+            self.inner
+                .pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                    p.checked_add(len).filter(|n| *n <= limit)
+                })
+                .ok()
+        });
+        if counted.is_none() {
             if self.set(KILLED) & KILLED != 0 {
                 return Push::Gone;
             }
@@ -223,7 +256,8 @@ impl Outbound {
         }
         let was_empty = self.queue().push(data);
         metrics::outbound_queued(len);
-        if was_empty {
+        // A write to come from the routing task ([`direct`]) needs no wake-up.
+        if was_empty && !direct::defer(self) {
             self.inner.waker.wake();
         }
         Push::Queued
@@ -234,7 +268,14 @@ impl Outbound {
     /// apply (they are small and answer the client's own frames).
     pub(super) fn push_own(&self, data: Bytes) {
         let len = data.len();
-        self.inner.pending.fetch_add(len, Ordering::AcqRel);
+        // Beyond the limit's 32 bits only with a limit near 4 GiB: counted as full.
+        let counted = u32::try_from(len).unwrap_or(u32::MAX);
+        let _ = self
+            .inner
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_add(counted))
+            });
         // The connection's own task is the caller: nobody to wake.
         let _ = self.queue().push(data);
         metrics::outbound_queued(len);
@@ -316,9 +357,28 @@ impl Outbound {
         self.inner.flags.fetch_and(!DRAINED, Ordering::AcqRel) & DRAINED != 0
     }
 
-    /// The connection has ended: later pushes are refused.
+    /// The connection has ended: later pushes are refused, and nothing is written to
+    /// its socket from outside its task any more (call it before the socket closes).
     pub(super) fn end(&self) {
+        let _q = self.queue();
+        self.inner.fd.store(NO_FD, Ordering::Relaxed);
         self.inner.flags.fetch_or(ENDED, Ordering::AcqRel);
+    }
+
+    /// Lets [`Outbound::write_now`] write to `fd`, the connection's plain TCP socket,
+    /// from the routing task: the connection's task must call [`Outbound::end`]
+    /// before the socket closes.
+    pub(super) fn write_directly(&self, fd: RawFd) {
+        let _q = self.queue();
+        if self.flags() & ENDED == 0 {
+            self.inner.fd.store(fd, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether [`Outbound::write_now`] may write to the client's socket (a hint: it
+    /// checks again under the queue's lock).
+    pub(super) fn writes_directly(&self) -> bool {
+        self.inner.fd.load(Ordering::Relaxed) != NO_FD
     }
 
     /// Registers the connection's task to be woken by any change.
@@ -340,7 +400,7 @@ impl Outbound {
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.inner.pending.load(Ordering::Acquire)
+        self.inner.pending.load(Ordering::Acquire) as usize
     }
 
     /// Whether nothing waits to be written.
@@ -370,19 +430,14 @@ impl Outbound {
         let mut q = self.queue();
         let mut wrote = false;
         loop {
-            let Some(head) = q.head.as_ref() else {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = q.slices(&mut slices);
+            if n == 0 {
                 return Ok(if wrote {
                     Written::Drained
                 } else {
                     Written::Idle
                 });
-            };
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            slices[0] = IoSlice::new(head);
-            let mut n = 1;
-            for b in q.rest_iter().take(MAX_SLICES - 1) {
-                slices[n] = IoSlice::new(b);
-                n += 1;
             }
             let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -391,11 +446,48 @@ impl Outbound {
                 Poll::Pending => return Ok(Written::Blocked),
             };
             wrote = true;
-            q.advance(written);
-            self.inner.pending.fetch_sub(written, Ordering::AcqRel);
-            metrics::outbound_written(written);
-            metrics::bytes_out(written);
+            self.written(&mut q, written);
         }
+    }
+
+    /// Writes what is queued straight to the client's socket, from the task that
+    /// routed it (see [`direct`]), as far as the socket takes it without waiting; the
+    /// connection's task is woken for anything else: bytes left over (it waits for the
+    /// socket to take them), an error (it closes), a close or a cut-off (it carries
+    /// them out), or a socket not open to such writes.
+    pub(super) fn write_now(&self) {
+        let mut q = self.queue();
+        let fd = self.inner.fd.load(Ordering::Relaxed);
+        let mut done = false;
+        if fd != NO_FD && self.flags() & (KILLED | CLOSING | ENDED) == 0 {
+            done = loop {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let n = q.slices(&mut slices);
+                if n == 0 {
+                    break true;
+                }
+                match direct::send(fd, &slices[..n]) {
+                    Ok(0) => break false,
+                    Ok(written) => self.written(&mut q, written),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // The socket is full, or failed: the task waits or closes.
+                    Err(_) => break false,
+                }
+            };
+        }
+        drop(q);
+        if !done {
+            self.inner.waker.wake();
+        }
+    }
+
+    /// Accounts for `n` bytes written from the front of the queue.
+    fn written(&self, q: &mut Queue, n: usize) {
+        q.advance(n);
+        // At most what was queued, which the counter holds in 32 bits.
+        self.inner.pending.fetch_sub(n as u32, Ordering::AcqRel);
+        metrics::outbound_written(n);
+        metrics::bytes_out(n);
     }
 
     /// Takes the next buffer without writing it (tests).
@@ -405,7 +497,9 @@ impl Outbound {
         let item = q.head.take();
         q.head = q.pop_rest();
         if let Some(b) = &item {
-            self.inner.pending.fetch_sub(b.len(), Ordering::AcqRel);
+            self.inner
+                .pending
+                .fetch_sub(b.len() as u32, Ordering::AcqRel);
         }
         item
     }
@@ -437,7 +531,9 @@ pub fn prefetch<T>(value: &T) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
     /// A writer that takes at most `chunk` bytes per call, and nothing once `full`.
@@ -597,7 +693,9 @@ mod tests {
     }
 
     /// A waker that counts its wake-ups.
-    struct CountingWaker(std::sync::atomic::AtomicUsize);
+    /// A task's waker that counts its wake-ups.
+    #[derive(Default)]
+    pub(in crate::gateway) struct CountingWaker(pub(in crate::gateway) AtomicUsize);
 
     impl std::task::Wake for CountingWaker {
         fn wake(self: Arc<Self>) {
