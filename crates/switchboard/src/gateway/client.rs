@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::limits::Cut;
 use super::limits::SourcePlace;
-use super::outbound::Written;
+use super::outbound::{Written, FULL_WRITE};
 use super::state::{Opening, Outbound, Rejected, Verdict};
 use super::{http, Handshaking, Listener, ListenerPlace, Places, Shared};
 use crate::assets::Assets;
@@ -41,9 +41,6 @@ use crate::{ClientId, WebSocketRequest};
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads a connection makes in a row before it lets other tasks run.
 const READS_PER_TURN: usize = 16;
-/// Bytes queued for a client that go out at once, whatever `gateway.min_write_interval`
-/// says: waiting would not make the write any fewer.
-const FULL_WRITE: usize = 64 << 10;
 
 /// Serves one accepted connection until it ends; `place` counts it against
 /// `max_clients` until it is registered (or gone), `places` against the listener's and
@@ -170,14 +167,14 @@ async fn open(
     metrics::client_connected(&listener.meta.name, protocol);
     tracing::debug!(client = %id, %peer, listener = %listener.meta.name, "client connected");
     // Never written to: the first message goes out at once.
-    let last_write = millis_since(&shared, Instant::now())
-        .wrapping_sub(shared.config.min_write_interval.as_millis() as u32);
+    out.wrote_at(
+        millis_since(&shared, Instant::now())
+            .wrapping_sub(shared.config.min_write_interval.as_millis() as u16),
+    );
     if let ClientStream::Tcp(tcp) = &stream {
-        // Plain TCP, unpaced: the routing task may write to it (`super::direct`); the
-        // `Conn` ends the queue before it drops the socket.
-        if shared.config.min_write_interval.is_zero() {
-            out.write_directly(tcp.as_raw_fd());
-        }
+        // Plain TCP: the routing task may write to it (`super::direct`); the `Conn`
+        // ends the queue before it drops the socket.
+        out.write_directly(tcp.as_raw_fd());
     }
     Some(Conn {
         shared,
@@ -189,7 +186,6 @@ async fn open(
         out,
         paused: false,
         closing: false,
-        last_write,
         timer: None,
         source: source_place.map(SourcePlace::keep),
     })
@@ -435,10 +431,11 @@ fn poll_timer(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> Poll
     }
 }
 
-/// Milliseconds from the gateway's epoch to `at`, in 32 wrapping bits.
-fn millis_since(shared: &Shared, at: Instant) -> u32 {
+/// Milliseconds from the gateway's epoch to `at`, in 16 wrapping bits (as
+/// [`Outbound::last_write`]).
+fn millis_since(shared: &Shared, at: Instant) -> u16 {
     // Truncated on purpose: only differences of recent times are used.
-    at.saturating_duration_since(shared.epoch).as_millis() as u32
+    at.saturating_duration_since(shared.epoch).as_millis() as u16
 }
 
 /// A registered client's connection after its handshakes: the future that reads,
@@ -462,10 +459,6 @@ struct Conn {
     paused: bool,
     /// Closing: what is queued is written out, nothing more is read.
     closing: bool,
-    /// When the client was last written to, in milliseconds since the gateway's epoch
-    /// (wrapping after 49 days: a write seen as recent by the wrap is held once, for at
-    /// most `gateway.min_write_interval`). Kept only with that interval set.
-    last_write: u32,
     /// The connection's one timer (boxed: made the first time it is needed, and kept):
     /// once closing, when the flush gives up; before, with `gateway.min_write_interval`,
     /// when what is held back goes out. One slot for both keeps `Conn` within its
@@ -610,7 +603,7 @@ impl Conn {
             return false;
         }
         let now = Instant::now();
-        let since = u128::from(self.millis(now).wrapping_sub(self.last_write));
+        let since = u128::from(self.millis(now).wrapping_sub(self.out.last_write()));
         let Some(wait) = interval.as_millis().checked_sub(since).filter(|w| *w > 0) else {
             return false;
         };
@@ -624,11 +617,11 @@ impl Conn {
     /// Notes a write, for `gateway.min_write_interval`.
     fn wrote(&mut self) {
         if !self.shared.config.min_write_interval.is_zero() {
-            self.last_write = self.millis(Instant::now());
+            self.out.wrote_at(self.millis(Instant::now()));
         }
     }
 
-    fn millis(&self, at: Instant) -> u32 {
+    fn millis(&self, at: Instant) -> u16 {
         millis_since(&self.shared, at)
     }
 

@@ -14,10 +14,12 @@
 //! woken only for what a write cannot finish: a socket that takes no more (it waits
 //! for room), an error, a close.
 //!
-//! Not for every client: TLS clients (the session's state belongs to the task), and
-//! none with `gateway.min_write_interval` set (the task paces the writes). A batch
-//! notes at most [`MAX_NOTED`] clients: a fan-out to many more wakes the rest as
-//! before, so that a large broadcast is still written by every thread of the runtime.
+//! Not for TLS clients (the session's state belongs to the task). With
+//! `gateway.min_write_interval` set, a noted client written to less than the interval
+//! ago is handed to the gateway's [`Pacer`] instead, which writes it when it is due.
+//! An unpaced batch notes at most [`MAX_NOTED`] clients: a fan-out to many more wakes
+//! the rest as before, so that a large broadcast is still written by every thread of
+//! the runtime.
 
 use std::cell::RefCell;
 use std::io::IoSlice;
@@ -25,6 +27,7 @@ use std::marker::PhantomData;
 use std::os::fd::RawFd;
 
 use super::outbound::Outbound;
+use super::pacer::Pacer;
 
 /// Clients one batch writes to itself; a push beyond them wakes the client's task.
 pub const MAX_NOTED: usize = 128;
@@ -33,6 +36,9 @@ pub const MAX_NOTED: usize = 128;
 struct Noted {
     /// A batch is open on this thread.
     open: bool,
+    /// Its clients are paced (`gateway.min_write_interval`): most are only handed to
+    /// the pacer, so there is no bound on how many it notes.
+    paced: bool,
     /// Clients to write to when it ends (the vector is kept for the next batch).
     clients: Vec<Outbound>,
 }
@@ -45,28 +51,33 @@ thread_local! {
 /// note the client instead of waking its task; dropping it writes to each noted
 /// client. Not `Send`: a batch never spans an `.await`, so it ends on the thread that
 /// opened it.
-pub struct Batch {
+pub struct Batch<'a> {
+    /// The gateway's pacer, with `gateway.min_write_interval` set.
+    pacer: Option<&'a Pacer>,
     _one_thread: PhantomData<*const ()>,
 }
 
-impl Batch {
+impl<'a> Batch<'a> {
     /// Opens a batch on this thread; `None` when one is open already (the outer one
-    /// writes).
-    pub fn open() -> Option<Self> {
+    /// writes). With a `pacer`, a client written to less than the interval ago is
+    /// handed to it instead of written.
+    pub fn open(pacer: Option<&'a Pacer>) -> Option<Self> {
         NOTED.with(|n| {
             let mut n = n.borrow_mut();
             if n.open {
                 return None;
             }
             n.open = true;
+            n.paced = pacer.is_some();
             Some(Self {
+                pacer,
                 _one_thread: PhantomData,
             })
         })
     }
 }
 
-impl Drop for Batch {
+impl Drop for Batch<'_> {
     fn drop(&mut self) {
         let mut clients = NOTED.with(|n| {
             let mut n = n.borrow_mut();
@@ -75,7 +86,7 @@ impl Drop for Batch {
         });
         // Written with the batch closed: nothing written here is noted again.
         for out in clients.drain(..) {
-            out.write_now();
+            out.write_now(self.pacer);
         }
         NOTED.with(|n| {
             let mut n = n.borrow_mut();
@@ -97,7 +108,7 @@ pub fn defer(out: &Outbound) -> bool {
         let Ok(mut n) = n.try_borrow_mut() else {
             return false;
         };
-        if !n.open || n.clients.len() >= MAX_NOTED {
+        if !n.open || (!n.paced && n.clients.len() >= MAX_NOTED) {
             return false;
         }
         n.clients.push(out.clone());
@@ -126,7 +137,7 @@ pub fn send(fd: RawFd, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::io::{ErrorKind, Read};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
@@ -142,7 +153,9 @@ mod tests {
 
     /// A queue whose task is a counter, writing directly to one end of a socket pair
     /// (both ends non-blocking); the other end is the client.
-    fn client(limit: usize) -> (Outbound, Arc<CountingWaker>, UnixStream, UnixStream) {
+    pub(in crate::gateway) fn client(
+        limit: usize,
+    ) -> (Outbound, Arc<CountingWaker>, UnixStream, UnixStream) {
         let (ours, theirs) = UnixStream::pair().expect("socket pair");
         ours.set_nonblocking(true).expect("non-blocking");
         theirs.set_nonblocking(true).expect("non-blocking");
@@ -154,12 +167,12 @@ mod tests {
         (out, wakes, ours, theirs)
     }
 
-    fn woken(w: &CountingWaker) -> usize {
+    pub(in crate::gateway) fn woken(w: &CountingWaker) -> usize {
         w.0.load(Ordering::SeqCst)
     }
 
     /// Everything the client can read now.
-    fn read_now(s: &mut UnixStream) -> Vec<u8> {
+    pub(in crate::gateway) fn read_now(s: &mut UnixStream) -> Vec<u8> {
         let mut got = Vec::new();
         let mut buf = [0u8; 65536];
         loop {
@@ -176,8 +189,8 @@ mod tests {
     fn a_batch_writes_what_it_routed_when_it_ends_without_waking_the_task() {
         let (out, wakes, _ours, mut theirs) = client(1 << 20);
         {
-            let _batch = Batch::open().expect("no batch open yet");
-            assert!(Batch::open().is_none(), "one batch per thread");
+            let _batch = Batch::open(None).expect("no batch open yet");
+            assert!(Batch::open(None).is_none(), "one batch per thread");
             assert_eq!(out.push(Bytes::from_static(b"hello")), Push::Queued);
             assert_eq!(out.push(Bytes::from_static(b" world")), Push::Queued);
             assert!(
@@ -189,7 +202,7 @@ mod tests {
         assert_eq!(out.queued_bytes(), 0);
         assert_eq!(woken(&wakes), 0, "the task had nothing to do");
         // A batch is open again on this thread afterwards.
-        assert!(Batch::open().is_some());
+        assert!(Batch::open(None).is_some());
     }
 
     #[test]
@@ -204,7 +217,7 @@ mod tests {
         let counted = Arc::new(CountingWaker::default());
         plain.register(&Context::from_waker(&Waker::from(counted.clone())));
         {
-            let _batch = Batch::open().expect("batch");
+            let _batch = Batch::open(None).expect("batch");
             assert_eq!(plain.push(Bytes::from_static(b"b")), Push::Queued);
         }
         assert_eq!(woken(&counted), 1);
@@ -216,7 +229,7 @@ mod tests {
         let (out, wakes, _ours, mut theirs) = client(8 << 20);
         let chunk = |i: u8| Bytes::from(vec![i; 4096]);
         {
-            let _batch = Batch::open().expect("batch");
+            let _batch = Batch::open(None).expect("batch");
             for i in 0..=255u8 {
                 assert_eq!(out.push(chunk(i)), Push::Queued);
             }
@@ -228,7 +241,7 @@ mod tests {
         // the task's own write would do), in order, nothing twice.
         let mut got = read_now(&mut theirs);
         while out.queued_bytes() > 0 {
-            out.write_now();
+            out.write_now(None);
             got.extend(read_now(&mut theirs));
         }
         assert_eq!(got.len(), 256 * 4096);
@@ -246,7 +259,7 @@ mod tests {
         // its number given to another connection.
         let (out, wakes, _ours, mut theirs) = client(1 << 20);
         {
-            let _batch = Batch::open().expect("batch");
+            let _batch = Batch::open(None).expect("batch");
             assert_eq!(out.push(Bytes::from_static(b"late")), Push::Queued);
             out.end();
         }
@@ -257,7 +270,7 @@ mod tests {
         // Closing: the task writes the rest and the goodbye.
         let (out, wakes, _ours, mut theirs) = client(1 << 20);
         {
-            let _batch = Batch::open().expect("batch");
+            let _batch = Batch::open(None).expect("batch");
             assert_eq!(out.push(Bytes::from_static(b"last")), Push::Queued);
             assert!(out.close());
         }
@@ -270,7 +283,7 @@ mod tests {
     fn a_batch_writes_to_a_bounded_number_of_clients_and_wakes_the_rest() {
         let clients: Vec<_> = (0..MAX_NOTED + 2).map(|_| client(1 << 20)).collect();
         {
-            let _batch = Batch::open().expect("batch");
+            let _batch = Batch::open(None).expect("batch");
             for (out, ..) in &clients {
                 assert_eq!(out.push(Bytes::from_static(b"x")), Push::Queued);
             }
@@ -289,7 +302,7 @@ mod tests {
         let (out, wakes, _ours, theirs) = client(1 << 20);
         drop(theirs);
         {
-            let _batch = Batch::open().expect("batch");
+            let _batch = Batch::open(None).expect("batch");
             assert_eq!(out.push(Bytes::from_static(b"x")), Push::Queued);
         }
         // No SIGPIPE (the test process would die), the bytes stay for the task, which

@@ -174,7 +174,7 @@ pub async fn serve(
         // The frames read so far are routed in one batch, and the clients they are
         // for written to once it ends (`super::direct`): frames already buffered (or
         // in the socket) are taken without waiting, up to `BATCH_FRAMES`.
-        let _batch = direct::Batch::open();
+        let _batch = direct::Batch::open(shared.pacer.as_deref());
         let mut frame = first;
         for handled in 1.. {
             if let Err(why) = handle(&shared, link, &tx, peer, &name, frame) {

@@ -14,6 +14,7 @@ pub mod limits;
 mod link;
 pub mod link_queue;
 mod outbound;
+mod pacer;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -66,6 +67,8 @@ pub struct Shared {
     internal_log: limits::LogBudget,
     /// What the connections' write times count from (`gateway.min_write_interval`).
     epoch: tokio::time::Instant,
+    /// With `gateway.min_write_interval` set: the clients held back until it passes.
+    pacer: Option<Arc<pacer::Pacer>>,
 }
 
 /// Refused internal connections logged one by one per second; the rest are summed up.
@@ -291,6 +294,7 @@ pub async fn run(
     tracing::info!(number, internal = %entry.internal, listeners = ?entry.listeners, allocator = %crate::alloc::describe(), "gateway started");
     crate::alloc::warn_if_not_installed(config.gateway.allocator);
 
+    let epoch = tokio::time::Instant::now();
     let shared = Arc::new(Shared {
         state: Mutex::new(
             State::new(number, gw.queue_limit, gw.client_queue_limit)
@@ -306,10 +310,16 @@ pub async fn run(
         per_source: Arc::new(limits::PerSource::new(&gw)),
         cuts: limits::CutLog::default(),
         internal_log: limits::LogBudget::new(INTERNAL_LOG_PER_SECOND),
-        epoch: tokio::time::Instant::now(),
+        epoch,
+        pacer: (!gw.min_write_interval.is_zero())
+            .then(|| Arc::new(pacer::Pacer::new(gw.min_write_interval, epoch))),
     });
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
+    if let Some(pacer) = shared.pacer.clone() {
+        let stop = stop.clone();
+        tasks.spawn(async move { pacer.run(stop).await });
+    }
 
     tasks.spawn(accept_internal(
         shared.clone(),

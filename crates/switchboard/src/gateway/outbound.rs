@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU16, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -30,10 +30,15 @@ use futures::task::AtomicWaker;
 use tokio::io::AsyncWrite;
 
 use super::direct;
+use super::pacer::Pacer;
 use crate::metrics::gateway::{self as metrics, CloseReason};
 
 /// Buffers gathered into one vectored write.
 const MAX_SLICES: usize = 64;
+
+/// Bytes queued for a client that go out at once, whatever `gateway.min_write_interval`
+/// says.
+pub const FULL_WRITE: usize = 64 << 10;
 
 /// No socket to write to from outside the connection's task.
 const NO_FD: RawFd = -1;
@@ -170,6 +175,12 @@ struct Inner {
     /// Why the server is closing the client (a [`CloseReason`] + 1; 0 for none), for
     /// the disconnect metric.
     closed_for: AtomicU8,
+    /// When the client was last written to, with `gateway.min_write_interval` set: in
+    /// milliseconds since the gateway's epoch, 16 wrapping bits (room the struct had
+    /// spare; only differences within the interval, at most a second, are asked of it,
+    /// so a client silent for a multiple of 65.5 s may be held once, at most the
+    /// interval).
+    last_write: AtomicU16,
     /// The task that owns the connection.
     waker: AtomicWaker,
 }
@@ -210,6 +221,7 @@ impl Outbound {
                 fd: AtomicI32::new(NO_FD),
                 flags: AtomicU8::new(0),
                 closed_for: AtomicU8::new(0),
+                last_write: AtomicU16::new(0),
                 waker: AtomicWaker::new(),
             }),
         }
@@ -451,15 +463,34 @@ impl Outbound {
     }
 
     /// Writes what is queued straight to the client's socket, from the task that
-    /// routed it (see [`direct`]), as far as the socket takes it without waiting; the
-    /// connection's task is woken for anything else: bytes left over (it waits for the
-    /// socket to take them), an error (it closes), a close or a cut-off (it carries
-    /// them out), or a socket not open to such writes.
-    pub(super) fn write_now(&self) {
+    /// routed it (see [`direct`]) or from the `pacer` that held it, as far as the
+    /// socket takes it without waiting. With a `pacer` (`gateway.min_write_interval`),
+    /// a client written to less than the interval ago is held there until the
+    /// interval has passed instead (unless [`FULL_WRITE`] bytes wait). The connection's
+    /// task is woken for anything else: bytes left over (it waits for the socket to
+    /// take them), an error (it closes), a close or a cut-off (it carries them out),
+    /// or a socket not open to such writes.
+    pub(super) fn write_now(&self, pacer: Option<&Pacer>) {
         let mut q = self.queue();
         let fd = self.inner.fd.load(Ordering::Relaxed);
         let mut done = false;
         if fd != NO_FD && self.flags() & (KILLED | CLOSING | ENDED) == 0 {
+            let mut paced_at = None;
+            if let Some(pacer) = pacer {
+                let queued = self.queued_bytes();
+                if queued == 0 {
+                    return;
+                }
+                let now = pacer.now();
+                let since = (now as u16).wrapping_sub(self.last_write());
+                if queued < FULL_WRITE && since < pacer.interval_ms() {
+                    drop(q);
+                    let wait = u64::from(pacer.interval_ms() - since);
+                    pacer.hold(self.clone(), now + wait);
+                    return;
+                }
+                paced_at = Some(now as u16);
+            }
             done = loop {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let n = q.slices(&mut slices);
@@ -474,11 +505,27 @@ impl Outbound {
                     Err(_) => break false,
                 }
             };
+            if let Some(at) = paced_at.filter(|_| done) {
+                // As the task does: the interval counts from a write that emptied the
+                // queue.
+                self.wrote_at(at);
+            }
         }
         drop(q);
         if !done {
             self.inner.waker.wake();
         }
+    }
+
+    /// When the client was last written to (`gateway.min_write_interval`: milliseconds
+    /// since the gateway's epoch, 16 wrapping bits).
+    pub(super) fn last_write(&self) -> u16 {
+        self.inner.last_write.load(Ordering::Relaxed)
+    }
+
+    /// Notes a write at `at` (as [`Outbound::last_write`]).
+    pub(super) fn wrote_at(&self, at: u16) {
+        self.inner.last_write.store(at, Ordering::Relaxed);
     }
 
     /// Accounts for `n` bytes written from the front of the queue.
