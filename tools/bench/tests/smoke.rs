@@ -32,7 +32,20 @@ fn run(args: &[&str]) -> serde_json::Map<String, serde_json::Value> {
 
 /// Runs one scenario with `--json` and returns the figures of every run (or round).
 fn run_all(args: &[&str]) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    run_all_with(&[], args)
+}
+
+/// Like [`run`], with the servers' configuration changed through the environment.
+fn run_with(env: &[(&str, &str)], args: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    run_all_with(env, args).remove(0)
+}
+
+fn run_all_with(
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Vec<serde_json::Map<String, serde_json::Value>> {
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .envs(env.iter().copied())
         .args(args)
         .arg("--json")
         .arg("--chat")
@@ -120,6 +133,75 @@ fn broadcast_reaches_everybody() {
     assert_eq!(figure(&f, "receivers"), 30.0, "{f:?}");
     assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
     assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
+}
+
+/// More recipients than a link's batch writes itself (128, `gateway/direct.rs`): the
+/// rest are written by their own tasks, and every client still gets every line, in
+/// order.
+#[test]
+fn broadcast_to_more_clients_than_a_batch_writes_keeps_every_line_in_order() {
+    let f = run(&[
+        "broadcast",
+        "--clients",
+        "300",
+        "--senders",
+        "2",
+        "--rate",
+        "100",
+        "--seconds",
+        "2",
+        "--grace",
+        "5",
+    ]);
+    assert_eq!(figure(&f, "receivers"), 300.0, "{f:?}");
+    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "reordered"), 0.0, "{f:?}");
+}
+
+/// With `gateway.min_write_interval`, the lines a client gets within the interval are
+/// held by the gateway's pacer and written together: none lost, none out of order, and
+/// private lines (written at once to a client not written to lately) too.
+#[test]
+fn paced_writes_lose_nothing_and_keep_the_order() {
+    let paced = [("SWITCHBOARD__GATEWAY__MIN_WRITE_INTERVAL", "20ms")];
+    let f = run_with(
+        &paced,
+        &[
+            "broadcast",
+            "--clients",
+            "300",
+            "--senders",
+            "2",
+            "--rate",
+            "100",
+            "--seconds",
+            "2",
+            "--grace",
+            "5",
+        ],
+    );
+    assert_eq!(figure(&f, "receivers"), 300.0, "{f:?}");
+    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "reordered"), 0.0, "{f:?}");
+    let f = run_with(
+        &paced,
+        &[
+            "private",
+            "--clients",
+            "24",
+            "--rate",
+            "600",
+            "--seconds",
+            "2",
+            "--grace",
+            "5",
+        ],
+    );
+    assert_eq!(figure(&f, "sent"), 1200.0, "{f:?}");
+    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "not_online"), 0.0, "{f:?}");
 }
 
 #[test]
