@@ -96,22 +96,34 @@ fn connect_holds_every_client() {
     assert!(figure(&f, "gateway_rss_mib") > 0.0, "{f:?}");
 }
 
+/// 1,200 private lines between 24 clients.
+const PRIVATE_1200: &[&str] = &[
+    "private",
+    "--clients",
+    "24",
+    "--rate",
+    "600",
+    "--seconds",
+    "2",
+    "--grace",
+    "5",
+];
+
+/// Each of `want`'s figures has its value.
+fn assert_figures(f: &serde_json::Map<String, serde_json::Value>, want: &[(&str, f64)]) {
+    for (name, value) in want {
+        assert_eq!(figure(f, name), *value, "{name}: {f:?}");
+    }
+}
+
+/// Every one of the 1,200 private lines arrived.
+fn assert_all_private_arrived(f: &serde_json::Map<String, serde_json::Value>) {
+    assert_figures(f, &[("sent", 1200.0), ("lost", 0.0), ("not_online", 0.0)]);
+}
+
 #[test]
 fn private_loses_nothing() {
-    let f = run(&[
-        "private",
-        "--clients",
-        "24",
-        "--rate",
-        "600",
-        "--seconds",
-        "2",
-        "--grace",
-        "5",
-    ]);
-    assert_eq!(figure(&f, "sent"), 1200.0, "{f:?}");
-    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
-    assert_eq!(figure(&f, "not_online"), 0.0, "{f:?}");
+    assert_all_private_arrived(&run(PRIVATE_1200));
 }
 
 #[test]
@@ -135,28 +147,36 @@ fn broadcast_reaches_everybody() {
     assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
 }
 
-/// More recipients than a link's batch writes itself (128, `gateway/direct.rs`): the
-/// rest are written by their own tasks, and every client still gets every line, in
-/// order.
+/// A broadcast to more recipients than a link's batch writes itself (128,
+/// `gateway/direct.rs`): the rest are written by their own tasks.
+const BROADCAST_TO_300: &[&str] = &[
+    "broadcast",
+    "--clients",
+    "300",
+    "--senders",
+    "2",
+    "--rate",
+    "100",
+    "--seconds",
+    "2",
+    "--grace",
+    "5",
+];
+
+/// Every one of the 300 clients got every line, in order.
+fn assert_all_in_order(f: &serde_json::Map<String, serde_json::Value>) {
+    let want = [
+        ("receivers", 300.0),
+        ("lost", 0.0),
+        ("incomplete_clients", 0.0),
+        ("reordered", 0.0),
+    ];
+    assert_figures(f, &want);
+}
+
 #[test]
 fn broadcast_to_more_clients_than_a_batch_writes_keeps_every_line_in_order() {
-    let f = run(&[
-        "broadcast",
-        "--clients",
-        "300",
-        "--senders",
-        "2",
-        "--rate",
-        "100",
-        "--seconds",
-        "2",
-        "--grace",
-        "5",
-    ]);
-    assert_eq!(figure(&f, "receivers"), 300.0, "{f:?}");
-    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
-    assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
-    assert_eq!(figure(&f, "reordered"), 0.0, "{f:?}");
+    assert_all_in_order(&run(BROADCAST_TO_300));
 }
 
 /// With `gateway.min_write_interval`, the lines a client gets within the interval are
@@ -165,63 +185,14 @@ fn broadcast_to_more_clients_than_a_batch_writes_keeps_every_line_in_order() {
 #[test]
 fn paced_writes_lose_nothing_and_keep_the_order() {
     let paced = [("SWITCHBOARD__GATEWAY__MIN_WRITE_INTERVAL", "20ms")];
-    let f = run_with(
-        &paced,
-        &[
-            "broadcast",
-            "--clients",
-            "300",
-            "--senders",
-            "2",
-            "--rate",
-            "100",
-            "--seconds",
-            "2",
-            "--grace",
-            "5",
-        ],
-    );
-    assert_eq!(figure(&f, "receivers"), 300.0, "{f:?}");
-    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
-    assert_eq!(figure(&f, "incomplete_clients"), 0.0, "{f:?}");
-    assert_eq!(figure(&f, "reordered"), 0.0, "{f:?}");
-    let f = run_with(
-        &paced,
-        &[
-            "private",
-            "--clients",
-            "24",
-            "--rate",
-            "600",
-            "--seconds",
-            "2",
-            "--grace",
-            "5",
-        ],
-    );
-    assert_eq!(figure(&f, "sent"), 1200.0, "{f:?}");
-    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
-    assert_eq!(figure(&f, "not_online"), 0.0, "{f:?}");
+    assert_all_in_order(&run_with(&paced, BROADCAST_TO_300));
+    assert_all_private_arrived(&run_with(&paced, PRIVATE_1200));
 }
 
 #[test]
 fn private_over_websocket_loses_nothing() {
-    let f = run(&[
-        "private",
-        "--protocol",
-        "websocket",
-        "--clients",
-        "24",
-        "--rate",
-        "600",
-        "--seconds",
-        "2",
-        "--grace",
-        "5",
-    ]);
-    assert_eq!(figure(&f, "sent"), 1200.0, "{f:?}");
-    assert_eq!(figure(&f, "lost"), 0.0, "{f:?}");
-    assert_eq!(figure(&f, "not_online"), 0.0, "{f:?}");
+    let f = run(&[PRIVATE_1200, &["--protocol", "websocket"]].concat());
+    assert_all_private_arrived(&f);
     assert!(figure(&f, "gateway_us_per_msg") > 0.0, "{f:?}");
 }
 
