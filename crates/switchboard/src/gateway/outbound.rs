@@ -15,7 +15,10 @@
 //! when it finds the queue empty: a queue with something in it is already the task's
 //! business (it is writing it, waiting for the socket to take more, or holding it back
 //! for `gateway.min_write_interval`), so a backlog of a thousand messages costs one
-//! wake-up, not a thousand.
+//! wake-up, not a thousand. And data pushed by a link's reader to a plain TCP client
+//! wakes nobody: the reader writes it itself when its batch ends, or hands it to the
+//! pacer ([`Outbound::write_now`], [`super::direct`], [`super::pacer`]); the queue
+//! keeps the socket's descriptor for that, and when the client was last written to.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
