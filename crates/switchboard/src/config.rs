@@ -1337,6 +1337,11 @@ impl Default for Config {
 mod tests {
     use super::*;
 
+    /// The error a configuration is refused with, as the operator reads it.
+    fn refusal(toml: &str) -> String {
+        Config::from_toml(toml, None).unwrap_err().to_string()
+    }
+
     #[test]
     fn empty_file_is_all_defaults() {
         let c = Config::from_toml("", None).unwrap();
@@ -1363,7 +1368,7 @@ mod tests {
                 "gateway.internal_listen",
             ),
         ] {
-            let msg = Config::from_toml(toml, None).unwrap_err().to_string();
+            let msg = refusal(toml);
             assert!(
                 msg.contains("secret") && msg.contains("change-me") && msg.contains(key),
                 "{toml}: {msg}"
@@ -1382,9 +1387,7 @@ mod tests {
     #[test]
     fn an_event_must_fit_in_an_internal_frame() {
         // The default text listener: 64 KiB lines, 64 KiB sessions.
-        let msg = Config::from_toml("[gateway]\nmax_internal_frame = 100000", None)
-            .unwrap_err()
-            .to_string();
+        let msg = refusal("[gateway]\nmax_internal_frame = 100000");
         assert!(
             msg.contains("gateway.max_internal_frame")
                 && msg.contains("max_message (65536)")
@@ -1420,7 +1423,7 @@ mod tests {
                 &["gateway.min_write_interval", "at least 1ms"],
             ),
         ] {
-            let msg = Config::from_toml(toml, None).unwrap_err().to_string();
+            let msg = refusal(toml);
             assert!(needles.iter().all(|n| msg.contains(n)), "{toml}: {msg}");
         }
         let paced = Config::from_toml("[gateway]\nmin_write_interval = \"10ms\"", None).unwrap();
@@ -1457,13 +1460,9 @@ mod tests {
 
     #[test]
     fn wrong_type_and_bad_address() {
-        let msg = Config::from_toml("[worker]\ncount = \"two\"\n", None)
-            .unwrap_err()
-            .to_string();
+        let msg = refusal("[worker]\ncount = \"two\"\n");
         assert!(msg.contains("count") && msg.contains("line 2"), "{msg}");
-        let msg = Config::from_toml("[[gateway.listeners]]\nlisten = \"nowhere:99999\"\n", None)
-            .unwrap_err()
-            .to_string();
+        let msg = refusal("[[gateway.listeners]]\nlisten = \"nowhere:99999\"\n");
         assert!(msg.contains("listen"), "{msg}");
     }
 
@@ -1479,9 +1478,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.gateway.effective_allocator(), AllocatorKind::Mimalloc);
         assert_eq!(c.worker.effective_allocator(), AllocatorKind::System);
-        let msg = Config::from_toml("[worker]\ncount = 2\nallocator = \"jemalloc\"\n", None)
-            .unwrap_err()
-            .to_string();
+        let msg = refusal("[worker]\ncount = 2\nallocator = \"jemalloc\"\n");
         assert!(
             msg.contains("line 3") && msg.contains("`system` or `mimalloc`"),
             "{msg}"
@@ -1561,9 +1558,7 @@ mod tests {
         // The whole 127/8 and ::1 are loopback.
         Config::from_toml("[admin]\nlisten = \"127.0.0.2:1\"\n", None).unwrap();
         Config::from_toml("[admin]\nlisten = \"[::1]:1\"\n", None).unwrap();
-        let msg = Config::from_toml("[admin]\nlisten = \"0.0.0.0:55757\"\n", None)
-            .unwrap_err()
-            .to_string();
+        let msg = refusal("[admin]\nlisten = \"0.0.0.0:55757\"\n");
         assert!(
             msg.contains("admin.token") && msg.contains("0.0.0.0:55757"),
             "{msg}"
@@ -1584,9 +1579,7 @@ mod tests {
             msg.contains("admin.token_file") && msg.contains("/nonexistent/token"),
             "{msg}"
         );
-        let msg = Config::from_toml("[admin]\ntoken = \" \"\n", None)
-            .unwrap_err()
-            .to_string();
+        let msg = refusal("[admin]\ntoken = \" \"\n");
         assert!(msg.contains("admin.token: the token is empty"), "{msg}");
     }
 
@@ -1595,9 +1588,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.statistic.retention, Duration::from_secs(15 * 86_400));
         assert!(c.statistic.enabled && c.metrics.enabled && c.admin.enabled);
-        let msg = Config::from_toml("[statistic]\nretention = \"1s\"\n", None)
-            .unwrap_err()
-            .to_string();
+        let msg = refusal("[statistic]\nretention = \"1s\"\n");
         assert!(msg.contains("statistic.retention"), "{msg}");
     }
 
