@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::ws::Ws;
 use common::{chat, chat_with_browsers, ChatClient};
 use serde_json::json;
+use switchboard::client::Tell;
 use switchboard::{ApiError, ClientId, ClientProtocol, Gateway, PerProtocol, Session};
 use switchboard_testkit::{Client, Deployment};
 
@@ -698,5 +699,158 @@ async fn sends_with_a_rendering_per_protocol_across_two_gateways() {
         assert_eq!(b.next().await["what"], "all");
         b.nothing_within(Duration::from_millis(100)).await;
     }
+    api.close().await;
+}
+
+/// A `Tell` for a sender, told "sent" or "offline", whose outcomes come out of the
+/// receiver in order.
+fn outcomes() -> (
+    impl Fn(ClientId) -> Tell,
+    tokio::sync::mpsc::UnboundedReceiver<Result<bool, ApiError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let make = move |sender| {
+        let tx = tx.clone();
+        Tell::sender(sender)
+            .sent("sent")
+            .offline("offline")
+            .then(move |outcome| {
+                let _ = tx.send(outcome);
+            })
+    };
+    (make, rx)
+}
+
+async fn next_outcome(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<bool, ApiError>>,
+) -> Result<bool, ApiError> {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("`then` was not called within 10 s")
+        .expect("the callback was dropped without being called")
+}
+
+/// `send_to_client_or_tell`: the recipient gets the message and the sender the right
+/// notice, with the sender on the recipient's gateway (one command), on the other one,
+/// and when the recipient's gateway is not there; `then` hears each outcome once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_or_tell_tells_the_sender_on_one_gateway_and_across_two() {
+    let d = Deployment::start(chat().gateways(2));
+    let api = Gateway::connect(d.config()).await.unwrap();
+    assert!(api.wait_for_gateways(2, Duration::from_secs(10)).await);
+    let mut clients = clients_on_both_gateways(&d, &api).await;
+    let gw_a = clients[0].0.gateway;
+    let b_idx = clients
+        .iter()
+        .position(|(id, _)| id.gateway != gw_a)
+        .unwrap();
+    let c_idx = clients
+        .iter()
+        .position(|(id, _)| id.gateway == gw_a && *id != clients[0].0)
+        .unwrap();
+    let (a, b, c) = (clients[0].0, clients[b_idx].0, clients[c_idx].0);
+    let with_sender = |sender: ClientId| Tell::sender(sender).sent("sent").offline("offline");
+
+    // Same gateway, nobody asking for the outcome: one command, no answer.
+    let queries = api.pending_queries();
+    api.send_to_client_or_tell(c, "psst 1", with_sender(a))
+        .await
+        .unwrap();
+    assert_eq!(api.pending_queries(), queries, "no answer is waited for");
+    clients[c_idx].1.expect_next("psst 1").await;
+    clients[0].1.expect_next("sent").await;
+    // What is sent to the sender after it comes after its notice.
+    let offline_here = ClientId::new(gw_a, 1 << 40);
+    api.send_to_client_or_tell(offline_here, "psst 2", with_sender(a))
+        .await
+        .unwrap();
+    api.send_to_client(a, "after").await.unwrap();
+    clients[0].1.expect_next("offline").await;
+    clients[0].1.expect_next("after").await;
+
+    // With `then`: each outcome, once, on one gateway and across two.
+    let (tell, mut heard) = outcomes();
+    let cases = [
+        (c, a, true, c_idx),
+        (offline_here, a, false, 0),
+        (b, a, true, b_idx),
+        (ClientId::new(b.gateway, 1 << 40), a, false, 0),
+        (ClientId::new(999, 1), a, false, 0),
+    ];
+    for (to, from, delivered, to_idx) in cases {
+        api.send_to_client_or_tell(to, "psst 3", tell(from))
+            .await
+            .unwrap();
+        assert_eq!(next_outcome(&mut heard).await, Ok(delivered), "to {to}");
+        if delivered {
+            clients[to_idx].1.expect_next("psst 3").await;
+            clients[0].1.expect_next("sent").await;
+        } else {
+            clients[0].1.expect_next("offline").await;
+        }
+    }
+    for (_, cl) in clients.iter_mut() {
+        nothing_more(cl).await;
+    }
+    assert!(heard.try_recv().is_err(), "each outcome is heard once");
+    assert_eq!(api.pending_queries(), 0);
+    api.close().await;
+}
+
+/// When the answer does not come, `then` still hears once: a timeout when the
+/// recipient's gateway is stopped (no task waits; the link's reader times it out), and
+/// "disconnected" when its link breaks with the command in flight. The call itself has
+/// returned at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_or_tell_reports_a_missing_answer_to_then() {
+    let d = Deployment::start(chat());
+    let api = d.api().await;
+    let mut alice = Client::connect(d.addr()).await;
+    alice.expect_next("type in your name:").await;
+    let ids = api.all_client_ids().await.unwrap();
+    let (a, gateway) = (ids[0], ids[0].gateway);
+    let (tell, mut heard) = outcomes();
+    let pid = d.gateway_pid(gateway);
+    d.note(&format!("SIGSTOP gateway {gateway} (pid {pid})"));
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+
+    let started = std::time::Instant::now();
+    api.send_to_client_or_tell(a, "to myself", tell(a))
+        .await
+        .unwrap();
+    let returned = started.elapsed();
+    match next_outcome(&mut heard).await {
+        Err(ApiError::Timeout {
+            gateway: g,
+            timeout,
+            ..
+        }) => {
+            assert_eq!(g, gateway);
+            assert_eq!(timeout, Duration::from_secs(3));
+        }
+        other => panic!("expected a timeout naming gateway {gateway}, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before the query timeout: {:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "returned after {returned:?}, timed out after {:?}",
+        started.elapsed()
+    );
+
+    // The link breaks (the gateway dies) with the command in flight.
+    api.send_to_client_or_tell(a, "to myself", tell(a))
+        .await
+        .unwrap();
+    d.note(&format!("SIGKILL gateway {gateway} (pid {pid})"));
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    match next_outcome(&mut heard).await {
+        Err(ApiError::Disconnected { gateway: g, .. }) => assert_eq!(g, gateway),
+        other => panic!("expected gateway {gateway} disconnected, got {other:?}"),
+    }
+    assert!(heard.try_recv().is_err(), "each outcome is heard once");
+    assert_eq!(api.pending_queries(), 0);
     api.close().await;
 }

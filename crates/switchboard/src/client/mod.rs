@@ -110,7 +110,9 @@ use crate::transport::LinkStream;
 use crate::{auth, ClientId, Message, PerProtocol, Session};
 
 mod builder;
+mod tell;
 pub use builder::Builder;
+pub use tell::Tell;
 
 /// Frames a link may have waiting to be written before senders wait (back-pressure).
 const LINK_QUEUE: usize = 65_536;
@@ -225,7 +227,16 @@ struct LinkHandle {
 }
 
 /// Queries waiting for their answers, by request id.
-type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
+type Pending = Arc<Mutex<PendingMap>>;
+
+/// The queries of one link waiting for their answers.
+#[derive(Default)]
+struct PendingMap {
+    waiting: HashMap<u64, Waiting>,
+    /// The link has ended: its queries have been answered with an error, and a query
+    /// added now would never be answered.
+    closed: bool,
+}
 
 /// One query waiting for its answer.
 struct Waiting {
@@ -233,7 +244,57 @@ struct Waiting {
     /// ([`Frame::ReplyPart`]).
     pages: Option<Reply>,
     /// Where the whole answer goes.
-    answer: oneshot::Sender<Reply>,
+    answer: Answer,
+}
+
+/// Where a query's answer goes.
+enum Answer {
+    /// To the task that asked, which waits for it (and times it out).
+    Task(oneshot::Sender<Reply>),
+    /// To a callback, called by the link's reader; nobody waits. The reader calls it
+    /// with an error when the answer has not come by `deadline` or the link ends.
+    Then {
+        done: Box<dyn FnOnce(Result<Reply, ApiError>) + Send>,
+        deadline: tokio::time::Instant,
+    },
+}
+
+impl PendingMap {
+    /// Takes the callbacks whose answer is overdue at `now`.
+    fn overdue(&mut self, now: tokio::time::Instant) -> Vec<Waiting> {
+        let ids: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| matches!(w.answer, Answer::Then { deadline, .. } if deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter()
+            .filter_map(|id| self.waiting.remove(id))
+            .collect()
+    }
+
+    /// Ends the link: takes every query, and refuses those added later.
+    fn close(&mut self) -> Vec<Waiting> {
+        self.closed = true;
+        self.waiting.drain().map(|(_, w)| w).collect()
+    }
+}
+
+impl Waiting {
+    /// Gives the query of `link` its outcome: the gateway's answer, or why there is
+    /// none.
+    fn finish(self, outcome: Result<Reply, ApiError>, link: &LinkHandle) {
+        match self.answer {
+            // The task reads the answer itself ([`Gateway::ask`]); given an error, it
+            // sees its channel closed. One that stopped waiting hears nothing.
+            Answer::Task(tx) => {
+                if let Ok(reply) = outcome {
+                    let _ = tx.send(reply);
+                }
+            }
+            Answer::Then { done, .. } => done(outcome.and_then(|r| link.answer(r))),
+        }
+    }
 }
 
 /// Forgets a query when its caller stops waiting, whatever the reason: the answer,
@@ -246,7 +307,7 @@ struct Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        lock(self.pending).remove(&self.id);
+        lock(self.pending).waiting.remove(&self.id);
     }
 }
 
@@ -282,6 +343,25 @@ impl LinkHandle {
         ApiError::Disconnected {
             gateway: self.number,
             addr: self.addr,
+        }
+    }
+
+    /// A query's answer, or the error the gateway answered with.
+    fn answer(&self, reply: Reply) -> Result<Reply, ApiError> {
+        match reply {
+            Reply::Error(e) => Err(ApiError::BadReply {
+                gateway: self.number,
+                detail: format!("an error: {e}"),
+            }),
+            reply => Ok(reply),
+        }
+    }
+
+    fn timed_out(&self, timeout: Duration) -> ApiError {
+        ApiError::Timeout {
+            gateway: self.number,
+            addr: self.addr,
+            timeout,
         }
     }
 }
@@ -745,6 +825,117 @@ impl Gateway {
         match self.ask(&link, Query::Counted(cmd)).await? {
             Reply::Count(n) => Ok(n > 0),
             other => Err(bad_reply(link.number, &other)),
+        }
+    }
+
+    /// Sends a message to one client and tells another — the client it came from — what
+    /// became of it, without waiting for an answer: the sender gets
+    /// [`Tell::sent`] after the recipient got the message, or [`Tell::offline`] when
+    /// the recipient is not online (nothing was sent). A chat's private line, in one
+    /// step instead of a [`send_to_client`](Self::send_to_client), a wait for its
+    /// answer, and a reply.
+    ///
+    /// When sender and recipient are clients of the same gateway (always so with one
+    /// gateway), that gateway does all of it in one command: this call returns once the
+    /// command is queued on the link, and whatever the handler sends the sender after
+    /// it arrives after the sender's notice. When they are on different gateways, this
+    /// call sends as [`send_to_client`](Self::send_to_client) does, waits for the
+    /// recipient's gateway to answer, then tells the sender through its own gateway.
+    ///
+    /// [`Tell::then`] hears the outcome (`Ok(true)` delivered, `Ok(false)` not online),
+    /// or the error: an `Err` returned here (nothing was sent, or with two gateways, no
+    /// answer came), or one that came after this call returned (no answer within
+    /// `worker.query_timeout`, the link broke: the message may or may not have
+    /// arrived, and the sender may have been told nothing).
+    ///
+    /// ```no_run
+    /// # use switchboard::{client::Tell, ClientId, Gateway};
+    /// # async fn demo(gateway: &Gateway, me: ClientId, bob: ClientId) -> Result<(), switchboard::ApiError> {
+    /// let tell = Tell::sender(me)
+    ///     .sent("you said to bob: psst")
+    ///     .offline("bob is not online; nothing was sent");
+    /// gateway.send_to_client_or_tell(bob, "psst", tell).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_to_client_or_tell(
+        &self,
+        client: ClientId,
+        data: impl Into<PerProtocol>,
+        tell: Tell,
+    ) -> Result<(), ApiError> {
+        let Tell {
+            sender,
+            sent,
+            offline,
+            then,
+        } = tell;
+        let finish = |then: Option<tell::Then>, outcome: Result<bool, ApiError>| {
+            if let Some(then) = then {
+                then(outcome);
+            }
+        };
+        let link = match self.link_for(client) {
+            Ok(link) => link,
+            Err(e) => {
+                finish(then, Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let data = data.into();
+        let link = match link {
+            Some(link) if sender.gateway == client.gateway => link,
+            // Two gateways, or the recipient's is not connected (offline as far as
+            // this process can tell): the sender is told by its own.
+            other => {
+                let outcome = match other {
+                    Some(_) => self.send_to_client(client, data).await,
+                    None => Ok(false),
+                };
+                let notice = match &outcome {
+                    Ok(true) => sent,
+                    Ok(false) => offline,
+                    Err(_) => None,
+                };
+                let told = match notice {
+                    Some(notice) => {
+                        self.to_client(
+                            sender,
+                            Command::SendToClient {
+                                client: sender,
+                                data: notice,
+                            },
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                };
+                finish(then, outcome.clone());
+                return outcome.and(told);
+            }
+        };
+        let cmd = Command::SendOrTell {
+            client,
+            data,
+            sender,
+            sent,
+            offline,
+        };
+        match then {
+            // Nobody wants the outcome: no answer at all.
+            None => {
+                crate::metrics::worker::command(command_kind(&cmd));
+                link.send(&Frame::Command(cmd)).await
+            }
+            Some(then) => {
+                let number = link.number;
+                let done = Box::new(move |answer: Result<Reply, ApiError>| {
+                    then(answer.and_then(|reply| match reply {
+                        Reply::Count(n) => Ok(n > 0),
+                        other => Err(bad_reply(number, &other)),
+                    }))
+                });
+                self.ask_then(&link, Query::Counted(cmd), done).await
+            }
         }
     }
 
@@ -1215,13 +1406,19 @@ impl Gateway {
     async fn ask_uncounted(&self, link: &LinkHandle, query: Query) -> Result<Reply, ApiError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&link.pending).insert(
-            id,
-            Waiting {
-                pages: None,
-                answer: tx,
-            },
-        );
+        {
+            let mut pending = lock(&link.pending);
+            if pending.closed {
+                return Err(link.disconnected());
+            }
+            pending.waiting.insert(
+                id,
+                Waiting {
+                    pages: None,
+                    answer: Answer::Task(tx),
+                },
+            );
+        }
         let _forget = Forget {
             pending: &link.pending,
             id,
@@ -1230,23 +1427,60 @@ impl Gateway {
         async {
             link.send(&Frame::Query { id, query }).await?;
             match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(Reply::Error(e))) => Err(ApiError::BadReply {
-                    gateway: link.number,
-                    detail: format!("an error: {e}"),
-                }),
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(_)) => Err(ApiError::Disconnected {
-                    gateway: link.number,
-                    addr: link.addr,
-                }),
-                Err(_) => Err(ApiError::Timeout {
-                    gateway: link.number,
-                    addr: link.addr,
-                    timeout,
-                }),
+                Ok(Ok(reply)) => link.answer(reply),
+                Ok(Err(_)) => Err(link.disconnected()),
+                Err(_) => Err(link.timed_out(timeout)),
             }
         }
         .await
+    }
+
+    /// Sends a query whose answer goes to `done`, called by the link's reader (with
+    /// an error when none comes within the query timeout, or the link ends); returns
+    /// once the query is queued on the link. `done` is called exactly once: with the
+    /// error also returned when the query could not be queued.
+    async fn ask_then(
+        &self,
+        link: &LinkHandle,
+        query: Query,
+        done: Box<dyn FnOnce(Result<Reply, ApiError>) + Send>,
+    ) -> Result<(), ApiError> {
+        crate::metrics::worker::command(query_kind(&query));
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = match encode_checked(&Frame::Query { id, query }, link.max_frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                done(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        {
+            let mut pending = lock(&link.pending);
+            if pending.closed {
+                drop(pending);
+                let e = link.disconnected();
+                done(Err(e.clone()));
+                return Err(e);
+            }
+            let deadline = tokio::time::Instant::now() + self.inner.options.query_timeout;
+            // Registered before it is sent: the answer may come at once.
+            pending.waiting.insert(
+                id,
+                Waiting {
+                    pages: None,
+                    answer: Answer::Then { done, deadline },
+                },
+            );
+        }
+        if let Err(e) = link.send_encoded(bytes).await {
+            // Not sent. Unless the link's end took it first, the callback hears why here.
+            let waiting = lock(&link.pending).waiting.remove(&id);
+            if let Some(waiting) = waiting {
+                waiting.finish(Err(e.clone()), link);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Queries sent and not yet answered, over every link (a query whose caller gave
@@ -1255,7 +1489,7 @@ impl Gateway {
     pub fn pending_queries(&self) -> usize {
         self.all_links()
             .iter()
-            .map(|l| lock(&l.pending).len())
+            .map(|l| lock(&l.pending).waiting.len())
             .sum()
     }
 
@@ -1296,7 +1530,7 @@ fn command_kind(cmd: &Command) -> crate::metrics::worker::CommandKind {
     use crate::metrics::worker::CommandKind as K;
     #[allow(unreachable_patterns)]
     match cmd {
-        Command::SendToClient { .. } => K::SendToClient,
+        Command::SendToClient { .. } | Command::SendOrTell { .. } => K::SendToClient,
         Command::SendToAll { .. } => K::SendToAll,
         Command::SendToGroup { .. } => K::SendToGroup,
         Command::SendToUid { .. } => K::SendToUid,
@@ -1535,7 +1769,7 @@ async fn run_link(
         max_frame: inner.options.max_frame,
         send_timeout: inner.options.query_timeout,
         tx: tx.clone(),
-        pending: Arc::new(Mutex::new(HashMap::new())),
+        pending: Arc::new(Mutex::new(PendingMap::default())),
         drained: Arc::new(Notify::new()),
     };
     inner
@@ -1573,11 +1807,29 @@ async fn run_link(
     });
 
     let link_timeout = inner.options.link_timeout;
+    let query_timeout = inner.options.query_timeout;
+    // Answers that go to callbacks ([`Answer::Then`]) have no task timing them out:
+    // this reader does, every quarter of the query timeout.
+    let mut sweep = tokio::time::interval(
+        (query_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+    );
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
     let result = loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            f = tokio::time::timeout(link_timeout, stream.next()) => match f {
-                Ok(f) => f,
+            now = sweep.tick() => {
+                let overdue = lock(&handle.pending).overdue(now);
+                for waiting in overdue {
+                    waiting.finish(Err(handle.timed_out(query_timeout)), &handle);
+                }
+                continue;
+            }
+            f = tokio::time::timeout_at(heard + link_timeout, stream.next()) => match f {
+                Ok(f) => {
+                    heard = tokio::time::Instant::now();
+                    f
+                }
                 Err(_) => break Err(format!("nothing from the gateway for {link_timeout:?}; reconnecting")),
             },
         };
@@ -1596,7 +1848,7 @@ async fn run_link(
             },
             Some(Ok(Frame::ReplyPart { id, reply })) => {
                 let mut pending = lock(&handle.pending);
-                if let Some(waiting) = pending.get_mut(&id) {
+                if let Some(waiting) = pending.waiting.get_mut(&id) {
                     let joined = match &mut waiting.pages {
                         None => {
                             waiting.pages = Some(reply);
@@ -1610,17 +1862,18 @@ async fn run_link(
                 }
             }
             Some(Ok(Frame::Reply { id, reply })) => {
-                let waiting = lock(&handle.pending).remove(&id);
-                if let Some(Waiting { pages, answer }) = waiting {
-                    let whole = match pages {
+                let waiting = lock(&handle.pending).waiting.remove(&id);
+                if let Some(mut waiting) = waiting {
+                    let whole = match waiting.pages.take() {
                         None => Ok(reply),
                         Some(mut pages) => pages.extend(reply).map(|()| pages),
                     };
                     match whole {
-                        Ok(whole) => {
-                            let _ = answer.send(whole);
+                        Ok(whole) => waiting.finish(Ok(whole), &handle),
+                        Err(e) => {
+                            waiting.finish(Err(handle.disconnected()), &handle);
+                            break Err(format!("protocol error: {e}"));
                         }
-                        Err(e) => break Err(format!("protocol error: {e}")),
                     }
                 }
             }
@@ -1650,7 +1903,10 @@ async fn run_link(
     }
     inner.changed.notify_waiters();
     // Waiting queries fail now rather than at their timeout.
-    lock(&handle.pending).clear();
+    let left = lock(&handle.pending).close();
+    for waiting in left {
+        waiting.finish(Err(handle.disconnected()), &handle);
+    }
     writer.abort();
     if result.is_ok() {
         tracing::info!(gateway = entry.number, "link closed");

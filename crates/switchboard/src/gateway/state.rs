@@ -987,6 +987,34 @@ impl State {
                 )),
                 None => 0,
             },
+            Command::SendOrTell {
+                client,
+                data,
+                sender,
+                sent,
+                offline,
+            } => {
+                let reached = match self.out_of(client) {
+                    Some((out, p)) => push_or_cut(
+                        out,
+                        p.encode_to_bytes(data.for_protocol(p)),
+                        client,
+                        counters,
+                    ),
+                    None => false,
+                };
+                // The sender hears after the recipient got it, in the same batch.
+                let tell = if reached { sent } else { offline };
+                if let (Some(tell), Some((out, p))) = (tell, self.out_of(sender)) {
+                    push_or_cut(
+                        out,
+                        p.encode_to_bytes(tell.for_protocol(p)),
+                        sender,
+                        counters,
+                    );
+                }
+                usize::from(reached)
+            }
             Command::SendToAll {
                 data,
                 only,
@@ -1110,6 +1138,7 @@ impl State {
                 }
             }
             Command::SendToClient { .. }
+            | Command::SendOrTell { .. }
             | Command::SendToAll { .. }
             | Command::SendToUid { .. }
             | Command::SendToGroup { .. } => {}
@@ -2035,6 +2064,56 @@ mod tests {
         assert_eq!(
             f.state.query_for_test(Query::IsOnline(a)),
             Reply::Bool(false)
+        );
+    }
+
+    #[test]
+    fn send_or_tell_tells_the_sender_what_became_of_the_message() {
+        let mut f = Fixture::new();
+        let (alice, arx) = f.client();
+        let (bob, brx) = f.client();
+        let tell = |to: ClientId, sender: ClientId| Command::SendOrTell {
+            client: to,
+            data: "psst".into(),
+            sender,
+            sent: Some("sent".into()),
+            offline: Some("offline".into()),
+        };
+        let drain = |out: &Outbound| std::iter::from_fn(|| out.try_pop()).collect::<Vec<_>>();
+        // Online: bob gets it, then alice the notice; one client reached.
+        assert_eq!(f.state.command(tell(bob, alice), &f.counters), 1);
+        assert_eq!(drain(&brx), vec!["psst\n"]);
+        assert_eq!(drain(&arx), vec!["sent\n"]);
+        // Not online (closed, or a number never given): alice hears so, nothing else
+        // is sent.
+        f.state.client_closed(bob.connection, &f.counters);
+        assert_eq!(f.state.command(tell(bob, alice), &f.counters), 0);
+        let never = ClientId::new(7, 999);
+        assert_eq!(f.state.command(tell(never, alice), &f.counters), 0);
+        assert_eq!(drain(&arx), vec!["offline\n", "offline\n"]);
+        assert!(drain(&brx).is_empty());
+        // A sender of another gateway is not told here; without notices, nobody is.
+        let (carol, crx) = f.client();
+        assert_eq!(
+            f.state
+                .command(tell(carol, ClientId::new(8, alice.connection)), &f.counters),
+            1
+        );
+        assert!(drain(&arx).is_empty());
+        let quiet = Command::SendOrTell {
+            client: never,
+            data: "psst".into(),
+            sender: alice,
+            sent: None,
+            offline: None,
+        };
+        assert_eq!(f.state.command(quiet, &f.counters), 0);
+        assert!(drain(&arx).is_empty());
+        assert_eq!(drain(&crx), vec!["psst\n"]);
+        // Counted, as the library asks it when it wants the outcome.
+        assert_eq!(
+            f.state.query_for_test(Query::Counted(tell(carol, alice))),
+            Reply::Count(1)
         );
     }
 

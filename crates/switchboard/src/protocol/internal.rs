@@ -25,7 +25,7 @@ use crate::{ClientId, Message, PerProtocol};
 /// ([`PerProtocol`]), after the default one.
 ///
 /// 4: a reply larger than a frame comes in pages ([`Frame::ReplyPart`]).
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes in a frame header (the length field).
 const HEADER: usize = 4;
@@ -206,6 +206,21 @@ pub enum Command {
         client: ClientId,
         /// A last message, sent before the connection closes.
         last: Option<Message>,
+    },
+    /// Send to one client and tell another (the sender, on the same gateway) what
+    /// became of it, in the same step: `sent` when `client` got `data`, `offline` when
+    /// `client` is not online. The chat's private line with no round trip.
+    SendOrTell {
+        /// Recipient.
+        client: ClientId,
+        /// Message, rendered for the recipient's protocol.
+        data: PerProtocol,
+        /// Who is told; only a client of the same gateway is.
+        sender: ClientId,
+        /// Sent to `sender` when `client` got `data`.
+        sent: Option<PerProtocol>,
+        /// Sent to `sender` when `client` is not online.
+        offline: Option<PerProtocol>,
     },
 }
 
@@ -480,6 +495,7 @@ mod ty {
     pub const SET_SESSION: u8 = 0x29;
     pub const UPDATE_SESSION: u8 = 0x2a;
     pub const CLOSE_CLIENT: u8 = 0x2b;
+    pub const SEND_OR_TELL: u8 = 0x2c;
     pub const QUERY: u8 = 0x40;
     pub const REPLY: u8 = 0x41;
     pub const REPLY_PART: u8 = 0x42;
@@ -772,6 +788,20 @@ fn encode_command(c: &Command, w: &mut Writer<'_>) {
             w.client(*client);
             w.opt_message(last.as_ref());
         }
+        Command::SendOrTell {
+            client,
+            data,
+            sender,
+            sent,
+            offline,
+        } => {
+            w.u8(ty::SEND_OR_TELL);
+            w.client(*client);
+            w.per_protocol(data);
+            w.client(*sender);
+            w.opt_per_protocol(sent.as_ref());
+            w.opt_per_protocol(offline.as_ref());
+        }
     }
 }
 
@@ -968,7 +998,7 @@ fn parse(body: Bytes) -> Result<Frame, ProtocolError> {
         },
         ty::DRAINING => Frame::Draining,
         ty::DRAIN_ACK => Frame::DrainAck,
-        ty::SEND_TO_CLIENT..=ty::CLOSE_CLIENT => Frame::Command(parse_command(t, &mut r)?),
+        ty::SEND_TO_CLIENT..=ty::SEND_OR_TELL => Frame::Command(parse_command(t, &mut r)?),
         ty::QUERY => Frame::Query {
             id: r.u64()?,
             query: parse_query(&mut r)?,
@@ -1044,6 +1074,13 @@ fn parse_command(t: u8, r: &mut Reader) -> Result<Command, ProtocolError> {
         ty::CLOSE_CLIENT => Command::CloseClient {
             client: r.client()?,
             last: r.opt_message()?,
+        },
+        ty::SEND_OR_TELL => Command::SendOrTell {
+            client: r.client()?,
+            data: r.per_protocol()?,
+            sender: r.client()?,
+            sent: r.opt_per_protocol()?,
+            offline: r.opt_per_protocol()?,
         },
         _ => return Err(r.invalid("command type")),
     })
@@ -1137,6 +1174,7 @@ fn frame_name(t: u8) -> Option<&'static str> {
         ty::SET_SESSION => "set_session",
         ty::UPDATE_SESSION => "update_session",
         ty::CLOSE_CLIENT => "close_client",
+        ty::SEND_OR_TELL => "send_or_tell",
         ty::QUERY => "query",
         ty::REPLY => "reply",
         ty::REPLY_PART => "reply-part",
@@ -1210,6 +1248,15 @@ impl Writer<'_> {
             Some(m) => {
                 self.u8(1);
                 self.message(m);
+            }
+        }
+    }
+    fn opt_per_protocol(&mut self, v: Option<&PerProtocol>) {
+        match v {
+            None => self.u8(0),
+            Some(m) => {
+                self.u8(1);
+                self.per_protocol(m);
             }
         }
     }
@@ -1342,6 +1389,13 @@ impl Reader {
         match self.u8()? {
             0 => Ok(None),
             1 => Ok(Some(self.message()?)),
+            _ => Err(self.invalid("option flag")),
+        }
+    }
+    fn opt_per_protocol(&mut self) -> Result<Option<PerProtocol>, ProtocolError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.per_protocol()?)),
             _ => Err(self.invalid("option flag")),
         }
     }
@@ -1621,6 +1675,22 @@ mod tests {
                 .prop_map(|(client, session)| Command::UpdateSession { client, session }),
             (any_client(), proptest::option::of(any_message()))
                 .prop_map(|(client, last)| Command::CloseClient { client, last }),
+            (
+                any_client(),
+                any_per_protocol(),
+                any_client(),
+                proptest::option::of(any_per_protocol()),
+                proptest::option::of(any_per_protocol())
+            )
+                .prop_map(|(client, data, sender, sent, offline)| {
+                    Command::SendOrTell {
+                        client,
+                        data,
+                        sender,
+                        sent,
+                        offline,
+                    }
+                }),
         ]
     }
 
