@@ -22,9 +22,10 @@ pub mod protocol;
 use std::time::Duration;
 
 use protocol::{code, Incoming, Refused, Said, To};
+use switchboard::client::Tell;
 use switchboard::{
     ApiError, ClientId, ClientProtocol, Context, Gateway, HandlerResult, Message, PerProtocol,
-    Session,
+    Session, Statistic,
 };
 
 use crate::history::ChatHistory;
@@ -103,23 +104,61 @@ pub async fn tell_room(
     }
 }
 
+/// What the sender of a private message is told, in its own format.
+pub struct Notices {
+    /// The echo, once the recipient got the message.
+    pub sent: String,
+    /// The recipient is not online: nothing was sent.
+    pub offline: String,
+    /// The recipient's gateway did not answer (it hung, died, or its link broke).
+    pub unreachable: String,
+}
+
 /// Sends a private message from `from` (named `from_name`) to `to`, in `to`'s own
-/// format: a `say` for a browser, a `NAME[ID] said to You :text` line for telnet. Both
-/// go in one send, and `to`'s gateway picks by the listener `to` came through: one
-/// round trip, which says whether `to` got it (`false`: not online, nothing sent).
+/// format — a `say` for a browser, a `NAME[ID] said to You :text` line for telnet, both
+/// in one send, and `to`'s gateway picks by the listener `to` came through — and tells
+/// `from` how it went ([`Notices`]). With sender and recipient on one gateway, that
+/// gateway does it all in one command, with no answer to wait for; the `call`
+/// statistic (`chat::private`) is reported when the outcome is known: success, 404
+/// (not online) or 502 (no answer).
 pub async fn send_private(
     gw: &Gateway,
-    from: ClientId,
-    from_name: &str,
+    call: Statistic,
+    (from, from_name): (ClientId, &str),
     to: ClientId,
     text: &str,
-) -> Result<bool, ApiError> {
+    notices: Notices,
+) {
     let content = protocol::private_to_you() + &protocol::content_html(text);
     let said = protocol::say(from, from_name, To::Client(to), &content, &now_time());
     // The whole line is made terminal-safe: a browser's name may hold controls too.
     let line = protocol::one_line(&format!("{from_name}[{from}] said to You :{text}"));
     let message = PerProtocol::new(line).with(ClientProtocol::WebSocket, said);
-    gw.send_to_client(to, message).await
+    let Notices {
+        sent,
+        offline,
+        unreachable,
+    } = notices;
+    let back = gw.clone();
+    let tell = Tell::sender(from)
+        .sent(sent)
+        .offline(offline)
+        .then(move |outcome| match outcome {
+            Ok(true) => call.success(),
+            Ok(false) => call.fail(404, format_args!("[{to}] is not online")),
+            Err(e) => {
+                // The sender is told, not left waiting; the reason is for the operator.
+                tracing::warn!(to = %to, error = %e, "private message: no answer from the recipient's gateway");
+                call.fail(502, format_args!("[{to}] could not be reached: {e}"));
+                tokio::spawn(async move {
+                    if let Err(e) = back.send_to_client(from, unreachable).await {
+                        tracing::warn!(client = %from, error = %e, "cannot tell the sender");
+                    }
+                });
+            }
+        });
+    // An error here has reached `then` too, which dealt with it.
+    let _ = gw.send_to_client_or_tell(to, message, tell).await;
 }
 
 /// A browser sent a message.
@@ -307,32 +346,22 @@ async fn say(
         }
         To::Client(to) => {
             let call = ctx.statistic("chat", "private");
-            let sent = match send_private(&gw, me, &name, to, content).await {
-                Ok(sent) => sent,
-                Err(e) => {
-                    // The recipient's gateway did not answer (it hung, died, or its
-                    // link broke): the page is told, not left waiting.
-                    tracing::warn!(to = %to, error = %e, "private message: no answer from the recipient's gateway");
-                    let msg =
-                        format!("{to} could not be reached; your message may not have arrived");
-                    call.fail(502, format_args!("{msg}: {e}"));
-                    ctx.reply(protocol::error(code::UNREACHABLE, &msg)).await?;
-                    return Ok(());
-                }
+            // Named as the sender's page named the recipient (workerman-chat's
+            // `to_client_name`), else by its id.
+            let to_name = to_name.unwrap_or_else(|| to.to_string());
+            let echo = protocol::private_to(&to_name) + &protocol::content_html(content);
+            let notices = Notices {
+                sent: protocol::say(me, &name, To::Client(to), &echo, &time),
+                offline: protocol::error(
+                    code::NOT_ONLINE,
+                    &format!("{to} is not online; nothing was sent"),
+                ),
+                unreachable: protocol::error(
+                    code::UNREACHABLE,
+                    &format!("{to} could not be reached; your message may not have arrived"),
+                ),
             };
-            if sent {
-                call.success();
-                // Named as the sender's page named the recipient (workerman-chat's
-                // `to_client_name`), else by its id.
-                let to_name = to_name.unwrap_or_else(|| to.to_string());
-                let echo = protocol::private_to(&to_name) + &protocol::content_html(content);
-                ctx.reply(protocol::say(me, &name, To::Client(to), &echo, &time))
-                    .await?;
-            } else {
-                let msg = format!("{to} is not online; nothing was sent");
-                call.fail(404, &msg);
-                ctx.reply(protocol::error(code::NOT_ONLINE, &msg)).await?;
-            }
+            send_private(&gw, call, (me, &name), to, content, notices).await;
         }
     }
     Ok(())

@@ -273,31 +273,15 @@ impl Events for Chat {
         match private_target(line) {
             Some((to, words)) => {
                 let call = ctx.statistic("chat", "private");
-                // In the recipient's format; the send says whether it was delivered.
-                let sent = match browser::send_private(ctx.gateway(), me, &name, to, words).await {
-                    Ok(sent) => sent,
-                    Err(e) => {
-                        // The recipient's gateway did not answer (it hung, died, or
-                        // its link broke): the sender is told, not left waiting.
-                        tracing::warn!(to = %to, error = %e, "private message: no answer from the recipient's gateway");
-                        call.fail(502, format_args!("[{to}] could not be reached: {e}"));
-                        ctx.reply(format!(
-                            "[{to}] could not be reached; your message may not have arrived"
-                        ))
-                        .await?;
-                        return Ok(());
-                    }
+                // In the recipient's format; the sender is told how it went.
+                let notices = browser::Notices {
+                    sent: format!("{name}[{me}] said to [{to}] :{}", protocol::one_line(words)),
+                    offline: format!("[{to}] is not online; nothing was sent"),
+                    unreachable: format!(
+                        "[{to}] could not be reached; your message may not have arrived"
+                    ),
                 };
-                if sent {
-                    call.success();
-                    let words = protocol::one_line(words);
-                    ctx.reply(format!("{name}[{me}] said to [{to}] :{words}"))
-                        .await?;
-                } else {
-                    call.fail(404, format_args!("[{to}] is not online"));
-                    ctx.reply(format!("[{to}] is not online; nothing was sent"))
-                        .await?;
-                }
+                browser::send_private(ctx.gateway(), call, (me, &name), to, words, notices).await;
             }
             None => {
                 // Timed with the history write (the Db call) included; an error of
