@@ -28,9 +28,18 @@ pub const PROMPT: &str = "type in your name:";
 pub const ROOM: &str = "bench";
 /// How long connecting, or waiting for one expected line, may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a login may wait for each of its answers: in a crowded room the server
+/// The longest a login may wait for one of its answers: in a crowded room the server
 /// works through a queue of logins, each costing it more than the last.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long the login of client `index` may wait for each of its answers:
+/// [`STEP_TIMEOUT`] and 2 ms for every client that may have logged in before it (the
+/// room it joins is that big), at most [`LOGIN_TIMEOUT`]. A small run that loses a
+/// line fails in seconds, not in ten minutes.
+pub fn login_timeout(index: usize) -> Duration {
+    let per_client = Duration::from_millis(2).saturating_mul(index.min(1 << 20) as u32);
+    (STEP_TIMEOUT + per_client).min(LOGIN_TIMEOUT)
+}
 
 /// Source address of the client with global index `index`, over `sources` addresses.
 pub fn source_ip(index: usize, sources: usize) -> IpAddr {
@@ -191,11 +200,11 @@ impl Incoming {
         }
     }
 
-    /// The next message of a login dialogue, which must arrive within
-    /// [`LOGIN_TIMEOUT`].
-    pub async fn expect(&mut self) -> anyhow::Result<String> {
-        match tokio::time::timeout(LOGIN_TIMEOUT, self.next()).await {
-            Err(_) => bail!("no message within {LOGIN_TIMEOUT:?}"),
+    /// The next message of a login dialogue, which must arrive within `timeout`
+    /// ([`login_timeout`]).
+    pub async fn expect(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        match tokio::time::timeout(timeout, self.next()).await {
+            Err(_) => bail!("no message within {timeout:?}"),
             Ok(Ok(None)) => bail!("connection closed"),
             Ok(Ok(Some(l))) => Ok(String::from_utf8_lossy(l).into_owned()),
             Ok(Err(e)) => Err(e),
@@ -260,14 +269,15 @@ pub async fn login(share: &Share, index: usize, name: &str) -> anyhow::Result<Se
     let framing = Framing::from(share.protocol);
     let mut lines = Incoming::new(read, framing, early);
     let mut writer = Writer::new(write, framing, index as u32 ^ 0x9e37_79b9);
+    let timeout = login_timeout(index);
     let id = match share.protocol {
         Protocol::Text => {
             // Lines sent to everybody (other clients' logins) may come before the prompt.
-            while lines.expect().await? != PROMPT {}
+            while lines.expect(timeout).await? != PROMPT {}
             writer.send(name).await?;
             // Other clients' `come` lines may arrive before the welcome.
             loop {
-                let line = lines.expect().await?;
+                let line = lines.expect(timeout).await?;
                 if let Some(rest) = line.strip_prefix(&format!("Hello {name}[")) {
                     break rest
                         .split_once(']')
@@ -284,7 +294,7 @@ pub async fn login(share: &Share, index: usize, name: &str) -> anyhow::Result<Se
                 .await?;
             let mine = format!(r#""client_name":"{name}""#);
             loop {
-                let m = tokio::time::timeout(LOGIN_TIMEOUT, lines.next())
+                let m = tokio::time::timeout(timeout, lines.next())
                     .await
                     .context("no login answer in time")??
                     .context("closed before the login answer")?;
@@ -464,6 +474,18 @@ pub async fn send_on_schedule(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_waits_longer_the_more_clients_came_before_it() {
+        assert_eq!(login_timeout(0), STEP_TIMEOUT);
+        assert_eq!(
+            login_timeout(300),
+            STEP_TIMEOUT + Duration::from_millis(600)
+        );
+        assert_eq!(login_timeout(100_000), Duration::from_secs(215));
+        assert_eq!(login_timeout(1_000_000), LOGIN_TIMEOUT);
+        assert_eq!(login_timeout(usize::MAX), LOGIN_TIMEOUT);
+    }
 
     #[test]
     fn parses_payloads() {
