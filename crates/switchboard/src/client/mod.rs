@@ -842,11 +842,14 @@ impl Gateway {
     /// call sends as [`send_to_client`](Self::send_to_client) does, waits for the
     /// recipient's gateway to answer, then tells the sender through its own gateway.
     ///
-    /// [`Tell::then`] hears the outcome (`Ok(true)` delivered, `Ok(false)` not online),
-    /// or the error: an `Err` returned here (nothing was sent, or with two gateways, no
-    /// answer came), or one that came after this call returned (no answer within
-    /// `worker.query_timeout`, the link broke: the message may or may not have
-    /// arrived, and the sender may have been told nothing).
+    /// [`Tell::then`] hears the outcome once (`Ok(true)` delivered, `Ok(false)` not
+    /// online), or the error: the one returned here (nothing was sent, or with two
+    /// gateways, no answer came), or one that came after this call returned (no answer
+    /// within `worker.query_timeout`, the link broke: the message may or may not have
+    /// arrived, and the sender may have been told nothing). An error in telling the
+    /// sender through its own gateway (two gateways; the sender's is not connected) is
+    /// returned here, while `then` hears what became of the message. With two
+    /// gateways, dropping this call's future before it returns drops `then` uncalled.
     ///
     /// ```no_run
     /// # use switchboard::{client::Tell, ClientId, Gateway};

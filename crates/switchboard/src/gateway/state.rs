@@ -297,8 +297,10 @@ pub struct Counters {
 pub struct State {
     number: u32,
     /// Boxed: a hash table keeps room for about half as many entries again as it holds,
-    /// and that room costs a pointer each this way, not a whole `Client`.
-    clients: HashMap<u64, Box<Client>>,
+    /// and that room costs a pointer each this way, not a whole `Client`. Hashed with
+    /// foldhash, not SipHash: a fan-out looks up every recipient here, and the keys are
+    /// the gateway's own connection numbers (nothing a peer chooses to collide).
+    clients: HashMap<u64, Box<Client>, foldhash::fast::RandomState>,
     uids: HashMap<String, HashSet<u64>>,
     groups: HashMap<String, HashSet<u64>>,
     links: BTreeMap<u64, Link>,
@@ -399,7 +401,7 @@ impl State {
     pub fn new(number: u32, queue_limit: usize, client_queue_limit: usize) -> Self {
         Self {
             number,
-            clients: HashMap::new(),
+            clients: HashMap::default(),
             uids: HashMap::new(),
             groups: HashMap::new(),
             links: BTreeMap::new(),
@@ -1039,7 +1041,8 @@ impl State {
             }
             Command::SendToUid { uids, data } => {
                 let none = HashSet::new();
-                let conns = members_once(&self.uids, &uids, &none);
+                let sets = key_sets(&self.uids, &uids);
+                let conns = members_once(&sets, &none);
                 self.send_conns(conns, &data, counters)
             }
             Command::SendToGroup {
@@ -1048,7 +1051,8 @@ impl State {
                 exclude,
             } => {
                 let exclude: HashSet<u64> = self.own(&exclude).collect();
-                let conns = members_once(&self.groups, &groups, &exclude);
+                let sets = key_sets(&self.groups, &groups);
+                let conns = members_once(&sets, &exclude);
                 self.send_conns(conns, &data, counters)
             }
             other => {
@@ -1393,29 +1397,33 @@ pub fn push_or_cut(out: &Outbound, data: Bytes, client: ClientId, counters: &Cou
     }
 }
 
-/// The members of the `keys` of an index (uids or groups), each once however many of
-/// the keys it is under, and none of `exclude`: each member of a key is skipped when an
-/// earlier key has it (no set of recipients is built, nothing sorted: the usual send
-/// names one key, and each earlier key costs a lookup per member).
-fn members_once<'a>(
+/// The sets of `keys` in an index (uids or groups), each looked up once per send; a
+/// key named twice is `None` the second time (sent to once).
+fn key_sets<'a>(
     index: &'a HashMap<String, HashSet<u64>>,
-    keys: &'a [String],
+    keys: &[String],
+) -> Vec<Option<&'a HashSet<u64>>> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| match keys[..i].contains(key) {
+            true => None,
+            false => index.get(key),
+        })
+        .collect()
+}
+
+/// The members of the [`key_sets`], each once however many of the sets it is in, and
+/// none of `exclude`: each member of a set is skipped when an earlier set has it (no
+/// set of recipients is built, nothing sorted: the usual send names one key, and each
+/// earlier key costs a lookup per member).
+fn members_once<'a>(
+    sets: &'a [Option<&'a HashSet<u64>>],
     exclude: &'a HashSet<u64>,
 ) -> impl Iterator<Item = u64> + 'a {
-    keys.iter().enumerate().flat_map(move |(i, key)| {
-        let earlier = &keys[..i];
-        // A key named twice is sent to once.
-        let members = if earlier.contains(key) {
-            None
-        } else {
-            index.get(key)
-        };
-        members.into_iter().flatten().copied().filter(move |c| {
-            !exclude.contains(c)
-                && !earlier
-                    .iter()
-                    .filter_map(|k| index.get(k))
-                    .any(|set| set.contains(c))
+    sets.iter().enumerate().flat_map(move |(i, set)| {
+        let earlier = &sets[..i];
+        set.iter().copied().flatten().copied().filter(move |c| {
+            !exclude.contains(c) && !earlier.iter().flatten().any(|set| set.contains(c))
         })
     })
 }
