@@ -50,6 +50,21 @@ async fn clients_on_both_gateways(d: &Deployment, api: &Gateway) -> Vec<(ClientI
     out
 }
 
+/// Indices of three of the clients: the first (on gateway A), one on the other
+/// gateway, and another one on A.
+fn a_b_c(clients: &[(ClientId, Client)]) -> (usize, usize, usize) {
+    let gw_a = clients[0].0.gateway;
+    let b = clients
+        .iter()
+        .position(|(id, _)| id.gateway != gw_a)
+        .unwrap();
+    let c = clients
+        .iter()
+        .position(|(id, _)| id.gateway == gw_a && *id != clients[0].0)
+        .unwrap();
+    (0, b, c)
+}
+
 async fn nothing_more(c: &mut Client) {
     if let Some(l) = c.try_line(Duration::from_millis(300)).await {
         panic!("{}: unexpected line {l:?}", c.name);
@@ -64,16 +79,7 @@ async fn every_api_call_across_two_gateways() {
     let mut clients = clients_on_both_gateways(&d, &api).await;
     let n = clients.len() as u64;
     assert_eq!(api.all_client_count().await.unwrap(), n);
-    let gw_a = clients[0].0.gateway;
-    let a_idx = 0;
-    let b_idx = clients
-        .iter()
-        .position(|(id, _)| id.gateway != gw_a)
-        .unwrap();
-    let c_idx = clients
-        .iter()
-        .position(|(id, _)| id.gateway == gw_a && *id != clients[0].0)
-        .unwrap();
+    let (a_idx, b_idx, c_idx) = a_b_c(&clients);
     let (a, b, c) = (clients[a_idx].0, clients[b_idx].0, clients[c_idx].0);
 
     // send_to_all reaches everyone on both gateways.
@@ -739,16 +745,9 @@ async fn send_or_tell_tells_the_sender_on_one_gateway_and_across_two() {
     let api = Gateway::connect(d.config()).await.unwrap();
     assert!(api.wait_for_gateways(2, Duration::from_secs(10)).await);
     let mut clients = clients_on_both_gateways(&d, &api).await;
-    let gw_a = clients[0].0.gateway;
-    let b_idx = clients
-        .iter()
-        .position(|(id, _)| id.gateway != gw_a)
-        .unwrap();
-    let c_idx = clients
-        .iter()
-        .position(|(id, _)| id.gateway == gw_a && *id != clients[0].0)
-        .unwrap();
+    let (_, b_idx, c_idx) = a_b_c(&clients);
     let (a, b, c) = (clients[0].0, clients[b_idx].0, clients[c_idx].0);
+    let gw_a = a.gateway;
     let with_sender = |sender: ClientId| Tell::sender(sender).sent("sent").offline("offline");
 
     // Same gateway, nobody asking for the outcome: one command, no answer.
