@@ -1405,9 +1405,12 @@ fn key_sets<'a>(
 ) -> Vec<Option<&'a HashSet<u64>>> {
     keys.iter()
         .enumerate()
-        .map(|(i, key)| match keys[..i].contains(key) {
-            true => None,
-            false => index.get(key),
+        .map(|(i, key)| {
+            if keys[..i].contains(key) {
+                None
+            } else {
+                index.get(key)
+            }
         })
         .collect()
 }
