@@ -25,6 +25,8 @@ use crate::{ClientId, Message, PerProtocol};
 /// ([`PerProtocol`]), after the default one.
 ///
 /// 4: a reply larger than a frame comes in pages ([`Frame::ReplyPart`]).
+///
+/// 5: [`Command::SendOrTell`], a send that also tells its sender what became of it.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes in a frame header (the length field).
