@@ -811,7 +811,8 @@ async fn send_or_tell_reports_a_missing_answer_to_then() {
     let (tell, mut heard) = outcomes();
     let pid = d.gateway_pid(gateway);
     d.note(&format!("SIGSTOP gateway {gateway} (pid {pid})"));
-    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    // Every thread stopped before the send, or one may still answer it.
+    common::stop_process(pid);
 
     let started = std::time::Instant::now();
     api.send_to_client_or_tell(a, "to myself", tell(a))

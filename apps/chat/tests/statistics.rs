@@ -877,13 +877,7 @@ async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_li
         before = now;
     }
     d.note(&format!("SIGSTOP worker {worker}"));
-    assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGSTOP) }, 0);
-    // On a loaded machine the stop takes a moment to land on every thread.
-    let stopped_by = Instant::now() + WAIT;
-    while !process_stopped(worker) {
-        assert!(Instant::now() < stopped_by, "worker {worker} never stopped");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::stop_process(worker);
     a.send("in flight").await;
     wait_metrics(&d, None, "the line dispatched to the frozen worker", |p| {
         dispatched(p) == Some(before + 1.0)
@@ -936,17 +930,4 @@ async fn db_errors_redispatched_held_and_rejected_events_restarts_reloads_and_li
     });
     api.close().await;
     eprintln!("took {:?}", started.elapsed());
-}
-
-/// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
-fn process_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-            .unwrap_or(false)
-    })
 }

@@ -9,8 +9,39 @@ pub mod metrics;
 pub mod servers;
 pub mod ws;
 
+use std::time::{Duration, Instant};
+
 use switchboard::ClientId;
-use switchboard_testkit::{Client, Listener, Options};
+use switchboard_testkit::{Client, Listener, Options, WAIT};
+
+/// Sends SIGSTOP to process `pid` and returns once every thread of it has stopped: on a
+/// loaded machine the stop takes a moment to land, and a thread still running may yet
+/// handle what the test sends next.
+pub fn stop_process(pid: u32) {
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) },
+        0,
+        "SIGSTOP {pid}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while !process_stopped(pid) {
+        assert!(Instant::now() < deadline, "process {pid} never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn process_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(false)
+    })
+}
 
 /// Path of the binary under test.
 pub fn chat_bin() -> &'static str {
