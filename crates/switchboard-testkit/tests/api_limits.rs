@@ -17,17 +17,27 @@ use switchboard_testkit::{Deployment, WAIT};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
 
-/// Waits until the gateways count `n` clients.
+/// Waits until the gateways count `n` clients and a worker has handled each one's
+/// connect: the fixture's `on_connect` writes `path` into the session, and the worker
+/// saves a handler's session by replacing it, so a session a test sets before that save
+/// would be lost to it.
 async fn until_clients(d: &Deployment, api: &switchboard::Gateway, n: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let count = api.all_client_count().await.expect("count");
+        let mut handled = 0;
         if count == n {
-            return;
+            for id in api.all_client_ids().await.expect("ids") {
+                let session = api.get_session(id).await.expect("get_session");
+                handled += u64::from(session.is_some_and(|s| s.contains_key("path")));
+            }
+            if handled == n {
+                return;
+            }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{count} client(s) instead of {n} after {WAIT:?}\n{}",
+            "{count} client(s), {handled} connect(s) handled, instead of {n} after {WAIT:?}\n{}",
             d.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
