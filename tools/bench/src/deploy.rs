@@ -1,6 +1,7 @@
 //! The deployment under test: either one this tool starts (a temporary config, the
 //! release `chat` binary, stopped at the end by signalling only the supervisor it
-//! started) or an existing address.
+//! started), an existing address, or with `--floor` this tool's own floor server (see
+//! [`crate::floor`]).
 //!
 //! Readiness and process ids come from the files the supervisor and its children keep
 //! under `<data_dir>/run`: `supervisor.json` (children and pids) and `stats/*.json`
@@ -59,6 +60,13 @@ pub struct Target {
     /// the run (an ECDSA P-256 leaf for IP 127.0.0.1, signed by a CA made with it).
     #[arg(long)]
     pub tls: bool,
+    /// Instead of the chat, start this tool's floor server: the telnet chat's login
+    /// and private line straight on epoll, nothing else — `alone`, one process (what
+    /// the kernel's socket calls of a message cost), or `split`, a gateway process
+    /// and a worker process on one link (reported as the gateway's and the workers'
+    /// CPU). `private` and telnet clients only.
+    #[arg(long, value_enum, conflicts_with_all = ["addr", "chat", "tls", "history"])]
+    pub floor: Option<crate::floor::Shape>,
 }
 
 /// One process the supervisor started.
@@ -101,6 +109,8 @@ pub struct Deployment {
     cli: Option<(PathBuf, PathBuf)>,
     /// The temporary directory and supervisor of a deployment this tool started.
     started: Option<(PathBuf, Child)>,
+    /// The floor server this tool started (`--floor`), and its worker's pid when split.
+    floor: Option<(Child, Option<u32>)>,
 }
 
 impl Deployment {
@@ -114,7 +124,11 @@ impl Deployment {
                 data_dir: target.data_dir.clone(),
                 cli: None,
                 started: None,
+                floor: None,
             });
+        }
+        if let Some(shape) = target.floor {
+            return Self::floor(target, shape);
         }
         let chat = match &target.chat {
             Some(p) => p.clone(),
@@ -174,6 +188,7 @@ impl Deployment {
             data_dir: Some(dir.join("data")),
             cli: Some((chat, config)),
             started: Some((dir, child)),
+            floor: None,
         };
         deployment.wait_ready(target.gateways, target.workers)?;
         if port == 0 {
@@ -185,6 +200,51 @@ impl Deployment {
                 .context("no gateway reported the address of its listener")?;
         }
         Ok(deployment)
+    }
+
+    /// Starts this tool's floor server on a port it picks and reads the address back.
+    fn floor(target: &Target, shape: crate::floor::Shape) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            target.protocol == Protocol::Text,
+            "--floor speaks text lines only (telnet clients)"
+        );
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("floor-server")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", target.port))
+            .arg("--shape")
+            .arg(format!("{shape:?}").to_ascii_lowercase())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("start the floor server")?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("the floor server's stdout")?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        // `ADDR`, or `ADDR WORKER_PID` when split.
+        let mut words = line.split_whitespace();
+        let addr = words.next().and_then(|a| a.parse().ok());
+        let worker = words.next().and_then(|p| p.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the floor server did not print its address (got {line:?})");
+        };
+        Ok(Self {
+            addr,
+            protocol: Protocol::Text,
+            tls: false,
+            data_dir: None,
+            cli: None,
+            started: None,
+            floor: Some((child, worker)),
+        })
     }
 
     fn run_dir(&self) -> Option<PathBuf> {
@@ -248,8 +308,16 @@ impl Deployment {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Pids of the running processes of a role (`gateway` / `worker`).
+    /// Pids of the running processes of a role (`gateway` / `worker`); the floor server
+    /// counts as the gateway.
     pub fn pids(&self, role: &str) -> Vec<u32> {
+        if let Some((floor, worker)) = &self.floor {
+            return match role {
+                "gateway" => vec![floor.id()],
+                "worker" => worker.iter().copied().collect(),
+                _ => vec![],
+            };
+        }
         let Some(state) = self.supervisor_state() else {
             return vec![];
         };
@@ -314,6 +382,10 @@ impl Deployment {
 
     /// Stops a deployment this tool started (SIGTERM to its supervisor only).
     pub fn stop(&mut self) {
+        if let Some((mut floor, _)) = self.floor.take() {
+            let _ = floor.kill();
+            let _ = floor.wait();
+        }
         let Some((dir, mut child)) = self.started.take() else {
             return;
         };

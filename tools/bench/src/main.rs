@@ -12,7 +12,9 @@
 //! Each run starts its own deployment (a temporary config, the release `chat` binary)
 //! unless `--addr` names a running one, spreads the clients over `--procs` child
 //! processes and `--sources` loopback source addresses, and prints one line per run and
-//! the median and spread of `--runs` runs. See docs/BENCHMARKS.md.
+//! the median and spread of `--runs` runs. `private --floor alone|split` runs against
+//! the tool's own bare servers of the same protocol instead (see [`floor`]): the floor
+//! the chat's figures are compared with. See docs/BENCHMARKS.md.
 //!
 //! ```text
 //! CARGO_TARGET_DIR=target-bench cargo build --release -p chat -p bench
@@ -23,6 +25,7 @@ mod broadcast;
 mod client;
 mod connect;
 mod deploy;
+mod floor;
 mod handshake;
 mod private;
 mod procinfo;
@@ -98,6 +101,24 @@ enum Command {
         params: soak::Params,
         #[command(flatten)]
         target: Target,
+    },
+    /// (internal) The floor server `--floor` starts: the telnet chat's login and
+    /// private line on one thread, straight on epoll.
+    #[command(hide = true)]
+    FloorServer {
+        /// Address to listen on; the bound address is printed on stdout.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// One process, or a gateway and a worker.
+        #[arg(long, value_enum)]
+        shape: floor::Shape,
+    },
+    /// (internal) The worker of the split floor server.
+    #[command(hide = true)]
+    FloorWorker {
+        /// The floor server's link address.
+        #[arg(long)]
+        link: std::net::SocketAddr,
     },
     /// (internal) One load-generator child process.
     #[command(hide = true)]
@@ -193,6 +214,9 @@ fn main() -> anyhow::Result<()> {
             let spec: ChildSpec = serde_json::from_str(spec).context("child spec")?;
             runtime(spec.share.threads)?
         }
+        // No runtime: the floor is the server without one.
+        Command::FloorServer { listen, shape } => return floor::serve(*listen, *shape),
+        Command::FloorWorker { link } => return floor::work(*link),
         _ => runtime(0)?,
     };
     match cli.command {
@@ -227,6 +251,8 @@ fn main() -> anyhow::Result<()> {
             }
             result
         }),
+        Command::FloorServer { listen, shape } => floor::serve(listen, shape),
+        Command::FloorWorker { link } => floor::work(link),
         Command::Child { spec } => {
             let spec: ChildSpec = serde_json::from_str(&spec).context("child spec")?;
             runtime.block_on(async move {
@@ -244,6 +270,10 @@ fn main() -> anyhow::Result<()> {
 /// Runs a scenario `load.runs` times and prints every run and the summary.
 async fn run(job: Job, load: &Load, target: &Target) -> anyhow::Result<()> {
     anyhow::ensure!(load.procs >= 1, "--procs must be at least 1");
+    anyhow::ensure!(
+        target.floor.is_none() || matches!(job, Job::Private(_)),
+        "--floor serves the private scenario only"
+    );
     let mut runs: Vec<Figures> = Vec::new();
     for n in 1..=load.runs.max(1) {
         let deployment = Deployment::open(target)?;

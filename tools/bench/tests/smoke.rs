@@ -44,14 +44,13 @@ fn run_all_with(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .envs(env.iter().copied())
-        .args(args)
-        .arg("--json")
-        .arg("--chat")
-        .arg(chat_bin())
-        .output()
-        .expect("run bench");
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_bench"));
+    bench.envs(env.iter().copied()).args(args).arg("--json");
+    // The floor servers are the tool's own; everything else runs the chat.
+    if !args.contains(&"--floor") {
+        bench.arg("--chat").arg(chat_bin());
+    }
+    let out = bench.output().expect("run bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -124,6 +123,51 @@ fn assert_all_private_arrived(f: &serde_json::Map<String, serde_json::Value>) {
 #[test]
 fn private_loses_nothing() {
     assert_all_private_arrived(&run(PRIVATE_1200));
+}
+
+/// The floor servers (one process; a gateway and a worker on one link) carry the
+/// private scenario with zero loss, and their processes' CPU is measured: 10,000 lines,
+/// so that even the split floor's worker (~2 µs a line) spends several clock ticks.
+#[test]
+fn the_floor_servers_carry_private_lines() {
+    let load = [
+        "private",
+        "--clients",
+        "40",
+        "--rate",
+        "5000",
+        "--seconds",
+        "2",
+    ];
+    let alone = run(&[&load[..], &["--floor", "alone"]].concat());
+    assert_figures(
+        &alone,
+        &[("sent", 10_000.0), ("lost", 0.0), ("not_online", 0.0)],
+    );
+    assert!(figure(&alone, "gateway_us_per_msg") > 0.0, "{alone:?}");
+    assert_eq!(figure(&alone, "workers_us_per_msg"), 0.0, "{alone:?}");
+    let split = run(&[&load[..], &["--floor", "split"]].concat());
+    assert_figures(
+        &split,
+        &[("sent", 10_000.0), ("lost", 0.0), ("not_online", 0.0)],
+    );
+    assert!(figure(&split, "gateway_us_per_msg") > 0.0, "{split:?}");
+    assert!(figure(&split, "workers_us_per_msg") > 0.0, "{split:?}");
+}
+
+/// The floor speaks the private scenario only: anything else is refused, saying so.
+#[test]
+fn the_floor_refuses_other_scenarios() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["broadcast", "--floor", "alone", "--clients", "4"])
+        .output()
+        .expect("run bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--floor serves the private scenario only"),
+        "{stderr}"
+    );
 }
 
 #[test]
