@@ -361,6 +361,8 @@ async fn round(p: &Params, d: &Deployment, kids: &mut Children) -> anyhow::Resul
         ("cpu_workers_pct", cpu["workers"].round()),
         ("cpu_loadgen_pct", cpu["loadgen"].round()),
         ("cpu_others_pct", cpu["others"].round()),
+        ("cpu_softirq_pct", cpu["softirq"].round()),
+        ("cpu_steal_pct", cpu["steal"].round()),
         ("gateway_us_per_delivery", per_delivery(window["gateways"])),
         ("workers_us_per_delivery", per_delivery(window["workers"])),
         ("loadgen_us_per_delivery", per_delivery(loadgen_s)),

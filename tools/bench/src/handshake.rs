@@ -174,6 +174,8 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("cpu_workers_pct", cpu["workers"].round()),
         ("cpu_loadgen_pct", cpu["loadgen"].round()),
         ("cpu_others_pct", cpu["others"].round()),
+        ("cpu_softirq_pct", cpu["softirq"].round()),
+        ("cpu_steal_pct", cpu["steal"].round()),
         ("gateway_us_per_conn", per(window["gateways"])),
         ("workers_us_per_conn", per(window["workers"])),
         ("loadgen_us_per_conn", per(loadgen_s)),

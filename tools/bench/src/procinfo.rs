@@ -60,30 +60,62 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (user + system) as f64 / hz
 }
 
+/// The whole machine's CPU time in seconds, from the first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Machine {
+    /// Everything but idle and iowait.
+    pub busy: f64,
+    /// Everything.
+    pub total: f64,
+    /// Interrupts and softirqs: charged to no process. On loopback this is most of the
+    /// receiving side of TCP (both ends' on this machine), whoever sent.
+    pub softirq: f64,
+    /// Time the hypervisor gave the machine's virtual CPUs to someone else.
+    pub steal: f64,
+}
+
+impl Machine {
+    /// Reads `/proc/stat` now (zeros if it cannot).
+    pub fn now() -> Self {
+        Self::parse(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
+    }
+
+    /// The machine's line of a `/proc/stat` text: user nice system idle iowait irq
+    /// softirq steal, in clock ticks.
+    fn parse(stat: &str) -> Self {
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let total: u64 = ticks.iter().take(8).sum();
+        Self {
+            busy: (total - at(3) - at(4)) as f64 / hz,
+            total: total as f64 / hz,
+            softirq: (at(5) + at(6)) as f64 / hz,
+            steal: at(7) as f64 / hz,
+        }
+    }
+}
+
 /// Busy and total CPU time of the whole machine in seconds (first line of
 /// `/proc/stat`; idle and iowait count as not busy).
 pub fn machine_seconds() -> (f64, f64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ((total - idle) as f64 / hz, total as f64 / hz)
+    let m = Machine::now();
+    (m.busy, m.total)
 }
 
 /// CPU time of groups of processes, between a start and a later reading.
 pub struct CpuSample {
     at: Instant,
     groups: BTreeMap<String, (Vec<u32>, f64)>,
-    machine: (f64, f64),
+    machine: Machine,
 }
 
 impl CpuSample {
@@ -99,7 +131,7 @@ impl CpuSample {
         Self {
             at: Instant::now(),
             groups,
-            machine: machine_seconds(),
+            machine: Machine::now(),
         }
     }
 
@@ -119,8 +151,9 @@ impl CpuSample {
     }
 
     /// CPU use of every group since `start`, in percent of one core, with `machine`
-    /// (every process of the machine) and `others` (the machine minus the groups: other
-    /// people's work on a shared machine).
+    /// (all of it), `softirq` (interrupts and softirqs, charged to no process: on
+    /// loopback, most of TCP's receiving side), `steal` (the hypervisor's) and `others`
+    /// (the rest: other people's processes on a shared machine).
     pub fn percent(&self) -> BTreeMap<String, f64> {
         let wall = self.at.elapsed().as_secs_f64().max(0.001);
         let mut out: BTreeMap<String, f64> = self
@@ -131,12 +164,17 @@ impl CpuSample {
                 (name.clone(), 100.0 * (now - before).max(0.0) / wall)
             })
             .collect();
-        let (busy, total) = machine_seconds();
-        let cores = (total - self.machine.1) / wall;
-        let machine = 100.0 * (busy - self.machine.0) / wall;
+        let now = Machine::now();
+        let cores = (now.total - self.machine.total) / wall;
+        let pct = |s: f64| 100.0 * s / wall;
+        let machine = pct(now.busy - self.machine.busy);
+        let softirq = pct(now.softirq - self.machine.softirq);
+        let steal = pct(now.steal - self.machine.steal);
         let ours: f64 = out.values().sum();
         out.insert("machine".into(), machine.min(100.0 * cores.round()));
-        out.insert("others".into(), (machine - ours).max(0.0));
+        out.insert("softirq".into(), softirq);
+        out.insert("steal".into(), steal);
+        out.insert("others".into(), (machine - ours - softirq - steal).max(0.0));
         out
     }
 }
@@ -167,5 +205,18 @@ mod tests {
         assert!(cpu_seconds(me) >= 0.0);
         assert_eq!(rss_bytes(u32::MAX), 0);
         assert_eq!(pss_bytes(u32::MAX), 0);
+    }
+
+    #[test]
+    fn the_machines_line_splits_softirq_and_steal_out() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let m = Machine::parse("cpu  100 0 50 800 20 5 15 10 0 0\ncpu0 1 2 3\n");
+        assert_eq!(m.total * hz, 1000.0);
+        assert_eq!(m.busy * hz, 180.0);
+        assert_eq!(m.softirq * hz, 20.0);
+        assert_eq!(m.steal * hz, 10.0);
+        assert_eq!(Machine::parse(""), Machine::default());
+        assert!(Machine::now().total > 0.0);
     }
 }
