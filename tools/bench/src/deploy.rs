@@ -64,7 +64,7 @@ pub struct Target {
     /// and private line straight on epoll, nothing else — `alone`, one process (what
     /// the kernel's socket calls of a message cost), or `split`, a gateway process
     /// and a worker process on one link (reported as the gateway's and the workers'
-    /// CPU). `private` and telnet clients only.
+    /// CPU). `private` and `connect`, telnet clients only (no client count reported).
     #[arg(long, value_enum, conflicts_with_all = ["addr", "chat", "tls", "history"])]
     pub floor: Option<crate::floor::Shape>,
 }

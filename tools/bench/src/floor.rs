@@ -14,7 +14,8 @@
 //!   and worker pair of this shape.
 //!
 //! `bench private --floor …` reports the gateway process's CPU as the gateway's and the
-//! worker's as the workers'. Not servers to use: ids are slot numbers, public lines
+//! worker's as the workers'; `bench connect --floor …` its connects per second and its
+//! memory per idle client (its socket and a slot of a few dozen bytes). Not servers to use: ids are slot numbers, public lines
 //! get an error, and the only limits keep them bounded (a line of at most [`MAX_LINE`]
 //! bytes and at most [`MAX_PENDING`] bytes waiting to be written per client).
 
@@ -327,7 +328,7 @@ impl Link {
 pub fn serve(listen: SocketAddr, shape: Shape) -> anyhow::Result<()> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
-    let mut listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    let mut listener = bind(listen).with_context(|| format!("bind {listen}"))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let (mut link, mut chat) = match shape {
@@ -411,6 +412,20 @@ pub fn serve(listen: SocketAddr, shape: Shape) -> anyhow::Result<()> {
             link.flush()?;
         }
     }
+}
+
+/// A listener with the gateway's backlog (4,096 connections waiting to be accepted;
+/// std and mio ask for less, and a burst of connects then waits for SYN retries).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind(addr)?;
+    // SAFETY: listen on a socket this function owns; Linux takes a second listen() as
+    // a new backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener))
 }
 
 /// Accepts every waiting connection; `opened` learns each one's slot.

@@ -128,8 +128,29 @@ fn private_loses_nothing() {
 /// The floor servers (one process; a gateway and a worker on one link) carry the
 /// private scenario with zero loss, and their processes' CPU is measured: 10,000 lines,
 /// so that even the split floor's worker (~2 µs a line) spends several clock ticks.
+/// Both prompt every client of the connect scenario and hold it.
 #[test]
-fn the_floor_servers_carry_private_lines() {
+fn the_floor_servers_carry_private_lines_and_hold_clients() {
+    for shape in ["alone", "split"] {
+        let f = run(&[
+            "connect",
+            "--clients",
+            "60",
+            "--hold",
+            "1.5",
+            "--floor",
+            shape,
+        ]);
+        assert_figures(
+            &f,
+            &[
+                ("clients", 60.0),
+                ("failed", 0.0),
+                ("alive_after_hold", 60.0),
+            ],
+        );
+        assert!(figure(&f, "gateway_rss_mib") > 0.0, "{f:?}");
+    }
     let load = [
         "private",
         "--clients",
@@ -155,7 +176,8 @@ fn the_floor_servers_carry_private_lines() {
     assert!(figure(&split, "workers_us_per_msg") > 0.0, "{split:?}");
 }
 
-/// The floor speaks the private scenario only: anything else is refused, saying so.
+/// The floor serves the private and connect scenarios only: anything else is refused,
+/// saying so.
 #[test]
 fn the_floor_refuses_other_scenarios() {
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
@@ -165,7 +187,7 @@ fn the_floor_refuses_other_scenarios() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("--floor serves the private scenario only"),
+        stderr.contains("--floor serves the private and connect scenarios only"),
         "{stderr}"
     );
 }
