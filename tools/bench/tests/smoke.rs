@@ -76,19 +76,12 @@ fn figure(figures: &serde_json::Map<String, serde_json::Value>, name: &str) -> f
         .unwrap_or_else(|| panic!("no {name} in {figures:?}"))
 }
 
+/// 60 idle clients held for 1.5 s.
+const CONNECT_60: &[&str] = &["connect", "--clients", "60", "--hold", "1.5"];
+
 #[test]
 fn connect_holds_every_client() {
-    let f = run(&[
-        "connect",
-        "--clients",
-        "60",
-        "--hold",
-        "1.5",
-        "--gateways",
-        "2",
-        "--sources",
-        "2",
-    ]);
+    let f = run(&[CONNECT_60, &["--gateways", "2", "--sources", "2"]].concat());
     assert_eq!(figure(&f, "clients"), 60.0, "{f:?}");
     assert_eq!(figure(&f, "failed"), 0.0, "{f:?}");
     assert_eq!(figure(&f, "alive_after_hold"), 60.0, "{f:?}");
@@ -132,15 +125,7 @@ fn private_loses_nothing() {
 #[test]
 fn the_floor_servers_carry_private_lines_and_hold_clients() {
     for shape in ["alone", "split"] {
-        let f = run(&[
-            "connect",
-            "--clients",
-            "60",
-            "--hold",
-            "1.5",
-            "--floor",
-            shape,
-        ]);
+        let f = run(&[CONNECT_60, &["--floor", shape]].concat());
         assert_figures(
             &f,
             &[
