@@ -174,11 +174,16 @@ struct Conn {
     output: Vec<u8>,
 }
 
-/// The clients by slot; free slots are reused.
+/// The clients by slot; free slots are reused by the one-process floor only: the split
+/// one's worker may still send to a slot after its client closed, and a new client in
+/// it would get the old one's lines (a floor server lives for one run, so its slots
+/// are bounded by the run's connections).
 #[derive(Default)]
 struct Clients {
     slots: Vec<Option<Conn>>,
     free: Vec<usize>,
+    /// Whether closed slots go to `free`.
+    reuse: bool,
     /// Slots to close once the events at hand are handled.
     doomed: Vec<usize>,
 }
@@ -249,6 +254,9 @@ impl Clients {
             let mut input = std::mem::take(&mut conn.input);
             let mut start = 0;
             while let Some(end) = memchr::memchr(b'\n', &input[start..]) {
+                if end > MAX_LINE {
+                    return false;
+                }
                 let l = &input[start..start + end];
                 line(self, l.strip_suffix(b"\r").unwrap_or(l));
                 start += end + 1;
@@ -350,7 +358,10 @@ pub fn serve(listen: SocketAddr, shape: Shape) -> anyhow::Result<()> {
         }
     };
     std::io::stdout().flush()?;
-    let mut clients = Clients::default();
+    let mut clients = Clients {
+        reuse: shape == Shape::Alone,
+        ..Clients::default()
+    };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
@@ -399,7 +410,9 @@ pub fn serve(listen: SocketAddr, shape: Shape) -> anyhow::Result<()> {
         for slot in std::mem::take(&mut clients.doomed) {
             if let Some(mut conn) = clients.slots.get_mut(slot).and_then(Option::take) {
                 let _ = poll.registry().deregister(&mut conn.stream);
-                clients.free.push(slot);
+                if clients.reuse {
+                    clients.free.push(slot);
+                }
                 match (&mut chat, &mut link) {
                     (Some(chat), _) => chat.close(slot),
                     (None, Some(link)) => frame(&mut link.out, CLOSE, slot, b""),

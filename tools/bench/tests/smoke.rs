@@ -350,3 +350,64 @@ fn soak_with_churn_and_reloads_loses_nothing() {
     assert_eq!(figure(&f, "samples"), 3.0, "{f:?}");
     assert!(figure(&f, "rss_worker0_kib_last") > 0.0, "{f:?}");
 }
+
+/// The floor server closes a client whose line is longer than it takes (64 KiB) and
+/// goes on serving the others.
+#[test]
+fn the_floor_server_closes_a_client_with_a_line_too_long() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    /// Kills the server however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_bench"))
+            .args(["floor-server", "--shape", "alone"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the floor server"),
+    );
+    let mut addr = String::new();
+    BufReader::new(server.0.stdout.take().expect("stdout"))
+        .read_line(&mut addr)
+        .expect("the floor server's address");
+    let addr = addr.trim().to_string();
+    let prompted = |addr: &str| {
+        let s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut r = BufReader::new(s);
+        let mut prompt = String::new();
+        r.read_line(&mut prompt).expect("the prompt");
+        assert_eq!(prompt, "type in your name:\n");
+        r
+    };
+    let mut long = prompted(&addr);
+    let mut line = vec![b'x'; 100 * 1024];
+    line.push(b'\n');
+    // The server may close while the line is still being written.
+    let _ = long.get_mut().write_all(&line);
+    // Closed: the end of the stream, or a reset (the server closed with the rest of
+    // the line unread); a timeout means it was kept.
+    let mut rest = Vec::new();
+    let read = long.read_to_end(&mut rest);
+    let closed = match &read {
+        Ok(_) => rest.is_empty(),
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        closed,
+        "the client was not closed: {read:?}, {}",
+        rest.chars().take(80).collect::<String>()
+    );
+    let mut other = prompted(&addr);
+    other.get_mut().write_all(b"ann\n").unwrap();
+    let mut hello = String::new();
+    other.read_line(&mut hello).unwrap();
+    assert!(hello.starts_with("Hello ann["), "{hello}");
+}
