@@ -53,13 +53,17 @@ _sb_wait_for() {
 }
 
 # Installs Debian packages if a command is missing; `apt-get update` only on failure.
+# Another apt or dpkg running (an upgrade, another test run) is waited for, up to
+# five minutes, instead of failing on its lock.
+_sb_apt() {
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" >>"$_sb_log" 2>&1
+}
 _sb_apt_install() {
-    if DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$_sb_log" 2>&1; then
+    if _sb_apt install -y -q "$@"; then
         return 0
     fi
     echo "services.sh: apt-get install $* failed; running apt-get update and retrying" >&2
-    apt-get update -q >>"$_sb_log" 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$_sb_log" 2>&1
+    _sb_apt update -q && _sb_apt install -y -q "$@"
 }
 
 _sb_mariadb() {
