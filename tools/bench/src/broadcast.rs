@@ -55,6 +55,14 @@ const PREFIX: &str = "b";
 const PUBLIC: &[u8] = b" said :b ";
 /// Marker of a broadcast `say` of this benchmark (browser).
 const PUBLIC_JSON: &[u8] = b"\"content\":\"b ";
+
+/// The marker of a public line at its recipients, in `protocol`.
+fn public_marker(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Text => PUBLIC,
+        Protocol::Websocket => PUBLIC_JSON,
+    }
+}
 /// Where a browser `say` names its sender.
 const SENDER_JSON: &[u8] = b"\"from_client_name\":\"";
 
@@ -121,11 +129,7 @@ async fn receive(
     senders: usize,
     deadline: Instant,
 ) -> (Received, Incoming) {
-    let marker = match protocol {
-        Protocol::Text => PUBLIC,
-        Protocol::Websocket => PUBLIC_JSON,
-    };
-    let marker = Finder::new(marker);
+    let marker = Finder::new(public_marker(protocol));
     let mut out = Received::default();
     // Per sender: next expected seq, and its total once the end marker came.
     let mut next: HashMap<usize, u64> = HashMap::new();
@@ -171,7 +175,8 @@ async fn receive(
 /// and everybody receives, for `rounds` rounds.
 pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let (first, count) = share.part(p.clients);
-    let logins = client::login_all(&share, PREFIX, first, count).await?;
+    let logins =
+        client::login_all(&share, PREFIX, first, count, public_marker(share.protocol)).await?;
     procs::report("ready", &serde_json::json!({ "clients": logins.ids.len() }))?;
     procs::wait_go().await?;
     let sessions = logins.sessions().await?;

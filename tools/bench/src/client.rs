@@ -118,6 +118,8 @@ pub struct Incoming {
     buf: Vec<u8>,
     /// Bytes of `buf` already returned (dropped before the next read).
     used: usize,
+    /// Where the message returned last starts (for [`Incoming::unread`]).
+    last: usize,
     /// Calls of [`Incoming::next_or`] (for its deadline check).
     calls: u32,
 }
@@ -145,6 +147,7 @@ impl Incoming {
             framing,
             buf,
             used: 0,
+            last: 0,
             calls: 0,
         }
     }
@@ -157,6 +160,7 @@ impl Incoming {
             match self.framing.cut(&self.buf[self.used..])? {
                 Cut::Message { start, end, used } => {
                     let at = self.used;
+                    self.last = at;
                     self.used += used;
                     return Ok(Some(&self.buf[at + start..at + end]));
                 }
@@ -178,6 +182,12 @@ impl Incoming {
                 }
             }
         }
+    }
+
+    /// Puts back the message [`Incoming::next`] returned last: the next call returns
+    /// it again. Only right after that call.
+    pub fn unread(&mut self) {
+        self.used = self.last;
     }
 
     /// The next message, or [`Next::Timer`] if `timer` fires first. The timer is
@@ -342,12 +352,16 @@ impl Logins {
 /// `login_concurrency` at a time; returns
 /// once all are in, while each keeps reading and dropping what it hears (other
 /// clients' logins, which a browser room sends to everybody) until
-/// [`Logins::sessions`].
+/// [`Logins::sessions`] — except a message holding `marker`: the scenario's traffic,
+/// which other generator processes, started by the same `go`, may send before this one
+/// has stopped its readers. That message is kept for the scenario, and its reader stops
+/// there.
 pub async fn login_all(
     share: &Share,
     prefix: &str,
     first: usize,
     count: usize,
+    marker: &'static [u8],
 ) -> anyhow::Result<Logins> {
     let permits = Arc::new(Semaphore::new(share.login_concurrency.max(1)));
     let (stop, stopped) = watch::channel(false);
@@ -370,15 +384,22 @@ pub async fn login_all(
                 }
             };
             let _ = done_tx.send((offset, Ok(session.id.clone())));
-            loop {
+            let marker = memchr::memmem::Finder::new(marker);
+            let mut scenario_began = false;
+            while !scenario_began {
                 tokio::select! {
                     _ = stopped.wait_for(|s| *s) => break,
                     m = session.lines.next() => match m {
-                        Ok(Some(_)) => {}
+                        Ok(Some(m)) => scenario_began = marker.find(m).is_some(),
                         Ok(None) => return (offset, Err(anyhow::anyhow!("closed after login"))),
                         Err(e) => return (offset, Err(e)),
                     },
                 }
+            }
+            if scenario_began {
+                session.lines.unread();
+                // Until the scenario takes the session (an error: nobody will).
+                let _ = stopped.wait_for(|s| *s).await.is_ok();
             }
             (offset, Ok(session))
         });
@@ -474,6 +495,20 @@ pub async fn send_on_schedule(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_message_put_back_comes_again() {
+        let (reader, mut writer) = tokio::io::duplex(64);
+        let mut lines = Incoming::new(Box::new(reader), Framing::Lines, b"a\n".to_vec());
+        writer.write_all(b"b\nc\n").await.unwrap();
+        assert_eq!(lines.next().await.unwrap(), Some(&b"a"[..]));
+        assert_eq!(lines.next().await.unwrap(), Some(&b"b"[..]));
+        lines.unread();
+        assert_eq!(lines.next().await.unwrap(), Some(&b"b"[..]));
+        assert_eq!(lines.next().await.unwrap(), Some(&b"c"[..]));
+        drop(writer);
+        assert_eq!(lines.next().await.unwrap(), None);
+    }
 
     #[test]
     fn a_login_waits_longer_the_more_clients_came_before_it() {

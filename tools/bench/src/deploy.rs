@@ -60,11 +60,13 @@ pub struct Target {
     /// the run (an ECDSA P-256 leaf for IP 127.0.0.1, signed by a CA made with it).
     #[arg(long)]
     pub tls: bool,
-    /// Instead of the chat, start this tool's floor server: the telnet chat's login
-    /// and private line straight on epoll, nothing else — `alone`, one process (what
-    /// the kernel's socket calls of a message cost), or `split`, a gateway process
-    /// and a worker process on one link (reported as the gateway's and the workers'
-    /// CPU). `private` and `connect`, telnet clients only (no client count reported).
+    /// Instead of the chat, start this tool's floor server: the telnet chat's login,
+    /// private and public lines straight on epoll, nothing else — `alone`, one process
+    /// (what the kernel's socket calls of a message cost), or `split`, a gateway
+    /// process and a worker process on one link (reported as the gateway's and the
+    /// workers' CPU). It paces its writes by `SWITCHBOARD__GATEWAY__MIN_WRITE_INTERVAL`
+    /// as the chat does. `connect`, `private` and `broadcast`, telnet clients only (no
+    /// client count reported).
     #[arg(long, value_enum, conflicts_with_all = ["addr", "chat", "tls", "history"])]
     pub floor: Option<crate::floor::Shape>,
 }

@@ -1,6 +1,6 @@
-//! The floor servers `--floor` starts: the telnet chat's login and private line, on one
-//! thread each, straight on epoll (mio) — no routing state, no async runtime, no
-//! statistics, no sessions.
+//! The floor servers `--floor` starts: the telnet chat's login, private and public
+//! lines, on one thread each, straight on epoll (mio) — no routing state, no async
+//! runtime, no statistics, no sessions.
 //!
 //! - `--floor alone`: one process reads a line, answers it and writes the answers —
 //!   what the socket calls of a private message (one read from the sender, a write to
@@ -9,15 +9,21 @@
 //!   client on this kernel, whatever it is written in.
 //! - `--floor split`: the same, split as Switchboard is: a gateway process holds the
 //!   clients and forwards each line over one TCP link to a worker process, which
-//!   answers with commands ("send these bytes to that client"); both sides write
-//!   everything a round of events produced in one write. The floor under any gateway
-//!   and worker pair of this shape.
+//!   answers with commands ("send these bytes to that client", "… to everybody");
+//!   both sides write everything a round of events produced in one write. The floor
+//!   under any gateway and worker pair of this shape.
 //!
-//! `bench private --floor …` reports the gateway process's CPU as the gateway's and the
-//! worker's as the workers'; `bench connect --floor …` its connects per second and its
-//! memory per idle client (its socket and a slot of a few dozen bytes). Not servers to use: ids are slot numbers, public lines
-//! get an error, and the only limits keep them bounded (a line of at most [`MAX_LINE`]
-//! bytes and at most [`MAX_PENDING`] bytes waiting to be written per client).
+//! `bench private|broadcast --floor …` reports the gateway process's CPU as the
+//! gateway's and the worker's as the workers'; `bench connect --floor …` its connects
+//! per second and its memory per idle client (its socket and a slot of a few dozen
+//! bytes). With `SWITCHBOARD__GATEWAY__MIN_WRITE_INTERVAL` set (as for the chat), what
+//! is sent to a client waits, and the clients with something waiting are written
+//! together once an interval — a simpler pacer than the gateway's, which writes a
+//! client not written to lately at once.
+//!
+//! Not servers to use: ids are slot numbers, everybody logged in is in one room, and the
+//! only limits keep them bounded (a line of at most [`MAX_LINE`] bytes and at most
+//! [`MAX_PENDING`] bytes waiting to be written per client).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -51,11 +57,15 @@ pub enum Shape {
     Split,
 }
 
-/// Link frame kinds: events (gateway to worker), then the command (worker to gateway).
+/// Link frame kinds: events (gateway to worker), then commands (worker to gateway):
+/// send to a client, make a client a member of the room (it gets the public lines), send
+/// to every member.
 const CONNECT: u8 = 1;
 const MESSAGE: u8 = 2;
 const CLOSE: u8 = 3;
 const SEND: u8 = 4;
+const JOIN: u8 = 5;
+const TO_ALL: u8 = 6;
 /// A frame's header: the length of what follows it (u32 LE: kind, slot, payload), the
 /// kind (u8), the client's slot (u32 LE).
 const HEADER: usize = 9;
@@ -105,6 +115,32 @@ fn slot_of(id: &str) -> Option<usize> {
         .flatten()
 }
 
+/// Where the chat's answers go: the clients themselves (one process) or the link (the
+/// split floor's worker).
+trait Out {
+    /// Sends `bytes` to the client in `slot`.
+    fn send(&mut self, slot: usize, bytes: &[u8]);
+    /// The client in `slot` logged in: it gets the public lines from now on.
+    fn join(&mut self, slot: usize);
+    /// Sends `bytes` to every client logged in.
+    fn to_all(&mut self, bytes: &[u8]);
+}
+
+/// The split floor worker's answers: commands on the link.
+struct Commands<'a>(&'a mut Vec<u8>);
+
+impl Out for Commands<'_> {
+    fn send(&mut self, slot: usize, bytes: &[u8]) {
+        frame(self.0, SEND, slot, bytes);
+    }
+    fn join(&mut self, slot: usize) {
+        frame(self.0, JOIN, slot, b"");
+    }
+    fn to_all(&mut self, bytes: &[u8]) {
+        frame(self.0, TO_ALL, 0, bytes);
+    }
+}
+
 /// The chat's part: names by slot, and what to send whom for a connect or a line.
 #[derive(Default)]
 struct Chat {
@@ -113,9 +149,9 @@ struct Chat {
 
 impl Chat {
     /// A new client: the name prompt.
-    fn connect(&mut self, slot: usize, send: &mut impl FnMut(usize, &[u8])) {
+    fn connect(&mut self, slot: usize, out: &mut impl Out) {
         self.close(slot);
-        send(slot, format!("{}\n", crate::client::PROMPT).as_bytes());
+        out.send(slot, format!("{}\n", crate::client::PROMPT).as_bytes());
     }
 
     /// A client gone.
@@ -125,13 +161,14 @@ impl Chat {
         }
     }
 
-    /// Answers one line from the client in `slot`, as the telnet chat does.
-    fn line(&mut self, slot: usize, line: &[u8], send: &mut impl FnMut(usize, &[u8])) {
+    /// Answers one line from the client in `slot`, as the telnet chat does: the first
+    /// is its name, `ID:words` goes to that client only, anything else to everybody.
+    fn line(&mut self, slot: usize, line: &[u8], out: &mut impl Out) {
         let text = String::from_utf8_lossy(line);
         let me = id_of(slot);
         let Some(Some(name)) = self.names.get(slot) else {
             let name = text.trim().to_string();
-            send(
+            out.send(
                 slot,
                 format!(
                     "Hello {name}[{me}]! Your client_id is {me}.\n\
@@ -139,28 +176,33 @@ impl Chat {
                 )
                 .as_bytes(),
             );
+            out.join(slot);
             if self.names.len() <= slot {
                 self.names.resize(slot + 1, None);
             }
             self.names[slot] = Some(name);
             return;
         };
-        let Some((to, words)) = text.split_once(':') else {
-            return send(slot, b"floor: only client_id:words lines here\n");
+        let private = text
+            .split_once(':')
+            .and_then(|(to, words)| Some((to, slot_of(to)?, words)));
+        let Some((to, to_slot, words)) = private else {
+            return out.to_all(format!("{name}[{me}] said :{text}\n").as_bytes());
         };
-        let online = slot_of(to).filter(|&t| matches!(self.names.get(t), Some(Some(_))));
-        match online {
-            Some(t) => {
-                send(t, format!("{name}[{me}] said to You :{words}\n").as_bytes());
-                send(
-                    slot,
-                    format!("{name}[{me}] said to [{to}] :{words}\n").as_bytes(),
-                );
-            }
-            None => send(
+        if matches!(self.names.get(to_slot), Some(Some(_))) {
+            out.send(
+                to_slot,
+                format!("{name}[{me}] said to You :{words}\n").as_bytes(),
+            );
+            out.send(
+                slot,
+                format!("{name}[{me}] said to [{to}] :{words}\n").as_bytes(),
+            );
+        } else {
+            out.send(
                 slot,
                 format!("[{to}] is not online; nothing was sent\n").as_bytes(),
-            ),
+            );
         }
     }
 }
@@ -170,8 +212,13 @@ struct Conn {
     stream: TcpStream,
     /// Bytes read and not yet a whole line.
     input: Vec<u8>,
-    /// Bytes the socket did not take yet (written when it is writable).
+    /// Bytes the socket did not take yet (written when it is writable), or that wait
+    /// for the next paced write.
     output: Vec<u8>,
+    /// Logged in: gets the public lines.
+    joined: bool,
+    /// Waits for the next paced write (in `Clients::due`).
+    due: bool,
 }
 
 /// The clients by slot; free slots are reused by the one-process floor only: the split
@@ -184,18 +231,29 @@ struct Clients {
     free: Vec<usize>,
     /// Whether closed slots go to `free`.
     reuse: bool,
+    /// `gateway.min_write_interval`, read from the environment as the chat does: what
+    /// is sent to a client waits, and the clients with something waiting are written
+    /// together once an interval.
+    interval: Option<Duration>,
+    /// Clients with output waiting for the next paced write.
+    due: Vec<usize>,
     /// Slots to close once the events at hand are handled.
     doomed: Vec<usize>,
 }
 
 impl Clients {
-    /// Writes `bytes` to the client, or queues what the socket does not take; a client
-    /// that fails or has too much waiting is doomed.
-    fn send(&mut self, slot: usize, bytes: &[u8]) {
+    /// Writes `bytes` to the client (paced: queues them for the next write), or queues
+    /// what the socket does not take; a client that fails or has too much waiting is
+    /// doomed.
+    fn push(&mut self, slot: usize, bytes: &[u8]) {
         let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let written = if conn.output.is_empty() {
+        if self.interval.is_some() && !conn.due {
+            conn.due = true;
+            self.due.push(slot);
+        }
+        let written = if conn.output.is_empty() && self.interval.is_none() {
             match conn.stream.write(bytes) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
@@ -210,6 +268,18 @@ impl Clients {
         conn.output.extend_from_slice(&bytes[written..]);
         if conn.output.len() > MAX_PENDING {
             self.doomed.push(slot);
+        }
+    }
+
+    /// The paced write: every client with something waiting.
+    fn write_due(&mut self) {
+        for slot in std::mem::take(&mut self.due) {
+            if let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+                conn.due = false;
+            }
+            if !self.flush(slot) {
+                self.doomed.push(slot);
+            }
         }
     }
 
@@ -277,6 +347,24 @@ impl Clients {
     }
 }
 
+impl Out for Clients {
+    fn send(&mut self, slot: usize, bytes: &[u8]) {
+        self.push(slot, bytes);
+    }
+    fn join(&mut self, slot: usize) {
+        if let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+            conn.joined = true;
+        }
+    }
+    fn to_all(&mut self, bytes: &[u8]) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].as_ref().is_some_and(|c| c.joined) {
+                self.push(slot, bytes);
+            }
+        }
+    }
+}
+
 /// The gateway side of the split floor's link.
 struct Link {
     stream: TcpStream,
@@ -319,8 +407,11 @@ impl Link {
             self.input.extend_from_slice(&buf[..n]);
             let (commands, used) = frames(&self.input)?;
             for (kind, slot, payload) in commands {
-                if kind == SEND {
-                    clients.send(slot, payload);
+                match kind {
+                    SEND => clients.send(slot, payload),
+                    JOIN => clients.join(slot),
+                    TO_ALL => clients.to_all(payload),
+                    other => bail!("a command of unknown kind {other}"),
                 }
             }
             self.input.drain(..used);
@@ -360,11 +451,19 @@ pub fn serve(listen: SocketAddr, shape: Shape) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     let mut clients = Clients {
         reuse: shape == Shape::Alone,
+        interval: write_interval()?,
         ..Clients::default()
     };
     let mut buf = vec![0u8; 64 * 1024];
+    let mut next_write = Instant::now();
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
+        let timeout = match clients.interval {
+            Some(_) if !clients.due.is_empty() => {
+                Some(next_write.saturating_duration_since(Instant::now()))
+            }
+            _ => None,
+        };
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
             }
@@ -374,7 +473,7 @@ pub fn serve(listen: SocketAddr, shape: Shape) -> anyhow::Result<()> {
             match event.token() {
                 LISTENER => accept(&poll, &mut listener, &mut clients, |clients, slot| {
                     match (&mut chat, &mut link) {
-                        (Some(chat), _) => chat.connect(slot, &mut |to, b| clients.send(to, b)),
+                        (Some(chat), _) => chat.connect(slot, clients),
                         (None, Some(link)) => frame(&mut link.out, CONNECT, slot, b""),
                         (None, None) => {}
                     }
@@ -393,9 +492,7 @@ pub fn serve(listen: SocketAddr, shape: Shape) -> anyhow::Result<()> {
                     if ok && (event.is_readable() || event.is_read_closed()) {
                         ok &= clients.read(slot, &mut buf, |clients, line| {
                             match (&mut chat, &mut link) {
-                                (Some(chat), _) => {
-                                    chat.line(slot, line, &mut |to, b| clients.send(to, b))
-                                }
+                                (Some(chat), _) => chat.line(slot, line, clients),
                                 (None, Some(link)) => frame(&mut link.out, MESSAGE, slot, line),
                                 (None, None) => {}
                             }
@@ -423,6 +520,13 @@ pub fn serve(listen: SocketAddr, shape: Shape) -> anyhow::Result<()> {
         // Everything this round of events produced, in one write.
         if let Some(link) = &mut link {
             link.flush()?;
+        }
+        if let Some(interval) = clients.interval {
+            let now = Instant::now();
+            if !clients.due.is_empty() && now >= next_write {
+                clients.write_due();
+                next_write = now + interval;
+            }
         }
     }
 }
@@ -469,6 +573,8 @@ fn accept(
             stream,
             input: Vec::new(),
             output: Vec::new(),
+            joined: false,
+            due: false,
         };
         if slot == clients.slots.len() {
             clients.slots.push(Some(conn));
@@ -477,6 +583,31 @@ fn accept(
         }
         opened(clients, slot);
     }
+}
+
+/// `SWITCHBOARD__GATEWAY__MIN_WRITE_INTERVAL` as the bench passes it to the chat
+/// (`0s`, `40ms`, `1s`): the floor paces its writes the same way; `None` for none.
+fn write_interval() -> anyhow::Result<Option<Duration>> {
+    let Ok(text) = std::env::var("SWITCHBOARD__GATEWAY__MIN_WRITE_INTERVAL") else {
+        return Ok(None);
+    };
+    parse_interval(&text).with_context(|| {
+        format!("SWITCHBOARD__GATEWAY__MIN_WRITE_INTERVAL={text:?}: use 0s, 40ms or 1s")
+    })
+}
+
+/// `0`, `Nms` or `Ns`.
+fn parse_interval(text: &str) -> Option<Option<Duration>> {
+    let text = text.trim();
+    let (number, unit) = match text.strip_suffix("ms") {
+        Some(n) => (n, Duration::from_millis(1)),
+        None => (
+            text.strip_suffix('s').unwrap_or(text),
+            Duration::from_secs(1),
+        ),
+    };
+    let n: u32 = number.parse().ok()?;
+    Some((n > 0).then(|| unit * n))
 }
 
 /// Starts the worker process of the split floor and takes its link: the stream and
@@ -532,11 +663,11 @@ pub fn work(link: SocketAddr) -> anyhow::Result<()> {
         };
         input.extend_from_slice(&buf[..n]);
         let (events, used) = frames(&input)?;
-        let mut send = |to: usize, b: &[u8]| frame(&mut out, SEND, to, b);
+        let mut commands = Commands(&mut out);
         for (kind, slot, payload) in events {
             match kind {
-                CONNECT => chat.connect(slot, &mut send),
-                MESSAGE => chat.line(slot, payload, &mut send),
+                CONNECT => chat.connect(slot, &mut commands),
+                MESSAGE => chat.line(slot, payload, &mut commands),
                 CLOSE => chat.close(slot),
                 other => bail!("an event of unknown kind {other}"),
             }
@@ -573,27 +704,59 @@ mod tests {
         assert!(frames(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0]).is_err());
     }
 
+    /// What the chat sent, in order: (to, text); `to_all` as `usize::MAX`, a join as
+    /// its slot with no text.
+    #[derive(Default)]
+    struct Recorded(Vec<(usize, String)>);
+
+    impl Out for Recorded {
+        fn send(&mut self, slot: usize, bytes: &[u8]) {
+            self.0.push((slot, String::from_utf8_lossy(bytes).into()));
+        }
+        fn join(&mut self, slot: usize) {
+            self.0.push((slot, String::new()));
+        }
+        fn to_all(&mut self, bytes: &[u8]) {
+            self.0
+                .push((usize::MAX, String::from_utf8_lossy(bytes).into()));
+        }
+    }
+
     #[test]
-    fn the_chat_answers_a_login_and_a_private_line() {
+    fn the_chat_answers_logins_private_and_public_lines() {
         let mut chat = Chat::default();
-        let mut sent: Vec<(usize, String)> = Vec::new();
-        let mut send = |to: usize, b: &[u8]| sent.push((to, String::from_utf8_lossy(b).into()));
-        chat.connect(0, &mut send);
-        chat.connect(1, &mut send);
-        chat.line(0, b"ann", &mut send);
-        chat.line(1, b"bob", &mut send);
-        chat.line(0, format!("{}:hi", id_of(1)).as_bytes(), &mut send);
+        let mut out = Recorded::default();
+        chat.connect(0, &mut out);
+        chat.connect(1, &mut out);
+        chat.line(0, b"ann", &mut out);
+        chat.line(1, b"bob", &mut out);
+        let (a, b) = (id_of(0), id_of(1));
+        assert_eq!(out.0[3], (0, String::new()), "ann joined");
+        chat.line(0, format!("{b}:hi").as_bytes(), &mut out);
+        chat.line(0, b"b 1 2", &mut out);
+        chat.line(0, b"time: 10", &mut out);
         chat.close(1);
-        chat.line(0, format!("{}:hi", id_of(1)).as_bytes(), &mut send);
-        let b = id_of(1);
-        assert_eq!(sent[4], (1, format!("ann[{}] said to You :hi\n", id_of(0))));
+        chat.line(0, format!("{b}:hi").as_bytes(), &mut out);
+        let tail: Vec<_> = out.0[6..].to_vec();
+        let want = [
+            (1, format!("ann[{a}] said to You :hi\n")),
+            (0, format!("ann[{a}] said to [{b}] :hi\n")),
+            (usize::MAX, format!("ann[{a}] said :b 1 2\n")),
+            (usize::MAX, format!("ann[{a}] said :time: 10\n")),
+            (0, format!("[{b}] is not online; nothing was sent\n")),
+        ];
+        assert_eq!(tail, want);
+    }
+
+    #[test]
+    fn write_intervals_read_as_the_chat_takes_them() {
         assert_eq!(
-            sent[5],
-            (0, format!("ann[{}] said to [{b}] :hi\n", id_of(0)))
+            parse_interval("40ms"),
+            Some(Some(Duration::from_millis(40)))
         );
-        assert_eq!(
-            sent[6],
-            (0, format!("[{b}] is not online; nothing was sent\n"))
-        );
+        assert_eq!(parse_interval("1s"), Some(Some(Duration::from_secs(1))));
+        assert_eq!(parse_interval("0s"), Some(None));
+        assert_eq!(parse_interval("0"), Some(None));
+        assert_eq!(parse_interval("fast"), None);
     }
 }

@@ -12,9 +12,9 @@
 //! Each run starts its own deployment (a temporary config, the release `chat` binary)
 //! unless `--addr` names a running one, spreads the clients over `--procs` child
 //! processes and `--sources` loopback source addresses, and prints one line per run and
-//! the median and spread of `--runs` runs. `private` and `connect` with `--floor
-//! alone|split` run against the tool's own bare servers of the same protocol instead
-//! (see [`floor`]): the floor the chat's figures are compared with. See docs/BENCHMARKS.md.
+//! the median and spread of `--runs` runs. `connect`, `private` and `broadcast` with
+//! `--floor alone|split` run against the tool's own bare servers of the same protocol
+//! instead (see [`floor`]): the floor the chat's figures are compared with. See docs/BENCHMARKS.md.
 //!
 //! ```text
 //! CARGO_TARGET_DIR=target-bench cargo build --release -p chat -p bench
@@ -271,8 +271,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(job: Job, load: &Load, target: &Target) -> anyhow::Result<()> {
     anyhow::ensure!(load.procs >= 1, "--procs must be at least 1");
     anyhow::ensure!(
-        target.floor.is_none() || matches!(job, Job::Private(_) | Job::Connect(_)),
-        "--floor serves the private and connect scenarios only"
+        target.floor.is_none() || !matches!(job, Job::Handshake(_)),
+        "--floor serves the connect, private and broadcast scenarios only"
     );
     let mut runs: Vec<Figures> = Vec::new();
     for n in 1..=load.runs.max(1) {

@@ -62,6 +62,14 @@ const RECEIVED: &[u8] = b" said to You :p ";
 /// Marker of a private `say` at its recipient (browser; the sender's own copy says
 /// `privately to NAME`).
 const RECEIVED_JSON: &[u8] = b"privately to you: </b>p ";
+/// The marker of a private line at its recipient, in `protocol`.
+fn received_marker(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Text => RECEIVED,
+        Protocol::Websocket => RECEIVED_JSON,
+    }
+}
+
 /// What the chat answers when the recipient is unknown.
 const NOT_ONLINE: &[u8] = b"is not online";
 
@@ -124,15 +132,19 @@ async fn receive(
 pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
     let (first_pair, pairs) = share.part(p.clients / 2);
     let first = first_pair * 2;
-    let logins = client::login_all(&share, "p", first, pairs * 2).await?;
+    let logins = client::login_all(
+        &share,
+        "p",
+        first,
+        pairs * 2,
+        received_marker(share.protocol),
+    )
+    .await?;
     procs::report("ready", &serde_json::json!({ "clients": logins.ids.len() }))?;
     procs::wait_go().await?;
     let cpu_at_go = procinfo::cpu_seconds(std::process::id());
     let sessions = logins.sessions().await?;
-    let marker = match share.protocol {
-        Protocol::Text => RECEIVED,
-        Protocol::Websocket => RECEIVED_JSON,
-    };
+    let marker = received_marker(share.protocol);
 
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(p.seconds);

@@ -161,18 +161,17 @@ fn the_floor_servers_carry_private_lines_and_hold_clients() {
     assert!(figure(&split, "workers_us_per_msg") > 0.0, "{split:?}");
 }
 
-/// The floor serves the private and connect scenarios only: anything else is refused,
-/// saying so.
+/// The floor does not do handshakes: refused, saying which scenarios it serves.
 #[test]
 fn the_floor_refuses_other_scenarios() {
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["broadcast", "--floor", "alone", "--clients", "4"])
+        .args(["handshake", "--floor", "alone"])
         .output()
         .expect("run bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("--floor serves the private and connect scenarios only"),
+        stderr.contains("--floor serves the connect, private and broadcast scenarios only"),
         "{stderr}"
     );
 }
@@ -228,6 +227,17 @@ fn assert_all_in_order(f: &serde_json::Map<String, serde_json::Value>) {
 #[test]
 fn broadcast_to_more_clients_than_a_batch_writes_keeps_every_line_in_order() {
     assert_all_in_order(&run(BROADCAST_TO_300));
+}
+
+/// Both floor servers deliver every public line to every client in order, paced too.
+#[test]
+fn the_floor_servers_broadcast_every_line_in_order() {
+    for shape in ["alone", "split"] {
+        assert_all_in_order(&run(&[BROADCAST_TO_300, &["--floor", shape]].concat()));
+    }
+    let paced = [("SWITCHBOARD__GATEWAY__MIN_WRITE_INTERVAL", "20ms")];
+    let f = run_with(&paced, &[BROADCAST_TO_300, &["--floor", "split"]].concat());
+    assert_all_in_order(&f);
 }
 
 /// With `gateway.min_write_interval`, the lines a client gets within the interval are
