@@ -399,7 +399,7 @@ pub async fn login_all(
             if scenario_began {
                 session.lines.unread();
                 // Until the scenario takes the session (an error: nobody will).
-                let _ = stopped.wait_for(|s| *s).await.is_ok();
+                let _ = stopped.wait_for(|s| *s).await;
             }
             (offset, Ok(session))
         });

@@ -14,7 +14,8 @@
 //! processes and `--sources` loopback source addresses, and prints one line per run and
 //! the median and spread of `--runs` runs. `connect`, `private` and `broadcast` with
 //! `--floor alone|split` run against the tool's own bare servers of the same protocol
-//! instead (see [`floor`]): the floor the chat's figures are compared with. See docs/BENCHMARKS.md.
+//! instead (see [`floor`]): the floor the chat's figures are compared with. See
+//! docs/BENCHMARKS.md.
 //!
 //! ```text
 //! CARGO_TARGET_DIR=target-bench cargo build --release -p chat -p bench
@@ -102,8 +103,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// (internal) The floor server `--floor` starts: the telnet chat's login and
-    /// private line on one thread, straight on epoll.
+    /// (internal) The floor server `--floor` starts: the telnet chat's prompt, login,
+    /// private and public lines on one thread, straight on epoll.
     #[command(hide = true)]
     FloorServer {
         /// Address to listen on; the bound address is printed on stdout.
