@@ -252,12 +252,11 @@ async fn login(
         }
     }
     // The name is on the gateway before the client is in the group, so whoever sees
-    // it as a member sees its name. (The context's copy is saved again at the end.)
+    // it as a member sees its name.
     let mut changes = Session::new();
     changes.insert(NAME.into(), name.as_str().into());
     changes.insert(ROOM.into(), room.as_str().into());
-    gw.update_session(me, &changes).await?;
-    ctx.session_mut().extend(changes);
+    ctx.update_session(changes).await?;
     ctx.join_group(&room_group(&room)).await?;
     // Joined first, asked second: a member who joins at the same time is either in
     // this list or hears of us (our login below reaches it), never neither.

@@ -228,8 +228,7 @@ impl Events for Chat {
             // browser that sees it as a member sees its name.
             let mut changes = Session::new();
             changes.insert(browser::NAME.into(), name.into());
-            ctx.gateway().update_session(me, &changes).await?;
-            ctx.session_mut().extend(changes);
+            ctx.update_session(changes).await?;
             ctx.reply(format!(
                 "Hello {name}[{me}]! Your client_id is {me}.\n\
                  Type client_id:words to say words to that client only; type words to say them to everybody."

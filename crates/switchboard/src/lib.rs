@@ -78,6 +78,17 @@ pub use worker::{Context, Events, HandlerResult};
 /// event of that client.
 pub type Session = serde_json::Map<String, serde_json::Value>;
 
+/// Merges `update_session` changes into `session`: a `null` value removes its key.
+pub(crate) fn merge_session(session: &mut Session, changes: Session) {
+    for (key, value) in changes {
+        if value.is_null() {
+            session.remove(&key);
+        } else {
+            session.insert(key, value);
+        }
+    }
+}
+
 /// Errors of the runtime (starting processes, binding sockets, reaching the store).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

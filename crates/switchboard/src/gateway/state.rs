@@ -1121,15 +1121,7 @@ impl State {
                 self.change_session(client, &session, |s, new| *s = new);
             }
             Command::UpdateSession { client, session } => {
-                self.change_session(client, &session, |s, new| {
-                    for (k, v) in new {
-                        if v.is_null() {
-                            s.remove(&k);
-                        } else {
-                            s.insert(k, v);
-                        }
-                    }
-                });
+                self.change_session(client, &session, crate::merge_session);
             }
             Command::CloseClient { client, last } => {
                 if let Some((out, p)) = self.out_of(client) {

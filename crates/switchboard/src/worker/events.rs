@@ -102,7 +102,9 @@ pub struct Context {
     groups: Vec<String>,
     request: Option<Box<WebSocketRequest>>,
     session: Session,
-    session_changed: bool,
+    /// The session as the event carried it, kept from the first `session_mut` on: the
+    /// save writes only the keys that differ from it.
+    session_before: Option<Session>,
     gateway: Gateway,
 }
 
@@ -128,7 +130,7 @@ impl Context {
             groups: meta.groups,
             request: meta.request,
             session,
-            session_changed: false,
+            session_before: None,
             gateway,
         }
     }
@@ -187,9 +189,42 @@ impl Context {
 
     /// The session, to change; the changes are saved on the gateway when the handler
     /// returns (before the next event of this client is delivered).
+    ///
+    /// Only the keys this handler added, changed or removed are written, merged into
+    /// the session as [`Gateway::update_session`] does: what was written into it
+    /// meanwhile under other keys (the push API, another client's event) stays. As
+    /// with `update_session`, a key set to `null` is removed.
     pub fn session_mut(&mut self) -> &mut Session {
-        self.session_changed = true;
+        if self.session_before.is_none() {
+            self.session_before = Some(self.session.clone());
+        }
         &mut self.session
+    }
+
+    /// Writes `changes` into the session on the gateway now, as
+    /// [`Gateway::update_session`] does (`null` removes a key), and into
+    /// [`Context::session`]: for a value others must see before this handler goes on
+    /// (a name written before the client joins a room whose members are listed). They
+    /// are not written again when the handler returns.
+    ///
+    /// ```no_run
+    /// # use switchboard::{Context, HandlerResult, Session};
+    /// # async fn handler(ctx: &mut Context) -> HandlerResult {
+    /// let mut changes = Session::new();
+    /// changes.insert("name".into(), "alice".into());
+    /// ctx.update_session(changes).await?;
+    /// ctx.join_group("room-1").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_session(&mut self, changes: Session) -> Result<(), ApiError> {
+        self.gateway
+            .update_session(self.client_id, &changes)
+            .await?;
+        if let Some(before) = &mut self.session_before {
+            crate::merge_session(before, changes.clone());
+        }
+        crate::merge_session(&mut self.session, changes);
+        Ok(())
     }
 
     /// The Gateway API.
@@ -261,8 +296,45 @@ impl Context {
         Ok(())
     }
 
-    pub(crate) fn take_changed_session(&mut self) -> Option<Session> {
-        self.session_changed
-            .then(|| std::mem::take(&mut self.session))
+    /// What the handler changed in the session, as `update_session` changes (`null`
+    /// for a removed key); `None` when nothing changed.
+    pub(crate) fn take_session_changes(&mut self) -> Option<Session> {
+        let before = self.session_before.take()?;
+        let changes = session_changes(&before, std::mem::take(&mut self.session));
+        (!changes.is_empty()).then_some(changes)
+    }
+}
+
+/// The changes that turn `before` into `after`: every key of `after` whose value
+/// differs, and `null` for every key `after` no longer has.
+fn session_changes(before: &Session, after: Session) -> Session {
+    let mut changes: Session = before
+        .keys()
+        .filter(|k| !after.contains_key(*k))
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    changes.extend(after.into_iter().filter(|(k, v)| before.get(k) != Some(v)));
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_changes;
+    use serde_json::json;
+
+    fn session(v: serde_json::Value) -> crate::Session {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_changes_are_the_keys_added_changed_and_removed() {
+        let before =
+            session(json!({"same": 1, "changed": "a", "removed": [1], "nested": {"x": 1}}));
+        let after = session(json!({"same": 1, "changed": "b", "added": true, "nested": {"x": 2}}));
+        assert_eq!(
+            serde_json::Value::Object(session_changes(&before, after)),
+            json!({"changed": "b", "added": true, "nested": {"x": 2}, "removed": null})
+        );
+        assert!(session_changes(&before, before.clone()).is_empty());
     }
 }

@@ -234,10 +234,10 @@ async fn handle(
         }
     }
     if kind != EventKind::Close {
-        if let Some(session) = ctx.take_changed_session() {
+        if let Some(changes) = ctx.take_session_changes() {
             // Boxed: its future (a query to the gateway) would take a kilobyte in
             // every event's task, most of which change no session.
-            if let Err(e) = Box::pin(gateway.set_session(event.client, &session)).await {
+            if let Err(e) = Box::pin(gateway.update_session(event.client, &changes)).await {
                 tracing::warn!(client = %event.client, error = %e, "could not save the session");
             }
         }
@@ -297,6 +297,26 @@ mod tests {
                 b"show" => {
                     let seen = ctx.session().get("seen").and_then(|v| v.as_bool());
                     ctx.reply(format!("seen={seen:?}")).await?;
+                    Ok(())
+                }
+                // What another process writes while this handler runs (the push API,
+                // another client's event) lands before the handler's own save.
+                b"outside" => {
+                    let mut changes = crate::Session::new();
+                    changes.insert("outside".into(), 1.into());
+                    ctx.gateway()
+                        .update_session(ctx.client_id(), &changes)
+                        .await?;
+                    ctx.session_mut().insert("handler".into(), 2.into());
+                    Ok(())
+                }
+                b"forget" => {
+                    ctx.session_mut().remove("seen");
+                    Ok(())
+                }
+                b"dump" => {
+                    let session = serde_json::Value::Object(ctx.session().clone());
+                    ctx.reply(session.to_string()).await?;
                     Ok(())
                 }
                 _ => {
@@ -439,6 +459,47 @@ mod tests {
             line.as_deref(),
             Some("seen=Some(true)"),
             "the session was not saved"
+        );
+        stop.cancel();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// A handler's session save writes the keys it changed, not its whole copy: what
+    /// another process wrote into the session meanwhile is kept, and a key the handler
+    /// removed is removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handlers_save_keeps_what_others_wrote_meanwhile() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let (_config, listen, stop, tasks) = deployment(dir.path()).await;
+        let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        async fn next<R: tokio::io::AsyncBufRead + Unpin>(
+            lines: &mut tokio::io::Lines<R>,
+        ) -> Option<String> {
+            tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+                .await
+                .expect("an answer within 15 s")
+                .unwrap()
+        }
+        write.write_all(b"fine\noutside\ndump\n").await.unwrap();
+        assert_eq!(
+            next(&mut lines).await.as_deref(),
+            Some(r#"{"handler":2,"outside":1,"seen":true}"#),
+            "the handler's save replaced what was written while it ran"
+        );
+        write.write_all(b"forget\ndump\n").await.unwrap();
+        assert_eq!(
+            next(&mut lines).await.as_deref(),
+            Some(r#"{"handler":2,"outside":1}"#),
+            "a key the handler removed is still there"
         );
         stop.cancel();
         for task in tasks {
