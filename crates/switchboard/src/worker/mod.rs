@@ -439,27 +439,39 @@ mod tests {
         (config, listen, stop, vec![gateway, worker])
     }
 
-    /// Through a real gateway and the worker's own loop: a panic and a failure are
-    /// acknowledged (the client's next events, held until then, are handled), and the
-    /// session a handler changed is saved (the next event carries it).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_events_are_acknowledged_and_a_changed_session_is_saved() {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let dir = tempfile::tempdir().unwrap();
-        let (_config, listen, stop, tasks) = deployment(dir.path()).await;
-        let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
-        let (read, mut write) = stream.into_split();
-        write.write_all(b"boom\nerr\nfine\nshow\n").await.unwrap();
-        let mut lines = BufReader::new(read).lines();
-        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+    /// A client of the test deployment: its lines, and its writing half.
+    type Client = (
+        tokio::io::Lines<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+        tokio::net::tcp::OwnedWriteHalf,
+    );
+
+    async fn connect(listen: std::net::SocketAddr) -> Client {
+        use tokio::io::AsyncBufReadExt;
+        let (read, write) = tokio::net::TcpStream::connect(listen)
             .await
-            .expect("no answer to `show` within 15 s: an event was never acknowledged")
-            .unwrap();
-        assert_eq!(
-            line.as_deref(),
-            Some("seen=Some(true)"),
-            "the session was not saved"
-        );
+            .unwrap()
+            .into_split();
+        (tokio::io::BufReader::new(read).lines(), write)
+    }
+
+    /// The client's next line, within 15 s (`what` says what a timeout means).
+    async fn next_line(client: &mut Client, what: &str) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(15), client.0.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no answer within 15 s: {what}"))
+            .unwrap()
+    }
+
+    async fn say(client: &mut Client, lines: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        client.1.write_all(lines).await.unwrap();
+    }
+
+    /// Stops the deployment and waits for its tasks, which must end cleanly.
+    async fn shut_down(
+        stop: CancellationToken,
+        tasks: Vec<tokio::task::JoinHandle<Result<(), Error>>>,
+    ) {
         stop.cancel();
         for task in tasks {
             tokio::time::timeout(Duration::from_secs(15), task)
@@ -470,44 +482,45 @@ mod tests {
         }
     }
 
+    /// Through a real gateway and the worker's own loop: a panic and a failure are
+    /// acknowledged (the client's next events, held until then, are handled), and the
+    /// session a handler changed is saved (the next event carries it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_events_are_acknowledged_and_a_changed_session_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_config, listen, stop, tasks) = deployment(dir.path()).await;
+        let mut client = connect(listen).await;
+        say(&mut client, b"boom\nerr\nfine\nshow\n").await;
+        assert_eq!(
+            next_line(&mut client, "an event was never acknowledged")
+                .await
+                .as_deref(),
+            Some("seen=Some(true)"),
+            "the session was not saved"
+        );
+        shut_down(stop, tasks).await;
+    }
+
     /// A handler's session save writes the keys it changed, not its whole copy: what
     /// another process wrote into the session meanwhile is kept, and a key the handler
     /// removed is removed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_handlers_save_keeps_what_others_wrote_meanwhile() {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let dir = tempfile::tempdir().unwrap();
         let (_config, listen, stop, tasks) = deployment(dir.path()).await;
-        let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
-        let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read).lines();
-        async fn next<R: tokio::io::AsyncBufRead + Unpin>(
-            lines: &mut tokio::io::Lines<R>,
-        ) -> Option<String> {
-            tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-                .await
-                .expect("an answer within 15 s")
-                .unwrap()
-        }
-        write.write_all(b"fine\noutside\ndump\n").await.unwrap();
+        let mut client = connect(listen).await;
+        say(&mut client, b"fine\noutside\ndump\n").await;
         assert_eq!(
-            next(&mut lines).await.as_deref(),
+            next_line(&mut client, "dump").await.as_deref(),
             Some(r#"{"handler":2,"outside":1,"seen":true}"#),
             "the handler's save replaced what was written while it ran"
         );
-        write.write_all(b"forget\ndump\n").await.unwrap();
+        say(&mut client, b"forget\ndump\n").await;
         assert_eq!(
-            next(&mut lines).await.as_deref(),
+            next_line(&mut client, "dump").await.as_deref(),
             Some(r#"{"handler":2,"outside":1}"#),
             "a key the handler removed is still there"
         );
-        stop.cancel();
-        for task in tasks {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("stops")
-                .unwrap()
-                .unwrap();
-        }
+        shut_down(stop, tasks).await;
     }
 }
