@@ -212,10 +212,10 @@ async fn metrics_count_the_traffic_and_survive_a_supervisor_restart() {
         Some(17.0)
     );
     // Commands by kind: every login names the client (one session update: the handler
-    // changes nothing else in the session, so nothing is saved when it returns), joins the telnet group and tells room 1 (one group send
-    // to both audiences, each in its own format), as every public line does; every
-    // prompt, welcome and answer is a send to one client. (The private line's target is
-    // on no gateway, so it takes no query.)
+    // changes nothing else in the session, so nothing is saved when it returns), joins
+    // the telnet group and tells room 1 (one group send to both audiences, each in its
+    // own format), as every public line does; every prompt, welcome and answer is a send
+    // to one client. (The private line's target is on no gateway, so it takes no query.)
     let commands = |kind: &str| metric(&page, "switchboard_commands_total", &[("kind", kind)]);
     assert_eq!(commands("send_to_group"), Some(3.0 + 12.0), "{page}");
     assert_eq!(commands("group"), Some(3.0), "{page}");
