@@ -24,13 +24,14 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, AtomicU16, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU16, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use futures::task::AtomicWaker;
 use tokio::io::AsyncWrite;
+use triomphe::Arc;
 
 use super::direct;
 use super::pacer::Pacer;
@@ -99,6 +100,18 @@ struct Queue {
     /// the box is kept while the client is busy).
     #[allow(clippy::box_collection)]
     rest: Option<Box<VecDeque<Bytes>>>,
+}
+
+/// Where the next message pushed after the head will be stored, as far as the queue
+/// can tell: the slot after the last one (wrong only when the buffer wraps around or
+/// grows, one push in its capacity), or null without a buffer.
+fn next_slot(q: &Queue) -> *mut Bytes {
+    q.rest
+        .as_deref()
+        .and_then(VecDeque::back)
+        .map_or(std::ptr::null_mut(), |last| {
+            (last as *const Bytes).wrapping_add(1).cast_mut()
+        })
 }
 
 impl Queue {
@@ -186,6 +199,12 @@ struct Inner {
     last_write: AtomicU16,
     /// The task that owns the connection.
     waker: AtomicWaker,
+    /// Where the next push will store its message ([`next_slot`], kept up to date
+    /// under the queue's lock): readable without the lock, so that a fan-out can ask
+    /// for that memory ahead ([`Outbound::prefetch_slot`]). Only ever an address to
+    /// prefetch, never dereferenced. (Paid for by the `Arc` without a weak count:
+    /// the queue's allocation is as large as before it.)
+    slot_hint: AtomicPtr<Bytes>,
 }
 
 impl Drop for Inner {
@@ -226,6 +245,7 @@ impl Outbound {
                 closed_for: AtomicU8::new(0),
                 last_write: AtomicU16::new(0),
                 waker: AtomicWaker::new(),
+                slot_hint: AtomicPtr::new(std::ptr::null_mut()),
             }),
         }
     }
@@ -269,7 +289,14 @@ impl Outbound {
             }
             return Push::CutOff;
         }
-        let was_empty = self.queue().push(data);
+        let was_empty = {
+            let mut q = self.queue();
+            let was_empty = q.push(data);
+            if !was_empty {
+                self.inner.slot_hint.store(next_slot(&q), Ordering::Relaxed);
+            }
+            was_empty
+        };
         metrics::outbound_queued(len);
         // A write to come from the routing task ([`direct`]) needs no wake-up.
         if was_empty && !direct::defer(self) {
@@ -408,6 +435,20 @@ impl Outbound {
         prefetch(&*self.inner);
     }
 
+    /// Asks the CPU to start loading the memory the next push will store its message
+    /// in, once the queue's state is in cache ([`Outbound::prefetch`] a little
+    /// earlier). A backlogged recipient of a fan-out stores each message in a buffer
+    /// slot last touched a round of recipients ago, out of cache by then; storing
+    /// there under the queue's lock made the lock's release wait for that miss
+    /// (docs/BENCHMARKS.md, *The fan-out's stores*).
+    #[inline]
+    pub fn prefetch_slot(&self) {
+        let slot = self.inner.slot_hint.load(Ordering::Relaxed);
+        if !slot.is_null() {
+            prefetch_bytes(slot.cast::<u8>(), std::mem::size_of::<Bytes>());
+        }
+    }
+
     /// The byte limit.
     pub fn limit(&self) -> usize {
         self.inner.limit as usize
@@ -429,6 +470,9 @@ impl Outbound {
         let mut q = self.queue();
         if q.rest.as_ref().is_some_and(|r| r.is_empty()) {
             q.rest = None;
+            self.inner
+                .slot_hint
+                .store(std::ptr::null_mut(), Ordering::Relaxed);
         }
     }
 
@@ -555,7 +599,7 @@ impl Outbound {
     }
 }
 
-/// Asks the CPU to start loading `value` (its first two cache lines) into its cache,
+/// Asks the CPU to start loading `value` (its first 128 bytes) into its cache,
 /// so that a use of it a little later finds it there. A fan-out visits a queue per
 /// recipient, each behind a pointer or two, and would otherwise wait for each one's
 /// cache misses in turn (the queue lock's atomic instructions keep them from
@@ -563,26 +607,37 @@ impl Outbound {
 /// hint; it changes nothing the program sees.
 #[inline]
 pub fn prefetch<T>(value: &T) {
+    prefetch_bytes(
+        (value as *const T).cast::<u8>(),
+        std::mem::size_of::<T>().min(128),
+    );
+}
+
+/// Asks the CPU to start loading the cache lines of `len` bytes at `at` (at most the
+/// first 128: three lines, as an allocation is seldom aligned to one). `at` is only a
+/// hint: it may be stale, freed or anything at all.
+#[inline]
+fn prefetch_bytes(at: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let at = (value as *const T).cast::<i8>();
-        // SAFETY: a prefetch reads nothing the program sees and never faults, whatever
-        // the address (the second may be past the value's allocation).
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(at);
-            if std::mem::size_of::<T>() > 64 {
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64));
-            }
+        let first = at.cast::<i8>();
+        let lines = ((at as usize) % 64 + len.clamp(1, 128)).div_ceil(64);
+        for line in 0..lines {
+            // SAFETY: a prefetch reads nothing the program sees and never faults,
+            // whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(64 * line)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    let _ = (at, len);
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use std::sync::atomic::AtomicUsize;
+    // Wakers are made of the standard `Arc`.
+    use std::sync::Arc;
 
     use super::*;
 
@@ -639,14 +694,59 @@ pub(super) mod tests {
         out.poll_write(&mut cx, sink).expect("write")
     }
 
-    /// Every client has one queue, idle or not: its shared part (with the `Arc`'s two
-    /// counts) is a 112-byte chunk of the allocator (136 bytes, a 144-byte chunk,
+    /// Every client has one queue, idle or not: its shared part (with the `Arc`'s
+    /// count) is a 112-byte chunk of the allocator (136 bytes, a 144-byte chunk,
     /// before the buffer for the messages after the first was boxed and the limit
-    /// made 32 bits).
+    /// made 32 bits; the slot hint came with an `Arc` without a weak count).
     #[test]
     fn an_idle_queue_stays_small() {
-        let size = std::mem::size_of::<Inner>() + 16;
+        let size = std::mem::size_of::<Inner>() + std::mem::size_of::<usize>();
         assert!(size <= 104, "{size} bytes");
+    }
+
+    /// The slot hint names the memory the next push stores its message in.
+    #[test]
+    fn the_slot_hint_is_where_the_next_message_goes() {
+        let out = Outbound::new(1 << 20);
+        let hint = || out.inner.slot_hint.load(Ordering::Relaxed).cast_const();
+        let last = || {
+            let q = out.queue();
+            let last = q.rest.as_deref().and_then(VecDeque::back);
+            last.map_or(std::ptr::null(), |b| b as *const Bytes)
+        };
+        assert!(hint().is_null(), "no buffer, no hint");
+        out.push(Bytes::from_static(b"head"));
+        assert!(hint().is_null(), "the head waits inline");
+        // The buffer comes with the first message after the head and grows at the
+        // fifth (capacity 4, then 8, moved or not as the allocator pleases): every
+        // other message lands where the hint said.
+        let mut hits = 0;
+        for _ in 0..7 {
+            let before = hint();
+            out.push(Bytes::from_static(b"line\n"));
+            hits += usize::from(before == last());
+            assert_eq!(hint(), last().wrapping_add(1));
+        }
+        assert!(hits >= 5, "{hits} pushes of 7 where the hint said");
+        // Drained, the buffer is kept, and the next message after the head goes
+        // where the hint says.
+        let mut sink = Sink {
+            got: Vec::new(),
+            chunk: 1 << 20,
+            full: false,
+            calls: 0,
+        };
+        assert_eq!(write_all(&out, &mut sink), Written::Drained);
+        out.push(Bytes::from_static(b"head"));
+        let before = hint();
+        out.push(Bytes::from_static(b"line\n"));
+        assert_eq!(before, last(), "after a drain");
+        write_all(&out, &mut sink);
+        out.trim();
+        assert!(
+            hint().is_null(),
+            "the buffer given back takes the hint with it"
+        );
     }
 
     #[test]

@@ -1219,30 +1219,45 @@ impl State {
     ) -> usize {
         let mut cache = EncodeCache::new(data);
         let mut reached = 0;
-        let mut push = |conn: u64, out: &Outbound, protocol: ClientProtocol| {
-            let id = ClientId::new(self.number, conn);
-            reached += usize::from(push_or_cut(out, cache.get(protocol), id, counters));
-        };
-        // A recipient's queue is pushed to `AHEAD` recipients after it is found: the
-        // CPU loads it meanwhile (`outbound::prefetch`), where a push would otherwise
-        // wait for its own cache misses (the queue lock's atomic instructions keep
-        // them from overlapping with the next recipient's). Recipients are reached in
-        // another order than found; each still once.
-        const AHEAD: usize = 8;
-        let mut ahead: [Option<(u64, &Outbound, ClientProtocol)>; AHEAD] = [None; AHEAD];
-        for (i, (conn, c)) in clients.enumerate() {
-            let Some(out) = &c.out else {
-                continue;
-            };
-            out.prefetch();
-            if let Some((conn, out, protocol)) =
-                ahead[i % AHEAD].replace((conn, out, c.listener.protocol))
-            {
-                push(conn, out, protocol);
+        let mut push = |conn: u64, c: &Client| {
+            if let Some(out) = &c.out {
+                let id = ClientId::new(self.number, conn);
+                let data = cache.get(c.listener.protocol);
+                reached += usize::from(push_or_cut(out, data, id, counters));
             }
+        };
+        // A fan-out touches memory no recent send touched, per recipient: its entry
+        // here, its queue, and the slot of the queue's buffer the message goes in.
+        // Loaded one after the other, each waits for the one before (the queue lock's
+        // atomic instructions keep them from overlapping), so the recipients pass
+        // through three stages `AHEAD` recipients apart, each asking the CPU for the
+        // next one's memory (`outbound::prefetch`): the entry when found, its queue
+        // `AHEAD` recipients later, the queue's next slot (read from the queue, in
+        // cache by then) `AHEAD` later, and the push `AHEAD` after that. Recipients
+        // are reached in another order than found; each still once.
+        const AHEAD: usize = 6;
+        const RING: usize = 3 * AHEAD;
+        let mut ring: [Option<(u64, &Client)>; RING] = [None; RING];
+        let mut found = 0;
+        for (conn, c) in clients {
+            super::outbound::prefetch(c);
+            let queue_of =
+                |back: usize| ring[(found + RING - back) % RING].and_then(|(_, c)| c.out.as_ref());
+            if let Some(out) = queue_of(AHEAD) {
+                out.prefetch();
+            }
+            if let Some(out) = queue_of(2 * AHEAD) {
+                out.prefetch_slot();
+            }
+            if let Some((conn, c)) = ring[found % RING].replace((conn, c)) {
+                push(conn, c);
+            }
+            found += 1;
         }
-        for (conn, out, protocol) in ahead.into_iter().flatten() {
-            push(conn, out, protocol);
+        for k in 0..RING {
+            if let Some((conn, c)) = ring[(found + k) % RING].take() {
+                push(conn, c);
+            }
         }
         reached
     }
@@ -1962,12 +1977,13 @@ mod tests {
         }
     }
 
-    /// The fan-out pushes a few recipients after finding each (so that the CPU can
-    /// load their queues meanwhile): around that distance, and with some clients
-    /// excluded in between, every recipient gets the message once, the rest none.
+    /// The fan-out pushes to each recipient three stages of a few recipients after
+    /// finding it (so that the CPU can load its memory meanwhile): around each
+    /// stage's distance, and with some clients excluded in between, every recipient
+    /// gets the message once, the rest none.
     #[test]
     fn a_fan_out_reaches_each_recipient_once_whatever_the_count() {
-        for n in [0, 1, 2, 7, 8, 9, 15, 16, 17, 100] {
+        for n in [0, 1, 2, 5, 6, 7, 11, 12, 13, 17, 18, 19, 100] {
             let mut f = Fixture::new();
             let clients: Vec<_> = (0..n).map(|_| f.client()).collect();
             for (client, _) in &clients {
