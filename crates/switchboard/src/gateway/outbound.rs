@@ -649,6 +649,26 @@ pub(super) mod tests {
         calls: usize,
     }
 
+    impl Sink {
+        /// Takes at most `chunk` bytes per call.
+        fn new(chunk: usize) -> Self {
+            Self {
+                got: Vec::new(),
+                chunk,
+                full: false,
+                calls: 0,
+            }
+        }
+
+        /// Takes nothing until told otherwise.
+        fn full(chunk: usize) -> Self {
+            Self {
+                full: true,
+                ..Self::new(chunk)
+            }
+        }
+    }
+
     impl AsyncWrite for Sink {
         fn poll_write(
             self: Pin<&mut Self>,
@@ -730,12 +750,7 @@ pub(super) mod tests {
         assert!(hits >= 5, "{hits} pushes of 7 where the hint said");
         // Drained, the buffer is kept, and the next message after the head goes
         // where the hint says.
-        let mut sink = Sink {
-            got: Vec::new(),
-            chunk: 1 << 20,
-            full: false,
-            calls: 0,
-        };
+        let mut sink = Sink::new(1 << 20);
         assert_eq!(write_all(&out, &mut sink), Written::Drained);
         out.push(Bytes::from_static(b"head"));
         let before = hint();
@@ -755,12 +770,7 @@ pub(super) mod tests {
         for part in ["abc", "defgh", "", "ij"] {
             assert_eq!(out.push(Bytes::from(part)), Push::Queued);
         }
-        let mut sink = Sink {
-            got: Vec::new(),
-            chunk: 4,
-            full: false,
-            calls: 0,
-        };
+        let mut sink = Sink::new(4);
         assert_eq!(write_all(&out, &mut sink), Written::Drained);
         assert_eq!(sink.got, b"abcdefghij");
         assert_eq!(sink.calls, 3, "4 + 4 + 2 bytes, several buffers per write");
@@ -772,12 +782,7 @@ pub(super) mod tests {
     fn a_blocked_socket_keeps_the_rest_for_later() {
         let out = Outbound::new(1 << 20);
         out.push(Bytes::from_static(b"hello"));
-        let mut sink = Sink {
-            got: Vec::new(),
-            chunk: 2,
-            full: true,
-            calls: 0,
-        };
+        let mut sink = Sink::full(2);
         assert_eq!(write_all(&out, &mut sink), Written::Blocked);
         sink.full = false;
         assert_eq!(write_all(&out, &mut sink), Written::Drained);
@@ -817,12 +822,7 @@ pub(super) mod tests {
         for _ in 0..10 {
             out.push(Bytes::from_static(b"x"));
         }
-        let mut sink = Sink {
-            got: Vec::new(),
-            chunk: 1 << 20,
-            full: false,
-            calls: 0,
-        };
+        let mut sink = Sink::new(1 << 20);
         write_all(&out, &mut sink);
         assert!(
             out.queue().rest.as_ref().is_some_and(|r| r.capacity() > 0),
@@ -870,12 +870,7 @@ pub(super) mod tests {
             1,
             "a backlog is one wake-up"
         );
-        let mut sink = Sink {
-            got: Vec::new(),
-            chunk: 1 << 20,
-            full: false,
-            calls: 0,
-        };
+        let mut sink = Sink::new(1 << 20);
         assert_eq!(write_all(&out, &mut sink), Written::Drained);
         assert_eq!(write_all(&out, &mut sink), Written::Idle);
         out.register(&Context::from_waker(&waker));
