@@ -36,6 +36,13 @@ pub struct Target {
     /// The `chat` binary to start (default: `chat` beside this executable).
     #[arg(long)]
     pub chat: Option<PathBuf>,
+    /// A second `chat` binary, the baseline: its runs alternate with `--chat`'s (the
+    /// baseline first), `--runs` of each, and the summary gives each one's median and
+    /// spread, the ratio of the medians (new ÷ base) and in how many pairs the new
+    /// figure was lower — the comparison docs/BENCHMARKS.md asks for, where the machine
+    /// changes pace from one minute to the next.
+    #[arg(long, value_name = "CHAT", conflicts_with_all = ["addr", "floor"])]
+    pub against: Option<PathBuf>,
     /// Gateway processes of a started deployment.
     #[arg(long, default_value_t = 1)]
     pub gateways: usize,

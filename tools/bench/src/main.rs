@@ -12,7 +12,8 @@
 //! Each run starts its own deployment (a temporary config, the release `chat` binary)
 //! unless `--addr` names a running one, spreads the clients over `--procs` child
 //! processes and `--sources` loopback source addresses, and prints one line per run and
-//! the median and spread of `--runs` runs. `connect`, `private` and `broadcast` with
+//! the median and spread of `--runs` runs; `--against BASE` alternates the runs with
+//! a baseline `chat` binary and compares the two. `connect`, `private` and `broadcast` with
 //! `--floor alone|split` run against the tool's own bare servers of the same protocol
 //! instead (see [`floor`]): the floor the chat's figures are compared with. See
 //! docs/BENCHMARKS.md.
@@ -268,79 +269,149 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs a scenario `load.runs` times and prints every run and the summary.
+/// Runs a scenario `load.runs` times and prints every run and the summary; with
+/// `--against`, `load.runs` times for each binary, alternating.
 async fn run(job: Job, load: &Load, target: &Target) -> anyhow::Result<()> {
     anyhow::ensure!(load.procs >= 1, "--procs must be at least 1");
     anyhow::ensure!(
         target.floor.is_none() || !matches!(job, Job::Handshake(_)),
         "--floor serves the connect, private and broadcast scenarios only"
     );
-    let mut runs: Vec<Figures> = Vec::new();
-    for n in 1..=load.runs.max(1) {
-        let deployment = Deployment::open(target)?;
-        let figures = match &job {
-            Job::Connect(p) => connect::parent(p, load, &deployment).await.map(|f| vec![f]),
-            Job::Private(p) => private::parent(p, load, &deployment).await.map(|f| vec![f]),
-            Job::Broadcast(p) => broadcast::parent(p, load, &deployment).await,
-            Job::Handshake(p) => handshake::parent(p, load, &deployment)
-                .await
-                .map(|f| vec![f]),
-        };
-        let rounds = match figures {
-            Ok(f) => f,
-            Err(e) => {
-                let log = deployment.log();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                eprintln!("deployment log (last lines, newest first):");
-                for l in tail {
-                    eprintln!("  {l}");
-                }
-                return Err(e);
-            }
-        };
-        drop(deployment);
-        let several = rounds.len() > 1;
-        for (r, figures) in rounds.into_iter().enumerate() {
-            let line: Vec<String> = figures
-                .iter()
-                .map(|(k, v)| format!("{k}={}", short(*v)))
-                .collect();
-            let name = if several {
-                format!("run {n} round {}", r + 1)
-            } else {
-                format!("run {n}")
+    // What each run starts: the chat alone, or the baseline and the chat in turn.
+    let builds: Vec<(Option<&str>, Target)> = match &target.against {
+        None => vec![(None, target.clone())],
+        Some(base) => {
+            let base = Target {
+                chat: Some(base.clone()),
+                ..target.clone()
             };
-            println!("{name}: {}", line.join(" "));
-            if load.json {
-                let obj: serde_json::Map<String, serde_json::Value> = figures
+            vec![(Some("base"), base), (Some("new"), target.clone())]
+        }
+    };
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); builds.len()];
+    for n in 1..=load.runs.max(1) {
+        for (b, (label, target)) in builds.iter().enumerate() {
+            let rounds = run_once(&job, load, target).await?;
+            let several = rounds.len() > 1;
+            for (r, figures) in rounds.into_iter().enumerate() {
+                let line: Vec<String> = figures
                     .iter()
-                    .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                    .map(|(k, v)| format!("{k}={}", short(*v)))
                     .collect();
-                println!("{}", serde_json::Value::Object(obj));
+                let round = if several {
+                    format!(" round {}", r + 1)
+                } else {
+                    String::new()
+                };
+                let build = label.map(|l| format!("{l} ")).unwrap_or_default();
+                println!("{build}run {n}{round}: {}", line.join(" "));
+                if load.json {
+                    let mut obj: serde_json::Map<String, serde_json::Value> = figures
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                        .collect();
+                    if let Some(l) = label {
+                        obj.insert("build".into(), serde_json::json!(l));
+                    }
+                    println!("{}", serde_json::Value::Object(obj));
+                }
+                runs[b].push(figures);
             }
-            runs.push(figures);
         }
     }
+    match runs.as_slice() {
+        [one] => summary(one),
+        [base, new] => comparison(base, new),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One run on a fresh deployment of `target`: its figures (one set per round).
+async fn run_once(job: &Job, load: &Load, target: &Target) -> anyhow::Result<Vec<Figures>> {
+    let deployment = Deployment::open(target)?;
+    let figures = match job {
+        Job::Connect(p) => connect::parent(p, load, &deployment).await.map(|f| vec![f]),
+        Job::Private(p) => private::parent(p, load, &deployment).await.map(|f| vec![f]),
+        Job::Broadcast(p) => broadcast::parent(p, load, &deployment).await,
+        Job::Handshake(p) => handshake::parent(p, load, &deployment)
+            .await
+            .map(|f| vec![f]),
+    };
+    if figures.is_err() {
+        let log = deployment.log();
+        eprintln!("deployment log (last lines, newest first):");
+        for l in log.lines().rev().take(20) {
+            eprintln!("  {l}");
+        }
+    }
+    figures
+}
+
+/// The values of figure `i` over `runs`.
+fn column(runs: &[Figures], i: usize) -> Vec<f64> {
+    runs.iter().filter_map(|r| r.get(i).map(|f| f.1)).collect()
+}
+
+/// Decimals to print `values` with: none for counts, three below 1, else two.
+fn decimals(values: &[f64]) -> usize {
+    if values.iter().all(|v| v.fract() == 0.0) {
+        0
+    } else if values.iter().all(|v| v.abs() < 1.0) {
+        3
+    } else {
+        2
+    }
+}
+
+/// Prints the median and spread of every figure.
+fn summary(runs: &[Figures]) {
     println!(
         "summary over {} run(s) or round(s): median [min..max]",
         runs.len()
     );
-    for (i, (name, _)) in runs[0].iter().enumerate() {
-        let values: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
-        let decimals = if values.iter().all(|v| v.fract() == 0.0) {
-            0
-        } else {
-            2
-        };
-        println!("  {name:<24} {}", stats::spread(&values, decimals));
+    let Some(first) = runs.first() else { return };
+    for (i, (name, _)) in first.iter().enumerate() {
+        let values = column(runs, i);
+        println!("  {name:<24} {}", stats::spread(&values, decimals(&values)));
     }
-    Ok(())
+}
+
+/// Prints, for every figure, the baseline's and the new build's median and spread,
+/// the ratio of the medians and in how many pairs of runs (in the order they ran) the
+/// new figure was the lower.
+fn comparison(base: &[Figures], new: &[Figures]) {
+    println!(
+        "summary over {} and {} run(s) or round(s), alternating: base then new, median [min..max]; new ÷ base; pairs where new is lower",
+        base.len(),
+        new.len()
+    );
+    let Some(first) = new.first() else { return };
+    for (i, (name, _)) in first.iter().enumerate() {
+        let (b, n) = (column(base, i), column(new, i));
+        let d = decimals(&b).max(decimals(&n));
+        let ratio = stats::median(&n) / stats::median(&b);
+        let ratio = if ratio.is_finite() {
+            format!("{ratio:.3}")
+        } else {
+            "-".to_owned()
+        };
+        let lower = b.iter().zip(&n).filter(|(b, n)| n < b).count();
+        println!(
+            "  {name:<24} {:<24} {:<24} {ratio:<7} {lower}/{}",
+            stats::spread(&b, d),
+            stats::spread(&n, d),
+            b.len().min(n.len())
+        );
+    }
 }
 
 /// A figure for a one-line report.
 fn short(v: f64) -> String {
     if v.fract() == 0.0 {
         format!("{v:.0}")
+    } else if v.abs() < 1.0 {
+        format!("{v:.3}")
     } else {
         format!("{v:.2}")
     }

@@ -118,6 +118,67 @@ fn private_loses_nothing() {
     assert_all_private_arrived(&run(PRIVATE_1200));
 }
 
+/// `--against` starts a second binary (the same one here) in turn with `--chat`, each
+/// `--runs` times, the baseline first, and compares them figure by figure: both medians
+/// with their spreads, the ratio of the medians, and the pairs where the new one is
+/// lower.
+#[test]
+fn against_alternates_the_baseline_and_the_new_build_and_compares_them() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(PRIVATE_1200)
+        .args(["--runs", "2", "--json", "--chat"])
+        .arg(chat_bin())
+        .arg("--against")
+        .arg(chat_bin())
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let runs: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name))
+        .filter(|name| name.contains(" run "))
+        .collect();
+    assert_eq!(runs, ["base run 1", "new run 1", "base run 2", "new run 2"]);
+    let figures: Vec<serde_json::Map<String, serde_json::Value>> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let builds: Vec<_> = figures.iter().map(|f| f["build"].as_str()).collect();
+    assert_eq!(
+        builds,
+        [Some("base"), Some("new"), Some("base"), Some("new")]
+    );
+    for f in &figures {
+        assert_all_private_arrived(f);
+    }
+    let row = |name: &str| -> Vec<String> {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{stdout}"));
+        row.split_whitespace().map(str::to_owned).collect()
+    };
+    assert_eq!(
+        row("sent"),
+        [
+            "sent",
+            "1200",
+            "[1200..1200]",
+            "1200",
+            "[1200..1200]",
+            "1.000",
+            "0/2"
+        ]
+    );
+    // No loss in either: no ratio to give.
+    assert_eq!(
+        row("lost"),
+        ["lost", "0", "[0..0]", "0", "[0..0]", "-", "0/2"]
+    );
+}
+
 /// The floor servers (one process; a gateway and a worker on one link) carry the
 /// private scenario with zero loss, and their processes' CPU is measured: 10,000 lines,
 /// so that even the split floor's worker (~2 µs a line) spends several clock ticks.
