@@ -398,7 +398,7 @@ fn comparison(base: &[Figures], new: &[Figures]) {
         };
         let lower = b.iter().zip(&n).filter(|(b, n)| n < b).count();
         println!(
-            "  {name:<24} {:<24} {:<24} {ratio:<7} {lower}/{}",
+            "  {name:<24} {:<30} {:<30} {ratio:<7} {lower}/{}",
             stats::spread(&b, d),
             stats::spread(&n, d),
             b.len().min(n.len())
