@@ -1233,8 +1233,8 @@ impl State {
         // through three stages `AHEAD` recipients apart, each asking the CPU for the
         // next one's memory (`outbound::prefetch`): the entry when found, its queue
         // `AHEAD` recipients later, the queue's next slot (read from the queue, in
-        // cache by then) `AHEAD` later, and the push `AHEAD` after that. Recipients
-        // are reached in another order than found; each still once.
+        // cache by then) `AHEAD` later, and the push `AHEAD` after that: each
+        // recipient once, in the order found.
         const AHEAD: usize = 6;
         const RING: usize = 3 * AHEAD;
         let mut ring: [Option<(u64, &Client)>; RING] = [None; RING];
