@@ -235,7 +235,7 @@ async fn every_api_call_across_two_gateways() {
 
     // A gateway that does not answer makes a query fail with its name, not hang.
     let frozen = d.gateway_pid(b.gateway);
-    unsafe { libc::kill(frozen as i32, libc::SIGSTOP) };
+    common::stop_process(frozen);
     let started = std::time::Instant::now();
     let err = api.all_client_count().await.unwrap_err();
     unsafe { libc::kill(frozen as i32, libc::SIGCONT) };
@@ -276,7 +276,7 @@ async fn a_query_over_all_gateways_names_one_whose_link_is_down() {
     assert_eq!(api.all_client_count().await.unwrap(), n);
     let stopped = clients[0].0.gateway;
     let pid = d.gateway_pid(stopped);
-    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    common::stop_process(pid);
     // Its link times out (1 s); its store entry (5 s) is still there.
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
     while api.gateways().contains(&stopped) && std::time::Instant::now() < deadline {
@@ -514,7 +514,7 @@ async fn sends_to_a_stalled_gateway_time_out_naming_it() {
     let (live, frozen) = (gateways[0], gateways[1]);
     let frozen_pid = d.gateway_pid(frozen);
     d.note(&format!("SIGSTOP gateway {frozen} (pid {frozen_pid})"));
-    unsafe { libc::kill(frozen_pid as i32, libc::SIGSTOP) };
+    common::stop_process(frozen_pid);
     // Broadcasts fill the stopped gateway's socket buffers, then its link's queue;
     // from then on a send waits at most the query timeout (3 s) and fails naming it.
     let message = switchboard::Message::from("x".repeat(256));

@@ -245,7 +245,7 @@ async fn a_frozen_worker_is_detected_by_pings_and_its_events_move_on() {
     let mut b = Client::connect(d.addr()).await;
     let idb = b.login("bob").await;
     let frozen = d.pids(ChildRole::Worker)[0];
-    unsafe { libc::kill(frozen as i32, libc::SIGSTOP) };
+    common::stop_process(frozen);
     a.send("one").await;
     b.send("two").await;
     // The gateway notices the silence (pings unanswered) while the worker is frozen.
@@ -514,7 +514,7 @@ async fn sigkill_of_a_gateway_under_load_cuts_only_its_own_clients() {
     d.note(&format!(
         "SIGSTOP, then SIGKILL gateway {victim_pid} (number {victim})"
     ));
-    assert!(switchboard::process::signal(victim_pid, libc::SIGSTOP));
+    common::stop_process(victim_pid);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(switchboard::process::signal(victim_pid, libc::SIGKILL));
     // Its own clients, and only they, are cut at once.
@@ -971,7 +971,7 @@ async fn a_browsers_private_message_to_a_client_of_a_gateway_that_dies_gets_an_e
     let telnet = telnet.expect("a telnet user on the browser's other gateway");
     let victim = d.gateway_pid(telnet.id.gateway);
     // Its gateway hangs while the worker asks it to deliver, then dies.
-    assert!(switchboard::process::signal(victim, libc::SIGSTOP));
+    common::stop_process(victim);
     browser.say_to(telnet.id, &telnet.name, "psst").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(switchboard::process::signal(victim, libc::SIGKILL));

@@ -714,7 +714,7 @@ async fn every_endpoint_with_good_and_bad_input_and_the_token() {
         })
         .unwrap()
         .pid;
-    unsafe { libc::kill(frozen as i32, libc::SIGSTOP) };
+    common::stop_process(frozen);
     let r = api.get("/v1/all_client_count");
     unsafe { libc::kill(frozen as i32, libc::SIGCONT) };
     assert_eq!(r.status, 504, "{}", r.raw);
@@ -979,7 +979,7 @@ async fn pushes_arrive_during_a_reload_and_with_every_worker_stopped() {
 
     // With every worker stopped, pushes still arrive: gateways execute them.
     for pid in &new_workers {
-        unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+        common::stop_process(*pid);
     }
     let r = api.post(
         "/v1/push",

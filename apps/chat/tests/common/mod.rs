@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 use switchboard::ClientId;
 use switchboard_testkit::{Client, Listener, Options, WAIT};
 
-/// Sends SIGSTOP to process `pid` and returns once every thread of it has stopped: on a
-/// loaded machine the stop takes a moment to land, and a thread still running may yet
-/// handle what the test sends next.
+/// Sends SIGSTOP to process `pid` and returns once every thread of it has stopped.
+/// `kill` wakes one thread of the process to take the stop, and the others run on until
+/// that one has told them; on a busy machine that is a moment in which a thread still
+/// running may yet handle what the test sends next (a "frozen" gateway once answered
+/// `every_api_call_across_two_gateways`'s count, 6 December). Every test that stops a
+/// process to see what happens without it uses this.
 pub fn stop_process(pid: u32) {
     assert_eq!(
         unsafe { libc::kill(pid as i32, libc::SIGSTOP) },
