@@ -281,6 +281,11 @@ async fn run(job: Job, load: &Load, target: &Target) -> anyhow::Result<()> {
     let builds: Vec<(Option<&str>, Target)> = match &target.against {
         None => vec![(None, target.clone())],
         Some(base) => {
+            anyhow::ensure!(
+                base.is_file(),
+                "--against {}: no such file (the baseline's `chat` binary)",
+                base.display()
+            );
             let base = Target {
                 chat: Some(base.clone()),
                 ..target.clone()

@@ -179,6 +179,28 @@ fn against_alternates_the_baseline_and_the_new_build_and_compares_them() {
     );
 }
 
+/// A baseline that is not there is named before anything starts.
+#[test]
+fn against_a_missing_binary_says_which() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(PRIVATE_1200)
+        .arg("--chat")
+        .arg(chat_bin())
+        .args(["--against", "/nonexistent/chat"])
+        .output()
+        .expect("run bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--against /nonexistent/chat: no such file"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("run 1"),
+        "nothing ran"
+    );
+}
+
 /// The floor servers (one process; a gateway and a worker on one link) carry the
 /// private scenario with zero loss, and their processes' CPU is measured: 10,000 lines,
 /// so that even the split floor's worker (~2 µs a line) spends several clock ticks.
