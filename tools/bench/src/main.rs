@@ -413,11 +413,5 @@ fn comparison(base: &[Figures], new: &[Figures]) {
 
 /// A figure for a one-line report.
 fn short(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if v.abs() < 1.0 {
-        format!("{v:.3}")
-    } else {
-        format!("{v:.2}")
-    }
+    format!("{v:.*}", decimals(&[v]))
 }
