@@ -94,7 +94,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Map, Value};
 use switchboard_store::SharedStore;
 use tokio::net::TcpStream;
@@ -116,6 +116,10 @@ pub use tell::Tell;
 
 /// Frames a link may have waiting to be written before senders wait (back-pressure).
 const LINK_QUEUE: usize = 65_536;
+
+/// The most frames a link's reader handles before it looks at its timer and `stop`
+/// again (the gateway's link reader takes as many).
+const BATCH_FRAMES: usize = 64;
 
 /// What can go wrong in a Gateway API call.
 ///
@@ -1811,88 +1815,59 @@ async fn run_link(
 
     let link_timeout = inner.options.link_timeout;
     let query_timeout = inner.options.query_timeout;
-    // Answers that go to callbacks ([`Answer::Then`]) have no task timing them out:
-    // this reader does, every quarter of the query timeout.
+    // One timer for the link: it times out answers that go to callbacks
+    // ([`Answer::Then`], no task times them) and notices a silent link, every quarter
+    // of the shorter of the two timeouts — not a timer per frame read.
     let mut sweep = tokio::time::interval(
-        (query_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        (query_timeout.min(link_timeout) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1)),
     );
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = tokio::time::Instant::now();
-    let result = loop {
-        let frame = tokio::select! {
-            _ = stop.cancelled() => break Ok(()),
+    let mut heard_since_sweep = false;
+    // Waits on `stop` across the whole loop (a fresh `cancelled()` each time round
+    // would enter and leave its waiter list for every frame).
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    let result = 'read: loop {
+        let first = tokio::select! {
+            _ = &mut stopped => break Ok(()),
             now = sweep.tick() => {
+                if heard_since_sweep {
+                    heard = now;
+                    heard_since_sweep = false;
+                } else if now.duration_since(heard) >= link_timeout {
+                    break Err(format!("nothing from the gateway for {link_timeout:?}; reconnecting"));
+                }
                 let overdue = lock(&handle.pending).overdue(now);
                 for waiting in overdue {
                     waiting.finish(Err(handle.timed_out(query_timeout)), &handle);
                 }
                 continue;
             }
-            f = tokio::time::timeout_at(heard + link_timeout, stream.next()) => match f {
-                Ok(f) => {
-                    heard = tokio::time::Instant::now();
-                    f
-                }
-                Err(_) => break Err(format!("nothing from the gateway for {link_timeout:?}; reconnecting")),
-            },
+            f = stream.next() => f,
         };
-        match frame {
-            None => break Err("gateway closed the connection".to_string()),
-            Some(Err(e)) => break Err(format!("protocol error: {e}")),
-            Some(Ok(Frame::Event(event))) => match inner.sink.get() {
-                Some(sink) => sink(
-                    event,
-                    Acker {
-                        tx: tx.clone(),
-                        gateway: entry.number,
-                    },
-                ),
-                None => break Err("gateway sent an event to an API client".to_string()),
-            },
-            Some(Ok(Frame::ReplyPart { id, reply })) => {
-                let mut pending = lock(&handle.pending);
-                if let Some(waiting) = pending.waiting.get_mut(&id) {
-                    let joined = match &mut waiting.pages {
-                        None => {
-                            waiting.pages = Some(reply);
-                            Ok(())
-                        }
-                        Some(pages) => pages.extend(reply),
-                    };
-                    if let Err(e) = joined {
-                        break Err(format!("protocol error: {e}"));
-                    }
-                }
+        heard_since_sweep = true;
+        // Frames already read (or in the socket) are handled without going back to
+        // the `select!`, up to `BATCH_FRAMES`: its timer and `stop` are polled once a
+        // batch, not once a frame.
+        let mut frame = first;
+        for handled in 1.. {
+            let outcome = match frame {
+                None => Err("gateway closed the connection".to_string()),
+                Some(Err(e)) => Err(format!("protocol error: {e}")),
+                Some(Ok(frame)) => on_frame(inner, &handle, &tx, entry.number, frame).await,
+            };
+            if let Err(e) = outcome {
+                break 'read Err(e);
             }
-            Some(Ok(Frame::Reply { id, reply })) => {
-                let waiting = lock(&handle.pending).waiting.remove(&id);
-                if let Some(mut waiting) = waiting {
-                    let whole = match waiting.pages.take() {
-                        None => Ok(reply),
-                        Some(mut pages) => pages.extend(reply).map(|()| pages),
-                    };
-                    match whole {
-                        Ok(whole) => waiting.finish(Ok(whole), &handle),
-                        Err(e) => {
-                            waiting.finish(Err(handle.disconnected()), &handle);
-                            break Err(format!("protocol error: {e}"));
-                        }
-                    }
-                }
+            if handled == BATCH_FRAMES {
+                break;
             }
-            Some(Ok(Frame::DrainAck)) => handle.drained.notify_one(),
-            Some(Ok(Frame::Ping)) => {
-                let _ = tx
-                    .send(LinkOut::Frame(internal::encode_to_bytes(&Frame::Pong)))
-                    .await;
-            }
-            Some(Ok(Frame::Pong)) => {}
-            Some(Ok(other)) => {
-                break Err(format!(
-                    "unexpected {} frame from gateway",
-                    crate::gateway::frame_kind(&other)
-                ))
-            }
+            frame = match stream.next().now_or_never() {
+                Some(f) => f,
+                None => break,
+            };
         }
     };
     {
@@ -1915,4 +1890,70 @@ async fn run_link(
         tracing::info!(gateway = entry.number, "link closed");
     }
     result
+}
+
+/// Handles one frame a gateway sent on a worker's (or API client's) link; an error is
+/// why the link closes.
+async fn on_frame(
+    inner: &Inner,
+    handle: &LinkHandle,
+    tx: &mpsc::Sender<LinkOut>,
+    gateway: u32,
+    frame: Frame,
+) -> Result<(), String> {
+    match frame {
+        Frame::Event(event) => match inner.sink.get() {
+            Some(sink) => sink(
+                event,
+                Acker {
+                    tx: tx.clone(),
+                    gateway,
+                },
+            ),
+            None => return Err("gateway sent an event to an API client".to_string()),
+        },
+        Frame::ReplyPart { id, reply } => {
+            let mut pending = lock(&handle.pending);
+            if let Some(waiting) = pending.waiting.get_mut(&id) {
+                let joined = match &mut waiting.pages {
+                    None => {
+                        waiting.pages = Some(reply);
+                        Ok(())
+                    }
+                    Some(pages) => pages.extend(reply),
+                };
+                joined.map_err(|e| format!("protocol error: {e}"))?;
+            }
+        }
+        Frame::Reply { id, reply } => {
+            let waiting = lock(&handle.pending).waiting.remove(&id);
+            if let Some(mut waiting) = waiting {
+                let whole = match waiting.pages.take() {
+                    None => Ok(reply),
+                    Some(mut pages) => pages.extend(reply).map(|()| pages),
+                };
+                match whole {
+                    Ok(whole) => waiting.finish(Ok(whole), handle),
+                    Err(e) => {
+                        waiting.finish(Err(handle.disconnected()), handle);
+                        return Err(format!("protocol error: {e}"));
+                    }
+                }
+            }
+        }
+        Frame::DrainAck => handle.drained.notify_one(),
+        Frame::Ping => {
+            let _ = tx
+                .send(LinkOut::Frame(internal::encode_to_bytes(&Frame::Pong)))
+                .await;
+        }
+        Frame::Pong => {}
+        other => {
+            return Err(format!(
+                "unexpected {} frame from gateway",
+                crate::gateway::frame_kind(&other)
+            ))
+        }
+    }
+    Ok(())
 }

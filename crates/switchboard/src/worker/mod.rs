@@ -61,10 +61,11 @@ pub async fn run(
         let events = events.clone();
         let counters = counters.clone();
         let tracker = tracker.clone();
+        let inline = runs_inline();
         let sink: EventSink = Arc::new(move |event: Event, acker: Acker| {
             let (gateway, events, counters) = (gateway.clone(), events.clone(), counters.clone());
             let mut started = started_rx.clone();
-            tracker.spawn(async move {
+            let task = async move {
                 let _ = started.wait_for(|s| *s).await;
                 let (seq, client) = (event.seq, event.client);
                 match handle(events.as_ref(), gateway, event, &counters).await {
@@ -73,7 +74,12 @@ pub async fn run(
                         acker.verdict(seq, client, status, reason).await
                     }
                 }
-            });
+            };
+            if inline {
+                run_or_spawn(&tracker, task);
+            } else {
+                tracker.spawn(task);
+            }
         });
         Some(sink)
     });
@@ -126,6 +132,30 @@ pub async fn run(
     stats::remove(&config.run_dir(), "worker", std::process::id());
     tracing::info!(took = ?started.elapsed(), handled = counters.events.load(Ordering::Relaxed), "worker drained and stopped");
     Ok(())
+}
+
+/// Whether events run on the link's reader before a task is spawned for them
+/// ([`run_or_spawn`]): on a single-threaded runtime (the workers' default) a spawned
+/// task would run on the same thread anyway, only later and at the price of a task;
+/// on a runtime with several threads, tasks let events of one link run in parallel.
+fn runs_inline() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
+/// Runs `task` until it first waits; only if it does, it becomes a task of `tracker`
+/// (which polls it again, with its own waker, so nothing it waits for is missed). Most
+/// events — a handler that queues its sends and returns — end on that first poll, and
+/// cost neither a task nor a trip through the scheduler.
+fn run_or_spawn<F>(tracker: &TaskTracker, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut task = Box::pin(task);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if task.poll_unpin(&mut cx).is_pending() {
+        tracker.spawn(task);
+    }
 }
 
 /// How an event ended, for its acknowledgement.
@@ -377,8 +407,50 @@ mod tests {
         gateway.close().await;
     }
 
-    /// The future of one event's handling is moved into a task of its own for every
-    /// event: it holds the session's save (a query, a kilobyte of future) boxed.
+    /// An event that ends on its first poll runs without a task; one that waits
+    /// becomes a task, which is woken by what it waits for (the first poll's waker
+    /// was a no-op one) and finishes.
+    #[tokio::test]
+    async fn an_event_runs_at_once_and_becomes_a_task_only_if_it_waits() {
+        assert!(
+            runs_inline(),
+            "a single-threaded runtime runs events inline"
+        );
+        let tracker = TaskTracker::new();
+        let done = Arc::new(AtomicU64::new(0));
+        let d = done.clone();
+        run_or_spawn(&tracker, async move {
+            d.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(done.load(Ordering::Relaxed), 1, "not run at once");
+        assert_eq!(tracker.len(), 0, "a task for an event that never waited");
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let d = done.clone();
+        run_or_spawn(&tracker, async move {
+            let _ = rx.await;
+            d.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(tracker.len(), 1, "an event that waits is not a task");
+        assert_eq!(done.load(Ordering::Relaxed), 1);
+        tx.send(()).unwrap();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("the waiting event was never woken");
+        assert_eq!(done.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_are_tasks_on_a_runtime_with_threads() {
+        assert!(
+            !runs_inline(),
+            "events of one link would not run in parallel"
+        );
+    }
+
+    /// The future of one event's handling is moved into a task of its own when it
+    /// waits: it holds the session's save (a query, a kilobyte of future) boxed.
     #[tokio::test]
     async fn an_events_future_is_small() {
         let gateway = unlinked_gateway();
@@ -484,8 +556,10 @@ mod tests {
 
     /// Through a real gateway and the worker's own loop: a panic and a failure are
     /// acknowledged (the client's next events, held until then, are handled), and the
-    /// session a handler changed is saved (the next event carries it).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// session a handler changed is saved (the next event carries it). On one thread,
+    /// as workers run by default: the events run on the link's reader
+    /// ([`run_or_spawn`]), the panic caught there too.
+    #[tokio::test]
     async fn failed_events_are_acknowledged_and_a_changed_session_is_saved() {
         let dir = tempfile::tempdir().unwrap();
         let (_config, listen, stop, tasks) = deployment(dir.path()).await;
