@@ -110,8 +110,9 @@ pub struct Notices {
     pub sent: String,
     /// The recipient is not online: nothing was sent.
     pub offline: String,
-    /// The recipient's gateway did not answer (it hung, died, or its link broke).
-    pub unreachable: String,
+    /// The recipient's gateway did not answer (it hung, died, or its link broke):
+    /// written only then, for the recipient given.
+    pub unreachable: fn(ClientId) -> String,
 }
 
 /// Sends a private message from `from` (named `from_name`) to `to`, in `to`'s own
@@ -151,7 +152,7 @@ pub async fn send_private(
                 tracing::warn!(to = %to, error = %e, "private message: no answer from the recipient's gateway");
                 call.fail(502, format_args!("[{to}] could not be reached: {e}"));
                 tokio::spawn(async move {
-                    if let Err(e) = back.send_to_client(from, unreachable).await {
+                    if let Err(e) = back.send_to_client(from, unreachable(to)).await {
                         tracing::warn!(client = %from, error = %e, "cannot tell the sender");
                     }
                 });
@@ -355,10 +356,12 @@ async fn say(
                     code::NOT_ONLINE,
                     &format!("{to} is not online; nothing was sent"),
                 ),
-                unreachable: protocol::error(
-                    code::UNREACHABLE,
-                    &format!("{to} could not be reached; your message may not have arrived"),
-                ),
+                unreachable: |to| {
+                    protocol::error(
+                        code::UNREACHABLE,
+                        &format!("{to} could not be reached; your message may not have arrived"),
+                    )
+                },
             };
             send_private(&gw, call, (me, &name), to, content, notices).await;
         }

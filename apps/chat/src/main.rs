@@ -124,12 +124,22 @@ impl History {
 /// How many lines `/history` prints.
 const HISTORY_LINES: u32 = 20;
 
-/// The current time as messages carry it.
+/// The current time as messages carry it (to the second: each thread formats it once
+/// a second, not once a message).
 fn now_time() -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    format_time(unix)
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != unix {
+            *text = format_time(unix);
+            *at = unix;
+        }
+        text.clone()
+    })
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time.
@@ -276,9 +286,9 @@ impl Events for Chat {
                 let notices = browser::Notices {
                     sent: format!("{name}[{me}] said to [{to}] :{}", protocol::one_line(words)),
                     offline: format!("[{to}] is not online; nothing was sent"),
-                    unreachable: format!(
-                        "[{to}] could not be reached; your message may not have arrived"
-                    ),
+                    unreachable: |to| {
+                        format!("[{to}] could not be reached; your message may not have arrived")
+                    },
                 };
                 browser::send_private(ctx.gateway(), call, (me, &name), to, words, notices).await;
             }

@@ -194,26 +194,39 @@ fn parse_say(m: &Map<String, Value>) -> Result<Incoming, Refused> {
 /// Escapes text for HTML as PHP's `htmlspecialchars` does (`&`, `<`, `>`, `"`, `'`),
 /// because the original front end inserts names and content as HTML.
 pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+    // Most text has nothing to escape: then it is copied whole.
+    if !text
+        .bytes()
+        .any(|b| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\''))
+    {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#039;"),
-            c => out.push(c),
-        }
+        push_escaped(&mut out, c);
     }
     out
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '&' => out.push_str("&amp;"),
+        '<' => out.push_str("&lt;"),
+        '>' => out.push_str("&gt;"),
+        '"' => out.push_str("&quot;"),
+        '\'' => out.push_str("&#039;"),
+        c => out.push(c),
+    }
 }
 
 /// Message text as the original sends it: escaped, with `<br />` before each line
 /// break (`\r\n`, `\n\r`, `\n` or `\r`, kept after it), as PHP's `nl2br`.
 pub fn content_html(text: &str) -> String {
-    let escaped = escape(text);
-    let mut out = String::with_capacity(escaped.len());
-    let mut chars = escaped.chars().peekable();
+    if !text.bytes().any(|b| matches!(b, b'\r' | b'\n')) {
+        return escape(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '\r' | '\n' => {
@@ -225,7 +238,7 @@ pub fn content_html(text: &str) -> String {
                     chars.next();
                 }
             }
-            c => out.push(c),
+            c => push_escaped(&mut out, c),
         }
     }
     out
@@ -236,6 +249,14 @@ pub fn content_html(text: &str) -> String {
 /// CSI `U+009B`) — becomes a space, so nobody's text can move another user's cursor,
 /// clear their screen or retitle their window.
 pub fn one_line(text: &str) -> String {
+    // Text with no byte that can start a control character (C1 ones are encoded
+    // 0xC2 0x80..=0x9F) is copied whole; the rest is looked at character by character.
+    if !text
+        .bytes()
+        .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f || b == 0xc2)
+    {
+        return text.to_owned();
+    }
     text.chars()
         .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
         .collect()
@@ -502,6 +523,24 @@ mod tests {
         );
         assert_eq!(content_html("\n\n"), "<br />\n<br />\n");
         assert_eq!(one_line("a\nb\r\u{1b}[31mc\td"), "a b  [31mc\td");
+    }
+
+    /// Text with nothing to change is copied whole; what decides that looks at bytes,
+    /// so every character that needs the slow path must be seen by it.
+    #[test]
+    fn text_with_nothing_to_change_is_copied_and_the_rest_is_not_missed() {
+        for plain in ["", "hello world", "tab\there", "£ ü € 😀"] {
+            assert_eq!(one_line(plain), plain);
+            assert_eq!(content_html(plain), plain);
+            assert_eq!(escape(plain), plain);
+        }
+        // DEL, C1 controls (two bytes from 0xC2), C0 at both ends; `£` (0xC2 0xA3) kept.
+        assert_eq!(one_line("a\u{7f}b"), "a b");
+        assert_eq!(one_line("\u{9b}2J£\u{85}"), " 2J£ ");
+        assert_eq!(one_line("\u{0}x\u{1f}"), " x ");
+        // Escaping without line breaks, and with them.
+        assert_eq!(content_html("x<y & 'z'"), "x&lt;y &amp; &#039;z&#039;");
+        assert_eq!(content_html("<\n>"), "&lt;<br />\n&gt;");
     }
 
     #[test]
