@@ -18,7 +18,7 @@ use futures_util::FutureExt as _;
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use sqlx::pool::PoolOptions;
 #[cfg(feature = "sqlite")]
-use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::Connection as _;
 
 use crate::builder::{Delete, Insert, Raw, Select, Target, Update};
@@ -520,16 +520,22 @@ impl Instance {
                     SqliteConnectOptions::from_str("sqlite::memory:")
                         .unwrap_or_else(|_| SqliteConnectOptions::new().in_memory(true))
                 } else {
+                    // WAL is set once connected (`wal_after_connect`), not among the
+                    // connect options: there a busy database fails the connect.
                     SqliteConnectOptions::new()
                         .filename(path)
                         .create_if_missing(true)
-                        .journal_mode(SqliteJournalMode::Wal)
                 }
                 .busy_timeout(c.busy_timeout());
                 let mut po = self.pool_options(SqlitePoolOptions::new());
                 if memory {
                     // The database lives only while a connection is open.
                     po = po.idle_timeout(None).max_lifetime(None);
+                } else {
+                    let patience = c.busy_timeout();
+                    po = po.after_connect(move |conn, _meta| {
+                        Box::pin(wal_after_connect(conn, patience))
+                    });
                 }
                 Pool::Sqlite(po.connect_lazy_with(opts))
             }
@@ -555,6 +561,42 @@ impl Instance {
                 })
             })
     }
+}
+
+/// Puts a new connection's database in WAL mode (readers never wait for the writer),
+/// waiting up to `patience` while another connection holds the database: SQLite
+/// answers "database is locked" at once, without its busy handler, when connections
+/// of several processes switch a new file to WAL together (the chat's two workers
+/// starting on one history file), and a connect that fails for it would leave the
+/// instance unusable until its next try.
+#[cfg(feature = "sqlite")]
+async fn wal_after_connect(
+    conn: &mut sqlx::SqliteConnection,
+    patience: Duration,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Executor as _;
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match conn.execute("PRAGMA journal_mode = WAL").await {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(e))
+                if is_sqlite_busy(e.code().as_deref())
+                    && std::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6), with or without an extended code.
+#[cfg(feature = "sqlite")]
+fn is_sqlite_busy(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// Decrement the recheck counter if it is positive; true if it was.
