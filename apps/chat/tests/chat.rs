@@ -90,7 +90,11 @@ async fn control_characters_never_reach_other_terminals() {
     a.send("/history").await;
     for (_, shown) in cases {
         let line = a.line().await;
-        assert!(line.ends_with(&format!("said :{shown}")), "{line:?}");
+        assert!(
+            line.ends_with(&format!("said :{shown}")),
+            "{line:?}\nlog:\n{}",
+            d.log()
+        );
     }
 }
 
