@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::client::{self, PROMPT, STEP_TIMEOUT};
 use crate::deploy::Deployment;
-use crate::procinfo::CpuSample;
+use crate::procinfo::{self, CpuSample};
 use crate::procs::{self, Children, Share};
 use crate::stats::Histogram;
 use crate::wire::{Conn, Protocol};
@@ -157,6 +157,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("loadgen", kids.pids()),
     ]);
     let ready: Vec<Ready> = kids.collect("ready", Duration::from_secs(120)).await?;
+    let switches = cpu.switches();
     let cpu = cpu.seconds();
     let connected: u64 = ready.iter().map(|r| r.connected).sum();
     let failed: u64 = ready.iter().map(|r| r.failed).sum();
@@ -203,5 +204,13 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("gateway_us_per_connect", us_per("gateways")),
         ("workers_us_per_connect", us_per("workers")),
         ("loadgen_us_per_connect", us_per("loadgen")),
+        (
+            "gateway_switches_per_connect",
+            procinfo::per_count(switches["gateways"], connected),
+        ),
+        (
+            "workers_switches_per_connect",
+            procinfo::per_count(switches["workers"], connected),
+        ),
     ])
 }

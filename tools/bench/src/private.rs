@@ -236,6 +236,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
     let outcomes: Vec<Outcome> = kids.collect("result", wait).await?;
     // From go until every message arrived (or the grace ended): a backlog's work
     // counts too.
+    let switches = window.switches();
     let window = window.seconds();
     kids.release().await;
     kids.wait().await;
@@ -274,5 +275,13 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("gateway_us_per_msg", per_msg(window["gateways"])),
         ("workers_us_per_msg", per_msg(window["workers"])),
         ("loadgen_us_per_msg", per_msg(total.cpu_s)),
+        (
+            "gateway_switches_per_msg",
+            procinfo::per_count(switches["gateways"], total.sent),
+        ),
+        (
+            "workers_switches_per_msg",
+            procinfo::per_count(switches["workers"], total.sent),
+        ),
     ])
 }

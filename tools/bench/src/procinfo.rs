@@ -60,6 +60,40 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (user + system) as f64 / hz
 }
 
+/// Context switches of every thread of `pid` so far (`voluntary_ctxt_switches` plus
+/// `nonvoluntary_ctxt_switches` of each `/proc/PID/task/*/status`; a process's own
+/// `status` counts its first thread only); 0 if gone. Each is a thread that went to
+/// sleep or was put aside: on this kind of machine the wake-up that ends it costs
+/// more than most of what a message does.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| switches_of(&status))
+        .sum()
+}
+
+/// `count` per one of `of`, to three decimals (a figure near 1 or below it: context
+/// switches per message); `of` 0 counts as 1.
+pub fn per_count(count: u64, of: u64) -> f64 {
+    (count as f64 / of.max(1) as f64 * 1000.0).round() / 1000.0
+}
+
+/// The two context-switch counts of one `status` text, added.
+fn switches_of(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        })
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
 /// The whole machine's CPU time in seconds, from the first line of `/proc/stat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Machine {
@@ -111,16 +145,25 @@ pub fn machine_seconds() -> (f64, f64) {
     (m.busy, m.total)
 }
 
-/// CPU time of groups of processes, between a start and a later reading.
+/// CPU time (and context switches) of groups of processes, between a start and a
+/// later reading.
 pub struct CpuSample {
     at: Instant,
     groups: BTreeMap<String, (Vec<u32>, f64)>,
+    switches: BTreeMap<String, u64>,
     machine: Machine,
 }
 
 impl CpuSample {
     /// Reads the CPU time of every group (`name → pids`) now.
     pub fn start(groups: &[(&str, Vec<u32>)]) -> Self {
+        let switches = groups
+            .iter()
+            .map(|(name, pids)| {
+                let n = pids.iter().map(|p| context_switches(*p)).sum();
+                (name.to_string(), n)
+            })
+            .collect();
         let groups = groups
             .iter()
             .map(|(name, pids)| {
@@ -131,8 +174,21 @@ impl CpuSample {
         Self {
             at: Instant::now(),
             groups,
+            switches,
             machine: Machine::now(),
         }
+    }
+
+    /// Context switches of every group's threads since `start`.
+    pub fn switches(&self) -> BTreeMap<String, u64> {
+        self.groups
+            .iter()
+            .map(|(name, (pids, _))| {
+                let now: u64 = pids.iter().map(|p| context_switches(*p)).sum();
+                let before = self.switches.get(name).copied().unwrap_or(0);
+                (name.clone(), now.saturating_sub(before))
+            })
+            .collect()
     }
 
     /// CPU time (user + system) every group spent since `start`, in seconds, with
@@ -203,8 +259,20 @@ mod tests {
         }
         assert!(x > 0);
         assert!(cpu_seconds(me) >= 0.0);
+        // This test's thread has slept at least once to be started.
+        let before = context_switches(me);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(context_switches(me) > before, "a sleep is a context switch");
+        assert_eq!(context_switches(u32::MAX), 0);
         assert_eq!(rss_bytes(u32::MAX), 0);
         assert_eq!(pss_bytes(u32::MAX), 0);
+    }
+
+    #[test]
+    fn a_threads_switches_are_its_voluntary_and_involuntary_ones() {
+        let status = "Name:\tchat\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(switches_of(status), 127);
+        assert_eq!(switches_of("Name:\tgone\n"), 0);
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn connect_holds_every_client() {
     assert_eq!(figure(&f, "failed"), 0.0, "{f:?}");
     assert_eq!(figure(&f, "alive_after_hold"), 60.0, "{f:?}");
     assert!(figure(&f, "gateway_rss_mib") > 0.0, "{f:?}");
+    assert!(figure(&f, "gateway_switches_per_connect") > 0.0, "{f:?}");
 }
 
 /// 1,200 private lines between 24 clients.
@@ -115,7 +116,12 @@ fn assert_all_private_arrived(f: &serde_json::Map<String, serde_json::Value>) {
 
 #[test]
 fn private_loses_nothing() {
-    assert_all_private_arrived(&run(PRIVATE_1200));
+    let f = run(PRIVATE_1200);
+    assert_all_private_arrived(&f);
+    // At 600 lines a second the server's processes sleep between them: each wake-up
+    // is counted.
+    assert!(figure(&f, "gateway_switches_per_msg") > 0.0, "{f:?}");
+    assert!(figure(&f, "workers_switches_per_msg") > 0.0, "{f:?}");
 }
 
 /// `--against` starts a second binary (the same one here) in turn with `--chat`, each
