@@ -149,32 +149,46 @@ pub fn machine_seconds() -> (f64, f64) {
 /// later reading.
 pub struct CpuSample {
     at: Instant,
-    groups: BTreeMap<String, (Vec<u32>, f64)>,
-    switches: BTreeMap<String, u64>,
+    groups: BTreeMap<String, Group>,
     machine: Machine,
 }
 
+/// One group's processes and what they had spent at the start.
+struct Group {
+    pids: Vec<u32>,
+    cpu: f64,
+    switches: u64,
+}
+
+impl Group {
+    fn cpu_now(&self) -> f64 {
+        self.pids.iter().map(|p| cpu_seconds(*p)).sum()
+    }
+
+    fn switches_now(&self) -> u64 {
+        self.pids.iter().map(|p| context_switches(*p)).sum()
+    }
+}
+
 impl CpuSample {
-    /// Reads the CPU time of every group (`name → pids`) now.
+    /// Reads the CPU time and context switches of every group (`name → pids`) now.
     pub fn start(groups: &[(&str, Vec<u32>)]) -> Self {
-        let switches = groups
-            .iter()
-            .map(|(name, pids)| {
-                let n = pids.iter().map(|p| context_switches(*p)).sum();
-                (name.to_string(), n)
-            })
-            .collect();
         let groups = groups
             .iter()
             .map(|(name, pids)| {
-                let total = pids.iter().map(|p| cpu_seconds(*p)).sum();
-                (name.to_string(), (pids.clone(), total))
+                let mut group = Group {
+                    pids: pids.clone(),
+                    cpu: 0.0,
+                    switches: 0,
+                };
+                group.cpu = group.cpu_now();
+                group.switches = group.switches_now();
+                (name.to_string(), group)
             })
             .collect();
         Self {
             at: Instant::now(),
             groups,
-            switches,
             machine: Machine::now(),
         }
     }
@@ -183,11 +197,7 @@ impl CpuSample {
     pub fn switches(&self) -> BTreeMap<String, u64> {
         self.groups
             .iter()
-            .map(|(name, (pids, _))| {
-                let now: u64 = pids.iter().map(|p| context_switches(*p)).sum();
-                let before = self.switches.get(name).copied().unwrap_or(0);
-                (name.clone(), now.saturating_sub(before))
-            })
+            .map(|(name, g)| (name.clone(), g.switches_now().saturating_sub(g.switches)))
             .collect()
     }
 
@@ -197,10 +207,7 @@ impl CpuSample {
         let mut out: BTreeMap<String, f64> = self
             .groups
             .iter()
-            .map(|(name, (pids, before))| {
-                let now: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-                (name.clone(), (now - before).max(0.0))
-            })
+            .map(|(name, g)| (name.clone(), (g.cpu_now() - g.cpu).max(0.0)))
             .collect();
         out.insert("wall".into(), self.at.elapsed().as_secs_f64());
         out
@@ -215,10 +222,7 @@ impl CpuSample {
         let mut out: BTreeMap<String, f64> = self
             .groups
             .iter()
-            .map(|(name, (pids, before))| {
-                let now: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-                (name.clone(), 100.0 * (now - before).max(0.0) / wall)
-            })
+            .map(|(name, g)| (name.clone(), 100.0 * (g.cpu_now() - g.cpu).max(0.0) / wall))
             .collect();
         let now = Machine::now();
         let cores = (now.total - self.machine.total) / wall;
