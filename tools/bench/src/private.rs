@@ -8,6 +8,7 @@
 //! within the grace period after sending stops is lost. Both clients of a pair live in
 //! the same load-generator process, so each child knows what its clients must receive.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +54,18 @@ struct Outcome {
     /// Worst lateness of a send against its schedule (the generator keeping up).
     max_send_lag_us: u64,
     latency: Histogram,
+    /// Messages later than [`LATE_US`], by the 10 ms window they were sent in (Unix
+    /// time ÷ [`WINDOW_US`]): whether the slow ones come together (a stall) or spread
+    /// over the run (a queue).
+    late: BTreeMap<u64, u64>,
     /// CPU seconds this child spent from `go` to its result.
     cpu_s: f64,
 }
+
+/// A message this late or later is counted in [`Outcome::late`], µs.
+const LATE_US: u64 = 1_000;
+/// The windows of [`Outcome::late`], µs.
+const WINDOW_US: u64 = 10_000;
 
 /// Marker of a private line at its recipient (telnet).
 const RECEIVED: &[u8] = b" said to You :p ";
@@ -119,7 +129,11 @@ async fn receive(
         if let Some(i) = marker.find(line) {
             if let Some((_, at)) = client::parse_seq_time(&line[i + marker.needle().len()..]) {
                 out.received += 1;
-                out.latency.record(client::now_micros().saturating_sub(at));
+                let latency = client::now_micros().saturating_sub(at);
+                out.latency.record(latency);
+                if latency >= LATE_US {
+                    *out.late.entry(at / WINDOW_US).or_default() += 1;
+                }
             }
         } else if not_online.find(line).is_some() {
             out.not_online += 1;
@@ -197,6 +211,7 @@ pub async fn child(p: Params, share: Share) -> anyhow::Result<()> {
         total.received += o.received;
         total.not_online += o.not_online;
         total.latency.merge(&o.latency);
+        merge_late(&mut total.late, &o.late);
     }
     total.cpu_s = procinfo::cpu_seconds(std::process::id()) - cpu_at_go;
     procs::report("result", &total)?;
@@ -247,9 +262,11 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         total.not_online += o.not_online;
         total.max_send_lag_us = total.max_send_lag_us.max(o.max_send_lag_us);
         total.latency.merge(&o.latency);
+        merge_late(&mut total.late, &o.late);
         total.cpu_s += o.cpu_s;
     }
     eprintln!("cpu during sending: {}", procinfo::format_cpu(&cpu));
+    eprintln!("{}", describe_late(&total.late, p.seconds));
     let per_msg = |s: f64| (s * 1e6 / total.sent.max(1) as f64 * 100.0).round() / 100.0;
     let ms = |us: u64| us as f64 / 1e3;
     Ok(vec![
@@ -284,4 +301,58 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
             procinfo::per_count(switches["workers"], total.sent),
         ),
     ])
+}
+
+/// Adds `other`'s late messages to `into`.
+fn merge_late(into: &mut BTreeMap<u64, u64>, other: &BTreeMap<u64, u64>) {
+    for (window, n) in other {
+        *into.entry(*window).or_default() += n;
+    }
+}
+
+/// One line on the late messages: how many, in how many of the run's 10 ms windows,
+/// and the busiest windows (seconds from the first late one, and their count).
+fn describe_late(late: &BTreeMap<u64, u64>, seconds: f64) -> String {
+    let total: u64 = late.values().sum();
+    let Some(first) = late.keys().next().copied() else {
+        return format!("late (>= {} ms): none", LATE_US / 1000);
+    };
+    let windows = (seconds * 1e6 / WINDOW_US as f64).ceil() as u64;
+    let mut busiest: Vec<(u64, u64)> = late.iter().map(|(w, n)| (*w, *n)).collect();
+    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let in_top: u64 = busiest.iter().take(10).map(|(_, n)| n).sum();
+    let top: Vec<String> = busiest
+        .iter()
+        .take(10)
+        .map(|(w, n)| format!("{:.2}s:{n}", (w - first) as f64 * WINDOW_US as f64 / 1e6))
+        .collect();
+    format!(
+        "late (>= {} ms): {total} messages in {} of ~{windows} windows of {} ms; the 10 busiest hold {:.0} %: {}",
+        LATE_US / 1000,
+        late.len(),
+        WINDOW_US / 1000,
+        in_top as f64 * 100.0 / total as f64,
+        top.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_messages_are_described_by_window() {
+        assert_eq!(
+            describe_late(&BTreeMap::new(), 10.0),
+            "late (>= 1 ms): none"
+        );
+        let mut a = BTreeMap::from([(100, 5), (150, 1)]);
+        merge_late(&mut a, &BTreeMap::from([(100, 2), (101, 3)]));
+        assert_eq!(a, BTreeMap::from([(100, 7), (101, 3), (150, 1)]));
+        let line = describe_late(&a, 10.0);
+        assert_eq!(
+            line,
+            "late (>= 1 ms): 11 messages in 3 of ~1000 windows of 10 ms; the 10 busiest hold 100 %: 0.00s:7 0.01s:3 0.50s:1"
+        );
+    }
 }
