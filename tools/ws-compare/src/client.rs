@@ -3,12 +3,12 @@
 //! runs out of ephemeral ports.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -33,48 +33,12 @@ pub fn source_ip(index: usize, sources: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + n as u8))
 }
 
-/// Microseconds since the Unix epoch (comparable between processes of this machine).
-pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use loadkit::now_micros;
 
-/// A TCP connection to `addr` from `source` (port chosen by the kernel at connect).
+/// A TCP connection to `addr` from `source` (port chosen by the kernel at connect),
+/// within [`STEP_TIMEOUT`].
 pub async fn tcp_connect(addr: SocketAddr, source: IpAddr) -> anyhow::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    no_port_at_bind(&socket)?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .with_context(|| format!("bind {source}"))?;
-    let stream = tokio::time::timeout(STEP_TIMEOUT, socket.connect(addr))
-        .await
-        .context("connect timed out")??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Lets the kernel pick the source port from the whole 4-tuple at connect time, instead
-/// of a search at bind time that grows with every connection of that address.
-fn no_port_at_bind(socket: &TcpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a c_int option value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    loadkit::connect_from(addr, source, STEP_TIMEOUT).await
 }
 
 /// A WebSocket connection with the handshake done.
