@@ -558,17 +558,25 @@ async fn accept_loop(
     mut on_accept: impl FnMut(TcpStream, SocketAddr),
 ) {
     let mut backoff = Duration::from_millis(10);
+    // One wait for `stop` for the loop's life: a fresh one per accepted connection
+    // would enter the token's list of waiters and leave it again every time.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
             res = listener.accept() => match res {
                 Ok((socket, peer)) => {
                     backoff = Duration::from_millis(10);
                     on_accept(socket, peer);
                 }
                 Err(e) => {
+                    // Out of file descriptors, say: try again later, but stop at once.
                     tracing::warn!(error = %e, retry_in = ?backoff, "{what} accept failed");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
