@@ -283,6 +283,17 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ("p99_ms", ms(total.latency.quantile(0.99))),
         ("max_ms", ms(total.latency.max())),
         ("max_send_lag_ms", ms(total.max_send_lag_us)),
+        (
+            "late_pct",
+            percent(total.late.values().sum(), total.received),
+        ),
+        (
+            "late_windows_pct",
+            percent(
+                total.late.len() as u64,
+                (p.seconds * 1e6 / WINDOW_US as f64).ceil() as u64,
+            ),
+        ),
         ("cpu_gateways_pct", cpu["gateways"].round()),
         ("cpu_workers_pct", cpu["workers"].round()),
         ("cpu_loadgen_pct", cpu["loadgen"].round()),
@@ -301,6 +312,14 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
             procinfo::per_count(switches["workers"], total.sent),
         ),
     ])
+}
+
+/// `part` as a percentage of `whole`, to a tenth (0 of nothing).
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    (part as f64 * 1000.0 / whole as f64).round() / 10.0
 }
 
 /// Adds `other`'s late messages to `into`.
@@ -349,6 +368,8 @@ mod tests {
         let mut a = BTreeMap::from([(100, 5), (150, 1)]);
         merge_late(&mut a, &BTreeMap::from([(100, 2), (101, 3)]));
         assert_eq!(a, BTreeMap::from([(100, 7), (101, 3), (150, 1)]));
+        assert_eq!(percent(11, 200), 5.5);
+        assert_eq!(percent(0, 0), 0.0);
         let line = describe_late(&a, 10.0);
         assert_eq!(
             line,

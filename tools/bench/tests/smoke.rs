@@ -122,6 +122,11 @@ fn private_loses_nothing() {
     // is counted.
     assert!(figure(&f, "gateway_switches_per_msg") > 0.0, "{f:?}");
     assert!(figure(&f, "workers_switches_per_msg") > 0.0, "{f:?}");
+    // The share of late messages and of the windows they fall in are reported (how
+    // many there are depends on the machine).
+    for name in ["late_pct", "late_windows_pct"] {
+        assert!((0.0..=100.0).contains(&figure(&f, name)), "{name}: {f:?}");
+    }
 }
 
 /// `--against` starts a second binary (the same one here) in turn with `--chat`, each
