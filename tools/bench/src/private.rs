@@ -289,10 +289,7 @@ pub async fn parent(p: &Params, load: &Load, d: &Deployment) -> anyhow::Result<F
         ),
         (
             "late_windows_pct",
-            percent(
-                total.late.len() as u64,
-                (p.seconds * 1e6 / WINDOW_US as f64).ceil() as u64,
-            ),
+            percent(total.late.len() as u64, windows_in(p.seconds)),
         ),
         ("cpu_gateways_pct", cpu["gateways"].round()),
         ("cpu_workers_pct", cpu["workers"].round()),
@@ -322,6 +319,11 @@ fn percent(part: u64, whole: u64) -> f64 {
     (part as f64 * 1000.0 / whole as f64).round() / 10.0
 }
 
+/// How many windows of [`WINDOW_US`] a run of `seconds` sends in.
+fn windows_in(seconds: f64) -> u64 {
+    (seconds * 1e6 / WINDOW_US as f64).ceil() as u64
+}
+
 /// Adds `other`'s late messages to `into`.
 fn merge_late(into: &mut BTreeMap<u64, u64>, other: &BTreeMap<u64, u64>) {
     for (window, n) in other {
@@ -336,7 +338,7 @@ fn describe_late(late: &BTreeMap<u64, u64>, seconds: f64) -> String {
     let Some(first) = late.keys().next().copied() else {
         return format!("late (>= {} ms): none", LATE_US / 1000);
     };
-    let windows = (seconds * 1e6 / WINDOW_US as f64).ceil() as u64;
+    let windows = windows_in(seconds);
     let mut busiest: Vec<(u64, u64)> = late.iter().map(|(w, n)| (*w, *n)).collect();
     busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let in_top: u64 = busiest.iter().take(10).map(|(_, n)| n).sum();
