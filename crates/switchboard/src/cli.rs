@@ -1002,16 +1002,7 @@ fn print_status(config: &Config) -> Result<(), Error> {
             .collect();
         println!("listeners: {}", shown.join(", "));
     }
-    let total: u64 = all
-        .iter()
-        .filter(|s| s.role == "gateway")
-        .map(|s| s.clients)
-        .sum();
-    let mps: f64 = all
-        .iter()
-        .filter(|s| s.role == "gateway")
-        .map(|s| s.events_per_sec)
-        .sum();
+    let (total, mps) = stats::gateway_totals(&all);
     // Scripts read this line (tools/bench/scenarios): keep it alone.
     println!("clients connected: {total}");
     println!("messages/s: {mps:.1}");

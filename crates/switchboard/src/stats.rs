@@ -78,6 +78,28 @@ pub fn read_all(run_dir: &Path) -> Vec<ProcessStats> {
     out
 }
 
+/// The clients connected to every gateway of `all` and the events per second they
+/// dispatch, summed (what `status` and the dashboard's headline show).
+///
+/// ```
+/// use switchboard::stats::{gateway_totals, ProcessStats};
+/// let gateway = |clients, events_per_sec| ProcessStats {
+///     role: "gateway".into(),
+///     clients,
+///     events_per_sec,
+///     ..ProcessStats::default()
+/// };
+/// let worker = ProcessStats { role: "worker".into(), clients: 2, ..ProcessStats::default() };
+/// assert_eq!(gateway_totals(&[gateway(3, 1.5), worker, gateway(4, 2.0)]), (7, 3.5));
+/// ```
+pub fn gateway_totals(all: &[ProcessStats]) -> (u64, f64) {
+    all.iter()
+        .filter(|s| s.role == "gateway")
+        .fold((0, 0.0), |(clients, eps), s| {
+            (clients + s.clients, eps + s.events_per_sec)
+        })
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()

@@ -594,14 +594,6 @@ impl CpuTracker {
     }
 }
 
-/// One-minute load average.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 /// One sample: resident memory per process (KiB).
 struct Sample {
     minute: f64,
@@ -850,7 +842,7 @@ pub async fn run(p: &Params, d: &Deployment) -> anyhow::Result<()> {
             out
         };
         let clients = d.gateway_clients();
-        let load = load_average();
+        let load = loadkit::proc::load_average();
         let rss_text: Vec<String> = labels
             .iter()
             .zip(rss.iter().zip(&anon))

@@ -1,5 +1,6 @@
 //! What the load generators in `tools/` (`bench`, `ws-compare`) share: a TCP connection
-//! from a chosen loopback source address, and the clock their messages are stamped with.
+//! from a chosen loopback source address, the clock their messages are stamped with,
+//! and what `/proc` says of the processes they measure ([`proc`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -9,6 +10,8 @@
 //! let sent_at = loadkit::now_micros();
 //! # drop((stream, sent_at)); Ok(()) }
 //! ```
+
+pub mod proc;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

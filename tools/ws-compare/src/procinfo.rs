@@ -1,73 +1,17 @@
-//! What `/proc` says about a process and the machine: resident memory, CPU time, and
-//! how busy everything else is (the machine is shared).
+//! CPU use of the server, the load generator and everything else over a run (the machine
+//! is shared); the readers of `/proc` are loadkit's.
 
 use std::time::Instant;
 
-/// Resident memory of `pid` in bytes (`VmRSS` of `/proc/PID/status`); 0 if gone.
-pub fn rss_bytes(pid: u32) -> u64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return 0;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
+use loadkit::proc::{cpu_seconds, Machine};
+pub use loadkit::proc::{load_average, rss_bytes};
 
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
-}
-
-/// CPU time (utime + stime of `/proc/PID/stat`) of `pid` in seconds; 0 if gone.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // The command name may contain spaces; the fields after the last ')' do not.
-    let Some((_, rest)) = text.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
-    match (ticks(14), ticks(15)) {
-        (Some(u), Some(s)) => (u + s) as f64 / clock_ticks(),
-        _ => 0.0,
-    }
-}
-
-/// Busy (without softirq), softirq and total CPU seconds of the whole machine (first
-/// line of `/proc/stat`; idle and iowait count as not busy). Softirq is apart because
-/// loopback TCP is processed there: it is mostly the benchmark's own traffic.
+/// Busy (without interrupts and softirq), interrupt and softirq, and total CPU seconds
+/// of the whole machine. Softirq is apart because loopback TCP is processed there: it
+/// is mostly the benchmark's own traffic.
 fn machine_seconds() -> (f64, f64, f64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    let softirq = ticks.get(6).copied().unwrap_or(0);
-    let hz = clock_ticks();
-    (
-        total.saturating_sub(idle + softirq) as f64 / hz,
-        softirq as f64 / hz,
-        total as f64 / hz,
-    )
-}
-
-/// The 1-minute load average (`/proc/loadavg`).
-pub fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
+    let m = Machine::now();
+    (m.busy - m.softirq, m.softirq, m.total)
 }
 
 /// CPU use of the server, the load generator and everything else over one window.
@@ -82,7 +26,8 @@ pub struct CpuUse {
     /// Percent of one core: the rest of the machine (other people's work), softirq
     /// excluded.
     pub others_pct: f64,
-    /// Percent of one core: softirq of the whole machine (loopback TCP: mostly ours).
+    /// Percent of one core: interrupts and softirq of the whole machine (loopback TCP:
+    /// mostly ours).
     pub softirq_pct: f64,
 }
 
@@ -131,12 +76,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_own_process() {
+    fn a_window_of_its_own_process() {
         let me = std::process::id();
-        assert!(rss_bytes(me) > 0);
-        assert!(cpu_seconds(me) >= 0.0);
-        assert_eq!(rss_bytes(u32::MAX), 0);
         let s = CpuSample::start(me, &[]);
-        assert!(s.finish().server_pct >= 0.0);
+        // Spin until the kernel has charged this process a tick more (10 ms at most,
+        // with a bound should the clock not move).
+        let at = cpu_seconds(me);
+        let spinning = Instant::now();
+        while cpu_seconds(me) <= at && spinning.elapsed() < std::time::Duration::from_secs(5) {
+            std::hint::black_box(spinning.elapsed());
+        }
+        let used = s.finish();
+        assert!(used.server_s > 0.0 && used.server_pct > 0.0, "{used:?}");
+        assert_eq!(used.clients_pct, 0.0, "{used:?}");
+        assert!(used.others_pct >= 0.0 && used.softirq_pct >= 0.0, "{used:?}");
     }
 }

@@ -174,16 +174,7 @@ impl Admin {
 
     fn live(&self) -> serde_json::Value {
         let all = stats::read_all(&self.config.run_dir());
-        let clients: u64 = all
-            .iter()
-            .filter(|s| s.role == "gateway")
-            .map(|s| s.clients)
-            .sum();
-        let mps: f64 = all
-            .iter()
-            .filter(|s| s.role == "gateway")
-            .map(|s| s.events_per_sec)
-            .sum();
+        let (clients, mps) = stats::gateway_totals(&all);
         let processes: Vec<_> = all
             .iter()
             .map(|s| {
