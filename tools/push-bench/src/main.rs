@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use loadkit::proc::cpu_seconds;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -223,26 +224,6 @@ fn children(config: &switchboard::Config, role: switchboard::supervisor::ChildRo
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// CPU time (user + system) of `pid` in seconds, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = text.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3; utime and stime are fields 14 and 15.
-    let t = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (t(14) + t(15)) as f64 / hz
 }
 
 async fn one_run(cli: &Cli, chat: &Path) -> anyhow::Result<Figures> {

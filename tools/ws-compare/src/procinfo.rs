@@ -89,6 +89,9 @@ mod tests {
         let used = s.finish();
         assert!(used.server_s > 0.0 && used.server_pct > 0.0, "{used:?}");
         assert_eq!(used.clients_pct, 0.0, "{used:?}");
-        assert!(used.others_pct >= 0.0 && used.softirq_pct >= 0.0, "{used:?}");
+        assert!(
+            used.others_pct >= 0.0 && used.softirq_pct >= 0.0,
+            "{used:?}"
+        );
     }
 }
