@@ -1,6 +1,6 @@
-//! What the load generators in `tools/` (`bench`, `ws-compare`, `push-bench`) share: a TCP connection
-//! from a chosen loopback source address, the clock their messages are stamped with,
-//! and what `/proc` says of the processes they measure ([`proc`]).
+//! What the load generators in `tools/` (`bench`, `ws-compare`, `push-bench`) share: a
+//! TCP connection from a chosen loopback source address, the clock their messages are
+//! stamped with, and what `/proc` says of the processes they measure ([`proc`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
