@@ -202,6 +202,9 @@ pub struct GatewayConfig {
     /// further ones are refused at once until the handshakes in progress end (each
     /// has 5 s).
     pub max_unauthenticated: usize,
+    /// How the worker for a client's event is chosen: [`Routing::Sticky`] (the
+    /// default) or [`Routing::LeastBusy`].
+    pub routing: Routing,
     /// Threads of each process's async runtime: `1` runs everything on one thread (no
     /// wake-ups across threads; scale with `count` instead), `0` one thread per core,
     /// `n` that many.
@@ -252,6 +255,7 @@ impl Default for GatewayConfig {
             flush_timeout: Duration::from_secs(5),
             min_write_interval: Duration::ZERO,
             max_unauthenticated: 64,
+            routing: Routing::Sticky,
             threads: 0,
             allocator: None,
             max_session: 64 << 10,
@@ -526,6 +530,31 @@ impl Default for LogConfig {
             file: PathBuf::from("run/switchboard.log"),
         }
     }
+}
+
+/// How a gateway chooses the worker for a client's event (`gateway.routing`). Either
+/// way a client has one event at a worker at a time, so its events are handled in
+/// order; the choice is which worker handles the next one.
+///
+/// ```
+/// use switchboard::config::{Config, Routing};
+/// let config = Config::from_toml("[gateway]\nrouting = \"least_busy\"", None).unwrap();
+/// assert_eq!(config.gateway.routing, Routing::LeastBusy);
+/// assert_eq!(Config::default().gateway.routing, Routing::Sticky);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// A client's events go to the worker that handled its previous one, as long as
+    /// that worker takes events (it is not draining, its link is up); its first event,
+    /// and the next after its worker went, to the next worker in turn. GatewayWorker's
+    /// `routerBind`.
+    #[default]
+    Sticky,
+    /// Each event goes to the worker with the fewest events in flight from this
+    /// gateway (ties: the next in turn), so a worker held up by a long handler — CPU
+    /// work on its thread, a slow call — is passed over while others are free.
+    LeastBusy,
 }
 
 /// Log line format.
@@ -1483,6 +1512,19 @@ mod tests {
             msg.contains("line 3") && msg.contains("`system` or `mimalloc`"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_routing_other_than_the_two_names_its_line_and_the_choices() {
+        let msg = refusal("[gateway]\ncount = 1\nrouting = \"random\"\n");
+        assert!(
+            msg.contains("line 3") && msg.contains("`sticky` or `least_busy`"),
+            "{msg}"
+        );
+        let mut doc = toml::Table::new();
+        apply_override(&mut doc, "gateway.routing", "least_busy").unwrap();
+        let c = Config::from_toml(&toml::to_string(&doc).unwrap(), None).unwrap();
+        assert_eq!(c.gateway.routing, Routing::LeastBusy);
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //!   than the tests' `handshake_timeout`: 503) and accepts every other path.
 //! - `/flood N SIZE` is answered with `N` messages of `SIZE` bytes (`x`s), then
 //!   `fixture: flooded ADDR` is logged: for tests of clients that do not read.
+//! - `/pid` is answered with `pid PID`, the worker process that handled it;
+//!   `/block MS` holds the worker's thread for `MS` milliseconds (at most 10,000: a
+//!   handler doing CPU work without `spawn_blocking`), then answers `blocked by PID`:
+//!   for tests of `gateway.routing`.
 //! - Every event is written to standard error as `fixture: EVENT ADDR ...` (and the end
 //!   of the `/slow` hook as `fixture: slow_done ADDR`), which the supervisor's log
 //!   collects: tests read it to prove an event did *not* happen.
@@ -128,6 +132,18 @@ impl Events for Fixture {
                 .map_or("-", |(_, v)| v)
                 .to_owned();
             ctx.reply(value).await?;
+            return Ok(());
+        }
+        if text == "/pid" {
+            ctx.reply(format!("pid {}", std::process::id())).await?;
+            return Ok(());
+        }
+        if let Some(ms) = text.strip_prefix("/block ") {
+            let ms: u64 = ms.trim().parse().map_err(|e| format!("/block MS: {e}"))?;
+            // The worker's one thread, held as a CPU-bound handler would hold it.
+            std::thread::sleep(Duration::from_millis(ms.min(10_000)));
+            ctx.reply(format!("blocked by {}", std::process::id()))
+                .await?;
             return Ok(());
         }
         if let Some((n, size)) = flood_request(text) {

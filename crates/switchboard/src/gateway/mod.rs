@@ -298,7 +298,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         state: Mutex::new(
             State::new(number, gw.queue_limit, gw.client_queue_limit)
-                .with_max_session(gw.max_session),
+                .with_max_session(gw.max_session)
+                .with_routing(gw.routing),
         ),
         counters: Counters::default(),
         config: gw.clone(),

@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::link_queue::LinkTx;
+use crate::config::Routing;
 use crate::protocol::internal::{ClientInfo, Command, EventKind, EventRef, Query, Reply, Role};
 use crate::protocol::ClientProtocol;
 use crate::{ClientId, PerProtocol};
@@ -305,8 +306,11 @@ pub struct State {
     groups: HashMap<String, HashSet<u64>>,
     links: BTreeMap<u64, Link>,
     next_link: u64,
-    /// Round-robin cursor over links for a client's first event.
+    /// Round-robin cursor over links: for a client's first event (sticky routing),
+    /// for ties (least busy).
     cursor: u64,
+    /// How a client's event finds its worker (`gateway.routing`).
+    routing: Routing,
     next_seq: u64,
     next_conn: u64,
     /// Bytes of events queued or in flight, all clients together.
@@ -407,6 +411,7 @@ impl State {
             links: BTreeMap::new(),
             next_link: 1,
             cursor: 0,
+            routing: Routing::Sticky,
             next_seq: 1,
             next_conn: 1,
             queued_bytes: 0,
@@ -432,6 +437,12 @@ impl State {
     /// Bounds every client's session to `bytes` of JSON (`gateway.max_session`).
     pub fn with_max_session(mut self, bytes: usize) -> Self {
         self.max_session = bytes;
+        self
+    }
+
+    /// Chooses workers for events the way `routing` says (sticky by default).
+    pub fn with_routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
         self
     }
 
@@ -578,7 +589,7 @@ impl State {
         if client.events.is_none() {
             // Nothing waits before it and nothing is in flight: straight to a worker
             // when one is there, without passing through the queue (no queue buffer).
-            if let Some(link_id) = next_link(client, &self.links, &mut self.cursor) {
+            if let Some(link_id) = next_link(client, &self.links, &mut self.cursor, self.routing) {
                 return self.dispatch(conn, link_id, event, counters);
             }
         }
@@ -597,7 +608,7 @@ impl State {
         if !client.waits() {
             return;
         }
-        let Some(link_id) = next_link(client, &self.links, &mut self.cursor) else {
+        let Some(link_id) = next_link(client, &self.links, &mut self.cursor, self.routing) else {
             return; // no worker: the event waits (bounded by hold_timeout)
         };
         let events = client.events_mut();
@@ -1455,22 +1466,47 @@ fn sized<T>(at_most: usize, items: impl Iterator<Item = T>) -> Vec<T> {
     v
 }
 
-/// The worker link for a client's next event: the one it sticks to while that one
-/// takes events, else the next in turn.
-fn next_link(client: &Client, links: &BTreeMap<u64, Link>, cursor: &mut u64) -> Option<u64> {
-    client
-        .worker()
-        .filter(|l| links.get(l).is_some_and(|l| !l.draining))
-        .or_else(|| choose_link(links, cursor))
+/// The worker link for a client's next event. Sticky: the one it sticks to while that
+/// one takes events, else the next in turn. Least busy: the one with the fewest events
+/// in flight, the first in turn among equals.
+fn next_link(
+    client: &Client,
+    links: &BTreeMap<u64, Link>,
+    cursor: &mut u64,
+    routing: Routing,
+) -> Option<u64> {
+    match routing {
+        Routing::Sticky => client
+            .worker()
+            .filter(|l| links.get(l).is_some_and(|l| !l.draining))
+            .or_else(|| choose_link(links, cursor, |_| 0)),
+        Routing::LeastBusy => choose_link(links, cursor, |l| l.inflight.len()),
+    }
 }
 
-fn choose_link(links: &BTreeMap<u64, Link>, cursor: &mut u64) -> Option<u64> {
+/// The usable worker link, in turn from the one after `cursor`, with the least `load`
+/// (the first of those equally loaded); `cursor` moves to it.
+fn choose_link(
+    links: &BTreeMap<u64, Link>,
+    cursor: &mut u64,
+    load: impl Fn(&Link) -> usize,
+) -> Option<u64> {
     let usable = |l: &Link| l.role == Role::Worker && !l.draining;
-    let next = links
+    let mut best: Option<(u64, usize)> = None;
+    for (id, link) in links
         .range(*cursor + 1..)
         .chain(links.range(..=*cursor))
-        .find(|(_, l)| usable(l))
-        .map(|(id, _)| *id)?;
+        .filter(|(_, l)| usable(l))
+    {
+        let load = load(link);
+        if best.is_none_or(|(_, least)| load < least) {
+            best = Some((*id, load));
+            if load == 0 {
+                break; // nothing is less busy than idle: the rest need not be seen
+            }
+        }
+    }
+    let (next, _) = best?;
     *cursor = next;
     Some(next)
 }
@@ -1862,6 +1898,77 @@ mod tests {
         }
         // Debug builds check the per-link index of events in flight here.
         assert_eq!(f.state.held_events(), 0);
+    }
+
+    #[test]
+    fn sticky_routing_keeps_a_client_on_its_busy_worker() {
+        let mut f = Fixture::new();
+        let (w1, mut rx1) = f.worker();
+        let (w2, mut rx2) = f.worker();
+        // In turn: a to w1, b to w2, c to w1 again.
+        let (a, _) = f.client();
+        let (b, _) = f.client();
+        let (c, _) = f.client();
+        let ca = decode_event(&rx1.try_recv().unwrap());
+        let cb = decode_event(&rx2.try_recv().unwrap());
+        let cc = decode_event(&rx1.try_recv().unwrap());
+        assert_eq!((ca.client, cb.client, cc.client), (a, b, c));
+        f.state.ack(w1, ca.seq, a, &f.counters);
+        f.state.ack(w2, cb.seq, b, &f.counters);
+        // c's connect is still in flight at w1, yet a's line goes there: a sticks.
+        f.state
+            .client_message(a.connection, "a1".into(), false, &f.counters)
+            .unwrap();
+        assert_eq!(decode_event(&rx1.try_recv().unwrap()).body, "a1");
+        assert!(rx2.try_recv().is_err());
+        f.state.ack(w1, cc.seq, c, &f.counters);
+    }
+
+    #[test]
+    fn least_busy_routing_passes_over_a_worker_with_events_in_flight() {
+        let mut f = Fixture::new();
+        f.state = State::new(7, 1 << 20, 1 << 16).with_routing(Routing::LeastBusy);
+        let (w1, mut rx1) = f.worker();
+        let (w2, mut rx2) = f.worker();
+        // Idle workers take first events in turn, as with sticky routing.
+        let (a, _) = f.client();
+        let (b, _) = f.client();
+        let ca = decode_event(&rx1.try_recv().unwrap());
+        let cb = decode_event(&rx2.try_recv().unwrap());
+        assert_eq!((ca.client, cb.client), (a, b));
+        f.state.ack(w2, cb.seq, b, &f.counters);
+        // w1 still has a's connect in flight: b's line, and then a new client's
+        // connect, go to w2, the one with none.
+        f.state
+            .client_message(b.connection, "b1".into(), false, &f.counters)
+            .unwrap();
+        let b1 = decode_event(&rx2.try_recv().unwrap());
+        assert_eq!((b1.client, b1.body), (b, Bytes::from("b1")));
+        f.state.ack(w2, b1.seq, b, &f.counters);
+        let (c, _) = f.client();
+        let cc = decode_event(&rx2.try_recv().unwrap());
+        assert_eq!(cc.client, c);
+        assert!(rx1.try_recv().is_err(), "nothing more for the busy worker");
+        // With one in flight on each, the next in turn after w2 (w1) takes a third.
+        let (d, _) = f.client();
+        assert_eq!(decode_event(&rx1.try_recv().unwrap()).client, d);
+        // a's connect is acknowledged at last; a's next line goes where fewest wait:
+        // w2 (c's connect) and w1 (d's connect) are even, and the turn is w2's.
+        f.state.ack(w1, ca.seq, a, &f.counters);
+        f.state
+            .client_message(a.connection, "a1".into(), false, &f.counters)
+            .unwrap();
+        let a1 = decode_event(&rx2.try_recv().unwrap());
+        assert_eq!((a1.client, a1.body), (a, Bytes::from("a1")));
+        // A draining worker is passed over however idle it is.
+        f.state.ack(w2, cc.seq, c, &f.counters);
+        f.state.ack(w2, a1.seq, a, &f.counters);
+        f.state.link_draining(w2, &f.counters);
+        f.state
+            .client_message(c.connection, "c1".into(), false, &f.counters)
+            .unwrap();
+        assert_eq!(decode_event(&rx1.try_recv().unwrap()).body, "c1");
+        assert!(rx2.try_recv().is_err());
     }
 
     /// Not a test but a measurement: how long a worker link's drain and loss hold

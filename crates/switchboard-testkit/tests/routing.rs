@@ -1,0 +1,101 @@
+//! `gateway.routing` end to end: two fixture workers, one of them held up by a handler
+//! that blocks its only thread (`/block MS`), and which worker answers the others
+//! (`/pid`).
+
+mod common;
+
+use common::*;
+use switchboard_testkit::{Client, Deployment, Options, WAIT};
+
+/// How long `/block` holds a worker: long enough for every other step of a test to
+/// happen meanwhile on a loaded machine, though nothing here depends on it.
+const BLOCK: &str = "/block 3000";
+
+/// Two workers and a single-threaded gateway: it handles the frames of one read of a
+/// link (a worker's answer and the acknowledgement after it) before any client's next
+/// line, so what is in flight when a client's line arrives does not depend on timing.
+fn deployment(gateway_keys: &str) -> Deployment {
+    Deployment::start(
+        Options::new(FIXTURE)
+            .workers(2)
+            .gateway_keys(&format!("threads = 1\n{gateway_keys}")),
+    )
+}
+
+/// Sends `/block` from `client` and waits until a worker has begun it (the fixture logs
+/// `message ADDR N bytes` as its handler starts).
+async fn hold_a_worker(d: &Deployment, client: &mut Client) {
+    client.send(BLOCK).await;
+    let started = format!("message {} {} bytes", client.local_addr(), BLOCK.len());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !fixture_events(d, client.local_addr())
+        .iter()
+        .any(|e| e.trim_end() == started)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no worker began {BLOCK:?} within {WAIT:?}:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Which worker process answers `client`'s `/pid`.
+async fn worker_of(client: &mut Client) -> String {
+    client.send("/pid").await;
+    let line = client.line().await;
+    line.strip_prefix("pid ")
+        .unwrap_or_else(|| panic!("not an answer to /pid: {line:?}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_routing_keeps_a_client_on_its_worker_while_that_one_is_held_up() {
+    let d = deployment("");
+    // Three clients on two workers: two of them share one (they took turns).
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(d.addr()).await;
+        let pid = worker_of(&mut c).await;
+        clients.push((c, pid));
+    }
+    let (x, y) = (0..3)
+        .flat_map(|i| (i + 1..3).map(move |j| (i, j)))
+        .find(|&(i, j)| clients[i].1 == clients[j].1)
+        .expect("two of three clients on one of two workers");
+    let held = clients[x].1.clone();
+    let (mut cx, _) = clients.remove(x);
+    let (mut cy, _) = clients.remove(y - 1);
+    hold_a_worker(&d, &mut cx).await;
+    // y's line waits for its own worker, although the other one is free.
+    assert_eq!(worker_of(&mut cy).await, held, "y stays with its worker");
+    cx.expect_next(&format!("blocked by {held}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_busy_routing_passes_over_a_held_up_worker() {
+    let d = deployment("routing = \"least_busy\"");
+    let mut x = Client::connect(d.addr()).await;
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(Client::connect(d.addr()).await);
+    }
+    for c in others.iter_mut() {
+        worker_of(c).await;
+    }
+    hold_a_worker(&d, &mut x).await;
+    // While x's event holds one worker, every line goes to the other, whichever worker
+    // handled the client before.
+    let mut answered = std::collections::BTreeSet::new();
+    for c in others.iter_mut() {
+        answered.insert(worker_of(c).await);
+        answered.insert(worker_of(c).await);
+    }
+    let line = x.line().await;
+    let held = line
+        .strip_prefix("blocked by ")
+        .unwrap_or_else(|| panic!("not an answer to /block: {line:?}"));
+    assert_eq!(answered.len(), 1, "one worker answered: {answered:?}");
+    assert!(!answered.contains(held), "not the held-up one ({held})");
+}
