@@ -1,6 +1,6 @@
 //! `gateway.routing` end to end: two fixture workers, one of them held up by a handler
 //! that blocks its only thread (`/block MS`), and which worker answers the others
-//! (`/pid`).
+//! (`/pid`), and how `/metrics` shows the held-up one.
 
 mod common;
 
@@ -8,8 +8,9 @@ use common::*;
 use switchboard_testkit::{Client, Deployment, Options, WAIT};
 
 /// How long `/block` holds a worker: long enough for every other step of a test to
-/// happen meanwhile on a loaded machine, though nothing here depends on it.
-const BLOCK: &str = "/block 3000";
+/// happen meanwhile on a loaded machine (the gateway publishes its figures once a
+/// second).
+const BLOCK: &str = "/block 5000";
 
 /// Two workers and a single-threaded gateway: it handles the frames of one read of a
 /// link (a worker's answer and the acknowledgement after it) before any client's next
@@ -68,6 +69,15 @@ async fn sticky_routing_keeps_a_client_on_its_worker_while_that_one_is_held_up()
     let (mut cx, _) = clients.remove(x);
     let (mut cy, _) = clients.remove(y - 1);
     hold_a_worker(&d, &mut cx).await;
+    // The gateway shows x's event in flight at the held-up worker, none at the other.
+    let worker = format!("worker-{held}");
+    let in_flight = |page: &str, labels: &[(&str, &str)]| {
+        metric(page, "switchboard_worker_events_in_flight", labels)
+    };
+    let page = wait_metrics(&d, "an event in flight at the held-up worker", |page| {
+        in_flight(page, &[("worker", &worker)]) == Some(1.0)
+    });
+    assert_eq!(in_flight(&page, &[]), Some(1.0), "only there:\n{page}");
     // y's line waits for its own worker, although the other one is free.
     assert_eq!(worker_of(&mut cy).await, held, "y stays with its worker");
     cx.expect_next(&format!("blocked by {held}")).await;

@@ -713,9 +713,13 @@ async fn write_stats(
     stop: CancellationToken,
 ) {
     stats::publish_loop(run_dir, "gateway", stop, move || {
-        let (clients, workers) = {
+        let (clients, workers, in_flight) = {
             let s = shared.lock();
-            (s.connected() as u64, s.worker_links() as u64)
+            (
+                s.connected() as u64,
+                s.worker_links() as u64,
+                s.in_flight_by_worker(),
+            )
         };
         let c = &shared.counters;
         let mut detail = serde_json::Map::new();
@@ -724,6 +728,13 @@ async fn write_stats(
         let listeners: Vec<String> = entry.listeners.iter().map(|a| a.to_string()).collect();
         detail.insert("listeners".into(), listeners.into());
         detail.insert("workers".into(), workers.into());
+        // Events at each worker not yet acknowledged: one that stays up while the
+        // worker handles nothing is a worker held up (`switchboard_worker_events_in_flight`).
+        let in_flight: serde_json::Map<String, serde_json::Value> = in_flight
+            .into_iter()
+            .map(|(name, n)| (name, n.into()))
+            .collect();
+        detail.insert("in_flight".into(), in_flight.into());
         // Source addresses the per-address limits track now (bounded: see limits.rs).
         detail.insert("sources".into(), shared.per_source.tracked().into());
         detail.insert(

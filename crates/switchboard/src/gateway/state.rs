@@ -888,6 +888,16 @@ impl State {
             .count()
     }
 
+    /// Events at each worker (sent, not yet acknowledged), by the worker's name: its
+    /// links' sets of clients with an event in flight, draining links included.
+    pub fn in_flight_by_worker(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for link in self.links.values().filter(|l| l.role == Role::Worker) {
+            *out.entry(link.name.clone()).or_default() += link.inflight.len();
+        }
+        out
+    }
+
     /// Events waiting in client queues (not yet at a worker).
     pub fn held_events(&self) -> usize {
         // Every test that runs a gateway built with debug assertions checks the count.
@@ -1969,6 +1979,14 @@ mod tests {
             .unwrap();
         assert_eq!(decode_event(&rx1.try_recv().unwrap()).body, "c1");
         assert!(rx2.try_recv().is_err());
+        // d's connect and c's line are in flight at w1, nothing at w2 (both named "w").
+        assert_eq!(
+            f.state
+                .in_flight_by_worker()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [("w".to_string(), 2)]
+        );
     }
 
     /// Not a test but a measurement: how long a worker link's drain and loss hold

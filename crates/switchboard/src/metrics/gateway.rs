@@ -304,6 +304,14 @@ pub(crate) fn from_stats(sample: &crate::stats::Sample, out: &mut Vec<Series>) {
         &[("gateway", &number)],
         get("workers") as f64,
     ));
+    let in_flight = d.get("in_flight").and_then(|v| v.as_object());
+    for (worker, n) in in_flight.into_iter().flatten() {
+        out.push(Series::gauge(
+            "switchboard_worker_events_in_flight",
+            &[("worker", worker)],
+            n.as_u64().unwrap_or(0) as f64,
+        ));
+    }
     if !reports_clients() {
         // A gateway that registered no listener (not started by the CLI).
         out.push(Series::gauge(

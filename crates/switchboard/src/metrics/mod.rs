@@ -278,6 +278,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
     Descriptor { name: "switchboard_events_rejected", help: "Events rejected by gateways (no worker in time, queue full)." },
     Descriptor { name: "switchboard_slow_consumers", help: "Clients cut off for not reading their outbound queue." },
     Descriptor { name: "switchboard_gateway_links", help: "Workers linked to each gateway and taking events (draining workers and API clients are not counted)." },
+    Descriptor { name: "switchboard_worker_events_in_flight", help: "Events gateways sent to each worker (by its name, worker-PID) that it has not acknowledged yet: one that stays up while the worker handles nothing is held up." },
     Descriptor { name: "switchboard_worker_gateways", help: "Gateways each worker is connected to, summed over workers." },
     Descriptor { name: "switchboard_events", help: "Events handled by workers, by kind (connect, message, close, websocket_connect)." },
     Descriptor { name: "switchboard_commands", help: "Commands and queries sent by workers to gateways, by kind." },
