@@ -1609,6 +1609,16 @@ mod tests {
                 &self.counters,
             )
         }
+        /// `client` sends `line`; it is the event that `rx`'s worker gets next.
+        fn line_to(&mut self, client: ClientId, line: &'static str, rx: &mut LinkRx) -> Event {
+            self.state
+                .client_message(client.connection, line.into(), false, &self.counters)
+                .unwrap();
+            let event = decode_event(&rx.try_recv().expect("an event for this worker"));
+            assert_eq!((event.client, &event.body[..]), (client, line.as_bytes()));
+            event
+        }
+
         fn worker(&mut self) -> (u64, LinkRx) {
             let (tx, rx) = link_queue::channel(usize::MAX);
             (
@@ -1926,10 +1936,7 @@ mod tests {
         f.state.ack(w1, ca.seq, a, &f.counters);
         f.state.ack(w2, cb.seq, b, &f.counters);
         // c's connect is still in flight at w1, yet a's line goes there: a sticks.
-        f.state
-            .client_message(a.connection, "a1".into(), false, &f.counters)
-            .unwrap();
-        assert_eq!(decode_event(&rx1.try_recv().unwrap()).body, "a1");
+        f.line_to(a, "a1", &mut rx1);
         assert!(rx2.try_recv().is_err());
         f.state.ack(w1, cc.seq, c, &f.counters);
     }
@@ -1949,11 +1956,7 @@ mod tests {
         f.state.ack(w2, cb.seq, b, &f.counters);
         // w1 still has a's connect in flight: b's line, and then a new client's
         // connect, go to w2, the one with none.
-        f.state
-            .client_message(b.connection, "b1".into(), false, &f.counters)
-            .unwrap();
-        let b1 = decode_event(&rx2.try_recv().unwrap());
-        assert_eq!((b1.client, b1.body), (b, Bytes::from("b1")));
+        let b1 = f.line_to(b, "b1", &mut rx2);
         f.state.ack(w2, b1.seq, b, &f.counters);
         let (c, _) = f.client();
         let cc = decode_event(&rx2.try_recv().unwrap());
@@ -1965,19 +1968,12 @@ mod tests {
         // a's connect is acknowledged at last; a's next line goes where fewest wait:
         // w2 (c's connect) and w1 (d's connect) are even, and the turn is w2's.
         f.state.ack(w1, ca.seq, a, &f.counters);
-        f.state
-            .client_message(a.connection, "a1".into(), false, &f.counters)
-            .unwrap();
-        let a1 = decode_event(&rx2.try_recv().unwrap());
-        assert_eq!((a1.client, a1.body), (a, Bytes::from("a1")));
+        let a1 = f.line_to(a, "a1", &mut rx2);
         // A draining worker is passed over however idle it is.
         f.state.ack(w2, cc.seq, c, &f.counters);
         f.state.ack(w2, a1.seq, a, &f.counters);
         f.state.link_draining(w2, &f.counters);
-        f.state
-            .client_message(c.connection, "c1".into(), false, &f.counters)
-            .unwrap();
-        assert_eq!(decode_event(&rx1.try_recv().unwrap()).body, "c1");
+        f.line_to(c, "c1", &mut rx1);
         assert!(rx2.try_recv().is_err());
         // d's connect and c's line are in flight at w1, nothing at w2 (both named "w").
         assert_eq!(
