@@ -5,5 +5,5 @@
 mod client_codec;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    client_codec::run(switchboard::ClientProtocol::Frame, data);
+    client_codec::run(switchboard_core::ClientProtocol::Frame, data);
 });

@@ -7,8 +7,8 @@
 //! (read back through the dotted path), and the document still prints as TOML.
 #![no_main]
 
-use switchboard::config::apply_override;
-use switchboard::Config;
+use switchboard_core::config::apply_override;
+use switchboard_core::Config;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -7,7 +7,7 @@
 //! the `[db]` section typed, the admin token, the secret warnings) do not panic.
 #![no_main]
 
-use switchboard::Config;
+use switchboard_core::Config;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

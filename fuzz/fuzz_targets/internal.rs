@@ -12,7 +12,7 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use switchboard::protocol::internal::{self, Frame, ProtocolError, MAX_HANDSHAKE_FRAME};
+use switchboard_core::protocol::internal::{self, Frame, ProtocolError, MAX_HANDSHAKE_FRAME};
 
 type Outcome = Vec<Result<(Frame, Bytes), ProtocolError>>;
 
@@ -39,7 +39,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             "encode(decode(x)) != x"
         );
         // Every decoded frame has a name for the logs.
-        assert!(!switchboard::gateway::frame_kind(frame).is_empty());
+        assert!(!switchboard_core::protocol::internal::frame_kind(frame).is_empty());
     }
 });
 

@@ -1,5 +1,5 @@
 //! The Db builder's SQL lexer and identifier quoting (`switchboard_db::sql`, reached
-//! through `switchboard::fuzzing::db`): `:name` parameters rewritten to `?`, the read /
+//! through `switchboard_db::fuzzing`): `:name` parameters rewritten to `?`, the read /
 //! row-less statement classification, join conditions, and quoted names. Their input
 //! is the application's SQL and names, which may come from its users.
 //!
@@ -11,8 +11,8 @@
 //!   quotes, so a name can never end its quote early (no injection through a name).
 #![no_main]
 
-use switchboard::db::Dialect;
-use switchboard::fuzzing::db;
+use switchboard_db::fuzzing as db;
+use switchboard_db::Dialect;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let [options, text @ ..] = data else {

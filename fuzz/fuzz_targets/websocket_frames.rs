@@ -14,7 +14,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use switchboard::protocol::websocket::{WsCodec, WsError, WsEvent};
+use switchboard_core::protocol::websocket::{WsCodec, WsError, WsEvent};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let [a, b, cut, stream @ ..] = data else {
@@ -45,8 +45,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             "close code {}",
             e.code
         );
-        let close = switchboard::ClientProtocol::WebSocket.error_message(
-            &switchboard::protocol::ClientCodecError::WebSocket(e.clone()),
+        let close = switchboard_core::ClientProtocol::WebSocket.error_message(
+            &switchboard_core::protocol::ClientCodecError::WebSocket(e.clone()),
         );
         control_frame(&close, 0x88);
     }

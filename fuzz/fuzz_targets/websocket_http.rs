@@ -1,7 +1,7 @@
 //! The HTTP phase of a `websocket` listener: the request head parsed from a hostile byte
 //! stream (`protocol::websocket::parse_request`), then what the gateway answers (the
 //! page, an HTTP error, a refused upgrade, or the upgrade with the request the
-//! application sees), through `switchboard::fuzzing::websocket_http`.
+//! application sees), through `switchboard_core::http::answer_request`.
 //!
 //! Input: a byte that picks how the stream is cut into reads, then the stream. Checked,
 //! beyond "never panics":
@@ -14,9 +14,13 @@
 //!   the path, query and headers, and its helpers do not panic.
 #![no_main]
 
-use bytes::BytesMut;
-use switchboard::fuzzing::{websocket_http, HttpOutcome};
-use switchboard::protocol::websocket::{self, HttpError, HttpRequest, MAX_REQUEST_HEAD};
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use switchboard_core::config::ListenerConfig;
+use switchboard_core::http::{answer_request, HttpAnswer};
+use switchboard_core::protocol::websocket::{self, HttpError, HttpRequest, MAX_REQUEST_HEAD};
+use switchboard_core::{Assets, ClientProtocol, WebSocketRequest};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let [cut, stream @ ..] = data else {
@@ -49,6 +53,54 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// The page the fuzzed listener serves at `/` (and `/index.html`).
+const PAGE: &[u8] = b"<!doctype html><title>chat</title>";
+
+/// What the HTTP phase of a `websocket` listener answered one request with.
+#[derive(Debug)]
+enum HttpOutcome {
+    /// A file or an HTTP error, then close.
+    Page(Bytes),
+    /// An upgrade refused (status and reason) before the application is asked.
+    Refused(HttpError),
+    /// An upgrade put to the application: the `101` answer, and the request as the
+    /// application gets it.
+    Upgrade(Bytes, WebSocketRequest),
+}
+
+/// Runs the HTTP phase of a `websocket` listener over the bytes at the front of `buf`,
+/// as the gateway's connection task does: [`websocket::parse_request`], then the
+/// answer (a page, a refusal, or the upgrade to put to the application). The listener
+/// allows the origin `https://chat.example.com` and trusts the proxies of 10.0.0.0/8;
+/// the peer is `10.1.2.3:4000`, one of them, so `X-Forwarded-For` is read.
+///
+/// `Ok(None)` while the request head is incomplete.
+fn websocket_http(buf: &mut BytesMut) -> Result<Option<HttpOutcome>, HttpError> {
+    let Some(request) = websocket::parse_request(buf)? else {
+        return Ok(None);
+    };
+    let config = ListenerConfig {
+        protocol: ClientProtocol::WebSocket,
+        allowed_origins: vec!["https://chat.example.com".into()],
+        trusted_proxies: vec!["10.0.0.0/8".parse().expect("a valid network")],
+        ..ListenerConfig::default()
+    };
+    let mut assets = Assets::default();
+    assets.add("/", PAGE);
+    let peer = SocketAddr::from(([10, 1, 2, 3], 4000));
+    Ok(Some(
+        match answer_request(&config, &assets, peer, request) {
+            HttpAnswer::Page(page) => HttpOutcome::Page(page),
+            HttpAnswer::Refused { response, .. } => HttpOutcome::Refused(response),
+            HttpAnswer::Upgrade { accept, json } => {
+                let request = serde_json::from_slice(&json)
+                    .expect("the handshake event's JSON is read back by the worker");
+                HttpOutcome::Upgrade(websocket::upgrade_response(&accept), request)
+            }
+        },
+    ))
+}
 
 /// An HTTP error answer: a client error (or 505), written as a response.
 fn error(e: &HttpError) {

@@ -28,8 +28,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use serde::{Deserialize, Serialize};
-
 /// The environment variable [`Allocator`] reads at a process's first allocation:
 /// `mimalloc`, or anything else (or nothing) for the system allocator. The
 /// supervisor sets it for each child process from its role's `allocator`.
@@ -38,26 +36,7 @@ pub const ENV: &str = "SWITCHBOARD_ALLOCATOR";
 /// The same name for `getenv`, which must not allocate.
 const ENV_C: &CStr = c"SWITCHBOARD_ALLOCATOR";
 
-/// An allocator a process can run on (`gateway.allocator`, `worker.allocator`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AllocatorKind {
-    /// The C library's `malloc` (glibc's on Linux): the least memory per idle client.
-    System,
-    /// [mimalloc](https://github.com/microsoft/mimalloc): less CPU per allocation.
-    /// Needs the `mimalloc` feature (on by default) and [`Allocator`] installed.
-    Mimalloc,
-}
-
-impl AllocatorKind {
-    /// The value of [`ENV`] that selects it.
-    pub fn env_value(self) -> &'static str {
-        match self {
-            AllocatorKind::System => "system",
-            AllocatorKind::Mimalloc => "mimalloc",
-        }
-    }
-}
+pub use switchboard_core::config::AllocatorKind;
 
 const UNDECIDED: u8 = 0;
 const SYSTEM: u8 = 1;

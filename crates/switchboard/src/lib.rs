@@ -37,39 +37,29 @@
 
 pub mod admin;
 pub mod alloc;
-mod assets;
 pub mod auth;
 pub mod cli;
 pub mod client;
-mod client_id;
-pub mod config;
 pub mod discovery;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod gateway;
-mod message;
 pub mod metrics;
 pub mod process;
-pub mod protocol;
-mod request;
 pub mod statistic;
 pub mod stats;
 pub mod supervisor;
 pub mod transport;
 pub mod worker;
 
-pub use assets::{Asset, Assets};
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use cli::App;
 pub use client::{ApiError, Gateway};
-pub use client_id::{ClientId, ParseClientIdError};
-pub use config::Config;
-pub use message::{Message, NotText, PerProtocol};
-pub use protocol::ClientProtocol;
-pub use request::{Refuse, WebSocketRequest};
 pub use statistic::Statistic;
+pub use switchboard_core::{config, protocol};
+pub use switchboard_core::{
+    Asset, Assets, ClientId, ClientProtocol, Config, Message, NotText, ParseClientIdError,
+    PerProtocol, Refuse, WebSocketRequest,
+};
 pub use switchboard_db as db;
 pub use switchboard_store as store;
 pub use worker::{Context, Events, HandlerResult};
@@ -144,52 +134,8 @@ pub fn open_db(config: &Config) -> Result<switchboard_db::Db, Error> {
 }
 
 /// A counting allocator for the unit tests: how many allocations a piece of code makes
-/// on this thread (the fan-out path must make none per recipient).
+/// on this thread (the fan-out path must make none per recipient). The same file as
+/// switchboard-core's.
 #[cfg(test)]
-pub(crate) mod alloc_count {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    struct Counting;
-
-    thread_local! {
-        static COUNT: Cell<u64> = const { Cell::new(0) };
-        static LARGEST: Cell<usize> = const { Cell::new(0) };
-    }
-
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-            let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
-            // SAFETY: forwarded unchanged to the system allocator.
-            unsafe { System.alloc(layout) }
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: forwarded unchanged to the system allocator.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-            // SAFETY: forwarded unchanged to the system allocator.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
-
-    #[global_allocator]
-    static GLOBAL: Counting = Counting;
-
-    /// Runs `f`; returns the allocations (and reallocations) it made on this thread,
-    /// and its result.
-    pub fn count<T>(f: impl FnOnce() -> T) -> (u64, T) {
-        let before = COUNT.with(Cell::get);
-        let out = f();
-        (COUNT.with(Cell::get) - before, out)
-    }
-
-    /// Runs `f`; returns the size of the largest allocation it made on this thread.
-    pub fn largest(f: impl FnOnce()) -> usize {
-        LARGEST.with(|l| l.set(0));
-        f();
-        LARGEST.with(Cell::get)
-    }
-}
+#[path = "../../switchboard-core/src/alloc_count.rs"]
+pub(crate) mod alloc_count;

@@ -11,8 +11,8 @@
 //!   `text` a line that decodes to the same message (unless it ends in `\r`).
 
 use bytes::{Bytes, BytesMut};
-use switchboard::protocol::{ClientCodec, ClientCodecError, Decoded};
-use switchboard::ClientProtocol;
+use switchboard_core::protocol::{ClientCodec, ClientCodecError, Decoded};
+use switchboard_core::ClientProtocol;
 
 /// What one stream decoded to: messages (with the bytes each consumed) and errors, up to
 /// the first fatal error.
@@ -32,7 +32,7 @@ pub fn run(protocol: ClientProtocol, data: &[u8]) {
             continue;
         };
         assert!(message.len() <= limit, "a message over the limit");
-        let encoded = protocol.encode_to_bytes(&switchboard::Message::from(message.clone()));
+        let encoded = protocol.encode_to_bytes(&switchboard_core::Message::from(message.clone()));
         match protocol {
             ClientProtocol::Text => {
                 assert!(!message.contains(&b'\n'));

@@ -28,14 +28,13 @@ use super::limits::Cut;
 use super::limits::SourcePlace;
 use super::outbound::{Written, FULL_WRITE};
 use super::state::{Opening, Outbound, Rejected, Verdict};
-use super::{http, Handshaking, Listener, ListenerPlace, Places, Shared};
-use crate::assets::Assets;
-use crate::config::ListenerConfig;
+use super::{Handshaking, Listener, ListenerPlace, Places, Shared};
 use crate::metrics::gateway::{self as metrics, CloseReason};
-use crate::protocol::websocket::{self, HttpError, HttpRequest};
+use crate::protocol::websocket::{self, HttpError};
 use crate::protocol::{ClientCodec, ClientProtocol, Decoded};
 use crate::transport::{self, ClientStream};
-use crate::{ClientId, WebSocketRequest};
+use crate::ClientId;
+use switchboard_core::http::{answer_request, HttpAnswer, Refusal};
 
 /// How long a last answer of the handshake phase (an HTTP error, a refusal) may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -233,10 +232,14 @@ async fn upgrade(
             answer(io, page).await;
             return Err(None);
         }
-        HttpAnswer::Refused { response, reason } => {
-            if reason == CloseReason::Refused {
-                tracing::info!(%peer, listener = %name, error = %response, "WebSocket upgrade refused");
-            }
+        HttpAnswer::Refused { response, refusal } => {
+            let reason = match refusal {
+                Refusal::BadUpgrade => CloseReason::ProtocolError,
+                Refusal::Origin => {
+                    tracing::info!(%peer, listener = %name, error = %response, "WebSocket upgrade refused");
+                    CloseReason::Refused
+                }
+            };
             answer(io, websocket::error_response(&response)).await;
             return Err(Some(reason));
         }
@@ -295,124 +298,10 @@ async fn upgrade(
     }
 }
 
-/// What the gateway does with the HTTP request of a `websocket` listener, decided
-/// without I/O (the fuzz target `websocket_http` drives it through
-/// `crate::fuzzing::websocket_http`).
-#[derive(Debug)]
-pub(crate) enum HttpAnswer {
-    /// Not an upgrade: the page (or the HTTP error) to answer with, then close.
-    Page(bytes::Bytes),
-    /// An upgrade refused before the application is asked: answer with this error and
-    /// count the close under `reason`.
-    Refused {
-        /// The status and why.
-        response: HttpError,
-        /// What the close is counted under.
-        reason: CloseReason,
-    },
-    /// An upgrade to put to the application (`on_websocket_connect`).
-    Upgrade {
-        /// The `Sec-WebSocket-Accept` value of the `101` answer.
-        accept: String,
-        /// The request as the application sees it ([`WebSocketRequest`]) in JSON, the
-        /// body of the handshake event.
-        json: Vec<u8>,
-    },
-}
-
-/// Decides the answer to the HTTP request of a `websocket` listener: a file or an HTTP
-/// error for a plain request, a refusal for an upgrade that breaks RFC 6455 or comes
-/// from a disallowed origin, else the upgrade to ask the application about.
-pub(crate) fn answer_request(
-    config: &ListenerConfig,
-    assets: &Assets,
-    peer: SocketAddr,
-    request: HttpRequest,
-) -> HttpAnswer {
-    if !request.wants_upgrade() {
-        return HttpAnswer::Page(http::respond(&request, assets));
-    }
-    let accept = match request.upgrade_key() {
-        Ok(key) => key,
-        Err(response) => {
-            return HttpAnswer::Refused {
-                response,
-                reason: CloseReason::ProtocolError,
-            }
-        }
-    };
-    if let Err(response) = check_origin(&config.allowed_origins, &request) {
-        return HttpAnswer::Refused {
-            response,
-            reason: CloseReason::Refused,
-        };
-    }
-    let ws_request = WebSocketRequest {
-        path: request.path.clone(),
-        query: request.query.clone(),
-        forwarded_for: forwarded_for(&config.trusted_proxies, peer, &request),
-        headers: request.headers,
-        peer: peer.to_string(),
-    };
-    match serde_json::to_vec(&ws_request) {
-        Ok(json) => HttpAnswer::Upgrade { accept, json },
-        Err(e) => HttpAnswer::Refused {
-            response: HttpError {
-                status: 400,
-                reason: e.to_string(),
-            },
-            reason: CloseReason::ProtocolError,
-        },
-    }
-}
-
 /// Writes a last answer (bounded in time: the client may not read).
 async fn answer(io: &mut ClientStream, bytes: bytes::Bytes) {
     metrics::bytes_out(bytes.len());
     let _ = tokio::time::timeout(ANSWER_TIMEOUT, io.write_all(&bytes)).await;
-}
-
-/// With a non-empty list, an `Origin` header must be in it. A request without one is not
-/// from a browser, and is not checked (it could send any value).
-fn check_origin(allowed: &[String], req: &HttpRequest) -> Result<(), HttpError> {
-    match req.header("origin") {
-        Some(origin) if !allowed.is_empty() => {
-            if allowed
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(origin.trim()))
-            {
-                Ok(())
-            } else {
-                Err(HttpError {
-                    status: 403,
-                    reason: format!("origin {origin} is not allowed"),
-                })
-            }
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The client's address from `X-Forwarded-For`, believed only from trusted proxies:
-/// the right-most address that is not itself a trusted proxy.
-fn forwarded_for(trusted: &[ipnet::IpNet], peer: SocketAddr, req: &HttpRequest) -> Option<String> {
-    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(&ip));
-    if !is_trusted(peer.ip()) {
-        return None;
-    }
-    let chain: Vec<&str> = req
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
-        .collect();
-    chain
-        .iter()
-        .rev()
-        .filter_map(|s| s.parse::<std::net::IpAddr>().ok())
-        .find(|ip| !is_trusted(*ip))
-        .map(|ip| ip.to_string())
 }
 
 /// Sets the connection's timer to `deadline`, making it the first time.
@@ -718,106 +607,6 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn req(headers: &[(&str, &str)]) -> HttpRequest {
-        HttpRequest {
-            method: "GET".into(),
-            path: "/".into(),
-            query: String::new(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn http_answers_a_page_a_refusal_or_an_upgrade() {
-        let config = ListenerConfig {
-            protocol: ClientProtocol::WebSocket,
-            allowed_origins: vec!["https://chat.example.com".into()],
-            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
-            ..ListenerConfig::default()
-        };
-        let mut assets = Assets::default();
-        assets.add("/", b"<h1>hi</h1>");
-        let peer: SocketAddr = "10.1.2.3:4000".parse().unwrap();
-        let upgrade = [
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Version", "13"),
-            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ];
-
-        let HttpAnswer::Page(page) = answer_request(&config, &assets, peer, req(&[])) else {
-            panic!("a plain GET gets the page");
-        };
-        assert!(page.starts_with(b"HTTP/1.1 200 OK\r\n"));
-
-        let bad_key = [&upgrade[..3], &[("Sec-WebSocket-Key", "short")]].concat();
-        match answer_request(&config, &assets, peer, req(&bad_key)) {
-            HttpAnswer::Refused { response, reason } => {
-                assert_eq!((response.status, reason), (400, CloseReason::ProtocolError));
-            }
-            other => panic!("{other:?}"),
-        }
-
-        let evil = [&upgrade[..], &[("Origin", "https://evil.example")]].concat();
-        match answer_request(&config, &assets, peer, req(&evil)) {
-            HttpAnswer::Refused { response, reason } => {
-                assert_eq!((response.status, reason), (403, CloseReason::Refused));
-            }
-            other => panic!("{other:?}"),
-        }
-
-        let good = [
-            &upgrade[..],
-            &[
-                ("Origin", "https://chat.example.com"),
-                ("X-Forwarded-For", "198.51.100.7"),
-            ],
-        ]
-        .concat();
-        let HttpAnswer::Upgrade { accept, json } =
-            answer_request(&config, &assets, peer, req(&good))
-        else {
-            panic!("an upgrade");
-        };
-        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        let seen: WebSocketRequest = serde_json::from_slice(&json).unwrap();
-        assert_eq!(seen.forwarded_for.as_deref(), Some("198.51.100.7"));
-        assert_eq!(seen.peer, "10.1.2.3:4000");
-        assert_eq!(seen.headers.len(), good.len());
-    }
-
-    #[test]
-    fn forwarded_for_only_from_trusted_proxies() {
-        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let from_proxy: SocketAddr = "10.1.2.3:4000".parse().unwrap();
-        let from_client: SocketAddr = "203.0.113.5:4000".parse().unwrap();
-        let r = req(&[("X-Forwarded-For", "198.51.100.7, 10.9.9.9")]);
-        assert_eq!(
-            forwarded_for(&trusted, from_proxy, &r).as_deref(),
-            Some("198.51.100.7"),
-            "the right-most untrusted hop"
-        );
-        assert_eq!(forwarded_for(&trusted, from_client, &r), None);
-        assert_eq!(forwarded_for(&[], from_proxy, &r), None);
-    }
-
-    #[test]
-    fn origins() {
-        let allowed = vec!["https://chat.example.com".to_string()];
-        assert!(check_origin(&allowed, &req(&[("Origin", "https://chat.example.com")])).is_ok());
-        assert_eq!(
-            check_origin(&allowed, &req(&[("Origin", "https://evil.example")]))
-                .unwrap_err()
-                .status,
-            403
-        );
-        assert!(check_origin(&allowed, &req(&[])).is_ok(), "not a browser");
-        assert!(check_origin(&[], &req(&[("Origin", "https://any")])).is_ok());
-    }
 
     /// Every connected client's task holds its connection's future for as long as it
     /// stays: once the handshakes are done, that is the [`Conn`] and nothing more (an

@@ -15,7 +15,7 @@ use super::state::Verdict;
 use super::Shared;
 use crate::auth;
 use crate::metrics::gateway::{self as metrics, InternalRefusal};
-use crate::protocol::internal::{self, Frame, InternalCodec, PROTOCOL_VERSION};
+use crate::protocol::internal::{self, frame_kind, Frame, InternalCodec, PROTOCOL_VERSION};
 use crate::transport::LinkStream;
 
 /// Frames routed in one batch at most (see `serve`): the link's pings and its queue's
@@ -303,25 +303,4 @@ async fn feed_ready(sink: &mut LinkSink, rx: &mut LinkRx) -> bool {
         }
     }
     true
-}
-
-/// A frame's name for logs.
-pub fn frame_kind(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello { .. } => "hello",
-        Frame::Auth { .. } => "auth",
-        Frame::Welcome { .. } => "welcome",
-        Frame::Refused { .. } => "refused",
-        Frame::Event(_) => "event",
-        Frame::Ack { .. } => "ack",
-        Frame::Verdict { .. } => "verdict",
-        Frame::Draining => "draining",
-        Frame::DrainAck => "drain-ack",
-        Frame::Command(_) => "command",
-        Frame::Query { .. } => "query",
-        Frame::Reply { .. } => "reply",
-        Frame::ReplyPart { .. } => "reply-part",
-        Frame::Ping => "ping",
-        Frame::Pong => "pong",
-    }
 }

@@ -9,7 +9,6 @@
 
 mod client;
 mod direct;
-mod http;
 pub mod limits;
 mod link;
 pub mod link_queue;
@@ -26,19 +25,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::assets::Assets;
 use crate::config::{Config, GatewayConfig, HeartbeatConfig, ListenerConfig};
 use crate::discovery::{self, GatewayEntry};
 use crate::metrics::gateway as metrics;
 use crate::protocol::{websocket, ClientProtocol};
 use crate::stats;
 use crate::transport::tls::{self, ReloadableCert};
+use crate::Assets;
 use crate::Error;
 use state::{Counters, ListenerMeta, State};
 
-#[cfg(feature = "fuzzing")]
-pub(crate) use client::{answer_request, HttpAnswer};
-pub use link::frame_kind;
+pub use crate::protocol::internal::frame_kind;
 
 /// What every task of a gateway shares.
 pub struct Shared {

@@ -13,7 +13,7 @@ use crate::protocol::ClientProtocol;
 
 /// One message between a client and the application: bytes, marked text or binary.
 ///
-/// Received in [`Events::on_message`](crate::Events::on_message); `Context::reply`
+/// Received in `switchboard::Events::on_message`; `Context::reply`
 /// takes `impl Into<Message>` and every send of the Gateway API `impl Into<PerProtocol>`
 /// (which every message is), so strings, `Vec<u8>` and [`Bytes`] can be passed as they
 /// are.
@@ -55,7 +55,8 @@ impl Message {
 
     /// Bytes as received, marked binary or not. Used where the mark travels with the
     /// bytes (the internal protocol); text marked bytes must be UTF-8.
-    pub(crate) fn from_parts(data: Bytes, binary: bool) -> Self {
+    #[doc(hidden)]
+    pub fn from_parts(data: Bytes, binary: bool) -> Self {
         Self { data, binary }
     }
 

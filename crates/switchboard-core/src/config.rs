@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchboard_store::StoreConfig;
 
-use crate::alloc::AllocatorKind;
 use crate::protocol::ClientProtocol;
 
 /// A whole deployment's configuration.
@@ -212,13 +211,13 @@ pub struct GatewayConfig {
     /// The memory allocator of gateway processes: `system` (the default: the least
     /// memory per idle client) or `mimalloc` (a few per cent less CPU, ~30 % more
     /// memory per idle client). Takes effect in binaries that install
-    /// [`switchboard::alloc::Allocator`](crate::alloc::Allocator); see
+    /// `switchboard::alloc::Allocator`; see
     /// [`GatewayConfig::effective_allocator`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocator: Option<AllocatorKind>,
     /// Largest session one client may have, in bytes of JSON. A change that would make
     /// a session larger is refused (the API call fails with
-    /// [`ApiError::SessionTooLarge`](crate::ApiError::SessionTooLarge); an update that
+    /// `switchboard::ApiError::SessionTooLarge`; an update that
     /// only grows it past the bound is logged and dropped by the gateway, the session
     /// kept as it was). Every event carries the session, so with each listener's
     /// `max_message` it must fit in `max_internal_frame`.
@@ -479,7 +478,7 @@ pub struct WorkerConfig {
     pub threads: usize,
     /// The memory allocator of worker processes: `mimalloc` (the default: less CPU per
     /// event) or `system`. Takes effect in binaries that install
-    /// [`switchboard::alloc::Allocator`](crate::alloc::Allocator); see
+    /// `switchboard::alloc::Allocator`; see
     /// [`WorkerConfig::effective_allocator`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocator: Option<AllocatorKind>,
@@ -1359,6 +1358,28 @@ impl Default for Config {
     fn default() -> Self {
         // An empty document gives every default.
         toml::from_str("").unwrap_or_else(|_| unreachable!("the empty config is valid"))
+    }
+}
+
+/// An allocator a process can run on (`gateway.allocator`, `worker.allocator`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocatorKind {
+    /// The C library's `malloc` (glibc's on Linux): the least memory per idle client.
+    System,
+    /// [mimalloc](https://github.com/microsoft/mimalloc): less CPU per allocation.
+    /// Needs the `mimalloc` feature (on by default) and `switchboard::alloc::Allocator`
+    /// installed.
+    Mimalloc,
+}
+
+impl AllocatorKind {
+    /// The value of `SWITCHBOARD_ALLOCATOR` (`switchboard::alloc::ENV`) that selects it.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            AllocatorKind::System => "system",
+            AllocatorKind::Mimalloc => "mimalloc",
+        }
     }
 }
 

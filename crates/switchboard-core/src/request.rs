@@ -1,6 +1,6 @@
 //! The HTTP request a WebSocket client upgraded with, as the application sees it
-//! ([`Events::on_websocket_connect`](crate::Events::on_websocket_connect),
-//! [`Context::request`](crate::Context::request)), and [`Refuse`], the way a hook turns
+//! (`switchboard::Events::on_websocket_connect`,
+//! `switchboard::Context::request`), and [`Refuse`], the way a hook turns
 //! a client away.
 
 use serde::{Deserialize, Serialize};
@@ -67,7 +67,7 @@ impl WebSocketRequest {
     }
 }
 
-/// A refusal from [`Events::on_websocket_connect`](crate::Events::on_websocket_connect):
+/// A refusal from `switchboard::Events::on_websocket_connect`:
 /// return it as the handler's error and the client gets this HTTP status (and the reason
 /// as the body) instead of the upgrade; no connect event follows.
 ///

@@ -1414,6 +1414,27 @@ impl Reader {
     }
 }
 
+/// A frame's name for logs.
+pub fn frame_kind(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "hello",
+        Frame::Auth { .. } => "auth",
+        Frame::Welcome { .. } => "welcome",
+        Frame::Refused { .. } => "refused",
+        Frame::Event(_) => "event",
+        Frame::Ack { .. } => "ack",
+        Frame::Verdict { .. } => "verdict",
+        Frame::Draining => "draining",
+        Frame::DrainAck => "drain-ack",
+        Frame::Command(_) => "command",
+        Frame::Query { .. } => "query",
+        Frame::Reply { .. } => "reply",
+        Frame::ReplyPart { .. } => "reply-part",
+        Frame::Ping => "ping",
+        Frame::Pong => "pong",
+    }
+}
+
 /// Largest frame a peer may send before it has authenticated (its `auth` frame is a
 /// few hundred bytes): an unauthenticated peer can make the gateway hold no more.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
