@@ -84,6 +84,10 @@ pub const MAX_SILENCE: Duration = Duration::from_secs(180 * 24 * 3600);
 /// by up to that much.
 pub const MAX_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The largest `gateway.held_up_after` ([`Config::validate`]): a worker silent for
+/// longer than a minute with events in flight is not merely busy.
+pub const MAX_HELD_UP_AFTER: Duration = Duration::from_secs(60);
+
 fn default_name() -> String {
     "switchboard".into()
 }
@@ -204,6 +208,13 @@ pub struct GatewayConfig {
     /// How the worker for a client's event is chosen: [`Routing::Sticky`] (the
     /// default) or [`Routing::LeastBusy`].
     pub routing: Routing,
+    /// With [`Routing::LeastBusy`]: a worker that has events in flight from this
+    /// gateway and has acknowledged none of them for this long counts as held up (a
+    /// handler blocking its thread, a slow call), and events go to the other workers
+    /// while one of them is not; `0` turns it off (the fewest events in flight alone
+    /// decides). At most [`MAX_HELD_UP_AFTER`].
+    #[serde(with = "humantime_serde")]
+    pub held_up_after: Duration,
     /// Threads of each process's async runtime: `1` runs everything on one thread (no
     /// wake-ups across threads; scale with `count` instead), `0` one thread per core,
     /// `n` that many.
@@ -255,6 +266,7 @@ impl Default for GatewayConfig {
             min_write_interval: Duration::ZERO,
             max_unauthenticated: 64,
             routing: Routing::Sticky,
+            held_up_after: Duration::from_millis(10),
             threads: 0,
             allocator: None,
             max_session: 64 << 10,
@@ -551,8 +563,9 @@ pub enum Routing {
     #[default]
     Sticky,
     /// Each event goes to the worker with the fewest events in flight from this
-    /// gateway (ties: the next in turn), so a worker held up by a long handler — CPU
-    /// work on its thread, a slow call — is passed over while others are free.
+    /// gateway (ties: the next in turn), passing over a worker held up by a long
+    /// handler — CPU work on its thread, a slow call: one that has events in flight and
+    /// has acknowledged none for `gateway.held_up_after` — while another is not.
     LeastBusy,
 }
 
@@ -1104,6 +1117,12 @@ impl Config {
                 "must be 0 (off) or at least 1ms (writes are timed in milliseconds)",
             ));
         }
+        if self.gateway.held_up_after > MAX_HELD_UP_AFTER {
+            return Err(invalid(
+                "gateway.held_up_after",
+                "must be at most 60s, or 0 to turn it off",
+            ));
+        }
         if self.gateway.max_unauthenticated == 0 {
             return Err(invalid(
                 "gateway.max_unauthenticated",
@@ -1471,6 +1490,10 @@ mod tests {
             (
                 "[gateway]\nmin_write_interval = \"500us\"",
                 &["gateway.min_write_interval", "at least 1ms"],
+            ),
+            (
+                "[gateway]\nheld_up_after = \"61s\"",
+                &["gateway.held_up_after", "at most 60s"],
             ),
         ] {
             let msg = refusal(toml);

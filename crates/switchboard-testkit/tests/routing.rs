@@ -1,6 +1,7 @@
 //! `gateway.routing` end to end: two fixture workers, one of them held up by a handler
 //! that blocks its only thread (`/block MS`), and which worker answers the others
-//! (`/pid`), and how `/metrics` shows the held-up one.
+//! (`/pid`), and how `/metrics` shows the held-up one. Least-busy routing passes over a
+//! worker that has acknowledged nothing for `gateway.held_up_after`.
 
 mod common;
 
@@ -101,6 +102,42 @@ async fn least_busy_routing_passes_over_a_held_up_worker() {
     for c in others.iter_mut() {
         answered.insert(worker_of(c).await);
         answered.insert(worker_of(c).await);
+    }
+    let line = x.line().await;
+    let held = line
+        .strip_prefix("blocked by ")
+        .unwrap_or_else(|| panic!("not an answer to /block: {line:?}"));
+    assert_eq!(answered.len(), 1, "one worker answered: {answered:?}");
+    assert!(!answered.contains(held), "not the held-up one ({held})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_busy_routing_passes_over_a_held_up_worker_when_lines_come_together() {
+    // Lines sent together put several events in flight at the free worker, more than
+    // the held-up one's one: the fewest in flight alone would send some of them there
+    // (with `held_up_after = "0"` this test fails).
+    let d = deployment("routing = \"least_busy\"\nheld_up_after = \"1s\"");
+    let mut x = Client::connect(d.addr()).await;
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(Client::connect(d.addr()).await);
+    }
+    for c in others.iter_mut() {
+        worker_of(c).await;
+    }
+    hold_a_worker(&d, &mut x).await;
+    // Past `held_up_after`: the held worker has acknowledged nothing for that long.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for c in others.iter_mut() {
+        c.send("/pid").await;
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    for c in others.iter_mut() {
+        let line = c.line().await;
+        let pid = line
+            .strip_prefix("pid ")
+            .unwrap_or_else(|| panic!("not an answer to /pid: {line:?}"));
+        answered.insert(pid.to_owned());
     }
     let line = x.line().await;
     let held = line

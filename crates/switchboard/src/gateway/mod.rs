@@ -296,7 +296,8 @@ pub async fn run(
         state: Mutex::new(
             State::new(number, gw.queue_limit, gw.client_queue_limit)
                 .with_max_session(gw.max_session)
-                .with_routing(gw.routing),
+                .with_routing(gw.routing)
+                .with_held_up_after(gw.held_up_after),
         ),
         counters: Counters::default(),
         config: gw.clone(),

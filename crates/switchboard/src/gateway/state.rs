@@ -279,6 +279,10 @@ struct Link {
     /// Clients with their event in flight here: what a lost link re-dispatches, found
     /// without visiting every client.
     inflight: HashSet<u64>,
+    /// Under least-busy routing, when the worker last made progress: acknowledged an
+    /// event, or got one while it had none in flight (read only while events are in
+    /// flight). A worker that makes none for `gateway.held_up_after` is passed over.
+    progress: Instant,
 }
 
 /// Counters published in stats.
@@ -311,6 +315,9 @@ pub struct State {
     cursor: u64,
     /// How a client's event finds its worker (`gateway.routing`).
     routing: Routing,
+    /// When a worker with events in flight counts as held up (`gateway.held_up_after`;
+    /// least-busy routing only, `None` when off).
+    held_up_after: Option<Duration>,
     next_seq: u64,
     next_conn: u64,
     /// Bytes of events queued or in flight, all clients together.
@@ -412,6 +419,7 @@ impl State {
             next_link: 1,
             cursor: 0,
             routing: Routing::Sticky,
+            held_up_after: None,
             next_seq: 1,
             next_conn: 1,
             queued_bytes: 0,
@@ -440,9 +448,22 @@ impl State {
         self
     }
 
+    /// Whether links keep when they last made progress: for least-busy routing with
+    /// `held_up_after` on (a clock read per event and per ack, spared otherwise).
+    fn watches_progress(&self) -> bool {
+        self.routing == Routing::LeastBusy && self.held_up_after.is_some()
+    }
+
     /// Chooses workers for events the way `routing` says (sticky by default).
     pub fn with_routing(mut self, routing: Routing) -> Self {
         self.routing = routing;
+        self
+    }
+
+    /// Under least-busy routing, passes over a worker that has events in flight and has
+    /// acknowledged none for `after` (`gateway.held_up_after`; zero: never).
+    pub fn with_held_up_after(mut self, after: Duration) -> Self {
+        self.held_up_after = (!after.is_zero()).then_some(after);
         self
     }
 
@@ -589,7 +610,8 @@ impl State {
         if client.events.is_none() {
             // Nothing waits before it and nothing is in flight: straight to a worker
             // when one is there, without passing through the queue (no queue buffer).
-            if let Some(link_id) = next_link(client, &self.links, &mut self.cursor, self.routing) {
+            let route = (self.routing, self.held_up_after);
+            if let Some(link_id) = next_link(client, &self.links, &mut self.cursor, route) {
                 return self.dispatch(conn, link_id, event, counters);
             }
         }
@@ -608,7 +630,8 @@ impl State {
         if !client.waits() {
             return;
         }
-        let Some(link_id) = next_link(client, &self.links, &mut self.cursor, self.routing) else {
+        let route = (self.routing, self.held_up_after);
+        let Some(link_id) = next_link(client, &self.links, &mut self.cursor, route) else {
             return; // no worker: the event waits (bounded by hold_timeout)
         };
         let events = client.events_mut();
@@ -623,6 +646,7 @@ impl State {
     /// Sends `event` of client `conn` to worker link `link_id`: it is the client's
     /// event in flight until the worker acknowledges it.
     fn dispatch(&mut self, conn: u64, link_id: u64, event: Pending, counters: &Counters) {
+        let watch_progress = self.watches_progress();
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
@@ -651,6 +675,9 @@ impl State {
             event,
         });
         if let Some(link) = self.links.get_mut(&link_id) {
+            if link.inflight.is_empty() && watch_progress {
+                link.progress = Instant::now(); // idle until now: not held up
+            }
             link.inflight.insert(conn);
             // A failed send means the link task is ending; `link_closed` will requeue.
             let _ = link.tx.send(frame);
@@ -673,6 +700,7 @@ impl State {
         if client.gateway != self.number {
             return None;
         }
+        let watch_progress = self.watches_progress();
         let conn = client.connection;
         let c = self.clients.get_mut(&conn)?;
         if !c
@@ -686,6 +714,9 @@ impl State {
         self.queued_bytes -= f.event.body.len();
         if let Some(link) = self.links.get_mut(&link_id) {
             link.inflight.remove(&conn);
+            if watch_progress {
+                link.progress = Instant::now();
+            }
         }
         Some((conn, f.event))
     }
@@ -800,6 +831,7 @@ impl State {
                 tx,
                 draining: false,
                 inflight: HashSet::new(),
+                progress: Instant::now(),
             },
         );
         if role == Role::Worker {
@@ -1476,42 +1508,52 @@ fn sized<T>(at_most: usize, items: impl Iterator<Item = T>) -> Vec<T> {
     v
 }
 
-/// The worker link for a client's next event. Sticky: the one it sticks to while that
-/// one takes events, else the next in turn. Least busy: the one with the fewest events
-/// in flight, the first in turn among equals.
+/// The worker link for a client's next event, by `route` (the routing and its
+/// `held_up_after`). Sticky: the one it sticks to while that one takes events, else the
+/// next in turn. Least busy: the one with the fewest events in flight, the first in
+/// turn among equals, after every link that is not held up.
 fn next_link(
     client: &Client,
     links: &BTreeMap<u64, Link>,
     cursor: &mut u64,
-    routing: Routing,
+    route: (Routing, Option<Duration>),
 ) -> Option<u64> {
-    match routing {
-        Routing::Sticky => client
+    match route {
+        (Routing::Sticky, _) => client
             .worker()
             .filter(|l| links.get(l).is_some_and(|l| !l.draining))
             .or_else(|| choose_link(links, cursor, |_| 0)),
-        Routing::LeastBusy => choose_link(links, cursor, |l| l.inflight.len()),
+        (Routing::LeastBusy, None) => choose_link(links, cursor, |l| (false, l.inflight.len())),
+        (Routing::LeastBusy, Some(after)) => {
+            let now = Instant::now();
+            choose_link(links, cursor, |l| {
+                let held = !l.inflight.is_empty() && now.duration_since(l.progress) >= after;
+                (held, l.inflight.len())
+            })
+        }
     }
 }
 
 /// The usable worker link, in turn from the one after `cursor`, with the least `load`
-/// (the first of those equally loaded); `cursor` moves to it.
-fn choose_link(
+/// (the first of those equally loaded); `cursor` moves to it. The least load there can
+/// be is the default (`0`, `(false, 0)`): a link with it ends the search.
+fn choose_link<L: Ord + Default>(
     links: &BTreeMap<u64, Link>,
     cursor: &mut u64,
-    load: impl Fn(&Link) -> usize,
+    load: impl Fn(&Link) -> L,
 ) -> Option<u64> {
     let usable = |l: &Link| l.role == Role::Worker && !l.draining;
-    let mut best: Option<(u64, usize)> = None;
+    let mut best: Option<(u64, L)> = None;
     for (id, link) in links
         .range(*cursor + 1..)
         .chain(links.range(..=*cursor))
         .filter(|(_, l)| usable(l))
     {
         let load = load(link);
-        if best.is_none_or(|(_, least)| load < least) {
+        if best.as_ref().is_none_or(|(_, least)| load < *least) {
+            let idle = load == L::default();
             best = Some((*id, load));
-            if load == 0 {
+            if idle {
                 break; // nothing is less busy than idle: the rest need not be seen
             }
         }
@@ -1983,6 +2025,46 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("w".to_string(), 2)]
         );
+    }
+
+    #[test]
+    fn least_busy_routing_passes_over_a_held_up_worker() {
+        let mut f = Fixture::new();
+        // Long enough that no pause of the test between two steps reaches it.
+        let after = Duration::from_millis(100);
+        let past_it = || std::thread::sleep(after + Duration::from_millis(50));
+        f.state = State::new(7, 1 << 20, 1 << 16)
+            .with_routing(Routing::LeastBusy)
+            .with_held_up_after(after);
+        let (w1, mut rx1) = f.worker();
+        let (w2, mut rx2) = f.worker();
+        let (a, _) = f.client();
+        let (b, _) = f.client();
+        let ca = decode_event(&rx1.try_recv().unwrap());
+        let cb = decode_event(&rx2.try_recv().unwrap());
+        f.state.ack(w2, cb.seq, b, &f.counters);
+        // w1 holds a's connect and acknowledges nothing for longer than `after`.
+        past_it();
+        // Three new clients all go to w2, which keeps making progress, although w1
+        // has fewer in flight from the second on (without `held_up_after`, the second
+        // would go to w1 in turn and the third as the least busy).
+        let mut at_w2 = Vec::new();
+        for _ in 0..3 {
+            let (c, _) = f.client();
+            let e = decode_event(&rx2.try_recv().expect("w2 takes it"));
+            assert_eq!(e.client, c);
+            at_w2.push(e);
+        }
+        assert!(rx1.try_recv().is_err(), "nothing for the held-up worker");
+        // w1 acknowledges at last: idle, it is the least busy again.
+        f.state.ack(w1, ca.seq, a, &f.counters);
+        f.line_to(a, "a1", &mut rx1);
+        // Both go silent: both are held up, and the least busy of them is chosen.
+        f.state.ack(w2, at_w2[0].seq, at_w2[0].client, &f.counters);
+        past_it();
+        let (d, _) = f.client();
+        assert_eq!(decode_event(&rx1.try_recv().unwrap()).client, d);
+        assert!(rx2.try_recv().is_err());
     }
 
     /// Not a test but a measurement: how long a worker link's drain and loss hold
