@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::*;
 use switchboard_testkit::{Client, Deployment, Options, WAIT};
 
@@ -46,7 +48,11 @@ async fn hold_a_worker(d: &Deployment, client: &mut Client) {
 /// Which worker process answers `client`'s `/pid`.
 async fn worker_of(client: &mut Client) -> String {
     client.send("/pid").await;
-    let line = client.line().await;
+    pid_of(&client.line().await)
+}
+
+/// The worker process named by an answer to `/pid`.
+fn pid_of(line: &str) -> String {
     line.strip_prefix("pid ")
         .unwrap_or_else(|| panic!("not an answer to /pid: {line:?}"))
         .to_owned()
@@ -84,9 +90,9 @@ async fn sticky_routing_keeps_a_client_on_its_worker_while_that_one_is_held_up()
     cx.expect_next(&format!("blocked by {held}")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_busy_routing_passes_over_a_held_up_worker() {
-    let d = deployment("routing = \"least_busy\"");
+/// A client `x` whose `/block` holds a worker, and four more that each had a line
+/// answered before (so both workers have handled some of them).
+async fn four_clients_and_a_held_worker(d: &Deployment) -> (Client, Vec<Client>) {
     let mut x = Client::connect(d.addr()).await;
     let mut others = Vec::new();
     for _ in 0..4 {
@@ -95,14 +101,13 @@ async fn least_busy_routing_passes_over_a_held_up_worker() {
     for c in others.iter_mut() {
         worker_of(c).await;
     }
-    hold_a_worker(&d, &mut x).await;
-    // While x's event holds one worker, every line goes to the other, whichever worker
-    // handled the client before.
-    let mut answered = std::collections::BTreeSet::new();
-    for c in others.iter_mut() {
-        answered.insert(worker_of(c).await);
-        answered.insert(worker_of(c).await);
-    }
+    hold_a_worker(d, &mut x).await;
+    (x, others)
+}
+
+/// Asserts that one worker answered every line (`answered`: the pids) and that it is
+/// not the one `x`'s `/block` held (its answer names it).
+async fn assert_only_the_free_worker_answered(x: &mut Client, answered: &BTreeSet<String>) {
     let line = x.line().await;
     let held = line
         .strip_prefix("blocked by ")
@@ -112,37 +117,34 @@ async fn least_busy_routing_passes_over_a_held_up_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_busy_routing_passes_over_a_held_up_worker() {
+    let d = deployment("routing = \"least_busy\"");
+    let (mut x, mut others) = four_clients_and_a_held_worker(&d).await;
+    // While x's event holds one worker, every line goes to the other, whichever worker
+    // handled the client before.
+    let mut answered = BTreeSet::new();
+    for c in others.iter_mut() {
+        answered.insert(worker_of(c).await);
+        answered.insert(worker_of(c).await);
+    }
+    assert_only_the_free_worker_answered(&mut x, &answered).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_busy_routing_passes_over_a_held_up_worker_when_lines_come_together() {
     // Lines sent together put several events in flight at the free worker, more than
     // the held-up one's one: the fewest in flight alone would send some of them there
     // (with `held_up_after = "0"` this test fails).
     let d = deployment("routing = \"least_busy\"\nheld_up_after = \"1s\"");
-    let mut x = Client::connect(d.addr()).await;
-    let mut others = Vec::new();
-    for _ in 0..4 {
-        others.push(Client::connect(d.addr()).await);
-    }
-    for c in others.iter_mut() {
-        worker_of(c).await;
-    }
-    hold_a_worker(&d, &mut x).await;
+    let (mut x, mut others) = four_clients_and_a_held_worker(&d).await;
     // Past `held_up_after`: the held worker has acknowledged nothing for that long.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     for c in others.iter_mut() {
         c.send("/pid").await;
     }
-    let mut answered = std::collections::BTreeSet::new();
+    let mut answered = BTreeSet::new();
     for c in others.iter_mut() {
-        let line = c.line().await;
-        let pid = line
-            .strip_prefix("pid ")
-            .unwrap_or_else(|| panic!("not an answer to /pid: {line:?}"));
-        answered.insert(pid.to_owned());
+        answered.insert(pid_of(&c.line().await));
     }
-    let line = x.line().await;
-    let held = line
-        .strip_prefix("blocked by ")
-        .unwrap_or_else(|| panic!("not an answer to /block: {line:?}"));
-    assert_eq!(answered.len(), 1, "one worker answered: {answered:?}");
-    assert!(!answered.contains(held), "not the held-up one ({held})");
+    assert_only_the_free_worker_answered(&mut x, &answered).await;
 }
