@@ -159,7 +159,7 @@ pub struct GatewayConfig {
     /// events are rejected (the client is told, the rejection logged and counted).
     pub queue_limit: usize,
     /// How long an event may wait for a worker (none connected) before it is rejected.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub hold_timeout: Duration,
     /// Largest internal frame accepted from a worker, in bytes.
     pub max_internal_frame: usize,
@@ -179,17 +179,17 @@ pub struct GatewayConfig {
     /// from loopback.
     pub per_ip_limits_on_loopback: bool,
     /// How often the gateway refreshes its discovery entry in the store.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub publish_interval: Duration,
     /// How often the gateway pings each worker link; a link silent for three intervals
     /// is closed and its in-flight events go to another worker (a worker machine that
     /// vanished without closing its connections).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub link_ping_interval: Duration,
     /// How long a closing client may take to be written what was queued for it (by
     /// `close_client`, the heartbeat, a limit, or the gateway stopping); then its
     /// socket is aborted, whatever is left unwritten.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub flush_timeout: Duration,
     /// Least time between two writes to one client (`0`, the default: every message
     /// is written as soon as it is queued). A message to a client not written to
@@ -199,7 +199,7 @@ pub struct GatewayConfig {
     /// calls when clients receive many messages a second (a busy room or game state):
     /// each write costs the gateway a system call, and on loopback the receiver's TCP
     /// work too. `0`, or from 1 ms to 1 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub min_write_interval: Duration,
     /// Most connections on the internal listener that have not authenticated yet;
     /// further ones are refused at once until the handshakes in progress end (each
@@ -213,7 +213,7 @@ pub struct GatewayConfig {
     /// handler blocking its thread, a slow call), and events go to the other workers
     /// while one of them is not; `0` turns it off (the fewest events in flight alone
     /// decides). At most [`MAX_HELD_UP_AFTER`].
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub held_up_after: Duration,
     /// Threads of each process's async runtime: `1` runs everything on one thread (no
     /// wake-ups across threads; scale with `count` instead), `0` one thread per core,
@@ -442,7 +442,7 @@ impl ListenerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatConfig {
     /// How often the gateway checks clients (and sends `ping`, if set).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub interval: Duration,
     /// Message sent to every client each interval, in the listener's protocol; none
     /// when absent. On a `websocket` listener, `"frame"` sends a WebSocket ping frame
@@ -469,17 +469,17 @@ pub struct WorkerConfig {
     /// Worker processes on this machine.
     pub count: usize,
     /// How long a query waits for every gateway's answer.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub query_timeout: Duration,
     /// How often the worker reads the gateway list from the store.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub discovery_interval: Duration,
     /// How long a draining worker waits for its events to finish before it exits.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub drain_timeout: Duration,
     /// A gateway link that brings nothing (not even the gateway's pings) for this long
     /// is considered dead and reconnected. Keep it above 3 × `gateway.link_ping_interval`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub link_timeout: Duration,
     /// How to verify gateways that speak TLS on their internal listener (also used by
     /// API clients and the `connections` command).
@@ -584,11 +584,11 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
     /// How long `stop` waits for children to exit before killing them.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub stop_timeout: Duration,
     /// First delay before restarting a child that died; doubles up to 30 s while the
     /// child keeps dying within a minute of its start.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub restart_delay: Duration,
     /// The supervisor's pid file; relative to `data_dir`. `stop`, `reload` and `status`
     /// find the running supervisor through it.
@@ -613,10 +613,10 @@ pub struct StatisticConfig {
     pub enabled: bool,
     /// How long per-minute figures and the failure log are kept (the original keeps
     /// 15 days).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub retention: Duration,
     /// How often each process hands its figures to the supervisor (spool files).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub flush_interval: Duration,
     /// Most distinct (module, interface) pairs one process records; reports for new
     /// pairs past it are dropped and counted.
@@ -1554,6 +1554,22 @@ mod tests {
         let msg = refusal("[worker]\ncount = 2\nallocator = \"jemalloc\"\n");
         assert!(
             msg.contains("line 3") && msg.contains("`system` or `mimalloc`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_bare_zero_is_a_duration_and_other_bare_numbers_name_the_missing_unit() {
+        // From the environment a value is typed as TOML: `0` is an integer.
+        let mut doc = toml::Table::new();
+        apply_override(&mut doc, "gateway.held_up_after", "0").unwrap();
+        apply_override(&mut doc, "gateway.min_write_interval", "0").unwrap();
+        let c = Config::from_toml(&toml::to_string(&doc).unwrap(), None).unwrap();
+        assert_eq!(c.gateway.held_up_after, Duration::ZERO);
+        assert_eq!(c.gateway.min_write_interval, Duration::ZERO);
+        let msg = refusal("[gateway]\ncount = 1\nhold_timeout = 30\n");
+        assert!(
+            msg.contains("line 3") && msg.contains("30 has no unit") && msg.contains("\"30s\""),
             "{msg}"
         );
     }

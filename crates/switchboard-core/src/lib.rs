@@ -26,6 +26,7 @@
 mod assets;
 mod client_id;
 pub mod config;
+mod duration;
 pub mod http;
 mod message;
 pub mod protocol;
